@@ -1,0 +1,149 @@
+/**
+ * The HTTP API (Fastify): publish events (for agents and services without a Kafka
+ * client), manage profiles and preferences through their compacted topics, read a
+ * notification's lifecycle and a user's notifications, and the operational endpoints.
+ * Validation errors answer 400 with the field path and what was expected.
+ */
+import { randomUUID } from 'node:crypto';
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import { HeraldError } from '../errors.ts';
+import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
+import { type NotificationView, notificationKey, userIndexPrefix } from '../processors/outcome.ts';
+import type { UserProfile } from '../processors/types.ts';
+import { domainEventFromJson } from '../runtime/codec.ts';
+import type { Herald } from '../runtime/app.ts';
+import { validate } from '../schemas/index.ts';
+import { topicName } from '../topology.ts';
+
+function badRequest(reply: FastifyReply, err: unknown) {
+  if (err instanceof HeraldError) {
+    return reply.code(400).send({ error: err.code, field: err.field ?? null, message: err.message });
+  }
+  throw err;
+}
+
+export async function buildApi(h: Herald): Promise<FastifyInstance> {
+  const { config } = h;
+  const app = Fastify({ logger: false, bodyLimit: config.maxPayloadBytes });
+  const topic = (k: 'events' | 'users' | 'preferences') => topicName(config.topicPrefix, k);
+
+  app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
+    const status = err.statusCode && err.statusCode < 500 ? err.statusCode : 500;
+    if (status === 500) h.log.error({ err: err.message }, 'api error');
+    void reply.code(status).send({ error: err.code ?? 'HRL_INTERNAL', message: status === 500 ? 'internal error' : err.message });
+  });
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+  app.get('/readyz', async (_req, reply) => {
+    const stages = Object.fromEntries([...h.runners.keys()].map((s) => [s, 'joined']));
+    const tables = { users: h.tables.isCaughtUp('users'), preferences: h.tables.isCaughtUp('preferences') };
+    return reply.code(h.isReady() ? 200 : 503).send({ ready: h.isReady(), stages, tables });
+  });
+  app.get('/metrics', async (_req, reply) => {
+    return reply.header('content-type', h.metrics.registry.contentType).send(await h.metrics.registry.metrics());
+  });
+
+  app.post<{ Body: Record<string, unknown> }>('/v1/events', async (req, reply) => {
+    const body = { ...(req.body ?? {}) };
+    const key = req.headers['idempotency-key'];
+    if (typeof key === 'string' && key) {
+      body.idempotencyKey ??= key;
+      if (body.id === undefined && typeof body.tenant === 'string') body.id = eventIdFromIdempotencyKey(body.tenant, key);
+    }
+    body.id ??= `evt_${randomUUID()}`;
+    let ev;
+    try {
+      ev = domainEventFromJson(body);
+    } catch (err) {
+      return badRequest(reply, err);
+    }
+    const rules = h.rules.forEventType(ev.type);
+    if (rules.length === 0) {
+      return reply.code(400).send({ error: 'HRL_UNKNOWN_EVENT_TYPE', field: 'type', message: `type: no rule matches event type "${ev.type}"; known types: ${[...new Set(h.rules.rules.map((r) => r.eventType))].join(', ')}` });
+    }
+    if (ev.recipients.length === 0) {
+      return reply.code(400).send({ error: 'HRL_NO_RECIPIENTS', field: 'recipients', message: 'recipients: expected at least one recipient id' });
+    }
+    ev.occurredAt ??= Date.now();
+    const value = await h.serde.encode(topic('events'), ev);
+    await h.producer.send({ topic: topic('events'), acks: -1, messages: [{ key: ev.id, value }] });
+    const notifications = rules.flatMap((r) => [...new Set(ev.recipients)].map((recipient) => ({ recipient, ruleId: r.id, notificationId: notificationId(ev.tenant, ev.id, recipient, r.id) })));
+    return reply.code(202).send({ eventId: ev.id, notifications });
+  });
+
+  app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId', async (req, reply) => {
+    let profile: UserProfile;
+    try {
+      profile = validate<UserProfile>('UserProfile', { ...(req.body ?? {}), userId: req.params.userId, updatedAt: Date.now() });
+      for (const k of ['webhookUrl', 'chatWebhookUrl'] as const) {
+        const u = profile[k];
+        if (u !== null && !/^https?:\/\/[^\s]+$/.test(u)) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${k}: expected an http(s) URL`, { field: k });
+      }
+      if (profile.email !== null && !/^[^@\s]+@[^@\s]+$/.test(profile.email)) throw new HeraldError('HRL_SCHEMA_VIOLATION', 'email: expected an e-mail address', { field: 'email' });
+    } catch (err) {
+      return badRequest(reply, err);
+    }
+    await h.producer.send({ topic: topic('users'), acks: -1, messages: [{ key: profile.userId, value: await h.serde.encode(topic('users'), profile) }] });
+    return reply.code(202).send({ userId: profile.userId });
+  });
+
+  app.delete<{ Params: { userId: string } }>('/v1/users/:userId', async (req, reply) => {
+    await h.producer.send({ topic: topic('users'), acks: -1, messages: [{ key: req.params.userId, value: null }] });
+    return reply.code(202).send({ userId: req.params.userId, deleted: true });
+  });
+
+  app.get<{ Params: { userId: string } }>('/v1/users/:userId', async (req, reply) => {
+    const user = h.tables.get<UserProfile>('users', req.params.userId);
+    return user ? user : reply.code(404).send({ error: 'not_found', message: `no profile for user "${req.params.userId}"` });
+  });
+
+  app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId/preferences', async (req, reply) => {
+    let prefs;
+    try {
+      prefs = validate<Record<string, unknown>>('UserPreferences', { ...(req.body ?? {}), userId: req.params.userId, updatedAt: Date.now() });
+    } catch (err) {
+      return badRequest(reply, err);
+    }
+    await h.producer.send({ topic: topic('preferences'), acks: -1, messages: [{ key: req.params.userId, value: await h.serde.encode(topic('preferences'), prefs) }] });
+    return reply.code(202).send({ userId: req.params.userId });
+  });
+
+  const lifecycleStores = () => h.runners.get('outcome')?.stores('lifecycle') ?? [];
+
+  app.get<{ Params: { id: string } }>('/v1/notifications/:id', async (req, reply) => {
+    for (const store of lifecycleStores()) {
+      const [n] = await store.view().getMany<NotificationView>([notificationKey(req.params.id)]);
+      if (n) return n;
+    }
+    const hint = h.runners.has('outcome') ? '' : ' (this instance does not run the outcome stage)';
+    return reply.code(404).send({ error: 'not_found', message: `no lifecycle for notification "${req.params.id}" yet${hint}` });
+  });
+
+  app.get<{ Params: { userId: string }; Querystring: { limit?: string } }>('/v1/users/:userId/notifications', async (req) => {
+    const limit = Math.min(Math.max(Number(req.query.limit ?? 50) || 50, 1), 500);
+    const prefix = userIndexPrefix(req.params.userId);
+    const ids: { id: string; at: number }[] = [];
+    for (const store of lifecycleStores()) {
+      for await (const [k] of store.range(prefix, `${prefix}\uffff`)) {
+        const [at, id] = k.slice(prefix.length).split(':');
+        ids.push({ id: id!, at: Number(at) });
+      }
+    }
+    ids.sort((a, b) => b.at - a.at);
+    const out: Omit<NotificationView, 'events'>[] = [];
+    for (const { id } of ids.slice(0, limit)) {
+      for (const store of lifecycleStores()) {
+        const [n] = await store.view().getMany<NotificationView>([notificationKey(id)]);
+        if (n) {
+          const { events: _events, ...summary } = n;
+          out.push(summary);
+          break;
+        }
+      }
+    }
+    return { userId: req.params.userId, notifications: out };
+  });
+
+  await app.ready();
+  return app;
+}

@@ -1,0 +1,66 @@
+/**
+ * `herald start --demo`: a local webhook receiver that checks signatures, a few demo
+ * users pointing at it, and sample events, so a newcomer sees notifications delivered
+ * and their lifecycles within seconds.
+ */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { verifyWebhookSignature } from '../channels/webhook.ts';
+
+export async function runDemo(httpUrl: string, secret: string, print: (line: string) => void): Promise<() => Promise<void>> {
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => {
+      const ok = verifyWebhookSignature(secret, String(req.headers['herald-signature'] ?? ''), body);
+      const n = JSON.parse(body) as { recipient: string; subject: string | null; body: string };
+      print(`demo webhook <- ${n.recipient}: "${n.subject ?? ''}" ${n.body} [signature ${ok ? 'valid' : 'INVALID'}, Idempotency-Key ${String(req.headers['idempotency-key'])}]`);
+      res.writeHead(ok ? 204 : 401).end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const receiver = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`;
+  const call = async (method: string, path: string, body: unknown, headers: Record<string, string> = {}) => {
+    const res = await fetch(`${httpUrl}${path}`, { method, headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+    return res.json() as Promise<Record<string, unknown>>;
+  };
+  const users = [
+    { id: 'ada', name: 'Ada', locale: 'en', timezone: 'Europe/London' },
+    { id: 'grace', name: 'Grace', locale: 'de-DE', timezone: 'Europe/Berlin' },
+  ];
+  for (const u of users) await call('PUT', `/v1/users/${u.id}`, { name: u.name, locale: u.locale, timezone: u.timezone, webhookUrl: receiver });
+  // Wait until the users table has the profiles, so the first events find them.
+  for (let i = 0; i < 100; i++) {
+    const seen = await Promise.all(users.map((u) => fetch(`${httpUrl}/v1/users/${u.id}`).then((r) => r.ok)));
+    if (seen.every(Boolean)) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const events = [
+    { type: 'comment.created', tenant: 'acme', recipients: ['ada', 'grace'], actor: 'linus', data: { commentId: 'c-1', documentTitle: 'Q3 plan', excerpt: 'Looks good to me' } },
+    { type: 'pull_request.review_requested', tenant: 'acme', recipients: ['ada'], actor: 'grace', data: { pullRequestId: 42, title: 'Add retries' } },
+  ];
+  const ids: string[] = [];
+  for (const [i, e] of events.entries()) {
+    const r = await call('POST', '/v1/events', e, { 'idempotency-key': `demo-${i}` });
+    for (const n of (r.notifications as { notificationId: string }[] | undefined) ?? []) ids.push(n.notificationId);
+    print(`demo published ${e.type} -> ${JSON.stringify(r)}`);
+  }
+  // The same request again: the Idempotency-Key makes it the same event, delivered once.
+  await call('POST', '/v1/events', events[0], { 'idempotency-key': 'demo-0' });
+  const pending = new Set(ids);
+  const started = Date.now();
+  while (pending.size && Date.now() - started < 30_000) {
+    for (const id of [...pending]) {
+      const res = await fetch(`${httpUrl}/v1/notifications/${id}`);
+      if (!res.ok) continue;
+      const n = (await res.json()) as { status: string; terminal: string[]; events: { stage: string; status: string; reason: string }[] };
+      if (n.terminal.length) {
+        pending.delete(id);
+        print(`demo lifecycle ${id}: ${n.events.map((e) => `${e.stage}:${e.status}`).join(' -> ')}`);
+      }
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  print(`demo done: open ${httpUrl}/v1/users/ada/notifications`);
+  return () => new Promise<void>((r) => server.close(() => r()));
+}

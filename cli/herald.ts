@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+/**
+ * The `herald` command line. `start` runs everything in one process on the embedded
+ * default (or against KAFKA_BROKERS); `run` runs chosen stages; `topics create` and
+ * `schemas register|check` provision real clusters; `describe` prints the topology.
+ */
+import { Command, Option } from 'commander';
+import { loadConfig } from '../config.ts';
+import { HeraldError } from '../errors.ts';
+import { startHerald } from '../runtime/app.ts';
+import { createLogger } from '../runtime/logger.ts';
+import { STAGE_NAMES, type StageName, describe } from '../topology.ts';
+import { runDemo } from './demo.ts';
+import { checkSchemas, createTopics, registerSchemas } from './provision.ts';
+
+const program = new Command('herald').description('Kafka-native notification pipeline').version('0.1.0');
+
+function fail(err: unknown): never {
+  const e = err as Error & { code?: string };
+  process.stderr.write(`herald: ${e instanceof HeraldError ? `${e.code}: ` : ''}${e.message}\n`);
+  process.exit(1);
+}
+
+async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?: boolean }) {
+  const config = loadConfig();
+  const log = createLogger(config.logLevel);
+  const started = performance.now();
+  const herald = await startHerald({ config, stages, log, api: opts.api ?? true });
+  const ms = Math.round(performance.now() - started);
+  process.stdout.write(`herald ready ${herald.httpUrl ?? '(no http api)'}\n`);
+  log.info({ ms, stages, brokers: herald.brokers, http: herald.httpUrl }, 'herald ready');
+  let stopDemo: (() => Promise<void>) | null = null;
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping: finishing in-flight batches');
+    const force = setTimeout(() => process.exit(1), 30_000);
+    force.unref();
+    await stopDemo?.();
+    await herald.stop();
+    log.info('stopped');
+    log.flush();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  if (opts.demo && herald.httpUrl) {
+    stopDemo = await runDemo(herald.httpUrl, config.webhookSecret, (l) => process.stdout.write(`${l}\n`));
+  }
+}
+
+program
+  .command('start')
+  .description('start every stage and the HTTP API in this process (embedded broker unless KAFKA_BROKERS is set)')
+  .option('--demo', 'also publish sample events to a local webhook receiver')
+  .action((o: { demo?: boolean }) => serve(STAGE_NAMES, o).catch(fail));
+
+program
+  .command('run')
+  .description('run chosen stages (scale them independently against real Kafka)')
+  .addOption(new Option('--stages <list>', 'comma-separated stages').default(STAGE_NAMES.join(',')))
+  .option('--no-api', 'do not serve the HTTP API')
+  .action((o: { stages: string; api: boolean }) => {
+    const stages = o.stages.split(',').map((s) => s.trim()).filter(Boolean);
+    const bad = stages.filter((s) => !STAGE_NAMES.includes(s as StageName));
+    if (bad.length) fail(new Error(`--stages: unknown stage ${bad.join(', ')}; expected some of ${STAGE_NAMES.join(', ')}`));
+    return serve(stages as StageName[], { api: o.api }).catch(fail);
+  });
+
+const topics = program.command('topics').description('manage Herald topics on a real cluster');
+topics
+  .command('create')
+  .description('create every topic topology.ts declares (compaction for tables and changelogs)')
+  .action(() => createTopics(loadConfig()).then((lines) => lines.forEach((l) => console.log(l))).catch(fail));
+
+const schemas = program.command('schemas').description('schema registry');
+schemas.command('register').description('register every topic schema under <topic>-value').action(() => registerSchemas(loadConfig()).then((l) => l.forEach((x) => console.log(x))).catch(fail));
+schemas.command('check').description('check local schemas for compatibility with the registry').action(() =>
+  checkSchemas(loadConfig()).then(({ lines, ok }) => {
+    lines.forEach((x) => console.log(x));
+    if (!ok) process.exit(1);
+  }).catch(fail));
+
+program.command('describe').description('print the topology').action(() => console.log(describe(loadConfig().topicPrefix)));
+
+await program.parseAsync(process.argv);

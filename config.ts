@@ -1,0 +1,89 @@
+/**
+ * Herald's one validated, frozen configuration, read from the environment.
+ * Each key has a default and a one-line doc; `loadConfig` fails fast with an error that
+ * names the variable and what was expected. The README's configuration table is this list.
+ */
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+import { HeraldError } from './errors.ts';
+
+type Kind = 'string' | 'int' | 'bool' | 'enum';
+interface KeySpec {
+  env: string;
+  kind: Kind;
+  default: string;
+  doc: string;
+  values?: readonly string[];
+  min?: number;
+  max?: number;
+}
+
+export const CONFIG_KEYS = {
+  brokers: { env: 'KAFKA_BROKERS', kind: 'string', default: '', doc: 'Comma-separated Kafka bootstrap servers; empty starts the embedded broker.' },
+  schemaRegistryUrl: { env: 'SCHEMA_REGISTRY_URL', kind: 'string', default: '', doc: 'Confluent Schema Registry URL; empty starts the embedded registry.' },
+  saslMechanism: { env: 'KAFKA_SASL_MECHANISM', kind: 'enum', default: '', values: ['', 'plain', 'scram-sha-256', 'scram-sha-512'], doc: 'SASL mechanism for real Kafka.' },
+  saslUsername: { env: 'KAFKA_SASL_USERNAME', kind: 'string', default: '', doc: 'SASL user name.' },
+  saslPassword: { env: 'KAFKA_SASL_PASSWORD', kind: 'string', default: '', doc: 'SASL password (never logged).' },
+  ssl: { env: 'KAFKA_SSL', kind: 'bool', default: 'false', doc: 'Use TLS to reach the brokers.' },
+  topicPrefix: { env: 'HERALD_TOPIC_PREFIX', kind: 'string', default: 'herald.', doc: 'Prefix of every Herald topic name.' },
+  partitions: { env: 'HERALD_PARTITIONS', kind: 'int', default: '4', min: 1, max: 256, doc: 'Partition count shared by every recipient-keyed topic.' },
+  replicationFactor: { env: 'HERALD_REPLICATION_FACTOR', kind: 'int', default: '1', min: 1, max: 5, doc: 'Replication factor used by `herald topics create`.' },
+  embeddedBrokers: { env: 'HERALD_EMBEDDED_BROKERS', kind: 'int', default: '1', min: 1, max: 16, doc: 'Broker count of the embedded mock cluster.' },
+  stateDir: { env: 'HERALD_STATE_DIR', kind: 'string', default: '.herald/state', doc: 'Directory of the local state stores.' },
+  stateBackend: { env: 'HERALD_STATE_BACKEND', kind: 'enum', default: 'rocksdb', values: ['rocksdb', 'memory'], doc: 'Store backend: RocksDB on disk, or memory (tests).' },
+  httpHost: { env: 'HERALD_HTTP_HOST', kind: 'string', default: '127.0.0.1', doc: 'Interface the HTTP API listens on.' },
+  httpPort: { env: 'HERALD_HTTP_PORT', kind: 'int', default: '8080', min: 0, max: 65535, doc: 'Port of the HTTP API; 0 picks a free one.' },
+  rulesFile: { env: 'HERALD_RULES', kind: 'string', default: 'rules/default.json', doc: 'Notification rules file.' },
+  webhookSecret: { env: 'HERALD_WEBHOOK_SECRET', kind: 'string', default: 'herald-dev-secret', doc: 'HMAC-SHA256 key that signs outgoing webhooks (never logged).' },
+  logLevel: { env: 'HERALD_LOG_LEVEL', kind: 'enum', default: 'info', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], doc: 'pino log level.' },
+  maxPayloadBytes: { env: 'HERALD_MAX_PAYLOAD_BYTES', kind: 'int', default: '262144', min: 1024, max: 16777216, doc: 'Largest accepted event, in bytes; larger ones are dead-lettered.' },
+  instanceId: { env: 'HERALD_INSTANCE_ID', kind: 'string', default: '', doc: 'Name of this instance in logs and client ids; default host-pid.' },
+  deliveryTimeoutMs: { env: 'HERALD_DELIVERY_TIMEOUT_MS', kind: 'int', default: '10000', min: 100, max: 120000, doc: 'Timeout of one channel call.' },
+  maxDeliveryAttempts: { env: 'HERALD_MAX_DELIVERY_ATTEMPTS', kind: 'int', default: '5', min: 1, max: 50, doc: 'Attempts per delivery before it is dead-lettered.' },
+  retryBaseMs: { env: 'HERALD_RETRY_BASE_MS', kind: 'int', default: '1000', min: 10, max: 600000, doc: 'First retry delay; doubles per attempt.' },
+} as const satisfies Record<string, KeySpec>;
+
+type Keys = typeof CONFIG_KEYS;
+type ValueOf<K extends KeySpec> = K['kind'] extends 'int' ? number : K['kind'] extends 'bool' ? boolean : K extends { values: readonly (infer V)[] } ? V : string;
+export type HeraldConfig = Readonly<{ [P in keyof Keys]: ValueOf<Keys[P]> }> & { readonly embedded: boolean; readonly embeddedRegistry: boolean };
+
+/** Reads, validates and freezes the configuration. Throws HRL_CONFIG_INVALID naming the variable. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<keyof Keys, string | number | boolean>> = {}): HeraldConfig {
+  const out: Record<string, unknown> = {};
+  for (const [name, spec] of Object.entries(CONFIG_KEYS) as [keyof Keys, KeySpec][]) {
+    const over = overrides[name];
+    const raw = over !== undefined ? String(over) : (env[spec.env] ?? spec.default).trim();
+    out[name] = parse(spec, raw);
+  }
+  if (!out.instanceId) out.instanceId = `${hostname()}-${process.pid}`;
+  out.stateDir = resolve(String(out.stateDir));
+  out.embedded = out.brokers === '';
+  out.embeddedRegistry = out.schemaRegistryUrl === '';
+  if (out.saslMechanism && !out.saslUsername) {
+    throw new HeraldError('HRL_CONFIG_INVALID', `KAFKA_SASL_USERNAME: expected a user name because KAFKA_SASL_MECHANISM is "${out.saslMechanism}"`);
+  }
+  if (out.embedded && out.saslMechanism) {
+    throw new HeraldError('HRL_CONFIG_INVALID', 'KAFKA_SASL_MECHANISM: set KAFKA_BROKERS too; the embedded broker takes no SASL');
+  }
+  return Object.freeze(out) as HeraldConfig;
+}
+
+function parse(spec: KeySpec, raw: string): string | number | boolean {
+  switch (spec.kind) {
+    case 'int': {
+      const n = Number(raw);
+      if (!/^-?\d+$/.test(raw) || n < (spec.min ?? -Infinity) || n > (spec.max ?? Infinity)) {
+        throw new HeraldError('HRL_CONFIG_INVALID', `${spec.env}: expected an integer in [${spec.min}, ${spec.max}], got "${raw}"`);
+      }
+      return n;
+    }
+    case 'bool':
+      if (!['true', 'false', '1', '0'].includes(raw)) throw new HeraldError('HRL_CONFIG_INVALID', `${spec.env}: expected true or false, got "${raw}"`);
+      return raw === 'true' || raw === '1';
+    case 'enum':
+      if (!spec.values?.includes(raw)) throw new HeraldError('HRL_CONFIG_INVALID', `${spec.env}: expected one of ${spec.values?.map((v) => `"${v}"`).join(', ')}, got "${raw}"`);
+      return raw;
+    default:
+      return raw;
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * The embedded Kafka-protocol broker: librdkafka's mock cluster, run by the small C
+ * launcher in embedded/mock-cluster.c. The launcher exits when its stdin closes, so the
+ * brokers die with the process that owns them, even on SIGKILL.
+ *
+ * Limits of the mock cluster, handled in the open (see README):
+ * - it reports controller id 0, so kafkajs admin.createTopics and idempotent or
+ *   transactional producers fail: topics are created here, through the launcher;
+ * - it keeps ~5 MB / 100k message sets per partition and drops older data;
+ * - ListOffsets by timestamp is not implemented;
+ * - topics and offsets live in memory: every start begins with an empty cluster.
+ *
+ * @example
+ *   const broker = await EmbeddedBroker.start({ brokers: 1 });
+ *   await broker.createTopic('herald.events.v1', 4);
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { randomUUID } from 'node:crypto';
+import { HeraldError } from '../errors.ts';
+import { buildLauncher } from './build-launcher.mjs';
+
+export class EmbeddedBroker {
+  readonly bootstraps: string;
+  /** A fresh id per start: local state built against another cluster is discarded. */
+  readonly clusterId = randomUUID();
+  private readonly proc: ChildProcessWithoutNullStreams;
+  private readonly pending: ((line: string) => void)[] = [];
+  private queue: Promise<unknown> = Promise.resolve();
+  private exited = false;
+
+  private constructor(proc: ChildProcessWithoutNullStreams, bootstraps: string, lines: AsyncIterable<string>) {
+    this.proc = proc;
+    this.bootstraps = bootstraps;
+    proc.on('exit', () => {
+      this.exited = true;
+      for (const p of this.pending.splice(0)) p('err launcher exited');
+    });
+    void (async () => {
+      for await (const line of lines) this.pending.shift()?.(line);
+    })();
+  }
+
+  static async start(opts: { brokers?: number } = {}): Promise<EmbeddedBroker> {
+    const built = buildLauncher({ quiet: true }) as { ok: boolean; path?: string; reason?: string };
+    if (!built.ok || !built.path) {
+      throw new HeraldError('HRL_EMBEDDED_BROKER', `embedded broker unavailable: ${built.reason}`);
+    }
+    const proc = spawn(built.path, [String(opts.brokers ?? 1)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const stderr: string[] = [];
+    proc.stderr.on('data', (d: Buffer) => stderr.push(d.toString()));
+    const rl = createInterface({ input: proc.stdout });
+    const it = rl[Symbol.asyncIterator]();
+    const first = await Promise.race([
+      it.next(),
+      new Promise<never>((_, reject) => proc.once('exit', (code) => reject(new HeraldError('HRL_EMBEDDED_BROKER', `embedded broker exited with ${code}: ${stderr.join('').trim()}`)))),
+    ]);
+    const line = first.done ? '' : first.value;
+    if (!line.startsWith('bootstraps ')) {
+      proc.kill('SIGKILL');
+      throw new HeraldError('HRL_EMBEDDED_BROKER', `embedded broker printed "${line}" instead of its bootstrap list`);
+    }
+    proc.unref();
+    return new EmbeddedBroker(proc, line.slice('bootstraps '.length).trim(), { [Symbol.asyncIterator]: () => it });
+  }
+
+  private command(cmd: string): Promise<void> {
+    const run = async () => {
+      if (this.exited) throw new HeraldError('HRL_EMBEDDED_BROKER', `embedded broker is not running (command "${cmd}")`);
+      const answer = await new Promise<string>((resolve) => {
+        this.pending.push(resolve);
+        this.proc.stdin.write(`${cmd}\n`);
+      });
+      if (answer !== 'ok') throw new HeraldError('HRL_EMBEDDED_BROKER', `embedded broker refused "${cmd}": ${answer.replace(/^err /, '')}`);
+    };
+    const next = this.queue.then(run, run);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Creates a topic (the mock cluster cannot do it through the admin API). */
+  createTopic(name: string, partitions: number, replication = 1): Promise<void> {
+    return this.command(`topic ${name} ${partitions} ${replication}`);
+  }
+  /** Takes a broker (id 1..n) away, as a fault test would. */
+  brokerDown(id: number): Promise<void> {
+    return this.command(`down ${id}`);
+  }
+  brokerUp(id: number): Promise<void> {
+    return this.command(`up ${id}`);
+  }
+  /** Sets a broker's round-trip time in milliseconds. */
+  setRtt(id: number, ms: number): Promise<void> {
+    return this.command(`rtt ${id} ${ms}`);
+  }
+
+  async stop(): Promise<void> {
+    if (this.exited) return;
+    const done = new Promise<void>((resolve) => this.proc.once('exit', () => resolve()));
+    this.proc.stdin.end();
+    const timer = setTimeout(() => this.proc.kill('SIGKILL'), 3000);
+    await done;
+    clearTimeout(timer);
+  }
+}

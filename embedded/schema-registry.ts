@@ -1,0 +1,157 @@
+/**
+ * A development stand-in for the Confluent Schema Registry: the subset of its REST API
+ * that Herald and @kafkajs/confluent-schema-registry use (register, lookup by id and
+ * subject, versions, per-subject config, compatibility). State lives in memory, like the
+ * embedded broker's topics. Compatibility checks use avsc's schema resolution:
+ * BACKWARD = the new schema can read data written with the previous one.
+ * Not for production: point SCHEMA_REGISTRY_URL at a real registry there.
+ */
+import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import avro from 'avsc';
+
+type Level = 'NONE' | 'BACKWARD' | 'BACKWARD_TRANSITIVE' | 'FORWARD' | 'FORWARD_TRANSITIVE' | 'FULL' | 'FULL_TRANSITIVE';
+interface Version { id: number; version: number; schema: string }
+
+function canRead(reader: string, writer: string): boolean {
+  try {
+    avro.Type.forSchema(JSON.parse(reader)).createResolver(avro.Type.forSchema(JSON.parse(writer)));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether `candidate` may follow `history` (oldest first) under `level`. */
+export function isCompatible(level: Level, candidate: string, history: string[]): boolean {
+  if (level === 'NONE' || history.length === 0) return true;
+  const against = level.endsWith('TRANSITIVE') ? history : history.slice(-1);
+  return against.every((old) => {
+    const back = canRead(candidate, old);
+    const fwd = canRead(old, candidate);
+    if (level.startsWith('BACKWARD')) return back;
+    if (level.startsWith('FORWARD')) return fwd;
+    return back && fwd;
+  });
+}
+
+function canonical(schema: string): string {
+  try {
+    return JSON.stringify(JSON.parse(schema));
+  } catch {
+    return schema;
+  }
+}
+
+export class EmbeddedSchemaRegistry {
+  private readonly app: FastifyInstance;
+  private readonly byId = new Map<number, string>();
+  private readonly idBySchema = new Map<string, number>();
+  private readonly subjects = new Map<string, Version[]>();
+  private readonly config = new Map<string, Level>();
+  private globalLevel: Level = 'BACKWARD';
+  url = '';
+
+  constructor() {
+    this.app = Fastify({ logger: false });
+    this.app.addContentTypeParser(/^application\/.*json$/, { parseAs: 'string' }, (_req, body, done) => {
+      try {
+        done(null, body === '' ? {} : JSON.parse(body as string));
+      } catch (err) {
+        done(err as Error, undefined);
+      }
+    });
+    this.routes();
+  }
+
+  private notFound(reply: FastifyReply, code: number, message: string) {
+    return reply.code(404).send({ error_code: code, message });
+  }
+
+  private version(subject: string, v: string): Version | undefined {
+    const list = this.subjects.get(subject) ?? [];
+    return v === 'latest' ? list.at(-1) : list.find((x) => x.version === Number(v));
+  }
+
+  private routes() {
+    const app = this.app;
+    app.get('/subjects', async () => [...this.subjects.keys()]);
+    app.get<{ Params: { id: string } }>('/schemas/ids/:id', async (req, reply) => {
+      const schema = this.byId.get(Number(req.params.id));
+      return schema ? { schema } : this.notFound(reply, 40403, 'Schema not found');
+    });
+    app.get('/config', async () => ({ compatibilityLevel: this.globalLevel }));
+    app.put<{ Body: { compatibility?: Level } }>('/config', async (req) => {
+      this.globalLevel = req.body.compatibility ?? this.globalLevel;
+      return { compatibility: this.globalLevel };
+    });
+    app.get<{ Params: { subject: string } }>('/config/:subject', async (req, reply) => {
+      const level = this.config.get(req.params.subject);
+      return level ? { compatibilityLevel: level } : this.notFound(reply, 40408, 'Subject does not have subject-level compatibility configured');
+    });
+    app.put<{ Params: { subject: string }; Body: { compatibility: Level } }>('/config/:subject', async (req) => {
+      this.config.set(req.params.subject, req.body.compatibility);
+      return { compatibility: req.body.compatibility };
+    });
+    app.get<{ Params: { subject: string } }>('/subjects/:subject/versions', async (req, reply) => {
+      const list = this.subjects.get(req.params.subject);
+      return list ? list.map((v) => v.version) : this.notFound(reply, 40401, 'Subject not found');
+    });
+    app.get<{ Params: { subject: string; version: string } }>('/subjects/:subject/versions/:version', async (req, reply) => {
+      const v = this.version(req.params.subject, req.params.version);
+      return v ? { subject: req.params.subject, ...v } : this.notFound(reply, 40402, 'Version not found');
+    });
+    app.post<{ Params: { subject: string }; Body: { schema: string } }>('/subjects/:subject', async (req, reply) => {
+      const want = canonical(req.body.schema);
+      const v = (this.subjects.get(req.params.subject) ?? []).find((x) => canonical(x.schema) === want);
+      return v ? { subject: req.params.subject, ...v } : this.notFound(reply, 40403, 'Schema not found');
+    });
+    app.post<{ Params: { subject: string }; Body: { schema: string; schemaType?: string } }>('/subjects/:subject/versions', async (req, reply) => {
+      const { subject } = req.params;
+      if (req.body.schemaType && req.body.schemaType !== 'AVRO') {
+        return reply.code(422).send({ error_code: 42201, message: 'Only AVRO schemas are supported by the embedded registry' });
+      }
+      try {
+        avro.Type.forSchema(JSON.parse(req.body.schema));
+      } catch (err) {
+        return reply.code(422).send({ error_code: 42201, message: `Invalid schema: ${(err as Error).message}` });
+      }
+      const schema = canonical(req.body.schema);
+      const list = this.subjects.get(subject) ?? [];
+      const existing = list.find((x) => canonical(x.schema) === schema);
+      if (existing) return { id: existing.id };
+      const level = this.config.get(subject) ?? this.globalLevel;
+      if (!isCompatible(level, schema, list.map((x) => x.schema))) {
+        return reply.code(409).send({ error_code: 409, message: `Schema being registered is incompatible with an earlier schema for subject "${subject}" (${level})` });
+      }
+      let id = this.idBySchema.get(schema);
+      if (id === undefined) {
+        id = this.byId.size + 1;
+        this.byId.set(id, schema);
+        this.idBySchema.set(schema, id);
+      }
+      list.push({ id, version: (list.at(-1)?.version ?? 0) + 1, schema });
+      this.subjects.set(subject, list);
+      return { id };
+    });
+    app.post<{ Params: { subject: string; version: string }; Body: { schema: string } }>(
+      '/compatibility/subjects/:subject/versions/:version',
+      async (req) => {
+        const list = this.subjects.get(req.params.subject) ?? [];
+        const level = this.config.get(req.params.subject) ?? this.globalLevel;
+        const v = this.version(req.params.subject, req.params.version);
+        const history = level.endsWith('TRANSITIVE') ? list.map((x) => x.schema) : v ? [v.schema] : [];
+        return { is_compatible: isCompatible(level, canonical(req.body.schema), history) };
+      },
+    );
+  }
+
+  async start(port = 0, host = '127.0.0.1'): Promise<string> {
+    const address = await this.app.listen({ port, host });
+    this.url = address;
+    return address;
+  }
+
+  async stop(): Promise<void> {
+    await this.app.close();
+  }
+}

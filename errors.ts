@@ -1,0 +1,61 @@
+/**
+ * All of Herald's errors. Every error carries a stable `code` (documented in the
+ * README's error table and never reused), whether it is `retriable`, its `cause`, and
+ * where it happened. Retry and dead-letter decisions read `retriable` and `code`,
+ * never the message.
+ *
+ * @example
+ *   throw new HeraldError('HRL_SCHEMA_VIOLATION', 'recipients[0]: expected a string', { retriable: false });
+ */
+export const ERROR_CODES = {
+  HRL_CONFIG_INVALID: 'A configuration value from the environment is missing or malformed.',
+  HRL_RULES_INVALID: 'The rules file does not match the rules schema.',
+  HRL_DECODE_FAILED: 'A record could not be decoded (not Avro in Confluent wire format, not JSON, or unknown schema id).',
+  HRL_SCHEMA_VIOLATION: 'A record decoded but does not match its Avro schema.',
+  HRL_PAYLOAD_TOO_LARGE: 'A record is larger than the configured limit.',
+  HRL_UNKNOWN_EVENT_TYPE: 'No notification rule matches the event type.',
+  HRL_NO_RECIPIENTS: 'An event names no recipients.',
+  HRL_EMBEDDED_BROKER: 'The embedded broker could not be built or started.',
+  HRL_CHANNEL_PERMANENT: 'A channel rejected a delivery in a way that retrying cannot fix.',
+  HRL_CHANNEL_TRANSIENT: 'A channel failed in a way that a retry may fix.',
+  HRL_PROCESSING_FAILED: 'A stage failed to process a record for a reason not classified above.',
+} as const;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export interface ErrorWhere {
+  stage?: string;
+  topic?: string;
+  partition?: number;
+  offset?: string;
+}
+
+export class HeraldError extends Error {
+  readonly code: ErrorCode;
+  readonly retriable: boolean;
+  readonly where: ErrorWhere;
+  /** Field path the error is about, when it is about one field. */
+  readonly field: string | undefined;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    opts: { retriable?: boolean; cause?: unknown; where?: ErrorWhere; field?: string } = {},
+  ) {
+    super(message, { cause: opts.cause });
+    this.name = 'HeraldError';
+    this.code = code;
+    this.retriable = opts.retriable ?? false;
+    this.where = opts.where ?? {};
+    this.field = opts.field;
+  }
+}
+
+/** Wraps anything thrown into a HeraldError, keeping HeraldErrors as they are. */
+export function asHeraldError(err: unknown, where: ErrorWhere = {}): HeraldError {
+  if (err instanceof HeraldError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  // Kafka client errors carry their own retriable flag.
+  const retriable = typeof err === 'object' && err !== null && (err as { retriable?: unknown }).retriable === true;
+  return new HeraldError('HRL_PROCESSING_FAILED', message, { cause: err, retriable, where });
+}

@@ -1,0 +1,68 @@
+/**
+ * dedupe: a notification whose dedupe key was first seen by another notification less
+ * than the rule's window ago, in stream time, is SUPPRESSED_DUPLICATE. The key is the
+ * event's idempotencyKey where given, else the rule's key fields, hashed with the
+ * tenant and rule. A record of the same notification seen again (a replay) passes, so
+ * reprocessing is idempotent.
+ */
+import type { Rule, RuleSet } from '../rules/rules.ts';
+import type { InRecord, StageFactory } from './contract.ts';
+import { hashKey } from './ids.ts';
+import { about, type EnrichedNotification, type NotificationRequest } from './types.ts';
+
+export interface SeenEntry {
+  notificationId: string;
+  firstSeenAt: number;
+  expiresAt: number;
+}
+
+function field(req: NotificationRequest, data: Record<string, unknown>, path: string): string {
+  if (path.startsWith('data.')) {
+    let v: unknown = data;
+    for (const part of path.slice(5).split('.')) v = v && typeof v === 'object' ? (v as Record<string, unknown>)[part] : undefined;
+    return v === undefined ? '\u0001missing' : JSON.stringify(v);
+  }
+  return String((req as unknown as Record<string, unknown>)[path] ?? '');
+}
+
+/** The dedupe key of a request under its rule. */
+export function dedupeKey(req: NotificationRequest, rule: Rule | undefined): string {
+  if (req.idempotencyKey) return `idem:${hashKey([req.tenant, req.ruleId, req.recipient, req.idempotencyKey])}`;
+  const data = JSON.parse(req.data) as Record<string, unknown>;
+  const fields = rule?.dedupe.keyFields ?? ['recipient', 'eventType', 'data.id'];
+  return `fld:${hashKey([req.tenant, req.ruleId, ...fields.map((f) => `${f}=${field(req, data, f)}`)])}`;
+}
+
+function windowOf(rules: RuleSet, ruleId: string): number {
+  return rules.byId(ruleId)?.dedupe.windowMs ?? 86_400_000;
+}
+
+export const dedupe: StageFactory = ({ rules }) => ({
+  async process(batch, ctx) {
+    const seen = ctx.store('seen');
+    const recs = batch as InRecord<EnrichedNotification>[];
+    const keys = recs.map((r) => dedupeKey(r.value.request, rules.byId(r.value.request.ruleId)));
+    const found = await seen.getMany<SeenEntry>(keys);
+    const local = new Map<string, SeenEntry>();
+    recs.forEach((rec, i) => {
+      const req = rec.value.request;
+      const key = keys[i]!;
+      const prior = local.get(key) ?? found[i];
+      const now = rec.timestamp; // stream time
+      if (prior && prior.notificationId !== req.notificationId && now < prior.expiresAt && now >= prior.firstSeenAt) {
+        ctx.outcome(rec, {
+          ...about(req), status: 'SUPPRESSED_DUPLICATE', terminal: true, reasonCode: req.idempotencyKey ? 'duplicate_idempotency_key' : 'duplicate_key',
+          reason: `duplicate of ${prior.notificationId}, first seen ${new Date(prior.firstSeenAt).toISOString()} (window until ${new Date(prior.expiresAt).toISOString()})`,
+        });
+        return;
+      }
+      if (!prior || prior.notificationId !== req.notificationId) {
+        const entry: SeenEntry = { notificationId: req.notificationId, firstSeenAt: now, expiresAt: now + windowOf(rules, req.ruleId) };
+        local.set(key, entry);
+        seen.put(key, entry);
+      }
+      ctx.emit(rec, 'deduped', req.recipient, rec.value);
+      ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode: prior ? 'replayed' : 'first_seen', reason: prior ? 'same notification seen again (replay); passed through' : 'dedupe key not seen inside the window' });
+    });
+  },
+});

@@ -1,0 +1,82 @@
+/**
+ * deliver: calls the channel for each task, with the delivery id as idempotency key.
+ * A task whose result is already recorded (DELIVERED or DEAD_LETTERED) is skipped, so a
+ * redelivered batch never reaches the user twice through Herald. Retriable failures go
+ * to deliver.retry.v1 with a due time (exponential backoff, wall clock); the rest, and
+ * tasks out of attempts, are DEAD_LETTERED.
+ */
+import type { InRecord, StageFactory } from './contract.ts';
+import type { DeliveryTask } from './types.ts';
+
+export interface DeliveryResult {
+  status: 'DELIVERED' | 'DEAD_LETTERED' | 'EXPIRED';
+  attempt: number;
+  at: number;
+}
+
+const CONCURRENCY = 16;
+
+export const deliver: StageFactory = ({ channels, config, metrics }) => ({
+  async process(batch, ctx) {
+    const results = ctx.store('results');
+    const recs = batch as InRecord<DeliveryTask>[];
+    const recorded = await results.getMany<DeliveryResult>(recs.map((r) => r.value.deliveryId));
+    // Retries wait for their due time; records of one partition stay in order.
+    const due = Math.max(0, ...recs.map((r) => r.value.notBefore ?? 0));
+    if (due > ctx.wallClock()) await ctx.waitUntil(due);
+
+    const todo: number[] = [];
+    const seen = new Set<string>();
+    recs.forEach((r, i) => {
+      const id = r.value.deliveryId;
+      if (recorded[i] || seen.has(id)) ctx.log.debug({ deliveryId: id, notificationId: r.value.notificationId }, 'result already recorded; skipped');
+      else todo.push(i);
+      seen.add(id);
+    });
+    const outcomes = new Array<Awaited<ReturnType<typeof call>>>(recs.length);
+    async function call(task: DeliveryTask) {
+      const provider = channels.get(task.channel);
+      const started = performance.now();
+      if (!provider) return { ok: false as const, retriable: false, code: 'channel_unavailable', detail: `no provider for channel ${task.channel}` };
+      const r = await provider.send(task, AbortSignal.timeout(config.deliveryTimeoutMs)).catch((err: Error) => ({ ok: false as const, retriable: true, code: 'provider_error', detail: err.message }));
+      metrics.deliveryLatency.observe({ channel: task.channel }, (performance.now() - started) / 1000);
+      metrics.deliveries.inc({ channel: task.channel, result: r.ok ? 'delivered' : r.retriable ? 'retriable' : 'permanent' });
+      return r;
+    }
+    for (let i = 0; i < todo.length; i += CONCURRENCY) {
+      const slice = todo.slice(i, i + CONCURRENCY);
+      await Promise.all(slice.map(async (idx) => {
+        const task = recs[idx]!.value;
+        if (task.expiresAt !== null && ctx.wallClock() >= task.expiresAt) return;
+        outcomes[idx] = await call(task);
+      }));
+    }
+    for (const idx of todo) {
+      const rec = recs[idx]!;
+      const task = rec.value;
+      const base = { notificationId: task.notificationId, deliveryId: task.deliveryId, tenant: task.tenant, recipient: task.recipient, eventId: task.eventId, eventType: task.eventType, ruleId: task.ruleId, channel: task.channel, attempt: task.attempt, traceId: task.traceId };
+      const now = ctx.wallClock();
+      const r = outcomes[idx];
+      if (!r) {
+        results.put(task.deliveryId, { status: 'EXPIRED', attempt: task.attempt, at: now } satisfies DeliveryResult);
+        ctx.outcome(rec, { ...base, status: 'EXPIRED', terminal: true, reasonCode: 'expired_before_delivery', reason: `expired at ${new Date(task.expiresAt!).toISOString()} before attempt ${task.attempt}`, timestamp: now });
+        continue;
+      }
+      ctx.outcome(rec, { ...base, status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}`, timestamp: now });
+      if (r.ok) {
+        results.put(task.deliveryId, { status: 'DELIVERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
+        ctx.outcome(rec, { ...base, status: 'DELIVERED', terminal: true, reasonCode: 'accepted_by_provider', reason: `${task.channel} accepted: ${r.detail}`, providerMessageId: r.providerMessageId, timestamp: now });
+      } else if (r.retriable && task.attempt < config.maxDeliveryAttempts) {
+        const delay = Math.max(r.retryAfterMs ?? 0, config.retryBaseMs * 2 ** (task.attempt - 1));
+        const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
+        ctx.emit(rec, 'deliverRetry', task.recipient, next);
+        ctx.outcome(rec, { ...base, status: 'RETRY_SCHEDULED', reasonCode: r.code, reason: `${r.detail}; attempt ${next.attempt} of ${config.maxDeliveryAttempts} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });
+      } else {
+        results.put(task.deliveryId, { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
+        const why = r.retriable ? `gave up after ${task.attempt} attempts; last: ${r.detail}` : `permanent failure: ${r.detail}`;
+        ctx.outcome(rec, { ...base, status: 'FAILED', reasonCode: r.code, reason: r.detail, timestamp: now });
+        ctx.outcome(rec, { ...base, status: 'DEAD_LETTERED', terminal: true, reasonCode: r.retriable ? 'attempts_exhausted' : 'permanent_failure', reason: why, timestamp: now });
+      }
+    }
+  },
+});

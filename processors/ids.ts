@@ -1,0 +1,34 @@
+/**
+ * Derived ids (DESIGN section 3): replaying the same input gives the same ids, which is
+ * what makes every stage idempotent downstream.
+ */
+import { createHash } from 'node:crypto';
+
+function digest(parts: readonly string[], length = 32): string {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p).update('\u0000');
+  return h.digest('hex').slice(0, length);
+}
+
+/** Stable hash of (tenant, event id, recipient, rule id). */
+export function notificationId(tenant: string, eventId: string, recipient: string, ruleId: string): string {
+  return `ntf_${digest([tenant, eventId, recipient, ruleId])}`;
+}
+
+export function deliveryId(notificationIdValue: string, channel: string): string {
+  return `${notificationIdValue}:${channel}`;
+}
+
+/** Trace id for an event that arrived without one: stable per (tenant, event id). */
+export function traceIdFor(tenant: string, eventId: string): string {
+  return digest(['trace', tenant, eventId]);
+}
+
+/** Event id derived from an HTTP Idempotency-Key: the same key yields the same event. */
+export function eventIdFromIdempotencyKey(tenant: string, key: string): string {
+  return `evt_${digest(['idempotency', tenant, key], 24)}`;
+}
+
+export function hashKey(parts: readonly string[]): string {
+  return digest(parts, 40);
+}

@@ -1,0 +1,70 @@
+/**
+ * outcome: the lifecycle projection. Per notification, the ordered lifecycle events with
+ * their reasons; per user, an index of notifications by time. Rebuildable at any time by
+ * replaying outcomes.v1, so its store needs no changelog. Applying the same event twice
+ * (at-least-once redelivery) changes nothing.
+ */
+import type { BatchView } from '../state/store.ts';
+import type { InRecord, StageFactory } from './contract.ts';
+import type { LifecycleEvent } from './types.ts';
+
+export interface NotificationView {
+  notificationId: string;
+  tenant: string;
+  recipient: string;
+  eventId: string;
+  eventType: string;
+  ruleId: string | null;
+  traceId: string;
+  /** Status of the latest event. */
+  status: string;
+  /** Latest status per channel, once routed. */
+  channels: Record<string, string>;
+  /** Terminal statuses reached (one per channel, or one for the notification). */
+  terminal: string[];
+  createdAt: number;
+  updatedAt: number;
+  events: LifecycleEvent[];
+}
+
+export const notificationKey = (id: string) => `n:${id}`;
+export const userIndexPrefix = (recipient: string) => `u:${recipient}:`;
+const userIndexKey = (recipient: string, at: number, id: string) => `${userIndexPrefix(recipient)}${String(at).padStart(15, '0')}:${id}`;
+
+/** Two events with the same identity are the same decision seen twice (redelivery or replay). */
+function identity(e: LifecycleEvent): string {
+  return [e.stage, e.status, e.deliveryId ?? '', e.attempt ?? ''].join('|');
+}
+
+/** Applies lifecycle events to the projection held in `view` (pure apart from the store). */
+export async function applyLifecycle(view: BatchView, events: LifecycleEvent[]): Promise<LifecycleEvent[]> {
+  const ids = [...new Set(events.map((e) => e.notificationId))];
+  const current = await view.getMany<NotificationView>(ids.map(notificationKey));
+  const byId = new Map<string, NotificationView | undefined>(ids.map((id, i) => [id, current[i]]));
+  const applied: LifecycleEvent[] = [];
+  for (const e of events) {
+    let n = byId.get(e.notificationId);
+    if (!n) {
+      n = { notificationId: e.notificationId, tenant: e.tenant, recipient: e.recipient, eventId: e.eventId, eventType: e.eventType, ruleId: e.ruleId, traceId: e.traceId, status: e.status, channels: {}, terminal: [], createdAt: e.timestamp, updatedAt: e.timestamp, events: [] };
+      view.put(userIndexKey(e.recipient, e.timestamp, e.notificationId), { createdAt: e.timestamp });
+    }
+    const id = identity(e);
+    if (n.events.some((x) => identity(x) === id)) continue;
+    n.events.push(e);
+    n.status = e.status;
+    n.ruleId ??= e.ruleId;
+    n.updatedAt = Math.max(n.updatedAt, e.timestamp);
+    if (e.channel) n.channels[e.channel] = e.status;
+    if (e.terminal) n.terminal.push(e.channel ? `${e.channel}:${e.status}` : e.status);
+    byId.set(e.notificationId, n);
+    view.put(notificationKey(e.notificationId), n);
+    applied.push(e);
+  }
+  return applied;
+}
+
+export const outcome: StageFactory = () => ({
+  async process(batch, ctx) {
+    await applyLifecycle(ctx.store('lifecycle'), (batch as InRecord<LifecycleEvent>[]).map((r) => r.value));
+  },
+});

@@ -1,0 +1,84 @@
+/**
+ * route: channels = rule channels (in order) ∩ preferences ∩ reachable addresses ∩
+ * channels this deployment can deliver; renders the template per channel and locale;
+ * drops notifications past their expiry (stream time). One DeliveryTask per channel.
+ */
+import Mustache from 'mustache';
+import type { Channel, Rule, Template } from '../rules/rules.ts';
+import type { InRecord, StageFactory } from './contract.ts';
+import { deliveryId } from './ids.ts';
+import { about, type DeliveryTask, type EnrichedNotification, type UserProfile } from './types.ts';
+
+/** Where a channel reaches the user, or null when the profile has no address for it. */
+export function addressFor(channel: Channel, user: UserProfile): string | null {
+  switch (channel) {
+    case 'webhook': return user.webhookUrl;
+    case 'email': return user.email;
+    case 'chat': return user.chatWebhookUrl;
+    case 'inapp': return user.userId;
+  }
+}
+
+/** Picks the template for a locale: exact, then language, then "en". */
+export function templateFor(rule: Rule, channel: Channel, locale: string): { template: Template; locale: string } {
+  const byLocale = rule.templates[channel]!;
+  for (const l of [locale, locale.split('-')[0]!, 'en']) {
+    const t = byLocale[l];
+    if (t) return { template: t, locale: l };
+  }
+  throw new Error(`rule ${rule.id} has no "en" template for ${channel}`); // the rules schema requires one
+}
+
+const render = (text: string, view: object) => Mustache.render(text, view, {}, { escape: (s: string) => s });
+
+export const route: StageFactory = ({ rules, availableChannels }) => ({
+  async process(batch, ctx) {
+    for (const rec of batch as InRecord<EnrichedNotification>[]) {
+      const { request: req, user, preferences } = rec.value;
+      const drop = (reasonCode: string, reason: string) => ctx.outcome(rec, { ...about(req), status: 'DROPPED', terminal: true, reasonCode, reason });
+      if (req.expiresAt !== null && rec.timestamp >= req.expiresAt) {
+        ctx.outcome(rec, { ...about(req), status: 'EXPIRED', terminal: true, reasonCode: 'expired_before_routing', reason: `expired at ${new Date(req.expiresAt).toISOString()}` });
+        continue;
+      }
+      const rule = rules.byId(req.ruleId);
+      if (!rule) {
+        drop('rule_removed', `rule ${req.ruleId} is no longer in the rules file`);
+        continue;
+      }
+      if (preferences?.categories[req.category] === false) {
+        drop('category_opted_out', `user opted out of category "${req.category}"`);
+        continue;
+      }
+      const excluded: string[] = [];
+      const chosen: { channel: Channel; address: string }[] = [];
+      for (const channel of rule.channels) {
+        const address = addressFor(channel, user);
+        if (preferences?.channels[channel] === false) excluded.push(`${channel}: opted out`);
+        else if (!availableChannels.has(channel)) excluded.push(`${channel}: not configured in this deployment`);
+        else if (!address) excluded.push(`${channel}: no address in profile`);
+        else chosen.push({ channel, address });
+      }
+      if (chosen.length === 0) {
+        drop('no_reachable_channel', `no channel can reach the user (${excluded.join('; ')})`);
+        continue;
+      }
+      const data = JSON.parse(req.data) as Record<string, unknown>;
+      const view = { data, actor: req.actor ?? 'someone', recipient: req.recipient, eventType: req.eventType, user: { name: user.name ?? req.recipient, locale: user.locale } };
+      for (const { channel, address } of chosen) {
+        const { template, locale } = templateFor(rule, channel, user.locale);
+        const task: DeliveryTask = {
+          deliveryId: deliveryId(req.notificationId, channel), notificationId: req.notificationId, tenant: req.tenant,
+          eventId: req.eventId, eventType: req.eventType, ruleId: req.ruleId, recipient: req.recipient, category: req.category,
+          channel, address, locale, subject: template.subject !== undefined ? render(template.subject, view) : null,
+          body: render(template.body, view), data: req.data, fallback: [], attempt: 1, notBefore: null,
+          expiresAt: req.expiresAt, occurredAt: req.occurredAt, traceId: req.traceId,
+        };
+        ctx.emit(rec, 'deliveries', req.recipient, task);
+      }
+      ctx.outcome(rec, {
+        ...about(req), status: 'ROUTED', reasonCode: 'channels_selected',
+        reason: `routed to ${chosen.map((c) => c.channel).join(', ')}${excluded.length ? `; skipped ${excluded.join('; ')}` : ''}`,
+      });
+    }
+  },
+});

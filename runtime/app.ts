@@ -1,0 +1,160 @@
+/**
+ * Assembles a Herald process: the embedded broker and schema registry when no real ones
+ * are configured, schema registration, the chosen stages (each its own consumer group),
+ * the global tables, and the HTTP API. `stop()` shuts everything down in order:
+ * API, stages (in-flight batches finish and commit), tables, clients, registry, broker.
+ */
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Admin, Kafka, Producer } from 'kafkajs';
+import type { FastifyInstance } from 'fastify';
+import { buildApi } from '../api/server.ts';
+import type { ChannelProvider } from '../channels/channel.ts';
+import { WebhookChannel } from '../channels/webhook.ts';
+import type { HeraldConfig } from '../config.ts';
+import { EmbeddedBroker } from '../embedded/broker.ts';
+import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
+import { PROCESSORS } from '../processors/index.ts';
+import { loadRules, type RuleSet } from '../rules/rules.ts';
+import { Serde } from '../schemas/index.ts';
+import { STAGES, type StageName, STAGE_NAMES, TOPICS, type TopicKey, topicName, topicPlan } from '../topology.ts';
+import { Codec } from './codec.ts';
+import { createKafka, createProducer } from './kafka.ts';
+import { createLogger, type Logger } from './logger.ts';
+import { Metrics } from './metrics.ts';
+import { StageRunner } from './stage-runner.ts';
+import { GlobalTables } from './tables.ts';
+
+export interface StartOptions {
+  config: HeraldConfig;
+  stages?: readonly StageName[];
+  api?: boolean;
+  log?: Logger;
+  metrics?: Metrics;
+  /** Extra or replacement channel providers (tests, demo). */
+  channels?: ChannelProvider[];
+}
+
+export interface Herald {
+  config: HeraldConfig;
+  brokers: string;
+  registryUrl: string;
+  httpUrl: string | null;
+  broker: EmbeddedBroker | null;
+  kafka: Kafka;
+  admin: Admin;
+  producer: Producer;
+  serde: Serde;
+  rules: RuleSet;
+  tables: GlobalTables;
+  runners: Map<StageName, StageRunner>;
+  metrics: Metrics;
+  log: Logger;
+  api: FastifyInstance | null;
+  isReady(): boolean;
+  stop(): Promise<void>;
+}
+
+/** Discards local state that was built against another cluster (the embedded one is new at every start). */
+function guardStateDir(stateDir: string, clusterId: string, log: Logger): void {
+  mkdirSync(stateDir, { recursive: true });
+  const marker = join(stateDir, 'CLUSTER_ID');
+  const previous = existsSync(marker) ? readFileSync(marker, 'utf8').trim() : null;
+  if (previous !== null && previous !== clusterId) {
+    log.warn({ stateDir, previous, clusterId }, 'state directory belongs to another Kafka cluster: discarding it');
+    rmSync(stateDir, { recursive: true, force: true });
+    mkdirSync(stateDir, { recursive: true });
+  }
+  writeFileSync(marker, clusterId);
+}
+
+export async function startHerald(opts: StartOptions): Promise<Herald> {
+  const { config } = opts;
+  const log = opts.log ?? createLogger(config.logLevel);
+  const metrics = opts.metrics ?? new Metrics({ defaults: true });
+  const stages = opts.stages ?? STAGE_NAMES;
+  const rules = loadRules(config.rulesFile);
+  const cleanups: (() => Promise<void>)[] = [];
+  const cleanup = async () => {
+    for (const c of cleanups.splice(0).reverse()) await c().catch((err: Error) => log.warn({ err: err.message }, 'shutdown step failed'));
+  };
+  try {
+    let broker: EmbeddedBroker | null = null;
+    let brokers = config.brokers;
+    if (config.embedded) {
+      broker = await EmbeddedBroker.start({ brokers: config.embeddedBrokers });
+      cleanups.push(() => broker!.stop());
+      for (const t of topicPlan(config.topicPrefix, config.partitions)) await broker.createTopic(t.name, t.partitions, Math.min(config.embeddedBrokers, 3));
+      brokers = broker.bootstraps;
+      log.info({ brokers, partitions: config.partitions }, 'embedded broker started (librdkafka mock cluster)');
+    }
+    let registryUrl = config.schemaRegistryUrl;
+    if (config.embeddedRegistry) {
+      const registry = new EmbeddedSchemaRegistry();
+      registryUrl = await registry.start();
+      cleanups.push(() => registry.stop());
+      log.info({ url: registryUrl }, 'embedded schema registry started (development stand-in)');
+    }
+    const serde = new Serde(registryUrl);
+    for (const key of Object.keys(TOPICS) as TopicKey[]) {
+      const schema = TOPICS[key].schema;
+      if (schema) await serde.register(topicName(config.topicPrefix, key), schema);
+    }
+    const kafka = createKafka(config, brokers, log);
+    const admin = kafka.admin();
+    await admin.connect();
+    cleanups.push(() => admin.disconnect());
+    const { clusterId } = await admin.describeCluster();
+    guardStateDir(config.stateDir, `${clusterId}${broker ? `:${broker.clusterId}` : ''}`, log);
+    const producer = createProducer(kafka);
+    await producer.connect();
+    cleanups.push(() => producer.disconnect());
+
+    const tables = new GlobalTables(kafka, admin, serde, config.topicPrefix, log.child({ component: 'tables' }), metrics);
+    cleanups.push(() => tables.stop());
+    const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(config.webhookSecret)]]);
+    for (const c of opts.channels ?? []) channelMap.set(c.name, c);
+    const codec = new Codec(serde, config);
+    const deps = { config, rules, log, metrics, tables, channels: channelMap, availableChannels: new Set(channelMap.keys()) };
+    const runners = new Map<StageName, StageRunner>();
+    for (const stage of stages) {
+      runners.set(stage, new StageRunner({ stage, factory: PROCESSORS[stage], deps, kafka, admin, producer, codec, config, log, metrics }));
+    }
+    cleanups.push(async () => {
+      await Promise.all([...runners.values()].map((r) => r.stop()));
+    });
+    const neededTables = [...new Set(stages.flatMap((s) => STAGES[s].tables))];
+    const wantApi = opts.api ?? true;
+    // The API answers GET /v1/users/:id from the users table.
+    if (wantApi && !neededTables.includes('users')) neededTables.push('users');
+    let ready = false;
+    await Promise.all([
+      tables.start(neededTables),
+      ...[...runners.values()].map(async (r) => {
+        await r.start();
+        await r.joined;
+      }),
+    ]);
+    ready = true;
+
+    const herald: Herald = {
+      config, brokers, registryUrl, httpUrl: null, broker, kafka, admin, producer, serde, rules, tables, runners, metrics, log, api: null,
+      isReady: () => ready,
+      stop: async () => {
+        ready = false;
+        await cleanup();
+      },
+    };
+    if (wantApi) {
+      const api = await buildApi(herald);
+      cleanups.push(() => api.close());
+      herald.api = api;
+      const address = await api.listen({ port: config.httpPort, host: config.httpHost });
+      herald.httpUrl = address;
+    }
+    return herald;
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * Decode and encode per topic: Avro in Confluent wire format everywhere; events.v1 also
+ * takes JSON validated against the same Avro schema (with `data` given as an object).
+ */
+import type { HeraldConfig } from '../config.ts';
+import { HeraldError } from '../errors.ts';
+import { type Serde, validate } from '../schemas/index.ts';
+import { TOPICS, type TopicKey } from '../topology.ts';
+
+export interface DomainEvent {
+  id: string;
+  type: string;
+  tenant: string;
+  recipients: string[];
+  audience: string | null;
+  data: string;
+  idempotencyKey: string | null;
+  occurredAt: number | null;
+  expiresAt: number | null;
+  actor: string | null;
+  traceId: string | null;
+}
+
+/** Turns the JSON form of a domain event (data as an object) into its Avro form and validates it. */
+export function domainEventFromJson(input: unknown): DomainEvent {
+  if (input && typeof input === 'object' && !Array.isArray(input)) {
+    const obj = { ...(input as Record<string, unknown>) };
+    if (obj.data !== undefined && typeof obj.data === 'object' && obj.data !== null && !Array.isArray(obj.data)) obj.data = JSON.stringify(obj.data);
+    else if (typeof obj.data === 'string') {
+      // already JSON text: must be an object
+      try {
+        const parsed: unknown = JSON.parse(obj.data);
+        if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object');
+      } catch {
+        throw new HeraldError('HRL_SCHEMA_VIOLATION', 'data: expected a JSON object (or its JSON text)', { field: 'data' });
+      }
+    }
+    for (const k of ['occurredAt', 'expiresAt'] as const) {
+      if (typeof obj[k] === 'string') {
+        const t = Date.parse(obj[k] as string);
+        if (Number.isNaN(t)) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${k}: expected epoch milliseconds or an ISO-8601 date-time, got ${JSON.stringify(obj[k])}`, { field: k });
+        obj[k] = t;
+      }
+    }
+    input = obj;
+  }
+  const ev = validate<DomainEvent>('DomainEvent', input);
+  const empty = (['id', 'type', 'tenant'] as const).find((k) => ev[k].trim() === '');
+  if (empty) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${empty}: expected a non-empty string`, { field: empty });
+  return ev;
+}
+
+export class Codec {
+  private readonly serde: Serde;
+  private readonly config: HeraldConfig;
+
+  constructor(serde: Serde, config: HeraldConfig) {
+    this.serde = serde;
+    this.config = config;
+  }
+
+  async decode(topicKey: TopicKey, buf: Buffer | null): Promise<unknown> {
+    if (buf === null) return null; // tombstone
+    if (topicKey === 'events') {
+      if (buf.length > this.config.maxPayloadBytes) {
+        throw new HeraldError('HRL_PAYLOAD_TOO_LARGE', `record is ${buf.length} bytes; the limit is ${this.config.maxPayloadBytes} (HERALD_MAX_PAYLOAD_BYTES)`);
+      }
+      if (buf[0] === 0) return domainEventFromJson(await this.serde.decode(buf));
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(buf.toString('utf8'));
+      } catch (err) {
+        throw new HeraldError('HRL_DECODE_FAILED', `neither Avro (magic byte 0) nor JSON: ${(err as Error).message}`);
+      }
+      return domainEventFromJson(parsed);
+    }
+    if (TOPICS[topicKey].schema === null) return buf;
+    return this.serde.decode(buf);
+  }
+
+  async encode(topicKey: TopicKey, topic: string, value: unknown): Promise<Buffer | null> {
+    if (value === null) return null;
+    if (TOPICS[topicKey].schema === null) return Buffer.isBuffer(value) ? value : Buffer.from(JSON.stringify(value));
+    return this.serde.encode(topic, value);
+  }
+}

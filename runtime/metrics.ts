@@ -1,0 +1,30 @@
+/**
+ * prom-client metrics, named herald_<area>_<what>_<unit>. One registry per process
+ * (served at /metrics); tests make their own.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+export class Metrics {
+  readonly registry: Registry;
+  readonly records: Counter<'stage' | 'result'>;
+  readonly batchDuration: Histogram<'stage'>;
+  readonly lag: Gauge<'stage' | 'topic' | 'partition'>;
+  readonly restored: Counter<'stage' | 'store'>;
+  readonly restoreDuration: Histogram<'stage' | 'store'>;
+  readonly tableRecords: Counter<'table'>;
+  readonly deliveries: Counter<'channel' | 'result'>;
+  readonly deliveryLatency: Histogram<'channel'>;
+
+  constructor(opts: { defaults?: boolean } = {}) {
+    const r = (this.registry = new Registry());
+    if (opts.defaults) collectDefaultMetrics({ register: r, prefix: 'herald_process_' });
+    this.records = new Counter({ name: 'herald_stage_records_total', help: 'Records handled per stage, by result (in, out, outcome, dlq).', labelNames: ['stage', 'result'], registers: [r] });
+    this.batchDuration = new Histogram({ name: 'herald_stage_batch_duration_seconds', help: 'Time to process, produce and commit one consumed batch.', labelNames: ['stage'], buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [r] });
+    this.lag = new Gauge({ name: 'herald_stage_consumer_lag_records', help: 'Records between the last consumed offset and the high watermark.', labelNames: ['stage', 'topic', 'partition'], registers: [r] });
+    this.restored = new Counter({ name: 'herald_state_restore_records_total', help: 'Changelog records applied while restoring stores.', labelNames: ['stage', 'store'], registers: [r] });
+    this.restoreDuration = new Histogram({ name: 'herald_state_restore_duration_seconds', help: 'Time to restore one store partition from its changelog.', labelNames: ['stage', 'store'], buckets: [0.01, 0.1, 0.5, 1, 5, 15, 60, 300], registers: [r] });
+    this.tableRecords = new Counter({ name: 'herald_table_records_total', help: 'Records applied to global tables.', labelNames: ['table'], registers: [r] });
+    this.deliveries = new Counter({ name: 'herald_deliver_attempts_total', help: 'Channel calls by channel and result.', labelNames: ['channel', 'result'], registers: [r] });
+    this.deliveryLatency = new Histogram({ name: 'herald_deliver_call_duration_seconds', help: 'Duration of one channel call.', labelNames: ['channel'], buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10], registers: [r] });
+  }
+}

@@ -1,0 +1,131 @@
+/**
+ * Reading a topic outside the stage consumer groups: global tables (follow every
+ * partition from the beginning), changelog restore (chosen partitions from a checkpoint
+ * to the end offsets captured at the start), replay, tail and lifecycle rebuild.
+ *
+ * kafkajs has no manual partition assignment, so a reader is a consumer in a group of
+ * its own (unique id, never committed): alone in its group it is assigned every
+ * partition; partitions it does not want are paused, and the wanted ones are seeked.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Admin, Consumer, Kafka, KafkaMessage } from 'kafkajs';
+
+export interface ReadBatch {
+  topic: string;
+  partition: number;
+  messages: KafkaMessage[];
+}
+
+/** End offsets (high watermarks) per partition, as bigint. */
+export async function endOffsets(admin: Admin, topic: string): Promise<Map<number, bigint>> {
+  const offs = await admin.fetchTopicOffsets(topic);
+  return new Map(offs.map((o) => [o.partition, BigInt(o.high)]));
+}
+
+export async function startOffsets(admin: Admin, topic: string): Promise<Map<number, bigint>> {
+  const offs = await admin.fetchTopicOffsets(topic);
+  return new Map(offs.map((o) => [o.partition, BigInt(o.low)]));
+}
+
+export interface ReaderOptions {
+  topic: string;
+  /** Partitions to read with their first offset; absent = every partition from the earliest offset. */
+  from?: Map<number, bigint>;
+  /** Stop once each partition reaches these offsets (exclusive). Absent = follow forever. */
+  until?: Map<number, bigint>;
+  groupPrefix: string;
+  onBatch: (batch: ReadBatch) => Promise<void>;
+}
+
+export class TopicReader {
+  private consumer: Consumer | null = null;
+  private readonly remaining = new Map<number, bigint>();
+  private caughtUpResolve!: () => void;
+  /** Resolves when every partition has reached the end offsets given in `until` (or captured at start when following). */
+  readonly caughtUp: Promise<void>;
+  private stopped = false;
+
+  private readonly kafka: Kafka;
+  private readonly admin: Admin;
+  private readonly opts: ReaderOptions;
+
+  constructor(kafka: Kafka, admin: Admin, opts: ReaderOptions) {
+    this.kafka = kafka;
+    this.admin = admin;
+    this.opts = opts;
+    this.caughtUp = new Promise((resolve) => (this.caughtUpResolve = resolve));
+  }
+
+  /** Starts reading. With `until`, resolves `caughtUp` and stops by itself at the end. */
+  async start(): Promise<void> {
+    const { topic, from } = this.opts;
+    const ends = this.opts.until ?? (await endOffsets(this.admin, topic));
+    const starts = await startOffsets(this.admin, topic);
+    const wanted = from ? [...from.keys()] : [...ends.keys()];
+    for (const p of wanted) {
+      const begin = from?.get(p) ?? starts.get(p) ?? 0n;
+      const end = ends.get(p) ?? 0n;
+      if (end > begin) this.remaining.set(p, end);
+    }
+    const follow = !this.opts.until;
+    if (this.remaining.size === 0) {
+      this.caughtUpResolve();
+      if (!follow) return;
+    }
+    const consumer = this.kafka.consumer({
+      groupId: `${this.opts.groupPrefix}reader.${randomUUID()}`,
+      sessionTimeout: 30000,
+      heartbeatInterval: 3000,
+      maxWaitTimeInMs: 50,
+      minBytes: 1,
+      maxBytes: 16 * 1024 * 1024,
+      allowAutoTopicCreation: false,
+    });
+    this.consumer = consumer;
+    await consumer.connect();
+    await consumer.subscribe({ topic, fromBeginning: true });
+    const wantedSet = new Set(wanted);
+    await consumer.run({
+      autoCommit: false,
+      partitionsConsumedConcurrently: 1,
+      eachBatch: async ({ batch, heartbeat, pause }) => {
+        if (this.stopped) return;
+        if (!wantedSet.has(batch.partition)) {
+          pause();
+          return;
+        }
+        const min = from?.get(batch.partition);
+        const messages = min === undefined ? batch.messages : batch.messages.filter((m) => BigInt(m.offset) >= min);
+        if (messages.length) await this.opts.onBatch({ topic, partition: batch.partition, messages });
+        const end = this.remaining.get(batch.partition);
+        const last = batch.messages.at(-1);
+        if (end !== undefined && last && BigInt(last.offset) + 1n >= end) {
+          this.remaining.delete(batch.partition);
+          if (this.remaining.size === 0) {
+            this.caughtUpResolve();
+            if (!follow) {
+              this.stopped = true;
+              setImmediate(() => void this.stop());
+            }
+          }
+        }
+        await heartbeat();
+      },
+    });
+    for (const [partition, offset] of from ?? []) consumer.seek({ topic, partition, offset: offset.toString() });
+  }
+
+  /** Starts and waits until the end offsets are reached (bounded reads). */
+  async readToEnd(): Promise<void> {
+    await this.start();
+    await this.caughtUp;
+    await this.stop();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    const c = this.consumer;
+    this.consumer = null;
+    if (c) await c.disconnect();
+  }
+}

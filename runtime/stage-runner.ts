@@ -1,0 +1,397 @@
+/**
+ * Runs one stage: a consumer in group `herald.<stage>`, one processor instance and one
+ * set of stores per assigned partition, and the batch cycle every stage shares:
+ *
+ *   decode (failures -> dlq.v1, partition moves on) -> process -> produce outputs,
+ *   outcomes and changelog records (acks=-1) -> write the state batch and checkpoint
+ *   -> commit offsets.
+ *
+ * Offsets are committed only after every produce of the batch is acknowledged and its
+ * state is written, so a crash anywhere replays the batch (at-least-once), and the
+ * derived ids make the replay idempotent downstream.
+ */
+import type { Admin, Consumer, EachBatchPayload, IHeaders, Kafka, KafkaMessage, Message, Producer } from 'kafkajs';
+import type { HeraldConfig } from '../config.ts';
+import { asHeraldError, type HeraldError } from '../errors.ts';
+import type { Decision, InRecord, Processor, StageContext, StageDeps, StageFactory } from '../processors/contract.ts';
+import { BatchView, KeyValueStore } from '../state/store.ts';
+import { type StageName, STAGES, type TopicKey, changelogTopic, groupId, topicName } from '../topology.ts';
+import type { Codec } from './codec.ts';
+import type { Logger } from './logger.ts';
+import type { Metrics } from './metrics.ts';
+import { TopicReader } from './reader.ts';
+
+interface PartitionTask {
+  processor: Processor;
+  stores: Map<string, KeyValueStore>;
+  /** Serialises the batches of each input topic of this partition (deliver reads two). */
+  locks: Map<string, Promise<void>>;
+  /** Serialises produce -> state write -> commit across the partition's input topics. */
+  commit: Promise<void>;
+}
+
+interface PendingOutput {
+  topicKey: TopicKey | 'changelog';
+  topic: string;
+  message: Message;
+  value: unknown;
+}
+
+export interface StageRunnerOptions {
+  stage: StageName;
+  factory: StageFactory;
+  deps: StageDeps;
+  kafka: Kafka;
+  admin: Admin;
+  producer: Producer;
+  codec: Codec;
+  config: HeraldConfig;
+  log: Logger;
+  metrics: Metrics;
+  /** Wall clock, injectable for tests. */
+  clock?: () => number;
+}
+
+function headersToRecord(h: IHeaders | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(h ?? {})) if (v !== undefined) out[k] = Array.isArray(v) ? String(v[0]) : String(v);
+  return out;
+}
+
+export class StageRunner {
+  private consumer: Consumer | null = null;
+  private readonly tasks = new Map<number, Promise<PartitionTask>>();
+  private readonly opened = new Map<number, PartitionTask>();
+  private readonly topicKeys = new Map<string, TopicKey>();
+  private readonly log: Logger;
+  private readonly clock: () => number;
+  private joinedResolve!: () => void;
+  /** Resolves when the consumer has joined its group the first time. */
+  readonly joined = new Promise<void>((r) => (this.joinedResolve = r));
+
+  private readonly o: StageRunnerOptions;
+
+  constructor(o: StageRunnerOptions) {
+    this.o = o;
+    this.log = o.log.child({ stage: o.stage });
+    this.clock = o.clock ?? Date.now;
+    for (const t of STAGES[o.stage].inputs) this.topicKeys.set(topicName(o.config.topicPrefix, t), t);
+  }
+
+  async start(): Promise<void> {
+    const { config, stage } = this.o;
+    const consumer = this.o.kafka.consumer({
+      groupId: groupId(config.topicPrefix, stage),
+      sessionTimeout: 30000,
+      rebalanceTimeout: 60000,
+      heartbeatInterval: 3000,
+      maxWaitTimeInMs: 20,
+      minBytes: 1,
+      maxBytesPerPartition: 1024 * 1024,
+      allowAutoTopicCreation: false,
+    });
+    this.consumer = consumer;
+    consumer.on(consumer.events.GROUP_JOIN, (e) => {
+      const assigned = new Set<number>();
+      for (const parts of Object.values(e.payload.memberAssignment)) for (const p of parts) assigned.add(p);
+      this.log.info({ partitions: [...assigned].sort((a, b) => a - b), generationId: e.payload.generationId }, 'joined group');
+      for (const p of [...this.tasks.keys()]) if (!assigned.has(p)) void this.closePartition(p);
+      this.joinedResolve();
+    });
+    await consumer.connect();
+    for (const topic of this.topicKeys.keys()) await consumer.subscribe({ topic, fromBeginning: true });
+    await consumer.run({
+      autoCommit: false,
+      partitionsConsumedConcurrently: Math.max(1, Math.min(config.partitions * this.topicKeys.size, 8)),
+      eachBatch: (payload) => this.onBatch(payload),
+    });
+  }
+
+  /** Opens (and restores) a partition's stores and processor on first use. */
+  private task(partition: number): Promise<PartitionTask> {
+    let t = this.tasks.get(partition);
+    if (!t) {
+      t = this.openPartition(partition);
+      this.tasks.set(partition, t);
+      t.catch(() => this.tasks.delete(partition));
+    }
+    return t;
+  }
+
+  private async openPartition(partition: number): Promise<PartitionTask> {
+    const { config, stage, metrics } = this.o;
+    const stores = new Map<string, KeyValueStore>();
+    for (const spec of STAGES[stage].stores) {
+      const changelog = spec.changelog ? changelogTopic(config.topicPrefix, stage, spec.name) : null;
+      const store = await KeyValueStore.open({ backend: config.stateBackend, dir: config.stateDir, stage, name: spec.name, partition, changelog });
+      stores.set(spec.name, store);
+      if (changelog) {
+        const started = performance.now();
+        const checkpoint = await store.checkpoint();
+        let applied = 0;
+        const reader = new TopicReader(this.o.kafka, this.o.admin, {
+          topic: changelog,
+          groupPrefix: config.topicPrefix,
+          from: new Map([[partition, checkpoint === null ? 0n : checkpoint + 1n]]),
+          until: new Map([[partition, (await this.endOffset(changelog, partition))]]),
+          onBatch: async ({ messages }) => {
+            const last = messages.at(-1)!;
+            await store.restore(messages.map((m) => ({ key: m.key!.toString(), value: m.value ? m.value.toString() : null })), BigInt(last.offset));
+            applied += messages.length;
+            metrics.restored.inc({ stage, store: spec.name }, messages.length);
+          },
+        });
+        await reader.readToEnd();
+        const seconds = (performance.now() - started) / 1000;
+        metrics.restoreDuration.observe({ stage, store: spec.name }, seconds);
+        this.log.info({ store: spec.name, partition, checkpoint: checkpoint?.toString() ?? null, applied, seconds: Number(seconds.toFixed(3)) }, 'store restored');
+      }
+    }
+    const processor = this.o.factory(this.o.deps);
+    await processor.init?.({ partition });
+    const task: PartitionTask = { processor, stores, locks: new Map(), commit: Promise.resolve() };
+    this.opened.set(partition, task);
+    return task;
+  }
+
+  private async endOffset(topic: string, partition: number): Promise<bigint> {
+    const offs = await this.o.admin.fetchTopicOffsets(topic);
+    return BigInt(offs.find((o) => o.partition === partition)?.high ?? '0');
+  }
+
+  private async closePartition(partition: number): Promise<void> {
+    const t = this.tasks.get(partition);
+    this.tasks.delete(partition);
+    this.opened.delete(partition);
+    if (!t) return;
+    const task = await t.catch(() => null);
+    if (!task) return;
+    await Promise.all([...task.locks.values()]);
+    await task.processor.close?.();
+    for (const s of task.stores.values()) await s.close();
+    this.log.info({ partition }, 'partition closed');
+  }
+
+  private async onBatch({ batch, heartbeat, isRunning, isStale }: EachBatchPayload): Promise<void> {
+    if (batch.messages.length === 0 || !isRunning() || isStale()) return;
+    const task = await this.task(batch.partition);
+    const run = (task.locks.get(batch.topic) ?? Promise.resolve()).then(() => this.processBatch(task, batch.topic, batch.partition, batch.messages, heartbeat));
+    task.locks.set(batch.topic, run.catch(() => undefined));
+    await run;
+    this.o.metrics.lag.set({ stage: this.o.stage, topic: batch.topic, partition: String(batch.partition) }, Number(batch.offsetLag()));
+    await heartbeat();
+  }
+
+  private async processBatch(task: PartitionTask, topic: string, partition: number, messages: KafkaMessage[], heartbeat: () => Promise<void>): Promise<void> {
+    const { stage, metrics } = this.o;
+    const endTimer = metrics.batchDuration.startTimer({ stage });
+    const topicKey = this.topicKeys.get(topic)!;
+    metrics.records.inc({ stage, result: 'in' }, messages.length);
+    // Decode phase: a record that cannot be decoded is dead-lettered; its neighbours go on.
+    const records: InRecord[] = [];
+    const rejected: { rec: InRecord; err: HeraldError }[] = [];
+    for (const m of messages) {
+      const base = { topic, topicKey, partition, offset: m.offset, key: m.key?.toString() ?? null, timestamp: Number(m.timestamp), headers: headersToRecord(m.headers), raw: m.value };
+      try {
+        records.push({ ...base, value: await this.o.codec.decode(topicKey, m.value) });
+      } catch (err) {
+        rejected.push({ rec: { ...base, value: null }, err: asHeraldError(err, { stage, topic, partition, offset: m.offset }) });
+      }
+    }
+    const ctx = this.context(task, partition, heartbeat);
+    for (const { rec, err } of rejected) ctx.deadLetter(rec, err);
+    try {
+      if (records.length) await task.processor.process(records, ctx);
+      await this.complete(ctx, topic, partition, messages.at(-1)!.offset);
+    } catch (err) {
+      const e = asHeraldError(err, { stage, topic, partition });
+      if (e.retriable) throw e; // not committed: the batch is fetched again
+      this.log.warn({ code: e.code, err: e.message, records: records.length }, 'batch failed; re-running record by record to isolate the bad one');
+      const rejectsOnly = this.context(task, partition, heartbeat);
+      for (const { rec, err: de } of rejected) rejectsOnly.deadLetter(rec, de);
+      await this.complete(rejectsOnly, topic, partition, null);
+      for (const rec of records) {
+        const one = this.context(task, partition, heartbeat);
+        try {
+          await task.processor.process([rec], one);
+        } catch (inner) {
+          const ie = asHeraldError(inner, { stage, topic, partition, offset: rec.offset });
+          if (ie.retriable) throw ie;
+          const dl = this.context(task, partition, heartbeat);
+          dl.deadLetter(rec, ie);
+          await this.complete(dl, topic, partition, rec.offset);
+          continue;
+        }
+        await this.complete(one, topic, partition, rec.offset);
+      }
+      await this.complete(this.context(task, partition, heartbeat), topic, partition, messages.at(-1)!.offset);
+    } finally {
+      endTimer();
+    }
+  }
+
+  private context(task: PartitionTask, partition: number, heartbeat: () => Promise<void>): BatchContext {
+    return new BatchContext(this.o.stage, partition, task, this.o.config, this.log, this.clock, heartbeat);
+  }
+
+  /** Produce everything the batch emitted, write its state, then commit `offset` + 1. */
+  private complete(ctx: BatchContext, topic: string, partition: number, offset: string | null): Promise<void> {
+    const task = ctx.task;
+    const run = task.commit.then(() => this.completeNow(ctx, topic, partition, offset));
+    task.commit = run.catch(() => undefined);
+    return run;
+  }
+
+  private async completeNow(ctx: BatchContext, topic: string, partition: number, offset: string | null): Promise<void> {
+    const { producer, codec, metrics, stage } = this.o;
+    const byTopic = new Map<string, Message[]>();
+    for (const out of ctx.outputs) {
+      if (out.topicKey !== 'changelog') out.message.value = await codec.encode(out.topicKey, out.topic, out.value);
+      const list = byTopic.get(out.topic) ?? [];
+      list.push(out.message);
+      byTopic.set(out.topic, list);
+    }
+    for (const view of ctx.views.values()) {
+      const t = view.store.changelog;
+      if (!t) continue;
+      const list = byTopic.get(t) ?? [];
+      for (const c of view.changes()) list.push({ key: c.key, value: c.value === null ? null : Buffer.from(c.value), partition, timestamp: String(ctx.maxTimestamp ?? this.clock()) });
+      if (list.length) byTopic.set(t, list);
+    }
+    let meta: { topicName: string; partition: number; baseOffset?: string }[] = [];
+    if (byTopic.size) {
+      meta = await producer.sendBatch({ acks: -1, topicMessages: [...byTopic].map(([t, messages]) => ({ topic: t, messages })) });
+    }
+    for (const [, view] of ctx.views) {
+      const cl = view.store.changelog;
+      const n = cl ? (byTopic.get(cl)?.length ?? 0) : 0;
+      const m = cl && n ? meta.find((x) => x.topicName === cl && x.partition === partition) : undefined;
+      await view.flush(m?.baseOffset !== undefined ? BigInt(m.baseOffset) + BigInt(n - 1) : null);
+    }
+    if (offset !== null) {
+      await this.consumer!.commitOffsets([{ topic, partition, offset: (BigInt(offset) + 1n).toString() }]);
+    }
+    metrics.records.inc({ stage, result: 'out' }, ctx.counts.out);
+    metrics.records.inc({ stage, result: 'outcome' }, ctx.counts.outcome);
+    metrics.records.inc({ stage, result: 'dlq' }, ctx.counts.dlq);
+    if (ctx.counts.out + ctx.counts.outcome + ctx.counts.dlq > 0) {
+      this.log.debug({ partition, offset, ...ctx.counts }, 'batch committed');
+    }
+  }
+
+  /** The open stores named `name`, one per partition this instance holds (for queries). */
+  stores(name: string): KeyValueStore[] {
+    return [...this.opened.values()].flatMap((t) => (t.stores.has(name) ? [t.stores.get(name)!] : []));
+  }
+
+  /** Stops consuming: the in-flight batch finishes and commits, then stores close. */
+  async stop(): Promise<void> {
+    const c = this.consumer;
+    this.consumer = null;
+    if (c) await c.disconnect();
+    for (const p of [...this.tasks.keys()]) await this.closePartition(p);
+  }
+}
+
+class BatchContext implements StageContext {
+  readonly outputs: PendingOutput[] = [];
+  readonly views = new Map<string, BatchView>();
+  readonly counts = { out: 0, outcome: 0, dlq: 0 };
+  maxTimestamp: number | null = null;
+
+  readonly stage: StageName;
+  readonly partition: number;
+  readonly task: PartitionTask;
+  readonly log: Logger;
+  private readonly config: HeraldConfig;
+  private readonly clock: () => number;
+  private readonly heartbeat: () => Promise<void>;
+
+  constructor(stage: StageName, partition: number, task: PartitionTask, config: HeraldConfig, log: Logger, clock: () => number, heartbeat: () => Promise<void>) {
+    this.stage = stage;
+    this.partition = partition;
+    this.task = task;
+    this.config = config;
+    this.log = log;
+    this.clock = clock;
+    this.heartbeat = heartbeat;
+  }
+
+  store(name: string): BatchView {
+    let v = this.views.get(name);
+    if (!v) {
+      const s = this.task.stores.get(name);
+      if (!s) throw new Error(`stage ${this.stage} did not declare a store named "${name}" in topology.ts`);
+      v = s.view();
+      this.views.set(name, v);
+    }
+    return v;
+  }
+
+  private push(topicKey: TopicKey, key: string, value: unknown, timestamp: number, headers?: Record<string, string>) {
+    if (!STAGES[this.stage].outputs.includes(topicKey)) throw new Error(`stage ${this.stage} may not write to ${topicKey}; declare it in topology.ts`);
+    const topic = topicName(this.config.topicPrefix, topicKey);
+    this.maxTimestamp = Math.max(this.maxTimestamp ?? 0, timestamp);
+    this.outputs.push({ topicKey, topic, value, message: { key, value: null, timestamp: String(timestamp), ...(headers ? { headers } : {}) } });
+  }
+
+  emit(cause: InRecord, topic: TopicKey, key: string, value: unknown, headers?: Record<string, string>): void {
+    this.push(topic, key, value, cause.timestamp, headers);
+    this.counts.out++;
+  }
+
+  outcome(cause: InRecord, d: Decision): void {
+    const ev = {
+      notificationId: d.notificationId,
+      deliveryId: d.deliveryId ?? null,
+      tenant: d.tenant,
+      recipient: d.recipient,
+      eventId: d.eventId,
+      eventType: d.eventType,
+      ruleId: d.ruleId ?? null,
+      stage: this.stage,
+      status: d.status,
+      terminal: d.terminal ?? false,
+      reasonCode: d.reasonCode,
+      reason: d.reason,
+      channel: d.channel ?? null,
+      attempt: d.attempt ?? null,
+      providerMessageId: d.providerMessageId ?? null,
+      sourceTopic: cause.topic,
+      sourcePartition: cause.partition,
+      sourceOffset: cause.offset,
+      timestamp: d.timestamp ?? cause.timestamp,
+      traceId: d.traceId,
+    };
+    this.push('outcomes', d.recipient, ev, ev.timestamp);
+    this.counts.outcome++;
+  }
+
+  deadLetter(cause: InRecord, error: Error & { code?: string; field?: string }): void {
+    const headers: Record<string, string> = {
+      'herald.error.code': error.code ?? 'HRL_PROCESSING_FAILED',
+      'herald.error.reason': error.message.slice(0, 1000),
+      'herald.error.stage': this.stage,
+      'herald.source.topic': cause.topic,
+      'herald.source.partition': String(cause.partition),
+      'herald.source.offset': cause.offset,
+      'herald.source.timestamp': String(cause.timestamp),
+    };
+    if (error.field) headers['herald.error.field'] = error.field;
+    this.log.warn({ code: headers['herald.error.code'], reason: headers['herald.error.reason'], topic: cause.topic, partition: cause.partition, offset: cause.offset }, 'dead-lettered');
+    this.push('dlq', cause.key ?? '', cause.raw ?? Buffer.alloc(0), cause.timestamp, headers);
+    this.counts.dlq++;
+  }
+
+  wallClock(): number {
+    return this.clock();
+  }
+
+  async waitUntil(wallTime: number): Promise<void> {
+    for (let left = wallTime - this.clock(); left > 0; left = wallTime - this.clock()) {
+      await new Promise((r) => setTimeout(r, Math.min(left, 1000)));
+      await this.heartbeat();
+    }
+  }
+}
+

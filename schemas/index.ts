@@ -1,0 +1,157 @@
+/**
+ * Herald's Avro schemas: loading (references inlined so each registered schema is
+ * self-contained), local validation with field-path errors, and the Confluent wire
+ * format through @kafkajs/confluent-schema-registry.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import avro from 'avsc';
+import { SchemaRegistry } from '@kafkajs/confluent-schema-registry';
+import { HeraldError } from '../errors.ts';
+
+export const SCHEMA_NAMES = [
+  'DomainEvent', 'UserProfile', 'UserPreferences', 'NotificationRequest',
+  'EnrichedNotification', 'DeliveryTask', 'LifecycleEvent',
+] as const;
+export type SchemaName = (typeof SCHEMA_NAMES)[number];
+
+const dir = dirname(fileURLToPath(import.meta.url));
+const NS = 'io.herald.v1.';
+
+/** The .avsc text of a schema as stored in schemas/. */
+export function rawSchema(name: SchemaName): Record<string, unknown> {
+  return JSON.parse(readFileSync(join(dir, `${name}.avsc`), 'utf8')) as Record<string, unknown>;
+}
+
+/** Inlines named references (`io.herald.v1.X`) so a schema stands alone, as the registry expects. */
+export function selfContained(name: SchemaName, loader: (n: SchemaName) => Record<string, unknown> = rawSchema): Record<string, unknown> {
+  const defined = new Set<string>();
+  const walk = (node: unknown): unknown => {
+    if (typeof node === 'string' && node.startsWith(NS)) {
+      const short = node.slice(NS.length) as SchemaName;
+      if (defined.has(short) || !SCHEMA_NAMES.includes(short)) return node;
+      return walk(loader(short));
+    }
+    if (Array.isArray(node)) return node.map(walk);
+    if (node && typeof node === 'object') {
+      const obj = node as Record<string, unknown>;
+      if (obj.type === 'record' && typeof obj.name === 'string') defined.add(obj.name);
+      return Object.fromEntries(Object.entries(obj).map(([k, v]) => [k, k === 'doc' ? v : walk(v)]));
+    }
+    return node;
+  };
+  return walk(loader(name)) as Record<string, unknown>;
+}
+
+const types = new Map<SchemaName, avro.Type>();
+export function avroType(name: SchemaName): avro.Type {
+  let t = types.get(name);
+  if (!t) {
+    t = avro.Type.forSchema(selfContained(name) as avro.Schema);
+    types.set(name, t);
+  }
+  return t;
+}
+
+/** Fills absent fields that have defaults (JSON input may omit them), recursively for records. */
+function withDefaults(schema: Record<string, unknown>, value: unknown): unknown {
+  if (schema.type !== 'record' || !value || typeof value !== 'object' || Array.isArray(value)) return value;
+  const out: Record<string, unknown> = { ...(value as Record<string, unknown>) };
+  for (const f of schema.fields as { name: string; type: unknown; default?: unknown }[]) {
+    if (out[f.name] === undefined && 'default' in f) out[f.name] = structuredClone(f.default);
+    else if (f.type && typeof f.type === 'object' && !Array.isArray(f.type)) out[f.name] = withDefaults(f.type as Record<string, unknown>, out[f.name]);
+  }
+  return out;
+}
+
+function describeType(t: avro.Type): string {
+  const name = t.typeName;
+  if (name === 'union:unwrapped' || name === 'union:wrapped') {
+    return (t as unknown as { types: avro.Type[] }).types.map(describeType).join(' or ');
+  }
+  if (name === 'enum') return `one of ${(t as unknown as { symbols: string[] }).symbols.join(', ')}`;
+  if (name === 'record') return `an object (${t.name ?? 'record'})`;
+  if (name === 'array') return 'an array';
+  if (name === 'map') return 'an object of values';
+  if (name === 'long' || name === 'int') return `an integer (${name})`;
+  return name === 'null' ? 'null' : `a ${name}`;
+}
+
+function formatPath(path: string[]): string {
+  return path.map((p, i) => (/^\d+$/.test(p) ? `[${p}]` : i === 0 ? p : `.${p}`)).join('') || '(root)';
+}
+
+/**
+ * Validates a value against a schema and returns it with defaults filled in.
+ * Throws HRL_SCHEMA_VIOLATION naming the first bad field and what was expected.
+ */
+export function validate<T>(name: SchemaName, value: unknown): T {
+  if (!value || typeof value !== 'object' || Array.isArray(value)) {
+    throw new HeraldError('HRL_SCHEMA_VIOLATION', `(root): expected an object (${name}), got ${Array.isArray(value) ? 'an array' : typeof value}`, { field: '(root)' });
+  }
+  const type = avroType(name);
+  const filled = withDefaults(selfContained(name), value);
+  const problems: string[] = [];
+  let firstField = '';
+  type.isValid(filled, {
+    errorHook(path: string[], any: unknown, t: avro.Type) {
+      // Report the deepest mismatch only: the parent record is invalid because of it.
+      if (t.typeName === 'record' && problems.length > 0) return;
+      const field = formatPath(path);
+      if (!firstField) firstField = field;
+      const got = any === undefined ? 'nothing (field missing)' : JSON.stringify(any)?.slice(0, 60);
+      problems.push(`${field}: expected ${describeType(t)}, got ${got}`);
+    },
+  });
+  if (problems.length) {
+    throw new HeraldError('HRL_SCHEMA_VIOLATION', problems.slice(0, 5).join('; '), { field: firstField });
+  }
+  const known = new Set((selfContained(name).fields as { name: string }[]).map((f) => f.name));
+  const extra = Object.keys(value).filter((k) => !known.has(k));
+  if (extra.length) {
+    throw new HeraldError('HRL_SCHEMA_VIOLATION', `${extra[0]}: unknown field; ${name} has ${[...known].join(', ')}`, { field: extra[0] });
+  }
+  return filled as T;
+}
+
+/**
+ * Encodes and decodes topic values in the Confluent wire format (magic byte, schema id,
+ * Avro body). `register` must run once at start-up for every topic the process writes.
+ */
+export class Serde {
+  readonly registry: SchemaRegistry;
+  private readonly ids = new Map<string, number>();
+
+  constructor(registryUrl: string) {
+    this.registry = new SchemaRegistry({ host: registryUrl }, { AVRO: {} } as never);
+  }
+
+  /** Registers the schema under `<topic>-value` (BACKWARD compatibility) and remembers its id. */
+  async register(topic: string, name: SchemaName): Promise<number> {
+    const { id } = await this.registry.register(
+      { type: 'AVRO' as never, schema: JSON.stringify(selfContained(name)) },
+      { subject: `${topic}-value` },
+    );
+    this.ids.set(topic, id);
+    return id;
+  }
+
+  async encode(topic: string, value: unknown): Promise<Buffer> {
+    const id = this.ids.get(topic);
+    if (id === undefined) throw new HeraldError('HRL_CONFIG_INVALID', `no schema registered for topic ${topic}`);
+    return this.registry.encode(id, value);
+  }
+
+  /** Decodes a wire-format buffer; throws HRL_DECODE_FAILED with the reason. */
+  async decode<T>(buf: Buffer): Promise<T> {
+    if (buf.length < 5 || buf[0] !== 0) {
+      throw new HeraldError('HRL_DECODE_FAILED', `expected Confluent wire format (magic byte 0 and a 4-byte schema id), got ${buf.length} bytes starting 0x${buf.subarray(0, 1).toString('hex')}`);
+    }
+    try {
+      return (await this.registry.decode(buf)) as T;
+    } catch (err) {
+      throw new HeraldError('HRL_DECODE_FAILED', `Avro decode failed (schema id ${buf.readInt32BE(1)}): ${(err as Error).message}`, { cause: err });
+    }
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * The one declaration of Herald's shape: topics (names, schemas, keys, partition counts,
+ * compaction), stages (inputs, outputs, stores, global tables) and changelogs. The
+ * embedded launcher, `herald topics create`, the runtime, the schema registration and
+ * the docs all read it. `describe()` prints it; a snapshot test keeps the picture honest.
+ */
+import type { SchemaName } from './schemas/index.ts';
+
+export interface TopicSpec {
+  /** Name without prefix; the version suffix is part of it. */
+  name: string;
+  /** Avro schema of the value; null for raw bytes (the DLQ). */
+  schema: SchemaName | null;
+  key: string;
+  compacted: boolean;
+  /** 'shared' = the recipient-keyed partition count; a number fixes it. */
+  partitions: 'shared' | number;
+  doc: string;
+}
+
+export const TOPICS = {
+  events: { name: 'events.v1', schema: 'DomainEvent', key: 'event id', compacted: false, partitions: 'shared', doc: 'Domain events from services and agents (Avro or JSON).' },
+  requests: { name: 'requests.v1', schema: 'NotificationRequest', key: 'recipient', compacted: false, partitions: 'shared', doc: 'One record per (event, rule, recipient).' },
+  enriched: { name: 'enriched.v1', schema: 'EnrichedNotification', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Requests joined with profile and preferences.' },
+  deduped: { name: 'deduped.v1', schema: 'EnrichedNotification', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Notifications that passed dedupe.' },
+  admitted: { name: 'admitted.v1', schema: 'EnrichedNotification', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Notifications admitted by throttle.' },
+  deliveries: { name: 'deliveries.v1', schema: 'DeliveryTask', key: 'recipient', compacted: false, partitions: 'shared', doc: 'One rendered task per channel.' },
+  deliverRetry: { name: 'deliver.retry.v1', schema: 'DeliveryTask', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Delivery tasks waiting for a retry.' },
+  outcomes: { name: 'outcomes.v1', schema: 'LifecycleEvent', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Every decision of every stage.' },
+  users: { name: 'users.v1', schema: 'UserProfile', key: 'user id', compacted: true, partitions: 'shared', doc: 'Recipient profiles (global table).' },
+  preferences: { name: 'preferences.v1', schema: 'UserPreferences', key: 'user id', compacted: true, partitions: 'shared', doc: 'Recipient preferences (global table).' },
+  dlq: { name: 'dlq.v1', schema: null, key: 'original key', compacted: false, partitions: 'shared', doc: 'Bad input: original bytes plus reason headers.' },
+} as const satisfies Record<string, TopicSpec>;
+
+export type TopicKey = keyof typeof TOPICS;
+
+export interface StoreSpec {
+  name: string;
+  /** Whether writes go to a compacted changelog topic and are restored from it. */
+  changelog: boolean;
+  doc: string;
+}
+
+export interface StageSpec {
+  name: StageName;
+  inputs: readonly TopicKey[];
+  outputs: readonly TopicKey[];
+  stores: readonly StoreSpec[];
+  /** Compacted topics materialised in full on every instance. */
+  tables: readonly TopicKey[];
+  doc: string;
+}
+
+export const STAGE_NAMES = ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome'] as const;
+export type StageName = (typeof STAGE_NAMES)[number];
+
+export const STAGES: Record<StageName, StageSpec> = {
+  ingest: { name: 'ingest', inputs: ['events'], outputs: ['requests', 'outcomes', 'dlq'], stores: [], tables: [], doc: 'validate, match rules, fan out to recipients, derive ids' },
+  enrich: { name: 'enrich', inputs: ['requests'], outputs: ['enriched', 'outcomes', 'dlq'], stores: [], tables: ['users', 'preferences'], doc: 'join profile and preferences; drop unknown or inactive recipients' },
+  dedupe: { name: 'dedupe', inputs: ['enriched'], outputs: ['deduped', 'outcomes', 'dlq'], stores: [{ name: 'seen', changelog: true, doc: 'dedupe key -> first notification and when it was seen' }], tables: [], doc: 'suppress repeats of a dedupe key inside the rule window' },
+  throttle: { name: 'throttle', inputs: ['deduped'], outputs: ['admitted', 'outcomes', 'dlq'], stores: [], tables: [], doc: 'rate limits and quiet hours (admits all for now)' },
+  route: { name: 'route', inputs: ['admitted'], outputs: ['deliveries', 'outcomes', 'dlq'], stores: [], tables: [], doc: 'pick channels, render templates, drop expired' },
+  deliver: { name: 'deliver', inputs: ['deliveries', 'deliverRetry'], outputs: ['deliverRetry', 'outcomes', 'dlq'], stores: [{ name: 'results', changelog: true, doc: 'deliveryId -> recorded result, to skip redelivered tasks' }], tables: [], doc: 'call the channel with an idempotency key; retry; dead-letter' },
+  outcome: { name: 'outcome', inputs: ['outcomes'], outputs: ['dlq'], stores: [{ name: 'lifecycle', changelog: false, doc: 'notification -> ordered lifecycle events; user -> notifications (rebuildable from outcomes.v1)' }], tables: [], doc: 'lifecycle projection' },
+};
+
+/** Full topic name with prefix. */
+export function topicName(prefix: string, key: TopicKey): string {
+  return `${prefix}${TOPICS[key].name}`;
+}
+
+export function changelogTopic(prefix: string, stage: StageName, store: string): string {
+  return `${prefix}${stage}.${store}.changelog`;
+}
+
+export function groupId(prefix: string, stage: StageName): string {
+  return `${prefix}${stage}`;
+}
+
+export interface TopicPlan { name: string; partitions: number; compacted: boolean; schema: SchemaName | null }
+
+/** Every topic Herald needs, with partition counts: what the launcher and `topics create` make. */
+export function topicPlan(prefix: string, partitions: number): TopicPlan[] {
+  const plan: TopicPlan[] = Object.keys(TOPICS).map((k) => {
+    const t = TOPICS[k as TopicKey] as TopicSpec;
+    return { name: topicName(prefix, k as TopicKey), partitions: t.partitions === 'shared' ? partitions : t.partitions, compacted: t.compacted, schema: t.schema };
+  });
+  for (const s of Object.values(STAGES)) {
+    for (const st of s.stores) if (st.changelog) plan.push({ name: changelogTopic(prefix, s.name, st.name), partitions, compacted: true, schema: null });
+  }
+  return plan;
+}
+
+/** A text picture of the topology (kept in a snapshot test). */
+export function describe(prefix = 'herald.'): string {
+  const lines: string[] = [];
+  for (const s of Object.values(STAGES)) {
+    lines.push(`stage ${s.name} (group ${groupId(prefix, s.name)}): ${s.doc}`);
+    lines.push(`  in:  ${s.inputs.map((t) => topicName(prefix, t)).join(', ')}`);
+    if (s.tables.length) lines.push(`  tables: ${s.tables.map((t) => topicName(prefix, t)).join(', ')}`);
+    lines.push(`  out: ${s.outputs.map((t) => topicName(prefix, t)).join(', ')}`);
+    for (const st of s.stores) lines.push(`  store ${st.name}${st.changelog ? ` -> ${changelogTopic(prefix, s.name, st.name)}` : ''}: ${st.doc}`);
+  }
+  return lines.join('\n');
+}

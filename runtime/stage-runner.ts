@@ -94,7 +94,7 @@ export class StageRunner {
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
       const assigned = new Set<number>();
       for (const parts of Object.values(e.payload.memberAssignment)) for (const p of parts) assigned.add(p);
-      this.log.info({ partitions: [...assigned].sort((a, b) => a - b), generationId: e.payload.generationId }, 'joined group');
+      this.log.info({ partitions: [...assigned].sort((a, b) => a - b), memberId: e.payload.memberId }, 'joined group');
       for (const p of [...this.tasks.keys()]) if (!assigned.has(p)) void this.closePartition(p);
       this.joinedResolve();
     });

@@ -1,0 +1,225 @@
+/**
+ * Each stage driven in memory with a controllable clock: given records and state, then
+ * the emitted records and the decisions on the outcome topic.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { domainEventFromJson } from '../runtime/codec.ts';
+import { dedupe } from '../processors/dedupe.ts';
+import { enrich } from '../processors/enrich.ts';
+import { ingest } from '../processors/ingest.ts';
+import { route } from '../processors/route.ts';
+import { deliver } from '../processors/deliver.ts';
+import { outcome, type NotificationView } from '../processors/outcome.ts';
+import type { ChannelProvider, SendResult } from '../channels/channel.ts';
+import type { DeliveryTask, EnrichedNotification, NotificationRequest, UserProfile } from '../processors/types.ts';
+import { StageDriver } from './support/driver.ts';
+
+const T0 = Date.parse('2026-03-01T12:00:00Z');
+const HOUR = 3_600_000;
+const drivers: StageDriver[] = [];
+const driver = (...args: ConstructorParameters<typeof StageDriver>) => {
+  const d = new StageDriver(...args);
+  drivers.push(d);
+  return d;
+};
+afterEach(async () => {
+  for (const d of drivers.splice(0)) await d.close();
+});
+
+const event = (over: Record<string, unknown> = {}) =>
+  domainEventFromJson({ id: 'e1', type: 'comment.created', tenant: 'acme', recipients: ['ada', 'bob'], actor: 'linus', data: { commentId: 'c1', documentTitle: 'Plan', excerpt: 'hi' }, ...over });
+
+const user = (over: Partial<UserProfile> = {}): UserProfile => ({
+  userId: 'ada', tenant: null, name: 'Ada', email: null, phone: null, locale: 'en', timezone: 'UTC', webhookUrl: 'http://127.0.0.1:9/hook', chatWebhookUrl: null, active: true, updatedAt: null, ...over,
+});
+
+async function requestsFor(ev: ReturnType<typeof event>, at = T0): Promise<NotificationRequest[]> {
+  const r = await driver('ingest', ingest).pipe([{ value: ev, timestamp: at }]);
+  return r.emitted.map((e) => e.value as NotificationRequest);
+}
+
+describe('ingest', () => {
+  it('fans out one request per recipient with derived ids and the rule expiry', async () => {
+    const d = driver('ingest', ingest);
+    const r = await d.pipe([{ value: event(), timestamp: T0 }]);
+    expect(r.emitted.map((e) => [e.topic, e.key])).toEqual([['requests', 'ada'], ['requests', 'bob']]);
+    const req = r.emitted[0]!.value as NotificationRequest;
+    expect(req).toMatchObject({ ruleId: 'comment-created', category: 'collaboration', occurredAt: T0, expiresAt: T0 + 7 * 24 * HOUR });
+    expect(req.notificationId).toMatch(/^ntf_[0-9a-f]{32}$/);
+    expect(r.outcomes.map((o) => o.status)).toEqual(['ACCEPTED', 'ACCEPTED']);
+    // Replaying the same event derives the same ids.
+    const again = await d.pipe([{ value: event(), timestamp: T0 + 5 }]);
+    expect(again.emitted.map((e) => (e.value as NotificationRequest).notificationId)).toEqual(r.emitted.map((e) => (e.value as NotificationRequest).notificationId));
+  });
+
+  it('rejects an unknown event type with a reason and dead-letters it, without stopping its neighbours', async () => {
+    const r = await driver('ingest', ingest).pipe([
+      { value: event({ id: 'bad', type: 'nobody.cares' }), timestamp: T0 },
+      { value: event({ id: 'good' }), timestamp: T0 },
+    ]);
+    expect(r.dlq).toEqual([expect.objectContaining({ offset: '0', code: 'HRL_UNKNOWN_EVENT_TYPE', field: 'type' })]);
+    expect(r.dlq[0]!.reason).toContain('"nobody.cares"');
+    const rejected = r.outcomes.filter((o) => o.status === 'REJECTED');
+    expect(rejected.map((o) => [o.recipient, o.reasonCode, o.terminal])).toEqual([['ada', 'unknown_event_type', true], ['bob', 'unknown_event_type', true]]);
+    expect(r.emitted.map((e) => e.key)).toEqual(['ada', 'bob']);
+  });
+
+  it('rejects an event without recipients, naming the field', async () => {
+    const r = await driver('ingest', ingest).pipe([{ value: event({ recipients: [] }), timestamp: T0 }]);
+    expect(r.dlq[0]).toMatchObject({ code: 'HRL_NO_RECIPIENTS', field: 'recipients' });
+    expect(r.outcomes).toEqual([expect.objectContaining({ status: 'REJECTED', reasonCode: 'no_recipients', recipient: '' })]);
+  });
+});
+
+describe('enrich', () => {
+  const tables = (users: Record<string, UserProfile>) => ({ get: <T>(t: string, k: string) => (t === 'users' ? (users[k] as T | undefined) : undefined) });
+
+  it('joins the profile, and drops unknown and deactivated recipients with their reasons', async () => {
+    const reqs = await requestsFor(event({ recipients: ['ada', 'ghost', 'gone'] }));
+    const d = driver('enrich', enrich, { tables: tables({ ada: user(), gone: user({ userId: 'gone', active: false }) }) });
+    const r = await d.pipe(reqs.map((value) => ({ value, timestamp: T0 })));
+    expect(r.emitted).toHaveLength(1);
+    expect((r.emitted[0]!.value as EnrichedNotification).user.userId).toBe('ada');
+    expect(r.outcomes.map((o) => [o.recipient, o.status, o.reasonCode])).toEqual([
+      ['ada', 'ENRICHED', 'profile_joined'],
+      ['ghost', 'DROPPED', 'unknown_recipient'],
+      ['gone', 'DROPPED', 'recipient_inactive'],
+    ]);
+  });
+});
+
+describe('dedupe', () => {
+  const enriched = async (ev: ReturnType<typeof event>, at = T0): Promise<EnrichedNotification> => ({ request: (await requestsFor(ev, at))[0]!, user: user(), preferences: null });
+
+  it('suppresses a repeat of the idempotency key inside the window, naming the first notification', async () => {
+    const d = driver('dedupe', dedupe);
+    const first = await enriched(event({ id: 'e1', recipients: ['ada'], idempotencyKey: 'k1' }));
+    const second = await enriched(event({ id: 'e2', recipients: ['ada'], idempotencyKey: 'k1' }));
+    const r1 = await d.pipe([{ value: first, timestamp: T0 }]);
+    const r2 = await d.pipe([{ value: second, timestamp: T0 + HOUR }]);
+    expect(r1.outcomes[0]!.status).toBe('UNIQUE');
+    expect(r2.emitted).toHaveLength(0);
+    expect(r2.outcomes[0]).toMatchObject({ status: 'SUPPRESSED_DUPLICATE', terminal: true, reasonCode: 'duplicate_idempotency_key' });
+    expect(r2.outcomes[0]!.reason).toContain(first.request.notificationId);
+    expect(r2.outcomes[0]!.reason).toContain('2026-03-01T12:00:00.000Z');
+  });
+
+  it('suppresses duplicates inside one batch and admits the key again after the window, in stream time', async () => {
+    const d = driver('dedupe', dedupe);
+    const a = await enriched(event({ id: 'a', recipients: ['ada'] }));
+    const b = await enriched(event({ id: 'b', recipients: ['ada'] })); // same data.commentId -> same key
+    const c = await enriched(event({ id: 'c', recipients: ['ada'] }));
+    const r = await d.pipe([{ value: a, timestamp: T0 }, { value: b, timestamp: T0 + 1 }]);
+    expect(r.outcomes.map((o) => o.status)).toEqual(['UNIQUE', 'SUPPRESSED_DUPLICATE']);
+    // The rule's window is 24h: one ms before it ends is still a duplicate; at the end it is new.
+    d.now = T0; // wall clock does not matter
+    expect((await d.pipe([{ value: c, timestamp: T0 + 24 * HOUR - 1 }])).outcomes[0]!.status).toBe('SUPPRESSED_DUPLICATE');
+    expect((await d.pipe([{ value: c, timestamp: T0 + 24 * HOUR }])).outcomes[0]!.status).toBe('UNIQUE');
+  });
+
+  it('passes the same notification again (a replay) instead of suppressing it', async () => {
+    const d = driver('dedupe', dedupe);
+    const a = await enriched(event({ id: 'a', recipients: ['ada'] }));
+    await d.pipe([{ value: a, timestamp: T0 }]);
+    const again = await d.pipe([{ value: a, timestamp: T0 }]);
+    expect(again.emitted).toHaveLength(1);
+    expect(again.outcomes[0]).toMatchObject({ status: 'UNIQUE', reasonCode: 'replayed' });
+  });
+});
+
+describe('route', () => {
+  const admitted = async (over: Partial<UserProfile> = {}, ev = event({ recipients: ['ada'] }), prefs: EnrichedNotification['preferences'] = null): Promise<EnrichedNotification> => ({ request: (await requestsFor(ev))[0]!, user: user(over), preferences: prefs });
+
+  it('renders the template in the user locale, falling back by language, one task per reachable channel', async () => {
+    const d = driver('route', route);
+    const r = await d.pipe([{ value: await admitted({ locale: 'de-AT' }), timestamp: T0 }]);
+    expect(r.emitted).toHaveLength(1);
+    const task = r.emitted[0]!.value as DeliveryTask;
+    expect(task).toMatchObject({ channel: 'webhook', locale: 'de', subject: 'Neuer Kommentar von linus', body: 'linus hat Plan kommentiert: hi', address: 'http://127.0.0.1:9/hook' });
+    expect(task.deliveryId).toBe(`${task.notificationId}:webhook`);
+    expect(r.outcomes[0]).toMatchObject({ status: 'ROUTED' });
+    expect(r.outcomes[0]!.reason).toContain('email: not configured');
+  });
+
+  it('drops a notification that no channel can reach, and one past its expiry', async () => {
+    const d = driver('route', route);
+    const unreachable = await admitted({ webhookUrl: null });
+    const stale = await admitted({}, event({ recipients: ['ada'], expiresAt: T0 + 1000 }));
+    const r = await d.pipe([{ value: unreachable, timestamp: T0 }, { value: stale, timestamp: T0 + 1000 }]);
+    expect(r.emitted).toHaveLength(0);
+    expect(r.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['DROPPED', 'no_reachable_channel'], ['EXPIRED', 'expired_before_routing']]);
+    expect(r.outcomes[0]!.reason).toContain('webhook: no address in profile');
+  });
+
+  it('honours channel and category opt-outs', async () => {
+    const d = driver('route', route);
+    const optedOut = await admitted({}, undefined, { userId: 'ada', channels: { webhook: false }, categories: {}, updatedAt: null });
+    const category = await admitted({}, undefined, { userId: 'ada', channels: {}, categories: { collaboration: false }, updatedAt: null });
+    const r = await d.pipe([{ value: optedOut, timestamp: T0 }, { value: category, timestamp: T0 }]);
+    expect(r.outcomes.map((o) => o.reasonCode)).toEqual(['no_reachable_channel', 'category_opted_out']);
+    expect(r.outcomes[0]!.reason).toContain('webhook: opted out');
+  });
+});
+
+describe('deliver', () => {
+  class ScriptedChannel implements ChannelProvider {
+    readonly name = 'webhook';
+    calls: DeliveryTask[] = [];
+    private readonly script: SendResult[];
+    constructor(script: SendResult[]) {
+      this.script = script;
+    }
+    async send(task: DeliveryTask): Promise<SendResult> {
+      this.calls.push(task);
+      return this.script.shift() ?? { ok: true, providerMessageId: 'm', detail: 'HTTP 200' };
+    }
+  }
+  const taskFor = async (): Promise<DeliveryTask> => {
+    const r = await driver('route', route).pipe([{ value: { request: (await requestsFor(event({ recipients: ['ada'] })))[0]!, user: user(), preferences: null }, timestamp: T0 }]);
+    return r.emitted[0]!.value as DeliveryTask;
+  };
+
+  it('delivers once: a redelivered task whose result is recorded is skipped', async () => {
+    const channel = new ScriptedChannel([]);
+    const d = driver('deliver', deliver, { channels: new Map([['webhook', channel]]) });
+    const task = await taskFor();
+    const r1 = await d.pipe([{ value: task, timestamp: T0 }]);
+    const r2 = await d.pipe([{ value: task, timestamp: T0 }]);
+    expect(r1.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
+    expect(r2.outcomes).toEqual([]);
+    expect(channel.calls).toHaveLength(1);
+  });
+
+  it('schedules a retry with backoff on a retriable failure and dead-letters a permanent one', async () => {
+    const channel = new ScriptedChannel([
+      { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' },
+      { ok: false, retriable: false, code: 'http_410', detail: 'HTTP 410' },
+    ]);
+    const d = driver('deliver', deliver, { channels: new Map([['webhook', channel]]) });
+    const task = await taskFor();
+    const r1 = await d.pipe([{ value: task, timestamp: T0 }]);
+    expect(r1.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'RETRY_SCHEDULED']);
+    const retry = r1.emitted[0]!;
+    expect(retry.topic).toBe('deliverRetry');
+    expect(retry.value).toMatchObject({ attempt: 2, notBefore: d.now + 1000 });
+    const r2 = await d.pipe([{ value: retry.value, timestamp: T0, topicKey: 'deliverRetry' }]);
+    expect(r2.outcomes.map((o) => [o.status, o.attempt])).toEqual([['ATTEMPTED', 2], ['FAILED', 2], ['DEAD_LETTERED', 2]]);
+    expect(r2.outcomes.at(-1)).toMatchObject({ terminal: true, reasonCode: 'permanent_failure' });
+  });
+});
+
+describe('outcome', () => {
+  it('keeps the ordered lifecycle and ignores an event applied twice', async () => {
+    const d = driver('outcome', outcome);
+    const base = { notificationId: 'ntf_1', deliveryId: null, tenant: 'acme', recipient: 'ada', eventId: 'e', eventType: 'comment.created', ruleId: 'comment-created', terminal: false, channel: null, attempt: null, providerMessageId: null, sourceTopic: 't', sourcePartition: 0, sourceOffset: '1', traceId: 'tr' };
+    const evs = [
+      { ...base, stage: 'ingest', status: 'ACCEPTED', reasonCode: 'x', reason: 'x', timestamp: T0 },
+      { ...base, stage: 'deliver', status: 'DELIVERED', terminal: true, channel: 'webhook', deliveryId: 'ntf_1:webhook', attempt: 1, reasonCode: 'y', reason: 'y', timestamp: T0 + 5 },
+    ];
+    await d.pipe(evs.map((value) => ({ value, timestamp: value.timestamp })));
+    await d.pipe([{ value: evs[1], timestamp: T0 + 5 }]);
+    const [view] = await d.stores.get('lifecycle')!.view().getMany<NotificationView>(['n:ntf_1']);
+    expect(view!.events.map((e) => e.status)).toEqual(['ACCEPTED', 'DELIVERED']);
+    expect(view).toMatchObject({ status: 'DELIVERED', terminal: ['webhook:DELIVERED'], channels: { webhook: 'DELIVERED' } });
+  });
+});

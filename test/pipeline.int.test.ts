@@ -1,0 +1,140 @@
+/**
+ * The end-to-end path through all seven stages on the embedded broker, driven through
+ * the HTTP API, with a real webhook receiver.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { verifyWebhookSignature } from '../channels/webhook.ts';
+import type { NotificationView } from '../processors/outcome.ts';
+import type { Herald } from '../runtime/app.ts';
+import { topicName } from '../topology.ts';
+import { api, collect, eventually, removeDir, startTestHerald } from './support/herald.ts';
+import { WebhookReceiver } from './support/webhook-receiver.ts';
+
+let h: Herald & { stateDir: string };
+const hooks = new WebhookReceiver();
+
+beforeAll(async () => {
+  await hooks.start();
+  h = await startTestHerald();
+  for (const [id, extra] of [['ada', {}], ['bob', { locale: 'de' }], ['flaky', {}], ['gone', { active: false }]] as const) {
+    const res = await api(h, 'PUT', `/v1/users/${id}`, { name: id, webhookUrl: `${hooks.url}/${id}`, ...extra });
+    expect(res.status).toBe(202);
+  }
+  await eventually(async () => (await api(h, 'GET', '/v1/users/gone')).status === 200);
+});
+
+afterAll(async () => {
+  await h?.stop();
+  await hooks.stop();
+  if (h) removeDir(h.stateDir);
+});
+
+const lifecycle = (id: string) => api<NotificationView>(h, 'GET', `/v1/notifications/${id}`);
+async function terminal(id: string, count = 1): Promise<NotificationView> {
+  return eventually(async () => {
+    const r = await lifecycle(id);
+    return r.status === 200 && r.body.terminal.length >= count ? r.body : false;
+  });
+}
+
+describe('end-to-end through the HTTP API', () => {
+  it('delivers a posted event as a signed webhook and records every stage in the lifecycle', async () => {
+    const res = await api<{ eventId: string; notifications: { recipient: string; notificationId: string }[] }>(h, 'POST', '/v1/events', {
+      id: 'evt-1', type: 'comment.created', tenant: 'acme', recipients: ['ada'], actor: 'linus', data: { commentId: 'c-1', documentTitle: 'Plan', excerpt: 'ship it' },
+    });
+    expect(res.status).toBe(202);
+    expect(res.body.eventId).toBe('evt-1');
+    const id = res.body.notifications[0]!.notificationId;
+    const n = await terminal(id);
+    expect(n.terminal).toEqual(['webhook:DELIVERED']);
+    expect(n.events.map((e) => `${e.stage}:${e.status}`)).toEqual([
+      'ingest:ACCEPTED', 'enrich:ENRICHED', 'dedupe:UNIQUE', 'throttle:ADMITTED', 'route:ROUTED', 'deliver:ATTEMPTED', 'deliver:DELIVERED',
+    ]);
+    expect(n.events.every((e) => e.reason.length > 0 && e.sourceTopic.startsWith('herald.'))).toBe(true);
+
+    const [hook] = hooks.for('/ada');
+    expect(hook!.headers['idempotency-key']).toBe(`${id}:webhook`);
+    expect(verifyWebhookSignature(h.config.webhookSecret, String(hook!.headers['herald-signature']), hook!.body)).toBe(true);
+    expect(verifyWebhookSignature('another-secret', String(hook!.headers['herald-signature']), hook!.body)).toBe(false);
+    expect(hook!.json).toMatchObject({ notificationId: id, eventType: 'comment.created', subject: 'New comment from linus', body: 'linus commented on Plan: ship it', data: { commentId: 'c-1' } });
+
+    const list = await api<{ notifications: { notificationId: string; status: string }[] }>(h, 'GET', '/v1/users/ada/notifications');
+    expect(list.body.notifications).toContainEqual(expect.objectContaining({ notificationId: id, status: 'DELIVERED' }));
+  });
+
+  it('delivers once when the same Idempotency-Key is posted twice, and suppresses a new event with a repeated idempotency key', async () => {
+    const body = { type: 'pull_request.review_requested', tenant: 'acme', recipients: ['bob'], actor: 'ada', data: { pullRequestId: 7, title: 'x' } };
+    const first = await api<{ eventId: string; notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', body, { 'idempotency-key': 'req-7' });
+    const again = await api<{ eventId: string }>(h, 'POST', '/v1/events', body, { 'idempotency-key': 'req-7' });
+    expect(again.body.eventId).toBe(first.body.eventId);
+    const other = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { ...body, id: 'different-event', idempotencyKey: 'req-7' });
+    const dup = await terminal(other.body.notifications[0]!.notificationId);
+    expect(dup.terminal).toEqual(['SUPPRESSED_DUPLICATE']);
+    expect(dup.events.at(-1)!.reason).toContain(first.body.notifications[0]!.notificationId);
+    await terminal(first.body.notifications[0]!.notificationId);
+    expect(hooks.for('/bob')).toHaveLength(1);
+  });
+
+  it('retries a provider that answers 503 through the retry topic, then delivers', async () => {
+    hooks.script.set('/flaky', [503, 503]);
+    const res = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'agent.task_completed', tenant: 'acme', recipients: ['flaky'], actor: 'bot', data: { taskId: 't1', summary: 'done' } });
+    const n = await terminal(res.body.notifications[0]!.notificationId);
+    expect(n.events.filter((e) => e.stage === 'deliver').map((e) => `${e.status}#${e.attempt}`)).toEqual([
+      'ATTEMPTED#1', 'RETRY_SCHEDULED#1', 'ATTEMPTED#2', 'RETRY_SCHEDULED#2', 'ATTEMPTED#3', 'DELIVERED#3',
+    ]);
+    expect(hooks.for('/flaky').map((r) => r.headers['herald-attempt'])).toEqual(['1', '2', '3']);
+  });
+
+  it('drops unknown and deactivated recipients with their reasons', async () => {
+    const res = await api<{ notifications: { recipient: string; notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', tenant: 'acme', recipients: ['nobody', 'gone'], data: { commentId: 'c-9' } });
+    const byRecipient = Object.fromEntries(res.body.notifications.map((n) => [n.recipient, n.notificationId]));
+    expect((await terminal(byRecipient.nobody!)).events.at(-1)).toMatchObject({ status: 'DROPPED', reasonCode: 'unknown_recipient' });
+    expect((await terminal(byRecipient.gone!)).events.at(-1)).toMatchObject({ status: 'DROPPED', reasonCode: 'recipient_inactive' });
+  });
+
+  it('answers 400 with the field path and the expectation', async () => {
+    const bad = await api<{ error: string; field: string; message: string }>(h, 'POST', '/v1/events', { type: 'comment.created', tenant: 'acme', recipients: ['ada', 42] });
+    expect(bad.status).toBe(400);
+    expect(bad.body).toMatchObject({ error: 'HRL_SCHEMA_VIOLATION', field: 'recipients[1]' });
+    expect(bad.body.message).toContain('expected a string');
+    const unknown = await api<{ error: string; message: string }>(h, 'POST', '/v1/events', { type: 'nope', tenant: 'acme', recipients: ['ada'] });
+    expect(unknown.status).toBe(400);
+    expect(unknown.body.error).toBe('HRL_UNKNOWN_EVENT_TYPE');
+    const user = await api<{ field: string }>(h, 'PUT', '/v1/users/x', { webhookUrl: 'ftp://nope' });
+    expect(user.status).toBe(400);
+    expect(user.body.field).toBe('webhookUrl');
+  });
+
+  it('sends bad records on events.v1 to the DLQ with reason headers and keeps processing their neighbours', async () => {
+    const dlq = await collect(h, topicName('herald.', 'dlq'));
+    const events = topicName('herald.', 'events');
+    const good = { id: 'neighbour', type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: { commentId: 'c-n' } };
+    await h.producer.send({
+      topic: events, acks: -1,
+      messages: [
+        { key: 'k', value: Buffer.from([0xff, 0x00, 0x13]) },
+        { key: 'k', value: JSON.stringify({ id: 'v1', type: 'comment.created', tenant: 'acme', recipients: 'ada' }) },
+        { key: 'k', value: JSON.stringify({ id: 'u1', type: 'unknown.type', tenant: 'acme', recipients: ['ada'] }) },
+        { key: 'k', value: JSON.stringify(good) },
+      ],
+    });
+    const found = await eventually(() => dlq.messages.length >= 3 && dlq.messages);
+    await dlq.stop();
+    const headers = found.map((m) => Object.fromEntries(Object.entries(m.headers ?? {}).map(([k, v]) => [k, String(v)])));
+    expect(headers.map((x) => x['herald.error.code'])).toEqual(['HRL_DECODE_FAILED', 'HRL_SCHEMA_VIOLATION', 'HRL_UNKNOWN_EVENT_TYPE']);
+    expect(headers[1]!['herald.error.field']).toBe('recipients');
+    expect(headers[1]!['herald.error.reason']).toContain('expected an array');
+    expect(headers.every((x) => x['herald.source.topic'] === events && x['herald.error.stage'] === 'ingest')).toBe(true);
+    expect(found[0]!.value).toEqual(Buffer.from([0xff, 0x00, 0x13]));
+    await eventually(() => hooks.received.some((r) => (r.json as { eventId?: string }).eventId === 'neighbour'));
+  });
+
+  it('serves readiness, health and prom-client metrics', async () => {
+    expect((await api(h, 'GET', '/healthz')).status).toBe(200);
+    const ready = await api<{ ready: boolean; tables: Record<string, boolean> }>(h, 'GET', '/readyz');
+    expect(ready.body).toMatchObject({ ready: true, tables: { users: true, preferences: true } });
+    const metrics = await fetch(`${h.httpUrl}/metrics`).then((r) => r.text());
+    expect(metrics).toMatch(/herald_stage_records_total\{stage="deliver",result="in"\} [1-9]/);
+    expect(metrics).toContain('herald_stage_batch_duration_seconds_bucket');
+  });
+});

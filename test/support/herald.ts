@@ -1,0 +1,68 @@
+/** Starting Herald for integration tests: its own state directory, a free port, quiet logs. */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { loadConfig } from '../../config.ts';
+import { type Herald, type StartOptions, startHerald } from '../../runtime/app.ts';
+import { createLogger } from '../../runtime/logger.ts';
+import type { StageName } from '../../topology.ts';
+
+export interface TestHeraldOptions {
+  stages?: readonly StageName[];
+  env?: Record<string, string>;
+  stateDir?: string;
+  channels?: StartOptions['channels'];
+  api?: boolean;
+}
+
+export async function startTestHerald(o: TestHeraldOptions = {}): Promise<Herald & { stateDir: string }> {
+  const stateDir = o.stateDir ?? mkdtempSync(join(tmpdir(), 'herald-test-'));
+  const config = loadConfig({
+    HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: stateDir, HERALD_PARTITIONS: '2', HERALD_RETRY_BASE_MS: '100', HERALD_LOG_LEVEL: process.env.HERALD_TEST_LOG ?? 'silent',
+    // Real Kafka under testcontainers passes its own.
+    ...(process.env.KAFKA_BROKERS ? { KAFKA_BROKERS: process.env.KAFKA_BROKERS } : {}),
+    ...o.env,
+  });
+  const herald = await startHerald({ config, log: createLogger(config.logLevel), ...(o.stages ? { stages: o.stages } : {}), ...(o.channels ? { channels: o.channels } : {}), ...(o.api !== undefined ? { api: o.api } : {}) });
+  return Object.assign(herald, { stateDir });
+}
+
+export function removeDir(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** Polls `fn` until it stops throwing (or returns a truthy value), then returns its result. */
+export async function eventually<T>(fn: () => Promise<T> | T, timeoutMs = 20_000, intervalMs = 100): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== false && v !== undefined && v !== null) return v;
+      last = new Error('condition still false');
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw last;
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+}
+
+export async function api<T = Record<string, unknown>>(h: Herald, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: T }> {
+  const res = await fetch(`${h.httpUrl}${path}`, {
+    method,
+    headers: body !== undefined ? { 'content-type': 'application/json', ...headers } : headers,
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+  });
+  const text = await res.text();
+  return { status: res.status, body: (text ? JSON.parse(text) : null) as T };
+}
+
+/** Follows a topic from the beginning in a group of its own; `messages` fills as records arrive. */
+export async function collect(h: Herald, topic: string): Promise<{ messages: import('kafkajs').KafkaMessage[]; stop: () => Promise<void> }> {
+  const { TopicReader } = await import('../../runtime/reader.ts');
+  const messages: import('kafkajs').KafkaMessage[] = [];
+  const reader = new TopicReader(h.kafka, h.admin, { topic, groupPrefix: 'test.', onBatch: async (b) => void messages.push(...b.messages) });
+  await reader.start();
+  return { messages, stop: () => reader.stop() };
+}

@@ -49,20 +49,29 @@ export const dedupe: StageFactory = ({ rules }) => ({
       const key = keys[i]!;
       const prior = local.get(key) ?? found[i];
       const now = rec.timestamp; // stream time
-      if (prior && prior.notificationId !== req.notificationId && now < prior.expiresAt && now >= prior.firstSeenAt) {
+      const replay = prior?.notificationId === req.notificationId;
+      // Records reach dedupe from several events.v1 partitions, so stream time is not
+      // monotonic here: a record older than the first one seen is a duplicate too.
+      const inWindow = prior !== undefined && Math.abs(now - prior.firstSeenAt) < prior.expiresAt - prior.firstSeenAt;
+      if (prior && !replay && inWindow) {
         ctx.outcome(rec, {
           ...about(req), status: 'SUPPRESSED_DUPLICATE', terminal: true, reasonCode: req.idempotencyKey ? 'duplicate_idempotency_key' : 'duplicate_key',
           reason: `duplicate of ${prior.notificationId}, first seen ${new Date(prior.firstSeenAt).toISOString()} (window until ${new Date(prior.expiresAt).toISOString()})`,
         });
         return;
       }
-      if (!prior || prior.notificationId !== req.notificationId) {
+      if (!replay) {
         const entry: SeenEntry = { notificationId: req.notificationId, firstSeenAt: now, expiresAt: now + windowOf(rules, req.ruleId) };
         local.set(key, entry);
         seen.put(key, entry);
       }
+      const [reasonCode, reason] = replay
+        ? ['replayed', 'same notification seen again (redelivery or replay); passed through']
+        : prior
+          ? ['window_expired', `key last seen ${new Date(prior.firstSeenAt).toISOString()}, outside the window`]
+          : ['first_seen', 'dedupe key not seen inside the window'];
       ctx.emit(rec, 'deduped', req.recipient, rec.value);
-      ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode: prior ? 'replayed' : 'first_seen', reason: prior ? 'same notification seen again (replay); passed through' : 'dedupe key not seen inside the window' });
+      ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode, reason });
     });
   },
 });

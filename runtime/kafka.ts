@@ -26,9 +26,9 @@ export function createKafka(config: HeraldConfig, brokers: string, log: Logger, 
     retry: { initialRetryTime: 100, retries: 8, maxRetryTime: 5000 },
     // kafkajs' own INFO lines (joins, commits) are per-event noise; keep WARN and up.
     logLevel: logLevel.WARN,
-    logCreator: () => ({ level, log: entry }) => {
-      const { message, ...rest } = entry.log as { message: string } & Record<string, unknown>;
-      kl[LEVELS[level] ?? 'info']({ namespace: entry.namespace, ...rest }, message);
+    logCreator: () => ({ namespace, level, log: entry }) => {
+      const { message, timestamp: _t, logger: _l, ...rest } = entry as { message: string } & Record<string, unknown>;
+      kl[LEVELS[level] ?? 'info']({ namespace, ...rest }, message);
     },
   });
 }

@@ -82,9 +82,9 @@ export class StageRunner {
     const { config, stage } = this.o;
     const consumer = this.o.kafka.consumer({
       groupId: groupId(config.topicPrefix, stage),
-      sessionTimeout: 30000,
-      rebalanceTimeout: 60000,
-      heartbeatInterval: 3000,
+      sessionTimeout: config.sessionTimeoutMs,
+      rebalanceTimeout: Math.max(60000, config.sessionTimeoutMs),
+      heartbeatInterval: Math.max(300, Math.floor(config.sessionTimeoutMs / 10)),
       maxWaitTimeInMs: 20,
       minBytes: 1,
       maxBytesPerPartition: 1024 * 1024,
@@ -121,7 +121,7 @@ export class StageRunner {
   private async openPartition(partition: number): Promise<PartitionTask> {
     const { config, stage, metrics } = this.o;
     const stores = new Map<string, KeyValueStore>();
-    for (const spec of STAGES[stage].stores) {
+    await Promise.all(STAGES[stage].stores.map(async (spec) => {
       const changelog = spec.changelog ? changelogTopic(config.topicPrefix, stage, spec.name) : null;
       const store = await KeyValueStore.open({ backend: config.stateBackend, dir: config.stateDir, stage, name: spec.name, partition, changelog });
       stores.set(spec.name, store);
@@ -146,7 +146,7 @@ export class StageRunner {
         metrics.restoreDuration.observe({ stage, store: spec.name }, seconds);
         this.log.info({ store: spec.name, partition, checkpoint: checkpoint?.toString() ?? null, applied, seconds: Number(seconds.toFixed(3)) }, 'store restored');
       }
-    }
+    }));
     const processor = this.o.factory(this.o.deps);
     await processor.init?.({ partition });
     const task: PartitionTask = { processor, stores, locks: new Map(), commit: Promise.resolve() };

@@ -223,3 +223,14 @@ describe('outcome', () => {
     expect(view).toMatchObject({ status: 'DELIVERED', terminal: ['webhook:DELIVERED'], channels: { webhook: 'DELIVERED' } });
   });
 });
+
+describe('dedupe with out-of-order stream time', () => {
+  it('suppresses a record older than the first one seen when it falls inside the window', async () => {
+    const d = new StageDriver('dedupe', dedupe);
+    drivers.push(d);
+    const req = async (id: string) => ({ request: (await requestsFor(event({ id, recipients: ['ada'], idempotencyKey: 'same' })))[0]!, user: user(), preferences: null });
+    await d.pipe([{ value: await req('late'), timestamp: T0 + 10_000 }]);
+    const r = await d.pipe([{ value: await req('early'), timestamp: T0 }]);
+    expect(r.outcomes[0]).toMatchObject({ status: 'SUPPRESSED_DUPLICATE' });
+  });
+});

@@ -18,7 +18,7 @@ export interface TestHeraldOptions {
 export async function startTestHerald(o: TestHeraldOptions = {}): Promise<Herald & { stateDir: string }> {
   const stateDir = o.stateDir ?? mkdtempSync(join(tmpdir(), 'herald-test-'));
   const config = loadConfig({
-    HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: stateDir, HERALD_PARTITIONS: '2', HERALD_RETRY_BASE_MS: '100', HERALD_LOG_LEVEL: process.env.HERALD_TEST_LOG ?? 'silent',
+    HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: stateDir, HERALD_PARTITIONS: '2', HERALD_RETRY_BASE_MS: '100', HERALD_SESSION_TIMEOUT_MS: '6000', HERALD_LOG_LEVEL: process.env.HERALD_TEST_LOG ?? 'silent',
     // Real Kafka under testcontainers passes its own.
     ...(process.env.KAFKA_BROKERS ? { KAFKA_BROKERS: process.env.KAFKA_BROKERS } : {}),
     ...o.env,
@@ -32,13 +32,13 @@ export function removeDir(dir: string): void {
 }
 
 /** Polls `fn` until it stops throwing (or returns a truthy value), then returns its result. */
-export async function eventually<T>(fn: () => Promise<T> | T, timeoutMs = 20_000, intervalMs = 100): Promise<T> {
+export async function eventually<T>(fn: () => Promise<T | false | null | undefined> | T | false | null | undefined, timeoutMs = 20_000, intervalMs = 100): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
     try {
       const v = await fn();
-      if (v !== false && v !== undefined && v !== null) return v;
+      if (v !== false && v !== undefined && v !== null) return v as T;
       last = new Error('condition still false');
     } catch (err) {
       last = err;

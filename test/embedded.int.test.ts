@@ -1,0 +1,85 @@
+/**
+ * The embedded parts on their own: the librdkafka mock cluster through kafkajs (topics
+ * made by the launcher, a broker taken down and back), and the embedded schema registry
+ * through @kafkajs/confluent-schema-registry.
+ */
+import { randomUUID } from 'node:crypto';
+import { SchemaRegistry } from '@kafkajs/confluent-schema-registry';
+import { Kafka, logLevel, Partitioners } from 'kafkajs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { EmbeddedBroker } from '../embedded/broker.ts';
+import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
+import { HeraldError } from '../errors.ts';
+
+describe('embedded broker', () => {
+  const brokers: EmbeddedBroker[] = [];
+  afterAll(async () => {
+    for (const b of brokers) await b.stop();
+  });
+
+  it('creates topics with the declared partition counts and carries records through a 3-broker outage', async () => {
+    const broker = await EmbeddedBroker.start({ brokers: 3 });
+    brokers.push(broker);
+    const topic = `t-${randomUUID()}`;
+    await broker.createTopic(topic, 3, 3);
+    const kafka = new Kafka({ clientId: 'test', brokers: broker.bootstraps.split(','), logLevel: logLevel.NOTHING, retry: { retries: 20, initialRetryTime: 100 } });
+    const admin = kafka.admin();
+    await admin.connect();
+    expect((await admin.fetchTopicMetadata({ topics: [topic] })).topics[0]!.partitions).toHaveLength(3);
+    await admin.disconnect();
+    const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
+    await producer.connect();
+    const send = (from: number, n: number) =>
+      producer.send({ topic, acks: -1, messages: Array.from({ length: n }, (_, i) => ({ key: `k${from + i}`, value: String(from + i) })) });
+    await send(0, 300);
+    await broker.brokerDown(2);
+    const during = send(300, 300);
+    await new Promise((r) => setTimeout(r, 1500));
+    await broker.brokerUp(2);
+    await during;
+    const consumer = kafka.consumer({ groupId: `g-${randomUUID()}`, maxWaitTimeInMs: 50 });
+    await consumer.connect();
+    await consumer.subscribe({ topic, fromBeginning: true });
+    const seen = new Set<string>();
+    let total = 0;
+    await consumer.run({ eachMessage: async ({ message }) => { total++; seen.add(message.value!.toString()); } });
+    const deadline = Date.now() + 30_000;
+    while (seen.size < 600 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    await consumer.disconnect();
+    await producer.disconnect();
+    expect(seen.size).toBe(600);
+    expect(total).toBe(600);
+  });
+
+  it('refuses a bad command with the broker\'s reason', async () => {
+    const broker = await EmbeddedBroker.start();
+    brokers.push(broker);
+    await expect(broker.brokerDown(99)).rejects.toThrow(HeraldError);
+  });
+});
+
+describe('embedded schema registry', () => {
+  it('registers, encodes and decodes in the Confluent wire format, and refuses a BACKWARD-incompatible change', async () => {
+    const server = new EmbeddedSchemaRegistry();
+    const url = await server.start();
+    try {
+      const registry = new SchemaRegistry({ host: url });
+      const v1 = { type: 'record', name: 'Thing', namespace: 't', fields: [{ name: 'a', type: 'string' }] };
+      const { id } = await registry.register({ type: 'AVRO' as never, schema: JSON.stringify(v1) }, { subject: 'things-value' });
+      const buf = await registry.encode(id, { a: 'x' });
+      expect(buf[0]).toBe(0);
+      expect(buf.readInt32BE(1)).toBe(id);
+      expect(await new SchemaRegistry({ host: url }).decode(buf)).toEqual({ a: 'x' });
+      // Same schema again: same id.
+      expect((await registry.register({ type: 'AVRO' as never, schema: JSON.stringify(v1) }, { subject: 'things-value' })).id).toBe(id);
+      const compatible = { ...v1, fields: [...v1.fields, { name: 'b', type: 'int', default: 0 }] };
+      const v2 = await registry.register({ type: 'AVRO' as never, schema: JSON.stringify(compatible) }, { subject: 'things-value' });
+      expect(v2.id).not.toBe(id);
+      const breaking = { ...v1, fields: [...v1.fields, { name: 'c', type: 'int' }] };
+      await expect(registry.register({ type: 'AVRO' as never, schema: JSON.stringify(breaking) }, { subject: 'things-value' })).rejects.toThrow(/incompatible/);
+      expect(await registry.getLatestSchemaId('things-value')).toBe(v2.id);
+    } finally {
+      await server.stop();
+    }
+  });
+});

@@ -1,0 +1,87 @@
+/**
+ * Durable keyed state on the embedded broker: dedupe's store is restored from its
+ * changelog, so deleting the state directory loses nothing, and a restart with the
+ * directory intact restores only the tail after the local checkpoint.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EmbeddedBroker } from '../embedded/broker.ts';
+import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
+import type { NotificationView } from '../processors/outcome.ts';
+import { topicPlan } from '../topology.ts';
+import { api, eventually, removeDir, startTestHerald } from './support/herald.ts';
+import { WebhookReceiver } from './support/webhook-receiver.ts';
+
+let broker: EmbeddedBroker;
+let registry: EmbeddedSchemaRegistry;
+let env: Record<string, string>;
+const hooks = new WebhookReceiver();
+
+beforeAll(async () => {
+  await hooks.start();
+  broker = await EmbeddedBroker.start();
+  for (const t of topicPlan('herald.', 2)) await broker.createTopic(t.name, t.partitions);
+  registry = new EmbeddedSchemaRegistry();
+  env = { KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: await registry.start() };
+});
+
+afterAll(async () => {
+  await registry?.stop();
+  await broker?.stop();
+  await hooks.stop();
+});
+
+async function post(h: Awaited<ReturnType<typeof startTestHerald>>, id: string, key: string) {
+  const res = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { id, type: 'comment.created', tenant: 'acme', recipients: ['ada'], idempotencyKey: key, data: { commentId: id } });
+  expect(res.status).toBe(202);
+  const nid = res.body.notifications[0]!.notificationId;
+  return eventually(async () => {
+    const r = await api<NotificationView>(h, 'GET', `/v1/notifications/${nid}`);
+    return r.status === 200 && r.body.terminal.length > 0 ? r.body : false;
+  });
+}
+
+describe('dedupe state across restarts', () => {
+  it('still suppresses a duplicate after the state directory is deleted and the process restarted', async () => {
+    const first = await startTestHerald({ env });
+    await api(first, 'PUT', '/v1/users/ada', { webhookUrl: `${hooks.url}/ada` });
+    await eventually(async () => (await api(first, 'GET', '/v1/users/ada')).status === 200);
+    const original = await post(first, 'before-restart', 'key-1');
+    expect(original.terminal).toEqual(['webhook:DELIVERED']);
+    await first.stop();
+    removeDir(first.stateDir);
+
+    const second = await startTestHerald({ env });
+    try {
+      const dup = await post(second, 'after-restart', 'key-1');
+      expect(dup.terminal).toEqual(['SUPPRESSED_DUPLICATE']);
+      expect(dup.events.at(-1)!.reason).toContain(original.notificationId);
+      const restored = await second.metrics.registry.getSingleMetricAsString('herald_state_restore_records_total');
+      expect(restored).toMatch(/stage="dedupe",store="seen"\} [1-9]/);
+      // A new key is still delivered.
+      expect((await post(second, 'fresh', 'key-2')).terminal).toEqual(['webhook:DELIVERED']);
+    } finally {
+      await second.stop();
+      removeDir(second.stateDir);
+    }
+  });
+
+  it('restores only the changelog tail after the local checkpoint when the state directory survives', async () => {
+    const first = await startTestHerald({ env });
+    const stateDir = first.stateDir;
+    await api(first, 'PUT', '/v1/users/ada', { webhookUrl: `${hooks.url}/ada` });
+    await eventually(async () => (await api(first, 'GET', '/v1/users/ada')).status === 200);
+    await post(first, 'cp-1', 'cp-key-1');
+    await first.stop();
+    const second = await startTestHerald({ env, stateDir });
+    try {
+      const dup = await post(second, 'cp-2', 'cp-key-1');
+      expect(dup.terminal).toEqual(['SUPPRESSED_DUPLICATE']);
+      // Everything the store needed was already on disk: nothing to apply from the changelog.
+      const restored = await second.metrics.registry.getSingleMetricAsString('herald_state_restore_records_total');
+      expect(restored).not.toMatch(/stage="dedupe",store="seen"\} [1-9]/);
+    } finally {
+      await second.stop();
+      removeDir(stateDir);
+    }
+  });
+});

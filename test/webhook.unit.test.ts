@@ -1,0 +1,196 @@
+/** Unit tests of channels/webhook.ts: signatures, and `WebhookChannel.send` against a local HTTP server. */
+import { readFileSync } from 'node:fs';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import { signWebhook, verifyWebhookSignature, WebhookChannel, webhookBody } from '../channels/webhook.ts';
+import type { DeliveryTask } from '../processors/types.ts';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const SECRET = 'whsec_test_6f1c2a';
+const NOW = 1_735_787_045_678;
+
+function task(address: string, over: Partial<DeliveryTask> = {}): DeliveryTask {
+  const base = JSON.parse(readFileSync(join(root, 'schemas', 'fixtures', 'DeliveryTask.json'), 'utf8')) as DeliveryTask;
+  return { ...base, address, ...over };
+}
+
+describe('signWebhook / verifyWebhookSignature', () => {
+  const body = JSON.stringify({ deliveryId: 'ntf_1:webhook', body: 'hello' });
+
+  it('produces t=<ms>,v1=<64 hex> and verifies', () => {
+    // given a signature made now
+    const header = signWebhook(SECRET, NOW, body);
+    // then it has the documented shape and verifies against the same body
+    expect(header).toMatch(/^t=1735787045678,v1=[0-9a-f]{64}$/);
+    expect(verifyWebhookSignature(SECRET, header, body, NOW)).toBe(true);
+  });
+
+  it('verifies within the replay tolerance', () => {
+    const header = signWebhook(SECRET, NOW, body);
+    expect(verifyWebhookSignature(SECRET, header, body, NOW + 299_000)).toBe(true);
+  });
+
+  it('fails for a tampered body', () => {
+    const header = signWebhook(SECRET, NOW, body);
+    expect(verifyWebhookSignature(SECRET, header, body.replace('hello', 'hellO'), NOW)).toBe(false);
+  });
+
+  it('fails for the wrong secret', () => {
+    const header = signWebhook(SECRET, NOW, body);
+    expect(verifyWebhookSignature('another-secret', header, body, NOW)).toBe(false);
+  });
+
+  it('fails for a stale timestamp (older than the tolerance)', () => {
+    // given a signature made ten minutes ago
+    const header = signWebhook(SECRET, NOW - 600_000, body);
+    // then it is rejected with the default 5-minute tolerance, and accepted with a wider one
+    expect(verifyWebhookSignature(SECRET, header, body, NOW)).toBe(false);
+    expect(verifyWebhookSignature(SECRET, header, body, NOW, 900_000)).toBe(true);
+  });
+
+  it('fails for a timestamp too far in the future', () => {
+    expect(verifyWebhookSignature(SECRET, signWebhook(SECRET, NOW + 600_000, body), body, NOW)).toBe(false);
+  });
+
+  it('fails when the timestamp in the header is changed', () => {
+    // given a valid signature whose t= is moved by one millisecond
+    const header = signWebhook(SECRET, NOW, body).replace(`t=${NOW}`, `t=${NOW + 1}`);
+    expect(verifyWebhookSignature(SECRET, header, body, NOW)).toBe(false);
+  });
+
+  it.each(['', 'garbage', `t=${NOW}`, `v1=${'a'.repeat(64)}`, `t=abc,v1=${'a'.repeat(64)}`, `t=${NOW},v1=zz`])(
+    'fails for a malformed header %j',
+    (header) => {
+      expect(verifyWebhookSignature(SECRET, header, body, NOW)).toBe(false);
+    },
+  );
+});
+
+interface Seen {
+  method: string | undefined;
+  headers: IncomingHttpHeaders;
+  body: string;
+}
+
+interface Receiver {
+  url: string;
+  seen: Seen[];
+  server: Server;
+  close(): Promise<void>;
+}
+
+/** A webhook receiver on 127.0.0.1 that records each request and answers with `reply`. */
+async function receiver(reply: { status: number; headers?: Record<string, string> }): Promise<Receiver> {
+  const seen: Seen[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      seen.push({ method: req.method, headers: req.headers, body: Buffer.concat(chunks).toString('utf8') });
+      res.writeHead(reply.status, { 'content-type': 'text/plain', ...reply.headers });
+      res.end('ok');
+    });
+  });
+  await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
+  const { port } = server.address() as AddressInfo;
+  let closed = false;
+  return {
+    url: `http://127.0.0.1:${port}/hooks/herald`,
+    seen,
+    server,
+    close: () => {
+      if (closed) return Promise.resolve();
+      closed = true;
+      server.closeAllConnections();
+      return new Promise<void>((done, fail) => server.close((err) => (err ? fail(err) : done())));
+    },
+  };
+}
+
+describe('WebhookChannel.send against a real HTTP server', () => {
+  const open: Receiver[] = [];
+  const start = async (reply: { status: number; headers?: Record<string, string> }) => {
+    const r = await receiver(reply);
+    open.push(r);
+    return r;
+  };
+  afterEach(async () => {
+    await Promise.all(open.splice(0).map((r) => r.close()));
+  });
+
+  it('POSTs the signed JSON body with the delivery id as Idempotency-Key, and 2xx is ok', async () => {
+    // given a receiver that answers 200 with a request id
+    const r = await start({ status: 200, headers: { 'x-request-id': 'req-77' } });
+    const t = task(r.url);
+    // when the task is sent
+    const result = await new WebhookChannel(SECRET, () => NOW).send(t, AbortSignal.timeout(2000));
+    // then it is delivered
+    expect(result).toEqual({ ok: true, providerMessageId: 'req-77', detail: 'HTTP 200' });
+    // and the request carried the idempotency key, delivery headers and a valid signature over the raw body
+    expect(r.seen).toHaveLength(1);
+    const req = r.seen[0]!;
+    expect(req.method).toBe('POST');
+    expect(req.headers['idempotency-key']).toBe(t.deliveryId);
+    expect(req.headers['herald-delivery-id']).toBe(t.deliveryId);
+    expect(req.headers['herald-attempt']).toBe(String(t.attempt));
+    expect(req.headers['content-type']).toBe('application/json');
+    const signature = req.headers['herald-signature'];
+    expect(typeof signature).toBe('string');
+    expect(verifyWebhookSignature(SECRET, signature as string, req.body, NOW)).toBe(true);
+    expect(verifyWebhookSignature('wrong-secret', signature as string, req.body, NOW)).toBe(false);
+    // and the body is the documented JSON, with data as an object and no address
+    expect(req.body).toBe(webhookBody(t));
+    const payload = JSON.parse(req.body) as Record<string, unknown>;
+    expect(payload).toMatchObject({
+      deliveryId: t.deliveryId, notificationId: t.notificationId, eventType: t.eventType,
+      subject: t.subject, body: t.body, attempt: t.attempt, data: JSON.parse(t.data) as unknown,
+      occurredAt: new Date(t.occurredAt).toISOString(),
+    });
+    expect(payload).not.toHaveProperty('address');
+  });
+
+  it('treats 204 as delivered without a provider message id', async () => {
+    const r = await start({ status: 204 });
+    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    expect(result).toEqual({ ok: true, providerMessageId: null, detail: 'HTTP 204' });
+  });
+
+  it('503 is a retriable failure', async () => {
+    const r = await start({ status: 503 });
+    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    expect(result).toMatchObject({ ok: false, retriable: true, code: 'http_503' });
+    expect(result).not.toHaveProperty('retryAfterMs');
+  });
+
+  it('400 is a permanent failure', async () => {
+    const r = await start({ status: 400 });
+    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    expect(result).toMatchObject({ ok: false, retriable: false, code: 'http_400' });
+  });
+
+  it.each([408, 425])('%i is retriable', async (status) => {
+    const r = await start({ status });
+    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    expect(result).toMatchObject({ ok: false, retriable: true, code: `http_${status}` });
+  });
+
+  it('429 with Retry-After: 2 is retriable after 2000 ms', async () => {
+    const r = await start({ status: 429, headers: { 'retry-after': '2' } });
+    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    expect(result).toMatchObject({ ok: false, retriable: true, code: 'http_429', retryAfterMs: 2000 });
+  });
+
+  it('a refused connection is retriable', async () => {
+    // given a receiver that has gone away
+    const r = await start({ status: 200 });
+    await r.close();
+    // when a task is sent to it
+    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    // then the failure is retriable and names the network error
+    expect(result).toMatchObject({ ok: false, retriable: true, code: 'ECONNREFUSED' });
+    expect(r.seen).toHaveLength(0);
+  });
+});

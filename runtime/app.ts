@@ -13,6 +13,7 @@ import type { ChannelProvider } from '../channels/channel.ts';
 import { WebhookChannel } from '../channels/webhook.ts';
 import type { HeraldConfig } from '../config.ts';
 import { EmbeddedBroker } from '../embedded/broker.ts';
+import { HeraldError } from '../errors.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { PROCESSORS } from '../processors/index.ts';
 import { loadRules, type RuleSet } from '../rules/rules.ts';
@@ -104,6 +105,13 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const admin = kafka.admin();
     await admin.connect();
     cleanups.push(() => admin.disconnect());
+    if (!config.embedded) {
+      const existing = new Set(await admin.listTopics());
+      const missing = topicPlan(config.topicPrefix, config.partitions).filter((t) => !existing.has(t.name)).map((t) => t.name);
+      if (missing.length) {
+        throw new HeraldError('HRL_CONFIG_INVALID', `KAFKA_BROKERS: the cluster lacks ${missing.length} Herald topic(s) (${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}); run \`herald topics create\` first`);
+      }
+    }
     const { clusterId } = await admin.describeCluster();
     guardStateDir(config.stateDir, `${clusterId}${broker ? `:${broker.clusterId}` : ''}`, log);
     const producer = createProducer(kafka);

@@ -57,7 +57,12 @@ export class WebhookChannel implements ChannelProvider {
   }
 
   async send(task: DeliveryTask, signal: AbortSignal): Promise<SendResult> {
-    const body = webhookBody(task);
+    let body: string;
+    try {
+      body = webhookBody(task);
+    } catch (err) {
+      return { ok: false, retriable: false, code: 'bad_payload', detail: `task data is not JSON: ${(err as Error).message}` };
+    }
     const t = this.clock();
     let res: Response;
     try {

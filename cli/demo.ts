@@ -53,10 +53,12 @@ export async function runDemo(httpUrl: string, secret: string, print: (line: str
     for (const id of [...pending]) {
       const res = await fetch(`${httpUrl}/v1/notifications/${id}`);
       if (!res.ok) continue;
-      const n = (await res.json()) as { status: string; terminal: string[]; events: { stage: string; status: string; reason: string }[] };
+      const n = (await res.json()) as { status: string; terminal: string[]; events: { stage: string; status: string; reason: string; timestamp: number }[] };
       if (n.terminal.length) {
         pending.delete(id);
-        print(`demo lifecycle ${id}: ${n.events.map((e) => `${e.stage}:${e.status}`).join(' -> ')}`);
+        const published = n.events[0]!.timestamp;
+        const ended = n.events.at(-1)!.timestamp;
+        print(`demo lifecycle ${id}: ${n.events.map((e) => `${e.stage}:${e.status}`).join(' -> ')} (${ended - published} ms from publish to ${n.status})`);
       }
     }
     await new Promise((r) => setTimeout(r, 200));

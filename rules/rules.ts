@@ -117,7 +117,11 @@ export function parseRules(doc: unknown, source: string): RuleSet {
     const path = e.instancePath || '(root)';
     const extra = e.params && 'additionalProperty' in e.params ? ` "${String(e.params.additionalProperty)}"` : '';
     const allowed = e.params && 'allowedValues' in e.params ? ` (${(e.params.allowedValues as unknown[]).join(', ')})` : '';
-    throw new HeraldError('HRL_RULES_INVALID', `${source}: ${path}: ${e.message}${extra}${allowed}`);
+    const constant = e.params && 'allowedValue' in e.params ? ` ${JSON.stringify(e.params.allowedValue)}` : '';
+    // For a bad key (propertyNames), ajv reports the key in a second error.
+    const badKey = check.errors!.find((x) => x.params && 'propertyName' in x.params);
+    const key = badKey ? ` "${String(badKey.params.propertyName)}"` : '';
+    throw new HeraldError('HRL_RULES_INVALID', `${source}: ${path}:${key} ${e.message}${extra}${allowed}${constant}`);
   }
   const raw = (doc as { rules: RawRule[] }).rules;
   const ids = new Set<string>();

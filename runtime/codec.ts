@@ -21,6 +21,8 @@ export interface DomainEvent {
   traceId: string | null;
 }
 
+const ISO_WITH_OFFSET = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/;
+
 /** Turns the JSON form of a domain event (data as an object) into its Avro form and validates it. */
 export function domainEventFromJson(input: unknown): DomainEvent {
   if (input && typeof input === 'object' && !Array.isArray(input)) {
@@ -37,8 +39,10 @@ export function domainEventFromJson(input: unknown): DomainEvent {
     }
     for (const k of ['occurredAt', 'expiresAt'] as const) {
       if (typeof obj[k] === 'string') {
-        const t = Date.parse(obj[k] as string);
-        if (Number.isNaN(t)) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${k}: expected epoch milliseconds or an ISO-8601 date-time, got ${JSON.stringify(obj[k])}`, { field: k });
+        const text = obj[k] as string;
+        // Only ISO-8601 with an explicit offset: a zone-less date would depend on the server's time zone.
+        const t = ISO_WITH_OFFSET.test(text) ? Date.parse(text) : Number.NaN;
+        if (Number.isNaN(t)) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${k}: expected epoch milliseconds or an ISO-8601 date-time with offset (e.g. 2026-01-02T03:04:05Z), got ${JSON.stringify(obj[k])}`, { field: k });
         obj[k] = t;
       }
     }

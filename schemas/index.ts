@@ -88,7 +88,7 @@ function formatPath(path: string[]): string {
  */
 export function validate<T>(name: SchemaName, value: unknown): T {
   if (!value || typeof value !== 'object' || Array.isArray(value)) {
-    throw new HeraldError('HRL_SCHEMA_VIOLATION', `(root): expected an object (${name}), got ${Array.isArray(value) ? 'an array' : typeof value}`, { field: '(root)' });
+    throw new HeraldError('HRL_SCHEMA_VIOLATION', `(root): expected an object (${name}), got ${value === null ? 'null' : Array.isArray(value) ? 'an array' : typeof value}`, { field: '(root)' });
   }
   const type = avroType(name);
   const filled = withDefaults(selfContained(name), value);

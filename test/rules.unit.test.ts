@@ -238,3 +238,13 @@ describe('parseDuration', () => {
     expect(err.message).toContain('expected a duration');
   });
 });
+
+describe('rules errors name the offending key and constant', () => {
+  const base = { id: 'a', eventType: 'x', category: 'c', channels: ['webhook'], templates: { webhook: { en: { body: 'b' } } } };
+  it('names an unknown template channel', () => {
+    expect(() => parseRules({ version: 1, rules: [{ ...base, templates: { ...base.templates, sms: { en: { body: 'x' } } } }] }, 'f.json')).toThrow('f.json: /rules/0/templates: "sms"');
+  });
+  it('names the expected version', () => {
+    expect(() => parseRules({ version: 2, rules: [] }, 'f.json')).toThrow('/version: must be equal to constant 1');
+  });
+});

@@ -391,3 +391,15 @@ describe('the compatibility check can fail', () => {
     expect(isCompatible('BACKWARD', JSON.stringify(v1), [JSON.stringify(withoutDefault)])).toBe(true);
   });
 });
+
+describe('domainEventFromJson date-times', () => {
+  it('rejects a date-time without an offset, which would depend on the server time zone', () => {
+    expect(() => domainEventFromJson({ id: 'e', type: 't', tenant: 'a', occurredAt: '2025-01-02T03:04:05' })).toThrow(/occurredAt: expected .*ISO-8601 date-time with offset/);
+    expect(() => domainEventFromJson({ id: 'e', type: 't', tenant: 'a', expiresAt: '01/02/2025' })).toThrow(/expiresAt/);
+    expect(domainEventFromJson({ id: 'e', type: 't', tenant: 'a', occurredAt: '2025-01-02T03:04:05+01:00' }).occurredAt).toBe(Date.UTC(2025, 0, 2, 2, 4, 5));
+  });
+
+  it('says null, not object, for a null event', () => {
+    expect(() => validate('DomainEvent', null)).toThrow('got null');
+  });
+});

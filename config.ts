@@ -30,7 +30,7 @@ export const CONFIG_KEYS = {
   replicationFactor: { env: 'HERALD_REPLICATION_FACTOR', kind: 'int', default: '1', min: 1, max: 5, doc: 'Replication factor used by `herald topics create`.' },
   embeddedBrokers: { env: 'HERALD_EMBEDDED_BROKERS', kind: 'int', default: '1', min: 1, max: 16, doc: 'Broker count of the embedded mock cluster.' },
   stateDir: { env: 'HERALD_STATE_DIR', kind: 'string', default: '.herald/state', doc: 'Directory of the local state stores.' },
-  stateBackend: { env: 'HERALD_STATE_BACKEND', kind: 'enum', default: 'rocksdb', values: ['rocksdb', 'memory'], doc: 'Store backend: RocksDB on disk, or memory (tests).' },
+  stateBackend: { env: 'HERALD_STATE_BACKEND', kind: 'enum', default: 'rocksdb', values: ['rocksdb', 'level', 'memory'], doc: 'Store backend: RocksDB on disk, LevelDB on disk (level), or memory (tests).' },
   httpHost: { env: 'HERALD_HTTP_HOST', kind: 'string', default: '127.0.0.1', doc: 'Interface the HTTP API listens on.' },
   httpPort: { env: 'HERALD_HTTP_PORT', kind: 'int', default: '8080', min: 0, max: 65535, doc: 'Port of the HTTP API; 0 picks a free one.' },
   rulesFile: { env: 'HERALD_RULES', kind: 'string', default: 'rules/default.json', doc: 'Notification rules file.' },

@@ -3,7 +3,8 @@
  * than the rule's window ago, in stream time, is SUPPRESSED_DUPLICATE. The key is the
  * event's idempotencyKey where given, else the rule's key fields, hashed with the
  * tenant and rule. A record of the same notification seen again (a replay) passes, so
- * reprocessing is idempotent.
+ * reprocessing is idempotent. Each key is stored until its window closes and then swept
+ * by a range scan over the store's time index.
  */
 import type { Rule, RuleSet } from '../rules/rules.ts';
 import type { InRecord, StageFactory } from './contract.ts';
@@ -63,7 +64,7 @@ export const dedupe: StageFactory = ({ rules }) => ({
       if (!replay) {
         const entry: SeenEntry = { notificationId: req.notificationId, firstSeenAt: now, expiresAt: now + windowOf(rules, req.ruleId) };
         local.set(key, entry);
-        seen.put(key, entry);
+        seen.putUntil(key, entry, entry.expiresAt);
       }
       const [reasonCode, reason] = replay
         ? ['replayed', 'same notification seen again (redelivery or replay); passed through']
@@ -73,5 +74,7 @@ export const dedupe: StageFactory = ({ rules }) => ({
       ctx.emit(rec, 'deduped', req.recipient, rec.value);
       ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode, reason });
     });
+    // Keys whose window has closed in stream time are swept by a range scan of the time index.
+    await seen.expire(Math.max(...recs.map((r) => r.timestamp)));
   },
 });

@@ -1,6 +1,7 @@
 /**
  * Keyed state over the abstract-level interface: RocksDB on disk by default
- * (@nxtedition/rocksdb's RocksLevel), memory-level for tests. One store per
+ * (@nxtedition/rocksdb's RocksLevel), LevelDB (classic-level, the `level` package's Node
+ * backend) as the alternative, memory-level for tests. One store per
  * (stage, store name, partition). Writes are buffered per consumed batch in a
  * `BatchView`; the runtime produces their changelog records with the batch's outputs,
  * then writes them to the database in one batch together with the changelog checkpoint.
@@ -13,9 +14,10 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { RocksLevel } from '@nxtedition/rocksdb';
+import { ClassicLevel } from 'classic-level';
 import { MemoryLevel } from 'memory-level';
 
-export type Backend = 'rocksdb' | 'memory';
+export type Backend = 'rocksdb' | 'level' | 'memory';
 
 /** The part of abstract-level Herald uses (RocksLevel and MemoryLevel both have it). */
 export interface LevelLike {
@@ -32,7 +34,8 @@ export async function openLevel(backend: Backend, path: string): Promise<LevelLi
     db = new MemoryLevel({ keyEncoding: 'utf8', valueEncoding: 'utf8' }) as unknown as LevelLike;
   } else {
     mkdirSync(path, { recursive: true });
-    db = new RocksLevel(path, { keyEncoding: 'utf8', valueEncoding: 'utf8' }) as unknown as LevelLike;
+    const Backend = backend === 'level' ? ClassicLevel : RocksLevel;
+    db = new Backend(path, { keyEncoding: 'utf8', valueEncoding: 'utf8' }) as unknown as LevelLike;
   }
   await db.open();
   return db;
@@ -40,6 +43,12 @@ export async function openLevel(backend: Backend, path: string): Promise<LevelLi
 
 const META = '\u0000meta:';
 const CHECKPOINT = `${META}changelog-checkpoint`;
+/** Time index of expiring entries: `\u0000exp:<expiresAt, 15 digits>:<key>`, ordered by time. */
+const EXP = '\u0000exp:';
+const expKey = (expiresAt: number, key: string) => `${EXP}${String(Math.max(0, Math.floor(expiresAt))).padStart(15, '0')}:${key}`;
+/** Expiring values are stored wrapped with their expiry, so a sweep can tell a stale index entry. */
+interface Expiring { $exp: number; v: unknown }
+const isExpiring = (x: unknown): x is Expiring => typeof x === 'object' && x !== null && '$exp' in x && 'v' in x;
 
 export interface ChangelogRecord {
   key: string;
@@ -87,7 +96,10 @@ export class KeyValueStore {
 
   /** Range scan over committed data (keys in [gte, lt)). */
   async *range(gte: string, lt: string, limit?: number): AsyncGenerator<[string, unknown]> {
-    for await (const [k, v] of this.db.iterator({ gte, lt, ...(limit ? { limit } : {}) })) yield [k, JSON.parse(v)];
+    for await (const [k, v] of this.db.iterator({ gte, lt, ...(limit ? { limit } : {}) })) {
+      const parsed: unknown = JSON.parse(v);
+      yield [k, isExpiring(parsed) ? parsed.v : parsed];
+    }
   }
 
   async close(): Promise<void> {
@@ -114,7 +126,9 @@ export class BatchView {
     const found = new Map(missing.map((k, i) => [k, fetched[i]]));
     return keys.map((k) => {
       const raw = this.writes.has(k) ? this.writes.get(k) : found.get(k);
-      return raw === undefined || raw === null ? undefined : (JSON.parse(raw) as T);
+      if (raw === undefined || raw === null) return undefined;
+      const parsed: unknown = JSON.parse(raw);
+      return (isExpiring(parsed) ? parsed.v : parsed) as T;
     });
   }
 
@@ -128,6 +142,44 @@ export class BatchView {
 
   delete(key: string): void {
     this.writes.set(key, null);
+  }
+
+  /**
+   * Puts a value that expires at `expiresAt` (in the caller's time: stream time for
+   * windows). A time-ordered index entry is written beside it, so `expire` finds due
+   * entries by a range scan instead of a full scan. Both go to the changelog.
+   */
+  putUntil(key: string, value: unknown, expiresAt: number): void {
+    this.writes.set(key, JSON.stringify({ $exp: expiresAt, v: value } satisfies Expiring));
+    this.writes.set(expKey(expiresAt, key), '""');
+  }
+
+  /**
+   * Deletes entries whose expiry is at or before `upTo`, at most `limit` per call (the
+   * rest go in later batches). An index entry left behind by a later `putUntil` of the
+   * same key is dropped without touching the newer value. Returns how many values expired.
+   */
+  async expire(upTo: number, limit = 1000): Promise<number> {
+    const due: { indexKey: string; key: string }[] = [];
+    for await (const [indexKey] of this.store.db.iterator({ gte: EXP, lt: expKey(upTo + 1, ''), limit })) {
+      if (this.writes.has(indexKey)) continue;
+      due.push({ indexKey, key: indexKey.slice(EXP.length + 16) });
+    }
+    if (due.length === 0) return 0;
+    const current = await this.store.db.getMany(due.map((d) => d.key));
+    let expired = 0;
+    due.forEach((d, i) => {
+      this.writes.set(d.indexKey, null);
+      if (this.writes.has(d.key)) return; // rewritten in this batch
+      const raw = current[i];
+      if (raw === undefined) return;
+      const parsed: unknown = JSON.parse(raw);
+      if (isExpiring(parsed) && parsed.$exp <= upTo) {
+        this.writes.set(d.key, null);
+        expired++;
+      }
+    });
+    return expired;
   }
 
   get size(): number {

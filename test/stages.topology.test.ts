@@ -234,3 +234,22 @@ describe('dedupe with out-of-order stream time', () => {
     expect(r.outcomes[0]).toMatchObject({ status: 'SUPPRESSED_DUPLICATE' });
   });
 });
+
+describe('dedupe store hygiene', () => {
+  it('sweeps keys whose window closed in stream time, by the time index', async () => {
+    const d = new StageDriver('dedupe', dedupe);
+    drivers.push(d);
+    const mk = async (id: string, commentId: string) => ({ request: (await requestsFor(event({ id, recipients: ['ada'], data: { commentId } })))[0]!, user: user(), preferences: null });
+    await d.pipe([{ value: await mk('a', 'c-a'), timestamp: T0 }, { value: await mk('b', 'c-b'), timestamp: T0 + 12 * HOUR }]);
+    const keys = async () => {
+      const out: string[] = [];
+      for await (const [k] of d.stores.get('seen')!.range('fld:', 'fld;')) out.push(k);
+      return out.length;
+    };
+    expect(await keys()).toBe(2);
+    await d.pipe([{ value: await mk('c', 'c-c'), timestamp: T0 + 24 * HOUR }]); // a's window closes
+    expect(await keys()).toBe(2); // a swept, c added
+    await d.pipe([{ value: await mk('d', 'c-d'), timestamp: T0 + 60 * HOUR }]); // b's and c's close
+    expect(await keys()).toBe(1);
+  });
+});

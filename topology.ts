@@ -28,6 +28,7 @@ export const TOPICS = {
   deliverRetry: { name: 'deliver.retry.v1', schema: 'DeliveryTask', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Delivery tasks waiting for a retry.' },
   outcomes: { name: 'outcomes.v1', schema: 'LifecycleEvent', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Every decision of every stage.' },
   users: { name: 'users.v1', schema: 'UserProfile', key: 'user id', compacted: true, partitions: 'shared', doc: 'Recipient profiles (global table).' },
+  audiences: { name: 'audiences.v1', schema: 'AudienceMember', key: 'tenant/audience/user id', compacted: true, partitions: 'shared', doc: 'Audience members (global table).' },
   preferences: { name: 'preferences.v1', schema: 'UserPreferences', key: 'user id', compacted: true, partitions: 'shared', doc: 'Recipient preferences (global table).' },
   dlq: { name: 'dlq.v1', schema: null, key: 'original key', compacted: false, partitions: 'shared', doc: 'Bad input: original bytes plus reason headers.' },
 } as const satisfies Record<string, TopicSpec>;
@@ -55,7 +56,7 @@ export const STAGE_NAMES = ['ingest', 'enrich', 'dedupe', 'throttle', 'route', '
 export type StageName = (typeof STAGE_NAMES)[number];
 
 export const STAGES: Record<StageName, StageSpec> = {
-  ingest: { name: 'ingest', inputs: ['events'], outputs: ['requests', 'outcomes', 'dlq'], stores: [], tables: [], doc: 'validate, match rules, fan out to recipients, derive ids' },
+  ingest: { name: 'ingest', inputs: ['events'], outputs: ['requests', 'outcomes', 'dlq'], stores: [], tables: ['audiences'], doc: 'validate, match rules, fan out to recipients, derive ids' },
   enrich: { name: 'enrich', inputs: ['requests'], outputs: ['enriched', 'outcomes', 'dlq'], stores: [], tables: ['users', 'preferences'], doc: 'join profile and preferences; drop unknown or inactive recipients' },
   dedupe: { name: 'dedupe', inputs: ['enriched'], outputs: ['deduped', 'outcomes', 'dlq'], stores: [{ name: 'seen', changelog: true, doc: 'dedupe key -> first notification and when it was seen' }], tables: [], doc: 'suppress repeats of a dedupe key inside the rule window' },
   throttle: { name: 'throttle', inputs: ['deduped'], outputs: ['admitted', 'outcomes', 'dlq'], stores: [], tables: [], doc: 'rate limits and quiet hours (admits all for now)' },

@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
+import { type AudienceMember, audienceKey } from '../processors/ingest.ts';
 import { type NotificationView, notificationKey, userIndexPrefix } from '../processors/outcome.ts';
 import type { UserProfile } from '../processors/types.ts';
 import { domainEventFromJson } from '../runtime/codec.ts';
@@ -25,7 +26,7 @@ function badRequest(reply: FastifyReply, err: unknown) {
 export async function buildApi(h: Herald): Promise<FastifyInstance> {
   const { config } = h;
   const app = Fastify({ logger: false, bodyLimit: config.maxPayloadBytes });
-  const topic = (k: 'events' | 'users' | 'preferences') => topicName(config.topicPrefix, k);
+  const topic = (k: 'events' | 'users' | 'preferences' | 'audiences') => topicName(config.topicPrefix, k);
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, _req, reply) => {
     const status = err.statusCode && err.statusCode < 500 ? err.statusCode : 500;
@@ -36,7 +37,7 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
     const stages = Object.fromEntries([...h.runners.keys()].map((s) => [s, 'joined']));
-    const tables = { users: h.tables.isCaughtUp('users'), preferences: h.tables.isCaughtUp('preferences') };
+    const tables = Object.fromEntries((['users', 'preferences', 'audiences'] as const).filter((t) => h.tables.has(t)).map((t) => [t, h.tables.isCaughtUp(t)]));
     return reply.code(h.isReady() ? 200 : 503).send({ ready: h.isReady(), stages, tables });
   });
   app.get('/metrics', async (_req, reply) => {
@@ -61,14 +62,15 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
     if (rules.length === 0) {
       return reply.code(400).send({ error: 'HRL_UNKNOWN_EVENT_TYPE', field: 'type', message: `type: no rule matches event type "${ev.type}"; known types: ${[...new Set(h.rules.rules.map((r) => r.eventType))].join(', ')}` });
     }
-    if (ev.recipients.length === 0) {
-      return reply.code(400).send({ error: 'HRL_NO_RECIPIENTS', field: 'recipients', message: 'recipients: expected at least one recipient id' });
+    if (ev.recipients.length === 0 && !ev.audience) {
+      return reply.code(400).send({ error: 'HRL_NO_RECIPIENTS', field: 'recipients', message: 'recipients: expected at least one recipient id, or an audience' });
     }
     ev.occurredAt ??= Date.now();
     const value = await h.serde.encode(topic('events'), ev);
     await h.producer.send({ topic: topic('events'), acks: -1, messages: [{ key: ev.id, value }] });
+    // Ids of explicit recipients are known now; an audience is resolved by ingest.
     const notifications = rules.flatMap((r) => [...new Set(ev.recipients)].map((recipient) => ({ recipient, ruleId: r.id, notificationId: notificationId(ev.tenant, ev.id, recipient, r.id) })));
-    return reply.code(202).send({ eventId: ev.id, notifications });
+    return reply.code(202).send({ eventId: ev.id, notifications, ...(ev.audience ? { audience: ev.audience } : {}) });
   });
 
   app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId', async (req, reply) => {
@@ -93,7 +95,7 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
   });
 
   app.get<{ Params: { userId: string } }>('/v1/users/:userId', async (req, reply) => {
-    const user = h.tables.get<UserProfile>('users', req.params.userId);
+    const [user] = await h.tables.getMany<UserProfile>('users', [req.params.userId]);
     return user ? user : reply.code(404).send({ error: 'not_found', message: `no profile for user "${req.params.userId}"` });
   });
 
@@ -106,6 +108,38 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
     }
     await h.producer.send({ topic: topic('preferences'), acks: -1, messages: [{ key: req.params.userId, value: await h.serde.encode(topic('preferences'), prefs) }] });
     return reply.code(202).send({ userId: req.params.userId });
+  });
+
+  // Member lists are not events: they get their own body limit (about 500k ids).
+  app.put<{ Params: { tenant: string; audience: string }; Body: { add?: unknown; remove?: unknown } }>('/v1/audiences/:tenant/:audience/members', { bodyLimit: 16 * 1024 * 1024 }, async (req, reply) => {
+    const { tenant, audience } = req.params;
+    const lists: Record<'add' | 'remove', string[]> = { add: [], remove: [] };
+    for (const k of ['add', 'remove'] as const) {
+      const v = req.body?.[k] ?? [];
+      if (!Array.isArray(v) || v.some((x) => typeof x !== 'string' || x === '')) {
+        return reply.code(400).send({ error: 'HRL_SCHEMA_VIOLATION', field: k, message: `${k}: expected an array of user ids` });
+      }
+      lists[k] = v as string[];
+    }
+    const now = Date.now();
+    const t = topic('audiences');
+    const messages = [
+      ...(await Promise.all(lists.add.map(async (userId) => ({ key: audienceKey(tenant, audience, userId), value: await h.serde.encode(t, { tenant, audience, userId, addedAt: now }) })))),
+      ...lists.remove.map((userId) => ({ key: audienceKey(tenant, audience, userId), value: null })),
+    ];
+    for (let i = 0; i < messages.length; i += 5000) await h.producer.send({ topic: t, acks: -1, messages: messages.slice(i, i + 5000) });
+    return reply.code(202).send({ tenant, audience, added: lists.add.length, removed: lists.remove.length });
+  });
+
+  app.get<{ Params: { tenant: string; audience: string }; Querystring: { limit?: string } }>('/v1/audiences/:tenant/:audience/members', async (req, reply) => {
+    if (!h.tables.has('audiences')) return reply.code(404).send({ error: 'not_found', message: 'this instance does not hold the audiences table (it runs without ingest)' });
+    const limit = Math.min(Math.max(Number(req.query.limit ?? 1000) || 1000, 1), 100_000);
+    const members: string[] = [];
+    for await (const [, m] of h.tables.scan<AudienceMember>('audiences', audienceKey(req.params.tenant, req.params.audience))) {
+      members.push(m.userId);
+      if (members.length >= limit) break;
+    }
+    return { tenant: req.params.tenant, audience: req.params.audience, members };
   });
 
   const lifecycleStores = () => h.runners.get('outcome')?.stores('lifecycle') ?? [];

@@ -81,6 +81,11 @@ export interface Processor {
    * runtime re-run the records one by one and dead-letter the ones that fail.
    */
   process(batch: InRecord[], ctx: StageContext): Promise<void>;
+  /**
+   * Called for a record that failed to decode, after the runtime dead-lettered it, so the
+   * stage can record a REJECTED decision where an id can still be derived.
+   */
+  rejected?(record: InRecord<null>, error: Error & { code?: string; field?: string }, ctx: StageContext): void;
   /** Called when the partition is revoked or the process stops. */
   close?(): Promise<void>;
 }
@@ -98,9 +103,14 @@ export interface StageDeps {
   channels: ReadonlyMap<string, import('../channels/channel.ts').ChannelProvider>;
 }
 
-/** Read access to the global tables (users, preferences). */
+export type TableName = 'users' | 'preferences' | 'audiences';
+
+/** Read access to the global tables, materialised locally on every instance. */
 export interface TableLookup {
-  get<T>(table: 'users' | 'preferences', key: string): T | undefined;
+  /** Batched point lookups (one call per consumed batch, not per record). */
+  getMany<T>(table: TableName, keys: string[]): Promise<(T | undefined)[]>;
+  /** Rows whose key starts with `prefix`, in key order, streamed. */
+  scan<T>(table: TableName, prefix: string): AsyncIterable<[string, T]>;
 }
 
 export type StageFactory = (deps: StageDeps) => Processor;

@@ -7,9 +7,12 @@ import { about, type EnrichedNotification, type NotificationRequest, type UserPr
 
 export const enrich: StageFactory = ({ tables }) => ({
   async process(batch, ctx) {
-    for (const rec of batch as InRecord<NotificationRequest>[]) {
+    const recs = batch as InRecord<NotificationRequest>[];
+    const ids = recs.map((r) => r.value.recipient);
+    const [users, prefs] = await Promise.all([tables.getMany<UserProfile>('users', ids), tables.getMany<UserPreferences>('preferences', ids)]);
+    for (const [i, rec] of recs.entries()) {
       const req = rec.value;
-      const user = tables.get<UserProfile>('users', req.recipient);
+      const user = users[i];
       const drop = (reasonCode: string, reason: string) =>
         ctx.outcome(rec, { ...about(req), status: 'DROPPED', terminal: true, reasonCode, reason });
       if (!user) {
@@ -24,7 +27,7 @@ export const enrich: StageFactory = ({ tables }) => ({
         drop('tenant_mismatch', `user "${req.recipient}" belongs to another tenant than the event's`);
         continue;
       }
-      const preferences = tables.get<UserPreferences>('preferences', req.recipient) ?? null;
+      const preferences = prefs[i] ?? null;
       const out: EnrichedNotification = { request: req, user, preferences };
       ctx.emit(rec, 'enriched', req.recipient, out);
       ctx.outcome(rec, { ...about(req), status: 'ENRICHED', reasonCode: 'profile_joined', reason: `joined profile (locale ${user.locale}, timezone ${user.timezone})${preferences ? ' and preferences' : ''}` });

@@ -1,49 +1,90 @@
 /**
  * ingest: validated domain events (decoding and schema validation happen in the
- * runtime's decode phase) -> one NotificationRequest per (rule, recipient).
- * Unknown event types and events without recipients are REJECTED and dead-lettered.
+ * runtime's decode phase) -> one NotificationRequest per (rule, recipient). Recipients
+ * are the event's explicit list and/or the members of its audience, read from the
+ * audiences.v1 table (streamed by a prefix scan, so a 10k-member audience never sits in
+ * one message). Unknown event types, events without recipients and undecodable events
+ * are REJECTED where an id can be derived, and dead-lettered.
  */
 import { HeraldError } from '../errors.ts';
 import type { DomainEvent } from '../runtime/codec.ts';
-import type { InRecord, StageFactory } from './contract.ts';
+import type { InRecord, StageContext, StageFactory } from './contract.ts';
 import { notificationId, traceIdFor } from './ids.ts';
 import type { NotificationRequest } from './types.ts';
 
-export const ingest: StageFactory = ({ rules }) => ({
+export interface AudienceMember { tenant: string; audience: string; userId: string; addedAt: number | null }
+
+export const audienceKey = (tenant: string, audience: string, userId = '') => `${tenant}/${audience}/${userId}`;
+
+const REASONS: Record<string, string> = {
+  HRL_SCHEMA_VIOLATION: 'schema_violation',
+  HRL_PAYLOAD_TOO_LARGE: 'payload_too_large',
+  HRL_DECODE_FAILED: 'undecodable',
+};
+
+/** REJECTED decisions for an event that never reached the rules: one per recipient we can read. */
+function rejectOutcomes(ctx: StageContext, rec: InRecord, ev: { id: string; tenant: string; type: string; recipients: string[]; traceId?: string | null }, reasonCode: string, reason: string) {
+  const traceId = ev.traceId ?? traceIdFor(ev.tenant, ev.id);
+  for (const recipient of ev.recipients.length ? ev.recipients : ['']) {
+    ctx.outcome(rec, {
+      notificationId: notificationId(ev.tenant, ev.id, recipient, ''), tenant: ev.tenant, recipient, eventId: ev.id, eventType: ev.type,
+      status: 'REJECTED', terminal: true, reasonCode, reason, traceId,
+    });
+  }
+}
+
+export const ingest: StageFactory = ({ rules, tables }) => ({
+  rejected(rec, error, ctx) {
+    // Derive what we can from the raw JSON; Avro that failed to decode has no readable id.
+    let raw: Record<string, unknown>;
+    try {
+      raw = JSON.parse(rec.raw?.toString('utf8') ?? '') as Record<string, unknown>;
+    } catch {
+      return;
+    }
+    if (typeof raw?.id !== 'string' || typeof raw.tenant !== 'string' || !raw.id || !raw.tenant) return;
+    const recipients = Array.isArray(raw.recipients) ? [...new Set(raw.recipients.filter((r): r is string => typeof r === 'string' && r !== ''))] : [];
+    rejectOutcomes(ctx, rec, { id: raw.id, tenant: raw.tenant, type: typeof raw.type === 'string' ? raw.type : '', recipients }, REASONS[error.code ?? ''] ?? 'invalid_event', error.message);
+  },
+
   async process(batch, ctx) {
     for (const rec of batch as InRecord<DomainEvent>[]) {
       const ev = rec.value;
       const traceId = ev.traceId ?? traceIdFor(ev.tenant, ev.id);
-      const recipients = [...new Set(ev.recipients)];
-      const reject = (code: 'HRL_UNKNOWN_EVENT_TYPE' | 'HRL_NO_RECIPIENTS', reasonCode: string, reason: string, field: string) => {
-        for (const recipient of recipients.length ? recipients : ['']) {
-          ctx.outcome(rec, {
-            notificationId: notificationId(ev.tenant, ev.id, recipient, ''), tenant: ev.tenant, recipient, eventId: ev.id, eventType: ev.type,
-            status: 'REJECTED', terminal: true, reasonCode, reason, traceId,
-          });
-        }
+      const reject = (recipients: string[], code: 'HRL_UNKNOWN_EVENT_TYPE' | 'HRL_NO_RECIPIENTS', reasonCode: string, reason: string, field: string) => {
+        rejectOutcomes(ctx, rec, { ...ev, recipients }, reasonCode, reason);
         ctx.deadLetter(rec, new HeraldError(code, reason, { field }));
       };
+      const explicit = [...new Set(ev.recipients)];
       const matched = rules.forEventType(ev.type);
       if (matched.length === 0) {
-        reject('HRL_UNKNOWN_EVENT_TYPE', 'unknown_event_type', `type: no rule matches event type "${ev.type}" (rules file ${rules.source})`, 'type');
+        reject(explicit, 'HRL_UNKNOWN_EVENT_TYPE', 'unknown_event_type', `type: no rule matches event type "${ev.type}" (rules file ${rules.source})`, 'type');
         continue;
       }
-      if (recipients.length === 0) {
-        const why = ev.audience
-          ? `audience: audience "${ev.audience}" cannot be resolved yet; list recipients explicitly`
-          : 'recipients: expected at least one recipient id (or an audience)';
-        reject('HRL_NO_RECIPIENTS', 'no_recipients', why, ev.audience ? 'audience' : 'recipients');
-        continue;
-      }
-      const blank = recipients.findIndex((r) => r.trim() === '');
+      const blank = explicit.findIndex((r) => r.trim() === '');
       if (blank >= 0) {
-        reject('HRL_NO_RECIPIENTS', 'invalid_recipient', `recipients[${blank}]: expected a non-empty user id`, `recipients[${blank}]`);
+        reject(explicit.filter((r) => r.trim() !== ''), 'HRL_NO_RECIPIENTS', 'invalid_recipient', `recipients[${blank}]: expected a non-empty user id`, `recipients[${blank}]`);
+        continue;
+      }
+      const recipients = new Set(explicit);
+      if (ev.audience) {
+        const before = recipients.size;
+        for await (const [, m] of tables.scan<AudienceMember>('audiences', audienceKey(ev.tenant, ev.audience))) recipients.add(m.userId);
+        if (recipients.size === before && explicit.length === 0) {
+          reject([], 'HRL_NO_RECIPIENTS', 'empty_audience', `audience: audience "${ev.audience}" of tenant "${ev.tenant}" has no members`, 'audience');
+          continue;
+        }
+      }
+      if (recipients.size === 0) {
+        reject([], 'HRL_NO_RECIPIENTS', 'no_recipients', 'recipients: expected at least one recipient id (or an audience)', 'recipients');
         continue;
       }
       const occurredAt = ev.occurredAt ?? rec.timestamp;
+      const n = recipients.size;
       for (const rule of matched) {
-        recipients.forEach((recipient, i) => {
+        let i = 0;
+        for (const recipient of recipients) {
+          i++;
           const request: NotificationRequest = {
             notificationId: notificationId(ev.tenant, ev.id, recipient, rule.id),
             tenant: ev.tenant, eventId: ev.id, eventType: ev.type, ruleId: rule.id, recipient,
@@ -55,9 +96,10 @@ export const ingest: StageFactory = ({ rules }) => ({
           ctx.emit(rec, 'requests', recipient, request);
           ctx.outcome(rec, {
             notificationId: request.notificationId, tenant: ev.tenant, recipient, eventId: ev.id, eventType: ev.type, ruleId: rule.id,
-            status: 'ACCEPTED', reasonCode: 'rule_matched', reason: `event ${ev.type} matched rule ${rule.id}; recipient ${i + 1} of ${recipients.length}`, traceId,
+            status: 'ACCEPTED', reasonCode: 'rule_matched',
+            reason: `event ${ev.type} matched rule ${rule.id}; recipient ${i} of ${n}${ev.audience ? ` (audience ${ev.audience})` : ''}`, traceId,
           });
-        });
+        }
       }
     }
   },

@@ -10,6 +10,7 @@ import type { Admin, Kafka, Producer } from 'kafkajs';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../api/server.ts';
 import type { ChannelProvider } from '../channels/channel.ts';
+import type { TableName } from '../processors/contract.ts';
 import { WebhookChannel } from '../channels/webhook.ts';
 import type { HeraldConfig } from '../config.ts';
 import { EmbeddedBroker } from '../embedded/broker.ts';
@@ -118,7 +119,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     await producer.connect();
     cleanups.push(() => producer.disconnect());
 
-    const tables = new GlobalTables(kafka, admin, serde, config.topicPrefix, log.child({ component: 'tables' }), metrics);
+    const tables = new GlobalTables(kafka, admin, serde, config, log.child({ component: 'tables' }), metrics);
     cleanups.push(() => tables.stop());
     const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(config.webhookSecret)]]);
     for (const c of opts.channels ?? []) channelMap.set(c.name, c);
@@ -131,7 +132,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     cleanups.push(async () => {
       await Promise.all([...runners.values()].map((r) => r.stop()));
     });
-    const neededTables = [...new Set(stages.flatMap((s) => STAGES[s].tables))];
+    const neededTables = [...new Set(stages.flatMap((s) => STAGES[s].tables))] as TableName[];
     const wantApi = opts.api ?? true;
     // The API answers GET /v1/users/:id from the users table.
     if (wantApi && !neededTables.includes('users')) neededTables.push('users');

@@ -199,7 +199,13 @@ export class StageRunner {
       }
     }
     const ctx = this.context(task, partition, heartbeat);
-    for (const { rec, err } of rejected) ctx.deadLetter(rec, err);
+    const reject = (c: BatchContext) => {
+      for (const { rec, err } of rejected) {
+        c.deadLetter(rec, err);
+        task.processor.rejected?.(rec as InRecord<null>, err, c);
+      }
+    };
+    reject(ctx);
     try {
       if (records.length) await task.processor.process(records, ctx);
       await this.complete(ctx, topic, partition, messages.at(-1)!.offset);
@@ -208,7 +214,7 @@ export class StageRunner {
       if (e.retriable) throw e; // not committed: the batch is fetched again
       this.log.warn({ code: e.code, err: e.message, records: records.length }, 'batch failed; re-running record by record to isolate the bad one');
       const rejectsOnly = this.context(task, partition, heartbeat);
-      for (const { rec, err: de } of rejected) rejectsOnly.deadLetter(rec, de);
+      reject(rejectsOnly);
       await this.complete(rejectsOnly, topic, partition, null);
       for (const rec of records) {
         const one = this.context(task, partition, heartbeat);

@@ -1,71 +1,102 @@
 /**
- * Global tables: compacted topics (users.v1, preferences.v1) materialised in full on
- * every instance that needs them. Start-up waits until each is caught up to the end
- * offsets captured when it started; `/readyz` reports it. Tombstones delete.
+ * Global tables: compacted topics (users.v1, preferences.v1, audiences.v1) materialised
+ * in full, in a local store, on every instance that needs them. Each table keeps one
+ * checkpoint per source partition, so a restart reads only what arrived since. Start-up
+ * waits until every table has caught up to the end offsets captured when it started;
+ * `/readyz` reports it. Tombstones delete.
  */
 import type { Admin, Kafka } from 'kafkajs';
-import type { TableLookup } from '../processors/contract.ts';
+import type { HeraldConfig } from '../config.ts';
+import type { TableLookup, TableName } from '../processors/contract.ts';
 import type { Serde } from '../schemas/index.ts';
-import { type TopicKey, topicName } from '../topology.ts';
+import { KeyValueStore } from '../state/store.ts';
+import { topicName } from '../topology.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
-import { TopicReader } from './reader.ts';
+import { TopicReader, startOffsets } from './reader.ts';
 
 export class GlobalTables implements TableLookup {
-  private readonly data = new Map<string, Map<string, unknown>>();
+  private readonly stores = new Map<string, KeyValueStore>();
   private readonly readers: TopicReader[] = [];
   private readonly caught = new Set<string>();
-
   private readonly kafka: Kafka;
   private readonly admin: Admin;
   private readonly serde: Serde;
-  private readonly prefix: string;
+  private readonly config: HeraldConfig;
   private readonly log: Logger;
   private readonly metrics: Metrics;
 
-  constructor(kafka: Kafka, admin: Admin, serde: Serde, prefix: string, log: Logger, metrics: Metrics) {
+  constructor(kafka: Kafka, admin: Admin, serde: Serde, config: HeraldConfig, log: Logger, metrics: Metrics) {
     this.kafka = kafka;
     this.admin = admin;
     this.serde = serde;
-    this.prefix = prefix;
+    this.config = config;
     this.log = log;
     this.metrics = metrics;
   }
 
   /** Starts following the tables and resolves when all are caught up. */
-  async start(tables: readonly TopicKey[]): Promise<void> {
-    await Promise.all(tables.map(async (t) => {
-      const rows = new Map<string, unknown>();
-      this.data.set(t, rows);
-      const reader = new TopicReader(this.kafka, this.admin, {
-        topic: topicName(this.prefix, t),
-        groupPrefix: this.prefix,
-        onBatch: async ({ messages }) => {
-          for (const m of messages) {
-            const key = m.key?.toString();
-            if (!key) continue;
-            if (m.value === null) rows.delete(key);
-            else {
-              try {
-                rows.set(key, await this.serde.decode(m.value));
-              } catch (err) {
-                this.log.warn({ table: t, offset: m.offset, err: (err as Error).message }, 'table record skipped: undecodable');
-              }
-            }
-          }
-          this.metrics.tableRecords.inc({ table: t }, messages.length);
-        },
-      });
-      this.readers.push(reader);
-      await reader.start();
-      await reader.caughtUp;
-      this.caught.add(t);
-      this.log.info({ table: t, rows: rows.size }, 'global table caught up');
-    }));
+  async start(tables: readonly TableName[]): Promise<void> {
+    await Promise.all(tables.map((t) => this.follow(t)));
   }
 
-  get<T>(table: 'users' | 'preferences', key: string): T | undefined {
-    return this.data.get(table)?.get(key) as T | undefined;
+  private async follow(table: TableName): Promise<void> {
+    const started = performance.now();
+    const store = await KeyValueStore.open({ backend: this.config.stateBackend, dir: this.config.stateDir, stage: 'global', name: table, partition: 0, changelog: null });
+    this.stores.set(table, store);
+    const topic = topicName(this.config.topicPrefix, table);
+    const from = new Map<number, bigint>();
+    for (const [p, low] of await startOffsets(this.admin, topic)) {
+      const cp = await store.checkpoint(p);
+      from.set(p, cp === null || cp + 1n < low ? low : cp + 1n);
+    }
+    let applied = 0;
+    const reader = new TopicReader(this.kafka, this.admin, {
+      topic,
+      groupPrefix: this.config.topicPrefix,
+      from,
+      onBatch: async ({ partition, messages }) => {
+        const records: { key: string; value: string | null }[] = [];
+        for (const m of messages) {
+          const key = m.key?.toString();
+          if (!key) continue;
+          if (m.value === null) records.push({ key, value: null });
+          else {
+            try {
+              records.push({ key, value: JSON.stringify(await this.serde.decode(m.value)) });
+            } catch (err) {
+              this.log.warn({ table, partition, offset: m.offset, err: (err as Error).message }, 'table record skipped: undecodable');
+            }
+          }
+        }
+        await store.restore(records, BigInt(messages.at(-1)!.offset), partition);
+        applied += messages.length;
+        this.metrics.tableRecords.inc({ table }, messages.length);
+      },
+    });
+    this.readers.push(reader);
+    await reader.start();
+    await reader.caughtUp;
+    this.caught.add(table);
+    this.log.info({ table, applied, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'global table caught up');
+  }
+
+  private store(table: TableName): KeyValueStore {
+    const s = this.stores.get(table);
+    if (!s) throw new Error(`global table ${table} is not materialised in this process; declare it in topology.ts`);
+    return s;
+  }
+
+  getMany<T>(table: TableName, keys: string[]): Promise<(T | undefined)[]> {
+    return this.store(table).view().getMany<T>(keys);
+  }
+
+  async *scan<T>(table: TableName, prefix: string): AsyncGenerator<[string, T]> {
+    for await (const [k, v] of this.store(table).range(prefix, `${prefix}\uffff`)) yield [k, v as T];
+  }
+
+  has(table: string): boolean {
+    return this.stores.has(table);
   }
 
   isCaughtUp(table: string): boolean {
@@ -74,5 +105,7 @@ export class GlobalTables implements TableLookup {
 
   async stop(): Promise<void> {
     await Promise.all(this.readers.map((r) => r.stop()));
+    for (const s of this.stores.values()) await s.close();
+    this.stores.clear();
   }
 }

@@ -12,7 +12,7 @@ import { HeraldError } from '../errors.ts';
 
 export const SCHEMA_NAMES = [
   'DomainEvent', 'UserProfile', 'UserPreferences', 'NotificationRequest',
-  'EnrichedNotification', 'DeliveryTask', 'LifecycleEvent',
+  'EnrichedNotification', 'DeliveryTask', 'LifecycleEvent', 'AudienceMember',
 ] as const;
 export type SchemaName = (typeof SCHEMA_NAMES)[number];
 

@@ -43,6 +43,7 @@ export async function openLevel(backend: Backend, path: string): Promise<LevelLi
 
 const META = '\u0000meta:';
 const CHECKPOINT = `${META}changelog-checkpoint`;
+const checkpointKey = (partition?: number) => (partition === undefined ? CHECKPOINT : `${CHECKPOINT}:${partition}`);
 /** Time index of expiring entries: `\u0000exp:<expiresAt, 15 digits>:<key>`, ordered by time. */
 const EXP = '\u0000exp:';
 const expKey = (expiresAt: number, key: string) => `${EXP}${String(Math.max(0, Math.floor(expiresAt))).padStart(15, '0')}:${key}`;
@@ -76,16 +77,19 @@ export class KeyValueStore {
     return new KeyValueStore(opts.name, opts.partition, await openLevel(opts.backend, path), opts.changelog);
   }
 
-  /** Last changelog offset reflected in the local data, or null when never checkpointed. */
-  async checkpoint(): Promise<bigint | null> {
-    const [v] = await this.db.getMany([CHECKPOINT]);
+  /**
+   * Last source offset reflected in the local data, or null when never checkpointed.
+   * Stores fed by several partitions (global tables) keep one checkpoint per partition.
+   */
+  async checkpoint(partition?: number): Promise<bigint | null> {
+    const [v] = await this.db.getMany([checkpointKey(partition)]);
     return v === undefined ? null : BigInt(v);
   }
 
-  /** Applies changelog records read during restore, then moves the checkpoint. */
-  async restore(records: { key: string; value: string | null }[], lastOffset: bigint): Promise<void> {
+  /** Applies changelog (or table) records read from `partition`, then moves its checkpoint. */
+  async restore(records: { key: string; value: string | null }[], lastOffset: bigint, partition?: number): Promise<void> {
     const ops = records.map((r) => (r.value === null ? { type: 'del' as const, key: r.key } : { type: 'put' as const, key: r.key, value: r.value }));
-    ops.push({ type: 'put', key: CHECKPOINT, value: lastOffset.toString() });
+    ops.push({ type: 'put', key: checkpointKey(partition), value: lastOffset.toString() });
     await this.db.batch(ops);
   }
 

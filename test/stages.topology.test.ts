@@ -13,6 +13,7 @@ import { outcome, type NotificationView } from '../processors/outcome.ts';
 import type { ChannelProvider, SendResult } from '../channels/channel.ts';
 import type { DeliveryTask, EnrichedNotification, NotificationRequest, UserProfile } from '../processors/types.ts';
 import { StageDriver } from './support/driver.ts';
+import { MemoryTables } from './support/memory-tables.ts';
 
 const T0 = Date.parse('2026-03-01T12:00:00Z');
 const HOUR = 3_600_000;
@@ -72,7 +73,11 @@ describe('ingest', () => {
 });
 
 describe('enrich', () => {
-  const tables = (users: Record<string, UserProfile>) => ({ get: <T>(t: string, k: string) => (t === 'users' ? (users[k] as T | undefined) : undefined) });
+  const tables = (users: Record<string, UserProfile>) => {
+    const t = new MemoryTables();
+    for (const [k, v] of Object.entries(users)) t.set('users', k, v);
+    return t;
+  };
 
   it('joins the profile, and drops unknown and deactivated recipients with their reasons', async () => {
     const reqs = await requestsFor(event({ recipients: ['ada', 'ghost', 'gone'] }));

@@ -7,6 +7,7 @@ describe('describe()', () => {
     expect(describeTopology()).toMatchInlineSnapshot(`
       "stage ingest (group herald.ingest): validate, match rules, fan out to recipients, derive ids
         in:  herald.events.v1
+        tables: herald.audiences.v1
         out: herald.requests.v1, herald.outcomes.v1, herald.dlq.v1
       stage enrich (group herald.enrich): join profile and preferences; drop unknown or inactive recipients
         in:  herald.requests.v1
@@ -74,7 +75,7 @@ describe("topicPlan('herald.', 4)", () => {
   it('does not compact events or the other streams', () => {
     expect(byName.get('herald.events.v1')).toMatchObject({ compacted: false, schema: 'DomainEvent' });
     const compacted = plan.filter((t) => t.compacted).map((t) => t.name).sort();
-    expect(compacted).toEqual(['herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.preferences.v1', 'herald.users.v1']);
+    expect(compacted).toEqual(['herald.audiences.v1', 'herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.preferences.v1', 'herald.users.v1']);
   });
 
   it('gives every shared topic the requested partition count', () => {

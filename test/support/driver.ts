@@ -10,6 +10,7 @@ import { createLogger } from '../../runtime/logger.ts';
 import { Metrics } from '../../runtime/metrics.ts';
 import { type BatchView, KeyValueStore } from '../../state/store.ts';
 import { STAGES, type StageName, type TopicKey } from '../../topology.ts';
+import { MemoryTables } from './memory-tables.ts';
 
 export interface Emitted { topic: TopicKey; key: string; value: unknown; timestamp: number }
 export interface Outcome extends Decision { stage: string; sourceOffset: string; timestamp: number }
@@ -32,7 +33,7 @@ export class StageDriver {
     const config = loadConfig({}, { stateBackend: 'memory', logLevel: 'silent' });
     this.deps = {
       config, rules: loadRules('rules/default.json'), log: createLogger('silent'), metrics: new Metrics(),
-      tables: { get: () => undefined }, availableChannels: new Set(['webhook']), channels: new Map(), ...deps,
+      tables: new MemoryTables(), availableChannels: new Set(['webhook']), channels: new Map(), ...deps,
     };
   }
 

@@ -1,0 +1,103 @@
+/**
+ * ingest at depth on the embedded broker: every rejection path ends in dlq.v1 with a
+ * specific reason and, where an id can be derived, a REJECTED outcome; a 10,000-member
+ * audience fans out to one request per member.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { KafkaMessage } from 'kafkajs';
+import { notificationId } from '../processors/ids.ts';
+import type { LifecycleEvent, NotificationRequest } from '../processors/types.ts';
+import type { Herald } from '../runtime/app.ts';
+import { topicName } from '../topology.ts';
+import { api, collect, eventually, removeDir, startTestHerald } from './support/herald.ts';
+
+let h: Herald & { stateDir: string };
+let dlq: Awaited<ReturnType<typeof collect>>;
+let outcomes: Awaited<ReturnType<typeof collect>>;
+let requests: Awaited<ReturnType<typeof collect>>;
+const T = (k: 'events' | 'dlq' | 'outcomes' | 'requests') => topicName('herald.', k);
+
+beforeAll(async () => {
+  h = await startTestHerald({ stages: ['ingest'], env: { HERALD_MAX_PAYLOAD_BYTES: '2048' } });
+  [dlq, outcomes, requests] = await Promise.all([collect(h, T('dlq')), collect(h, T('outcomes')), collect(h, T('requests'))]);
+});
+
+afterAll(async () => {
+  await Promise.all([dlq?.stop(), outcomes?.stop(), requests?.stop()]);
+  await h?.stop();
+  if (h) removeDir(h.stateDir);
+});
+
+const header = (m: KafkaMessage, k: string) => m.headers?.[k]?.toString();
+const decodeAll = async <T>(ms: KafkaMessage[]) => Promise.all(ms.map((m) => h.serde.decode<T>(m.value!)));
+
+describe('ingest rejections', () => {
+  const cases: { name: string; value: Buffer | string; code: string; field?: string; reason: RegExp; rejected: string | null }[] = [
+    { name: 'undecodable bytes', value: Buffer.from([0xde, 0xad, 0xbe, 0xef]), code: 'HRL_DECODE_FAILED', reason: /neither Avro .* nor JSON/, rejected: null },
+    { name: 'Avro with an unknown schema id', value: Buffer.from([0, 0, 0, 0x7f, 0x7f, 1, 2]), code: 'HRL_DECODE_FAILED', reason: /schema id 32639/, rejected: null },
+    { name: 'a schema violation', value: JSON.stringify({ id: 'sv', tenant: 'acme', type: 'comment.created', recipients: ['ada'], occurredAt: 'yesterday' }), code: 'HRL_SCHEMA_VIOLATION', field: 'occurredAt', reason: /occurredAt: expected/, rejected: 'schema_violation' },
+    { name: 'a missing field', value: JSON.stringify({ id: 'mf', tenant: 'acme', recipients: ['ada'] }), code: 'HRL_SCHEMA_VIOLATION', field: 'type', reason: /type: expected a string, got nothing/, rejected: 'schema_violation' },
+    { name: 'an unknown event type', value: JSON.stringify({ id: 'ut', tenant: 'acme', type: 'no.such.type', recipients: ['ada'] }), code: 'HRL_UNKNOWN_EVENT_TYPE', field: 'type', reason: /no rule matches event type "no.such.type"/, rejected: 'unknown_event_type' },
+    { name: 'no recipients', value: JSON.stringify({ id: 'nr', tenant: 'acme', type: 'comment.created' }), code: 'HRL_NO_RECIPIENTS', field: 'recipients', reason: /expected at least one recipient/, rejected: 'no_recipients' },
+    { name: 'a blank recipient', value: JSON.stringify({ id: 'br', tenant: 'acme', type: 'comment.created', recipients: ['ada', ' '] }), code: 'HRL_NO_RECIPIENTS', field: 'recipients[1]', reason: /recipients\[1\]: expected a non-empty user id/, rejected: 'invalid_recipient' },
+    { name: 'an empty audience', value: JSON.stringify({ id: 'ea', tenant: 'acme', type: 'comment.created', audience: 'nobody-here' }), code: 'HRL_NO_RECIPIENTS', field: 'audience', reason: /audience "nobody-here" of tenant "acme" has no members/, rejected: 'empty_audience' },
+    { name: 'an oversized payload', value: JSON.stringify({ id: 'big', tenant: 'acme', type: 'comment.created', recipients: ['ada'], data: { blob: 'x'.repeat(4000) } }), code: 'HRL_PAYLOAD_TOO_LARGE', reason: /bytes; the limit is 2048/, rejected: 'payload_too_large' },
+  ];
+
+  it('dead-letters each bad record with code, field and reason, records REJECTED where it can, and processes the good neighbour', async () => {
+    const good = { id: 'good-neighbour', tenant: 'acme', type: 'comment.created', recipients: ['ada'], data: { commentId: 'g' } };
+    await h.producer.send({ topic: T('events'), acks: -1, messages: [...cases.map((c) => ({ key: 'same-key', value: c.value })), { key: 'same-key', value: JSON.stringify(good) }] });
+    const found = await eventually(() => dlq.messages.length >= cases.length && dlq.messages);
+    // Decode failures are dead-lettered ahead of processing failures of the same batch: order by source offset.
+    const dead = [...found].sort((a, b) => Number(header(a, 'herald.source.offset')) - Number(header(b, 'herald.source.offset')));
+    expect(dead.map((m) => header(m, 'herald.error.code'))).toEqual(cases.map((c) => c.code));
+    cases.forEach((c, i) => {
+      const m = dead[i]!;
+      expect(header(m, 'herald.error.reason'), c.name).toMatch(c.reason);
+      expect(header(m, 'herald.error.field'), c.name).toBe(c.field);
+      expect(header(m, 'herald.source.topic')).toBe(T('events'));
+      expect(m.value, `${c.name}: original bytes`).toEqual(Buffer.isBuffer(c.value) ? c.value : Buffer.from(c.value));
+    });
+    const req = await eventually(async () => (await decodeAll<NotificationRequest>(requests.messages)).find((r) => r.eventId === 'good-neighbour'));
+    expect(req.recipient).toBe('ada');
+
+    const events = await eventually(async () => {
+      const all = await decodeAll<LifecycleEvent>(outcomes.messages);
+      return all.filter((e) => e.status === 'REJECTED').length >= cases.filter((c) => c.rejected).length && all;
+    });
+    for (const c of cases.filter((x) => x.rejected)) {
+      const id = JSON.parse(c.value.toString()).id as string;
+      const rejected = events.filter((e) => e.eventId === id && e.status === 'REJECTED');
+      expect(rejected.length, c.name).toBeGreaterThan(0);
+      expect(rejected[0]).toMatchObject({ reasonCode: c.rejected, terminal: true, stage: 'ingest', tenant: 'acme' });
+    }
+    const schemaViolation = events.find((e) => e.eventId === 'sv')!;
+    expect(schemaViolation).toMatchObject({ recipient: 'ada', notificationId: notificationId('acme', 'sv', 'ada', '') });
+  });
+});
+
+describe('audiences', () => {
+  it('fans a 10,000-member audience out to one request per member', async () => {
+    const members = Array.from({ length: 10_000 }, (_, i) => `member-${i}`);
+    const put = await api(h, 'PUT', '/v1/audiences/acme/workspace-1/members', { add: members });
+    expect(put.status).toBe(202);
+    await api(h, 'PUT', '/v1/audiences/acme/workspace-1/members', { remove: ['member-0'] });
+    await eventually(async () => {
+      const r = await api<{ members: string[] }>(h, 'GET', '/v1/audiences/acme/workspace-1/members?limit=100000');
+      return r.body.members.length === 9_999 && !r.body.members.includes('member-0');
+    }, 30_000);
+    const res = await api<{ eventId: string; audience: string }>(h, 'POST', '/v1/events', { id: 'fanout', type: 'agent.task_completed', tenant: 'acme', audience: 'workspace-1', data: { taskId: 't', summary: 's' } });
+    expect(res.status).toBe(202);
+    expect(res.body.audience).toBe('workspace-1');
+    const fanned = await eventually(async () => {
+      const rs = (await decodeAll<NotificationRequest>(requests.messages)).filter((r) => r.eventId === 'fanout');
+      return rs.length >= 9_999 && rs;
+    }, 60_000);
+    expect(fanned).toHaveLength(9_999);
+    expect(new Set(fanned.map((r) => r.recipient)).size).toBe(9_999);
+    expect(fanned.some((r) => r.recipient === 'member-0')).toBe(false);
+    // Keyed by recipient: each request sits in its recipient's partition.
+    const keys = requests.messages.filter((m) => m.key?.toString().startsWith('member-'));
+    expect(keys.length).toBe(9_999);
+  });
+});

@@ -62,6 +62,8 @@ export class StageRunner {
   private consumer: Consumer | null = null;
   private readonly tasks = new Map<number, Promise<PartitionTask>>();
   private readonly opened = new Map<number, PartitionTask>();
+  private stopping = false;
+  private restarts = 0;
   private readonly topicKeys = new Map<string, TopicKey>();
   private readonly log: Logger;
   private readonly clock: () => number;
@@ -91,6 +93,22 @@ export class StageRunner {
       allowAutoTopicCreation: false,
     });
     this.consumer = consumer;
+    consumer.on(consumer.events.CRASH, (e) => {
+      // kafkajs restarts on retriable errors only. A consumer that gave up (for example on
+      // a protocol error during a rebalance) would leave this stage silently stopped:
+      // close its partitions and start a fresh member instead.
+      if (e.payload.restart || this.stopping || this.consumer !== consumer) return;
+      this.log.error({ err: e.payload.error.message, restarts: ++this.restarts }, 'consumer crashed without restarting; starting a new member');
+      this.o.metrics.records.inc({ stage, result: 'consumer_restart' });
+      this.consumer = null;
+      setTimeout(() => {
+        if (this.stopping) return;
+        void (async () => {
+          for (const p of [...this.tasks.keys()]) await this.closePartition(p);
+          await this.start();
+        })().catch((err: Error) => this.log.error({ err: err.message }, 'restarting the consumer failed'));
+      }, 1000).unref();
+    });
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
       const assigned = new Set<number>();
       for (const parts of Object.values(e.payload.memberAssignment)) for (const p of parts) assigned.add(p);
@@ -292,6 +310,7 @@ export class StageRunner {
 
   /** Stops consuming: the in-flight batch finishes and commits, then stores close. */
   async stop(): Promise<void> {
+    this.stopping = true;
     const c = this.consumer;
     this.consumer = null;
     if (c) await c.disconnect();

@@ -1,0 +1,94 @@
+/**
+ * Global tables on the embedded broker: bootstrap before readiness, tombstones, and a
+ * restart that reads only the records after each partition's checkpoint.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EmbeddedBroker } from '../embedded/broker.ts';
+import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
+import type { NotificationView } from '../processors/outcome.ts';
+import { Serde } from '../schemas/index.ts';
+import { topicName, topicPlan } from '../topology.ts';
+import { api, eventually, removeDir, startTestHerald } from './support/herald.ts';
+import { createKafka, createProducer } from '../runtime/kafka.ts';
+import { loadConfig } from '../config.ts';
+import { createLogger } from '../runtime/logger.ts';
+
+let broker: EmbeddedBroker;
+let registry: EmbeddedSchemaRegistry;
+let env: Record<string, string>;
+const USERS = topicName('herald.', 'users');
+
+beforeAll(async () => {
+  broker = await EmbeddedBroker.start();
+  for (const t of topicPlan('herald.', 2)) await broker.createTopic(t.name, t.partitions);
+  registry = new EmbeddedSchemaRegistry();
+  env = { KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: await registry.start() };
+});
+
+afterAll(async () => {
+  await registry?.stop();
+  await broker?.stop();
+});
+
+async function produceUsers(ids: string[], tombstones: string[] = []) {
+  const serde = new Serde(env.SCHEMA_REGISTRY_URL!);
+  await serde.register(USERS, 'UserProfile');
+  const kafka = createKafka(loadConfig({ KAFKA_BROKERS: broker.bootstraps }), broker.bootstraps, createLogger('silent'));
+  const producer = createProducer(kafka);
+  await producer.connect();
+  const messages = [
+    ...(await Promise.all(ids.map(async (id) => ({ key: id, value: await serde.encode(USERS, { userId: id, name: id, webhookUrl: 'http://127.0.0.1:9/x' }) })))),
+    ...tombstones.map((id) => ({ key: id, value: null })),
+  ];
+  await producer.send({ topic: USERS, acks: -1, messages });
+  await producer.disconnect();
+}
+
+const tableRecords = async (h: Awaited<ReturnType<typeof startTestHerald>>) => {
+  const text = await h.metrics.registry.getSingleMetricAsString('herald_table_records_total');
+  return Number(/table="users"\} (\d+)/.exec(text)?.[1] ?? 0);
+};
+
+describe('global tables', () => {
+  it('are caught up before ready, apply tombstones, and restart from their checkpoints', async () => {
+    const ids = Array.from({ length: 500 }, (_, i) => `u${i}`);
+    await produceUsers(ids);
+    const h = await startTestHerald({ env });
+    const stateDir = h.stateDir;
+    try {
+      // Ready means caught up: every user is there at once, without waiting.
+      const ready = await api<{ ready: boolean; tables: Record<string, boolean> }>(h, 'GET', '/readyz');
+      expect(ready.body).toMatchObject({ ready: true, tables: { users: true, preferences: true } });
+      expect((await api(h, 'GET', '/v1/users/u0')).status).toBe(200);
+      expect((await api(h, 'GET', '/v1/users/u499')).status).toBe(200);
+      expect(await tableRecords(h)).toBe(500);
+
+      // A tombstone deletes: the next event for that user is DROPPED as unknown.
+      const del = await api(h, 'DELETE', '/v1/users/u7');
+      expect(del.status).toBe(202);
+      await eventually(async () => (await api(h, 'GET', '/v1/users/u7')).status === 404);
+      const res = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', tenant: 'acme', recipients: ['u7'], data: { commentId: 'x' } });
+      const n = await eventually(async () => {
+        const r = await api<NotificationView>(h, 'GET', `/v1/notifications/${res.body.notifications[0]!.notificationId}`);
+        return r.status === 200 && r.body.terminal.length ? r.body : false;
+      });
+      expect(n.events.at(-1)).toMatchObject({ stage: 'enrich', status: 'DROPPED', reasonCode: 'unknown_recipient' });
+    } finally {
+      await h.stop();
+    }
+
+    // Two more changes while it is down; the restart reads just those.
+    await produceUsers(['late-1'], ['u8']);
+    const again = await startTestHerald({ env, stateDir });
+    try {
+      expect((await api(again, 'GET', '/v1/users/late-1')).status).toBe(200);
+      expect((await api(again, 'GET', '/v1/users/u8')).status).toBe(404);
+      expect((await api(again, 'GET', '/v1/users/u7')).status).toBe(404);
+      expect((await api(again, 'GET', '/v1/users/u9')).status).toBe(200);
+      expect(await tableRecords(again)).toBe(2);
+    } finally {
+      await again.stop();
+      removeDir(stateDir);
+    }
+  });
+});

@@ -140,7 +140,7 @@ describe('loadConfig errors', () => {
   it('lists the allowed state backends', () => {
     const err = configError(() => loadConfig({ HERALD_STATE_BACKEND: 'redis' }));
     expect(err.message).toContain('HERALD_STATE_BACKEND');
-    expect(err.message).toContain('"rocksdb", "memory"');
+    expect(err.message).toContain('"rocksdb", "level", "memory"');
   });
 
   it('rejects a boolean that is not true/false/1/0', () => {

@@ -19,7 +19,7 @@ import { type StageName, STAGES, type TopicKey, changelogTopic, groupId, topicNa
 import type { Codec } from './codec.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
-import { TopicReader } from './reader.ts';
+import { restoreFromChangelog } from './restore.ts';
 
 interface PartitionTask {
   processor: Processor;
@@ -144,25 +144,12 @@ export class StageRunner {
       const store = await KeyValueStore.open({ backend: config.stateBackend, dir: config.stateDir, stage, name: spec.name, partition, changelog });
       stores.set(spec.name, store);
       if (changelog) {
-        const started = performance.now();
-        const checkpoint = await store.checkpoint();
-        let applied = 0;
-        const reader = new TopicReader(this.o.kafka, this.o.admin, {
-          topic: changelog,
-          groupPrefix: config.topicPrefix,
-          from: new Map([[partition, checkpoint === null ? 0n : checkpoint + 1n]]),
-          until: new Map([[partition, (await this.endOffset(changelog, partition))]]),
-          onBatch: async ({ messages }) => {
-            const last = messages.at(-1)!;
-            await store.restore(messages.map((m) => ({ key: m.key!.toString(), value: m.value ? m.value.toString() : null })), BigInt(last.offset));
-            applied += messages.length;
-            metrics.restored.inc({ stage, store: spec.name }, messages.length);
-          },
+        const r = await restoreFromChangelog({
+          kafka: this.o.kafka, admin: this.o.admin, topic: changelog, groupPrefix: config.topicPrefix, targets: [{ store, partition }], log: this.log,
+          onApplied: (n) => metrics.restored.inc({ stage, store: spec.name }, n),
         });
-        await reader.readToEnd();
-        const seconds = (performance.now() - started) / 1000;
-        metrics.restoreDuration.observe({ stage, store: spec.name }, seconds);
-        this.log.info({ store: spec.name, partition, checkpoint: checkpoint?.toString() ?? null, applied, seconds: Number(seconds.toFixed(3)) }, 'store restored');
+        metrics.restoreDuration.observe({ stage, store: spec.name }, r.seconds);
+        this.log.info({ store: spec.name, partition, checkpoint: r.checkpoints.get(partition)?.toString() ?? null, applied: r.applied, seconds: Number(r.seconds.toFixed(3)) }, 'store restored');
       }
     }));
     const processor = this.o.factory(this.o.deps);
@@ -170,11 +157,6 @@ export class StageRunner {
     const task: PartitionTask = { processor, stores, locks: new Map(), commit: Promise.resolve() };
     this.opened.set(partition, task);
     return task;
-  }
-
-  private async endOffset(topic: string, partition: number): Promise<bigint> {
-    const offs = await this.o.admin.fetchTopicOffsets(topic);
-    return BigInt(offs.find((o) => o.partition === partition)?.high ?? '0');
   }
 
   private async closePartition(partition: number): Promise<void> {

@@ -125,20 +125,23 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     for (const c of opts.channels ?? []) channelMap.set(c.name, c);
     const codec = new Codec(serde, config);
     const deps = { config, rules, log, metrics, tables, channels: channelMap, availableChannels: new Set(channelMap.keys()) };
-    const runners = new Map<StageName, StageRunner>();
-    for (const stage of stages) {
-      runners.set(stage, new StageRunner({ stage, factory: PROCESSORS[stage], deps, kafka, admin, producer, codec, config, log, metrics }));
-    }
-    cleanups.push(async () => {
-      await Promise.all([...runners.values()].map((r) => r.stop()));
-    });
     const neededTables = [...new Set(stages.flatMap((s) => STAGES[s].tables))] as TableName[];
     const wantApi = opts.api ?? true;
     // The API answers GET /v1/users/:id from the users table.
     if (wantApi && !neededTables.includes('users')) neededTables.push('users');
+    const tablesReady = tables.start(neededTables);
+    tablesReady.catch(() => undefined);
+    const runners = new Map<StageName, StageRunner>();
+    for (const stage of stages) {
+      const gate = STAGES[stage].tables.length ? tablesReady : undefined;
+      runners.set(stage, new StageRunner({ stage, factory: PROCESSORS[stage], deps, kafka, admin, producer, codec, config, log, metrics, ...(gate ? { gate } : {}) }));
+    }
+    cleanups.push(async () => {
+      await Promise.all([...runners.values()].map((r) => r.stop()));
+    });
     let ready = false;
     await Promise.all([
-      tables.start(neededTables),
+      tablesReady,
       ...[...runners.values()].map(async (r) => {
         await r.start();
         await r.joined;

@@ -50,6 +50,8 @@ export interface StageRunnerOptions {
   metrics: Metrics;
   /** Wall clock, injectable for tests. */
   clock?: () => number;
+  /** Resolves when the stage may process: its global tables are caught up. */
+  gate?: Promise<void>;
 }
 
 function headersToRecord(h: IHeaders | undefined): Record<string, string> {
@@ -174,6 +176,7 @@ export class StageRunner {
 
   private async onBatch({ batch, heartbeat, isRunning, isStale }: EachBatchPayload): Promise<void> {
     if (batch.messages.length === 0 || !isRunning() || isStale()) return;
+    if (this.o.gate) await this.o.gate; // never join a record with a table still loading
     const task = await this.task(batch.partition);
     const run = (task.locks.get(batch.topic) ?? Promise.resolve()).then(() => this.processBatch(task, batch.topic, batch.partition, batch.messages, heartbeat));
     task.locks.set(batch.topic, run.catch(() => undefined));

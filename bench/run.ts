@@ -1,0 +1,263 @@
+/**
+ * `npm run bench`: one JSON report on stdout.
+ *
+ * - passthrough: one consume -> produce(acks=-1) -> commit hop with plain kafkajs on the
+ *   same embedded broker in the same run: the ceiling every stage is measured against;
+ * - dedupe: the dedupe stage alone (RocksDB store, changelog, half the records duplicates);
+ * - pipeline: events/s through all seven stages to a real HTTP webhook, and its ratio to
+ *   the passthrough ceiling;
+ * - latency: publish-to-webhook percentiles at a fixed offered load;
+ * - restore: a 1,000,000-key store restored from its changelog into RocksDB;
+ * - peak RSS of this process.
+ *
+ * Sizes respect the embedded broker's ~5 MB per partition log (see README).
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Kafka, Message } from 'kafkajs';
+import { loadConfig } from '../config.ts';
+import { EmbeddedBroker } from '../embedded/broker.ts';
+import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
+import { notificationId } from '../processors/ids.ts';
+import { startHerald } from '../runtime/app.ts';
+import { createKafka, createProducer } from '../runtime/kafka.ts';
+import { createLogger } from '../runtime/logger.ts';
+import { restoreFromChangelog } from '../runtime/restore.ts';
+import { Serde } from '../schemas/index.ts';
+import { KeyValueStore } from '../state/store.ts';
+import { topicName, topicPlan } from '../topology.ts';
+
+const log = createLogger(process.env.HERALD_BENCH_LOG ?? 'silent');
+const progress = (m: string) => process.stderr.write(`[bench] ${m}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const PARTITIONS = 8;
+const round = (n: number) => Math.round(n);
+
+async function until(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`bench: timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+async function produceAll(kafka: Kafka, topic: string, messages: Message[], chunk = 2000) {
+  const producer = createProducer(kafka);
+  await producer.connect();
+  for (let i = 0; i < messages.length; i += chunk) await producer.send({ topic, acks: -1, messages: messages.slice(i, i + chunk) });
+  await producer.disconnect();
+}
+
+async function passthrough(broker: EmbeddedBroker, kafka: Kafka, n: number) {
+  const [src, dst] = [`bp.in.${randomUUID()}`, `bp.out.${randomUUID()}`];
+  await broker.createTopic(src, PARTITIONS);
+  await broker.createTopic(dst, PARTITIONS);
+  const value = Buffer.alloc(150, 'x');
+  await produceAll(kafka, src, Array.from({ length: n }, (_, i) => ({ key: `user-${i % 5000}`, value })));
+  const producer = createProducer(kafka);
+  await producer.connect();
+  const consumer = kafka.consumer({ groupId: `bp.${randomUUID()}`, maxWaitTimeInMs: 20, minBytes: 1, maxBytesPerPartition: 1024 * 1024 });
+  await consumer.connect();
+  await consumer.subscribe({ topic: src, fromBeginning: true });
+  let done = 0;
+  let first = 0;
+  await consumer.run({
+    autoCommit: false,
+    partitionsConsumedConcurrently: PARTITIONS,
+    eachBatch: async ({ batch }) => {
+      if (!first) first = performance.now();
+      await producer.sendBatch({ acks: -1, topicMessages: [{ topic: dst, messages: batch.messages.map((m) => ({ key: m.key, value: m.value })) }] });
+      await consumer.commitOffsets([{ topic: src, partition: batch.partition, offset: (BigInt(batch.lastOffset()) + 1n).toString() }]);
+      done += batch.messages.length;
+    },
+  });
+  await until(() => done >= n, 120_000, 'passthrough');
+  const seconds = (performance.now() - first) / 1000;
+  await consumer.disconnect();
+  await producer.disconnect();
+  return { records: n, seconds: +seconds.toFixed(3), recordsPerSecond: round(n / seconds) };
+}
+
+const metricValue = async (registry: import('prom-client').Registry, name: string, labels: Record<string, string>) => {
+  const m = (await registry.getMetricsAsJSON()).find((x) => x.name === name);
+  const v = (m?.values as { labels: Record<string, string>; value: number }[] | undefined)?.find((x) => Object.entries(labels).every(([k, val]) => x.labels[k] === val));
+  return v?.value ?? 0;
+};
+
+function env(broker: EmbeddedBroker, registryUrl: string, prefix: string, stateDir: string) {
+  return loadConfig({
+    KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: registryUrl, HERALD_TOPIC_PREFIX: prefix, HERALD_PARTITIONS: String(PARTITIONS),
+    HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'silent', HERALD_SESSION_TIMEOUT_MS: '10000',
+  });
+}
+
+async function dedupeStage(broker: EmbeddedBroker, kafka: Kafka, registryUrl: string, n: number) {
+  const prefix = 'bd.';
+  for (const t of topicPlan(prefix, PARTITIONS)) await broker.createTopic(t.name, t.partitions);
+  const serde = new Serde(registryUrl);
+  const topic = topicName(prefix, 'enriched');
+  await serde.register(topic, 'EnrichedNotification');
+  const t0 = Date.now();
+  const messages: Message[] = [];
+  for (let i = 0; i < n; i++) {
+    const recipient = `user-${i % 2000}`;
+    const key = `k-${Math.floor(i / 2)}`; // every key twice: half the records are duplicates
+    const request = {
+      notificationId: notificationId('acme', `e-${i}`, recipient, 'comment-created'), tenant: 'acme', eventId: `e-${i}`, eventType: 'comment.created', ruleId: 'comment-created',
+      recipient, category: 'collaboration', priority: 'NORMAL', data: '{}', idempotencyKey: key, actor: null, occurredAt: t0 + i, expiresAt: null, traceId: 't',
+    };
+    const user = { userId: recipient, tenant: null, name: null, email: null, phone: null, locale: 'en', timezone: 'UTC', webhookUrl: 'http://127.0.0.1:9/x', chatWebhookUrl: null, active: true, updatedAt: null };
+    messages.push({ key: recipient, value: await serde.encode(topic, { request, user, preferences: null }), timestamp: String(t0 + i) });
+  }
+  await produceAll(kafka, topic, messages);
+  const stateDir = mkdtempSync(join(tmpdir(), 'herald-bench-'));
+  const herald = await startHerald({ config: env(broker, registryUrl, prefix, stateDir), stages: ['dedupe'], api: false, log });
+  const count = () => metricValue(herald.metrics.registry, 'herald_stage_records_total', { stage: 'dedupe', result: 'outcome' });
+  await until(async () => (await count()) > 0, 60_000, 'dedupe start');
+  const first = performance.now();
+  await until(async () => (await count()) >= n, 180_000, 'dedupe');
+  const seconds = (performance.now() - first) / 1000;
+  await herald.stop();
+  rmSync(stateDir, { recursive: true, force: true });
+  return { records: n, duplicates: n / 2, seconds: +seconds.toFixed(3), recordsPerSecond: round(n / seconds), note: 'from the first decided batch to the last; includes the lazy open of each partition store' };
+}
+
+async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: string, n: number, offered: { perSecond: number; seconds: number }) {
+  const prefix = 'bf.';
+  for (const t of topicPlan(prefix, PARTITIONS)) await broker.createTopic(t.name, t.partitions);
+  const arrivals = new Map<string, number>();
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (c: Buffer) => (body += c.toString()));
+    req.on('end', () => {
+      arrivals.set((JSON.parse(body) as { eventId: string }).eventId, performance.timeOrigin + performance.now());
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const hook = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  const serde = new Serde(registryUrl);
+  const users = topicName(prefix, 'users');
+  await serde.register(users, 'UserProfile');
+  const USERS = 500;
+  await produceAll(kafka, users, await Promise.all(Array.from({ length: USERS }, async (_, i) => ({ key: `user-${i}`, value: await serde.encode(users, { userId: `user-${i}`, webhookUrl: hook }) }))));
+  const event = (id: string, i: number) => JSON.stringify({ id, type: 'comment.created', tenant: 'acme', recipients: [`user-${i % USERS}`], actor: 'bench', data: { commentId: id, documentTitle: 'Doc', excerpt: 'hello' } });
+  await produceAll(kafka, topicName(prefix, 'events'), Array.from({ length: n }, (_, i) => ({ key: `t-${i}`, value: event(`t-${i}`, i) })));
+  const stateDir = mkdtempSync(join(tmpdir(), 'herald-bench-'));
+  const herald = await startHerald({ config: env(broker, registryUrl, prefix, stateDir), log });
+  const delivered = () => metricValue(herald.metrics.registry, 'herald_deliver_attempts_total', { channel: 'webhook', result: 'delivered' });
+  const ingested = () => metricValue(herald.metrics.registry, 'herald_stage_records_total', { stage: 'ingest', result: 'in' });
+  await until(async () => (await ingested()) > 0, 60_000, 'pipeline start');
+  const first = performance.now();
+  await until(async () => (await delivered()) >= n, 300_000, 'pipeline').catch(async (err: Error) => {
+    throw new Error(`${err.message}: delivered ${await delivered()} of ${n}; ${(await herald.metrics.registry.getSingleMetricAsString('herald_stage_records_total')).split('\n').filter((l) => !l.startsWith('#')).join('; ')}`);
+  });
+  const seconds = (performance.now() - first) / 1000;
+  const throughput = { events: n, seconds: +seconds.toFixed(3), eventsPerSecond: round(n / seconds) };
+
+  // Fixed offered load: publish times against webhook arrival times.
+  const producer = createProducer(kafka);
+  await producer.connect();
+  const sent = new Map<string, number>();
+  const total = offered.perSecond * offered.seconds;
+  const tickMs = 20;
+  const perTick = offered.perSecond / (1000 / tickMs);
+  const startAt = performance.now();
+  let i = 0;
+  while (i < total) {
+    const due = Math.min(total, Math.floor(((performance.now() - startAt) / tickMs + 1) * perTick));
+    const batch: Message[] = [];
+    for (; i < due; i++) {
+      const id = `lat-${i}`;
+      batch.push({ key: id, value: event(id, i) });
+      sent.set(id, performance.timeOrigin + performance.now());
+    }
+    if (batch.length) await producer.send({ topic: topicName(prefix, 'events'), acks: -1, messages: batch });
+    await sleep(tickMs);
+  }
+  await until(() => [...sent.keys()].every((id) => arrivals.has(id)), 120_000, 'latency events');
+  await producer.disconnect();
+  const lat = [...sent].map(([id, t]) => arrivals.get(id)! - t).sort((a, b) => a - b);
+  const pct = (p: number) => +lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))]!.toFixed(1);
+  await herald.stop();
+  await new Promise<void>((r) => server.close(() => r()));
+  rmSync(stateDir, { recursive: true, force: true });
+  return { throughput, latency: { offeredPerSecond: offered.perSecond, events: total, p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) } };
+}
+
+async function restore(broker: EmbeddedBroker, kafka: Kafka, keys: number) {
+  const partitions = 40; // ~3.8 MB per partition: inside the embedded broker's 5 MB log
+  const topic = `br.changelog.${randomUUID()}`;
+  await broker.createTopic(topic, partitions);
+  const producer = createProducer(kafka);
+  await producer.connect();
+  const chunk = 5000;
+  for (let i = 0; i < keys; i += chunk) {
+    const messages: Message[] = [];
+    for (let j = i; j < Math.min(keys, i + chunk); j++) {
+      messages.push({ key: `fld:${j.toString(16).padStart(40, '0')}`, value: JSON.stringify({ notificationId: `ntf_${j.toString(16).padStart(32, '0')}`, firstSeenAt: 1767225600000 + j, expiresAt: 1767312000000 + j }), partition: j % partitions });
+    }
+    await producer.send({ topic, acks: -1, messages });
+  }
+  await producer.disconnect();
+  const dir = mkdtempSync(join(tmpdir(), 'herald-bench-restore-'));
+  const stores = await Promise.all(Array.from({ length: partitions }, (_, p) => KeyValueStore.open({ backend: 'rocksdb', dir, stage: 'bench', name: 'seen', partition: p, changelog: topic })));
+  const admin = kafka.admin();
+  await admin.connect();
+  let firstApply = 0;
+  const r = await restoreFromChangelog({
+    kafka, admin, topic, groupPrefix: 'bench.', targets: stores.map((store, partition) => ({ store, partition })), log,
+    onApplied: () => { firstApply ||= performance.now(); },
+  });
+  const applySeconds = (performance.now() - firstApply) / 1000;
+  const check = await stores[7]!.view().getMany([`fld:${(7).toString(16).padStart(40, '0')}`]);
+  if (!check[0]) throw new Error('bench: restored store misses a key');
+  await admin.disconnect();
+  for (const s of stores) await s.close();
+  rmSync(dir, { recursive: true, force: true });
+  if (r.applied !== keys) throw new Error(`bench: restored ${r.applied} of ${keys} keys`);
+  return { keys, partitions, backend: 'rocksdb', seconds: +r.seconds.toFixed(3), keysPerSecond: round(keys / r.seconds), applySeconds: +applySeconds.toFixed(3), keysPerSecondExcludingGroupJoin: round(keys / applySeconds) };
+}
+
+async function main() {
+  const started = Date.now();
+  const broker = await EmbeddedBroker.start();
+  const registry = new EmbeddedSchemaRegistry();
+  const registryUrl = await registry.start();
+  const kafka = createKafka(loadConfig({ KAFKA_BROKERS: broker.bootstraps, HERALD_LOG_LEVEL: 'silent' }), broker.bootstraps, log, 'herald-bench');
+  try {
+    const only = process.env.BENCH_ONLY;
+    progress('passthrough (kafkajs ceiling) …');
+    const ceiling = await passthrough(broker, kafka, Number(process.env.BENCH_PASSTHROUGH ?? 60_000));
+    progress(`  ${ceiling.recordsPerSecond} records/s; dedupe stage …`);
+    const dedupe = only && only !== 'dedupe' ? null : await dedupeStage(broker, kafka, registryUrl, Number(process.env.BENCH_DEDUPE ?? 40_000));
+    progress(`  ${dedupe?.recordsPerSecond} records/s; full pipeline …`);
+    const pipe = await pipeline(broker, kafka, registryUrl, Number(process.env.BENCH_PIPELINE ?? 4_000), { perSecond: 100, seconds: 10 });
+    progress(`  ${pipe.throughput.eventsPerSecond} events/s, p50 ${pipe.latency.p50Ms} ms; restore of 1,000,000 keys …`);
+    const restored = only && only !== 'restore' ? null : await restore(broker, kafka, Number(process.env.BENCH_RESTORE_KEYS ?? 1_000_000));
+    progress(`  ${restored?.keysPerSecond} keys/s`);
+    const report = {
+      date: new Date().toISOString(),
+      machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', node: process.version },
+      broker: 'embedded librdkafka mock cluster (1 broker), loopback',
+      passthrough: ceiling,
+      dedupe,
+      pipeline: { ...pipe.throughput, ratioToPassthrough: +(pipe.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), hops: 6, note: 'events/s from the first ingested batch to the last webhook delivered (one recipient per event)' },
+      latency: pipe.latency,
+      restore: restored,
+      peakRssMb: round(process.resourceUsage().maxRSS / 1024),
+      totalSeconds: round((Date.now() - started) / 1000),
+    };
+    process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+  } finally {
+    await registry.stop();
+    await broker.stop();
+  }
+}
+
+await main();
+process.exit(0);

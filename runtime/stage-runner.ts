@@ -284,7 +284,7 @@ export class StageRunner {
     metrics.records.inc({ stage, result: 'outcome' }, ctx.counts.outcome);
     metrics.records.inc({ stage, result: 'dlq' }, ctx.counts.dlq);
     if (ctx.counts.out + ctx.counts.outcome + ctx.counts.dlq > 0) {
-      this.log.debug({ partition, offset, ...ctx.counts }, 'batch committed');
+      this.log.info({ topic, partition, offset, ...ctx.counts }, 'batch committed');
     }
   }
 
@@ -375,6 +375,7 @@ class BatchContext implements StageContext {
     };
     this.push('outcomes', d.recipient, ev, ev.timestamp);
     this.counts.outcome++;
+    this.log.debug({ notificationId: ev.notificationId, traceId: ev.traceId, deliveryId: ev.deliveryId, status: ev.status, reasonCode: ev.reasonCode }, 'decision');
   }
 
   deadLetter(cause: InRecord, error: Error & { code?: string; field?: string }): void {

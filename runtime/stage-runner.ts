@@ -8,7 +8,8 @@
  *
  * Offsets are committed only after every produce of the batch is acknowledged and its
  * state is written, so a crash anywhere replays the batch (at-least-once), and the
- * derived ids make the replay idempotent downstream.
+ * derived ids make the replay idempotent downstream. Completed batches are committed
+ * together every HERALD_COMMIT_INTERVAL_MS (Kafka Streams' commit.interval.ms), and on stop.
  */
 import type { Admin, Consumer, EachBatchPayload, IHeaders, Kafka, KafkaMessage, Message, Producer } from 'kafkajs';
 import type { HeraldConfig } from '../config.ts';
@@ -66,6 +67,9 @@ export class StageRunner {
   private readonly opened = new Map<number, PartitionTask>();
   private stopping = false;
   private restarts = 0;
+  /** Offsets of completed batches not yet committed, per topic-partition. */
+  private readonly pending = new Map<string, { topic: string; partition: number; offset: string }>();
+  private lastCommit = Date.now();
   private readonly topicKeys = new Map<string, TopicKey>();
   private readonly log: Logger;
   private readonly clock: () => number;
@@ -116,6 +120,7 @@ export class StageRunner {
       for (const parts of Object.values(e.payload.memberAssignment)) for (const p of parts) assigned.add(p);
       this.log.info({ partitions: [...assigned].sort((a, b) => a - b), memberId: e.payload.memberId }, 'joined group');
       for (const p of [...this.tasks.keys()]) if (!assigned.has(p)) void this.closePartition(p);
+      for (const [k, o] of this.pending) if (!assigned.has(o.partition)) this.pending.delete(k);
       this.joinedResolve();
     });
     await consumer.connect();
@@ -278,7 +283,8 @@ export class StageRunner {
       await view.flush(m?.baseOffset !== undefined ? BigInt(m.baseOffset) + BigInt(n - 1) : null);
     }
     if (offset !== null) {
-      await this.consumer!.commitOffsets([{ topic, partition, offset: (BigInt(offset) + 1n).toString() }]);
+      this.pending.set(`${topic}\u0000${partition}`, { topic, partition, offset: (BigInt(offset) + 1n).toString() });
+      if (Date.now() - this.lastCommit >= this.o.config.commitIntervalMs) await this.commitPending();
     }
     metrics.records.inc({ stage, result: 'out' }, ctx.counts.out);
     metrics.records.inc({ stage, result: 'outcome' }, ctx.counts.outcome);
@@ -293,12 +299,41 @@ export class StageRunner {
     return [...this.opened.values()].flatMap((t) => (t.stores.has(name) ? [t.stores.get(name)!] : []));
   }
 
-  /** Stops consuming: the in-flight batch finishes and commits, then stores close. */
+  /**
+   * Commits the offsets of every batch completed so far. Only completed batches (outputs
+   * acknowledged, state written) are ever marked, so committing less often than every
+   * batch only widens what a crash replays, and replays are idempotent.
+   */
+  private async commitPending(): Promise<void> {
+    const consumer = this.consumer;
+    if (!consumer || this.pending.size === 0) return;
+    const offsets = [...this.pending.values()];
+    this.pending.clear();
+    this.lastCommit = Date.now();
+    try {
+      await consumer.commitOffsets(offsets);
+    } catch (err) {
+      // A rebalance moved the partition: its new owner replays from the last commit.
+      this.log.warn({ err: (err as Error).message, offsets: offsets.length }, 'offset commit failed; the batches will be replayed');
+      if ((err as { retriable?: boolean }).retriable !== true) return;
+      for (const o of offsets) if (!this.pending.has(`${o.topic}\u0000${o.partition}`)) this.pending.set(`${o.topic}\u0000${o.partition}`, o);
+    }
+  }
+
+  /** Stops consuming: in-flight batches finish, their offsets are committed, then stores close. */
   async stop(): Promise<void> {
     this.stopping = true;
     const c = this.consumer;
-    this.consumer = null;
-    if (c) await c.disconnect();
+    if (c) {
+      c.pause([...this.topicKeys.keys()].map((topic) => ({ topic })));
+      for (const t of this.tasks.values()) {
+        const task = await t.catch(() => null);
+        if (task) await Promise.all([...task.locks.values(), task.commit]);
+      }
+      await this.commitPending();
+      this.consumer = null;
+      await c.disconnect();
+    }
     for (const p of [...this.tasks.keys()]) await this.closePartition(p);
   }
 }

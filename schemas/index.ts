@@ -24,8 +24,19 @@ export function rawSchema(name: SchemaName): Record<string, unknown> {
   return JSON.parse(readFileSync(join(dir, `${name}.avsc`), 'utf8')) as Record<string, unknown>;
 }
 
+const inlined = new Map<SchemaName, Record<string, unknown>>();
+
 /** Inlines named references (`io.herald.v1.X`) so a schema stands alone, as the registry expects. */
-export function selfContained(name: SchemaName, loader: (n: SchemaName) => Record<string, unknown> = rawSchema): Record<string, unknown> {
+export function selfContained(name: SchemaName, loader?: (n: SchemaName) => Record<string, unknown>): Record<string, unknown> {
+  if (!loader) {
+    let s = inlined.get(name);
+    if (!s) inlined.set(name, (s = inline(name, rawSchema)));
+    return s;
+  }
+  return inline(name, loader);
+}
+
+function inline(name: SchemaName, loader: (n: SchemaName) => Record<string, unknown>): Record<string, unknown> {
   const defined = new Set<string>();
   const walk = (node: unknown): unknown => {
     if (typeof node === 'string' && node.startsWith(NS)) {

@@ -3,11 +3,12 @@
  * changelog, so deleting the state directory loses nothing, and a restart with the
  * directory intact restores only the tail after the local checkpoint.
  */
+import { Kafka, logLevel } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EmbeddedBroker } from '../embedded/broker.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import type { NotificationView } from '../processors/outcome.ts';
-import { topicPlan } from '../topology.ts';
+import { topicName, topicPlan } from '../topology.ts';
 import { api, eventually, removeDir, startTestHerald } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
@@ -66,12 +67,20 @@ describe('dedupe state across restarts', () => {
   });
 
   it('restores only the changelog tail after the local checkpoint when the state directory survives', async () => {
-    const first = await startTestHerald({ env });
+    const first = await startTestHerald({ env: { ...env, HERALD_COMMIT_INTERVAL_MS: '60000' } });
     const stateDir = first.stateDir;
     await api(first, 'PUT', '/v1/users/ada', { webhookUrl: `${hooks.url}/ada` });
     await eventually(async () => (await api(first, 'GET', '/v1/users/ada')).status === 200);
     await post(first, 'cp-1', 'cp-key-1');
     await first.stop();
+    // A graceful stop commits every completed batch, though the commit interval had not passed.
+    const admin = new Kafka({ brokers: broker.bootstraps.split(','), logLevel: logLevel.NOTHING }).admin();
+    await admin.connect();
+    const events = topicName('herald.', 'events');
+    const [committed] = await admin.fetchOffsets({ groupId: 'herald.ingest', topics: [events] });
+    const ends = await admin.fetchTopicOffsets(events);
+    await admin.disconnect();
+    expect(committed!.partitions.map((p) => p.offset).sort()).toEqual(ends.map((e) => e.high).sort());
     const second = await startTestHerald({ env, stateDir });
     try {
       const dup = await post(second, 'cp-2', 'cp-key-1');

@@ -5,29 +5,25 @@
  */
 import { Kafka, logLevel } from 'kafkajs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmbeddedBroker } from '../embedded/broker.ts';
-import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
+import type { EmbeddedBroker } from '../embedded/broker.ts';
 import type { NotificationView } from '../processors/outcome.ts';
-import { topicName, topicPlan } from '../topology.ts';
-import { api, eventually, removeDir, startTestHerald } from './support/herald.ts';
+import { topicName } from '../topology.ts';
+import { api, eventually, removeDir, startTestHerald, startCluster } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
+let cluster: Awaited<ReturnType<typeof startCluster>>;
 let broker: EmbeddedBroker;
-let registry: EmbeddedSchemaRegistry;
 let env: Record<string, string>;
 const hooks = new WebhookReceiver();
 
 beforeAll(async () => {
   await hooks.start();
-  broker = await EmbeddedBroker.start();
-  for (const t of topicPlan('herald.', 2)) await broker.createTopic(t.name, t.partitions);
-  registry = new EmbeddedSchemaRegistry();
-  env = { KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: await registry.start() };
+  cluster = await startCluster(2);
+  ({ broker, env } = cluster);
 });
 
 afterAll(async () => {
-  await registry?.stop();
-  await broker?.stop();
+  await cluster?.stop();
   await hooks.stop();
 });
 

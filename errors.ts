@@ -51,11 +51,32 @@ export class HeraldError extends Error {
   }
 }
 
+/** Kafka protocol errors that retrying the same records cannot fix. */
+const PERMANENT_KAFKA = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_RECORD', 'CORRUPT_MESSAGE', 'INVALID_REQUIRED_ACKS']);
+const NETWORK = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'EAI_AGAIN', 'UND_ERR_SOCKET']);
+
+/**
+ * Whether an error comes from the infrastructure (broker, store, registry, network) rather
+ * than from the record being processed: such errors are retried with the whole batch,
+ * never blamed on a record and dead-lettered. Walks the `cause` chain.
+ */
+export function isTransient(err: unknown): boolean {
+  for (let e = err as { name?: string; code?: unknown; type?: string; retriable?: boolean; message?: string; status?: number; cause?: unknown } | undefined, depth = 0; e && depth < 8; e = e.cause as typeof e, depth++) {
+    if (typeof e !== 'object') return false;
+    if (e.retriable === true) return true;
+    const name = e.name ?? '';
+    if (name === 'KafkaJSProtocolError' && e.type && PERMANENT_KAFKA.has(e.type)) return false;
+    if (name.startsWith('KafkaJS')) return true;
+    if (typeof e.code === 'string' && (e.code.startsWith('LEVEL_') || NETWORK.has(e.code))) return true;
+    if (name.startsWith('ConfluentSchemaRegistry') && !/not found/i.test(e.message ?? '')) return true;
+    if (typeof e.status === 'number' && e.status >= 500) return true;
+  }
+  return false;
+}
+
 /** Wraps anything thrown into a HeraldError, keeping HeraldErrors as they are. */
 export function asHeraldError(err: unknown, where: ErrorWhere = {}): HeraldError {
   if (err instanceof HeraldError) return err;
   const message = err instanceof Error ? err.message : String(err);
-  // Kafka client errors carry their own retriable flag.
-  const retriable = typeof err === 'object' && err !== null && (err as { retriable?: unknown }).retriable === true;
-  return new HeraldError('HRL_PROCESSING_FAILED', message, { cause: err, retriable, where });
+  return new HeraldError('HRL_PROCESSING_FAILED', message, { cause: err, retriable: isTransient(err), where });
 }

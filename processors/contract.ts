@@ -67,8 +67,7 @@ export interface StageContext {
   deadLetter(cause: InRecord, error: Error & { code?: string; field?: string }): void;
   /** Wall-clock time: for timers and effects only, never for decisions. */
   wallClock(): number;
-  /** Waits until a wall-clock time, keeping the consumer's group membership alive. */
-  waitUntil(wallTime: number): Promise<void>;
+
 }
 
 export interface Processor {
@@ -81,6 +80,12 @@ export interface Processor {
    * runtime re-run the records one by one and dead-letter the ones that fail.
    */
   process(batch: InRecord[], ctx: StageContext): Promise<void>;
+  /**
+   * Wall-clock time before which this batch must not be processed (a timer, e.g. a retry's
+   * due time), or undefined. The runtime waits, keeping the group membership alive and
+   * without holding the partition, then calls `process`.
+   */
+  dueAt?(batch: InRecord[]): number | undefined;
   /**
    * Called for a record that failed to decode, after the runtime dead-lettered it, so the
    * stage can record a REJECTED decision where an id can still be derived.

@@ -17,21 +17,33 @@ export interface DeliveryResult {
 const CONCURRENCY = 16;
 
 export const deliver: StageFactory = ({ channels, config, metrics }) => ({
+  // Retries wait for their due time (the runtime waits, outside the partition lock).
+  dueAt(batch) {
+    const due = Math.max(0, ...(batch as InRecord<DeliveryTask>[]).map((r) => r.value.notBefore ?? 0));
+    return due > 0 ? due : undefined;
+  },
+
   async process(batch, ctx) {
     const results = ctx.store('results');
     const recs = batch as InRecord<DeliveryTask>[];
     const recorded = await results.getMany<DeliveryResult>(recs.map((r) => r.value.deliveryId));
-    // Retries wait for their due time; records of one partition stay in order.
-    const due = Math.max(0, ...recs.map((r) => r.value.notBefore ?? 0));
-    if (due > ctx.wallClock()) await ctx.waitUntil(due);
 
     const todo: number[] = [];
     const seen = new Set<string>();
     recs.forEach((r, i) => {
-      const id = r.value.deliveryId;
-      if (recorded[i] || seen.has(id)) ctx.log.debug({ deliveryId: id, notificationId: r.value.notificationId }, 'result already recorded; skipped');
-      else todo.push(i);
-      seen.add(id);
+      const task = r.value;
+      const prior = recorded[i];
+      if (prior) {
+        // Already settled: no second call. The terminal decision is written again so it
+        // is never missing on outcomes.v1 (the projection ignores a decision it has).
+        ctx.log.debug({ deliveryId: task.deliveryId, notificationId: task.notificationId }, 'result already recorded; skipped');
+        ctx.outcome(r, {
+          notificationId: task.notificationId, deliveryId: task.deliveryId, tenant: task.tenant, recipient: task.recipient, eventId: task.eventId, eventType: task.eventType,
+          ruleId: task.ruleId, channel: task.channel, attempt: prior.attempt, traceId: task.traceId, status: prior.status, terminal: true,
+          reasonCode: 'already_recorded', reason: `${prior.status} was recorded at ${new Date(prior.at).toISOString()} (attempt ${prior.attempt}); not sent again`, timestamp: prior.at,
+        });
+      } else if (!seen.has(task.deliveryId)) todo.push(i);
+      seen.add(task.deliveryId);
     });
     const outcomes = new Array<Awaited<ReturnType<typeof call>>>(recs.length);
     async function call(task: DeliveryTask) {
@@ -67,7 +79,7 @@ export const deliver: StageFactory = ({ channels, config, metrics }) => ({
         results.put(task.deliveryId, { status: 'DELIVERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
         ctx.outcome(rec, { ...base, status: 'DELIVERED', terminal: true, reasonCode: 'accepted_by_provider', reason: `${task.channel} accepted: ${r.detail}`, providerMessageId: r.providerMessageId, timestamp: now });
       } else if (r.retriable && task.attempt < config.maxDeliveryAttempts) {
-        const delay = Math.max(r.retryAfterMs ?? 0, config.retryBaseMs * 2 ** (task.attempt - 1));
+        const delay = Math.min(config.maxRetryDelayMs, Math.max(r.retryAfterMs ?? 0, config.retryBaseMs * 2 ** (task.attempt - 1)));
         const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
         ctx.emit(rec, 'deliverRetry', task.recipient, next);
         ctx.outcome(rec, { ...base, status: 'RETRY_SCHEDULED', reasonCode: r.code, reason: `${r.detail}; attempt ${next.attempt} of ${config.maxDeliveryAttempts} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });

@@ -13,30 +13,40 @@
  */
 import type { Admin, Consumer, EachBatchPayload, IHeaders, Kafka, KafkaMessage, Message, Producer } from 'kafkajs';
 import type { HeraldConfig } from '../config.ts';
-import { asHeraldError, type HeraldError } from '../errors.ts';
+import { asHeraldError, HeraldError } from '../errors.ts';
 import type { Decision, InRecord, Processor, StageContext, StageDeps, StageFactory } from '../processors/contract.ts';
 import { BatchView, KeyValueStore } from '../state/store.ts';
 import { type StageName, STAGES, type TopicKey, changelogTopic, groupId, topicName } from '../topology.ts';
 import type { Codec } from './codec.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
+import { CoPartitionedAssigner } from './assigner.ts';
 import { restoreFromChangelog } from './restore.ts';
 
 interface PartitionTask {
   processor: Processor;
   stores: Map<string, KeyValueStore>;
-  /** Serialises the batches of each input topic of this partition (deliver reads two). */
-  locks: Map<string, Promise<void>>;
-  /** Serialises produce -> state write -> commit across the partition's input topics. */
-  commit: Promise<void>;
+  /**
+   * Serialises every batch of this partition, across its input topics (deliver reads
+   * deliveries.v1 and deliver.retry.v1), so two batches never race on one store.
+   */
+  lock: Promise<void>;
 }
 
 interface PendingOutput {
-  topicKey: TopicKey | 'changelog';
+  topicKey: TopicKey;
   topic: string;
   message: Message;
   value: unknown;
 }
+
+interface Decoded {
+  records: InRecord[];
+  rejected: { rec: InRecord; err: HeraldError }[];
+}
+
+/** Upper bound of one produce request, well under the broker's default message.max.bytes. */
+const MAX_REQUEST_BYTES = 512 * 1024;
 
 export interface StageRunnerOptions {
   stage: StageName;
@@ -97,6 +107,7 @@ export class StageRunner {
       minBytes: 1,
       maxBytesPerPartition: 1024 * 1024,
       allowAutoTopicCreation: false,
+      partitionAssigners: [CoPartitionedAssigner],
     });
     this.consumer = consumer;
     consumer.on(consumer.events.CRASH, (e) => {
@@ -133,19 +144,44 @@ export class StageRunner {
   }
 
   /** Opens (and restores) a partition's stores and processor on first use. */
-  private task(partition: number): Promise<PartitionTask> {
+  private task(partition: number, heartbeat: () => Promise<void>): Promise<PartitionTask> {
     let t = this.tasks.get(partition);
     if (!t) {
-      t = this.openPartition(partition);
+      t = this.openPartition(partition, heartbeat);
       this.tasks.set(partition, t);
       t.catch(() => this.tasks.delete(partition));
     }
     return t;
   }
 
-  private async openPartition(partition: number): Promise<PartitionTask> {
+  private async openPartition(partition: number, heartbeat: () => Promise<void>): Promise<PartitionTask> {
     const { config, stage, metrics } = this.o;
     const stores = new Map<string, KeyValueStore>();
+    let beat = Date.now();
+    // A long restore keeps the group membership alive.
+    const keepAlive = (n: number, storeName: string) => {
+      metrics.restored.inc({ stage, store: storeName }, n);
+      if (Date.now() - beat > 1000) {
+        beat = Date.now();
+        void heartbeat().catch(() => undefined);
+      }
+    };
+    try {
+      await this.openStores(partition, stores, keepAlive);
+    } catch (err) {
+      // Never leave a RocksDB handle (and its lock) behind: the next attempt must be able to open it.
+      for (const s of stores.values()) await s.close().catch(() => undefined);
+      throw err;
+    }
+    const processor = this.o.factory(this.o.deps);
+    await processor.init?.({ partition });
+    const task: PartitionTask = { processor, stores, lock: Promise.resolve() };
+    this.opened.set(partition, task);
+    return task;
+  }
+
+  private async openStores(partition: number, stores: Map<string, KeyValueStore>, onApplied: (n: number, store: string) => void): Promise<void> {
+    const { config, stage, metrics } = this.o;
     await Promise.all(STAGES[stage].stores.map(async (spec) => {
       const changelog = spec.changelog ? changelogTopic(config.topicPrefix, stage, spec.name) : null;
       const store = await KeyValueStore.open({ backend: config.stateBackend, dir: config.stateDir, stage, name: spec.name, partition, changelog });
@@ -153,17 +189,12 @@ export class StageRunner {
       if (changelog) {
         const r = await restoreFromChangelog({
           kafka: this.o.kafka, admin: this.o.admin, topic: changelog, groupPrefix: config.topicPrefix, targets: [{ store, partition }], log: this.log,
-          onApplied: (n) => metrics.restored.inc({ stage, store: spec.name }, n),
+          onApplied: (n) => onApplied(n, spec.name),
         });
         metrics.restoreDuration.observe({ stage, store: spec.name }, r.seconds);
         this.log.info({ store: spec.name, partition, checkpoint: r.checkpoints.get(partition)?.toString() ?? null, applied: r.applied, seconds: Number(r.seconds.toFixed(3)) }, 'store restored');
       }
     }));
-    const processor = this.o.factory(this.o.deps);
-    await processor.init?.({ partition });
-    const task: PartitionTask = { processor, stores, locks: new Map(), commit: Promise.resolve() };
-    this.opened.set(partition, task);
-    return task;
   }
 
   private async closePartition(partition: number): Promise<void> {
@@ -173,7 +204,7 @@ export class StageRunner {
     if (!t) return;
     const task = await t.catch(() => null);
     if (!task) return;
-    await Promise.all([...task.locks.values()]);
+    await task.lock;
     await task.processor.close?.();
     for (const s of task.stores.values()) await s.close();
     this.log.info({ partition }, 'partition closed');
@@ -182,20 +213,32 @@ export class StageRunner {
   private async onBatch({ batch, heartbeat, isRunning, isStale }: EachBatchPayload): Promise<void> {
     if (batch.messages.length === 0 || !isRunning() || isStale()) return;
     if (this.o.gate) await this.o.gate; // never join a record with a table still loading
-    const task = await this.task(batch.partition);
-    const run = (task.locks.get(batch.topic) ?? Promise.resolve()).then(() => this.processBatch(task, batch.topic, batch.partition, batch.messages, heartbeat));
-    task.locks.set(batch.topic, run.catch(() => undefined));
+    const task = await this.task(batch.partition, heartbeat);
+    const decoded = await this.decode(batch.topic, batch.partition, batch.messages);
+    // Timers run on wall-clock time, outside the partition lock: a retry that is not due
+    // yet holds back only its own topic-partition.
+    const due = task.processor.dueAt?.(decoded.records);
+    if (due !== undefined) await this.waitUntil(due, heartbeat);
+    const run = task.lock.then(() => this.processBatch(task, batch.topic, batch.partition, batch.messages.at(-1)!.offset, decoded));
+    task.lock = run.catch(() => undefined);
     await run;
     this.o.metrics.lag.set({ stage: this.o.stage, topic: batch.topic, partition: String(batch.partition) }, Number(batch.offsetLag()));
     await heartbeat();
   }
 
-  private async processBatch(task: PartitionTask, topic: string, partition: number, messages: KafkaMessage[], heartbeat: () => Promise<void>): Promise<void> {
+  private async waitUntil(wallTime: number, heartbeat: () => Promise<void>): Promise<void> {
+    for (let left = wallTime - this.clock(); left > 0; left = wallTime - this.clock()) {
+      if (this.stopping) throw new HeraldError('HRL_PROCESSING_FAILED', 'stopping while a batch waits for its due time', { retriable: true });
+      await new Promise((r) => setTimeout(r, Math.min(left, 500)));
+      await heartbeat();
+    }
+  }
+
+  /** Decode phase: a record that cannot be decoded is set aside for the DLQ; its neighbours go on. */
+  private async decode(topic: string, partition: number, messages: KafkaMessage[]): Promise<Decoded> {
     const { stage, metrics } = this.o;
-    const endTimer = metrics.batchDuration.startTimer({ stage });
     const topicKey = this.topicKeys.get(topic)!;
     metrics.records.inc({ stage, result: 'in' }, messages.length);
-    // Decode phase: a record that cannot be decoded is dead-lettered; its neighbours go on.
     const records: InRecord[] = [];
     const rejected: { rec: InRecord; err: HeraldError }[] = [];
     for (const m of messages) {
@@ -203,84 +246,102 @@ export class StageRunner {
       try {
         records.push({ ...base, value: await this.o.codec.decode(topicKey, m.value) });
       } catch (err) {
-        rejected.push({ rec: { ...base, value: null }, err: asHeraldError(err, { stage, topic, partition, offset: m.offset }) });
+        const e = asHeraldError(err, { stage, topic, partition, offset: m.offset });
+        if (e.retriable) throw e; // the registry or broker is unwell, not the record
+        rejected.push({ rec: { ...base, value: null }, err: e });
       }
     }
-    const ctx = this.context(task, partition, heartbeat);
+    return { records, rejected };
+  }
+
+  private async processBatch(task: PartitionTask, topic: string, partition: number, lastOffset: string, { records, rejected }: Decoded): Promise<void> {
+    const { stage, metrics } = this.o;
+    const endTimer = metrics.batchDuration.startTimer({ stage });
+    const where = { stage, topic, partition };
     const reject = (c: BatchContext) => {
       for (const { rec, err } of rejected) {
         c.deadLetter(rec, err);
         task.processor.rejected?.(rec as InRecord<null>, err, c);
       }
     };
-    reject(ctx);
     try {
-      if (records.length) await task.processor.process(records, ctx);
-      await this.complete(ctx, topic, partition, messages.at(-1)!.offset);
-    } catch (err) {
-      const e = asHeraldError(err, { stage, topic, partition });
-      if (e.retriable) throw e; // not committed: the batch is fetched again
-      this.log.warn({ code: e.code, err: e.message, records: records.length }, 'batch failed; re-running record by record to isolate the bad one');
-      const rejectsOnly = this.context(task, partition, heartbeat);
+      const ctx = this.context(task, partition);
+      reject(ctx);
+      try {
+        if (records.length) await task.processor.process(records, ctx);
+        await this.complete(ctx, topic, partition, lastOffset);
+        return;
+      } catch (err) {
+        const e = asHeraldError(err, where);
+        if (e.retriable) throw e; // not committed: the batch is fetched again
+        this.log.warn({ code: e.code, err: e.message, records: records.length }, 'batch failed; re-running record by record to isolate the bad one');
+      }
+      const rejectsOnly = this.context(task, partition);
       reject(rejectsOnly);
       await this.complete(rejectsOnly, topic, partition, null);
       for (const rec of records) {
-        const one = this.context(task, partition, heartbeat);
         try {
+          const one = this.context(task, partition);
           await task.processor.process([rec], one);
+          await this.complete(one, topic, partition, rec.offset);
         } catch (inner) {
-          const ie = asHeraldError(inner, { stage, topic, partition, offset: rec.offset });
+          // The record itself is bad (its processing or its outputs): dead-letter it alone.
+          const ie = asHeraldError(inner, { ...where, offset: rec.offset });
           if (ie.retriable) throw ie;
-          const dl = this.context(task, partition, heartbeat);
+          const dl = this.context(task, partition);
           dl.deadLetter(rec, ie);
           await this.complete(dl, topic, partition, rec.offset);
-          continue;
         }
-        await this.complete(one, topic, partition, rec.offset);
       }
-      await this.complete(this.context(task, partition, heartbeat), topic, partition, messages.at(-1)!.offset);
+      await this.complete(this.context(task, partition), topic, partition, lastOffset);
     } finally {
       endTimer();
     }
   }
 
-  private context(task: PartitionTask, partition: number, heartbeat: () => Promise<void>): BatchContext {
-    return new BatchContext(this.o.stage, partition, task, this.o.config, this.log, this.clock, heartbeat);
+  private context(task: PartitionTask, partition: number): BatchContext {
+    return new BatchContext(this.o.stage, partition, task, this.o.config, this.log, this.clock);
   }
 
-  /** Produce everything the batch emitted, write its state, then commit `offset` + 1. */
-  private complete(ctx: BatchContext, topic: string, partition: number, offset: string | null): Promise<void> {
-    const task = ctx.task;
-    const run = task.commit.then(() => this.completeNow(ctx, topic, partition, offset));
-    task.commit = run.catch(() => undefined);
-    return run;
-  }
-
-  private async completeNow(ctx: BatchContext, topic: string, partition: number, offset: string | null): Promise<void> {
+  /** Produce everything the batch emitted, write its state, then mark `offset` + 1 committable. */
+  private async complete(ctx: BatchContext, topic: string, partition: number, offset: string | null): Promise<void> {
     const { producer, codec, metrics, stage } = this.o;
-    const byTopic = new Map<string, Message[]>();
+    const messages: { topic: string; message: Message; bytes: number }[] = [];
     for (const out of ctx.outputs) {
-      if (out.topicKey !== 'changelog') out.message.value = await codec.encode(out.topicKey, out.topic, out.value);
-      const list = byTopic.get(out.topic) ?? [];
-      list.push(out.message);
-      byTopic.set(out.topic, list);
+      out.message.value = await codec.encode(out.topicKey, out.topic, out.value);
+      messages.push({ topic: out.topic, message: out.message, bytes: (out.message.value?.length ?? 0) + out.message.key!.length + 64 });
     }
+    const changelogCount = new Map<string, number>();
     for (const view of ctx.views.values()) {
       const t = view.store.changelog;
       if (!t) continue;
-      const list = byTopic.get(t) ?? [];
-      for (const c of view.changes()) list.push({ key: c.key, value: c.value === null ? null : Buffer.from(c.value), partition, timestamp: String(ctx.maxTimestamp ?? this.clock()) });
-      if (list.length) byTopic.set(t, list);
+      for (const c of view.changes()) {
+        const message: Message = { key: c.key, value: c.value === null ? null : Buffer.from(c.value), partition, timestamp: String(ctx.maxTimestamp ?? this.clock()) };
+        messages.push({ topic: t, message, bytes: c.key.length + (c.value?.length ?? 0) + 64 });
+        changelogCount.set(t, (changelogCount.get(t) ?? 0) + 1);
+      }
     }
-    let meta: { topicName: string; partition: number; baseOffset?: string }[] = [];
-    if (byTopic.size) {
-      meta = await producer.sendBatch({ acks: -1, topicMessages: [...byTopic].map(([t, messages]) => ({ topic: t, messages })) });
+    // Bounded produce requests (a 10k-member fan-out must not exceed message.max.bytes).
+    const lastChangelogOffset = new Map<string, bigint>();
+    for (let i = 0; i < messages.length;) {
+      const byTopic = new Map<string, Message[]>();
+      let bytes = 0;
+      for (; i < messages.length && (bytes === 0 || bytes + messages[i]!.bytes <= MAX_REQUEST_BYTES); i++) {
+        const m = messages[i]!;
+        bytes += m.bytes;
+        const list = byTopic.get(m.topic);
+        if (list) list.push(m.message);
+        else byTopic.set(m.topic, [m.message]);
+      }
+      const meta = await producer.sendBatch({ acks: -1, topicMessages: [...byTopic].map(([t, ms]) => ({ topic: t, messages: ms })) });
+      for (const m of meta) {
+        const n = m.topicName && changelogCount.has(m.topicName) && m.partition === partition ? byTopic.get(m.topicName)?.length ?? 0 : 0;
+        if (n && m.baseOffset !== undefined) lastChangelogOffset.set(m.topicName, BigInt(m.baseOffset) + BigInt(n - 1));
+      }
     }
-    for (const [, view] of ctx.views) {
+    for (const view of ctx.views.values()) {
       const cl = view.store.changelog;
-      const n = cl ? (byTopic.get(cl)?.length ?? 0) : 0;
-      const m = cl && n ? meta.find((x) => x.topicName === cl && x.partition === partition) : undefined;
-      await view.flush(m?.baseOffset !== undefined ? BigInt(m.baseOffset) + BigInt(n - 1) : null);
+      await view.flush(cl ? (lastChangelogOffset.get(cl) ?? null) : null);
     }
     if (offset !== null) {
       this.pending.set(`${topic}\u0000${partition}`, { topic, partition, offset: (BigInt(offset) + 1n).toString() });
@@ -328,7 +389,7 @@ export class StageRunner {
       c.pause([...this.topicKeys.keys()].map((topic) => ({ topic })));
       for (const t of this.tasks.values()) {
         const task = await t.catch(() => null);
-        if (task) await Promise.all([...task.locks.values(), task.commit]);
+        if (task) await task.lock;
       }
       await this.commitPending();
       this.consumer = null;
@@ -350,16 +411,14 @@ class BatchContext implements StageContext {
   readonly log: Logger;
   private readonly config: HeraldConfig;
   private readonly clock: () => number;
-  private readonly heartbeat: () => Promise<void>;
 
-  constructor(stage: StageName, partition: number, task: PartitionTask, config: HeraldConfig, log: Logger, clock: () => number, heartbeat: () => Promise<void>) {
+  constructor(stage: StageName, partition: number, task: PartitionTask, config: HeraldConfig, log: Logger, clock: () => number) {
     this.stage = stage;
     this.partition = partition;
     this.task = task;
     this.config = config;
     this.log = log;
     this.clock = clock;
-    this.heartbeat = heartbeat;
   }
 
   store(name: string): BatchView {
@@ -433,11 +492,5 @@ class BatchContext implements StageContext {
     return this.clock();
   }
 
-  async waitUntil(wallTime: number): Promise<void> {
-    for (let left = wallTime - this.clock(); left > 0; left = wallTime - this.clock()) {
-      await new Promise((r) => setTimeout(r, Math.min(left, 1000)));
-      await this.heartbeat();
-    }
-  }
 }
 

@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import avro from 'avsc';
 import { SchemaRegistry } from '@kafkajs/confluent-schema-registry';
-import { HeraldError } from '../errors.ts';
+import { HeraldError, isTransient } from '../errors.ts';
 
 export const SCHEMA_NAMES = [
   'DomainEvent', 'UserProfile', 'UserPreferences', 'NotificationRequest',
@@ -162,7 +162,9 @@ export class Serde {
     try {
       return (await this.registry.decode(buf)) as T;
     } catch (err) {
-      throw new HeraldError('HRL_DECODE_FAILED', `Avro decode failed (schema id ${buf.readInt32BE(1)}): ${(err as Error).message}`, { cause: err });
+      // An unreachable registry is not the record's fault: retry the batch instead of dead-lettering.
+      const retriable = isTransient(err);
+      throw new HeraldError('HRL_DECODE_FAILED', `Avro decode failed (schema id ${buf.readInt32BE(1)}): ${(err as Error).message}`, { cause: err, retriable });
     }
   }
 }

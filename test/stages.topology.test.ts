@@ -191,7 +191,8 @@ describe('deliver', () => {
     const r1 = await d.pipe([{ value: task, timestamp: T0 }]);
     const r2 = await d.pipe([{ value: task, timestamp: T0 }]);
     expect(r1.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
-    expect(r2.outcomes).toEqual([]);
+    // The recorded terminal decision is written again (idempotent in the projection), without a call.
+    expect(r2.outcomes.map((o) => [o.status, o.reasonCode, o.attempt])).toEqual([['DELIVERED', 'already_recorded', 1]]);
     expect(channel.calls).toHaveLength(1);
   });
 

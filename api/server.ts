@@ -36,9 +36,10 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
 
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
-    const stages = Object.fromEntries([...h.runners.keys()].map((s) => [s, 'joined']));
+    const stages = Object.fromEntries([...h.runners].map(([name, r]) => [name, r.member]));
     const tables = Object.fromEntries((['users', 'preferences', 'audiences'] as const).filter((t) => h.tables.has(t)).map((t) => [t, h.tables.isCaughtUp(t)]));
-    return reply.code(h.isReady() ? 200 : 503).send({ ready: h.isReady(), stages, tables });
+    const ready = h.isReady() && Object.values(stages).every((m) => m === 'joined') && Object.values(tables).every(Boolean);
+    return reply.code(ready ? 200 : 503).send({ ready, stages, tables });
   });
   app.get('/metrics', async (_req, reply) => {
     return reply.header('content-type', h.metrics.registry.contentType).send(await h.metrics.registry.metrics());

@@ -14,7 +14,9 @@ import type { NotificationRequest } from './types.ts';
 
 export interface AudienceMember { tenant: string; audience: string; userId: string; addedAt: number | null }
 
-export const audienceKey = (tenant: string, audience: string, userId = '') => `${tenant}/${audience}/${userId}`;
+/** `<tenant>/<audience>/<userId>`, each part URI-encoded so no name can be a prefix of another. */
+export const audienceKey = (tenant: string, audience: string, userId = '') =>
+  `${encodeURIComponent(tenant)}/${encodeURIComponent(audience)}/${userId && encodeURIComponent(userId)}`;
 
 const REASONS: Record<string, string> = {
   HRL_SCHEMA_VIOLATION: 'schema_violation',
@@ -69,7 +71,9 @@ export const ingest: StageFactory = ({ rules, tables }) => ({
       const recipients = new Set(explicit);
       if (ev.audience) {
         const before = recipients.size;
-        for await (const [, m] of tables.scan<AudienceMember>('audiences', audienceKey(ev.tenant, ev.audience))) recipients.add(m.userId);
+        for await (const [, m] of tables.scan<AudienceMember>('audiences', audienceKey(ev.tenant, ev.audience))) {
+          if (m.tenant === ev.tenant && m.audience === ev.audience) recipients.add(m.userId);
+        }
         if (recipients.size === before && explicit.length === 0) {
           reject([], 'HRL_NO_RECIPIENTS', 'empty_audience', `audience: audience "${ev.audience}" of tenant "${ev.tenant}" has no members`, 'audience');
           continue;

@@ -28,7 +28,8 @@ export interface NotificationView {
 }
 
 export const notificationKey = (id: string) => `n:${id}`;
-export const userIndexPrefix = (recipient: string) => `u:${recipient}:`;
+/** The recipient is URI-encoded so that user "a" never sees the index of user "a:b". */
+export const userIndexPrefix = (recipient: string) => `u:${encodeURIComponent(recipient)}:`;
 const userIndexKey = (recipient: string, at: number, id: string) => `${userIndexPrefix(recipient)}${String(at).padStart(15, '0')}:${id}`;
 
 /** Two events with the same identity are the same decision seen twice (redelivery or replay). */

@@ -77,6 +77,8 @@ export class StageRunner {
   private readonly opened = new Map<number, PartitionTask>();
   private stopping = false;
   private restarts = 0;
+  /** Group membership, as /readyz reports it. */
+  member: 'starting' | 'joined' | 'restarting' | 'stopped' = 'starting';
   /** Offsets of completed batches not yet committed, per topic-partition. */
   private readonly pending = new Map<string, { topic: string; partition: number; offset: string }>();
   private lastCommit = Date.now();
@@ -118,6 +120,7 @@ export class StageRunner {
       this.log.error({ err: e.payload.error.message, restarts: ++this.restarts }, 'consumer crashed without restarting; starting a new member');
       this.o.metrics.records.inc({ stage, result: 'consumer_restart' });
       this.consumer = null;
+      this.member = 'restarting';
       setTimeout(() => {
         if (this.stopping) return;
         void (async () => {
@@ -130,6 +133,7 @@ export class StageRunner {
       const assigned = new Set<number>();
       for (const parts of Object.values(e.payload.memberAssignment)) for (const p of parts) assigned.add(p);
       this.log.info({ partitions: [...assigned].sort((a, b) => a - b), memberId: e.payload.memberId }, 'joined group');
+      this.member = 'joined';
       for (const p of [...this.tasks.keys()]) if (!assigned.has(p)) void this.closePartition(p);
       for (const [k, o] of this.pending) if (!assigned.has(o.partition)) this.pending.delete(k);
       this.joinedResolve();
@@ -384,6 +388,7 @@ export class StageRunner {
   /** Stops consuming: in-flight batches finish, their offsets are committed, then stores close. */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.member = 'stopped';
     const c = this.consumer;
     if (c) {
       c.pause([...this.topicKeys.keys()].map((topic) => ({ topic })));

@@ -259,3 +259,32 @@ describe('dedupe store hygiene', () => {
     expect(await keys()).toBe(1);
   });
 });
+
+describe('ingest audiences', () => {
+  it('fans out to the audience members only, not to an audience whose name extends it', async () => {
+    const { audienceKey } = await import('../processors/ingest.ts');
+    const tables = new MemoryTables();
+    for (const [audience, userId] of [['team', 'ada'], ['team', 'bob'], ['team/ops', 'eve'], ['teamx', 'mal']] as const) tables.set('audiences', audienceKey('acme', audience, userId), { tenant: 'acme', audience, userId, addedAt: null });
+    const d = new StageDriver('ingest', ingest, { tables });
+    drivers.push(d);
+    const r = await d.pipe([{ value: event({ recipients: [], audience: 'team' }), timestamp: T0 }]);
+    expect(r.emitted.map((e) => e.key).sort()).toEqual(['ada', 'bob']);
+    expect(r.outcomes[0]!.reason).toContain('audience team');
+  });
+});
+
+describe('outcome user index', () => {
+  it('never lists the notifications of user "a:b" under user "a"', async () => {
+    const { userIndexPrefix } = await import('../processors/outcome.ts');
+    const d = new StageDriver('outcome', outcome);
+    drivers.push(d);
+    const ev = (recipient: string, id: string) => ({ notificationId: id, deliveryId: null, tenant: 't', recipient, eventId: 'e', eventType: 'x', ruleId: null, stage: 'ingest', status: 'ACCEPTED', terminal: false, reasonCode: 'r', reason: 'r', channel: null, attempt: null, providerMessageId: null, sourceTopic: 't', sourcePartition: 0, sourceOffset: '0', timestamp: T0, traceId: 'tr' });
+    await d.pipe([{ value: ev('a', 'ntf_a'), timestamp: T0 }, { value: ev('a:b', 'ntf_ab'), timestamp: T0 }]);
+    const keys: string[] = [];
+    const prefix = userIndexPrefix('a');
+    for await (const [k] of d.stores.get('lifecycle')!.range(prefix, `${prefix}\uffff`)) keys.push(k);
+    expect(keys).toHaveLength(1);
+    expect(keys[0]).toContain('ntf_a');
+    expect(keys[0]).not.toContain('ntf_ab');
+  });
+});

@@ -39,6 +39,7 @@ export const CONFIG_KEYS = {
   maxPayloadBytes: { env: 'HERALD_MAX_PAYLOAD_BYTES', kind: 'int', default: '262144', min: 1024, max: 16777216, doc: 'Largest accepted event, in bytes; larger ones are dead-lettered.' },
   instanceId: { env: 'HERALD_INSTANCE_ID', kind: 'string', default: '', doc: 'Name of this instance in logs and client ids; default host-pid.' },
   sessionTimeoutMs: { env: 'HERALD_SESSION_TIMEOUT_MS', kind: 'int', default: '30000', min: 3000, max: 300000, doc: 'Consumer group session timeout: how long a dead instance holds its partitions.' },
+  dedupeGraceMs: { env: 'HERALD_DEDUPE_GRACE_MS', kind: 'int', default: '3600000', min: 0, max: 604800000, doc: 'How long after its window a dedupe key is kept for late records.' },
   commitIntervalMs: { env: 'HERALD_COMMIT_INTERVAL_MS', kind: 'int', default: '1000', min: 0, max: 60000, doc: 'How often completed batches commit their offsets (0 = after every batch).' },
   deliveryTimeoutMs: { env: 'HERALD_DELIVERY_TIMEOUT_MS', kind: 'int', default: '10000', min: 100, max: 120000, doc: 'Timeout of one channel call.' },
   maxDeliveryAttempts: { env: 'HERALD_MAX_DELIVERY_ATTEMPTS', kind: 'int', default: '5', min: 1, max: 50, doc: 'Attempts per delivery before it is dead-lettered.' },

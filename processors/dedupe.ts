@@ -38,7 +38,7 @@ function windowOf(rules: RuleSet, ruleId: string): number {
   return rules.byId(ruleId)?.dedupe.windowMs ?? 86_400_000;
 }
 
-export const dedupe: StageFactory = ({ rules }) => ({
+export const dedupe: StageFactory = ({ rules, config }) => ({
   async process(batch, ctx) {
     const seen = ctx.store('seen');
     const recs = batch as InRecord<EnrichedNotification>[];
@@ -74,7 +74,9 @@ export const dedupe: StageFactory = ({ rules }) => ({
       ctx.emit(rec, 'deduped', req.recipient, rec.value);
       ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode, reason });
     });
-    // Keys whose window has closed in stream time are swept by a range scan of the time index.
-    await seen.expire(Math.max(...recs.map((r) => r.timestamp)));
+    // Keys whose window closed more than a grace period ago in stream time are swept by a
+    // range scan of the time index. The grace keeps them for late, out-of-order records and
+    // for a batch replayed after a crash, so both decide as the first run did.
+    await seen.expire(Math.max(...recs.map((r) => r.timestamp)) - config.dedupeGraceMs);
   },
 });

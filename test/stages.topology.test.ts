@@ -253,9 +253,11 @@ describe('dedupe store hygiene', () => {
       return out.length;
     };
     expect(await keys()).toBe(2);
-    await d.pipe([{ value: await mk('c', 'c-c'), timestamp: T0 + 24 * HOUR }]); // a's window closes
-    expect(await keys()).toBe(2); // a swept, c added
-    await d.pipe([{ value: await mk('d', 'c-d'), timestamp: T0 + 60 * HOUR }]); // b's and c's close
+    await d.pipe([{ value: await mk('c', 'c-c'), timestamp: T0 + 24 * HOUR }]); // a's window closes; its grace (1h) runs
+    expect(await keys()).toBe(3);
+    await d.pipe([{ value: await mk('d', 'c-d'), timestamp: T0 + 25 * HOUR }]); // a's grace is over
+    expect(await keys()).toBe(3); // a swept, d added
+    await d.pipe([{ value: await mk('e', 'c-e'), timestamp: T0 + 60 * HOUR }]); // b, c and d are long closed
     expect(await keys()).toBe(1);
   });
 });

@@ -37,8 +37,14 @@ export type TopicKey = keyof typeof TOPICS;
 
 export interface StoreSpec {
   name: string;
-  /** Whether writes go to a compacted changelog topic and are restored from it. */
-  changelog: boolean;
+  /**
+   * How the store survives the loss of its directory or a move to another instance:
+   * `true` = every write goes to a compacted changelog topic that restores it;
+   * `'source'` = the store is a projection of the stage's single input topic: it records
+   * the input offset it reflects, and on assignment the input is replayed from there up
+   * to the group's committed offset (Kafka Streams' source-topic changelog).
+   */
+  changelog: boolean | 'source';
   doc: string;
 }
 
@@ -62,7 +68,7 @@ export const STAGES: Record<StageName, StageSpec> = {
   throttle: { name: 'throttle', inputs: ['deduped'], outputs: ['admitted', 'outcomes', 'dlq'], stores: [], tables: [], doc: 'rate limits and quiet hours (admits all for now)' },
   route: { name: 'route', inputs: ['admitted'], outputs: ['deliveries', 'outcomes', 'dlq'], stores: [], tables: [], doc: 'pick channels, render templates, drop expired' },
   deliver: { name: 'deliver', inputs: ['deliveries', 'deliverRetry'], outputs: ['deliverRetry', 'outcomes', 'dlq'], stores: [{ name: 'results', changelog: true, doc: 'deliveryId -> recorded result, to skip redelivered tasks' }], tables: [], doc: 'call the channel with an idempotency key; retry; dead-letter' },
-  outcome: { name: 'outcome', inputs: ['outcomes'], outputs: ['dlq'], stores: [{ name: 'lifecycle', changelog: false, doc: 'notification -> ordered lifecycle events; user -> notifications (rebuildable from outcomes.v1)' }], tables: [], doc: 'lifecycle projection' },
+  outcome: { name: 'outcome', inputs: ['outcomes'], outputs: ['dlq'], stores: [{ name: 'lifecycle', changelog: 'source', doc: 'notification -> ordered lifecycle events; user -> notifications (rebuildable from outcomes.v1)' }], tables: [], doc: 'lifecycle projection' },
 };
 
 /** Full topic name with prefix. */
@@ -87,7 +93,7 @@ export function topicPlan(prefix: string, partitions: number): TopicPlan[] {
     return { name: topicName(prefix, k as TopicKey), partitions: t.partitions === 'shared' ? partitions : t.partitions, compacted: t.compacted, schema: t.schema };
   });
   for (const s of Object.values(STAGES)) {
-    for (const st of s.stores) if (st.changelog) plan.push({ name: changelogTopic(prefix, s.name, st.name), partitions, compacted: true, schema: null });
+    for (const st of s.stores) if (st.changelog === true) plan.push({ name: changelogTopic(prefix, s.name, st.name), partitions, compacted: true, schema: null });
   }
   return plan;
 }
@@ -100,7 +106,7 @@ export function describe(prefix = 'herald.'): string {
     lines.push(`  in:  ${s.inputs.map((t) => topicName(prefix, t)).join(', ')}`);
     if (s.tables.length) lines.push(`  tables: ${s.tables.map((t) => topicName(prefix, t)).join(', ')}`);
     lines.push(`  out: ${s.outputs.map((t) => topicName(prefix, t)).join(', ')}`);
-    for (const st of s.stores) lines.push(`  store ${st.name}${st.changelog ? ` -> ${changelogTopic(prefix, s.name, st.name)}` : ''}: ${st.doc}`);
+    for (const st of s.stores) lines.push(`  store ${st.name}${st.changelog === true ? ` -> ${changelogTopic(prefix, s.name, st.name)}` : st.changelog === 'source' ? ' <- replays its input' : ''}: ${st.doc}`);
   }
   return lines.join('\n');
 }

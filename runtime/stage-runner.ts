@@ -21,6 +21,7 @@ import type { Codec } from './codec.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
 import { CoPartitionedAssigner } from './assigner.ts';
+import { TopicReader } from './reader.ts';
 import { restoreFromChangelog } from './restore.ts';
 
 interface PartitionTask {
@@ -136,6 +137,9 @@ export class StageRunner {
       this.member = 'joined';
       for (const p of [...this.tasks.keys()]) if (!assigned.has(p)) void this.closePartition(p);
       for (const [k, o] of this.pending) if (!assigned.has(o.partition)) this.pending.delete(k);
+      // Restore stores as soon as partitions arrive, not at their first new record: a
+      // projection taken over from a dead instance must answer queries right away.
+      if (STAGES[stage].stores.length) for (const p of assigned) void this.task(p, async () => undefined).catch((err: Error) => this.log.warn({ partition: p, err: err.message }, 'opening the partition failed; retried at its next batch'));
       this.joinedResolve();
     });
     await consumer.connect();
@@ -180,14 +184,58 @@ export class StageRunner {
     const processor = this.o.factory(this.o.deps);
     await processor.init?.({ partition });
     const task: PartitionTask = { processor, stores, lock: Promise.resolve() };
+    try {
+      await this.replaySource(task, partition, heartbeat);
+    } catch (err) {
+      for (const s of stores.values()) await s.close().catch(() => undefined);
+      throw err;
+    }
     this.opened.set(partition, task);
     return task;
+  }
+
+  /**
+   * Brings `'source'` stores up to the group's committed offset by replaying the input
+   * partition from the offset they reflect, through the processor, discarding its outputs
+   * (they were produced the first time).
+   */
+  private async replaySource(task: PartitionTask, partition: number, heartbeat: () => Promise<void>): Promise<void> {
+    const { config, stage, admin } = this.o;
+    const specs = STAGES[stage].stores.filter((s) => s.changelog === 'source');
+    if (specs.length === 0) return;
+    const [topic] = [...this.topicKeys.keys()];
+    if (!topic || this.topicKeys.size !== 1) throw new Error(`stage ${stage}: a 'source' store needs exactly one input topic`);
+    const [group] = await admin.fetchOffsets({ groupId: groupId(config.topicPrefix, stage), topics: [topic] });
+    const committed = BigInt(group?.partitions.find((p) => p.partition === partition)?.offset ?? '-1');
+    if (committed <= 0n) return;
+    const offsets = await admin.fetchTopicOffsets(topic);
+    const low = BigInt(offsets.find((o) => o.partition === partition)?.low ?? '0');
+    const checkpoints = await Promise.all(specs.map((s) => task.stores.get(s.name)!.checkpoint()));
+    const from = checkpoints.reduce<bigint>((min, cp) => { const f = cp === null ? low : cp + 1n; return f < min ? f : min; }, committed);
+    if (from >= committed) return;
+    const started = performance.now();
+    let applied = 0;
+    const reader = new TopicReader(this.o.kafka, admin, {
+      topic, groupPrefix: config.topicPrefix, from: new Map([[partition, from]]), until: new Map([[partition, committed]]),
+      onBatch: async ({ messages }) => {
+        const within = messages.filter((m) => BigInt(m.offset) < committed);
+        if (!within.length) return;
+        const { records } = await this.decode(topic, partition, within);
+        const ctx = this.context(task, partition);
+        if (records.length) await task.processor.process(records, ctx);
+        for (const view of ctx.views.values()) await view.flush(view.store.changelog === null ? BigInt(within.at(-1)!.offset) : null);
+        applied += within.length;
+        await heartbeat().catch(() => undefined);
+      },
+    });
+    await reader.readToEnd();
+    this.log.info({ partition, from: from.toString(), to: committed.toString(), applied, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'projection replayed from its input');
   }
 
   private async openStores(partition: number, stores: Map<string, KeyValueStore>, onApplied: (n: number, store: string) => void): Promise<void> {
     const { config, stage, metrics } = this.o;
     await Promise.all(STAGES[stage].stores.map(async (spec) => {
-      const changelog = spec.changelog ? changelogTopic(config.topicPrefix, stage, spec.name) : null;
+      const changelog = spec.changelog === true ? changelogTopic(config.topicPrefix, stage, spec.name) : null;
       const store = await KeyValueStore.open({ backend: config.stateBackend, dir: config.stateDir, stage, name: spec.name, partition, changelog });
       stores.set(spec.name, store);
       if (changelog) {
@@ -218,6 +266,7 @@ export class StageRunner {
     if (batch.messages.length === 0 || !isRunning() || isStale()) return;
     if (this.o.gate) await this.o.gate; // never join a record with a table still loading
     const task = await this.task(batch.partition, heartbeat);
+    this.o.metrics.records.inc({ stage: this.o.stage, result: 'in' }, batch.messages.length);
     const decoded = await this.decode(batch.topic, batch.partition, batch.messages);
     // Timers run on wall-clock time, outside the partition lock: a retry that is not due
     // yet holds back only its own topic-partition.
@@ -242,7 +291,6 @@ export class StageRunner {
   private async decode(topic: string, partition: number, messages: KafkaMessage[]): Promise<Decoded> {
     const { stage, metrics } = this.o;
     const topicKey = this.topicKeys.get(topic)!;
-    metrics.records.inc({ stage, result: 'in' }, messages.length);
     const records: InRecord[] = [];
     const rejected: { rec: InRecord; err: HeraldError }[] = [];
     for (const m of messages) {
@@ -345,7 +393,8 @@ export class StageRunner {
     }
     for (const view of ctx.views.values()) {
       const cl = view.store.changelog;
-      await view.flush(cl ? (lastChangelogOffset.get(cl) ?? null) : null);
+      // A changelogged store checkpoints its changelog offset; a source store, its input offset.
+      await view.flush(cl ? (lastChangelogOffset.get(cl) ?? null) : offset !== null ? BigInt(offset) : null);
     }
     if (offset !== null) {
       this.pending.set(`${topic}\u0000${partition}`, { topic, partition, offset: (BigInt(offset) + 1n).toString() });

@@ -119,6 +119,16 @@ describe('failover between two instances', () => {
     }
     await eventually(() => secondIds.every((id) => terminalOf(id)), 60_000);
     expect(secondIds.map((id) => terminalOf(id)!.status)).toEqual(users.map(() => 'SUPPRESSED_DUPLICATE'));
+    // a serves the whole lifecycle of notifications that b projected: its outcome store
+    // replayed outcomes.v1 for the partitions it took over.
+    for (const id of firstIds) {
+      const n = await eventually(async () => {
+        const res = await fetch(`${a.url}/v1/notifications/${id}`);
+        return res.ok && ((await res.json()) as { terminal: string[]; events: { stage: string }[] });
+      }, 20_000);
+      expect(n.terminal, id).toEqual(['webhook:DELIVERED']);
+      expect(n.events.map((e) => e.stage), id).toEqual(['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'deliver']);
+    }
     // Every user got exactly one webhook.
     for (const u of users) expect(hooks.for(`/${u}`), u).toHaveLength(1);
     // a restored the partitions it took over from the changelog.

@@ -30,7 +30,7 @@ describe('describe()', () => {
       stage outcome (group herald.outcome): lifecycle projection
         in:  herald.outcomes.v1
         out: herald.dlq.v1
-        store lifecycle: notification -> ordered lifecycle events; user -> notifications (rebuildable from outcomes.v1)"
+        store lifecycle <- replays its input: notification -> ordered lifecycle events; user -> notifications (rebuildable from outcomes.v1)"
     `);
   });
 

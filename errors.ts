@@ -16,8 +16,6 @@ export const ERROR_CODES = {
   HRL_UNKNOWN_EVENT_TYPE: 'No notification rule matches the event type.',
   HRL_NO_RECIPIENTS: 'An event names no recipients.',
   HRL_EMBEDDED_BROKER: 'The embedded broker could not be built or started.',
-  HRL_CHANNEL_PERMANENT: 'A channel rejected a delivery in a way that retrying cannot fix.',
-  HRL_CHANNEL_TRANSIENT: 'A channel failed in a way that a retry may fix.',
   HRL_PROCESSING_FAILED: 'A stage failed to process a record for a reason not classified above.',
 } as const;
 

@@ -91,6 +91,9 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       log.info({ brokers, partitions: config.partitions }, 'embedded broker started (librdkafka mock cluster)');
     }
     let registryUrl = config.schemaRegistryUrl;
+    if (config.embeddedRegistry && !config.embedded) {
+      log.warn('KAFKA_BROKERS is set but SCHEMA_REGISTRY_URL is not: the embedded registry numbers schemas per process, so records written now may not decode after a restart or on another instance; set SCHEMA_REGISTRY_URL for real deployments');
+    }
     if (config.embeddedRegistry) {
       const registry = new EmbeddedSchemaRegistry();
       registryUrl = await registry.start();

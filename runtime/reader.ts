@@ -41,6 +41,7 @@ export class TopicReader {
   private consumer: Consumer | null = null;
   private readonly remaining = new Map<number, bigint>();
   private caughtUpResolve!: () => void;
+  private caughtUpReject!: (err: Error) => void;
   /** Resolves when every partition has reached the end offsets given in `until` (or captured at start when following). */
   readonly caughtUp: Promise<void>;
   private stopped = false;
@@ -53,7 +54,11 @@ export class TopicReader {
     this.kafka = kafka;
     this.admin = admin;
     this.opts = opts;
-    this.caughtUp = new Promise((resolve) => (this.caughtUpResolve = resolve));
+    this.caughtUp = new Promise((resolve, reject) => {
+      this.caughtUpResolve = resolve;
+      this.caughtUpReject = reject;
+    });
+    this.caughtUp.catch(() => undefined);
   }
 
   /** Starts reading. With `until`, resolves `caughtUp` and stops by itself at the end. */
@@ -82,6 +87,10 @@ export class TopicReader {
       allowAutoTopicCreation: false,
     });
     this.consumer = consumer;
+    // A reader kafkajs gave up on must fail whoever waits for it, not leave them hanging.
+    consumer.on(consumer.events.CRASH, (e) => {
+      if (!e.payload.restart && !this.stopped) this.caughtUpReject(new Error(`reading ${topic} failed: ${e.payload.error.message}`));
+    });
     await consumer.connect();
     await consumer.subscribe({ topic, fromBeginning: true });
     const wantedSet = new Set(wanted);

@@ -18,8 +18,6 @@ export interface RestoreTarget {
 export interface RestoreResult {
   applied: number;
   seconds: number;
-  /** Records applied per partition. */
-  perPartition: Map<number, number>;
   /** Checkpoint each partition started from (null = from the start of the log). */
   checkpoints: Map<number, bigint | null>;
 }
@@ -52,7 +50,6 @@ export async function restoreFromChangelog(opts: {
     until.set(partition, end);
     if (end > start) expected += end - start;
   }
-  const perPartition = new Map<number, number>(opts.targets.map((t) => [t.partition, 0]));
   let applied = 0;
   let lastLog = performance.now();
   const every = opts.progressEveryMs ?? 5000;
@@ -69,7 +66,6 @@ export async function restoreFromChangelog(opts: {
       if (within.length === 0) return;
       await store.restore(within.map((m) => ({ key: m.key!.toString(), value: m.value ? m.value.toString() : null })), BigInt(within.at(-1)!.offset));
       applied += within.length;
-      perPartition.set(partition, (perPartition.get(partition) ?? 0) + within.length);
       opts.onApplied?.(within.length);
       if (performance.now() - lastLog > every) {
         lastLog = performance.now();
@@ -79,5 +75,5 @@ export async function restoreFromChangelog(opts: {
     },
   });
   await reader.readToEnd();
-  return { applied, seconds: (performance.now() - started) / 1000, perPartition, checkpoints };
+  return { applied, seconds: (performance.now() - started) / 1000, checkpoints };
 }

@@ -12,7 +12,7 @@ describe('isTransient', () => {
   });
 
   it('blames the record for errors only it can cause', () => {
-    const tooLarge = new KafkaJSProtocolError({ type: 'MESSAGE_TOO_LARGE', code: 10, retriable: false, message: 'too large' });
+    const tooLarge = new KafkaJSProtocolError({ type: 'MESSAGE_TOO_LARGE', code: 10, retriable: false, message: 'too large' } as unknown as Error);
     expect(isTransient(tooLarge)).toBe(false);
     expect(isTransient(new SyntaxError('Unexpected token'))).toBe(false);
     expect(isTransient(new HeraldError('HRL_SCHEMA_VIOLATION', 'x: expected a string'))).toBe(false);

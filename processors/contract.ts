@@ -63,6 +63,11 @@ export interface StageContext {
   emit(cause: InRecord, topic: TopicKey, key: string, value: unknown, headers?: Record<string, string>): void;
   /** Records a decision on outcomes.v1, caused by `cause`. */
   outcome(cause: InRecord, decision: Decision): void;
+  /**
+   * Produces decisions to outcomes.v1 at once (acks=-1) instead of with the batch: for a
+   * decision that must be on record before an effect, such as an ATTEMPTED before a call.
+   */
+  recordNow(decisions: [InRecord, Decision][]): Promise<void>;
   /** Sends the record's original bytes to dlq.v1 with the error's code and reason. */
   deadLetter(cause: InRecord, error: Error & { code?: string; field?: string }): void;
   /** Wall-clock time: for timers and effects only, never for decisions. */

@@ -3,7 +3,8 @@
  * A task whose result is already recorded (DELIVERED or DEAD_LETTERED) is skipped, so a
  * redelivered batch never reaches the user twice through Herald. Retriable failures go
  * to deliver.retry.v1 with a due time (exponential backoff, wall clock); the rest, and
- * tasks out of attempts, are DEAD_LETTERED.
+ * tasks out of attempts, are DEAD_LETTERED. ATTEMPTED is on outcomes.v1 before the
+ * channel is called; the result follows with the batch.
  */
 import type { InRecord, StageFactory } from './contract.ts';
 import type { DeliveryTask } from './types.ts';
@@ -15,6 +16,12 @@ export interface DeliveryResult {
 }
 
 const CONCURRENCY = 16;
+
+/** The lifecycle fields every decision about a delivery task carries. */
+const baseOf = (task: DeliveryTask) => ({
+  notificationId: task.notificationId, deliveryId: task.deliveryId, tenant: task.tenant, recipient: task.recipient, eventId: task.eventId,
+  eventType: task.eventType, ruleId: task.ruleId, channel: task.channel, attempt: task.attempt, traceId: task.traceId,
+});
 
 export const deliver: StageFactory = ({ channels, config, metrics }) => ({
   // Retries wait for their due time (the runtime waits, outside the partition lock).
@@ -38,8 +45,7 @@ export const deliver: StageFactory = ({ channels, config, metrics }) => ({
         // is never missing on outcomes.v1 (the projection ignores a decision it has).
         ctx.log.debug({ deliveryId: task.deliveryId, notificationId: task.notificationId }, 'result already recorded; skipped');
         ctx.outcome(r, {
-          notificationId: task.notificationId, deliveryId: task.deliveryId, tenant: task.tenant, recipient: task.recipient, eventId: task.eventId, eventType: task.eventType,
-          ruleId: task.ruleId, channel: task.channel, attempt: prior.attempt, traceId: task.traceId, status: prior.status, terminal: true,
+          ...baseOf(task), attempt: prior.attempt, status: prior.status, terminal: true,
           reasonCode: 'already_recorded', reason: `${prior.status} was recorded at ${new Date(prior.at).toISOString()} (attempt ${prior.attempt}); not sent again`, timestamp: prior.at,
         });
       } else if (!seen.has(task.deliveryId)) todo.push(i);
@@ -55,18 +61,23 @@ export const deliver: StageFactory = ({ channels, config, metrics }) => ({
       metrics.deliveries.inc({ channel: task.channel, result: r.ok ? 'delivered' : r.retriable ? 'retriable' : 'permanent' });
       return r;
     }
-    for (let i = 0; i < todo.length; i += CONCURRENCY) {
-      const slice = todo.slice(i, i + CONCURRENCY);
-      await Promise.all(slice.map(async (idx) => {
-        const task = recs[idx]!.value;
-        if (task.expiresAt !== null && ctx.wallClock() >= task.expiresAt) return;
-        outcomes[idx] = await call(task);
+    // Expired tasks are not sent; the others are recorded as ATTEMPTED before the call.
+    const expired = new Set(todo.filter((idx) => { const t = recs[idx]!.value; return t.expiresAt !== null && ctx.wallClock() >= t.expiresAt; }));
+    const send = todo.filter((idx) => !expired.has(idx));
+    const attemptedAt = ctx.wallClock();
+    await ctx.recordNow(send.map((idx) => {
+      const task = recs[idx]!.value;
+      return [recs[idx]!, { ...baseOf(task), status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}`, timestamp: attemptedAt }];
+    }));
+    for (let i = 0; i < send.length; i += CONCURRENCY) {
+      await Promise.all(send.slice(i, i + CONCURRENCY).map(async (idx) => {
+        outcomes[idx] = await call(recs[idx]!.value);
       }));
     }
     for (const idx of todo) {
       const rec = recs[idx]!;
       const task = rec.value;
-      const base = { notificationId: task.notificationId, deliveryId: task.deliveryId, tenant: task.tenant, recipient: task.recipient, eventId: task.eventId, eventType: task.eventType, ruleId: task.ruleId, channel: task.channel, attempt: task.attempt, traceId: task.traceId };
+      const base = baseOf(task);
       const now = ctx.wallClock();
       const r = outcomes[idx];
       if (!r) {
@@ -74,7 +85,6 @@ export const deliver: StageFactory = ({ channels, config, metrics }) => ({
         ctx.outcome(rec, { ...base, status: 'EXPIRED', terminal: true, reasonCode: 'expired_before_delivery', reason: `expired at ${new Date(task.expiresAt!).toISOString()} before attempt ${task.attempt}`, timestamp: now });
         continue;
       }
-      ctx.outcome(rec, { ...base, status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}`, timestamp: now });
       if (r.ok) {
         results.put(task.deliveryId, { status: 'DELIVERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
         ctx.outcome(rec, { ...base, status: 'DELIVERED', terminal: true, reasonCode: 'accepted_by_provider', reason: `${task.channel} accepted: ${r.detail}`, providerMessageId: r.providerMessageId, timestamp: now });

@@ -352,7 +352,7 @@ export class StageRunner {
   }
 
   private context(task: PartitionTask, partition: number): BatchContext {
-    return new BatchContext(this.o.stage, partition, task, this.o.config, this.log, this.clock);
+    return new BatchContext(this.o.stage, partition, task, this.o.config, this.log, this.clock, this.o.producer, this.o.codec);
   }
 
   /** Produce everything the batch emitted, write its state, then mark `offset` + 1 committable. */
@@ -465,14 +465,18 @@ class BatchContext implements StageContext {
   readonly log: Logger;
   private readonly config: HeraldConfig;
   private readonly clock: () => number;
+  private readonly producer: Producer;
+  private readonly codec: Codec;
 
-  constructor(stage: StageName, partition: number, task: PartitionTask, config: HeraldConfig, log: Logger, clock: () => number) {
+  constructor(stage: StageName, partition: number, task: PartitionTask, config: HeraldConfig, log: Logger, clock: () => number, producer: Producer, codec: Codec) {
     this.stage = stage;
     this.partition = partition;
     this.task = task;
     this.config = config;
     this.log = log;
     this.clock = clock;
+    this.producer = producer;
+    this.codec = codec;
   }
 
   store(name: string): BatchView {
@@ -499,7 +503,27 @@ class BatchContext implements StageContext {
   }
 
   outcome(cause: InRecord, d: Decision): void {
-    const ev = {
+    const ev = this.lifecycle(cause, d);
+    this.push('outcomes', d.recipient, ev, ev.timestamp);
+    this.counts.outcome++;
+    this.log.debug({ notificationId: ev.notificationId, traceId: ev.traceId, deliveryId: ev.deliveryId, status: ev.status, reasonCode: ev.reasonCode }, 'decision');
+  }
+
+  async recordNow(decisions: [InRecord, Decision][]): Promise<void> {
+    if (decisions.length === 0) return;
+    const topic = topicName(this.config.topicPrefix, 'outcomes');
+    const messages: Message[] = [];
+    for (const [cause, d] of decisions) {
+      const ev = this.lifecycle(cause, d);
+      messages.push({ key: d.recipient, value: await this.codec.encode('outcomes', topic, ev), timestamp: String(ev.timestamp) });
+      this.log.debug({ notificationId: ev.notificationId, traceId: ev.traceId, deliveryId: ev.deliveryId, status: ev.status, reasonCode: ev.reasonCode }, 'decision');
+    }
+    await this.producer.send({ topic, acks: -1, messages });
+    this.counts.outcome += messages.length;
+  }
+
+  private lifecycle(cause: InRecord, d: Decision) {
+    return {
       notificationId: d.notificationId,
       deliveryId: d.deliveryId ?? null,
       tenant: d.tenant,
@@ -521,9 +545,6 @@ class BatchContext implements StageContext {
       timestamp: d.timestamp ?? cause.timestamp,
       traceId: d.traceId,
     };
-    this.push('outcomes', d.recipient, ev, ev.timestamp);
-    this.counts.outcome++;
-    this.log.debug({ notificationId: ev.notificationId, traceId: ev.traceId, deliveryId: ev.deliveryId, status: ev.status, reasonCode: ev.reasonCode }, 'decision');
   }
 
   deadLetter(cause: InRecord, error: Error & { code?: string; field?: string }): void {

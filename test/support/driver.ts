@@ -71,6 +71,9 @@ export class StageDriver {
         result.emitted.push({ topic, key, value, timestamp: cause.timestamp });
       },
       outcome: (cause, d) => result.outcomes.push({ ...d, stage, sourceOffset: cause.offset, timestamp: d.timestamp ?? cause.timestamp }),
+      recordNow: async (decisions) => {
+        for (const [cause, d] of decisions) result.outcomes.push({ ...d, stage, sourceOffset: cause.offset, timestamp: d.timestamp ?? cause.timestamp });
+      },
       deadLetter: (cause, err) => result.dlq.push({ offset: cause.offset, code: err.code ?? 'HRL_PROCESSING_FAILED', reason: err.message, ...(err.field ? { field: err.field } : {}) }),
       wallClock: () => this.now,
     };

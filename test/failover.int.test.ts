@@ -17,6 +17,7 @@ import { loadConfig } from '../config.ts';
 import { Serde } from '../schemas/index.ts';
 import type { LifecycleEvent } from '../processors/types.ts';
 import { topicName, topicPlan } from '../topology.ts';
+import { checkAccounting } from './support/accounting.ts';
 import { eventually, removeDir } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
@@ -129,6 +130,10 @@ describe('failover between two instances', () => {
       expect(n.terminal, id).toEqual(['webhook:DELIVERED']);
       expect(n.events.map((e) => e.stage), id).toEqual(['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'deliver']);
     }
+    // The accounting invariant over everything on outcomes.v1.
+    const accepted = new Set(outcomes.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
+    expect(accepted.size).toBe(users.length * 2);
+    expect(checkAccounting(outcomes, accepted).violations).toEqual([]);
     // Every user got exactly one webhook.
     for (const u of users) expect(hooks.for(`/${u}`), u).toHaveLength(1);
     // a restored the partitions it took over from the changelog.

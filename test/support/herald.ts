@@ -71,12 +71,12 @@ export async function collect(h: Herald, topic: string): Promise<{ messages: imp
  * A broker and schema registry that outlive the Herald processes of a test, for restart
  * and failover tests. `env` points Herald at them.
  */
-export async function startCluster(partitions: number): Promise<{ broker: import('../../embedded/broker.ts').EmbeddedBroker; env: { KAFKA_BROKERS: string; SCHEMA_REGISTRY_URL: string }; stop: () => Promise<void> }> {
+export async function startCluster(partitions: number, brokers = 1): Promise<{ broker: import('../../embedded/broker.ts').EmbeddedBroker; env: { KAFKA_BROKERS: string; SCHEMA_REGISTRY_URL: string }; stop: () => Promise<void> }> {
   const { EmbeddedBroker } = await import('../../embedded/broker.ts');
   const { EmbeddedSchemaRegistry } = await import('../../embedded/schema-registry.ts');
   const { topicPlan } = await import('../../topology.ts');
-  const broker = await EmbeddedBroker.start();
-  for (const t of topicPlan('herald.', partitions)) await broker.createTopic(t.name, t.partitions);
+  const broker = await EmbeddedBroker.start({ brokers });
+  for (const t of topicPlan('herald.', partitions)) await broker.createTopic(t.name, t.partitions, Math.min(brokers, 3));
   const registry = new EmbeddedSchemaRegistry();
   const env = { KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: await registry.start() };
   return { broker, env, stop: async () => { await registry.stop(); await broker.stop(); } };

@@ -139,7 +139,12 @@ export class StageRunner {
       for (const [k, o] of this.pending) if (!assigned.has(o.partition)) this.pending.delete(k);
       // Restore stores as soon as partitions arrive, not at their first new record: a
       // projection taken over from a dead instance must answer queries right away.
-      if (STAGES[stage].stores.length) for (const p of assigned) void this.task(p, async () => undefined).catch((err: Error) => this.log.warn({ partition: p, err: err.message }, 'opening the partition failed; retried at its next batch'));
+      const fresh = [...assigned].filter((p) => !this.tasks.has(p));
+      if (STAGES[stage].stores.length && fresh.length) {
+        for (const [p, t] of this.openPartitions(fresh, async () => undefined)) {
+          t.catch((err: Error) => this.log.warn({ partition: p, err: err.message }, 'opening the partition failed; retried at its next batch'));
+        }
+      }
       this.joinedResolve();
     });
     await consumer.connect();
@@ -153,45 +158,76 @@ export class StageRunner {
 
   /** Opens (and restores) a partition's stores and processor on first use. */
   private task(partition: number, heartbeat: () => Promise<void>): Promise<PartitionTask> {
-    let t = this.tasks.get(partition);
-    if (!t) {
-      t = this.openPartition(partition, heartbeat);
-      this.tasks.set(partition, t);
-      t.catch(() => this.tasks.delete(partition));
-    }
-    return t;
+    const t = this.tasks.get(partition);
+    if (t) return t;
+    return this.openPartitions([partition], heartbeat).get(partition)!;
   }
 
-  private async openPartition(partition: number, heartbeat: () => Promise<void>): Promise<PartitionTask> {
+  /**
+   * Opens the stores and processors of newly assigned partitions together: each changelog
+   * is restored for all of them by one reader (one group join, not one per partition).
+   * Returns a promise per partition, registered in `tasks`.
+   */
+  private openPartitions(partitions: number[], heartbeat: () => Promise<void>): Map<number, Promise<PartitionTask>> {
+    const all = this.openAll(partitions, heartbeat);
+    all.catch(() => undefined);
+    const out = new Map<number, Promise<PartitionTask>>();
+    for (const p of partitions) {
+      const t = all.then((m) => m.get(p)!);
+      this.tasks.set(p, t);
+      t.catch(() => {
+        if (this.tasks.get(p) === t) this.tasks.delete(p);
+      });
+      out.set(p, t);
+    }
+    return out;
+  }
+
+  private async openAll(partitions: number[], heartbeat: () => Promise<void>): Promise<Map<number, PartitionTask>> {
     const { config, stage, metrics } = this.o;
-    const stores = new Map<string, KeyValueStore>();
-    let beat = Date.now();
-    // A long restore keeps the group membership alive.
-    const keepAlive = (n: number, storeName: string) => {
-      metrics.restored.inc({ stage, store: storeName }, n);
-      if (Date.now() - beat > 1000) {
-        beat = Date.now();
-        void heartbeat().catch(() => undefined);
-      }
-    };
-    try {
-      await this.openStores(partition, stores, keepAlive);
-    } catch (err) {
+    const stores = new Map<number, Map<string, KeyValueStore>>(partitions.map((p) => [p, new Map()]));
+    const closeAll = async () => {
       // Never leave a RocksDB handle (and its lock) behind: the next attempt must be able to open it.
-      for (const s of stores.values()) await s.close().catch(() => undefined);
-      throw err;
-    }
-    const processor = this.o.factory(this.o.deps);
-    await processor.init?.({ partition });
-    const task: PartitionTask = { processor, stores, lock: Promise.resolve() };
+      for (const m of stores.values()) for (const st of m.values()) await st.close().catch(() => undefined);
+    };
+    let beat = Date.now();
     try {
-      await this.replaySource(task, partition, heartbeat);
+      for (const spec of STAGES[stage].stores) {
+        const changelog = spec.changelog === true ? changelogTopic(config.topicPrefix, stage, spec.name) : null;
+        const targets = await Promise.all(partitions.map(async (partition) => {
+          const store = await KeyValueStore.open({ backend: config.stateBackend, dir: config.stateDir, stage, name: spec.name, partition, changelog });
+          stores.get(partition)!.set(spec.name, store);
+          return { store, partition };
+        }));
+        if (!changelog) continue;
+        const r = await restoreFromChangelog({
+          kafka: this.o.kafka, admin: this.o.admin, topic: changelog, groupPrefix: config.topicPrefix, targets, log: this.log,
+          onApplied: (n) => {
+            metrics.restored.inc({ stage, store: spec.name }, n);
+            // A long restore keeps the group membership alive.
+            if (Date.now() - beat > 1000) {
+              beat = Date.now();
+              void heartbeat().catch(() => undefined);
+            }
+          },
+        });
+        metrics.restoreDuration.observe({ stage, store: spec.name }, r.seconds);
+        this.log.info({ store: spec.name, partitions, applied: r.applied, checkpoints: Object.fromEntries([...r.checkpoints].map(([p, c]) => [p, c?.toString() ?? null])), seconds: Number(r.seconds.toFixed(3)) }, 'store restored');
+      }
+      const tasks = new Map<number, PartitionTask>();
+      for (const partition of partitions) {
+        const processor = this.o.factory(this.o.deps);
+        await processor.init?.({ partition });
+        const task: PartitionTask = { processor, stores: stores.get(partition)!, lock: Promise.resolve() };
+        await this.replaySource(task, partition, heartbeat);
+        tasks.set(partition, task);
+      }
+      for (const [p, t] of tasks) this.opened.set(p, t);
+      return tasks;
     } catch (err) {
-      for (const s of stores.values()) await s.close().catch(() => undefined);
+      await closeAll();
       throw err;
     }
-    this.opened.set(partition, task);
-    return task;
   }
 
   /**
@@ -230,23 +266,6 @@ export class StageRunner {
     });
     await reader.readToEnd();
     this.log.info({ partition, from: from.toString(), to: committed.toString(), applied, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'projection replayed from its input');
-  }
-
-  private async openStores(partition: number, stores: Map<string, KeyValueStore>, onApplied: (n: number, store: string) => void): Promise<void> {
-    const { config, stage, metrics } = this.o;
-    await Promise.all(STAGES[stage].stores.map(async (spec) => {
-      const changelog = spec.changelog === true ? changelogTopic(config.topicPrefix, stage, spec.name) : null;
-      const store = await KeyValueStore.open({ backend: config.stateBackend, dir: config.stateDir, stage, name: spec.name, partition, changelog });
-      stores.set(spec.name, store);
-      if (changelog) {
-        const r = await restoreFromChangelog({
-          kafka: this.o.kafka, admin: this.o.admin, topic: changelog, groupPrefix: config.topicPrefix, targets: [{ store, partition }], log: this.log,
-          onApplied: (n) => onApplied(n, spec.name),
-        });
-        metrics.restoreDuration.observe({ stage, store: spec.name }, r.seconds);
-        this.log.info({ store: spec.name, partition, checkpoint: r.checkpoints.get(partition)?.toString() ?? null, applied: r.applied, seconds: Number(r.seconds.toFixed(3)) }, 'store restored');
-      }
-    }));
   }
 
   private async closePartition(partition: number): Promise<void> {

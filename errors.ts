@@ -15,6 +15,7 @@ export const ERROR_CODES = {
   HRL_PAYLOAD_TOO_LARGE: 'A record is larger than the configured limit.',
   HRL_UNKNOWN_EVENT_TYPE: 'No notification rule matches the event type.',
   HRL_NO_RECIPIENTS: 'An event names no recipients.',
+  HRL_IDEMPOTENCY_KEY_REUSED: 'An Idempotency-Key was sent again with a different request body.',
   HRL_EMBEDDED_BROKER: 'The embedded broker could not be built or started.',
   HRL_PROCESSING_FAILED: 'A stage failed to process a record for a reason not classified above.',
 } as const;

@@ -4,7 +4,8 @@
  * notification's lifecycle and a user's notifications, and the operational endpoints.
  * Validation errors answer 400 with the field path and what was expected.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import { HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
@@ -45,9 +46,23 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
     return reply.header('content-type', h.metrics.registry.contentType).send(await h.metrics.registry.metrics());
   });
 
+  // Responses to requests with an Idempotency-Key, per instance, for 24 h: a retried POST
+  // gets the first answer and publishes nothing. (Across instances a retry publishes the
+  // same event again, with the same derived ids, which the pipeline absorbs.)
+  const answered = new LRUCache<string, { fingerprint: string; body: object }>({ max: 50_000, ttl: 86_400_000 });
+
   app.post<{ Body: Record<string, unknown> }>('/v1/events', async (req, reply) => {
     const body = { ...(req.body ?? {}) };
     const key = req.headers['idempotency-key'];
+    const cacheKey = typeof key === 'string' && key ? `${String(body.tenant)}\u0000${key}` : null;
+    const fingerprint = createHash('sha256').update(JSON.stringify(req.body ?? {})).digest('hex');
+    const previous = cacheKey ? answered.get(cacheKey) : undefined;
+    if (previous) {
+      if (previous.fingerprint !== fingerprint) {
+        return reply.code(422).send({ error: 'HRL_IDEMPOTENCY_KEY_REUSED', field: 'Idempotency-Key', message: 'Idempotency-Key: this key was used with a different request body' });
+      }
+      return reply.code(202).header('idempotent-replayed', 'true').send(previous.body);
+    }
     if (typeof key === 'string' && key) {
       body.idempotencyKey ??= key;
       if (body.id === undefined && typeof body.tenant === 'string') body.id = eventIdFromIdempotencyKey(body.tenant, key);
@@ -71,7 +86,9 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
     await h.producer.send({ topic: topic('events'), acks: -1, messages: [{ key: ev.id, value }] });
     // Ids of explicit recipients are known now; an audience is resolved by ingest.
     const notifications = rules.flatMap((r) => [...new Set(ev.recipients)].map((recipient) => ({ recipient, ruleId: r.id, notificationId: notificationId(ev.tenant, ev.id, recipient, r.id) })));
-    return reply.code(202).send({ eventId: ev.id, notifications, ...(ev.audience ? { audience: ev.audience } : {}) });
+    const answer = { eventId: ev.id, notifications, ...(ev.audience ? { audience: ev.audience } : {}) };
+    if (cacheKey) answered.set(cacheKey, { fingerprint, body: answer });
+    return reply.code(202).send(answer);
   });
 
   app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId', async (req, reply) => {

@@ -65,8 +65,13 @@ describe('end-to-end through the HTTP API', () => {
   it('delivers once when the same Idempotency-Key is posted twice, and suppresses a new event with a repeated idempotency key', async () => {
     const body = { type: 'pull_request.review_requested', tenant: 'acme', recipients: ['bob'], actor: 'ada', data: { pullRequestId: 7, title: 'x' } };
     const first = await api<{ eventId: string; notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', body, { 'idempotency-key': 'req-7' });
-    const again = await api<{ eventId: string }>(h, 'POST', '/v1/events', body, { 'idempotency-key': 'req-7' });
-    expect(again.body.eventId).toBe(first.body.eventId);
+    const again = await fetch(`${h.httpUrl}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': 'req-7' }, body: JSON.stringify(body) });
+    expect(again.status).toBe(202);
+    expect(again.headers.get('idempotent-replayed')).toBe('true');
+    expect(((await again.json()) as { eventId: string }).eventId).toBe(first.body.eventId);
+    const reused = await api<{ error: string }>(h, 'POST', '/v1/events', { ...body, actor: 'someone-else' }, { 'idempotency-key': 'req-7' });
+    expect(reused.status).toBe(422);
+    expect(reused.body.error).toBe('HRL_IDEMPOTENCY_KEY_REUSED');
     const other = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { ...body, id: 'different-event', idempotencyKey: 'req-7' });
     // The two events travel through different events.v1 partitions; whichever reaches
     // dedupe first is delivered, the other is suppressed naming it.

@@ -11,6 +11,7 @@ import { startHerald } from '../runtime/app.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { STAGE_NAMES, type StageName, describe } from '../topology.ts';
 import { runDemo } from './demo.ts';
+import { fetchLifecycle, formatLifecycle, scanLifecycle, tail } from './explain.ts';
 import { checkSchemas, createTopics, registerSchemas } from './provision.ts';
 
 const program = new Command('herald').description('Kafka-native notification pipeline').version('0.1.0');
@@ -81,6 +82,33 @@ schemas.command('check').description('check local schemas for compatibility with
     lines.forEach((x) => console.log(x));
     if (!ok) process.exit(1);
   }).catch(fail));
+
+program
+  .command('explain <notificationId>')
+  .description("print a notification's lifecycle: every decision with its stage, time and reason")
+  .option('--url <url>', 'HTTP API of a running instance (default: HERALD_URL; without it, outcomes.v1 is read from KAFKA_BROKERS)')
+  .option('--json', 'print the lifecycle as JSON')
+  .action(async (id: string, o: { url?: string; json?: boolean }) => {
+    try {
+      const url = o.url ?? process.env.HERALD_URL;
+      const view = url ? await fetchLifecycle(url, id) : await scanLifecycle(loadConfig(), id);
+      if (!view) fail(new Error(`no decision about ${id} on outcomes.v1`));
+      console.log(o.json ? JSON.stringify(view, null, 2) : formatLifecycle(view));
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+program
+  .command('tail')
+  .description('follow outcomes.v1 and print each decision as it is made (needs KAFKA_BROKERS and SCHEMA_REGISTRY_URL)')
+  .option('--from-beginning', 'print the whole topic first')
+  .action(async (o: { fromBeginning?: boolean }) => {
+    const ac = new AbortController();
+    process.on('SIGINT', () => ac.abort());
+    process.on('SIGTERM', () => ac.abort());
+    await tail(loadConfig(), { fromBeginning: Boolean(o.fromBeginning), print: (l) => console.log(l), signal: ac.signal }).catch(fail);
+  });
 
 program.command('describe').description('print the topology').action(() => console.log(describe(loadConfig().topicPrefix)));
 

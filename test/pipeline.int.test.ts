@@ -2,6 +2,8 @@
  * The end-to-end path through all seven stages on the embedded broker, driven through
  * the HTTP API, with a real webhook receiver.
  */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyWebhookSignature } from '../channels/webhook.ts';
 import type { NotificationView } from '../processors/outcome.ts';
@@ -60,6 +62,15 @@ describe('end-to-end through the HTTP API', () => {
 
     const list = await api<{ notifications: { notificationId: string; status: string }[] }>(h, 'GET', '/v1/users/ada/notifications');
     expect(list.body.notifications).toContainEqual(expect.objectContaining({ notificationId: id, status: 'DELIVERED' }));
+
+    // `herald explain` tells the same story, one decision per line with its reason.
+    // (Asynchronously: this process serves the API the command asks.)
+    const { stdout: explained } = await promisify(execFile)(process.execPath, ['cli/herald.ts', 'explain', id, '--url', h.httpUrl!], { encoding: 'utf8' });
+    expect(explained).toContain('terminal: webhook:DELIVERED');
+    expect(explained.split('\n').filter((l) => /^\s+\d{4}-/.test(l)).map((l) => l.trim().split(/\s+/).slice(1, 3).join(':'))).toEqual([
+      'ingest:ACCEPTED', 'enrich:ENRICHED', 'dedupe:UNIQUE', 'throttle:ADMITTED', 'route:ROUTED', 'deliver:ATTEMPTED', 'deliver:DELIVERED',
+    ]);
+    expect(explained).toContain('matched rule comment-created');
   });
 
   it('delivers once when the same Idempotency-Key is posted twice, and suppresses a new event with a repeated idempotency key', async () => {

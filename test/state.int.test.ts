@@ -4,6 +4,8 @@
  * directory intact restores only the tail after the local checkpoint.
  */
 import { Kafka, logLevel } from 'kafkajs';
+import { scanLifecycle, tail } from '../cli/explain.ts';
+import { loadConfig } from '../config.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { EmbeddedBroker } from '../embedded/broker.ts';
 import type { NotificationView } from '../processors/outcome.ts';
@@ -46,6 +48,17 @@ describe('dedupe state across restarts', () => {
     expect(original.terminal).toEqual(['webhook:DELIVERED']);
     await first.stop();
     removeDir(first.stateDir);
+
+    // Without any instance: the lifecycle rebuilt from outcomes.v1, and the decisions tailed.
+    const config = loadConfig(env);
+    const rebuilt = await scanLifecycle(config, original.notificationId);
+    expect(rebuilt!.events.map((e) => e.status)).toEqual(original.events.map((e) => e.status));
+    const ac = new AbortController();
+    const lines: string[] = [];
+    const tailing = tail(config, { fromBeginning: true, print: (l) => lines.push(l), signal: ac.signal });
+    await eventually(() => lines.some((l) => l.startsWith(original.notificationId) && l.includes('DELIVERED')));
+    ac.abort();
+    await tailing;
 
     const second = await startTestHerald({ env });
     try {

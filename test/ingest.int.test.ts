@@ -101,3 +101,45 @@ describe('audiences', () => {
     expect(keys.length).toBe(9_999);
   });
 });
+
+describe('fuzzed input', () => {
+  it('dead-letters every malformed record with a reason and never stops the partition', async () => {
+    // A seeded generator, so a failure reproduces.
+    let seed = 0x5eed;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    const pick = <T>(xs: T[]) => xs[Math.floor(rand() * xs.length)]!;
+    const randomValue = (depth = 0): unknown => pick<() => unknown>([
+      () => null, () => rand() * 1e6, () => 'x'.repeat(Math.floor(rand() * 20)), () => rand() > 0.5,
+      () => (depth > 2 ? [] : Array.from({ length: Math.floor(rand() * 3) }, () => randomValue(depth + 1))),
+      () => (depth > 2 ? {} : { a: randomValue(depth + 1) }),
+    ])();
+    const bad: Buffer[] = [];
+    for (let i = 0; i < 150; i++) {
+      const kind = i % 5;
+      if (kind === 0) bad.push(Buffer.from(Array.from({ length: 1 + Math.floor(rand() * 40) }, () => Math.floor(rand() * 256)).map((b, j) => (j === 0 && b === 0x7b ? 0x7c : b))));
+      else if (kind === 1) bad.push(Buffer.from([0, 0, 0, 0, 1, ...Array.from({ length: Math.floor(rand() * 30) }, () => Math.floor(rand() * 256))]));
+      else if (kind === 2) bad.push(Buffer.from(JSON.stringify(randomValue())));
+      else if (kind === 3) bad.push(Buffer.from(JSON.stringify({ id: `fz${i}`, tenant: 'acme', type: 'comment.created', recipients: [pick<unknown>([null, 5, true, {}, [1]])], data: randomValue() })));
+      else bad.push(Buffer.from(JSON.stringify({ id: `fz${i}`, tenant: pick<unknown>([null, 7, true, { a: 1 }, []]), type: pick(['comment.created', 7, null]), recipients: ['ada'] })));
+    }
+    const good = Array.from({ length: 50 }, (_, i) => Buffer.from(JSON.stringify({ id: `fuzz-good-${i}`, tenant: 'acme', type: 'comment.created', recipients: [`fz-user-${i}`], data: { commentId: `g${i}` } })));
+    const messages = [...bad.map((value) => ({ value, good: false })), ...good.map((value) => ({ value, good: true }))].sort(() => rand() - 0.5);
+    const dlqBefore = dlq.messages.length;
+    await h.producer.send({ topic: T('events'), acks: -1, messages: messages.map((m, i) => ({ key: `fz-${i % 7}`, value: m.value })) });
+    const reqs = await eventually(async () => {
+      const rs = (await decodeAll<NotificationRequest>(requests.messages)).filter((r) => r.eventId.startsWith('fuzz-good-'));
+      return rs.length >= 50 && rs;
+    }, 30_000);
+    expect(new Set(reqs.map((r) => r.eventId)).size).toBe(50);
+    const dead = await eventually(() => dlq.messages.length - dlqBefore >= bad.length && dlq.messages.slice(dlqBefore), 30_000).catch((err: Error) => {
+      const got = new Set(dlq.messages.slice(dlqBefore).map((m) => m.value!.toString('hex')));
+      const missing = bad.filter((b) => !got.has(b.toString('hex'))).map((b) => b.toString('utf8').slice(0, 200));
+      throw new Error(`${err.message}: not dead-lettered: ${JSON.stringify(missing)}`);
+    });
+    expect(dead).toHaveLength(bad.length);
+    for (const m of dead) {
+      expect(header(m, 'herald.error.code')).toMatch(/^HRL_(DECODE_FAILED|SCHEMA_VIOLATION|UNKNOWN_EVENT_TYPE|NO_RECIPIENTS|PAYLOAD_TOO_LARGE)$/);
+      expect(header(m, 'herald.error.reason')!.length).toBeGreaterThan(5);
+    }
+  });
+});

@@ -11,6 +11,8 @@
  * - peak RSS of this process.
  *
  * Sizes respect the embedded broker's ~5 MB per partition log (see README).
+ * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|pipeline|restore,
+ * BENCH_PASSTHROUGH / BENCH_DEDUPE / BENCH_PIPELINE / BENCH_RESTORE_KEYS (record counts).
  */
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -225,7 +227,7 @@ async function restore(broker: EmbeddedBroker, kafka: Kafka, keys: number) {
 
 async function main() {
   const started = Date.now();
-  const broker = await EmbeddedBroker.start();
+  const broker = await EmbeddedBroker.start({ brokers: Number(process.env.BENCH_BROKERS ?? 1) });
   const registry = new EmbeddedSchemaRegistry();
   const registryUrl = await registry.start();
   const kafka = createKafka(loadConfig({ KAFKA_BROKERS: broker.bootstraps, HERALD_LOG_LEVEL: 'silent' }), broker.bootstraps, log, 'herald-bench');

@@ -159,7 +159,17 @@ async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: strin
     throw new Error(`${err.message}: delivered ${await delivered()} of ${n}; ${(await herald.metrics.registry.getSingleMetricAsString('herald_stage_records_total')).split('\n').filter((l) => !l.startsWith('#')).join('; ')}`);
   });
   const seconds = (performance.now() - first) / 1000;
-  const throughput = { events: n, seconds: +seconds.toFixed(3), eventsPerSecond: round(n / seconds) };
+  // Where the time goes: batches per stage, their size and duration.
+  const json = await herald.metrics.registry.getMetricsAsJSON();
+  const hist = json.find((m) => m.name === 'herald_stage_batch_duration_seconds')?.values as { metricName?: string; labels: Record<string, string>; value: number }[] | undefined;
+  const stages: Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }> = {};
+  for (const st of ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome']) {
+    const count = hist?.find((v) => v.metricName?.endsWith('_count') && v.labels.stage === st)?.value ?? 0;
+    const sum = hist?.find((v) => v.metricName?.endsWith('_sum') && v.labels.stage === st)?.value ?? 0;
+    const records = await metricValue(herald.metrics.registry, 'herald_stage_records_total', { stage: st, result: 'in' });
+    stages[st] = { batches: count, recordsPerBatch: count ? +(records / count).toFixed(1) : 0, msPerBatch: count ? +((sum / count) * 1000).toFixed(2) : 0 };
+  }
+  const throughput = { events: n, seconds: +seconds.toFixed(3), eventsPerSecond: round(n / seconds), stages };
 
   // Fixed offered load: publish times against webhook arrival times.
   const producer = createProducer(kafka);

@@ -38,6 +38,5 @@ export function createProducer(kafka: Kafka): Producer {
     createPartitioner: Partitioners.DefaultPartitioner,
     allowAutoTopicCreation: false,
     idempotent: false,
-    maxInFlightRequests: 5,
   });
 }

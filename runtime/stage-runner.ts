@@ -78,6 +78,11 @@ export class StageRunner {
   private readonly opened = new Map<number, PartitionTask>();
   private stopping = false;
   private restarts = 0;
+  private restarting: Promise<void> = Promise.resolve();
+  /** Partitions being closed: a reopen waits for their RocksDB handles to be released. */
+  private readonly closing = new Map<number, Promise<void>>();
+  /** Resume timers of partitions paused until a retry is due. */
+  private readonly resumeTimers = new Set<NodeJS.Timeout>();
   /** Group membership, as /readyz reports it. */
   member: 'starting' | 'joined' | 'restarting' | 'stopped' = 'starting';
   /** Offsets of completed batches not yet committed, per topic-partition. */
@@ -122,13 +127,23 @@ export class StageRunner {
       this.o.metrics.records.inc({ stage, result: 'consumer_restart' });
       this.consumer = null;
       this.member = 'restarting';
-      setTimeout(() => {
-        if (this.stopping) return;
-        void (async () => {
-          for (const p of [...this.tasks.keys()]) await this.closePartition(p);
-          await this.start();
-        })().catch((err: Error) => this.log.error({ err: err.message }, 'restarting the consumer failed'));
-      }, 1000).unref();
+      void consumer.disconnect().catch(() => undefined);
+      this.restarting = (async () => {
+        for (let attempt = 1; !this.stopping; attempt++) {
+          await new Promise((r) => setTimeout(r, Math.min(30_000, 1000 * attempt)));
+          if (this.stopping) return;
+          try {
+            for (const p of [...this.tasks.keys()]) await this.closePartition(p);
+            await this.start();
+            return;
+          } catch (err) {
+            this.log.error({ err: (err as Error).message, attempt }, 'restarting the consumer failed; trying again');
+            const failed = this.consumer;
+            this.consumer = null;
+            await failed?.disconnect().catch(() => undefined);
+          }
+        }
+      })();
     });
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
       const assigned = new Set<number>();
@@ -191,14 +206,20 @@ export class StageRunner {
       for (const m of stores.values()) for (const st of m.values()) await st.close().catch(() => undefined);
     };
     let beat = Date.now();
+    // A partition revoked and given back quickly: wait until its old handles are closed.
+    await Promise.all(partitions.map((p) => this.closing.get(p)));
     try {
       for (const spec of STAGES[stage].stores) {
         const changelog = spec.changelog === true ? changelogTopic(config.topicPrefix, stage, spec.name) : null;
-        const targets = await Promise.all(partitions.map(async (partition) => {
+        // allSettled, so every store that did open is known (and closed) if one fails.
+        const settled = await Promise.allSettled(partitions.map(async (partition) => {
           const store = await KeyValueStore.open({ backend: config.stateBackend, dir: config.stateDir, stage, name: spec.name, partition, changelog });
           stores.get(partition)!.set(spec.name, store);
           return { store, partition };
         }));
+        const failed = settled.find((r) => r.status === 'rejected');
+        if (failed) throw (failed as PromiseRejectedResult).reason;
+        const targets = settled.map((r) => (r as PromiseFulfilledResult<{ store: KeyValueStore; partition: number }>).value);
         if (!changelog) continue;
         const r = await restoreFromChangelog({
           kafka: this.o.kafka, admin: this.o.admin, topic: changelog, groupPrefix: config.topicPrefix, targets, log: this.log,
@@ -222,7 +243,7 @@ export class StageRunner {
         await this.replaySource(task, partition, heartbeat);
         tasks.set(partition, task);
       }
-      for (const [p, t] of tasks) this.opened.set(p, t);
+      for (const [p, t] of tasks) if (this.tasks.has(p)) this.opened.set(p, t);
       return tasks;
     } catch (err) {
       await closeAll();
@@ -268,28 +289,63 @@ export class StageRunner {
     this.log.info({ partition, from: from.toString(), to: committed.toString(), applied, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'projection replayed from its input');
   }
 
-  private async closePartition(partition: number): Promise<void> {
+  private closePartition(partition: number): Promise<void> {
     const t = this.tasks.get(partition);
     this.tasks.delete(partition);
     this.opened.delete(partition);
-    if (!t) return;
-    const task = await t.catch(() => null);
-    if (!task) return;
-    await task.lock;
-    await task.processor.close?.();
-    for (const s of task.stores.values()) await s.close();
-    this.log.info({ partition }, 'partition closed');
+    if (!t) return this.closing.get(partition) ?? Promise.resolve();
+    const done = (async () => {
+      const task = await t.catch(() => null);
+      if (!task) return;
+      await task.lock;
+      await task.processor.close?.();
+      for (const s of task.stores.values()) await s.close().catch(() => undefined);
+      // An open that finished after the revocation must not leave closed stores visible.
+      if (this.opened.get(partition) === task) this.opened.delete(partition);
+      this.log.info({ partition }, 'partition closed');
+    })();
+    this.closing.set(partition, done);
+    void done.finally(() => {
+      if (this.closing.get(partition) === done) this.closing.delete(partition);
+    });
+    return done;
   }
 
-  private async onBatch({ batch, heartbeat, isRunning, isStale }: EachBatchPayload): Promise<void> {
+  /** Waits for `p` while keeping the group membership alive (kafkajs only heartbeats between batches). */
+  private async heartbeating<T>(p: Promise<T>, heartbeat: () => Promise<void>): Promise<T> {
+    let settled = false;
+    const done = p.finally(() => (settled = true));
+    while (!settled) {
+      await Promise.race([done.catch(() => undefined), new Promise((r) => setTimeout(r, 1000))]);
+      if (!settled) await heartbeat().catch(() => undefined);
+    }
+    return done;
+  }
+
+  private async onBatch({ batch, heartbeat, isRunning, isStale, pause }: EachBatchPayload): Promise<void> {
     if (batch.messages.length === 0 || !isRunning() || isStale()) return;
-    if (this.o.gate) await this.o.gate; // never join a record with a table still loading
-    const task = await this.task(batch.partition, heartbeat);
+    // Never join a record with a table still loading.
+    if (this.o.gate) await this.heartbeating(this.o.gate, heartbeat);
+    const task = await this.heartbeating(this.task(batch.partition, heartbeat), heartbeat);
+    if (!isRunning() || isStale()) return; // the partition moved while it was being opened
     this.o.metrics.records.inc({ stage: this.o.stage, result: 'in' }, batch.messages.length);
     const decoded = await this.decode(batch.topic, batch.partition, batch.messages);
-    // Timers run on wall-clock time, outside the partition lock: a retry that is not due
-    // yet holds back only its own topic-partition.
+    // Timers run on wall-clock time. A batch not due yet is not waited for here (kafkajs
+    // fetches no partition of the broker while a batch is running): its partition is
+    // paused, rewound to the batch's first offset and resumed when the batch is due.
     const due = task.processor.dueAt?.(decoded.records);
+    if (due !== undefined && due - this.clock() > 50) {
+      const consumer = this.consumer;
+      if (!consumer) return;
+      consumer.seek({ topic: batch.topic, partition: batch.partition, offset: batch.firstOffset()! });
+      pause();
+      const timer = setTimeout(() => {
+        this.resumeTimers.delete(timer);
+        if (this.consumer === consumer && !this.stopping) consumer.resume([{ topic: batch.topic, partitions: [batch.partition] }]);
+      }, due - this.clock());
+      this.resumeTimers.add(timer);
+      return;
+    }
     if (due !== undefined) await this.waitUntil(due, heartbeat);
     const run = task.lock.then(() => this.processBatch(task, batch.topic, batch.partition, batch.messages.at(-1)!.offset, decoded));
     task.lock = run.catch(() => undefined);
@@ -457,6 +513,9 @@ export class StageRunner {
   async stop(): Promise<void> {
     this.stopping = true;
     this.member = 'stopped';
+    for (const t of this.resumeTimers) clearTimeout(t);
+    this.resumeTimers.clear();
+    await this.restarting;
     const c = this.consumer;
     if (c) {
       c.pause([...this.topicKeys.keys()].map((topic) => ({ topic })));

@@ -105,6 +105,22 @@ describe('end-to-end through the HTTP API', () => {
     expect(hooks.for('/flaky').map((r) => r.headers['herald-attempt'])).toEqual(['1', '2', '3']);
   });
 
+  it('keeps delivering fresh notifications while a retry waits for its Retry-After', async () => {
+    hooks.script.set('/flaky', [[503, { 'retry-after': '3' }]]);
+    const slow = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'agent.task_completed', tenant: 'acme', recipients: ['flaky'], data: { taskId: 'slow', summary: 's' } });
+    await eventually(async () => (await lifecycle(slow.body.notifications[0]!.notificationId)).body?.events?.some((e) => e.status === 'RETRY_SCHEDULED'));
+    const scheduledAt = Date.now();
+    const fresh = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'agent.task_completed', tenant: 'acme', recipients: ['ada'], data: { taskId: 'fresh', summary: 's' } });
+    const n = await terminal(fresh.body.notifications[0]!.notificationId);
+    const deliveredAt = Date.now();
+    expect(n.terminal).toEqual(['webhook:DELIVERED']);
+    const retried = await terminal(slow.body.notifications[0]!.notificationId);
+    expect(retried.terminal).toEqual(['webhook:DELIVERED']);
+    // The fresh one did not wait behind the 3 s retry.
+    const retryArrived = hooks.times[hooks.received.findLastIndex((r) => r.path === '/flaky')]!;
+    expect(deliveredAt - scheduledAt).toBeLessThan(retryArrived - scheduledAt);
+  });
+
   it('drops unknown and deactivated recipients with their reasons', async () => {
     const res = await api<{ notifications: { recipient: string; notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', tenant: 'acme', recipients: ['nobody', 'gone'], data: { commentId: 'c-9' } });
     const byRecipient = Object.fromEntries(res.body.notifications.map((n) => [n.recipient, n.notificationId]));

@@ -290,3 +290,22 @@ describe('outcome user index', () => {
     expect(keys[0]).not.toContain('ntf_ab');
   });
 });
+
+describe('deliver re-run', () => {
+  it('does not call the channel again when the same attempt is processed again before its result was written', async () => {
+    const calls: string[] = [];
+    const channel = { name: 'webhook', send: async (t: DeliveryTask) => { calls.push(t.deliveryId); return { ok: true as const, providerMessageId: null, detail: 'HTTP 204' }; } };
+    const d = new StageDriver('deliver', deliver, { channels: new Map([['webhook', channel]]) });
+    drivers.push(d);
+    const r = await new StageDriver('route', route).pipe([{ value: { request: (await requestsFor(event({ recipients: ['ada'] })))[0]!, user: user(), preferences: null }, timestamp: T0 }]);
+    const task = r.emitted[0]!.value as DeliveryTask;
+    // Same processor instance, store not yet holding the result: as in a record-by-record re-run.
+    await d.pipe([{ value: task, timestamp: T0 }]);
+    const wipe = d.stores.get('results')!.view();
+    wipe.delete(task.deliveryId);
+    await wipe.flush(null);
+    const again = await d.pipe([{ value: task, timestamp: T0 }]);
+    expect(calls).toHaveLength(1);
+    expect(again.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
+  });
+});

@@ -6,8 +6,10 @@ export interface Received { path: string; headers: IncomingHttpHeaders; body: st
 
 export class WebhookReceiver {
   readonly received: Received[] = [];
-  /** Status codes to answer, per path, before falling back to 204. */
-  readonly script = new Map<string, number[]>();
+  /** Status codes (or status and headers) to answer, per path, before falling back to 204. */
+  readonly script = new Map<string, (number | [number, Record<string, string>])[]>();
+  /** Arrival time of each request, ms. */
+  readonly times: number[] = [];
   private server: Server | null = null;
   url = '';
 
@@ -18,8 +20,10 @@ export class WebhookReceiver {
       req.on('end', () => {
         const path = req.url ?? '/';
         this.received.push({ path, headers: req.headers, body, json: JSON.parse(body || '{}') as Record<string, unknown> });
-        const status = this.script.get(path)?.shift() ?? 204;
-        res.writeHead(status).end();
+        this.times.push(Date.now());
+        const next = this.script.get(path)?.shift() ?? 204;
+        const [status, headers] = Array.isArray(next) ? next : [next, {}];
+        res.writeHead(status, headers).end();
       });
     });
     await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', r));

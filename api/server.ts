@@ -49,7 +49,7 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
   // Responses to requests with an Idempotency-Key, per instance, for 24 h: a retried POST
   // gets the first answer and publishes nothing. (Across instances a retry publishes the
   // same event again, with the same derived ids, which the pipeline absorbs.)
-  const answered = new LRUCache<string, { fingerprint: string; body: object }>({ max: 50_000, ttl: 86_400_000 });
+  const answered = new LRUCache<string, { fingerprint: string; body: Promise<{ status: number; body: object }> }>({ max: 50_000, ttl: 86_400_000 });
 
   app.post<{ Body: Record<string, unknown> }>('/v1/events', async (req, reply) => {
     const body = { ...(req.body ?? {}) };
@@ -61,35 +61,48 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
       if (previous.fingerprint !== fingerprint) {
         return reply.code(422).send({ error: 'HRL_IDEMPOTENCY_KEY_REUSED', field: 'Idempotency-Key', message: 'Idempotency-Key: this key was used with a different request body' });
       }
-      return reply.code(202).header('idempotent-replayed', 'true').send(previous.body);
+      // The same request again (possibly still in flight): the first answer, nothing published.
+      const first = await previous.body;
+      return reply.code(first.status).header('idempotent-replayed', 'true').send(first.body);
     }
     if (typeof key === 'string' && key) {
       body.idempotencyKey ??= key;
       if (body.id === undefined && typeof body.tenant === 'string') body.id = eventIdFromIdempotencyKey(body.tenant, key);
     }
     body.id ??= `evt_${randomUUID()}`;
+    const handled = publish(body);
+    // Remember the request before the first await, so a concurrent retry waits for this one.
+    if (cacheKey) answered.set(cacheKey, { fingerprint, body: handled });
+    const result = await handled.catch((err: unknown) => {
+      if (cacheKey) answered.delete(cacheKey);
+      throw err;
+    });
+    if (result.status !== 202 && cacheKey) answered.delete(cacheKey); // only accepted requests are remembered
+    return reply.code(result.status).send(result.body);
+  });
+
+  async function publish(body: Record<string, unknown>): Promise<{ status: number; body: object }> {
     let ev;
     try {
       ev = domainEventFromJson(body);
     } catch (err) {
-      return badRequest(reply, err);
+      if (err instanceof HeraldError) return { status: 400, body: { error: err.code, field: err.field ?? null, message: err.message } };
+      throw err;
     }
     const rules = h.rules.forEventType(ev.type);
     if (rules.length === 0) {
-      return reply.code(400).send({ error: 'HRL_UNKNOWN_EVENT_TYPE', field: 'type', message: `type: no rule matches event type "${ev.type}"; known types: ${[...new Set(h.rules.rules.map((r) => r.eventType))].join(', ')}` });
+      return { status: 400, body: { error: 'HRL_UNKNOWN_EVENT_TYPE', field: 'type', message: `type: no rule matches event type "${ev.type}"; known types: ${[...new Set(h.rules.rules.map((r) => r.eventType))].join(', ')}` } };
     }
     if (ev.recipients.length === 0 && !ev.audience) {
-      return reply.code(400).send({ error: 'HRL_NO_RECIPIENTS', field: 'recipients', message: 'recipients: expected at least one recipient id, or an audience' });
+      return { status: 400, body: { error: 'HRL_NO_RECIPIENTS', field: 'recipients', message: 'recipients: expected at least one recipient id, or an audience' } };
     }
     ev.occurredAt ??= Date.now();
     const value = await h.serde.encode(topic('events'), ev);
     await h.producer.send({ topic: topic('events'), acks: -1, messages: [{ key: ev.id, value }] });
     // Ids of explicit recipients are known now; an audience is resolved by ingest.
     const notifications = rules.flatMap((r) => [...new Set(ev.recipients)].map((recipient) => ({ recipient, ruleId: r.id, notificationId: notificationId(ev.tenant, ev.id, recipient, r.id) })));
-    const answer = { eventId: ev.id, notifications, ...(ev.audience ? { audience: ev.audience } : {}) };
-    if (cacheKey) answered.set(cacheKey, { fingerprint, body: answer });
-    return reply.code(202).send(answer);
-  });
+    return { status: 202, body: { eventId: ev.id, notifications, ...(ev.audience ? { audience: ev.audience } : {}) } };
+  }
 
   app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId', async (req, reply) => {
     let profile: UserProfile;

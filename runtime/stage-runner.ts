@@ -88,6 +88,7 @@ export class StageRunner {
   /** Offsets of completed batches not yet committed, per topic-partition. */
   private readonly pending = new Map<string, { topic: string; partition: number; offset: string }>();
   private lastCommit = Date.now();
+  private readonly committed = new Map<string, bigint>();
   private readonly topicKeys = new Map<string, TopicKey>();
   private readonly log: Logger;
   private readonly clock: () => number;
@@ -317,7 +318,9 @@ export class StageRunner {
     const done = p.finally(() => (settled = true));
     while (!settled) {
       await Promise.race([done.catch(() => undefined), new Promise((r) => setTimeout(r, 1000))]);
-      if (!settled) await heartbeat().catch(() => undefined);
+      if (settled) break;
+      if (this.stopping) throw new HeraldError('HRL_PROCESSING_FAILED', 'stopping while a batch waits', { retriable: true });
+      await heartbeat().catch(() => undefined);
     }
     return done;
   }
@@ -501,11 +504,16 @@ export class StageRunner {
     this.lastCommit = Date.now();
     try {
       await consumer.commitOffsets(offsets);
+      for (const o of offsets) this.committed.set(`${o.topic}\u0000${o.partition}`, BigInt(o.offset));
     } catch (err) {
       // A rebalance moved the partition: its new owner replays from the last commit.
       this.log.warn({ err: (err as Error).message, offsets: offsets.length }, 'offset commit failed; the batches will be replayed');
       if ((err as { retriable?: boolean }).retriable !== true) return;
-      for (const o of offsets) if (!this.pending.has(`${o.topic}\u0000${o.partition}`)) this.pending.set(`${o.topic}\u0000${o.partition}`, o);
+      for (const o of offsets) {
+        const k = `${o.topic}\u0000${o.partition}`;
+        // Never move a partition's commit backwards past one that succeeded meanwhile.
+        if (!this.pending.has(k) && BigInt(o.offset) > (this.committed.get(k) ?? -1n)) this.pending.set(k, o);
+      }
     }
   }
 

@@ -105,6 +105,17 @@ describe('end-to-end through the HTTP API', () => {
     expect(hooks.for('/flaky').map((r) => r.headers['herald-attempt'])).toEqual(['1', '2', '3']);
   });
 
+  it('answers concurrent requests with one Idempotency-Key by publishing once', async () => {
+    const body = { type: 'pull_request.review_requested', tenant: 'acme', recipients: ['bob'], data: { pullRequestId: 99, title: 'y' } };
+    const post = () => fetch(`${h.httpUrl}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': 'concurrent-1' }, body: JSON.stringify(body) });
+    const answers = await Promise.all([post(), post(), post()]);
+    expect(answers.map((a) => a.status)).toEqual([202, 202, 202]);
+    expect(answers.filter((a) => a.headers.get('idempotent-replayed') === 'true')).toHaveLength(2);
+    const ids = await Promise.all(answers.map(async (a) => ((await a.json()) as { notifications: { notificationId: string }[] }).notifications[0]!.notificationId));
+    expect(new Set(ids).size).toBe(1);
+    expect((await terminal(ids[0]!)).terminal).toEqual(['webhook:DELIVERED']);
+  });
+
   it('keeps delivering fresh notifications while a retry waits for its Retry-After', async () => {
     hooks.script.set('/flaky', [[503, { 'retry-after': '3' }]]);
     const slow = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'agent.task_completed', tenant: 'acme', recipients: ['flaky'], data: { taskId: 'slow', summary: 's' } });

@@ -174,12 +174,18 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
   });
 
   const lifecycleStores = () => h.runners.get('outcome')?.stores('lifecycle') ?? [];
-
-  app.get<{ Params: { id: string } }>('/v1/notifications/:id', async (req, reply) => {
+  /** A notification's lifecycle from whichever local outcome partition holds it. */
+  async function findNotification(id: string): Promise<NotificationView | undefined> {
     for (const store of lifecycleStores()) {
-      const [n] = await store.view().getMany<NotificationView>([notificationKey(req.params.id)]);
+      const [n] = await store.view().getMany<NotificationView>([notificationKey(id)]);
       if (n) return n;
     }
+    return undefined;
+  }
+
+  app.get<{ Params: { id: string } }>('/v1/notifications/:id', async (req, reply) => {
+    const n = await findNotification(req.params.id);
+    if (n) return n;
     const hint = h.runners.has('outcome') ? '' : ' (this instance does not run the outcome stage)';
     return reply.code(404).send({ error: 'not_found', message: `no lifecycle for notification "${req.params.id}" yet${hint}` });
   });
@@ -197,13 +203,10 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
     ids.sort((a, b) => b.at - a.at);
     const out: Omit<NotificationView, 'events'>[] = [];
     for (const { id } of ids.slice(0, limit)) {
-      for (const store of lifecycleStores()) {
-        const [n] = await store.view().getMany<NotificationView>([notificationKey(id)]);
-        if (n) {
-          const { events: _events, ...summary } = n;
-          out.push(summary);
-          break;
-        }
+      const n = await findNotification(id);
+      if (n) {
+        const { events: _events, ...summary } = n;
+        out.push(summary);
       }
     }
     return { userId: req.params.userId, notifications: out };

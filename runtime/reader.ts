@@ -16,12 +16,7 @@ export interface ReadBatch {
   messages: KafkaMessage[];
 }
 
-/** End offsets (high watermarks) per partition, as bigint. */
-export async function endOffsets(admin: Admin, topic: string): Promise<Map<number, bigint>> {
-  const offs = await admin.fetchTopicOffsets(topic);
-  return new Map(offs.map((o) => [o.partition, BigInt(o.high)]));
-}
-
+/** Earliest offsets per partition, as bigint. */
 export async function startOffsets(admin: Admin, topic: string): Promise<Map<number, bigint>> {
   const offs = await admin.fetchTopicOffsets(topic);
   return new Map(offs.map((o) => [o.partition, BigInt(o.low)]));
@@ -64,8 +59,9 @@ export class TopicReader {
   /** Starts reading. With `until`, resolves `caughtUp` and stops by itself at the end. */
   async start(): Promise<void> {
     const { topic, from } = this.opts;
-    const ends = this.opts.until ?? (await endOffsets(this.admin, topic));
-    const starts = await startOffsets(this.admin, topic);
+    const offsets = await this.admin.fetchTopicOffsets(topic);
+    const ends = this.opts.until ?? new Map(offsets.map((o) => [o.partition, BigInt(o.high)]));
+    const starts = new Map(offsets.map((o) => [o.partition, BigInt(o.low)]));
     const wanted = from ? [...from.keys()] : [...ends.keys()];
     for (const p of wanted) {
       const begin = from?.get(p) ?? starts.get(p) ?? 0n;

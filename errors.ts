@@ -18,6 +18,7 @@ export const ERROR_CODES = {
   HRL_IDEMPOTENCY_KEY_REUSED: 'An Idempotency-Key was sent again with a different request body.',
   HRL_EMBEDDED_BROKER: 'The embedded broker could not be built or started.',
   HRL_PROCESSING_FAILED: 'A stage failed to process a record for a reason not classified above.',
+  HRL_SHUTTING_DOWN: 'Work was cut short because the process is stopping; it is not committed and runs again after the restart.',
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

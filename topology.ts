@@ -61,15 +61,25 @@ export interface StageSpec {
 export const STAGE_NAMES = ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome'] as const;
 export type StageName = (typeof STAGE_NAMES)[number];
 
-export const STAGES: Record<StageName, StageSpec> = {
+export const STAGES = {
   ingest: { name: 'ingest', inputs: ['events'], outputs: ['requests', 'outcomes', 'dlq'], stores: [], tables: ['audiences'], doc: 'validate, match rules, fan out to recipients, derive ids' },
   enrich: { name: 'enrich', inputs: ['requests'], outputs: ['enriched', 'outcomes', 'dlq'], stores: [], tables: ['users', 'preferences'], doc: 'join profile and preferences; drop unknown or inactive recipients' },
   dedupe: { name: 'dedupe', inputs: ['enriched'], outputs: ['deduped', 'outcomes', 'dlq'], stores: [{ name: 'seen', changelog: true, doc: 'dedupe key -> first notification and when it was seen' }], tables: [], doc: 'suppress repeats of a dedupe key inside the rule window' },
   throttle: { name: 'throttle', inputs: ['deduped'], outputs: ['admitted', 'outcomes', 'dlq'], stores: [], tables: [], doc: 'rate limits and quiet hours (admits all for now)' },
   route: { name: 'route', inputs: ['admitted'], outputs: ['deliveries', 'outcomes', 'dlq'], stores: [], tables: [], doc: 'pick channels, render templates, drop expired' },
-  deliver: { name: 'deliver', inputs: ['deliveries', 'deliverRetry'], outputs: ['deliverRetry', 'outcomes', 'dlq'], stores: [{ name: 'results', changelog: true, doc: 'deliveryId -> recorded result, to skip redelivered tasks' }], tables: [], doc: 'call the channel with an idempotency key; retry; dead-letter' },
+  deliver: { name: 'deliver', inputs: ['deliveries', 'deliverRetry'], outputs: ['deliverRetry', 'outcomes', 'dlq'], stores: [{ name: 'results', changelog: true, doc: 'deliveryId -> recorded result and last attempt, to skip redelivered tasks' }, { name: 'retries', changelog: true, doc: 'retry tasks held until their due time (wall clock), released by a timer' }], tables: [], doc: 'call the channel with an idempotency key; retry on a timer; dead-letter' },
   outcome: { name: 'outcome', inputs: ['outcomes'], outputs: ['dlq'], stores: [{ name: 'lifecycle', changelog: 'source', doc: 'notification -> ordered lifecycle events; user -> notifications (rebuildable from outcomes.v1)' }], tables: [], doc: 'lifecycle projection' },
-};
+} as const satisfies Record<StageName, StageSpec>;
+
+/** The topics a stage consumes, its outputs and its store names, as types (they type the stage contract). */
+export type StageInput<S extends StageName> = (typeof STAGES)[S]['inputs'][number];
+export type StageOutput<S extends StageName> = (typeof STAGES)[S]['outputs'][number];
+export type StoreName<S extends StageName> = (typeof STAGES)[S]['stores'][number] extends { name: infer N } ? N & string : never;
+
+/** The spec of a stage, widened (for code that handles any stage). */
+export function stageSpec(stage: StageName): StageSpec {
+  return STAGES[stage];
+}
 
 /** Full topic name with prefix. */
 export function topicName(prefix: string, key: TopicKey): string {

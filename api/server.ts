@@ -11,9 +11,9 @@ import { HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
 import { type AudienceMember, audienceKey } from '../processors/ingest.ts';
 import { type NotificationView, notificationKey, userIndexPrefix } from '../processors/outcome.ts';
-import type { UserProfile } from '../processors/types.ts';
+import type { UserProfile } from '../schemas/types.ts';
 import { domainEventFromJson } from '../runtime/codec.ts';
-import type { Herald } from '../runtime/app.ts';
+import type { Herald } from '../app/herald.ts';
 import { validate } from '../schemas/index.ts';
 import { topicName } from '../topology.ts';
 
@@ -173,7 +173,7 @@ export async function buildApi(h: Herald): Promise<FastifyInstance> {
     return { tenant: req.params.tenant, audience: req.params.audience, members };
   });
 
-  const lifecycleStores = () => h.runners.get('outcome')?.stores('lifecycle') ?? [];
+  const lifecycleStores = () => [...(h.runners.get('outcome')?.stores('lifecycle').values() ?? [])];
   /** A notification's lifecycle from whichever local outcome partition holds it. */
   async function findNotification(id: string): Promise<NotificationView | undefined> {
     for (const store of lifecycleStores()) {

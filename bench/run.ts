@@ -25,7 +25,7 @@ import { loadConfig } from '../config.ts';
 import { EmbeddedBroker } from '../embedded/broker.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { notificationId } from '../processors/ids.ts';
-import { startHerald } from '../runtime/app.ts';
+import { startHerald } from '../app/herald.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { restoreFromChangelog } from '../runtime/restore.ts';

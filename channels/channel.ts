@@ -3,7 +3,7 @@
  * `send` must pass the task's deliveryId as the provider's idempotency key, so that a
  * redelivered task does not reach the user twice.
  */
-import type { DeliveryTask } from '../processors/types.ts';
+import type { DeliveryTask } from '../schemas/types.ts';
 
 export type SendResult =
   | { ok: true; providerMessageId: string | null; detail: string }

@@ -7,7 +7,7 @@
  * Receivers verify with `verifyWebhookSignature(secret, header, rawBody)`.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import type { DeliveryTask } from '../processors/types.ts';
+import type { DeliveryTask } from '../schemas/types.ts';
 import type { ChannelProvider, SendResult } from './channel.ts';
 
 export function signWebhook(secret: string, timestamp: number, body: string): string {

@@ -6,7 +6,7 @@
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import { applyLifecycle, notificationKey, type NotificationView } from '../processors/outcome.ts';
-import type { LifecycleEvent } from '../processors/types.ts';
+import type { LifecycleEvent } from '../schemas/types.ts';
 import { createKafka } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { TopicReader } from '../runtime/reader.ts';

@@ -7,7 +7,7 @@
 import { Command, Option } from 'commander';
 import { loadConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
-import { startHerald } from '../runtime/app.ts';
+import { startHerald } from '../app/herald.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { STAGE_NAMES, type StageName, describe } from '../topology.ts';
 import { runDemo } from './demo.ts';

@@ -7,9 +7,11 @@
  * by a range scan over the store's time index.
  */
 import type { Rule, RuleSet } from '../rules/rules.ts';
-import type { InRecord, StageFactory } from './contract.ts';
+import type { StageFactory } from '../runtime/contract.ts';
+import type { ReasonCode } from '../schemas/lifecycle.ts';
+import type { NotificationRequest } from '../schemas/types.ts';
+import { about } from './about.ts';
 import { hashKey } from './ids.ts';
-import { about, type EnrichedNotification, type NotificationRequest } from './types.ts';
 
 export interface SeenEntry {
   notificationId: string;
@@ -38,10 +40,10 @@ function windowOf(rules: RuleSet, ruleId: string): number {
   return rules.byId(ruleId)?.dedupe.windowMs ?? 86_400_000;
 }
 
-export const dedupe: StageFactory = ({ rules, config }) => ({
+export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
   async process(batch, ctx) {
     const seen = ctx.store('seen');
-    const recs = batch as InRecord<EnrichedNotification>[];
+    const recs = batch;
     const keys = recs.map((r) => dedupeKey(r.value.request, rules.byId(r.value.request.ruleId)));
     const found = await seen.getMany<SeenEntry>(keys);
     const local = new Map<string, SeenEntry>();
@@ -56,7 +58,7 @@ export const dedupe: StageFactory = ({ rules, config }) => ({
       const inWindow = prior !== undefined && Math.abs(now - prior.firstSeenAt) < prior.expiresAt - prior.firstSeenAt;
       if (prior && !replay && inWindow) {
         ctx.outcome(rec, {
-          ...about(req), status: 'SUPPRESSED_DUPLICATE', terminal: true, reasonCode: req.idempotencyKey ? 'duplicate_idempotency_key' : 'duplicate_key',
+          ...about(req), status: 'SUPPRESSED_DUPLICATE', reasonCode: req.idempotencyKey ? 'duplicate_idempotency_key' : 'duplicate_key',
           reason: `duplicate of ${prior.notificationId}, first seen ${new Date(prior.firstSeenAt).toISOString()} (window until ${new Date(prior.expiresAt).toISOString()})`,
         });
         return;
@@ -66,11 +68,11 @@ export const dedupe: StageFactory = ({ rules, config }) => ({
         local.set(key, entry);
         seen.putUntil(key, entry, entry.expiresAt);
       }
-      const [reasonCode, reason] = replay
+      const [reasonCode, reason] = (replay
         ? ['replayed', 'same notification seen again (redelivery or replay); passed through']
         : prior
           ? ['window_expired', `key last seen ${new Date(prior.firstSeenAt).toISOString()}, outside the window`]
-          : ['first_seen', 'dedupe key not seen inside the window'];
+          : ['first_seen', 'dedupe key not seen inside the window']) satisfies [ReasonCode, string];
       ctx.emit(rec, 'deduped', req.recipient, rec.value);
       ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode, reason });
     });

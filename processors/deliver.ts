@@ -1,14 +1,19 @@
 /**
  * deliver: calls the channel for each task, with the delivery id as idempotency key.
- * A task whose result is already recorded (DELIVERED or DEAD_LETTERED) is skipped, so a
- * redelivered batch never reaches the user twice through Herald. Retriable failures go
- * to deliver.retry.v1 with a due time (exponential backoff, wall clock); the rest, and
- * tasks out of attempts, are DEAD_LETTERED. ATTEMPTED is on outcomes.v1 before the
- * channel is called; the result follows with the batch.
+ * A task whose result is already recorded (DELIVERED, DEAD_LETTERED or EXPIRED) is
+ * skipped, and so is an attempt already made, so a redelivered batch never reaches the
+ * user twice through Herald. ATTEMPTED is on outcomes.v1 before the channel is called;
+ * the result follows with the batch.
+ *
+ * Retriable failures go to deliver.retry.v1 with a due time (exponential backoff or the
+ * provider's Retry-After, wall clock). A retry record that is not due yet is held in the
+ * changelogged `retries` store, indexed by due time, and a wall-clock timer releases it
+ * when due: no partition ever waits for a retry, fresh deliveries go on, and a held retry
+ * survives a crash (restored with the store, fired once after the restart).
  */
-import type { SendResult } from '../channels/channel.ts';
-import type { InRecord, StageFactory } from './contract.ts';
-import type { DeliveryTask } from './types.ts';
+import type { ChannelProvider, SendResult } from '../channels/channel.ts';
+import type { RecordRef, StageContext, StageFactory } from '../runtime/contract.ts';
+import type { DeliveryTask } from '../schemas/types.ts';
 
 export interface DeliveryResult {
   status: 'DELIVERED' | 'DEAD_LETTERED' | 'EXPIRED';
@@ -16,7 +21,19 @@ export interface DeliveryResult {
   at: number;
 }
 
+/** A retry held until its due time, with the record that scheduled it (provenance). */
+export interface HeldRetry {
+  task: DeliveryTask;
+  cause: RecordRef;
+}
+
 const CONCURRENCY = 16;
+/** Held retries released per timer run; the rest wait for the next run. */
+const RELEASE_LIMIT = 500;
+
+const resultKey = (deliveryId: string) => deliveryId;
+const attemptKey = (deliveryId: string) => `a:${deliveryId}`;
+const retryKey = (task: DeliveryTask) => `${task.deliveryId}#${task.attempt}`;
 
 /** The lifecycle fields every decision about a delivery task carries. */
 const baseOf = (task: DeliveryTask) => ({
@@ -24,96 +41,120 @@ const baseOf = (task: DeliveryTask) => ({
   eventType: task.eventType, ruleId: task.ruleId, channel: task.channel, attempt: task.attempt, traceId: task.traceId,
 });
 
-export const deliver: StageFactory = ({ channels, config, metrics }) => {
+interface Item { cause: RecordRef; task: DeliveryTask }
+
+/** deliver, given the channels: the only stage that may call the outside world. */
+export const deliver = (channels: ReadonlyMap<string, ChannelProvider>): StageFactory<'deliver'> => ({ config, metrics }) => {
   // Results of calls this instance made whose batch may not be written yet: when a batch
   // is re-run record by record (one bad record), a task already sent is not sent again.
   const sent = new Map<string, SendResult>();
+
+  async function callChannel(task: DeliveryTask): Promise<SendResult> {
+    const provider = channels.get(task.channel);
+    const started = performance.now();
+    if (!provider) return { ok: false as const, retriable: false, code: 'channel_unavailable', detail: `no provider for channel ${task.channel}` };
+    const r = await provider.send(task, AbortSignal.timeout(config.deliveryTimeoutMs)).catch((err: Error) => ({ ok: false as const, retriable: true, code: 'provider_error', detail: err.message }));
+    metrics.deliveryLatency.observe({ channel: task.channel }, (performance.now() - started) / 1000);
+    metrics.deliveries.inc({ channel: task.channel, result: r.ok ? 'delivered' : r.retriable ? 'retriable' : 'permanent' });
+    return r;
+  }
+
+  async function call(task: DeliveryTask): Promise<SendResult> {
+    const key = `${task.deliveryId}#${task.attempt}`;
+    const earlier = sent.get(key);
+    if (earlier) return earlier;
+    const r = await callChannel(task);
+    sent.set(key, r);
+    if (sent.size > 10_000) sent.delete(sent.keys().next().value!);
+    return r;
+  }
+
+  /** Sends the items that are not settled yet; records every decision. */
+  async function attempt(items: Item[], ctx: StageContext<'deliver'>): Promise<void> {
+    const results = ctx.store('results');
+    const ids = items.map((i) => i.task.deliveryId);
+    const recorded = await results.getMany<DeliveryResult | { attempt: number }>([...ids.map(resultKey), ...ids.map(attemptKey)]);
+    const todo: Item[] = [];
+    const seen = new Set<string>();
+    items.forEach((item, i) => {
+      const { task, cause } = item;
+      const prior = recorded[i] as DeliveryResult | undefined;
+      const lastAttempt = (recorded[items.length + i] as { attempt: number } | undefined)?.attempt ?? 0;
+      if (prior) {
+        // Already settled: no second call. The terminal decision is written again so it
+        // is never missing on outcomes.v1 (the projection ignores a decision it has).
+        ctx.log.debug({ deliveryId: task.deliveryId, notificationId: task.notificationId }, 'result already recorded; skipped');
+        ctx.outcome(cause, {
+          ...baseOf(task), attempt: prior.attempt, status: prior.status, reasonCode: 'already_recorded',
+          reason: `${prior.status} was recorded at ${new Date(prior.at).toISOString()} (attempt ${prior.attempt}); not sent again`, timestamp: prior.at,
+        });
+      } else if (task.attempt <= lastAttempt) {
+        // This attempt was made and its outcome recorded (a retry record read again after a crash).
+        ctx.log.debug({ deliveryId: task.deliveryId, attempt: task.attempt }, 'attempt already made; skipped');
+      } else if (!seen.has(task.deliveryId)) todo.push(item);
+      seen.add(task.deliveryId);
+    });
+    // Expired tasks are not sent; the others are recorded as ATTEMPTED before the call.
+    const now0 = ctx.wallClock();
+    const expired = todo.filter(({ task }) => task.expiresAt !== null && now0 >= task.expiresAt);
+    const send = todo.filter(({ task }) => task.expiresAt === null || now0 < task.expiresAt);
+    await ctx.recordNow(send.map(({ cause, task }) => [cause, { ...baseOf(task), status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}`, timestamp: now0 }]));
+    const outcomes = new Map<Item, SendResult>();
+    for (let i = 0; i < send.length; i += CONCURRENCY) {
+      await Promise.all(send.slice(i, i + CONCURRENCY).map(async (item) => outcomes.set(item, await call(item.task))));
+    }
+    for (const { cause, task } of expired) {
+      const now = ctx.wallClock();
+      results.put(resultKey(task.deliveryId), { status: 'EXPIRED', attempt: task.attempt, at: now } satisfies DeliveryResult);
+      ctx.outcome(cause, { ...baseOf(task), status: 'EXPIRED', reasonCode: 'expired_before_delivery', reason: `expired at ${new Date(task.expiresAt!).toISOString()} before attempt ${task.attempt}`, timestamp: now });
+    }
+    for (const item of send) {
+      const { cause, task } = item;
+      const base = baseOf(task);
+      const now = ctx.wallClock();
+      const r = outcomes.get(item)!;
+      results.put(attemptKey(task.deliveryId), { attempt: task.attempt });
+      if (r.ok) {
+        results.put(resultKey(task.deliveryId), { status: 'DELIVERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
+        ctx.outcome(cause, { ...base, status: 'DELIVERED', reasonCode: 'accepted_by_provider', reason: `${task.channel} accepted: ${r.detail}`, providerMessageId: r.providerMessageId, timestamp: now });
+      } else if (r.retriable && task.attempt < config.maxDeliveryAttempts) {
+        const delay = Math.min(config.maxRetryDelayMs, Math.max(r.retryAfterMs ?? 0, config.retryBaseMs * 2 ** (task.attempt - 1)));
+        const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
+        ctx.emit(cause, 'deliverRetry', task.recipient, next);
+        ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); attempt ${next.attempt} of ${config.maxDeliveryAttempts} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });
+      } else {
+        results.put(resultKey(task.deliveryId), { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
+        const why = r.retriable ? `gave up after ${task.attempt} attempts; last: ${r.detail} (${r.code})` : `permanent failure: ${r.detail} (${r.code})`;
+        ctx.outcome(cause, { ...base, status: 'FAILED', reasonCode: r.retriable ? 'transient_failure' : 'permanent_failure', reason: `${r.detail} (${r.code})`, timestamp: now });
+        ctx.outcome(cause, { ...base, status: 'DEAD_LETTERED', reasonCode: r.retriable ? 'attempts_exhausted' : 'permanent_failure', reason: why, timestamp: now });
+      }
+    }
+  }
+
   return {
-    // Retries wait for their due time (the runtime waits, outside the partition lock).
-    dueAt(batch) {
-      const due = Math.max(0, ...(batch as InRecord<DeliveryTask>[]).map((r) => r.value.notBefore ?? 0));
-      return due > 0 ? due : undefined;
-    },
+    punctuation: { type: 'wall-clock', intervalMs: config.timerIntervalMs },
 
     async process(batch, ctx) {
-      const results = ctx.store('results');
-      const recs = batch as InRecord<DeliveryTask>[];
-      const recorded = await results.getMany<DeliveryResult>(recs.map((r) => r.value.deliveryId));
-
-      const todo: number[] = [];
-      const seen = new Set<string>();
-      recs.forEach((r, i) => {
-        const task = r.value;
-        const prior = recorded[i];
-        if (prior) {
-          // Already settled: no second call. The terminal decision is written again so it
-          // is never missing on outcomes.v1 (the projection ignores a decision it has).
-          ctx.log.debug({ deliveryId: task.deliveryId, notificationId: task.notificationId }, 'result already recorded; skipped');
-          ctx.outcome(r, {
-            ...baseOf(task), attempt: prior.attempt, status: prior.status, terminal: true,
-            reasonCode: 'already_recorded', reason: `${prior.status} was recorded at ${new Date(prior.at).toISOString()} (attempt ${prior.attempt}); not sent again`, timestamp: prior.at,
-          });
-        } else if (!seen.has(task.deliveryId)) todo.push(i);
-        seen.add(task.deliveryId);
-      });
-      const outcomes = new Array<Awaited<ReturnType<typeof call>>>(recs.length);
-      async function call(task: DeliveryTask): Promise<SendResult> {
-        const key = `${task.deliveryId}#${task.attempt}`;
-        const earlier = sent.get(key);
-        if (earlier) return earlier;
-        const r = await callChannel(task);
-        sent.set(key, r);
-        if (sent.size > 10_000) sent.delete(sent.keys().next().value!);
-        return r;
-      }
-      async function callChannel(task: DeliveryTask): Promise<SendResult> {
-        const provider = channels.get(task.channel);
-        const started = performance.now();
-        if (!provider) return { ok: false as const, retriable: false, code: 'channel_unavailable', detail: `no provider for channel ${task.channel}` };
-        const r = await provider.send(task, AbortSignal.timeout(config.deliveryTimeoutMs)).catch((err: Error) => ({ ok: false as const, retriable: true, code: 'provider_error', detail: err.message }));
-        metrics.deliveryLatency.observe({ channel: task.channel }, (performance.now() - started) / 1000);
-        metrics.deliveries.inc({ channel: task.channel, result: r.ok ? 'delivered' : r.retriable ? 'retriable' : 'permanent' });
-        return r;
-      }
-      // Expired tasks are not sent; the others are recorded as ATTEMPTED before the call.
-      const expired = new Set(todo.filter((idx) => { const t = recs[idx]!.value; return t.expiresAt !== null && ctx.wallClock() >= t.expiresAt; }));
-      const send = todo.filter((idx) => !expired.has(idx));
-      const attemptedAt = ctx.wallClock();
-      await ctx.recordNow(send.map((idx) => {
-        const task = recs[idx]!.value;
-        return [recs[idx]!, { ...baseOf(task), status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}`, timestamp: attemptedAt }];
-      }));
-      for (let i = 0; i < send.length; i += CONCURRENCY) {
-        await Promise.all(send.slice(i, i + CONCURRENCY).map(async (idx) => {
-          outcomes[idx] = await call(recs[idx]!.value);
-        }));
-      }
-      for (const idx of todo) {
-        const rec = recs[idx]!;
+      const now = ctx.wallClock();
+      const retries = ctx.store('retries');
+      const ready: Item[] = [];
+      for (const rec of batch) {
         const task = rec.value;
-        const base = baseOf(task);
-        const now = ctx.wallClock();
-        const r = outcomes[idx];
-        if (!r) {
-          results.put(task.deliveryId, { status: 'EXPIRED', attempt: task.attempt, at: now } satisfies DeliveryResult);
-          ctx.outcome(rec, { ...base, status: 'EXPIRED', terminal: true, reasonCode: 'expired_before_delivery', reason: `expired at ${new Date(task.expiresAt!).toISOString()} before attempt ${task.attempt}`, timestamp: now });
-          continue;
-        }
-        if (r.ok) {
-          results.put(task.deliveryId, { status: 'DELIVERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
-          ctx.outcome(rec, { ...base, status: 'DELIVERED', terminal: true, reasonCode: 'accepted_by_provider', reason: `${task.channel} accepted: ${r.detail}`, providerMessageId: r.providerMessageId, timestamp: now });
-        } else if (r.retriable && task.attempt < config.maxDeliveryAttempts) {
-          const delay = Math.min(config.maxRetryDelayMs, Math.max(r.retryAfterMs ?? 0, config.retryBaseMs * 2 ** (task.attempt - 1)));
-          const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
-          ctx.emit(rec, 'deliverRetry', task.recipient, next);
-          ctx.outcome(rec, { ...base, status: 'RETRY_SCHEDULED', reasonCode: r.code, reason: `${r.detail}; attempt ${next.attempt} of ${config.maxDeliveryAttempts} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });
-        } else {
-          results.put(task.deliveryId, { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
-          const why = r.retriable ? `gave up after ${task.attempt} attempts; last: ${r.detail}` : `permanent failure: ${r.detail}`;
-          ctx.outcome(rec, { ...base, status: 'FAILED', reasonCode: r.code, reason: r.detail, timestamp: now });
-          ctx.outcome(rec, { ...base, status: 'DEAD_LETTERED', terminal: true, reasonCode: r.retriable ? 'attempts_exhausted' : 'permanent_failure', reason: why, timestamp: now });
-        }
+        // A retry not due yet is held; the timer releases it. The record is its cause.
+        if (rec.topicKey === 'deliverRetry' && task.notBefore !== null && task.notBefore > now) {
+          const cause: RecordRef = { topic: rec.topic, partition: rec.partition, offset: rec.offset, timestamp: rec.timestamp };
+          retries.hold(retryKey(task), task.notBefore, { task, cause } satisfies HeldRetry);
+        } else ready.push({ cause: rec, task });
       }
+      if (ready.length) await attempt(ready, ctx);
+    },
+
+    async punctuate(ctx, { wallClock }) {
+      const retries = ctx.store('retries');
+      const due = await retries.due<HeldRetry>(wallClock, RELEASE_LIMIT);
+      if (due.length === 0) return;
+      for (const d of due) retries.delete(d.key);
+      await attempt(due.map((d) => ({ cause: d.value.cause, task: d.value.task })), ctx);
     },
   };
 };

@@ -2,19 +2,20 @@
  * enrich: joins each request with the recipient's profile and preferences from the
  * global tables. Unknown recipients and inactive ones are DROPPED.
  */
-import type { InRecord, StageFactory } from './contract.ts';
-import { about, type EnrichedNotification, type NotificationRequest, type UserPreferences, type UserProfile } from './types.ts';
+import type { StageFactory } from '../runtime/contract.ts';
+import type { EnrichedNotification, UserPreferences, UserProfile } from '../schemas/types.ts';
+import { about } from './about.ts';
 
-export const enrich: StageFactory = ({ tables }) => ({
+export const enrich: StageFactory<'enrich'> = ({ tables }) => ({
   async process(batch, ctx) {
-    const recs = batch as InRecord<NotificationRequest>[];
+    const recs = batch;
     const ids = recs.map((r) => r.value.recipient);
     const [users, prefs] = await Promise.all([tables.getMany<UserProfile>('users', ids), tables.getMany<UserPreferences>('preferences', ids)]);
     for (const [i, rec] of recs.entries()) {
       const req = rec.value;
       const user = users[i];
-      const drop = (reasonCode: string, reason: string) =>
-        ctx.outcome(rec, { ...about(req), status: 'DROPPED', terminal: true, reasonCode, reason });
+      const drop = (reasonCode: 'unknown_recipient' | 'recipient_inactive' | 'tenant_mismatch', reason: string) =>
+        ctx.outcome(rec, { ...about(req), status: 'DROPPED', reasonCode, reason });
       if (!user) {
         drop('unknown_recipient', `no profile for user "${req.recipient}" in the users table`);
         continue;

@@ -7,35 +7,35 @@
  * are REJECTED where an id can be derived, and dead-lettered.
  */
 import { HeraldError } from '../errors.ts';
-import type { DomainEvent } from '../runtime/codec.ts';
-import type { InRecord, StageContext, StageFactory } from './contract.ts';
+import type { RecordRef, StageContext, StageFactory } from '../runtime/contract.ts';
+import type { ReasonCode } from '../schemas/lifecycle.ts';
+import type { AudienceMember, NotificationRequest } from '../schemas/types.ts';
 import { notificationId, traceIdFor } from './ids.ts';
-import type { NotificationRequest } from './types.ts';
 
-export interface AudienceMember { tenant: string; audience: string; userId: string; addedAt: number | null }
+export type { AudienceMember };
 
 /** `<tenant>/<audience>/<userId>`, each part URI-encoded so no name can be a prefix of another. */
 export const audienceKey = (tenant: string, audience: string, userId = '') =>
   `${encodeURIComponent(tenant)}/${encodeURIComponent(audience)}/${userId && encodeURIComponent(userId)}`;
 
-const REASONS: Record<string, string> = {
+const REASONS: Record<string, ReasonCode> = {
   HRL_SCHEMA_VIOLATION: 'schema_violation',
   HRL_PAYLOAD_TOO_LARGE: 'payload_too_large',
   HRL_DECODE_FAILED: 'undecodable',
 };
 
 /** REJECTED decisions for an event that never reached the rules: one per recipient we can read. */
-function rejectOutcomes(ctx: StageContext, rec: InRecord, ev: { id: string; tenant: string; type: string; recipients: string[]; traceId?: string | null }, reasonCode: string, reason: string) {
+function rejectOutcomes(ctx: StageContext<'ingest'>, rec: RecordRef, ev: { id: string; tenant: string; type: string; recipients: string[]; traceId?: string | null }, reasonCode: ReasonCode, reason: string) {
   const traceId = ev.traceId ?? traceIdFor(ev.tenant, ev.id);
   for (const recipient of ev.recipients.length ? ev.recipients : ['']) {
     ctx.outcome(rec, {
       notificationId: notificationId(ev.tenant, ev.id, recipient, ''), tenant: ev.tenant, recipient, eventId: ev.id, eventType: ev.type,
-      status: 'REJECTED', terminal: true, reasonCode, reason, traceId,
+      status: 'REJECTED', reasonCode, reason, traceId,
     });
   }
 }
 
-export const ingest: StageFactory = ({ rules, tables }) => ({
+export const ingest: StageFactory<'ingest'> = ({ rules, tables }) => ({
   rejected(rec, error, ctx) {
     // Derive what we can from the raw JSON; Avro that failed to decode has no readable id.
     let raw: Record<string, unknown>;
@@ -50,10 +50,10 @@ export const ingest: StageFactory = ({ rules, tables }) => ({
   },
 
   async process(batch, ctx) {
-    for (const rec of batch as InRecord<DomainEvent>[]) {
+    for (const rec of batch) {
       const ev = rec.value;
       const traceId = ev.traceId ?? traceIdFor(ev.tenant, ev.id);
-      const reject = (recipients: string[], code: 'HRL_UNKNOWN_EVENT_TYPE' | 'HRL_NO_RECIPIENTS', reasonCode: string, reason: string, field: string) => {
+      const reject = (recipients: string[], code: 'HRL_UNKNOWN_EVENT_TYPE' | 'HRL_NO_RECIPIENTS', reasonCode: ReasonCode, reason: string, field: string) => {
         rejectOutcomes(ctx, rec, { ...ev, recipients }, reasonCode, reason);
         ctx.deadLetter(rec, new HeraldError(code, reason, { field }));
       };

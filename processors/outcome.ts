@@ -4,9 +4,9 @@
  * replaying outcomes.v1, so its store needs no changelog. Applying the same event twice
  * (at-least-once redelivery) changes nothing.
  */
-import type { BatchView } from '../state/store.ts';
-import type { InRecord, StageFactory } from './contract.ts';
-import type { LifecycleEvent } from './types.ts';
+import type { StageFactory } from '../runtime/contract.ts';
+import type { LifecycleEvent } from '../schemas/types.ts';
+import type { StoreView } from '../state/store.ts';
 
 export interface NotificationView {
   notificationId: string;
@@ -38,7 +38,7 @@ function identity(e: LifecycleEvent): string {
 }
 
 /** Applies lifecycle events to the projection held in `view` (pure apart from the store). */
-export async function applyLifecycle(view: BatchView, events: LifecycleEvent[]): Promise<LifecycleEvent[]> {
+export async function applyLifecycle(view: StoreView, events: LifecycleEvent[]): Promise<LifecycleEvent[]> {
   const ids = [...new Set(events.map((e) => e.notificationId))];
   const current = await view.getMany<NotificationView>(ids.map(notificationKey));
   const byId = new Map<string, NotificationView | undefined>(ids.map((id, i) => [id, current[i]]));
@@ -64,8 +64,8 @@ export async function applyLifecycle(view: BatchView, events: LifecycleEvent[]):
   return applied;
 }
 
-export const outcome: StageFactory = () => ({
+export const outcome: StageFactory<'outcome'> = () => ({
   async process(batch, ctx) {
-    await applyLifecycle(ctx.store('lifecycle'), (batch as InRecord<LifecycleEvent>[]).map((r) => r.value));
+    await applyLifecycle(ctx.store('lifecycle'), batch.map((r) => r.value));
   },
 });

@@ -5,9 +5,11 @@
  */
 import Mustache from 'mustache';
 import type { Channel, Rule, Template } from '../rules/rules.ts';
-import type { InRecord, StageFactory } from './contract.ts';
+import type { StageFactory } from '../runtime/contract.ts';
+import type { ReasonCode } from '../schemas/lifecycle.ts';
+import type { DeliveryTask, UserProfile } from '../schemas/types.ts';
+import { about } from './about.ts';
 import { deliveryId } from './ids.ts';
-import { about, type DeliveryTask, type EnrichedNotification, type UserProfile } from './types.ts';
 
 /** Where a channel reaches the user, or null when the profile has no address for it. */
 export function addressFor(channel: Channel, user: UserProfile): string | null {
@@ -31,13 +33,13 @@ export function templateFor(rule: Rule, channel: Channel, locale: string): { tem
 
 const render = (text: string, view: object) => Mustache.render(text, view, {}, { escape: (s: string) => s });
 
-export const route: StageFactory = ({ rules, availableChannels }) => ({
+export const route: StageFactory<'route'> = ({ rules, availableChannels }) => ({
   async process(batch, ctx) {
-    for (const rec of batch as InRecord<EnrichedNotification>[]) {
+    for (const rec of batch) {
       const { request: req, user, preferences } = rec.value;
-      const drop = (reasonCode: string, reason: string) => ctx.outcome(rec, { ...about(req), status: 'DROPPED', terminal: true, reasonCode, reason });
+      const drop = (reasonCode: ReasonCode, reason: string) => ctx.outcome(rec, { ...about(req), status: 'DROPPED', reasonCode, reason });
       if (req.expiresAt !== null && rec.timestamp >= req.expiresAt) {
-        ctx.outcome(rec, { ...about(req), status: 'EXPIRED', terminal: true, reasonCode: 'expired_before_routing', reason: `expired at ${new Date(req.expiresAt).toISOString()}` });
+        ctx.outcome(rec, { ...about(req), status: 'EXPIRED', reasonCode: 'expired_before_routing', reason: `expired at ${new Date(req.expiresAt).toISOString()}` });
         continue;
       }
       const rule = rules.byId(req.ruleId);

@@ -5,21 +5,11 @@
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import { type Serde, validate } from '../schemas/index.ts';
+import type { DomainEvent } from '../schemas/types.ts';
 import { TOPICS, type TopicKey } from '../topology.ts';
 
-export interface DomainEvent {
-  id: string;
-  type: string;
-  tenant: string;
-  recipients: string[];
-  audience: string | null;
-  data: string;
-  idempotencyKey: string | null;
-  occurredAt: number | null;
-  expiresAt: number | null;
-  actor: string | null;
-  traceId: string | null;
-}
+export type { DomainEvent };
+
 
 const ISO_WITH_OFFSET = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/;
 
@@ -64,7 +54,8 @@ export class Codec {
   }
 
   async decode(topicKey: TopicKey, buf: Buffer | null): Promise<unknown> {
-    if (buf === null) return null; // tombstone
+    // Stage inputs are streams of records, never tables: a tombstone is bad input.
+    if (buf === null) throw new HeraldError('HRL_DECODE_FAILED', `value: expected a ${TOPICS[topicKey].schema ?? 'record'}, got a tombstone (null value)`, { field: 'value' });
     if (topicKey === 'events') {
       if (buf.length > this.config.maxPayloadBytes) {
         throw new HeraldError('HRL_PAYLOAD_TOO_LARGE', `record is ${buf.length} bytes; the limit is ${this.config.maxPayloadBytes} (HERALD_MAX_PAYLOAD_BYTES)`);

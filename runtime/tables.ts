@@ -7,7 +7,7 @@
  */
 import type { Admin, Kafka } from 'kafkajs';
 import type { HeraldConfig } from '../config.ts';
-import type { TableLookup, TableName } from '../processors/contract.ts';
+import type { TableLookup, TableName } from './contract.ts';
 import type { Serde } from '../schemas/index.ts';
 import { KeyValueStore } from '../state/store.ts';
 import { topicName } from '../topology.ts';

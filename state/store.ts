@@ -100,10 +100,7 @@ export class KeyValueStore {
 
   /** Range scan over committed data (keys in [gte, lt)). */
   async *range(gte: string, lt: string, limit?: number): AsyncGenerator<[string, unknown]> {
-    for await (const [k, v] of this.db.iterator({ gte, lt, ...(limit ? { limit } : {}) })) {
-      const parsed: unknown = JSON.parse(v);
-      yield [k, isExpiring(parsed) ? parsed.v : parsed];
-    }
+    for await (const [k, v] of this.db.iterator({ gte, lt, ...(limit ? { limit } : {}) })) yield [k, unwrap(v)];
   }
 
   async close(): Promise<void> {
@@ -112,10 +109,52 @@ export class KeyValueStore {
 }
 
 /**
+ * What a processor sees of one of its stores during a batch or a punctuation: reads that
+ * see the batch's own writes, buffered writes, an expiry index and a due-time index. It
+ * never reaches the database or the changelog itself: the runtime flushes the batch's
+ * writes after the batch's outputs are acknowledged.
+ *
+ * @example
+ *   const [seen] = await view.getMany<Seen>(['k1']);
+ *   view.put('k1', { firstSeen: 1 });
+ *   view.hold('retry:d1', dueAt, task);          // comes back from due(now) once dueAt passes
+ */
+export interface StoreView {
+  get<T>(key: string): Promise<T | undefined>;
+  /** Batched point reads: one call per batch, not one per record. */
+  getMany<T>(keys: string[]): Promise<(T | undefined)[]>;
+  put(key: string, value: unknown): void;
+  delete(key: string): void;
+  /** Keys in [gte, lt), in key order, including this batch's writes. */
+  range<T>(gte: string, lt: string, limit?: number): AsyncIterable<[string, T]>;
+  /** Keys starting with `prefix`, in key order, including this batch's writes. */
+  prefix<T>(prefix: string, limit?: number): AsyncIterable<[string, T]>;
+  /** Puts a value that `expire` deletes once `expiresAt` (stream time for windows) has passed. */
+  putUntil(key: string, value: unknown, expiresAt: number): void;
+  /** Deletes entries expired at `upTo`, at most `limit` per call; returns how many. */
+  expire(upTo: number, limit?: number): Promise<number>;
+  /** Holds `value` under `key` until `dueAt` (a timer's time base): found by a range scan of a due-time index. */
+  hold(key: string, dueAt: number, value: unknown): void;
+  /** Held items due at or before `upTo`, oldest first, at most `limit`. They stay held until deleted. */
+  due<T>(upTo: number, limit?: number): Promise<{ key: string; dueAt: number; value: T }[]>;
+}
+
+/** Held values are stored wrapped with their due time, so a stale index entry is told apart. */
+interface Held { $due: number; v: unknown }
+const isHeld = (x: unknown): x is Held => typeof x === 'object' && x !== null && '$due' in x && 'v' in x;
+const DUE = '\u0000due:';
+const dueKey = (dueAt: number, key: string) => `${DUE}${String(Math.max(0, Math.floor(dueAt))).padStart(15, '0')}:${key}`;
+const unwrap = (raw: string): unknown => {
+  const parsed: unknown = JSON.parse(raw);
+  return isExpiring(parsed) ? parsed.v : isHeld(parsed) ? parsed.v : parsed;
+};
+
+/**
  * Reads through to the store, buffers writes. Nothing reaches the database or the
  * changelog unless the runtime flushes the view after the batch's outputs are acknowledged.
+ * Processors hold it as a `StoreView`; `changes` and `flush` are the runtime's.
  */
-export class BatchView {
+export class BatchView implements StoreView {
   private readonly writes = new Map<string, string | null>();
 
   readonly store: KeyValueStore;
@@ -131,8 +170,7 @@ export class BatchView {
     return keys.map((k) => {
       const raw = this.writes.has(k) ? this.writes.get(k) : found.get(k);
       if (raw === undefined || raw === null) return undefined;
-      const parsed: unknown = JSON.parse(raw);
-      return (isExpiring(parsed) ? parsed.v : parsed) as T;
+      return unwrap(raw) as T;
     });
   }
 
@@ -146,6 +184,33 @@ export class BatchView {
 
   delete(key: string): void {
     this.writes.set(key, null);
+  }
+
+  async *range<T>(gte: string, lt: string, limit = Number.POSITIVE_INFINITY): AsyncGenerator<[string, T]> {
+    // Merge the committed keys with this batch's writes in the range (writes win).
+    const overlay = [...this.writes].filter(([k]) => k >= gte && k < lt).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    let i = 0;
+    let n = 0;
+    const emit = function* (k: string, raw: string | null): Generator<[string, T]> {
+      if (raw !== null) {
+        n++;
+        yield [k, unwrap(raw) as T];
+      }
+    };
+    for await (const [k, v] of this.store.db.iterator({ gte, lt })) {
+      if (n >= limit) return;
+      for (; i < overlay.length && overlay[i]![0] < k && n < limit; i++) yield* emit(overlay[i]![0], overlay[i]![1]);
+      if (n >= limit) return;
+      if (i < overlay.length && overlay[i]![0] === k) {
+        yield* emit(k, overlay[i]![1]);
+        i++;
+      } else yield* emit(k, v);
+    }
+    for (; i < overlay.length && n < limit; i++) yield* emit(overlay[i]![0], overlay[i]![1]);
+  }
+
+  prefix<T>(prefix: string, limit?: number): AsyncIterable<[string, T]> {
+    return this.range<T>(prefix, `${prefix}\uffff`, limit);
   }
 
   /**
@@ -184,6 +249,38 @@ export class BatchView {
       }
     });
     return expired;
+  }
+
+  hold(key: string, dueAt: number, value: unknown): void {
+    this.writes.set(key, JSON.stringify({ $due: dueAt, v: value } satisfies Held));
+    this.writes.set(dueKey(dueAt, key), '""');
+  }
+
+  async due<T>(upTo: number, limit = 1000): Promise<{ key: string; dueAt: number; value: T }[]> {
+    const out: { key: string; dueAt: number; value: T }[] = [];
+    const candidates: string[] = [];
+    for await (const [indexKey] of this.range<string>(DUE, dueKey(upTo + 1, ''))) {
+      candidates.push(indexKey);
+      if (candidates.length >= limit * 2) break;
+    }
+    if (candidates.length === 0) return out;
+    const keys = candidates.map((ik) => ik.slice(DUE.length + 16));
+    const missing = keys.filter((k) => !this.writes.has(k));
+    const fetched = missing.length ? await this.store.db.getMany(missing) : [];
+    const found = new Map(missing.map((k, i) => [k, fetched[i]]));
+    candidates.forEach((indexKey, i) => {
+      const key = keys[i]!;
+      const raw = this.writes.has(key) ? this.writes.get(key) : found.get(key);
+      const parsed: unknown = raw === undefined || raw === null ? undefined : JSON.parse(raw);
+      const dueAt = Number(indexKey.slice(DUE.length, DUE.length + 15));
+      // An index entry whose item was deleted or held again at another time is stale: drop it.
+      if (!isHeld(parsed) || Math.floor(parsed.$due) !== dueAt) {
+        this.writes.set(indexKey, null);
+        return;
+      }
+      if (out.length < limit) out.push({ key, dueAt: parsed.$due, value: parsed.v as T });
+    });
+    return out;
   }
 
   get size(): number {

@@ -15,7 +15,7 @@ import { createKafka } from '../runtime/kafka.ts';
 import { TopicReader } from '../runtime/reader.ts';
 import { loadConfig } from '../config.ts';
 import { Serde } from '../schemas/index.ts';
-import type { LifecycleEvent } from '../processors/types.ts';
+import type { LifecycleEvent } from '../schemas/types.ts';
 import { topicName, topicPlan } from '../topology.ts';
 import { checkAccounting } from './support/accounting.ts';
 import { eventually, removeDir } from './support/herald.ts';

@@ -6,8 +6,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { KafkaMessage } from 'kafkajs';
 import { notificationId } from '../processors/ids.ts';
-import type { LifecycleEvent, NotificationRequest } from '../processors/types.ts';
-import type { Herald } from '../runtime/app.ts';
+import type { LifecycleEvent, NotificationRequest } from '../schemas/types.ts';
+import type { Herald } from '../app/herald.ts';
 import { topicName } from '../topology.ts';
 import { api, collect, eventually, removeDir, startTestHerald } from './support/herald.ts';
 

@@ -4,7 +4,7 @@
  * once, and the accounting invariant holds over the whole outcome topic.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { LifecycleEvent } from '../processors/types.ts';
+import type { LifecycleEvent } from '../schemas/types.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { loadConfig } from '../config.ts';

@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyWebhookSignature } from '../channels/webhook.ts';
 import type { NotificationView } from '../processors/outcome.ts';
-import type { Herald } from '../runtime/app.ts';
+import type { Herald } from '../app/herald.ts';
 import { topicName } from '../topology.ts';
 import { api, collect, eventually, removeDir, startTestHerald } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';

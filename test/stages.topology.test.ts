@@ -11,7 +11,7 @@ import { route } from '../processors/route.ts';
 import { deliver } from '../processors/deliver.ts';
 import { outcome, type NotificationView } from '../processors/outcome.ts';
 import type { ChannelProvider, SendResult } from '../channels/channel.ts';
-import type { DeliveryTask, EnrichedNotification, NotificationRequest, UserProfile } from '../processors/types.ts';
+import type { DeliveryTask, EnrichedNotification, NotificationRequest, UserProfile } from '../schemas/types.ts';
 import { StageDriver } from './support/driver.ts';
 import { MemoryTables } from './support/memory-tables.ts';
 
@@ -186,7 +186,7 @@ describe('deliver', () => {
 
   it('delivers once: a redelivered task whose result is recorded is skipped', async () => {
     const channel = new ScriptedChannel([]);
-    const d = driver('deliver', deliver, { channels: new Map([['webhook', channel]]) });
+    const d = driver('deliver', deliver(new Map([['webhook', channel]])));
     const task = await taskFor();
     const r1 = await d.pipe([{ value: task, timestamp: T0 }]);
     const r2 = await d.pipe([{ value: task, timestamp: T0 }]);
@@ -201,16 +201,28 @@ describe('deliver', () => {
       { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' },
       { ok: false, retriable: false, code: 'http_410', detail: 'HTTP 410' },
     ]);
-    const d = driver('deliver', deliver, { channels: new Map([['webhook', channel]]) });
+    const d = driver('deliver', deliver(new Map([['webhook', channel]])));
     const task = await taskFor();
     const r1 = await d.pipe([{ value: task, timestamp: T0 }]);
     expect(r1.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'RETRY_SCHEDULED']);
     const retry = r1.emitted[0]!;
     expect(retry.topic).toBe('deliverRetry');
     expect(retry.value).toMatchObject({ attempt: 2, notBefore: d.now + 1000 });
-    const r2 = await d.pipe([{ value: retry.value, timestamp: T0, topicKey: 'deliverRetry' }]);
+    // The retry record is held, not sent, until its due time; a timer releases it.
+    const held = await d.pipe([{ value: retry.value, timestamp: T0, topicKey: 'deliverRetry' }]);
+    expect(held.outcomes).toEqual([]);
+    expect(channel.calls).toHaveLength(1);
+    expect((await d.advance(999)).outcomes).toEqual([]);
+    const r2 = await d.advance(1);
     expect(r2.outcomes.map((o) => [o.status, o.attempt])).toEqual([['ATTEMPTED', 2], ['FAILED', 2], ['DEAD_LETTERED', 2]]);
     expect(r2.outcomes.at(-1)).toMatchObject({ terminal: true, reasonCode: 'permanent_failure' });
+    // Provenance: the released attempt points at the retry record that scheduled it.
+    expect(r2.outcomes[0]).toMatchObject({ sourceTopic: 'herald.deliver.retry.v1', sourceOffset: '1' });
+    // Released once: later timer runs find nothing, and the same retry record read again is not sent again.
+    expect((await d.advance(10_000)).outcomes).toEqual([]);
+    const again = await d.pipe([{ value: retry.value, timestamp: T0, topicKey: 'deliverRetry' }]);
+    expect(again.outcomes.map((o) => o.reasonCode)).toEqual(['already_recorded']);
+    expect(channel.calls).toHaveLength(2);
   });
 });
 
@@ -295,7 +307,7 @@ describe('deliver re-run', () => {
   it('does not call the channel again when the same attempt is processed again before its result was written', async () => {
     const calls: string[] = [];
     const channel = { name: 'webhook', send: async (t: DeliveryTask) => { calls.push(t.deliveryId); return { ok: true as const, providerMessageId: null, detail: 'HTTP 204' }; } };
-    const d = new StageDriver('deliver', deliver, { channels: new Map([['webhook', channel]]) });
+    const d = new StageDriver('deliver', deliver(new Map([['webhook', channel]])));
     drivers.push(d);
     const r = await new StageDriver('route', route).pipe([{ value: { request: (await requestsFor(event({ recipients: ['ada'] })))[0]!, user: user(), preferences: null }, timestamp: T0 }]);
     const task = r.emitted[0]!.value as DeliveryTask;
@@ -303,6 +315,7 @@ describe('deliver re-run', () => {
     await d.pipe([{ value: task, timestamp: T0 }]);
     const wipe = d.stores.get('results')!.view();
     wipe.delete(task.deliveryId);
+    wipe.delete(`a:${task.deliveryId}`);
     await wipe.flush(null);
     const again = await d.pipe([{ value: task, timestamp: T0 }]);
     expect(calls).toHaveLength(1);

@@ -23,10 +23,11 @@ describe('describe()', () => {
       stage route (group herald.route): pick channels, render templates, drop expired
         in:  herald.admitted.v1
         out: herald.deliveries.v1, herald.outcomes.v1, herald.dlq.v1
-      stage deliver (group herald.deliver): call the channel with an idempotency key; retry; dead-letter
+      stage deliver (group herald.deliver): call the channel with an idempotency key; retry on a timer; dead-letter
         in:  herald.deliveries.v1, herald.deliver.retry.v1
         out: herald.deliver.retry.v1, herald.outcomes.v1, herald.dlq.v1
-        store results -> herald.deliver.results.changelog: deliveryId -> recorded result, to skip redelivered tasks
+        store results -> herald.deliver.results.changelog: deliveryId -> recorded result and last attempt, to skip redelivered tasks
+        store retries -> herald.deliver.retries.changelog: retry tasks held until their due time (wall clock), released by a timer
       stage outcome (group herald.outcome): lifecycle projection
         in:  herald.outcomes.v1
         out: herald.dlq.v1
@@ -54,8 +55,8 @@ describe("topicPlan('herald.', 4)", () => {
     }
     // and the only others are the changelogs of stores that have one
     const changelogs = names.filter((n) => !(Object.keys(TOPICS) as TopicKey[]).some((k) => topicName('herald.', k) === n));
-    expect(changelogs.sort()).toEqual(['herald.dedupe.seen.changelog', 'herald.deliver.results.changelog']);
-    expect(plan).toHaveLength(Object.keys(TOPICS).length + 2);
+    expect(changelogs.sort()).toEqual(['herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog']);
+    expect(plan).toHaveLength(Object.keys(TOPICS).length + 3);
   });
 
   it('compacts the changelog topics', () => {
@@ -75,7 +76,7 @@ describe("topicPlan('herald.', 4)", () => {
   it('does not compact events or the other streams', () => {
     expect(byName.get('herald.events.v1')).toMatchObject({ compacted: false, schema: 'DomainEvent' });
     const compacted = plan.filter((t) => t.compacted).map((t) => t.name).sort();
-    expect(compacted).toEqual(['herald.audiences.v1', 'herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.preferences.v1', 'herald.users.v1']);
+    expect(compacted).toEqual(['herald.audiences.v1', 'herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog', 'herald.preferences.v1', 'herald.users.v1']);
   });
 
   it('gives every shared topic the requested partition count', () => {
@@ -85,7 +86,7 @@ describe("topicPlan('herald.', 4)", () => {
 
   it('stores raw bytes (no schema) only in the DLQ and changelogs', () => {
     expect(plan.filter((t) => t.schema === null).map((t) => t.name).sort())
-      .toEqual(['herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.dlq.v1']);
+      .toEqual(['herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog', 'herald.dlq.v1']);
   });
 });
 

@@ -6,7 +6,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { signWebhook, verifyWebhookSignature, WebhookChannel, webhookBody } from '../channels/webhook.ts';
-import type { DeliveryTask } from '../processors/types.ts';
+import type { DeliveryTask } from '../schemas/types.ts';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const SECRET = 'whsec_test_6f1c2a';

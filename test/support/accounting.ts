@@ -4,7 +4,7 @@
  * routed), and no (notificationId, channel) is DELIVERED by two different attempts.
  * A decision recorded twice (a redelivery) is the same decision and counts once.
  */
-import type { LifecycleEvent } from '../../processors/types.ts';
+import type { LifecycleEvent } from '../../schemas/types.ts';
 
 export interface Accounting { notifications: number; terminal: number; violations: string[] }
 

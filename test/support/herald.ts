@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig } from '../../config.ts';
-import { type Herald, type StartOptions, startHerald } from '../../runtime/app.ts';
+import { type Herald, type StartOptions, startHerald } from '../../app/herald.ts';
 import { createLogger } from '../../runtime/logger.ts';
 import type { StageName } from '../../topology.ts';
 

@@ -1,5 +1,5 @@
 /** Global tables held in memory, for stage tests. */
-import type { TableLookup, TableName } from '../../processors/contract.ts';
+import type { TableLookup, TableName } from '../../runtime/contract.ts';
 
 export class MemoryTables implements TableLookup {
   private readonly rows = new Map<TableName, Map<string, unknown>>();

@@ -1,4 +1,8 @@
-/** TypeScript shapes of the Avro records the stages exchange (see schemas/). */
+/**
+ * TypeScript shapes of the Avro records Herald's topics carry (one `.avsc` each beside
+ * this file), and `TopicValues`: the value type of every topic, which types the stage
+ * contract (a processor's input records and what it may emit).
+ */
 export interface NotificationRequest {
   notificationId: string;
   tenant: string;
@@ -89,7 +93,34 @@ export interface LifecycleEvent {
   traceId: string;
 }
 
-/** The lifecycle fields every decision about a request carries. */
-export function about(r: NotificationRequest): { notificationId: string; tenant: string; recipient: string; eventId: string; eventType: string; ruleId: string; traceId: string } {
-  return { notificationId: r.notificationId, tenant: r.tenant, recipient: r.recipient, eventId: r.eventId, eventType: r.eventType, ruleId: r.ruleId, traceId: r.traceId };
+export interface DomainEvent {
+  id: string;
+  type: string;
+  tenant: string;
+  recipients: string[];
+  audience: string | null;
+  data: string;
+  idempotencyKey: string | null;
+  occurredAt: number | null;
+  expiresAt: number | null;
+  actor: string | null;
+  traceId: string | null;
+}
+
+export interface AudienceMember { tenant: string; audience: string; userId: string; addedAt: number | null }
+
+/** The value type of each topic (keys as in topology.ts `TOPICS`). The DLQ carries original bytes. */
+export interface TopicValues {
+  events: DomainEvent;
+  requests: NotificationRequest;
+  enriched: EnrichedNotification;
+  deduped: EnrichedNotification;
+  admitted: EnrichedNotification;
+  deliveries: DeliveryTask;
+  deliverRetry: DeliveryTask;
+  outcomes: LifecycleEvent;
+  users: UserProfile;
+  audiences: AudienceMember;
+  preferences: UserPreferences;
+  dlq: Buffer;
 }

@@ -10,22 +10,22 @@ import type { Admin, Kafka, Producer } from 'kafkajs';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../api/server.ts';
 import type { ChannelProvider } from '../channels/channel.ts';
-import type { TableName } from '../processors/contract.ts';
 import { WebhookChannel } from '../channels/webhook.ts';
 import type { HeraldConfig } from '../config.ts';
 import { EmbeddedBroker } from '../embedded/broker.ts';
 import { HeraldError } from '../errors.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
-import { PROCESSORS } from '../processors/index.ts';
+import { processors } from '../processors/index.ts';
 import { loadRules, type RuleSet } from '../rules/rules.ts';
 import { Serde } from '../schemas/index.ts';
 import { STAGES, type StageName, STAGE_NAMES, TOPICS, type TopicKey, topicName, topicPlan } from '../topology.ts';
-import { Codec } from './codec.ts';
-import { createKafka, createProducer } from './kafka.ts';
-import { createLogger, type Logger } from './logger.ts';
-import { Metrics } from './metrics.ts';
-import { StageRunner } from './stage-runner.ts';
-import { GlobalTables } from './tables.ts';
+import { Codec } from '../runtime/codec.ts';
+import type { StageFactory, TableName } from '../runtime/contract.ts';
+import { createKafka, createProducer } from '../runtime/kafka.ts';
+import { createLogger, type Logger } from '../runtime/logger.ts';
+import { Metrics } from '../runtime/metrics.ts';
+import { StageRunner } from '../runtime/stage-runner.ts';
+import { GlobalTables } from '../runtime/tables.ts';
 
 export interface StartOptions {
   config: HeraldConfig;
@@ -127,7 +127,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(config.webhookSecret)]]);
     for (const c of opts.channels ?? []) channelMap.set(c.name, c);
     const codec = new Codec(serde, config);
-    const deps = { config, rules, log, metrics, tables, channels: channelMap, availableChannels: new Set(channelMap.keys()) };
+    const deps = { config, rules, log, metrics, tables, availableChannels: new Set(channelMap.keys()) };
+    const factories = processors(channelMap);
     const neededTables = [...new Set(stages.flatMap((s) => STAGES[s].tables))] as TableName[];
     const wantApi = opts.api ?? true;
     // The API answers GET /v1/users/:id from the users table.
@@ -137,7 +138,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const runners = new Map<StageName, StageRunner>();
     for (const stage of stages) {
       const gate = STAGES[stage].tables.length ? tablesReady : undefined;
-      runners.set(stage, new StageRunner({ stage, factory: PROCESSORS[stage], deps, kafka, admin, producer, codec, config, log, metrics, ...(gate ? { gate } : {}) }));
+      runners.set(stage, new StageRunner({ stage, factory: factories[stage] as StageFactory, deps, kafka, admin, producer, codec, config, log, metrics, ...(gate ? { gate } : {}) }));
     }
     cleanups.push(async () => {
       await Promise.all([...runners.values()].map((r) => r.stop()));

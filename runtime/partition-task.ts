@@ -1,0 +1,164 @@
+/**
+ * One assigned partition of a stage (Kafka Streams' StreamTask): its processor instance,
+ * its stores, its stream time and its timers, and the lock that serialises everything
+ * done to them, so a batch, a punctuation and a close never overlap on one store.
+ *
+ * Completing a batch or a punctuation is always the same: produce its outputs and its
+ * changelog records (acks=-1), then write its store changes with their checkpoint in one
+ * database batch, then mark its input offset done. A crash anywhere before the mark
+ * replays it; the derived ids make the replay idempotent downstream.
+ */
+import { HeraldError } from '../errors.ts';
+import type { KeyValueStore } from '../state/store.ts';
+import type { StageName } from '../topology.ts';
+import { BatchContext } from './batch-context.ts';
+import type { Processor } from './contract.ts';
+import { type Decoded, processBatch } from './failure-policy.ts';
+import type { Logger } from './logger.ts';
+import type { Metrics } from './metrics.ts';
+import type { OffsetManager } from './offsets.ts';
+import type { RecordCollector } from './record-collector.ts';
+
+export interface PartitionTaskOptions {
+  stage: StageName;
+  partition: number;
+  processor: Processor;
+  stores: Map<string, KeyValueStore>;
+  collector: RecordCollector;
+  offsets: OffsetManager;
+  log: Logger;
+  metrics: Metrics;
+  clock: () => number;
+}
+
+export class PartitionTask {
+  readonly partition: number;
+  readonly processor: Processor;
+  readonly stores: Map<string, KeyValueStore>;
+  /** Highest record timestamp this task has processed (Kafka Streams' partition time); -1 before the first. */
+  streamTime = -1;
+  private nextStreamPunctuation = Number.NEGATIVE_INFINITY;
+  private lock: Promise<unknown> = Promise.resolve();
+  private timer: NodeJS.Timeout | null = null;
+  private punctuating = false;
+  private closed = false;
+  private readonly o: PartitionTaskOptions;
+  private readonly log: Logger;
+
+  constructor(o: PartitionTaskOptions) {
+    this.o = o;
+    this.partition = o.partition;
+    this.processor = o.processor;
+    this.stores = o.stores;
+    this.log = o.log.child({ partition: o.partition });
+  }
+
+  /** Runs `fn` once everything queued before it on this partition has finished. */
+  run<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.lock.then(() => {
+      if (this.closed) throw new HeraldError('HRL_PROCESSING_FAILED', `partition ${this.partition} of ${this.o.stage} is closed`, { retriable: true });
+      return fn();
+    });
+    this.lock = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Waits for whatever runs on this partition now. */
+  idle(): Promise<void> {
+    return this.lock.then(() => undefined);
+  }
+
+  context(): BatchContext {
+    return new BatchContext({ stage: this.o.stage, partition: this.partition, stores: this.stores, log: this.o.log, clock: this.o.clock, sink: this.o.collector });
+  }
+
+  /** Produce everything `ctx` emitted, write its state, then mark `offset` of `topic` done. */
+  async complete(ctx: BatchContext, topic: string | null, offset: string | null): Promise<void> {
+    const { collector, offsets, metrics, stage } = this.o;
+    const views = [...ctx.views.values()];
+    const changelogOffsets = await collector.send(ctx.outputs, views, this.partition, ctx.maxTimestamp ?? this.o.clock());
+    for (const view of views) {
+      const cl = view.store.changelog;
+      // A changelogged store checkpoints its changelog offset; a source store, its input offset.
+      await view.flush(cl ? (changelogOffsets.get(cl) ?? null) : offset !== null ? BigInt(offset) : null);
+    }
+    if (topic !== null && offset !== null) offsets.mark(topic, this.partition, offset);
+    metrics.records.inc({ stage, result: 'out' }, ctx.counts.out);
+    metrics.records.inc({ stage, result: 'outcome' }, ctx.counts.outcome);
+    metrics.records.inc({ stage, result: 'dlq' }, ctx.counts.dlq);
+    if (ctx.counts.out + ctx.counts.outcome + ctx.counts.dlq > 0) this.log.info({ topic, offset, ...ctx.counts }, topic ? 'batch committed' : 'punctuation committed');
+  }
+
+  /** Processes a decoded batch of `topic` under the partition lock, then any stream-time punctuation it made due. */
+  handle(topic: string, decoded: Decoded, lastOffset: string): Promise<void> {
+    return this.run(async () => {
+      const endTimer = this.o.metrics.batchDuration.startTimer({ stage: this.o.stage });
+      try {
+        await processBatch(decoded, lastOffset, {
+          where: { stage: this.o.stage, topic, partition: this.partition },
+          log: this.log,
+          attempt: async (work, offset) => {
+            const ctx = this.context();
+            await work(ctx);
+            await this.complete(ctx, topic, offset);
+          },
+          process: (records, ctx) => this.processor.process(records, ctx),
+          reject: (rejected, ctx) => {
+            for (const { rec, err } of rejected) {
+              ctx.deadLetter(rec, err);
+              this.processor.rejected?.(rec, err, ctx);
+            }
+          },
+        });
+      } finally {
+        endTimer();
+      }
+      for (const r of decoded.records) if (r.timestamp > this.streamTime) this.streamTime = r.timestamp;
+      for (const r of decoded.rejected) if (r.rec.timestamp > this.streamTime) this.streamTime = r.rec.timestamp;
+      const p = this.processor.punctuation;
+      if (p?.type === 'stream-time' && this.streamTime >= this.nextStreamPunctuation) {
+        this.nextStreamPunctuation = (Math.floor(this.streamTime / p.intervalMs) + 1) * p.intervalMs;
+        await this.punctuateNow();
+      }
+    });
+  }
+
+  /** Starts the wall-clock punctuation the processor declared, if any. */
+  startTimers(): void {
+    const p = this.processor.punctuation;
+    if (!p || p.type !== 'wall-clock' || !this.processor.punctuate || this.timer) return;
+    this.timer = setInterval(() => void this.punctuate(), p.intervalMs);
+    this.timer.unref();
+  }
+
+  /** One punctuation under the partition lock (skipped while the previous one still runs). */
+  async punctuate(): Promise<void> {
+    if (this.punctuating || this.closed) return;
+    this.punctuating = true;
+    try {
+      await this.run(() => this.punctuateNow());
+    } catch (err) {
+      // Held items stay in the store; the next punctuation tries them again.
+      if (!this.closed) this.log.error({ err }, 'punctuation failed; its held items are tried again at the next one');
+    } finally {
+      this.punctuating = false;
+    }
+  }
+
+  private async punctuateNow(): Promise<void> {
+    if (!this.processor.punctuate) return;
+    const ctx = this.context();
+    await this.processor.punctuate(ctx, { wallClock: this.o.clock(), streamTime: this.streamTime });
+    await this.complete(ctx, null, null);
+  }
+
+  /** Stops the timers, waits for the running batch or punctuation, closes the processor and the stores. */
+  async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.idle();
+    this.closed = true;
+    await this.processor.close?.();
+    for (const s of this.stores.values()) await s.close().catch(() => undefined);
+  }
+}

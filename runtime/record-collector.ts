@@ -1,0 +1,87 @@
+/**
+ * Produces what a batch or punctuation emitted (Kafka Streams' RecordCollector): its
+ * outputs, outcomes and DLQ records, then its stores' changelog records, all acks=-1, in
+ * produce requests bounded in bytes (a 10k-member fan-out must not exceed the broker's
+ * message.max.bytes). Returns the offset of the last changelog record per changelog
+ * topic, which becomes the store's checkpoint.
+ */
+import type { Message, Producer } from 'kafkajs';
+import type { LifecycleEvent } from '../schemas/types.ts';
+import type { BatchView } from '../state/store.ts';
+import { type TopicKey, topicName } from '../topology.ts';
+import type { OutcomeSink, PendingOutput } from './batch-context.ts';
+import type { Codec } from './codec.ts';
+
+/** Upper bound of one produce request, well under the broker's default message.max.bytes. */
+const MAX_REQUEST_BYTES = 512 * 1024;
+
+interface Sized { topic: string; message: Message; bytes: number }
+
+export class RecordCollector implements OutcomeSink {
+  private readonly producer: Producer;
+  private readonly codec: Codec;
+  private readonly prefix: string;
+
+  constructor(producer: Producer, codec: Codec, topicPrefix: string) {
+    this.producer = producer;
+    this.codec = codec;
+    this.prefix = topicPrefix;
+  }
+
+  private async encode(o: PendingOutput): Promise<Sized> {
+    const topic = topicName(this.prefix, o.topicKey);
+    const value = await this.codec.encode(o.topicKey, topic, o.value);
+    const message: Message = { key: o.key, value, timestamp: String(o.timestamp), ...(o.headers ? { headers: o.headers } : {}) };
+    return { topic, message, bytes: (value?.length ?? 0) + Buffer.byteLength(o.key) + 64 };
+  }
+
+  /** Lifecycle events that must be on record before an effect: produced now, acks=-1. */
+  async recordNow(events: LifecycleEvent[]): Promise<void> {
+    const messages: Sized[] = [];
+    for (const ev of events) messages.push(await this.encode({ topicKey: 'outcomes' satisfies TopicKey, key: ev.recipient, value: ev, timestamp: ev.timestamp }));
+    await this.sendBounded(messages, null);
+  }
+
+  /**
+   * Produces the outputs, then the changelog records of `views` to partition `partition`
+   * of each store's changelog, stamped `changelogTimestamp`.
+   */
+  async send(outputs: readonly PendingOutput[], views: Iterable<BatchView>, partition: number, changelogTimestamp: number): Promise<Map<string, bigint>> {
+    const messages: Sized[] = [];
+    for (const o of outputs) messages.push(await this.encode(o));
+    const changelogs = new Set<string>();
+    for (const view of views) {
+      const topic = view.store.changelog;
+      if (!topic) continue;
+      changelogs.add(topic);
+      for (const c of view.changes()) {
+        const message: Message = { key: c.key, value: c.value === null ? null : Buffer.from(c.value), partition, timestamp: String(changelogTimestamp) };
+        messages.push({ topic, message, bytes: c.key.length + (c.value?.length ?? 0) + 64 });
+      }
+    }
+    return this.sendBounded(messages, { partition, changelogs });
+  }
+
+  private async sendBounded(messages: Sized[], track: { partition: number; changelogs: Set<string> } | null): Promise<Map<string, bigint>> {
+    const last = new Map<string, bigint>();
+    for (let i = 0; i < messages.length;) {
+      const byTopic = new Map<string, Message[]>();
+      let bytes = 0;
+      for (; i < messages.length && (bytes === 0 || bytes + messages[i]!.bytes <= MAX_REQUEST_BYTES); i++) {
+        const m = messages[i]!;
+        bytes += m.bytes;
+        const list = byTopic.get(m.topic);
+        if (list) list.push(m.message);
+        else byTopic.set(m.topic, [m.message]);
+      }
+      const meta = await this.producer.sendBatch({ acks: -1, topicMessages: [...byTopic].map(([topic, ms]) => ({ topic, messages: ms })) });
+      if (!track) continue;
+      for (const m of meta) {
+        if (!track.changelogs.has(m.topicName) || m.partition !== track.partition || m.baseOffset === undefined) continue;
+        const n = byTopic.get(m.topicName)?.length ?? 0;
+        if (n) last.set(m.topicName, BigInt(m.baseOffset) + BigInt(n - 1));
+      }
+    }
+    return last;
+  }
+}

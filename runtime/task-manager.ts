@@ -1,0 +1,213 @@
+/**
+ * The partition tasks of one stage on this instance (Kafka Streams' TaskManager and
+ * StoreChangelogReader): opens the stores of newly assigned partitions together, restores
+ * each changelog for all of them with one reader, brings `'source'` stores up to the
+ * group's committed offset by replaying the input, creates a processor per partition and
+ * starts its timers; closes revoked partitions, never leaving a RocksDB handle (and its
+ * lock) behind.
+ */
+import type { Admin, Kafka } from 'kafkajs';
+import type { HeraldConfig } from '../config.ts';
+import { KeyValueStore } from '../state/store.ts';
+import { type StageName, type TopicKey, changelogTopic, groupId, stageSpec } from '../topology.ts';
+import type { Codec } from './codec.ts';
+import type { StageDeps, StageFactory } from './contract.ts';
+import { decodeBatch } from './failure-policy.ts';
+import type { Logger } from './logger.ts';
+import type { Metrics } from './metrics.ts';
+import type { OffsetManager } from './offsets.ts';
+import { PartitionTask } from './partition-task.ts';
+import { TopicReader } from './reader.ts';
+import type { RecordCollector } from './record-collector.ts';
+import { restoreFromChangelog } from './restore.ts';
+
+export interface TaskManagerOptions {
+  stage: StageName;
+  factory: StageFactory;
+  deps: StageDeps;
+  kafka: Kafka;
+  admin: Admin;
+  codec: Codec;
+  collector: RecordCollector;
+  offsets: OffsetManager;
+  config: HeraldConfig;
+  log: Logger;
+  metrics: Metrics;
+  clock: () => number;
+  /** Input topic name -> topic key. */
+  inputs: ReadonlyMap<string, TopicKey>;
+}
+
+type Heartbeat = () => Promise<void>;
+
+export class TaskManager {
+  private readonly tasks = new Map<number, Promise<PartitionTask>>();
+  /** Tasks open and serving (queries read their stores). */
+  private readonly opened = new Map<number, PartitionTask>();
+  /** Partitions being closed: a reopen waits for their RocksDB handles to be released. */
+  private readonly closing = new Map<number, Promise<void>>();
+  private readonly o: TaskManagerOptions;
+
+  constructor(o: TaskManagerOptions) {
+    this.o = o;
+  }
+
+  partitions(): number[] {
+    return [...this.tasks.keys()];
+  }
+
+  /** The task of `partition`, opened (and restored) on first use. */
+  task(partition: number, heartbeat: Heartbeat): Promise<PartitionTask> {
+    return this.tasks.get(partition) ?? this.open([partition], heartbeat).get(partition)!;
+  }
+
+  /** Every open task, for stop. */
+  async all(): Promise<PartitionTask[]> {
+    const out: PartitionTask[] = [];
+    for (const t of this.tasks.values()) {
+      const task = await t.catch(() => null);
+      if (task) out.push(task);
+    }
+    return out;
+  }
+
+  /** The open stores named `name`, one per partition this instance holds (for queries). */
+  stores(name: string): Map<number, KeyValueStore> {
+    const out = new Map<number, KeyValueStore>();
+    for (const [p, t] of this.opened) {
+      const s = t.stores.get(name);
+      if (s) out.set(p, s);
+    }
+    return out;
+  }
+
+  /** Opens newly assigned partitions together; returns a promise per partition. */
+  open(partitions: number[], heartbeat: Heartbeat): Map<number, Promise<PartitionTask>> {
+    const all = this.openAll(partitions, heartbeat);
+    all.catch(() => undefined);
+    const out = new Map<number, Promise<PartitionTask>>();
+    for (const p of partitions) {
+      const t = all.then((m) => m.get(p)!);
+      this.tasks.set(p, t);
+      t.catch(() => {
+        if (this.tasks.get(p) === t) this.tasks.delete(p);
+      });
+      out.set(p, t);
+    }
+    return out;
+  }
+
+  private async openAll(partitions: number[], heartbeat: Heartbeat): Promise<Map<number, PartitionTask>> {
+    const { config, stage, metrics, log } = this.o;
+    const stores = new Map<number, Map<string, KeyValueStore>>(partitions.map((p) => [p, new Map()]));
+    let beat = Date.now();
+    // A partition revoked and given back quickly: wait until its old handles are closed.
+    await Promise.all(partitions.map((p) => this.closing.get(p)));
+    try {
+      for (const spec of stageSpec(stage).stores) {
+        const changelog = spec.changelog === true ? changelogTopic(config.topicPrefix, stage, spec.name) : null;
+        // allSettled, so every store that did open is known (and closed) if one fails.
+        const settled = await Promise.allSettled(partitions.map(async (partition) => {
+          const store = await KeyValueStore.open({ backend: config.stateBackend, dir: config.stateDir, stage, name: spec.name, partition, changelog });
+          stores.get(partition)!.set(spec.name, store);
+          return { store, partition };
+        }));
+        const failed = settled.find((r) => r.status === 'rejected');
+        if (failed) throw (failed as PromiseRejectedResult).reason;
+        if (!changelog) continue;
+        const targets = settled.map((r) => (r as PromiseFulfilledResult<{ store: KeyValueStore; partition: number }>).value);
+        const r = await restoreFromChangelog({
+          kafka: this.o.kafka, admin: this.o.admin, topic: changelog, groupPrefix: config.topicPrefix, targets, log,
+          onApplied: (n) => {
+            metrics.restored.inc({ stage, store: spec.name }, n);
+            // A long restore keeps the group membership alive.
+            if (Date.now() - beat > 1000) {
+              beat = Date.now();
+              void heartbeat().catch(() => undefined);
+            }
+          },
+        });
+        metrics.restoreDuration.observe({ stage, store: spec.name }, r.seconds);
+        log.info({ store: spec.name, partitions, applied: r.applied, checkpoints: Object.fromEntries([...r.checkpoints].map(([p, c]) => [p, c?.toString() ?? null])), seconds: Number(r.seconds.toFixed(3)) }, 'store restored');
+      }
+      const tasks = new Map<number, PartitionTask>();
+      for (const partition of partitions) {
+        const processor = this.o.factory(this.o.deps);
+        await processor.init?.({ partition });
+        const task = new PartitionTask({ ...this.o, partition, processor, stores: stores.get(partition)! });
+        await this.replaySource(task, heartbeat);
+        tasks.set(partition, task);
+      }
+      for (const [p, t] of tasks) {
+        if (this.tasks.has(p)) {
+          this.opened.set(p, t);
+          t.startTimers();
+        }
+      }
+      return tasks;
+    } catch (err) {
+      for (const m of stores.values()) for (const st of m.values()) await st.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /**
+   * Brings `'source'` stores up to the group's committed offset by replaying the input
+   * partition from the offset they reflect, through the processor, discarding its outputs
+   * (they were produced the first time).
+   */
+  private async replaySource(task: PartitionTask, heartbeat: Heartbeat): Promise<void> {
+    const { config, stage, admin, log } = this.o;
+    const partition = task.partition;
+    const specs = stageSpec(stage).stores.filter((s) => s.changelog === 'source');
+    if (specs.length === 0) return;
+    const [[topic, topicKey] = []] = [...this.o.inputs];
+    if (!topic || !topicKey || this.o.inputs.size !== 1) throw new Error(`stage ${stage}: a 'source' store needs exactly one input topic`);
+    const [group] = await admin.fetchOffsets({ groupId: groupId(config.topicPrefix, stage), topics: [topic] });
+    const committed = BigInt(group?.partitions.find((p) => p.partition === partition)?.offset ?? '-1');
+    if (committed <= 0n) return;
+    const offsets = await admin.fetchTopicOffsets(topic);
+    const low = BigInt(offsets.find((o) => o.partition === partition)?.low ?? '0');
+    const checkpoints = await Promise.all(specs.map((s) => task.stores.get(s.name)!.checkpoint()));
+    const from = checkpoints.reduce<bigint>((min, cp) => { const f = cp === null ? low : cp + 1n; return f < min ? f : min; }, committed);
+    if (from >= committed) return;
+    const started = performance.now();
+    let applied = 0;
+    const reader = new TopicReader(this.o.kafka, admin, {
+      topic, groupPrefix: config.topicPrefix, from: new Map([[partition, from]]), until: new Map([[partition, committed]]),
+      onBatch: async ({ messages }) => {
+        const within = messages.filter((m) => BigInt(m.offset) < committed);
+        if (!within.length) return;
+        const { records } = await decodeBatch(this.o.codec, stage, topicKey, topic, partition, within);
+        const ctx = task.context();
+        if (records.length) await task.processor.process(records, ctx);
+        for (const view of ctx.views.values()) await view.flush(view.store.changelog === null ? BigInt(within.at(-1)!.offset) : null);
+        applied += within.length;
+        await heartbeat().catch(() => undefined);
+      },
+    });
+    await reader.readToEnd();
+    log.info({ partition, from: from.toString(), to: committed.toString(), applied, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'projection replayed from its input');
+  }
+
+  /** Closes a revoked partition: its running batch finishes first. */
+  close(partition: number): Promise<void> {
+    const t = this.tasks.get(partition);
+    this.tasks.delete(partition);
+    this.opened.delete(partition);
+    if (!t) return this.closing.get(partition) ?? Promise.resolve();
+    const done = (async () => {
+      const task = await t.catch(() => null);
+      if (!task) return;
+      await task.close();
+      // An open that finished after the revocation must not leave closed stores visible.
+      if (this.opened.get(partition) === task) this.opened.delete(partition);
+      this.o.log.info({ partition }, 'partition closed');
+    })();
+    this.closing.set(partition, done);
+    void done.finally(() => {
+      if (this.closing.get(partition) === done) this.closing.delete(partition);
+    });
+    return done;
+  }
+}

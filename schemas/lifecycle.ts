@@ -1,0 +1,75 @@
+/**
+ * The lifecycle vocabulary: every status a stage may record on outcomes.v1, whether it is
+ * terminal, and every machine reason code with its meaning. The runtime stamps `terminal`
+ * from this table (a stage cannot disagree with it), the accounting invariant reads it,
+ * and the README's reason-code table is checked against it by a test.
+ *
+ * Terminal means: the notification (or, for DELIVERED and DEAD_LETTERED, one channel of
+ * it) has reached its end. Every accepted (event, recipient) reaches exactly one terminal
+ * status, or one per routed channel.
+ */
+
+export const STATUSES = {
+  ACCEPTED: { terminal: false, doc: 'ingest matched a rule and derived the notification for a recipient' },
+  REJECTED: { terminal: true, doc: 'the event was invalid; it went to dlq.v1' },
+  ENRICHED: { terminal: false, doc: 'profile and preferences joined' },
+  DROPPED: { terminal: true, doc: 'not sent, by the recipient\'s profile, preferences or the rules' },
+  UNIQUE: { terminal: false, doc: 'passed dedupe' },
+  SUPPRESSED_DUPLICATE: { terminal: true, doc: 'the same dedupe key was seen inside the rule\'s window' },
+  ADMITTED: { terminal: false, doc: 'passed throttle' },
+  ROUTED: { terminal: false, doc: 'channels chosen, one delivery task each' },
+  EXPIRED: { terminal: true, doc: 'its expiry passed before it could be sent' },
+  ATTEMPTED: { terminal: false, doc: 'recorded before a channel call' },
+  RETRY_SCHEDULED: { terminal: false, doc: 'a transient failure; the next attempt is held until its due time' },
+  FAILED: { terminal: false, doc: 'a channel call failed for good (DEAD_LETTERED follows)' },
+  DELIVERED: { terminal: true, doc: 'the channel\'s provider accepted it (per channel)' },
+  DEAD_LETTERED: { terminal: true, doc: 'the channel gave up: permanent failure or attempts exhausted (per channel)' },
+} as const satisfies Record<string, { terminal: boolean; doc: string }>;
+
+export type Status = keyof typeof STATUSES;
+
+export const REASON_CODES = {
+  // ingest
+  rule_matched: 'the event type matched a rule; one notification per (rule, recipient)',
+  unknown_event_type: 'no rule matches the event type',
+  invalid_recipient: 'a recipient id is empty or blank',
+  empty_audience: 'the event names an audience with no members and no explicit recipients',
+  no_recipients: 'the event names neither recipients nor an audience',
+  schema_violation: 'the event does not match the DomainEvent schema (field and expectation in the reason)',
+  payload_too_large: 'the record is larger than HERALD_MAX_PAYLOAD_BYTES',
+  undecodable: 'the bytes are neither Avro in Confluent wire format nor JSON',
+  invalid_event: 'the event failed validation for another reason (given in the reason)',
+  // enrich
+  profile_joined: 'the recipient\'s profile (and preferences, when set) were joined',
+  unknown_recipient: 'no profile for the recipient in users.v1',
+  recipient_inactive: 'the recipient\'s profile is deactivated',
+  tenant_mismatch: 'the recipient belongs to another tenant than the event',
+  // dedupe
+  first_seen: 'the dedupe key was not seen inside the window',
+  window_expired: 'the dedupe key was seen before, outside the window',
+  replayed: 'the same notification seen again (redelivery or replay); passed through',
+  duplicate_key: 'another notification with the same dedupe key fields is inside the window',
+  duplicate_idempotency_key: 'another notification with the same idempotency key is inside the window',
+  // throttle
+  no_limit: 'no rate limit or quiet hours apply',
+  // route
+  channels_selected: 'the channels that can reach the recipient were chosen',
+  expired_before_routing: 'the notification\'s expiry passed before it was routed',
+  rule_removed: 'the notification\'s rule is no longer in the rules file',
+  category_opted_out: 'the recipient opted out of the rule\'s category',
+  no_reachable_channel: 'no channel of the rule can reach the recipient',
+  // deliver
+  channel_called: 'the channel is about to be called (attempt recorded first)',
+  accepted_by_provider: 'the channel\'s provider accepted the message',
+  already_recorded: 'a redelivered task whose result was already recorded; not sent again',
+  expired_before_delivery: 'the notification\'s expiry passed before this attempt',
+  transient_failure: 'a failure that may pass (timeout, connection error, 429, 5xx); retried with backoff',
+  permanent_failure: 'a failure retrying cannot fix (4xx, bad address, no provider)',
+  attempts_exhausted: 'every attempt failed transiently; no attempts left',
+} as const satisfies Record<string, string>;
+
+export type ReasonCode = keyof typeof REASON_CODES;
+
+export function isTerminal(status: Status): boolean {
+  return STATUSES[status].terminal;
+}

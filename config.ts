@@ -33,6 +33,8 @@ export const CONFIG_KEYS = {
   stateBackend: { env: 'HERALD_STATE_BACKEND', kind: 'enum', default: 'rocksdb', values: ['rocksdb', 'level', 'memory'], doc: 'Store backend: RocksDB on disk, LevelDB on disk (level), or memory (tests).' },
   httpHost: { env: 'HERALD_HTTP_HOST', kind: 'string', default: '127.0.0.1', doc: 'Interface the HTTP API listens on.' },
   httpPort: { env: 'HERALD_HTTP_PORT', kind: 'int', default: '8080', min: 0, max: 65535, doc: 'Port of the HTTP API; 0 picks a free one.' },
+  advertisedUrl: { env: 'HERALD_ADVERTISED_URL', kind: 'string', default: '', doc: 'Base URL other instances use to reach this one\'s HTTP API (Kafka Streams\' application.server); default http://<host>:<port> as listened on.' },
+  queryTimeoutMs: { env: 'HERALD_QUERY_TIMEOUT_MS', kind: 'int', default: '3000', min: 100, max: 60000, doc: 'Timeout of a query forwarded to the instance that holds its partition.' },
   rulesFile: { env: 'HERALD_RULES', kind: 'string', default: 'rules/default.json', doc: 'Notification rules file.' },
   webhookSecret: { env: 'HERALD_WEBHOOK_SECRET', kind: 'string', default: 'herald-dev-secret', doc: 'HMAC-SHA256 key that signs outgoing webhooks (never logged).' },
   logLevel: { env: 'HERALD_LOG_LEVEL', kind: 'enum', default: 'info', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], doc: 'pino log level.' },
@@ -67,6 +69,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (out.saslMechanism && !out.saslUsername) {
     throw new HeraldError('HRL_CONFIG_INVALID', `KAFKA_SASL_USERNAME: expected a user name because KAFKA_SASL_MECHANISM is "${out.saslMechanism}"`);
   }
+  if (out.advertisedUrl && !/^https?:\/\/[^\s/]+(\/[^\s]*)?$/.test(String(out.advertisedUrl))) {
+    throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_ADVERTISED_URL: expected an http(s) base URL such as http://herald-2:8080, got "${String(out.advertisedUrl)}"`);
+  }
+  out.advertisedUrl = String(out.advertisedUrl).replace(/\/+$/, '');
   if (out.embedded && out.saslMechanism) {
     throw new HeraldError('HRL_CONFIG_INVALID', 'KAFKA_SASL_MECHANISM: set KAFKA_BROKERS too; the embedded broker takes no SASL');
   }

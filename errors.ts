@@ -18,6 +18,11 @@ export const ERROR_CODES = {
   HRL_IDEMPOTENCY_KEY_REUSED: 'An Idempotency-Key was sent again with a different request body.',
   HRL_EMBEDDED_BROKER: 'The embedded broker could not be built or started.',
   HRL_PROCESSING_FAILED: 'A stage failed to process a record for a reason not classified above.',
+  HRL_BAD_REQUEST: 'An HTTP request is malformed (body not parseable, wrong shape).',
+  HRL_UNSUPPORTED_MEDIA_TYPE: 'An HTTP request body has a content type the route does not take.',
+  HRL_NOT_FOUND: 'The HTTP route, notification, user or audience does not exist (yet).',
+  HRL_OWNER_UNAVAILABLE: 'The instance that holds the partition a query needs is unknown or unreachable (a rebalance or restore is under way); retry shortly.',
+  HRL_INTERNAL: 'An unexpected server error; the log has the details.',
   HRL_SHUTTING_DOWN: 'Work was cut short because the process is stopping; it is not committed and runs again after the restart.',
 } as const;
 

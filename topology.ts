@@ -31,6 +31,7 @@ export const TOPICS = {
   audiences: { name: 'audiences.v1', schema: 'AudienceMember', key: 'tenant/audience/user id', compacted: true, partitions: 'shared', doc: 'Audience members (global table).' },
   preferences: { name: 'preferences.v1', schema: 'UserPreferences', key: 'user id', compacted: true, partitions: 'shared', doc: 'Recipient preferences (global table).' },
   dlq: { name: 'dlq.v1', schema: null, key: 'original key', compacted: false, partitions: 'shared', doc: 'Bad input: original bytes plus reason headers.' },
+  instances: { name: 'instances.v1', schema: null, key: 'stage/instance id', compacted: true, partitions: 1, doc: 'Which instance holds which partitions of each stage, and its HTTP address (queries any instance answers).' },
 } as const satisfies Record<string, TopicSpec>;
 
 export type TopicKey = keyof typeof TOPICS;

@@ -9,6 +9,9 @@ import { join } from 'node:path';
 import type { Admin, Kafka, Producer } from 'kafkajs';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../api/server.ts';
+import { InstanceDirectory } from './instances.ts';
+import { kafkaProfiles, kafkaPublisher, processHealth } from './ports.ts';
+import { LifecycleRouter } from './queries.ts';
 import type { ChannelProvider } from '../channels/channel.ts';
 import { WebhookChannel } from '../channels/webhook.ts';
 import type { HeraldConfig } from '../config.ts';
@@ -50,6 +53,8 @@ export interface Herald {
   rules: RuleSet;
   tables: GlobalTables;
   runners: Map<StageName, StageRunner>;
+  /** Which instance holds which partition, and where it answers queries. */
+  directory: InstanceDirectory;
   metrics: Metrics;
   log: Logger;
   api: FastifyInstance | null;
@@ -78,7 +83,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
   const rules = loadRules(config.rulesFile);
   const cleanups: (() => Promise<void>)[] = [];
   const cleanup = async () => {
-    for (const c of cleanups.splice(0).reverse()) await c().catch((err: Error) => log.warn({ err: err.message }, 'shutdown step failed'));
+    for (const c of cleanups.splice(0).reverse()) await c().catch((err: unknown) => log.warn({ err }, 'shutdown step failed'));
   };
   try {
     let broker: EmbeddedBroker | null = null;
@@ -135,10 +140,21 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     if (wantApi && !neededTables.includes('users')) neededTables.push('users');
     const tablesReady = tables.start(neededTables);
     tablesReady.catch(() => undefined);
+    const wantDirectory = wantApi || stages.includes('outcome');
+    const directory = new InstanceDirectory(kafka, admin, producer, config, log.child({ component: 'instances' }));
+    if (wantDirectory) {
+      await directory.start();
+      cleanups.push(() => directory.stop());
+    }
+    let advertised = config.advertisedUrl;
     const runners = new Map<StageName, StageRunner>();
     for (const stage of stages) {
       const gate = STAGES[stage].tables.length ? tablesReady : undefined;
-      runners.set(stage, new StageRunner({ stage, factory: factories[stage] as StageFactory, deps, kafka, admin, producer, codec, config, log, metrics, ...(gate ? { gate } : {}) }));
+      runners.set(stage, new StageRunner({
+        stage, factory: factories[stage] as StageFactory, deps, kafka, admin, producer, codec, config, log, metrics, ...(gate ? { gate } : {}),
+        advertisedUrl: () => advertised,
+        onAssignment: (partitions, memberId) => directory.assigned(stage, partitions, memberId),
+      }));
     }
     cleanups.push(async () => {
       await Promise.all([...runners.values()].map((r) => r.stop()));
@@ -154,7 +170,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     ready = true;
 
     const herald: Herald = {
-      config, brokers, registryUrl, httpUrl: null, broker, kafka, admin, producer, serde, rules, tables, runners, metrics, log, api: null,
+      config, brokers, registryUrl, httpUrl: null, broker, kafka, admin, producer, serde, rules, tables, runners, directory, metrics, log, api: null,
       isReady: () => ready,
       stop: async () => {
         ready = false;
@@ -162,11 +178,22 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       },
     };
     if (wantApi) {
-      const api = await buildApi(herald);
+      const api = await buildApi({
+        publisher: kafkaPublisher(producer, serde, config),
+        profiles: kafkaProfiles(producer, serde, tables, config),
+        lifecycle: new LifecycleRouter({
+          local: () => runners.get('outcome')?.stores('lifecycle') ?? new Map(),
+          directory, partitions: config.partitions, timeoutMs: config.queryTimeoutMs, log: log.child({ component: 'queries' }),
+        }),
+        health: processHealth({ runners, tables, metrics, started: () => ready }),
+        rules, maxPayloadBytes: config.maxPayloadBytes, log: log.child({ component: 'api' }),
+      });
       cleanups.push(() => api.close());
       herald.api = api;
       const address = await api.listen({ port: config.httpPort, host: config.httpHost });
       herald.httpUrl = address;
+      advertised ||= address;
+      directory.setUrl(advertised);
     }
     return herald;
   } catch (err) {

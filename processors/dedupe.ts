@@ -25,7 +25,7 @@ function field(req: NotificationRequest, data: Record<string, unknown>, path: st
     for (const part of path.slice(5).split('.')) v = v && typeof v === 'object' ? (v as Record<string, unknown>)[part] : undefined;
     return v === undefined ? '\u0001missing' : JSON.stringify(v);
   }
-  return String((req as unknown as Record<string, unknown>)[path] ?? '');
+  return String(Object.entries(req).find(([k]) => k === path)?.[1] ?? '');
 }
 
 /** The dedupe key of a request under its rule. */

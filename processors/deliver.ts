@@ -73,13 +73,13 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>): StageFa
   async function attempt(items: Item[], ctx: StageContext<'deliver'>): Promise<void> {
     const results = ctx.store('results');
     const ids = items.map((i) => i.task.deliveryId);
-    const recorded = await results.getMany<DeliveryResult | { attempt: number }>([...ids.map(resultKey), ...ids.map(attemptKey)]);
+    const [recorded, attempted] = await Promise.all([results.getMany<DeliveryResult>(ids.map(resultKey)), results.getMany<{ attempt: number }>(ids.map(attemptKey))]);
     const todo: Item[] = [];
     const seen = new Set<string>();
     items.forEach((item, i) => {
       const { task, cause } = item;
-      const prior = recorded[i] as DeliveryResult | undefined;
-      const lastAttempt = (recorded[items.length + i] as { attempt: number } | undefined)?.attempt ?? 0;
+      const prior = recorded[i];
+      const lastAttempt = attempted[i]?.attempt ?? 0;
       if (prior) {
         // Already settled: no second call. The terminal decision is written again so it
         // is never missing on outcomes.v1 (the projection ignores a decision it has).

@@ -69,3 +69,33 @@ export const outcome: StageFactory<'outcome'> = () => ({
     await applyLifecycle(ctx.store('lifecycle'), batch.map((r) => r.value));
   },
 });
+
+/** Read-only access to a projection partition, for queries (a store view or a rebuilt store). */
+export interface ProjectionReader {
+  getMany<T>(keys: string[]): Promise<(T | undefined)[]>;
+  range<T>(gte: string, lt: string, limit?: number): AsyncIterable<[string, T]>;
+}
+
+/** A notification's lifecycle, from the projection partition that holds it. */
+export async function readNotification(store: ProjectionReader, id: string): Promise<NotificationView | undefined> {
+  const [n] = await store.getMany<NotificationView>([notificationKey(id)]);
+  return n;
+}
+
+/** A user's notifications (newest first, without their events), from the partition that holds the user. */
+export async function readUserNotifications(store: ProjectionReader, recipient: string, limit: number): Promise<Omit<NotificationView, 'events'>[]> {
+  const prefix = userIndexPrefix(recipient);
+  const ids: { id: string; at: number }[] = [];
+  for await (const [k] of store.range(prefix, `${prefix}\uffff`)) {
+    const [at, id] = k.slice(prefix.length).split(':');
+    ids.push({ id: id!, at: Number(at) });
+  }
+  ids.sort((a, b) => b.at - a.at);
+  const chosen = ids.slice(0, limit);
+  const views = await store.getMany<NotificationView>(chosen.map((c) => notificationKey(c.id)));
+  return views.flatMap((n) => {
+    if (!n) return [];
+    const { events: _events, ...summary } = n;
+    return [summary];
+  });
+}

@@ -6,7 +6,15 @@
  */
 import { AssignerProtocol, type PartitionAssigner } from 'kafkajs';
 
-export const CoPartitionedAssigner: PartitionAssigner = ({ cluster }) => ({
+export const CoPartitionedAssigner: PartitionAssigner = coPartitionedAssigner(() => '');
+
+/**
+ * The assigner, with `memberData()` (this instance's advertised HTTP address) in the
+ * member metadata every join sends, as Kafka Streams puts `application.server` there:
+ * `kafka-consumer-groups --describe --members --verbose` and DescribeGroups show it.
+ */
+export function coPartitionedAssigner(memberData: () => string): PartitionAssigner {
+  return ({ cluster }) => ({
   name: 'HeraldCoPartitioned',
   version: 1,
   async assign({ members, topics }) {
@@ -26,6 +34,7 @@ export const CoPartitionedAssigner: PartitionAssigner = ({ cluster }) => ({
     }));
   },
   protocol({ topics }) {
-    return { name: 'HeraldCoPartitioned', metadata: AssignerProtocol.MemberMetadata.encode({ version: 1, topics, userData: Buffer.alloc(0) }) };
+    return { name: 'HeraldCoPartitioned', metadata: AssignerProtocol.MemberMetadata.encode({ version: 1, topics, userData: Buffer.from(memberData()) }) };
   },
-});
+  });
+}

@@ -17,6 +17,8 @@ export function createLogger(level: string, destination?: pino.DestinationStream
       level,
       base: { app: 'herald' },
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      // Errors are logged as objects: type, message, stack, code, and the cause chain.
+      serializers: { err: pino.stdSerializers.errWithCause },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
     destination ?? pino.destination({ dest: 2, sync: false }),

@@ -14,7 +14,7 @@ import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import type { KeyValueStore } from '../state/store.ts';
 import { type StageName, type TopicKey, groupId, stageSpec, topicName } from '../topology.ts';
-import { CoPartitionedAssigner } from './assigner.ts';
+import { coPartitionedAssigner } from './assigner.ts';
 import type { Codec } from './codec.ts';
 import type { StageDeps, StageFactory } from './contract.ts';
 import { decodeBatch } from './failure-policy.ts';
@@ -39,8 +39,10 @@ export interface StageRunnerOptions {
   clock?: () => number;
   /** Resolves when the stage may process: its global tables are caught up. */
   gate?: Promise<void>;
-  /** Called with the partitions this member holds after each rebalance (the query router listens). */
-  onAssignment?: (partitions: number[]) => void;
+  /** Called with the partitions this member holds after each rebalance (the instance directory listens). */
+  onAssignment?: (partitions: number[], memberId: string) => void;
+  /** This instance's HTTP address, sent in its group membership metadata. */
+  advertisedUrl?: () => string;
 }
 
 /** Thrown into waits cut short by a stop: a shutdown, not a processing failure. */
@@ -82,7 +84,7 @@ export class StageRunner {
       minBytes: 1,
       maxBytesPerPartition: 1024 * 1024,
       allowAutoTopicCreation: false,
-      partitionAssigners: [CoPartitionedAssigner],
+      partitionAssigners: [coPartitionedAssigner(() => this.o.advertisedUrl?.() ?? '')],
     });
     this.consumer = consumer;
     consumer.on(consumer.events.CRASH, (e) => {
@@ -107,7 +109,7 @@ export class StageRunner {
           t.catch((err: Error) => this.log.warn({ partition: p, err }, 'opening the partition failed; retried at its next batch'));
         }
       }
-      this.o.onAssignment?.(sorted);
+      this.o.onAssignment?.(sorted, e.payload.memberId);
       this.joinedResolve();
     });
     await consumer.connect();

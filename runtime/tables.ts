@@ -65,7 +65,7 @@ export class GlobalTables implements TableLookup {
             try {
               records.push({ key, value: JSON.stringify(await this.serde.decode(m.value)) });
             } catch (err) {
-              this.log.warn({ table, partition, offset: m.offset, err: (err as Error).message }, 'table record skipped: undecodable');
+              this.log.warn({ table, partition, offset: m.offset, err }, 'table record skipped: undecodable');
             }
           }
         }

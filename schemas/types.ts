@@ -123,4 +123,16 @@ export interface TopicValues {
   audiences: AudienceMember;
   preferences: UserPreferences;
   dlq: Buffer;
+  instances: InstanceClaim;
+}
+
+/** An instance's claim on the partitions of one stage (JSON on instances.v1, keyed `<stage>/<instance id>`). */
+export interface InstanceClaim {
+  instanceId: string;
+  stage: string;
+  /** Where the instance's HTTP API answers (HERALD_ADVERTISED_URL). */
+  url: string;
+  partitions: number[];
+  memberId: string;
+  at: number;
 }

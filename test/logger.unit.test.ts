@@ -24,4 +24,16 @@ describe('logger redaction', () => {
     expect(out).toContain('ntf_1');
     expect(out).toContain('[redacted]');
   });
+
+  it('logs an error as an object with its stack, code and cause', async () => {
+    const { lines, stream } = capture();
+    const log = createLogger('info', stream);
+    const { HeraldError } = await import('../errors.ts');
+    log.error({ err: new HeraldError('HRL_PROCESSING_FAILED', 'batch failed', { cause: new Error('disk full') }) }, 'failed');
+    await new Promise((r) => setTimeout(r, 50));
+    const entry = JSON.parse(lines.join('')) as { err: { type: string; message: string; stack: string; code: string; cause: { message: string } } };
+    expect(entry.err).toMatchObject({ type: 'HeraldError', code: 'HRL_PROCESSING_FAILED', cause: { message: 'disk full' } });
+    expect(entry.err.stack).toContain('logger.unit.test.ts');
+  });
 });
+

@@ -1,0 +1,85 @@
+/**
+ * What the HTTP API needs from the rest of Herald, and nothing more (ports and adapters):
+ * the assembly (app/) implements them over Kafka, the global tables and the lifecycle
+ * projection; tests implement them in memory and drive the API with fastify's `inject()`.
+ */
+import type { RuleSet } from '../rules/rules.ts';
+import type { DomainEvent, UserPreferences, UserProfile } from '../schemas/types.ts';
+
+/** Publishes validated domain events to events.v1 (acks=-1). */
+export interface EventPublisher {
+  publish(event: DomainEvent): Promise<void>;
+}
+
+/** Writes and reads the profile tables (users.v1, preferences.v1, audiences.v1). */
+export interface Profiles {
+  putUser(profile: UserProfile): Promise<void>;
+  deleteUser(userId: string): Promise<void>;
+  /** The profile from this instance's copy of users.v1, or undefined. */
+  getUser(userId: string): Promise<UserProfile | undefined>;
+  putPreferences(preferences: UserPreferences): Promise<void>;
+  updateAudience(tenant: string, audience: string, add: readonly string[], remove: readonly string[]): Promise<void>;
+  /** Members of an audience, or null when this instance does not hold the audiences table. */
+  audienceMembers(tenant: string, audience: string, limit: number): Promise<string[] | null>;
+}
+
+/** The answer of a query that may be served by another instance. */
+export type QueryAnswer<T> =
+  | { status: 'ok'; value: T; servedBy: string }
+  | { status: 'not_found'; detail: string }
+  /** The owner of the partition is unknown or unreachable (mid-rebalance, restoring): ask again shortly. */
+  | { status: 'unavailable'; detail: string };
+
+export interface QueryOptions {
+  /** The query was forwarded by another instance: answer from local state, never forward again. */
+  forwarded: boolean;
+}
+
+export interface LifecycleEventView {
+  stage: string;
+  status: string;
+  terminal: boolean;
+  reasonCode: string;
+  reason: string;
+  channel: string | null;
+  attempt: number | null;
+  deliveryId: string | null;
+  timestamp: number;
+  [field: string]: unknown;
+}
+
+export interface NotificationLifecycle {
+  notificationId: string;
+  recipient: string;
+  status: string;
+  events: LifecycleEventView[];
+  [field: string]: unknown;
+}
+
+export interface UserNotifications {
+  userId: string;
+  notifications: Omit<NotificationLifecycle, 'events'>[];
+}
+
+/** Lifecycle queries, answered by whichever instance holds the partition. */
+export interface LifecycleQueries {
+  notification(id: string, opts: QueryOptions): Promise<QueryAnswer<NotificationLifecycle>>;
+  userNotifications(userId: string, limit: number, opts: QueryOptions): Promise<QueryAnswer<UserNotifications>>;
+}
+
+export interface Health {
+  /** Ready = stages joined, tables caught up, stores open; with the detail /readyz shows. */
+  readiness(): { ready: boolean; [detail: string]: unknown };
+  metrics(): Promise<{ contentType: string; body: string }>;
+}
+
+export interface ApiPorts {
+  publisher: EventPublisher;
+  profiles: Profiles;
+  lifecycle: LifecycleQueries;
+  health: Health;
+  rules: RuleSet;
+  /** Largest accepted event body, in bytes. */
+  maxPayloadBytes: number;
+  log: { error(obj: object, msg: string): void; warn(obj: object, msg: string): void };
+}

@@ -1,0 +1,119 @@
+/**
+ * Which instance holds which partition of each stage, and where its HTTP API answers
+ * (Kafka Streams' `StreamsMetadata`). kafkajs hands a member only its own assignment, and
+ * the embedded broker has no DescribeGroups, so every instance publishes its claim after
+ * each rebalance to the compacted, single-partition topic instances.v1, keyed
+ * `<stage>/<instance id>` (a tombstone on clean stop), and follows that topic. A partition
+ * belongs to the latest claim that names it: single-partition offsets order the claims,
+ * so a survivor's claim supersedes a dead instance's without any clock.
+ */
+import type { Admin, Kafka, Producer } from 'kafkajs';
+import type { HeraldConfig } from '../config.ts';
+import type { Logger } from '../runtime/logger.ts';
+import { TopicReader } from '../runtime/reader.ts';
+import type { InstanceClaim } from '../schemas/types.ts';
+import { type StageName, topicName } from '../topology.ts';
+
+interface Known { claim: InstanceClaim; offset: bigint }
+
+export class InstanceDirectory {
+  private readonly claims = new Map<string, Known>();
+  private readonly own = new Map<StageName, { partitions: number[]; memberId: string }>();
+  private url: string | null = null;
+  private reader: TopicReader | null = null;
+  private publishing: Promise<void> = Promise.resolve();
+  private readonly topic: string;
+  private readonly kafka: Kafka;
+  private readonly admin: Admin;
+  private readonly producer: Producer;
+  private readonly config: HeraldConfig;
+  private readonly log: Logger;
+
+  constructor(kafka: Kafka, admin: Admin, producer: Producer, config: HeraldConfig, log: Logger) {
+    this.kafka = kafka;
+    this.admin = admin;
+    this.producer = producer;
+    this.config = config;
+    this.log = log;
+    this.topic = topicName(config.topicPrefix, 'instances');
+  }
+
+  get instanceId(): string {
+    return this.config.instanceId;
+  }
+
+  /** Follows instances.v1; resolves when the claims published so far are read. */
+  async start(): Promise<void> {
+    this.reader = new TopicReader(this.kafka, this.admin, {
+      topic: this.topic,
+      groupPrefix: this.config.topicPrefix,
+      onBatch: async ({ messages }) => {
+        for (const m of messages) {
+          const key = m.key?.toString();
+          if (!key) continue;
+          if (m.value === null) {
+            this.claims.delete(key);
+            continue;
+          }
+          try {
+            this.claims.set(key, { claim: JSON.parse(m.value.toString()) as InstanceClaim, offset: BigInt(m.offset) });
+          } catch (err) {
+            this.log.warn({ offset: m.offset, err }, 'unreadable instance claim skipped');
+          }
+        }
+      },
+    });
+    await this.reader.start();
+    await this.reader.caughtUp;
+  }
+
+  /** This instance's HTTP address is known (after listen): publish the claims made before it was. */
+  setUrl(url: string): void {
+    this.url = url;
+    for (const stage of this.own.keys()) this.publish(stage);
+  }
+
+  /** The runner of `stage` holds `partitions` after a rebalance. */
+  assigned(stage: StageName, partitions: number[], memberId: string): void {
+    this.own.set(stage, { partitions, memberId });
+    if (this.url) this.publish(stage);
+  }
+
+  private publish(stage: StageName): void {
+    const own = this.own.get(stage);
+    const url = this.url;
+    if (!own || !url) return;
+    const claim: InstanceClaim = { instanceId: this.instanceId, stage, url, partitions: own.partitions, memberId: own.memberId, at: Date.now() };
+    this.publishing = this.publishing.then(() => this.producer.send({ topic: this.topic, acks: -1, messages: [{ key: `${stage}/${this.instanceId}`, value: JSON.stringify(claim) }] }))
+      .then(() => undefined)
+      .catch((err: unknown) => this.log.warn({ err, stage }, 'publishing the instance claim failed; queries may be routed to the previous owner until the next rebalance'));
+  }
+
+  /** The instance whose latest claim names `partition` of `stage`, if any. */
+  owner(stage: StageName, partition: number): InstanceClaim | undefined {
+    let best: Known | undefined;
+    for (const k of this.claims.values()) {
+      if (k.claim.stage === stage && k.claim.partitions.includes(partition) && (!best || k.offset > best.offset)) best = k;
+    }
+    return best?.claim;
+  }
+
+  /** Every other instance that claims partitions of `stage`, one entry per URL. */
+  others(stage: StageName): InstanceClaim[] {
+    const byUrl = new Map<string, InstanceClaim>();
+    for (const { claim } of this.claims.values()) {
+      if (claim.stage === stage && claim.instanceId !== this.instanceId && claim.partitions.length) byUrl.set(claim.url, claim);
+    }
+    return [...byUrl.values()];
+  }
+
+  /** Withdraws this instance's claims (tombstones) and stops following. */
+  async stop(): Promise<void> {
+    await this.publishing;
+    if (this.own.size) {
+      await this.producer.send({ topic: this.topic, acks: -1, messages: [...this.own.keys()].map((stage) => ({ key: `${stage}/${this.instanceId}`, value: null })) })
+        .catch((err: unknown) => this.log.warn({ err }, 'withdrawing the instance claims failed'));
+    }
+    await this.reader?.stop();
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * The API's ports over Kafka and the global tables: events and profile changes are
+ * produced (acks=-1) to their topics, profiles are read from this instance's copy of the
+ * users table, and health reads the stage runners and the tables.
+ */
+import type { Producer } from 'kafkajs';
+import type { EventPublisher, Health, Profiles } from '../api/ports.ts';
+import type { HeraldConfig } from '../config.ts';
+import { audienceKey } from '../processors/ingest.ts';
+import type { Metrics } from '../runtime/metrics.ts';
+import type { StageRunner } from '../runtime/stage-runner.ts';
+import type { GlobalTables } from '../runtime/tables.ts';
+import type { Serde } from '../schemas/index.ts';
+import type { AudienceMember, DomainEvent, UserPreferences, UserProfile } from '../schemas/types.ts';
+import { type StageName, topicName } from '../topology.ts';
+
+export function kafkaPublisher(producer: Producer, serde: Serde, config: HeraldConfig): EventPublisher {
+  const topic = topicName(config.topicPrefix, 'events');
+  return {
+    async publish(ev: DomainEvent) {
+      await producer.send({ topic, acks: -1, messages: [{ key: ev.id, value: await serde.encode(topic, ev) }] });
+    },
+  };
+}
+
+export function kafkaProfiles(producer: Producer, serde: Serde, tables: GlobalTables, config: HeraldConfig): Profiles {
+  const t = (k: 'users' | 'preferences' | 'audiences') => topicName(config.topicPrefix, k);
+  return {
+    async putUser(profile: UserProfile) {
+      await producer.send({ topic: t('users'), acks: -1, messages: [{ key: profile.userId, value: await serde.encode(t('users'), profile) }] });
+    },
+    async deleteUser(userId: string) {
+      await producer.send({ topic: t('users'), acks: -1, messages: [{ key: userId, value: null }] });
+    },
+    async getUser(userId: string) {
+      const [user] = await tables.getMany<UserProfile>('users', [userId]);
+      return user;
+    },
+    async putPreferences(prefs: UserPreferences) {
+      await producer.send({ topic: t('preferences'), acks: -1, messages: [{ key: prefs.userId, value: await serde.encode(t('preferences'), prefs) }] });
+    },
+    async updateAudience(tenant, audience, add, remove) {
+      const now = Date.now();
+      const messages = [
+        ...(await Promise.all(add.map(async (userId) => ({ key: audienceKey(tenant, audience, userId), value: await serde.encode(t('audiences'), { tenant, audience, userId, addedAt: now } satisfies AudienceMember) })))),
+        ...remove.map((userId) => ({ key: audienceKey(tenant, audience, userId), value: null })),
+      ];
+      for (let i = 0; i < messages.length; i += 5000) await producer.send({ topic: t('audiences'), acks: -1, messages: messages.slice(i, i + 5000) });
+    },
+    async audienceMembers(tenant, audience, limit) {
+      if (!tables.has('audiences')) return null;
+      const members: string[] = [];
+      for await (const [, m] of tables.scan<AudienceMember>('audiences', audienceKey(tenant, audience))) {
+        members.push(m.userId);
+        if (members.length >= limit) break;
+      }
+      return members;
+    },
+  };
+}
+
+export function processHealth(o: { runners: ReadonlyMap<StageName, StageRunner>; tables: GlobalTables; metrics: Metrics; started: () => boolean }): Health {
+  return {
+    readiness() {
+      const stages = Object.fromEntries([...o.runners].map(([name, r]) => [name, r.member]));
+      const tables = Object.fromEntries((['users', 'preferences', 'audiences'] as const).filter((t) => o.tables.has(t)).map((t) => [t, o.tables.isCaughtUp(t)]));
+      const ready = o.started() && Object.values(stages).every((m) => m === 'joined') && Object.values(tables).every(Boolean);
+      return { ready, stages, tables };
+    },
+    async metrics() {
+      return { contentType: o.metrics.registry.contentType, body: await o.metrics.registry.metrics() };
+    },
+  };
+}

@@ -1,0 +1,87 @@
+/**
+ * Lifecycle queries any instance answers (Kafka Streams' interactive queries): a lookup
+ * whose partition this instance holds is answered from its own projection store; one
+ * whose partition another instance holds is forwarded there, once (the forwarded request
+ * carries a header, and is answered from local state only). A user's notifications live in
+ * the partition of the user id (outcomes.v1 is keyed by recipient, partitioned by kafkajs'
+ * default murmur2 partitioner, as the Java client does). A notification id does not name
+ * its partition, so when it is not held here every instance holding outcome partitions is
+ * asked at once. While the owner is unknown or unreachable (a rebalance, a restore), the
+ * answer is `unavailable` (HTTP 503 with Retry-After), never a wrong 404.
+ */
+import { Partitioners } from 'kafkajs';
+import { FORWARDED_HEADER } from '../api/server.ts';
+import type { LifecycleQueries, NotificationLifecycle, QueryAnswer, QueryOptions, UserNotifications } from '../api/ports.ts';
+import { type ProjectionReader, readNotification, readUserNotifications } from '../processors/outcome.ts';
+import type { Logger } from '../runtime/logger.ts';
+import type { InstanceClaim } from '../schemas/types.ts';
+import type { InstanceDirectory } from './instances.ts';
+
+export interface LifecycleRouterOptions {
+  /** The projection partitions this instance holds now, by partition. */
+  local: () => ReadonlyMap<number, { view(): ProjectionReader }>;
+  directory: InstanceDirectory;
+  partitions: number;
+  timeoutMs: number;
+  log: Logger;
+}
+
+const partitioner = Partitioners.DefaultPartitioner();
+
+/** The partition of a recipient-keyed topic that holds `key`. */
+export function partitionOf(key: string, partitions: number): number {
+  const partitionMetadata = Array.from({ length: partitions }, (_, partitionId) => ({ partitionId, leader: 0, partitionErrorCode: 0, replicas: [0], isr: [0] }));
+  return partitioner({ topic: '', partitionMetadata, message: { key, value: null } });
+}
+
+export class LifecycleRouter implements LifecycleQueries {
+  private readonly o: LifecycleRouterOptions;
+
+  constructor(o: LifecycleRouterOptions) {
+    this.o = o;
+  }
+
+  private get self(): string {
+    return this.o.directory.instanceId;
+  }
+
+  async notification(id: string, opts: QueryOptions): Promise<QueryAnswer<NotificationLifecycle>> {
+    for (const store of this.o.local().values()) {
+      const n = await readNotification(store.view(), id);
+      if (n) return { status: 'ok', value: n as unknown as NotificationLifecycle, servedBy: this.self };
+    }
+    const notFound = { status: 'not_found' as const, detail: `no lifecycle for notification "${id}" yet` };
+    if (opts.forwarded) return notFound;
+    const others = this.o.directory.others('outcome');
+    if (others.length === 0) return notFound;
+    const answers = await Promise.all(others.map((owner) => this.forward<NotificationLifecycle>(owner, `/v1/notifications/${encodeURIComponent(id)}`)));
+    const found = answers.find((a) => a.status === 'ok');
+    if (found) return found;
+    return answers.find((a) => a.status === 'unavailable') ?? notFound;
+  }
+
+  async userNotifications(userId: string, limit: number, opts: QueryOptions): Promise<QueryAnswer<UserNotifications>> {
+    const partition = partitionOf(userId, this.o.partitions);
+    const store = this.o.local().get(partition);
+    if (store) return { status: 'ok', value: { userId, notifications: await readUserNotifications(store.view(), userId, limit) }, servedBy: this.self };
+    if (opts.forwarded) return { status: 'unavailable', detail: `partition ${partition} of the outcome stage is not held by instance ${this.self} (it moved in a rebalance)` };
+    const owner = this.o.directory.owner('outcome', partition);
+    if (!owner) return { status: 'unavailable', detail: `no instance holds partition ${partition} of the outcome stage yet` };
+    if (owner.instanceId === this.self) return { status: 'unavailable', detail: `partition ${partition} of the outcome stage is still being restored on instance ${this.self}` };
+    return this.forward<UserNotifications>(owner, `/v1/users/${encodeURIComponent(userId)}/notifications?limit=${limit}`);
+  }
+
+  /** One hop to the owner; its answer, or `unavailable` when it cannot be reached in time. */
+  private async forward<T>(owner: InstanceClaim, path: string): Promise<QueryAnswer<T>> {
+    try {
+      const res = await fetch(`${owner.url}${path}`, { headers: { [FORWARDED_HEADER]: this.self }, signal: AbortSignal.timeout(this.o.timeoutMs) });
+      const body = (await res.json()) as T & { message?: string };
+      if (res.status === 200) return { status: 'ok', value: body, servedBy: res.headers.get('x-herald-served-by') ?? owner.instanceId };
+      if (res.status === 404) return { status: 'not_found', detail: body.message ?? 'not found' };
+      return { status: 'unavailable', detail: `instance ${owner.instanceId} answered ${res.status}: ${body.message ?? ''}`.trim() };
+    } catch (err) {
+      this.o.log.warn({ err, owner: owner.instanceId }, 'forwarding a query failed');
+      return { status: 'unavailable', detail: `instance ${owner.instanceId}, which holds the partition, did not answer (${(err as Error).name})` };
+    }
+  }
+}

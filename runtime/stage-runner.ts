@@ -53,6 +53,7 @@ export class StageRunner {
   private stopped = false;
   private restarts = 0;
   private restarting: Promise<void> = Promise.resolve();
+  private commitTimer: NodeJS.Timeout | null = null;
   /** Group membership, as /readyz reports it. */
   member: 'starting' | 'joined' | 'restarting' | 'stopped' = 'starting';
   private readonly inputs = new Map<string, TopicKey>();
@@ -112,6 +113,10 @@ export class StageRunner {
       this.o.onAssignment?.(sorted, e.payload.memberId);
       this.joinedResolve();
     });
+    // Commit on the interval even when no batch arrives (Kafka Streams' commit.interval.ms):
+    // a quiet partition's last batch must not wait for traffic to be committed.
+    this.commitTimer ??= setInterval(() => void this.offsets.maybeCommit(this.consumer), Math.max(100, config.commitIntervalMs));
+    this.commitTimer.unref();
     await consumer.connect();
     for (const topic of this.inputs.keys()) await consumer.subscribe({ topic, fromBeginning: true });
     await consumer.run({
@@ -192,6 +197,7 @@ export class StageRunner {
   async stop(): Promise<void> {
     this.stopped = true;
     this.member = 'stopped';
+    if (this.commitTimer) clearInterval(this.commitTimer);
     await this.restarting;
     const c = this.consumer;
     if (c) {

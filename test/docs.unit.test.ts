@@ -17,3 +17,13 @@ describe('README', () => {
     expect(missing).toEqual([]);
   });
 });
+
+describe('README lifecycle vocabulary', () => {
+  it('lists exactly the statuses (with terminal) and reason codes of schemas/lifecycle.ts', async () => {
+    const { REASON_CODES, STATUSES } = await import('../schemas/lifecycle.ts');
+    const statuses = [...readme.matchAll(/^\| `([A-Z_]+)` \| (yes|no) \|/gm)].map((m) => [m[1], m[2] === 'yes']);
+    expect(statuses).toEqual(Object.entries(STATUSES).map(([k, v]) => [k, v.terminal]));
+    const codes = [...readme.matchAll(/^\| `([a-z_]+)` \| /gm)].map((m) => m[1]);
+    expect(codes).toEqual(Object.keys(REASON_CODES));
+  });
+});

@@ -4,6 +4,7 @@
  * routed), and no (notificationId, channel) is DELIVERED by two different attempts.
  * A decision recorded twice (a redelivery) is the same decision and counts once.
  */
+import { STATUSES, type Status, isTerminal } from '../../schemas/lifecycle.ts';
 import type { LifecycleEvent } from '../../schemas/types.ts';
 
 export interface Accounting { notifications: number; terminal: number; violations: string[] }
@@ -17,7 +18,11 @@ export function checkAccounting(events: LifecycleEvent[], accepted: ReadonlySet<
     const evs = byId.get(id) ?? [];
     const routed = evs.find((e) => e.status === 'ROUTED');
     const terminals = new Map<string, Set<string>>();
-    for (const e of evs.filter((x) => x.terminal)) {
+    for (const e of evs) {
+      if (!(e.status in STATUSES)) violations.push(`${id}: status ${e.status} is not in the lifecycle vocabulary`);
+      else if (e.terminal !== isTerminal(e.status as Status)) violations.push(`${id}: ${e.status} recorded with terminal=${e.terminal}`);
+    }
+    for (const e of evs.filter((x) => x.status in STATUSES && isTerminal(x.status as Status))) {
       const scope = e.channel ?? '';
       terminals.set(scope, (terminals.get(scope) ?? new Set()).add(e.status));
     }

@@ -98,15 +98,6 @@ export class InstanceDirectory {
     return best?.claim;
   }
 
-  /** Every other instance that claims partitions of `stage`, one entry per URL. */
-  others(stage: StageName): InstanceClaim[] {
-    const byUrl = new Map<string, InstanceClaim>();
-    for (const { claim } of this.claims.values()) {
-      if (claim.stage === stage && claim.instanceId !== this.instanceId && claim.partitions.length) byUrl.set(claim.url, claim);
-    }
-    return [...byUrl.values()];
-  }
-
   /** Withdraws this instance's claims (tombstones) and stops following. */
   async stop(): Promise<void> {
     await this.publishing;

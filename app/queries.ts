@@ -46,17 +46,28 @@ export class LifecycleRouter implements LifecycleQueries {
   }
 
   async notification(id: string, opts: QueryOptions): Promise<QueryAnswer<NotificationLifecycle>> {
-    for (const store of this.o.local().values()) {
+    const local = this.o.local();
+    for (const store of local.values()) {
       const n = await readNotification(store.view(), id);
       if (n) return { status: 'ok', value: n as unknown as NotificationLifecycle, servedBy: this.self };
     }
+    // Partitions nobody can answer for right now: no owner yet, or restoring here.
+    const owners = new Map<string, InstanceClaim>();
+    const unanswerable: number[] = [];
+    for (let p = 0; p < this.o.partitions; p++) {
+      if (local.has(p)) continue;
+      const owner = this.o.directory.owner('outcome', p);
+      if (!owner || owner.instanceId === this.self) unanswerable.push(p);
+      else owners.set(owner.url, owner);
+    }
     const notFound = { status: 'not_found' as const, detail: `no lifecycle for notification "${id}" yet` };
-    if (opts.forwarded) return notFound;
-    const others = this.o.directory.others('outcome');
-    if (others.length === 0) return notFound;
-    const answers = await Promise.all(others.map((owner) => this.forward<NotificationLifecycle>(owner, `/v1/notifications/${encodeURIComponent(id)}`)));
+    const unavailable = { status: 'unavailable' as const, detail: `partitions ${unanswerable.join(', ')} of the outcome stage have no instance serving them yet (rebalance or restore under way)` };
+    if (opts.forwarded) return unanswerable.some((p) => this.o.directory.owner('outcome', p)?.instanceId === this.self) ? unavailable : notFound;
+    // Only the current owners are asked, so a dead instance's stale claim costs nothing.
+    const answers = await Promise.all([...owners.values()].map((owner) => this.forward<NotificationLifecycle>(owner, `/v1/notifications/${encodeURIComponent(id)}`)));
     const found = answers.find((a) => a.status === 'ok');
     if (found) return found;
+    if (unanswerable.length) return unavailable;
     return answers.find((a) => a.status === 'unavailable') ?? notFound;
   }
 

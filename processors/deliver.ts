@@ -91,8 +91,10 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>): StageFa
       } else if (task.attempt <= lastAttempt) {
         // This attempt was made and its outcome recorded (a retry record read again after a crash).
         ctx.log.debug({ deliveryId: task.deliveryId, attempt: task.attempt }, 'attempt already made; skipped');
-      } else if (!seen.has(task.deliveryId)) todo.push(item);
-      seen.add(task.deliveryId);
+      } else if (!seen.has(task.deliveryId)) {
+        todo.push(item);
+        seen.add(task.deliveryId);
+      }
     });
     // Expired tasks are not sent; the others are recorded as ATTEMPTED before the call.
     const now0 = ctx.wallClock();

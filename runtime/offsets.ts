@@ -14,6 +14,8 @@ const k = (topic: string, partition: number) => `${topic}\u0000${partition}`;
 
 export class OffsetManager {
   private readonly pending = new Map<string, Mark>();
+  /** Partitions this member holds; null until the first assignment. */
+  private assigned: ReadonlySet<number> | null = null;
   private readonly committed = new Map<string, bigint>();
   private lastCommit = Date.now();
   private readonly intervalMs: number;
@@ -26,11 +28,14 @@ export class OffsetManager {
 
   /** Marks `offset` (the last record of a completed batch) as done: `offset + 1` will be committed. */
   mark(topic: string, partition: number, offset: string): void {
+    // A batch that finished after its partition moved must not commit over the new owner.
+    if (this.assigned && !this.assigned.has(partition)) return;
     this.pending.set(k(topic, partition), { topic, partition, offset: (BigInt(offset) + 1n).toString() });
   }
 
   /** Forgets marks of partitions no longer assigned (their new owner replays from the last commit). */
   retain(assigned: ReadonlySet<number>): void {
+    this.assigned = new Set(assigned);
     for (const [key, m] of this.pending) if (!assigned.has(m.partition)) this.pending.delete(key);
   }
 
@@ -54,6 +59,7 @@ export class OffsetManager {
       for (const o of offsets) {
         const key = k(o.topic, o.partition);
         // Never move a partition's commit backwards past one that succeeded meanwhile.
+        if (this.assigned && !this.assigned.has(o.partition)) continue;
         if (!this.pending.has(key) && BigInt(o.offset) > (this.committed.get(key) ?? -1n)) this.pending.set(key, o);
       }
     }

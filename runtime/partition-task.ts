@@ -42,6 +42,9 @@ export class PartitionTask {
   private timer: NodeJS.Timeout | null = null;
   private punctuating = false;
   private closed = false;
+  /** Consecutive failed punctuations, and the wall-clock time before which none runs (backoff). */
+  private failures = 0;
+  private resumeAt = 0;
   private readonly o: PartitionTaskOptions;
   private readonly log: Logger;
 
@@ -56,7 +59,7 @@ export class PartitionTask {
   /** Runs `fn` once everything queued before it on this partition has finished. */
   run<T>(fn: () => Promise<T>): Promise<T> {
     const next = this.lock.then(() => {
-      if (this.closed) throw new HeraldError('HRL_PROCESSING_FAILED', `partition ${this.partition} of ${this.o.stage} is closed`, { retriable: true });
+      if (this.closed) throw new HeraldError('HRL_SHUTTING_DOWN', `partition ${this.partition} of ${this.o.stage} is closed`, { retriable: true });
       return fn();
     });
     this.lock = next.catch(() => undefined);
@@ -76,7 +79,9 @@ export class PartitionTask {
   async complete(ctx: BatchContext, topic: string | null, offset: string | null): Promise<void> {
     const { collector, offsets, metrics, stage } = this.o;
     const views = [...ctx.views.values()];
-    const changelogOffsets = await collector.send(ctx.outputs, views, this.partition, ctx.maxTimestamp ?? this.o.clock());
+    // A timer run has no input to re-read: its outputs must be acknowledged before the
+    // changelog records that delete its held items, or a partial failure could lose them.
+    const changelogOffsets = await collector.send(ctx.outputs, views, this.partition, ctx.maxTimestamp ?? this.o.clock(), { outputsFirst: topic === null });
     for (const view of views) {
       const cl = view.store.changelog;
       // A changelogged store checkpoints its changelog offset; a source store, its input offset.
@@ -118,28 +123,44 @@ export class PartitionTask {
       const p = this.processor.punctuation;
       if (p?.type === 'stream-time' && this.streamTime >= this.nextStreamPunctuation) {
         this.nextStreamPunctuation = (Math.floor(this.streamTime / p.intervalMs) + 1) * p.intervalMs;
-        await this.punctuateNow();
+        // The batch is complete and marked: a failed timer must not make it run again.
+        await this.punctuateNow().catch((err: unknown) => this.log.error({ err }, 'stream-time punctuation failed; it runs again when stream time next passes its interval'));
       }
     });
   }
 
-  /** Starts the wall-clock punctuation the processor declared, if any. */
+  /** Starts the wall-clock punctuation the processor declared, if any (again after `stopTimers`). */
   startTimers(): void {
     const p = this.processor.punctuation;
-    if (!p || p.type !== 'wall-clock' || !this.processor.punctuate || this.timer) return;
+    if (!p || p.type !== 'wall-clock' || !this.processor.punctuate || this.timer || this.closed) return;
     this.timer = setInterval(() => void this.punctuate(), p.intervalMs);
     this.timer.unref();
   }
 
+  /**
+   * Stops the wall-clock timer (during a rebalance, before a stop) and waits for a run in
+   * progress, so a partition about to move is never punctuated by two instances at once.
+   */
+  async stopTimers(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    await this.idle();
+  }
+
   /** One punctuation under the partition lock (skipped while the previous one still runs). */
   async punctuate(): Promise<void> {
-    if (this.punctuating || this.closed) return;
+    if (this.punctuating || this.closed || this.o.clock() < this.resumeAt) return;
     this.punctuating = true;
     try {
       await this.run(() => this.punctuateNow());
+      this.failures = 0;
     } catch (err) {
-      // Held items stay in the store; the next punctuation tries them again.
-      if (!this.closed) this.log.error({ err }, 'punctuation failed; its held items are tried again at the next one');
+      if (this.closed) return;
+      // Held items stay in the store and are tried again, after a growing pause (up to 30 s).
+      this.failures++;
+      const backoffMs = Math.min(30_000, 100 * 2 ** Math.min(this.failures, 9));
+      this.resumeAt = this.o.clock() + backoffMs;
+      this.log.error({ err, failures: this.failures, backoffMs }, 'punctuation failed; its held items are tried again after a pause');
     } finally {
       this.punctuating = false;
     }
@@ -156,8 +177,9 @@ export class PartitionTask {
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    await this.idle();
+    // Closed first: nothing queued after this point runs against the closing stores.
     this.closed = true;
+    await this.idle();
     await this.processor.close?.();
     for (const s of this.stores.values()) await s.close().catch(() => undefined);
   }

@@ -44,11 +44,14 @@ export class RecordCollector implements OutcomeSink {
 
   /**
    * Produces the outputs, then the changelog records of `views` to partition `partition`
-   * of each store's changelog, stamped `changelogTimestamp`.
+   * of each store's changelog, stamped `changelogTimestamp`. With `outputsFirst`, the
+   * outputs are acknowledged before any changelog record is sent (for work with no input
+   * offset to fall back on: a timer run).
    */
-  async send(outputs: readonly PendingOutput[], views: Iterable<BatchView>, partition: number, changelogTimestamp: number): Promise<Map<string, bigint>> {
+  async send(outputs: readonly PendingOutput[], views: Iterable<BatchView>, partition: number, changelogTimestamp: number, opts: { outputsFirst?: boolean } = {}): Promise<Map<string, bigint>> {
     const messages: Sized[] = [];
     for (const o of outputs) messages.push(await this.encode(o));
+    if (opts.outputsFirst && messages.length) await this.sendBounded(messages.splice(0), null);
     const changelogs = new Set<string>();
     for (const view of views) {
       const topic = view.store.changelog;

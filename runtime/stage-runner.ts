@@ -54,6 +54,8 @@ export class StageRunner {
   private restarts = 0;
   private restarting: Promise<void> = Promise.resolve();
   private commitTimer: NodeJS.Timeout | null = null;
+  /** Partitions of the latest assignment. */
+  private assigned = new Set<number>();
   /** Group membership, as /readyz reports it. */
   member: 'starting' | 'joined' | 'restarting' | 'stopped' = 'starting';
   private readonly inputs = new Map<string, TopicKey>();
@@ -94,6 +96,8 @@ export class StageRunner {
       if (e.payload.restart || this.stopped || this.consumer !== consumer) return;
       this.restartMember(consumer, e.payload.error);
     });
+    // A rebalance begins: no timer may fire for a partition that could be moving.
+    consumer.on(consumer.events.REBALANCING, () => void this.tasks.stopTimers());
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
       const assigned = new Set<number>();
       for (const parts of Object.values(e.payload.memberAssignment)) for (const p of parts) assigned.add(p);
@@ -104,12 +108,9 @@ export class StageRunner {
       this.offsets.retain(assigned);
       // Open (and restore) partitions as soon as they arrive, not at their first new record:
       // a projection taken over from a dead instance must answer queries, and timers must run.
-      const fresh = sorted.filter((p) => !this.tasks.partitions().includes(p));
-      if (fresh.length) {
-        for (const [p, t] of this.tasks.open(fresh, async () => undefined)) {
-          t.catch((err: Error) => this.log.warn({ partition: p, err }, 'opening the partition failed; retried at its next batch'));
-        }
-      }
+      this.assigned = assigned;
+      this.openAssigned(1);
+      this.tasks.startTimers();
       this.o.onAssignment?.(sorted, e.payload.memberId);
       this.joinedResolve();
     });
@@ -124,6 +125,22 @@ export class StageRunner {
       partitionsConsumedConcurrently: Math.max(1, Math.min(config.partitions * this.inputs.size, 8)),
       eachBatch: (payload) => this.onBatch(payload),
     });
+  }
+
+  /**
+   * Opens every assigned partition not open yet. A failed open is retried with backoff
+   * (or at the partition's next batch), so timers of a quiet partition start too.
+   */
+  private openAssigned(attempt: number): void {
+    const fresh = [...this.assigned].filter((p) => !this.tasks.partitions().includes(p));
+    if (fresh.length === 0 || this.stopped) return;
+    for (const [p, t] of this.tasks.open(fresh, async () => undefined)) {
+      t.catch((err: unknown) => {
+        const delay = Math.min(30_000, 1000 * 2 ** Math.min(attempt, 5));
+        this.log.warn({ partition: p, err, retryInMs: delay }, 'opening the partition failed; retrying');
+        setTimeout(() => this.openAssigned(attempt + 1), delay).unref();
+      });
+    }
   }
 
   private restartMember(consumer: Consumer, error: Error): void {
@@ -200,6 +217,7 @@ export class StageRunner {
     if (this.commitTimer) clearInterval(this.commitTimer);
     await this.restarting;
     const c = this.consumer;
+    await this.tasks.stopTimers();
     if (c) {
       c.pause([...this.inputs.keys()].map((topic) => ({ topic })));
       for (const task of await this.tasks.all()) await task.idle();

@@ -71,6 +71,16 @@ export class TaskManager {
     return out;
   }
 
+  /** Stops every open task's wall-clock timers and waits for runs in progress (a rebalance or stop begins). */
+  async stopTimers(): Promise<void> {
+    await Promise.all([...this.opened.values()].map((t) => t.stopTimers()));
+  }
+
+  /** Starts the timers of the open tasks again (the rebalance ended; revoked ones are closed). */
+  startTimers(): void {
+    for (const t of this.opened.values()) t.startTimers();
+  }
+
   /** The open stores named `name`, one per partition this instance holds (for queries). */
   stores(name: string): Map<number, KeyValueStore> {
     const out = new Map<number, KeyValueStore>();

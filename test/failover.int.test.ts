@@ -125,7 +125,9 @@ describe('failover between two instances', () => {
     for (const id of firstIds) {
       const n = await eventually(async () => {
         const res = await fetch(`${a.url}/v1/notifications/${id}`);
-        return res.ok && ((await res.json()) as { terminal: string[]; events: { stage: string }[] });
+        // Taken-over partitions are served while they catch up on the tail: wait for the end.
+        const view = res.ok && ((await res.json()) as { terminal: string[]; events: { stage: string }[] });
+        return view && view.terminal.length > 0 && view;
       }, 20_000);
       expect(n.terminal, id).toEqual(['webhook:DELIVERED']);
       expect(n.events.map((e) => e.stage), id).toEqual(['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'deliver']);

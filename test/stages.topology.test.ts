@@ -303,6 +303,39 @@ describe('outcome user index', () => {
   });
 });
 
+class ScriptedDeliver implements ChannelProvider {
+  readonly name = 'webhook';
+  calls: DeliveryTask[] = [];
+  private readonly script: SendResult[];
+  constructor(script: SendResult[]) {
+    this.script = script;
+  }
+  async send(task: DeliveryTask): Promise<SendResult> {
+    this.calls.push(task);
+    return this.script.shift() ?? { ok: true, providerMessageId: 'm', detail: 'HTTP 200' };
+  }
+}
+
+describe('deliver timers', () => {
+  it('releases a later attempt that comes due together with a replayed earlier one', async () => {
+    const channel = new ScriptedDeliver([{ ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' }, { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' }]);
+    const d = new StageDriver('deliver', deliver(new Map([['webhook', channel]])));
+    drivers.push(d);
+    const r = await new StageDriver('route', route).pipe([{ value: { request: (await requestsFor(event({ recipients: ['ada'] })))[0]!, user: user(), preferences: null }, timestamp: T0 }]);
+    const first = await d.pipe([{ value: r.emitted[0]!.value, timestamp: T0 }]);
+    const retry2 = first.emitted[0]!.value as DeliveryTask;
+    await d.pipe([{ value: retry2, timestamp: T0, topicKey: 'deliverRetry' }]);
+    const second = await d.advance(1000);
+    const retry3 = second.emitted[0]!.value as DeliveryTask;
+    expect([retry2.attempt, retry3.attempt]).toEqual([2, 3]);
+    // After a crash, attempt 2's retry record is read again and held again, next to attempt 3.
+    await d.pipe([{ value: { ...retry2, notBefore: d.now + 100 }, timestamp: T0, topicKey: 'deliverRetry' }, { value: retry3, timestamp: T0, topicKey: 'deliverRetry' }]);
+    const third = await d.advance(5000);
+    expect(third.outcomes.map((o) => [o.status, o.attempt])).toEqual([['ATTEMPTED', 3], ['DELIVERED', 3]]);
+    expect(channel.calls.map((t) => t.attempt)).toEqual([1, 2, 3]);
+  });
+});
+
 describe('deliver re-run', () => {
   it('does not call the channel again when the same attempt is processed again before its result was written', async () => {
     const calls: string[] = [];

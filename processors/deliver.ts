@@ -48,6 +48,9 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>): StageFa
   // Results of calls this instance made whose batch may not be written yet: when a batch
   // is re-run record by record (one bad record), a task already sent is not sent again.
   const sent = new Map<string, SendResult>();
+  // Earliest due time held in this partition's `retries` store, when known: the timer then
+  // skips the store scan until something can be due (it runs every HERALD_TIMER_INTERVAL_MS).
+  let nextDue: number | undefined;
 
   async function callChannel(task: DeliveryTask): Promise<SendResult> {
     const provider = channels.get(task.channel);
@@ -146,15 +149,23 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>): StageFa
         if (rec.topicKey === 'deliverRetry' && task.notBefore !== null && task.notBefore > now) {
           const cause: RecordRef = { topic: rec.topic, partition: rec.partition, offset: rec.offset, timestamp: rec.timestamp };
           retries.hold(retryKey(task), task.notBefore, { task, cause } satisfies HeldRetry);
+          if (nextDue !== undefined) nextDue = Math.min(nextDue, task.notBefore);
         } else ready.push({ cause: rec, task });
       }
       if (ready.length) await attempt(ready, ctx);
     },
 
     async punctuate(ctx, { wallClock }) {
+      if (nextDue !== undefined && nextDue > wallClock) return;
       const retries = ctx.store('retries');
       const due = await retries.due<HeldRetry>(wallClock, RELEASE_LIMIT);
-      if (due.length === 0) return;
+      if (due.length === 0) {
+        // Nothing due: remember when the earliest held retry will be (none: never, until a hold).
+        const [next] = await retries.due<HeldRetry>(Number.MAX_SAFE_INTEGER, 1);
+        nextDue = next?.dueAt ?? Number.POSITIVE_INFINITY;
+        return;
+      }
+      nextDue = undefined; // more may be due; the next run scans again
       for (const d of due) retries.delete(d.key);
       await attempt(due.map((d) => ({ cause: d.value.cause, task: d.value.task })), ctx);
     },

@@ -258,28 +258,36 @@ export class BatchView implements StoreView {
 
   async due<T>(upTo: number, limit = 1000): Promise<{ key: string; dueAt: number; value: T }[]> {
     const out: { key: string; dueAt: number; value: T }[] = [];
-    const candidates: string[] = [];
-    for await (const [indexKey] of this.range<string>(DUE, dueKey(upTo + 1, ''))) {
+    const chunk = Math.max(64, limit * 2);
+    let candidates: string[] = [];
+    // Stale index entries (items deleted or held again at another time) are dropped as
+    // they are met, and never count against `limit`: the scan goes on past them.
+    const resolve = async () => {
+      const keys = candidates.map((ik) => ik.slice(DUE.length + 16));
+      const missing = keys.filter((k) => !this.writes.has(k));
+      const fetched = missing.length ? await this.store.db.getMany(missing) : [];
+      const found = new Map(missing.map((k, i) => [k, fetched[i]]));
+      candidates.forEach((indexKey, i) => {
+        const key = keys[i]!;
+        const raw = this.writes.has(key) ? this.writes.get(key) : found.get(key);
+        const parsed: unknown = raw === undefined || raw === null ? undefined : JSON.parse(raw);
+        const dueAt = Number(indexKey.slice(DUE.length, DUE.length + 15));
+        if (!isHeld(parsed) || Math.floor(parsed.$due) !== dueAt) {
+          this.writes.set(indexKey, null);
+          return;
+        }
+        if (out.length < limit) out.push({ key, dueAt: parsed.$due, value: parsed.v as T });
+      });
+      candidates = [];
+    };
+    for await (const [indexKey] of this.range<string>(DUE, dueKey(Math.min(upTo, 999_999_999_999_999) + 1, ''))) {
       candidates.push(indexKey);
-      if (candidates.length >= limit * 2) break;
-    }
-    if (candidates.length === 0) return out;
-    const keys = candidates.map((ik) => ik.slice(DUE.length + 16));
-    const missing = keys.filter((k) => !this.writes.has(k));
-    const fetched = missing.length ? await this.store.db.getMany(missing) : [];
-    const found = new Map(missing.map((k, i) => [k, fetched[i]]));
-    candidates.forEach((indexKey, i) => {
-      const key = keys[i]!;
-      const raw = this.writes.has(key) ? this.writes.get(key) : found.get(key);
-      const parsed: unknown = raw === undefined || raw === null ? undefined : JSON.parse(raw);
-      const dueAt = Number(indexKey.slice(DUE.length, DUE.length + 15));
-      // An index entry whose item was deleted or held again at another time is stale: drop it.
-      if (!isHeld(parsed) || Math.floor(parsed.$due) !== dueAt) {
-        this.writes.set(indexKey, null);
-        return;
+      if (candidates.length >= chunk) {
+        await resolve();
+        if (out.length >= limit) return out;
       }
-      if (out.length < limit) out.push({ key, dueAt: parsed.$due, value: parsed.v as T });
-    });
+    }
+    if (candidates.length) await resolve();
     return out;
   }
 

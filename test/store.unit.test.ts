@@ -15,6 +15,47 @@ describe.each<Backend>(['rocksdb', 'level', 'memory'])('KeyValueStore on %s', (b
   let n = 0;
   const open = (changelog: string | null = 'cl') => KeyValueStore.open({ backend, dir, stage: backend, name: `s${n++}`, partition: 0, changelog });
 
+  it('range and prefix reads merge committed keys with the batch\'s own writes, in key order', async () => {
+    const store = await open();
+    const v1 = store.view();
+    for (const k of ['p:a', 'p:c', 'p:e', 'q:z']) v1.put(k, k);
+    await v1.flush(null);
+    const view = store.view();
+    view.put('p:b', 'new b');
+    view.put('p:c', 'new c');
+    view.delete('p:e');
+    view.put('p:f', 'f');
+    const all: [string, unknown][] = [];
+    for await (const e of view.prefix('p:')) all.push(e);
+    expect(all).toEqual([['p:a', 'p:a'], ['p:b', 'new b'], ['p:c', 'new c'], ['p:f', 'f']]);
+    const two: string[] = [];
+    for await (const [k] of view.range('p:b', 'p:z', 2)) two.push(k);
+    expect(two).toEqual(['p:b', 'p:c']);
+    await store.close();
+  });
+
+  it('holds items until due, oldest first, and skips stale index entries without counting them', async () => {
+    const store = await open();
+    const v1 = store.view();
+    for (let i = 0; i < 100; i++) v1.hold(`stale${i}`, 1000 + i, { i });
+    v1.hold('late', 5000, 'late');
+    v1.hold('early', 2000, 'early');
+    v1.hold('moved', 1500, 'moved');
+    await v1.flush(null);
+    const v2 = store.view();
+    for (let i = 0; i < 100; i++) v2.delete(`stale${i}`); // released: their index entries are now stale
+    v2.hold('moved', 4000, 'moved'); // held again later: the 1500 entry is stale
+    await v2.flush(null);
+    const view = store.view();
+    expect(await view.due(1999)).toEqual([]);
+    expect((await view.due(4500)).map((d) => [d.key, d.dueAt])).toEqual([['early', 2000], ['moved', 4000]]);
+    expect((await view.due(Number.MAX_SAFE_INTEGER, 1)).map((d) => d.key)).toEqual(['early']);
+    expect((await view.due(Number.MAX_SAFE_INTEGER)).map((d) => d.value)).toEqual(['early', 'moved', 'late']);
+    // The stale index entries were dropped by the scan (they go to the changelog with the batch).
+    expect(view.changes().filter((c) => c.value === null)).toHaveLength(101);
+    await store.close();
+  });
+
   it('buffers writes until flush, reading its own writes, and reports them as changelog records', async () => {
     const store = await open();
     const view = store.view();

@@ -185,7 +185,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
           local: () => runners.get('outcome')?.stores('lifecycle') ?? new Map(),
           directory, partitions: config.partitions, timeoutMs: config.queryTimeoutMs, log: log.child({ component: 'queries' }),
         }),
-        health: processHealth({ runners, tables, metrics, started: () => ready }),
+        health: processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl } }),
         rules, maxPayloadBytes: config.maxPayloadBytes, log: log.child({ component: 'api' }),
       });
       cleanups.push(() => api.close());

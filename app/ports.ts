@@ -59,13 +59,13 @@ export function kafkaProfiles(producer: Producer, serde: Serde, tables: GlobalTa
   };
 }
 
-export function processHealth(o: { runners: ReadonlyMap<StageName, StageRunner>; tables: GlobalTables; metrics: Metrics; started: () => boolean }): Health {
+export function processHealth(o: { runners: ReadonlyMap<StageName, StageRunner>; tables: GlobalTables; metrics: Metrics; started: () => boolean; endpoints: { brokers: string; registry: string } }): Health {
   return {
     readiness() {
       const stages = Object.fromEntries([...o.runners].map(([name, r]) => [name, r.member]));
       const tables = Object.fromEntries((['users', 'preferences', 'audiences'] as const).filter((t) => o.tables.has(t)).map((t) => [t, o.tables.isCaughtUp(t)]));
       const ready = o.started() && Object.values(stages).every((m) => m === 'joined') && Object.values(tables).every(Boolean);
-      return { ready, stages, tables };
+      return { ready, stages, tables, endpoints: o.endpoints };
     },
     async metrics() {
       return { contentType: o.metrics.registry.contentType, body: await o.metrics.registry.metrics() };

@@ -28,7 +28,8 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
   const started = performance.now();
   const herald = await startHerald({ config, stages, log, api: opts.api ?? true });
   const ms = Math.round(performance.now() - started);
-  process.stdout.write(`herald ready ${herald.httpUrl ?? '(no http api)'}\n`);
+  // One line a user (or a script) can read: where the API, the broker and the registry are.
+  process.stdout.write(`herald ready ${herald.httpUrl ?? '(no http api)'} brokers=${herald.brokers} registry=${herald.registryUrl}\n`);
   log.info({ ms, stages, brokers: herald.brokers, http: herald.httpUrl }, 'herald ready');
   let stopDemo: (() => Promise<void>) | null = null;
   let stopping = false;
@@ -46,6 +47,12 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
   };
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  // A process manager (or npm) that dies without signalling leaves Herald re-parented:
+  // stop cleanly instead of running on unsupervised.
+  const parent = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parent) void shutdown('parent exited');
+  }, 1000).unref();
   if (opts.demo && herald.httpUrl) {
     stopDemo = await runDemo(herald.httpUrl, config.webhookSecret, (l) => process.stdout.write(`${l}\n`));
   }

@@ -11,6 +11,7 @@ export const ERROR_CODES = {
   HRL_CONFIG_INVALID: 'A configuration value from the environment is missing or malformed.',
   HRL_RULES_INVALID: 'The rules file does not match the rules schema.',
   HRL_DECODE_FAILED: 'A record could not be decoded (not Avro in Confluent wire format, not JSON, or unknown schema id).',
+  HRL_TOMBSTONE: 'A record on a stream topic has a null value (a tombstone); only the compacted tables take deletes.',
   HRL_SCHEMA_VIOLATION: 'A record decoded but does not match its Avro schema.',
   HRL_PAYLOAD_TOO_LARGE: 'A record is larger than the configured limit.',
   HRL_UNKNOWN_EVENT_TYPE: 'No notification rule matches the event type.',

@@ -6,7 +6,7 @@
  * buffers all of it, with the stores' writes, until the runtime completes the batch.
  * Tests drive processors through this same class with a capturing sink.
  */
-import { isTerminal } from '../schemas/lifecycle.ts';
+import { decisionIdOf, isTerminal } from '../schemas/lifecycle.ts';
 import type { LifecycleEvent, TopicValues } from '../schemas/types.ts';
 import { BatchView, type KeyValueStore, type StoreView } from '../state/store.ts';
 import { type StageName, type StageOutput, type StoreName, type TopicKey, stageSpec } from '../topology.ts';
@@ -113,7 +113,9 @@ export class BatchContext<S extends StageName = StageName> implements StageConte
 
   /** The lifecycle event of a decision: the runtime adds the stage, the provenance and whether it is terminal. */
   lifecycle(cause: RecordRef, d: Decision): LifecycleEvent {
+    const ids = { notificationId: d.notificationId, stage: this.stage, status: d.status, deliveryId: d.deliveryId ?? null, attempt: d.attempt ?? null };
     return {
+      decisionId: decisionIdOf(ids),
       notificationId: d.notificationId,
       deliveryId: d.deliveryId ?? null,
       tenant: d.tenant,

@@ -55,7 +55,7 @@ export class Codec {
 
   async decode(topicKey: TopicKey, buf: Buffer | null): Promise<unknown> {
     // Stage inputs are streams of records, never tables: a tombstone is bad input.
-    if (buf === null) throw new HeraldError('HRL_DECODE_FAILED', `value: expected a ${TOPICS[topicKey].schema ?? 'record'}, got a tombstone (null value)`, { field: 'value' });
+    if (buf === null) throw new HeraldError('HRL_TOMBSTONE', `value: expected a ${TOPICS[topicKey].schema ?? 'record'}, got a tombstone (null value); ${TOPICS[topicKey].name} is a stream, not a table`, { field: 'value' });
     if (topicKey === 'events') {
       if (buf.length > this.config.maxPayloadBytes) {
         throw new HeraldError('HRL_PAYLOAD_TOO_LARGE', `record is ${buf.length} bytes; the limit is ${this.config.maxPayloadBytes} (HERALD_MAX_PAYLOAD_BYTES)`);

@@ -9,6 +9,8 @@
  * status, or one per routed channel.
  */
 
+import { createHash } from 'node:crypto';
+
 export const STATUSES = {
   ACCEPTED: { terminal: false, doc: 'ingest matched a rule and derived the notification for a recipient' },
   REJECTED: { terminal: true, doc: 'the event was invalid; it went to dlq.v1' },
@@ -69,6 +71,16 @@ export const REASON_CODES = {
 } as const satisfies Record<string, string>;
 
 export type ReasonCode = keyof typeof REASON_CODES;
+
+/**
+ * The id of a decision: a hash of (notificationId, stage, status, deliveryId, attempt).
+ * Reprocessing or redelivery records the same decision with the same id.
+ */
+export function decisionIdOf(d: { notificationId: string; stage: string; status: string; deliveryId: string | null; attempt: number | null }): string {
+  const h = createHash('sha256');
+  for (const part of [d.notificationId, d.stage, d.status, d.deliveryId ?? '', d.attempt === null ? '' : String(d.attempt)]) h.update(part).update('\u0000');
+  return `dec_${h.digest('hex').slice(0, 32)}`;
+}
 
 export function isTerminal(status: Status): boolean {
   return STATUSES[status].terminal;

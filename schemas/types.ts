@@ -91,6 +91,8 @@ export interface LifecycleEvent {
   sourceOffset: string;
   timestamp: number;
   traceId: string;
+  /** Same decision, same id: repeats of at-least-once delivery are visible as repeats. */
+  decisionId: string;
 }
 
 export interface DomainEvent {

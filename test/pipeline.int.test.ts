@@ -176,6 +176,36 @@ describe('end-to-end through the HTTP API', () => {
     await eventually(() => hooks.received.some((r) => (r.json as { eventId?: string }).eventId === 'neighbour'));
   });
 
+  it('dead-letters a tombstone on every stage input with HRL_TOMBSTONE and a null value, and keeps going', async () => {
+    const { STAGES } = await import('../topology.ts');
+    const inputs = [...new Set(Object.values(STAGES).flatMap((st) => [...st.inputs]))];
+    const dlq = await collect(h, topicName('herald.', 'dlq'));
+    for (const t of inputs) await h.producer.send({ topic: topicName('herald.', t), acks: -1, messages: [{ key: `tomb-${t}`, value: null }] });
+    const found = await eventually(() => {
+      const mine = dlq.messages.filter((m) => m.key?.toString().startsWith('tomb-'));
+      return mine.length >= inputs.length && mine;
+    });
+    await dlq.stop();
+    expect(found.map((m) => m.key!.toString()).sort()).toEqual(inputs.map((t) => `tomb-${t}`).sort());
+    for (const m of found) {
+      expect(m.value, m.key!.toString()).toBeNull();
+      expect(String(m.headers!['herald.error.code'])).toBe('HRL_TOMBSTONE');
+      expect(String(m.headers!['herald.source.topic'])).toBe(topicName('herald.', m.key!.toString().slice('tomb-'.length) as never));
+    }
+    const after = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: { commentId: 'after-tombstones' } });
+    expect((await terminal(after.body.notifications[0]!.notificationId)).terminal).toEqual(['webhook:DELIVERED']);
+  });
+
+  it('gives every lifecycle event a decisionId that names the decision, the same when it is recorded again', async () => {
+    const res = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: { commentId: 'decision-ids' } });
+    const n = await terminal(res.body.notifications[0]!.notificationId);
+    const ids = n.events.map((e) => (e as unknown as { decisionId: string }).decisionId);
+    expect(ids.every((id) => /^dec_[0-9a-f]{32}$/.test(id))).toBe(true);
+    expect(new Set(ids).size).toBe(ids.length);
+    const { decisionIdOf } = await import('../schemas/lifecycle.ts');
+    expect(ids[0]).toBe(decisionIdOf({ notificationId: n.notificationId, stage: 'ingest', status: 'ACCEPTED', deliveryId: null, attempt: null }));
+  });
+
   it('serves readiness, health and prom-client metrics', async () => {
     const res = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'security.new_login', tenant: 'acme', recipients: ['ada'], data: { sessionId: 's1', location: 'Oslo', device: 'phone' } });
     await terminal(res.body.notifications[0]!.notificationId);

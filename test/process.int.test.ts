@@ -95,8 +95,8 @@ describe('herald start as a process', () => {
 /** `npm start`, exactly as the README says, with the npm this test runs under. */
 async function startWithNpm(): Promise<{ npm: ChildProcess; herald: number; broker: number }> {
   const execPath = process.env.npm_execpath;
-  const [cmd, args] = execPath && execPath.endsWith('.js') ? [process.execPath, [execPath, 'start']] : ['npm', ['start']];
-  const npm = spawn(cmd, args, {
+  const [cmd, npmArgs] = execPath && execPath.endsWith('.js') ? [process.execPath, [execPath, 'start']] : ['npm', ['start']];
+  const npm = spawn(cmd, npmArgs, {
     env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: mkdtempSync(join(tmpdir(), 'herald-npm-')), HERALD_LOG_LEVEL: 'warn', KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

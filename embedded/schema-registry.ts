@@ -34,9 +34,21 @@ export function isCompatible(level: Level, candidate: string, history: string[])
   });
 }
 
-function canonical(schema: string): string {
+/** Sorts object keys at every level; arrays (field order, union branches) keep their order. */
+function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys((v as Record<string, unknown>)[k])]));
+  return v;
+}
+
+/**
+ * The form schemas are compared in, as a real registry compares parsed schemas rather than
+ * their text: whitespace and the order of JSON keys do not make a new version; field order,
+ * defaults, docs and logical types do.
+ */
+export function canonical(schema: string): string {
   try {
-    return JSON.stringify(JSON.parse(schema));
+    return JSON.stringify(sortKeys(JSON.parse(schema)));
   } catch {
     return schema;
   }
@@ -67,14 +79,35 @@ export class EmbeddedSchemaRegistry {
     return reply.code(404).send({ error_code: code, message });
   }
 
+  /** Confluent's answers for a missing subject (40401), a missing version (40402) and a malformed version (42202). */
+  private missing(reply: FastifyReply, subject: string, v: string) {
+    if (v !== 'latest' && v !== '-1' && !/^[1-9]\d*$/.test(v)) {
+      return reply.code(422).send({ error_code: 42202, message: 'The specified version is not a valid version id. Allowed values are between [1, 2^31-1] and the string "latest"' });
+    }
+    if (!this.subjects.has(subject)) return this.notFound(reply, 40401, `Subject '${subject}' not found.`);
+    if (!this.version(subject, v)) return this.notFound(reply, 40402, `Version ${v} not found.`);
+    return null;
+  }
+
+  /** Confluent's answer for a schema that does not parse (42201). */
+  private invalid(reply: FastifyReply, schema: unknown) {
+    try {
+      avro.Type.forSchema(JSON.parse(String(schema)));
+      return null;
+    } catch (err) {
+      return reply.code(422).send({ error_code: 42201, message: `Invalid schema: ${(err as Error).message}` });
+    }
+  }
+
   private version(subject: string, v: string): Version | undefined {
     const list = this.subjects.get(subject) ?? [];
-    return v === 'latest' ? list.at(-1) : list.find((x) => x.version === Number(v));
+    return v === 'latest' || v === '-1' ? list.at(-1) : list.find((x) => x.version === Number(v));
   }
 
   private routes() {
     const app = this.app;
     app.get('/subjects', async () => [...this.subjects.keys()]);
+    app.get('/schemas/types', async () => ['AVRO']);
     app.get<{ Params: { id: string } }>('/schemas/ids/:id', async (req, reply) => {
       const schema = this.byId.get(Number(req.params.id));
       return schema ? { schema } : this.notFound(reply, 40403, 'Schema not found');
@@ -97,8 +130,14 @@ export class EmbeddedSchemaRegistry {
       return list ? list.map((v) => v.version) : this.notFound(reply, 40401, 'Subject not found');
     });
     app.get<{ Params: { subject: string; version: string } }>('/subjects/:subject/versions/:version', async (req, reply) => {
-      const v = this.version(req.params.subject, req.params.version);
-      return v ? { subject: req.params.subject, ...v } : this.notFound(reply, 40402, 'Version not found');
+      const missing = this.missing(reply, req.params.subject, req.params.version);
+      if (missing) return missing;
+      return { subject: req.params.subject, ...this.version(req.params.subject, req.params.version)! };
+    });
+    app.get<{ Params: { subject: string; version: string } }>('/subjects/:subject/versions/:version/schema', async (req, reply) => {
+      const missing = this.missing(reply, req.params.subject, req.params.version);
+      if (missing) return missing;
+      return reply.type('application/vnd.schemaregistry.v1+json').send(this.version(req.params.subject, req.params.version)!.schema);
     });
     app.post<{ Params: { subject: string }; Body: { schema: string } }>('/subjects/:subject', async (req, reply) => {
       const want = canonical(req.body.schema);
@@ -117,6 +156,7 @@ export class EmbeddedSchemaRegistry {
       }
       const schema = canonical(req.body.schema);
       const list = this.subjects.get(subject) ?? [];
+      // The same schema again (even with its keys reordered) is the same version, not a new one.
       const existing = list.find((x) => canonical(x.schema) === schema);
       if (existing) return { id: existing.id };
       const level = this.config.get(subject) ?? this.globalLevel;
@@ -135,14 +175,27 @@ export class EmbeddedSchemaRegistry {
     });
     app.post<{ Params: { subject: string; version: string }; Body: { schema: string } }>(
       '/compatibility/subjects/:subject/versions/:version',
-      async (req) => {
-        const list = this.subjects.get(req.params.subject) ?? [];
+      async (req, reply) => {
+        const missing = this.missing(reply, req.params.subject, req.params.version);
+        if (missing) return missing;
+        const invalid = this.invalid(reply, req.body?.schema);
+        if (invalid) return invalid;
+        const list = this.subjects.get(req.params.subject)!;
         const level = this.config.get(req.params.subject) ?? this.globalLevel;
-        const v = this.version(req.params.subject, req.params.version);
-        const history = level.endsWith('TRANSITIVE') ? list.map((x) => x.schema) : v ? [v.schema] : [];
+        const v = this.version(req.params.subject, req.params.version)!;
+        const history = level.endsWith('TRANSITIVE') ? list.map((x) => x.schema) : [v.schema];
         return { is_compatible: isCompatible(level, canonical(req.body.schema), history) };
       },
     );
+    // As registering would check it (Confluent Platform 7+).
+    app.post<{ Params: { subject: string }; Body: { schema: string } }>('/compatibility/subjects/:subject/versions', async (req, reply) => {
+      const invalid = this.invalid(reply, req.body?.schema);
+      if (invalid) return invalid;
+      const list = this.subjects.get(req.params.subject) ?? [];
+      const level = this.config.get(req.params.subject) ?? this.globalLevel;
+      // The same check registering would make, under the subject's level.
+      return { is_compatible: isCompatible(level, canonical(req.body.schema), list.map((x) => x.schema)) };
+    });
   }
 
   async start(port = 0, host = '127.0.0.1'): Promise<string> {

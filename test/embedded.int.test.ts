@@ -82,4 +82,38 @@ describe('embedded schema registry', () => {
       await server.stop();
     }
   });
+
+  it('speaks the REST endpoints and status codes of Confluent\'s registry, comparing schemas as parsed JSON', async () => {
+    const server = new EmbeddedSchemaRegistry();
+    const url = await server.start();
+    const call = async (method: string, path: string, body?: unknown) => {
+      const res = await fetch(`${url}${path}`, { method, headers: { 'content-type': 'application/vnd.schemaregistry.v1+json' }, ...(body ? { body: JSON.stringify(body) } : {}) });
+      return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+    };
+    try {
+      const v1 = { type: 'record', name: 'Thing', namespace: 't', fields: [{ name: 'a', type: 'string' }, { name: 'at', type: { type: 'long', logicalType: 'timestamp-millis' } }] };
+      const first = await call('POST', '/subjects/s-value/versions', { schema: JSON.stringify(v1) });
+      // The same schema with its keys in another order is the same version (a text compare would make a new one).
+      const reordered = { fields: [{ type: 'string', name: 'a' }, { type: { logicalType: 'timestamp-millis', type: 'long' }, name: 'at' }], namespace: 't', name: 'Thing', type: 'record' };
+      expect((await call('POST', '/subjects/s-value/versions', { schema: JSON.stringify(reordered) })).body).toEqual(first.body);
+      expect((await call('GET', '/subjects/s-value/versions')).body).toEqual([1]);
+      expect((await call('POST', '/subjects/s-value', { schema: JSON.stringify(reordered) })).body).toMatchObject({ version: 1, id: first.body.id });
+      // Dropping the logical type is another schema, not the same one.
+      const plain = { ...v1, fields: [v1.fields[0], { name: 'at', type: 'long' }] };
+      expect((await call('POST', '/subjects/s-value', { schema: JSON.stringify(plain) })).status).toBe(404);
+      expect((await call('GET', '/subjects/s-value/versions/1/schema')).body).toEqual(v1);
+      expect((await call('GET', '/schemas/types')).body).toEqual(['AVRO']);
+      expect(await call('GET', '/subjects/nope/versions/1')).toMatchObject({ status: 404, body: { error_code: 40401 } });
+      expect(await call('GET', '/subjects/s-value/versions/7')).toMatchObject({ status: 404, body: { error_code: 40402 } });
+      expect(await call('GET', '/subjects/s-value/versions/x')).toMatchObject({ status: 422, body: { error_code: 42202 } });
+      expect(await call('POST', '/compatibility/subjects/s-value/versions/latest', { schema: '{"type":' })).toMatchObject({ status: 422, body: { error_code: 42201 } });
+      const added = { ...v1, fields: [...v1.fields, { name: 'b', type: 'int', default: 0 }] };
+      const breaking = { ...v1, fields: [...v1.fields, { name: 'c', type: 'int' }] };
+      expect((await call('POST', '/compatibility/subjects/s-value/versions/latest', { schema: JSON.stringify(added) })).body).toEqual({ is_compatible: true });
+      expect((await call('POST', '/compatibility/subjects/s-value/versions', { schema: JSON.stringify(breaking) })).body).toEqual({ is_compatible: false });
+    } finally {
+      await server.stop();
+    }
+  });
 });
+

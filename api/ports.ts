@@ -4,7 +4,7 @@
  * projection; tests implement them in memory and drive the API with fastify's `inject()`.
  */
 import type { RuleSet } from '../rules/rules.ts';
-import type { DomainEvent, UserPreferences, UserProfile } from '../schemas/types.ts';
+import type { DomainEvent, LifecycleEvent, UserPreferences, UserProfile } from '../schemas/types.ts';
 
 /** Publishes validated domain events to events.v1 (acks=-1). */
 export interface EventPublisher {
@@ -35,24 +35,11 @@ export interface QueryOptions {
   forwarded: boolean;
 }
 
-export interface LifecycleEventView {
-  stage: string;
-  status: string;
-  terminal: boolean;
-  reasonCode: string;
-  reason: string;
-  channel: string | null;
-  attempt: number | null;
-  deliveryId: string | null;
-  timestamp: number;
-  [field: string]: unknown;
-}
-
 export interface NotificationLifecycle {
   notificationId: string;
   recipient: string;
   status: string;
-  events: LifecycleEventView[];
+  events: LifecycleEvent[];
   [field: string]: unknown;
 }
 

@@ -4,14 +4,16 @@
  * the global tables, and the HTTP API. `stop()` shuts everything down in order:
  * API, stages (in-flight batches finish and commit), tables, clients, registry, broker.
  */
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Admin, Kafka, Producer } from 'kafkajs';
+import type { Admin, Kafka, Producer, ProducerRecord } from 'kafkajs';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../api/server.ts';
+import { Journal, type GroupOffsets } from '../embedded/journal.ts';
+import { BrokerJournal } from '../embedded/persistence.ts';
 import { InstanceDirectory } from './instances.ts';
-import { kafkaProfiles, kafkaPublisher, processHealth } from './ports.ts';
-import { LifecycleRouter } from './queries.ts';
+import { kafkaProfiles, kafkaPublisher, processHealth, type Send } from './ports.ts';
+import { LifecycleRouter, partitionOf } from './queries.ts';
 import type { ChannelProvider } from '../channels/channel.ts';
 import { WebhookChannel } from '../channels/webhook.ts';
 import type { HeraldConfig } from '../config.ts';
@@ -21,7 +23,7 @@ import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { processors } from '../processors/index.ts';
 import { loadRules, type RuleSet } from '../rules/rules.ts';
 import { Serde } from '../schemas/index.ts';
-import { STAGES, type StageName, STAGE_NAMES, TOPICS, type TopicKey, topicName, topicPlan } from '../topology.ts';
+import { STAGES, type StageName, STAGE_NAMES, TOPICS, type TopicKey, groupId, topicName, topicPlan } from '../topology.ts';
 import { Codec } from '../runtime/codec.ts';
 import type { StageFactory, TableName } from '../runtime/contract.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
@@ -62,17 +64,53 @@ export interface Herald {
   stop(): Promise<void>;
 }
 
-/** Discards local state that was built against another cluster (the embedded one is new at every start). */
-function guardStateDir(stateDir: string, clusterId: string, log: Logger): void {
-  mkdirSync(stateDir, { recursive: true });
+/**
+ * The state directory belongs to one cluster (a real one by its id, the embedded one by its
+ * journal). Stores built against another are never discarded silently: starting refuses,
+ * says why, and names the way out.
+ */
+function guardStateDir(stateDir: string, identity: string): void {
   const marker = join(stateDir, 'CLUSTER_ID');
   const previous = existsSync(marker) ? readFileSync(marker, 'utf8').trim() : null;
-  if (previous !== null && previous !== clusterId) {
-    log.warn({ stateDir, previous, clusterId }, 'state directory belongs to another Kafka cluster: discarding it');
-    rmSync(stateDir, { recursive: true, force: true });
-    mkdirSync(stateDir, { recursive: true });
+  if (previous !== null && previous !== identity) {
+    throw new HeraldError('HRL_STATE_MISMATCH', `HERALD_STATE_DIR ${stateDir}: its stores were built against ${previous.startsWith('embedded:') || previous.startsWith('kafka:') ? previous : `an earlier embedded broker (${previous})`}, not ${identity}; nothing was changed. Run \`npm run herald -- reset\` to delete it and start over, or set HERALD_STATE_DIR to another directory`);
   }
-  writeFileSync(marker, clusterId);
+  writeFileSync(marker, identity);
+}
+
+/** The pid of a live Herald process using `stateDir`, if any. */
+export function runningHerald(stateDir: string): number | null {
+  const file = join(stateDir, 'herald.pid');
+  if (!existsSync(file)) return null;
+  const pid = Number(readFileSync(file, 'utf8').trim());
+  try {
+    process.kill(pid, 0);
+    return pid === process.pid ? null : pid;
+  } catch {
+    return null;
+  }
+}
+
+/** Creates the state directory, or explains with its path why it cannot. */
+function ensureStateDir(stateDir: string): void {
+  try {
+    mkdirSync(stateDir, { recursive: true });
+    accessSync(stateDir, constants.R_OK | constants.W_OK);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir}: cannot use it (${e.code ?? e.message}); make it writable by this user or choose another directory`, { cause: err });
+  }
+}
+
+/** How many records of each partition a send carried, keyed as the journal waits for them. */
+function countsOf(record: ProducerRecord, partitions: number): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const m of record.messages) {
+    const p = m.partition ?? (m.key !== null && m.key !== undefined ? partitionOf(String(m.key), partitions) : 0);
+    const k = `${record.topic}\u0000${p}`;
+    counts.set(k, (counts.get(k) ?? 0) + 1);
+  }
+  return counts;
 }
 
 export async function startHerald(opts: StartOptions): Promise<Herald> {
@@ -88,7 +126,16 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
   try {
     let broker: EmbeddedBroker | null = null;
     let brokers = config.brokers;
+    ensureStateDir(config.stateDir);
+    const other = runningHerald(config.stateDir);
+    if (other) throw new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${config.stateDir}: another Herald (pid ${other}) is running on it; give each instance its own state directory`);
+    const pidFile = join(config.stateDir, 'herald.pid');
+    writeFileSync(pidFile, String(process.pid));
+    cleanups.push(async () => rmSync(pidFile, { force: true }));
+    let journal: Journal | null = null;
     if (config.embedded) {
+      journal = Journal.open(join(config.stateDir, 'journal'));
+      guardStateDir(config.stateDir, `embedded:${journal.id}`);
       broker = await EmbeddedBroker.start({ brokers: config.embeddedBrokers });
       cleanups.push(() => broker!.stop());
       for (const t of topicPlan(config.topicPrefix, config.partitions)) await broker.createTopic(t.name, t.partitions, Math.min(config.embeddedBrokers, 3));
@@ -100,7 +147,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       log.warn('KAFKA_BROKERS is set but SCHEMA_REGISTRY_URL is not: the embedded registry numbers schemas per process, so records written now may not decode after a restart or on another instance; set SCHEMA_REGISTRY_URL for real deployments');
     }
     if (config.embeddedRegistry) {
-      const registry = new EmbeddedSchemaRegistry();
+      const registry = new EmbeddedSchemaRegistry(config.embedded ? join(config.stateDir, 'registry.json') : null);
       registryUrl = await registry.start();
       cleanups.push(() => registry.stop());
       log.info({ url: registryUrl }, 'embedded schema registry started (development stand-in)');
@@ -121,11 +168,31 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         throw new HeraldError('HRL_CONFIG_INVALID', `KAFKA_BROKERS: the cluster lacks ${missing.length} Herald topic(s) (${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}); run \`herald topics create\` first`);
       }
     }
-    const { clusterId } = await admin.describeCluster();
-    guardStateDir(config.stateDir, `${clusterId}${broker ? `:${broker.clusterId}` : ''}`, log);
+    if (!config.embedded) guardStateDir(config.stateDir, `kafka:${(await admin.describeCluster()).clusterId}`);
     const producer = createProducer(kafka);
     await producer.connect();
     cleanups.push(() => producer.disconnect());
+
+    // The embedded broker keeps its records in memory: replay the journal into it, then keep journaling.
+    const groups = stages.map((s) => ({ groupId: groupId(config.topicPrefix, s), topics: STAGES[s].inputs.map((t) => topicName(config.topicPrefix, t)) }));
+    let durable: BrokerJournal | null = null;
+    let resume: GroupOffsets = {};
+    if (journal) {
+      durable = new BrokerJournal(journal, kafka, admin, producer, log.child({ component: 'journal' }));
+      const replayed = await durable.replay();
+      if (replayed.records) log.info({ ...replayed, seconds: Number(replayed.seconds.toFixed(3)) }, 'embedded broker restored from its journal');
+      resume = durable.resumeOffsets();
+      await durable.follow(topicPlan(config.topicPrefix, config.partitions).map((t) => t.name));
+      durable.startSnapshots(groups, config.commitIntervalMs);
+      const d = durable;
+      cleanups.push(() => d.stop(groups));
+    }
+    /** Sends that the API acknowledges: acks=-1 and, on the embedded broker, journaled. */
+    const send: Send = async (record) => {
+      const meta = await producer.send(record);
+      if (durable) await durable.journaled(meta, countsOf(record, config.partitions));
+      return meta;
+    };
 
     const tables = new GlobalTables(kafka, admin, serde, config, log.child({ component: 'tables' }), metrics);
     cleanups.push(() => tables.stop());
@@ -152,6 +219,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       const gate = STAGES[stage].tables.length ? tablesReady : undefined;
       runners.set(stage, new StageRunner({
         stage, factory: factories[stage] as StageFactory, deps, kafka, admin, producer, codec, config, log, metrics, ...(gate ? { gate } : {}),
+        resumeAt: new Map(Object.entries(resume[groupId(config.topicPrefix, stage)] ?? {}).map(([t, parts]) => [t, new Map(Object.entries(parts).map(([p, o]) => [Number(p), BigInt(o)]))])),
         advertisedUrl: () => advertised,
         onAssignment: (partitions, memberId) => directory.assigned(stage, partitions, memberId),
       }));
@@ -179,8 +247,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     };
     if (wantApi) {
       const api = await buildApi({
-        publisher: kafkaPublisher(producer, serde, config),
-        profiles: kafkaProfiles(producer, serde, tables, config),
+        publisher: kafkaPublisher({ send }, serde, config),
+        profiles: kafkaProfiles({ send }, serde, tables, config),
         lifecycle: new LifecycleRouter({
           local: () => runners.get('outcome')?.stores('lifecycle') ?? new Map(),
           directory, partitions: config.partitions, timeoutMs: config.queryTimeoutMs, log: log.child({ component: 'queries' }),

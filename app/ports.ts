@@ -3,7 +3,7 @@
  * produced (acks=-1) to their topics, profiles are read from this instance's copy of the
  * users table, and health reads the stage runners and the tables.
  */
-import type { Producer } from 'kafkajs';
+import type { ProducerRecord, RecordMetadata } from 'kafkajs';
 import type { EventPublisher, Health, Profiles } from '../api/ports.ts';
 import type { HeraldConfig } from '../config.ts';
 import { audienceKey } from '../processors/ingest.ts';
@@ -14,7 +14,10 @@ import type { Serde } from '../schemas/index.ts';
 import type { AudienceMember, DomainEvent, UserPreferences, UserProfile } from '../schemas/types.ts';
 import { type StageName, topicName } from '../topology.ts';
 
-export function kafkaPublisher(producer: Producer, serde: Serde, config: HeraldConfig): EventPublisher {
+/** Produces acks=-1 (and, on the embedded broker, returns once the records are journaled). */
+export type Send = (record: ProducerRecord) => Promise<RecordMetadata[]>;
+
+export function kafkaPublisher(producer: { send: Send }, serde: Serde, config: HeraldConfig): EventPublisher {
   const topic = topicName(config.topicPrefix, 'events');
   return {
     async publish(ev: DomainEvent) {
@@ -23,7 +26,7 @@ export function kafkaPublisher(producer: Producer, serde: Serde, config: HeraldC
   };
 }
 
-export function kafkaProfiles(producer: Producer, serde: Serde, tables: GlobalTables, config: HeraldConfig): Profiles {
+export function kafkaProfiles(producer: { send: Send }, serde: Serde, tables: GlobalTables, config: HeraldConfig): Profiles {
   const t = (k: 'users' | 'preferences' | 'audiences') => topicName(config.topicPrefix, k);
   return {
     async putUser(profile: UserProfile) {

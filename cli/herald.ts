@@ -7,7 +7,8 @@
 import { Command, Option } from 'commander';
 import { loadConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
-import { startHerald } from '../app/herald.ts';
+import { rmSync } from 'node:fs';
+import { runningHerald, startHerald } from '../app/herald.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { STAGE_NAMES, type StageName, describe } from '../topology.ts';
 import { runDemo } from './demo.ts';
@@ -115,6 +116,21 @@ program
     process.on('SIGINT', () => ac.abort());
     process.on('SIGTERM', () => ac.abort());
     await tail(loadConfig(), { fromBeginning: Boolean(o.fromBeginning), print: (l) => console.log(l), signal: ac.signal }).catch(fail);
+  });
+
+program
+  .command('reset')
+  .description('delete HERALD_STATE_DIR (stores, and the embedded broker\'s journal and schemas): start over on purpose')
+  .action(() => {
+    try {
+      const { stateDir } = loadConfig();
+      const running = runningHerald(stateDir);
+      if (running) fail(new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir}: Herald (pid ${running}) is running on it; stop it first`));
+      rmSync(stateDir, { recursive: true, force: true });
+      console.log(`deleted ${stateDir}: the next start begins with an empty broker, registry and stores`);
+    } catch (err) {
+      fail(err);
+    }
   });
 
 program.command('describe').description('print the topology').action(() => console.log(describe(loadConfig().topicPrefix)));

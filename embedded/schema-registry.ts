@@ -6,6 +6,7 @@
  * BACKWARD = the new schema can read data written with the previous one.
  * Not for production: point SCHEMA_REGISTRY_URL at a real registry there.
  */
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import avro from 'avsc';
 
@@ -62,8 +63,21 @@ export class EmbeddedSchemaRegistry {
   private readonly config = new Map<string, Level>();
   private globalLevel: Level = 'BACKWARD';
   url = '';
+  private readonly file: string | null;
 
-  constructor() {
+  /** With `file`, the registry's schemas, ids and settings are kept there and survive restarts. */
+  constructor(file: string | null = null) {
+    this.file = file;
+    if (file && existsSync(file)) {
+      const saved = JSON.parse(readFileSync(file, 'utf8')) as { schemas: [number, string][]; subjects: [string, Version[]][]; config: [string, Level][]; globalLevel: Level };
+      for (const [id, schema] of saved.schemas) {
+        this.byId.set(id, schema);
+        this.idBySchema.set(schema, id);
+      }
+      for (const [s, versions] of saved.subjects) this.subjects.set(s, versions);
+      for (const [s, level] of saved.config) this.config.set(s, level);
+      this.globalLevel = saved.globalLevel;
+    }
     this.app = Fastify({ logger: false });
     this.app.addContentTypeParser(/^application\/.*json$/, { parseAs: 'string' }, (_req, body, done) => {
       try {
@@ -73,6 +87,14 @@ export class EmbeddedSchemaRegistry {
       }
     });
     this.routes();
+  }
+
+  /** Writes the state atomically (a crash leaves the previous file). */
+  private save(): void {
+    if (!this.file) return;
+    const tmp = `${this.file}.tmp`;
+    writeFileSync(tmp, JSON.stringify({ schemas: [...this.byId], subjects: [...this.subjects], config: [...this.config], globalLevel: this.globalLevel }));
+    renameSync(tmp, this.file);
   }
 
   private notFound(reply: FastifyReply, code: number, message: string) {
@@ -115,6 +137,7 @@ export class EmbeddedSchemaRegistry {
     app.get('/config', async () => ({ compatibilityLevel: this.globalLevel }));
     app.put<{ Body: { compatibility?: Level } }>('/config', async (req) => {
       this.globalLevel = req.body.compatibility ?? this.globalLevel;
+      this.save();
       return { compatibility: this.globalLevel };
     });
     app.get<{ Params: { subject: string } }>('/config/:subject', async (req, reply) => {
@@ -123,6 +146,7 @@ export class EmbeddedSchemaRegistry {
     });
     app.put<{ Params: { subject: string }; Body: { compatibility: Level } }>('/config/:subject', async (req) => {
       this.config.set(req.params.subject, req.body.compatibility);
+      this.save();
       return { compatibility: req.body.compatibility };
     });
     app.get<{ Params: { subject: string } }>('/subjects/:subject/versions', async (req, reply) => {
@@ -171,6 +195,7 @@ export class EmbeddedSchemaRegistry {
       }
       list.push({ id, version: (list.at(-1)?.version ?? 0) + 1, schema });
       this.subjects.set(subject, list);
+      this.save();
       return { id };
     });
     app.post<{ Params: { subject: string; version: string }; Body: { schema: string } }>(

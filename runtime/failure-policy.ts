@@ -38,6 +38,8 @@ export async function decodeBatch(codec: Codec, stage: string, topicKey: TopicKe
   const records: StageRecord[] = [];
   const rejected: Rejected[] = [];
   for (const m of messages) {
+    // A placeholder the embedded broker's journal wrote to keep offsets aligned: nothing to decode or do.
+    if (m.headers?.['herald.journal.gap'] !== undefined) continue;
     const base: UndecodedRecord = { topic, topicKey, partition, offset: m.offset, key: m.key?.toString() ?? null, timestamp: Number(m.timestamp), headers: headersOf(m.headers), raw: m.value };
     try {
       records.push({ ...base, value: await codec.decode(topicKey, m.value) } as StageRecord);

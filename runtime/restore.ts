@@ -42,7 +42,13 @@ export async function restoreFromChangelog(opts: {
   const checkpoints = new Map<number, bigint | null>();
   let expected = 0n;
   for (const { store, partition } of opts.targets) {
-    const cp = await store.checkpoint();
+    let cp = await store.checkpoint();
+    if (cp !== null && cp >= (high.get(partition) ?? 0n)) {
+      // The local store reflects more of the changelog than the changelog holds (the topic was
+      // recreated or replayed shorter): re-apply the whole log rather than skip new records.
+      opts.log.warn({ topic: opts.topic, partition, checkpoint: cp.toString(), high: (high.get(partition) ?? 0n).toString() }, 'store checkpoint is past the end of its changelog; restoring from the start of the log');
+      cp = null;
+    }
     checkpoints.set(partition, cp);
     const start = cp === null ? (low.get(partition) ?? 0n) : cp + 1n > (low.get(partition) ?? 0n) ? cp + 1n : (low.get(partition) ?? 0n);
     const end = high.get(partition) ?? 0n;
@@ -64,7 +70,8 @@ export async function restoreFromChangelog(opts: {
       const end = until.get(partition) ?? 0n;
       const within = messages.filter((m) => BigInt(m.offset) < end);
       if (within.length === 0) return;
-      await store.restore(within.map((m) => ({ key: m.key!.toString(), value: m.value ? m.value.toString() : null })), BigInt(within.at(-1)!.offset));
+      const records = within.filter((m) => m.key !== null).map((m) => ({ key: m.key!.toString(), value: m.value ? m.value.toString() : null }));
+      await store.restore(records, BigInt(within.at(-1)!.offset));
       applied += within.length;
       opts.onApplied?.(within.length);
       if (performance.now() - lastLog > every) {

@@ -15,6 +15,7 @@ import { HeraldError } from '../errors.ts';
 import type { KeyValueStore } from '../state/store.ts';
 import { type StageName, type TopicKey, groupId, stageSpec, topicName } from '../topology.ts';
 import { coPartitionedAssigner } from './assigner.ts';
+import { heartbeating } from './heartbeat.ts';
 import type { Codec } from './codec.ts';
 import type { StageDeps, StageFactory } from './contract.ts';
 import { decodeBatch } from './failure-policy.ts';
@@ -41,12 +42,14 @@ export interface StageRunnerOptions {
   gate?: Promise<void>;
   /** Called with the partitions this member holds after each rebalance (the instance directory listens). */
   onAssignment?: (partitions: number[], memberId: string) => void;
+  /**
+   * Where to resume each input partition when the group has no offsets of its own yet
+   * (the embedded broker's journal was replayed into a fresh broker): topic -> partition -> offset.
+   */
+  resumeAt?: ReadonlyMap<string, ReadonlyMap<number, bigint>>;
   /** This instance's HTTP address, sent in its group membership metadata. */
   advertisedUrl?: () => string;
 }
-
-/** Thrown into waits cut short by a stop: a shutdown, not a processing failure. */
-const stopping = () => new HeraldError('HRL_SHUTTING_DOWN', 'the stage is stopping', { retriable: true });
 
 export class StageRunner {
   private consumer: Consumer | null = null;
@@ -54,6 +57,8 @@ export class StageRunner {
   private restarts = 0;
   private restarting: Promise<void> = Promise.resolve();
   private commitTimer: NodeJS.Timeout | null = null;
+  /** Input partitions already sought to their resume offset. */
+  private readonly resumed = new Set<string>();
   /** Partitions of the latest assignment. */
   private assigned = new Set<number>();
   /** Group membership, as /readyz reports it. */
@@ -109,6 +114,7 @@ export class StageRunner {
       // Open (and restore) partitions as soon as they arrive, not at their first new record:
       // a projection taken over from a dead instance must answer queries, and timers must run.
       this.assigned = assigned;
+      this.seekResumed(consumer, assigned);
       this.openAssigned(1);
       this.tasks.startTimers();
       this.o.onAssignment?.(sorted, e.payload.memberId);
@@ -125,6 +131,18 @@ export class StageRunner {
       partitionsConsumedConcurrently: Math.max(1, Math.min(config.partitions * this.inputs.size, 8)),
       eachBatch: (payload) => this.onBatch(payload),
     });
+  }
+
+  /** Seeks each assigned partition to its resume offset, once (later rebalances use the commits made since). */
+  private seekResumed(consumer: Consumer, assigned: ReadonlySet<number>): void {
+    for (const [topic, parts] of this.o.resumeAt ?? []) {
+      for (const [partition, offset] of parts) {
+        const key = `${topic}\u0000${partition}`;
+        if (!assigned.has(partition) || this.resumed.has(key)) continue;
+        this.resumed.add(key);
+        consumer.seek({ topic, partition, offset: offset.toString() });
+      }
+    }
   }
 
   /**
@@ -167,19 +185,6 @@ export class StageRunner {
     })();
   }
 
-  /** Waits for `p` while keeping the group membership alive (kafkajs only heartbeats between batches). */
-  private async heartbeating<T>(p: Promise<T>, heartbeat: () => Promise<void>, abortOnStop = true): Promise<T> {
-    let settled = false;
-    const done = p.finally(() => (settled = true));
-    while (!settled) {
-      await Promise.race([done.catch(() => undefined), new Promise((r) => setTimeout(r, 1000))]);
-      if (settled) break;
-      if (this.stopped && abortOnStop) throw stopping();
-      await heartbeat().catch(() => undefined);
-    }
-    return done;
-  }
-
   private async onBatch(payload: EachBatchPayload): Promise<void> {
     try {
       await this.consume(payload);
@@ -194,12 +199,15 @@ export class StageRunner {
     if (batch.messages.length === 0 || !isRunning() || isStale()) return;
     const { stage, metrics } = this.o;
     // Never join a record with a table still loading.
-    if (this.o.gate) await this.heartbeating(this.o.gate, heartbeat);
-    const task = await this.heartbeating(this.tasks.task(batch.partition, heartbeat), heartbeat);
+    if (this.o.gate) await heartbeating(this.o.gate, heartbeat, () => this.stopped);
+    const task = await heartbeating(this.tasks.task(batch.partition, heartbeat), heartbeat, () => this.stopped);
     if (!isRunning() || isStale()) return; // the partition moved while it was being opened
     metrics.records.inc({ stage, result: 'in' }, batch.messages.length);
-    const decoded = await decodeBatch(this.o.codec, stage, this.inputs.get(batch.topic)!, batch.topic, batch.partition, batch.messages);
-    await this.heartbeating(task.handle(batch.topic, decoded, batch.messages.at(-1)!.offset), heartbeat, false);
+    // Records below the resume offset were processed before the restart (and a fetch may begin before the seek lands).
+    const resumeAt = this.o.resumeAt?.get(batch.topic)?.get(batch.partition);
+    const messages = resumeAt === undefined ? batch.messages : batch.messages.filter((m) => BigInt(m.offset) >= resumeAt);
+    const decoded = await decodeBatch(this.o.codec, stage, this.inputs.get(batch.topic)!, batch.topic, batch.partition, messages);
+    await heartbeating(task.handle(batch.topic, decoded, batch.messages.at(-1)!.offset), heartbeat, () => false);
     await this.offsets.maybeCommit(this.consumer);
     metrics.lag.set({ stage, topic: batch.topic, partition: String(batch.partition) }, Number(batch.offsetLag()));
     await heartbeat();

@@ -15,6 +15,20 @@ import type { DeliveryTask, EnrichedNotification, NotificationRequest, UserProfi
 import { StageDriver } from './support/driver.ts';
 import { MemoryTables } from './support/memory-tables.ts';
 
+/** A channel that answers from a script, then succeeds; it records every call. */
+class ScriptedDeliver implements ChannelProvider {
+  readonly name = 'webhook';
+  calls: DeliveryTask[] = [];
+  private readonly script: SendResult[];
+  constructor(script: SendResult[]) {
+    this.script = script;
+  }
+  async send(task: DeliveryTask): Promise<SendResult> {
+    this.calls.push(task);
+    return this.script.shift() ?? { ok: true, providerMessageId: 'm', detail: 'HTTP 200' };
+  }
+}
+
 const T0 = Date.parse('2026-03-01T12:00:00Z');
 const HOUR = 3_600_000;
 const drivers: StageDriver[] = [];
@@ -167,25 +181,13 @@ describe('route', () => {
 });
 
 describe('deliver', () => {
-  class ScriptedChannel implements ChannelProvider {
-    readonly name = 'webhook';
-    calls: DeliveryTask[] = [];
-    private readonly script: SendResult[];
-    constructor(script: SendResult[]) {
-      this.script = script;
-    }
-    async send(task: DeliveryTask): Promise<SendResult> {
-      this.calls.push(task);
-      return this.script.shift() ?? { ok: true, providerMessageId: 'm', detail: 'HTTP 200' };
-    }
-  }
   const taskFor = async (): Promise<DeliveryTask> => {
     const r = await driver('route', route).pipe([{ value: { request: (await requestsFor(event({ recipients: ['ada'] })))[0]!, user: user(), preferences: null }, timestamp: T0 }]);
     return r.emitted[0]!.value as DeliveryTask;
   };
 
   it('delivers once: a redelivered task whose result is recorded is skipped', async () => {
-    const channel = new ScriptedChannel([]);
+    const channel = new ScriptedDeliver([]);
     const d = driver('deliver', deliver(new Map([['webhook', channel]])));
     const task = await taskFor();
     const r1 = await d.pipe([{ value: task, timestamp: T0 }]);
@@ -197,7 +199,7 @@ describe('deliver', () => {
   });
 
   it('schedules a retry with backoff on a retriable failure and dead-letters a permanent one', async () => {
-    const channel = new ScriptedChannel([
+    const channel = new ScriptedDeliver([
       { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' },
       { ok: false, retriable: false, code: 'http_410', detail: 'HTTP 410' },
     ]);
@@ -303,18 +305,6 @@ describe('outcome user index', () => {
   });
 });
 
-class ScriptedDeliver implements ChannelProvider {
-  readonly name = 'webhook';
-  calls: DeliveryTask[] = [];
-  private readonly script: SendResult[];
-  constructor(script: SendResult[]) {
-    this.script = script;
-  }
-  async send(task: DeliveryTask): Promise<SendResult> {
-    this.calls.push(task);
-    return this.script.shift() ?? { ok: true, providerMessageId: 'm', detail: 'HTTP 200' };
-  }
-}
 
 describe('deliver timers', () => {
   it('releases a later attempt that comes due together with a replayed earlier one', async () => {

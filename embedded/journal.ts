@@ -1,0 +1,184 @@
+/**
+ * The embedded broker's journal: what the in-memory mock cluster holds, kept on disk under
+ * the state directory so a crash or a restart of Herald loses nothing. Every record of
+ * every Herald topic is appended, per topic-partition, with its offset, timestamp, key,
+ * value and headers; the consumer groups' committed offsets are snapshotted only once the
+ * records they cover are journaled. At start, the journal is replayed into a fresh broker
+ * in offset order, so every record comes back at the same offset.
+ *
+ * File format, per partition (`<dir>/<topic>/<partition>.log`), one entry per record:
+ *   u32 length of the rest | i64 offset | i64 timestamp | i32 key length (-1 null) | key
+ *   | i32 value length (-1 null) | value | i32 headers length | headers (JSON)
+ * A torn last entry (a crash mid-write) is cut off when the file is read.
+ */
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, truncateSync, writeFileSync, closeSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface JournalRecord {
+  offset: bigint;
+  timestamp: number;
+  key: Buffer | null;
+  value: Buffer | null;
+  headers: Record<string, string>;
+}
+
+/** Committed offsets per group, topic and partition (the next offset to read). */
+export type GroupOffsets = Record<string, Record<string, Record<string, string>>>;
+
+const enc = (s: string) => encodeURIComponent(s);
+
+export function encodeRecord(r: JournalRecord): Buffer {
+  const headers = Object.keys(r.headers).length ? Buffer.from(JSON.stringify(r.headers)) : Buffer.alloc(0);
+  const body = Buffer.alloc(8 + 8 + 4 + (r.key?.length ?? 0) + 4 + (r.value?.length ?? 0) + 4 + headers.length);
+  let o = 0;
+  o = body.writeBigInt64BE(r.offset, o);
+  o = body.writeBigInt64BE(BigInt(r.timestamp), o);
+  o = body.writeInt32BE(r.key ? r.key.length : -1, o);
+  if (r.key) o += r.key.copy(body, o);
+  o = body.writeInt32BE(r.value ? r.value.length : -1, o);
+  if (r.value) o += r.value.copy(body, o);
+  o = body.writeInt32BE(headers.length, o);
+  headers.copy(body, o);
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(body.length);
+  return Buffer.concat([len, body]);
+}
+
+/** Decodes a partition file; `valid` is the length of its intact prefix. */
+export function decodeRecords(buf: Buffer): { records: JournalRecord[]; valid: number } {
+  const records: JournalRecord[] = [];
+  let pos = 0;
+  while (pos + 4 <= buf.length) {
+    const len = buf.readUInt32BE(pos);
+    if (pos + 4 + len > buf.length || len < 28) break;
+    let o = pos + 4;
+    const offset = buf.readBigInt64BE(o);
+    o += 8;
+    const timestamp = Number(buf.readBigInt64BE(o));
+    o += 8;
+    const kl = buf.readInt32BE(o);
+    o += 4;
+    const key = kl < 0 ? null : Buffer.from(buf.subarray(o, o + kl));
+    o += Math.max(0, kl);
+    const vl = buf.readInt32BE(o);
+    o += 4;
+    const value = vl < 0 ? null : Buffer.from(buf.subarray(o, o + vl));
+    o += Math.max(0, vl);
+    const hl = buf.readInt32BE(o);
+    o += 4;
+    const headers = hl > 0 ? (JSON.parse(buf.subarray(o, o + hl).toString()) as Record<string, string>) : {};
+    records.push({ offset, timestamp, key, value, headers });
+    pos += 4 + len;
+  }
+  return { records, valid: pos };
+}
+
+export class Journal {
+  readonly dir: string;
+  /** Identity of the journaled cluster: the state directory's stores belong to it. */
+  readonly id: string;
+  private readonly next = new Map<string, bigint>();
+  private readonly fds = new Map<string, number>();
+  private readonly waiters = new Map<string, { offset: bigint; resolve: () => void }[]>();
+
+  private constructor(dir: string, id: string) {
+    this.dir = dir;
+    this.id = id;
+  }
+
+  /** Opens (or creates) the journal in `dir`. */
+  static open(dir: string): Journal {
+    mkdirSync(dir, { recursive: true });
+    const idFile = join(dir, 'JOURNAL_ID');
+    const fresh = !existsSync(idFile);
+    if (fresh) writeFileSync(idFile, randomUUID());
+    return new Journal(dir, readFileSync(idFile, 'utf8').trim());
+  }
+
+  static exists(dir: string): boolean {
+    return existsSync(join(dir, 'JOURNAL_ID'));
+  }
+
+  private file(topic: string, partition: number): string {
+    return join(this.dir, enc(topic), `${partition}.log`);
+  }
+
+  /** Every journaled topic-partition with its records, cutting off a torn tail. */
+  *read(): Generator<{ topic: string; partition: number; records: JournalRecord[] }> {
+    for (const t of readdirSync(this.dir)) {
+      const tdir = join(this.dir, t);
+      if (!statSync(tdir).isDirectory()) continue;
+      for (const f of readdirSync(tdir)) {
+        const m = /^(\d+)\.log$/.exec(f);
+        if (!m) continue;
+        const path = join(tdir, f);
+        const buf = readFileSync(path);
+        const { records, valid } = decodeRecords(buf);
+        if (valid < buf.length) truncateSync(path, valid);
+        const topic = decodeURIComponent(t);
+        const partition = Number(m[1]);
+        const last = records.at(-1);
+        if (last) this.next.set(`${topic}\u0000${partition}`, last.offset + 1n);
+        yield { topic, partition, records };
+      }
+    }
+  }
+
+  /** The next offset the journal expects for a partition (0 when it holds nothing). */
+  highWater(topic: string, partition: number): bigint {
+    return this.next.get(`${topic}\u0000${partition}`) ?? 0n;
+  }
+
+  /** Appends records read from the broker, in offset order; ones already journaled are skipped. */
+  append(topic: string, partition: number, records: JournalRecord[]): void {
+    const key = `${topic}\u0000${partition}`;
+    const from = this.next.get(key) ?? 0n;
+    const fresh = records.filter((r) => r.offset >= from);
+    if (fresh.length === 0) return;
+    let fd = this.fds.get(key);
+    if (fd === undefined) {
+      mkdirSync(join(this.dir, enc(topic)), { recursive: true });
+      fd = openSync(this.file(topic, partition), 'a');
+      this.fds.set(key, fd);
+    }
+    // One write per batch: in the page cache when it returns, so it survives a SIGKILL.
+    writeSync(fd, Buffer.concat(fresh.map(encodeRecord)));
+    const next = fresh.at(-1)!.offset + 1n;
+    this.next.set(key, next);
+    const waiting = this.waiters.get(key);
+    if (waiting) {
+      const still = waiting.filter((w) => (w.offset < next ? (w.resolve(), false) : true));
+      if (still.length) this.waiters.set(key, still);
+      else this.waiters.delete(key);
+    }
+  }
+
+  /** Resolves once the record at `offset` of the partition is journaled. */
+  waitFor(topic: string, partition: number, offset: bigint): Promise<void> {
+    const key = `${topic}\u0000${partition}`;
+    if ((this.next.get(key) ?? 0n) > offset) return Promise.resolve();
+    return new Promise((resolve) => {
+      const list = this.waiters.get(key) ?? [];
+      list.push({ offset, resolve });
+      this.waiters.set(key, list);
+    });
+  }
+
+  /** Writes the groups' committed offsets (atomically: a crash leaves the previous snapshot). */
+  saveOffsets(offsets: GroupOffsets): void {
+    const tmp = join(this.dir, 'offsets.json.tmp');
+    writeFileSync(tmp, JSON.stringify(offsets));
+    renameSync(tmp, join(this.dir, 'offsets.json'));
+  }
+
+  loadOffsets(): GroupOffsets {
+    const path = join(this.dir, 'offsets.json');
+    return existsSync(path) ? (JSON.parse(readFileSync(path, 'utf8')) as GroupOffsets) : {};
+  }
+
+  close(): void {
+    for (const fd of this.fds.values()) closeSync(fd);
+    this.fds.clear();
+  }
+}

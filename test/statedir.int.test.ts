@@ -1,0 +1,36 @@
+/**
+ * The state directory is never discarded silently: stores built against another cluster
+ * (or another embedded journal) stop the start with HRL_STATE_MISMATCH and are left as
+ * they were; a directory that cannot be used is named, with HRL_STATE_DIR_UNUSABLE.
+ */
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { removeDir, startTestHerald } from './support/herald.ts';
+
+const dirs: string[] = [];
+afterAll(() => {
+  for (const d of dirs) removeDir(d);
+});
+
+describe('state directory ownership', () => {
+  it('refuses stores built against another embedded journal and leaves them untouched', async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), 'herald-owned-'));
+    dirs.push(stateDir);
+    const h = await startTestHerald({ stateDir, stages: ['dedupe'], api: false });
+    await h.stop();
+    const before = readdirSync(stateDir).sort();
+    writeFileSync(join(stateDir, 'CLUSTER_ID'), 'embedded:another-journal');
+    await expect(startTestHerald({ stateDir, stages: ['dedupe'], api: false })).rejects.toMatchObject({ code: 'HRL_STATE_MISMATCH', message: expect.stringContaining('reset') });
+    expect(readdirSync(stateDir).sort()).toEqual(before);
+    expect(existsSync(join(stateDir, 'dedupe'))).toBe(true);
+  }, 60_000);
+
+  it('names a state directory it cannot create', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'herald-file-')), 'a-file');
+    dirs.push(file);
+    writeFileSync(file, 'not a directory');
+    await expect(startTestHerald({ stateDir: join(file, 'state'), stages: ['dedupe'], api: false })).rejects.toMatchObject({ code: 'HRL_STATE_DIR_UNUSABLE', message: expect.stringContaining(join(file, 'state')) });
+  });
+});

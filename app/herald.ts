@@ -157,7 +157,13 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       const schema = TOPICS[key].schema;
       if (schema) await serde.register(topicName(config.topicPrefix, key), schema);
     }
-    const kafka = createKafka(config, brokers, log);
+    const runners = new Map<StageName, StageRunner>();
+    // The broker dropped records a group had not read (kafkajs resets the offset): that is lost data, shown on /readyz.
+    const kafka = createKafka(config, brokers, log, undefined, (message, extra) => {
+      if (!message.startsWith('Offset out of range, resetting')) return;
+      const runner = [...runners].find(([s]) => groupId(config.topicPrefix, s) === extra.groupId)?.[1];
+      runner?.health.recordsLost(`${String(extra.topic)}[${String(extra.partition)}] at ${new Date().toISOString()}`);
+    });
     const admin = kafka.admin();
     await admin.connect();
     cleanups.push(() => admin.disconnect());
@@ -214,7 +220,6 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       cleanups.push(() => directory.stop());
     }
     let advertised = config.advertisedUrl;
-    const runners = new Map<StageName, StageRunner>();
     for (const stage of stages) {
       const gate = STAGES[stage].tables.length ? tablesReady : undefined;
       runners.set(stage, new StageRunner({
@@ -233,6 +238,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       ...[...runners.values()].map(async (r) => {
         await r.start();
         await r.joined;
+        await r.settled();
       }),
     ]);
     ready = true;

@@ -65,10 +65,16 @@ export function kafkaProfiles(producer: { send: Send }, serde: Serde, tables: Gl
 export function processHealth(o: { runners: ReadonlyMap<StageName, StageRunner>; tables: GlobalTables; metrics: Metrics; started: () => boolean; endpoints: { brokers: string; registry: string } }): Health {
   return {
     readiness() {
-      const stages = Object.fromEntries([...o.runners].map(([name, r]) => [name, r.member]));
+      const reports = [...o.runners].map(([name, r]) => [name, r.report()] as const);
+      const stages = Object.fromEntries(reports.map(([name, r]) => [name, r.member]));
       const tables = Object.fromEntries((['users', 'preferences', 'audiences'] as const).filter((t) => o.tables.has(t)).map((t) => [t, o.tables.isCaughtUp(t)]));
-      const ready = o.started() && Object.values(stages).every((m) => m === 'joined') && Object.values(tables).every(Boolean);
-      return { ready, stages, tables, endpoints: o.endpoints };
+      const reasons = [
+        ...(o.started() ? [] : ['starting']),
+        ...reports.flatMap(([name, r]) => r.reasons.map((why) => `${name}: ${why}`)),
+        ...Object.entries(tables).filter(([, caught]) => !caught).map(([t]) => `table ${t} is catching up`),
+      ];
+      const detail = Object.fromEntries(reports.filter(([, r]) => r.restoring.length || r.lastError).map(([name, r]) => [name, { restoring: r.restoring, lastError: r.lastError }]));
+      return { ready: reasons.length === 0, reasons, stages, tables, ...(Object.keys(detail).length ? { detail } : {}), endpoints: o.endpoints };
     },
     async metrics() {
       return { contentType: o.metrics.registry.contentType, body: await o.metrics.registry.metrics() };

@@ -7,13 +7,16 @@
  * in offset order, so every record comes back at the same offset.
  *
  * File format, per partition (`<dir>/<topic>/<partition>.log`), one entry per record:
- *   u32 length of the rest | i64 offset | i64 timestamp | i32 key length (-1 null) | key
+ *   u32 length of the body | u32 CRC-32 of the body | body: i64 offset | i64 timestamp | i32 key length (-1 null) | key
  *   | i32 value length (-1 null) | value | i32 headers length | headers (JSON)
- * A torn last entry (a crash mid-write) is cut off when the file is read.
+ * A torn or corrupt entry (a crash mid-write, a short write on a full disk) ends the intact
+ * prefix: it and anything after it are cut off when the file is read.
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, truncateSync, writeFileSync, closeSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
+import { HeraldError } from '../errors.ts';
 
 export interface JournalRecord {
   offset: bigint;
@@ -40,19 +43,20 @@ export function encodeRecord(r: JournalRecord): Buffer {
   if (r.value) o += r.value.copy(body, o);
   o = body.writeInt32BE(headers.length, o);
   headers.copy(body, o);
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(body.length);
-  return Buffer.concat([len, body]);
+  const head = Buffer.alloc(8);
+  head.writeUInt32BE(body.length, 0);
+  head.writeUInt32BE(crc32(body), 4);
+  return Buffer.concat([head, body]);
 }
 
 /** Decodes a partition file; `valid` is the length of its intact prefix. */
 export function decodeRecords(buf: Buffer): { records: JournalRecord[]; valid: number } {
   const records: JournalRecord[] = [];
   let pos = 0;
-  while (pos + 4 <= buf.length) {
+  while (pos + 8 <= buf.length) {
     const len = buf.readUInt32BE(pos);
-    if (pos + 4 + len > buf.length || len < 28) break;
-    let o = pos + 4;
+    if (pos + 8 + len > buf.length || len < 28 || crc32(buf.subarray(pos + 8, pos + 8 + len)) !== buf.readUInt32BE(pos + 4)) break;
+    let o = pos + 8;
     const offset = buf.readBigInt64BE(o);
     o += 8;
     const timestamp = Number(buf.readBigInt64BE(o));
@@ -69,7 +73,7 @@ export function decodeRecords(buf: Buffer): { records: JournalRecord[]; valid: n
     o += 4;
     const headers = hl > 0 ? (JSON.parse(buf.subarray(o, o + hl).toString()) as Record<string, string>) : {};
     records.push({ offset, timestamp, key, value, headers });
-    pos += 4 + len;
+    pos += 8 + len;
   }
   return { records, valid: pos };
 }
@@ -80,7 +84,7 @@ export class Journal {
   readonly id: string;
   private readonly next = new Map<string, bigint>();
   private readonly fds = new Map<string, number>();
-  private readonly waiters = new Map<string, { offset: bigint; resolve: () => void }[]>();
+  private readonly waiters = new Map<string, { offset: bigint; resolve: () => void; reject: (err: Error) => void }[]>();
 
   private constructor(dir: string, id: string) {
     this.dir = dir;
@@ -143,25 +147,45 @@ export class Journal {
       this.fds.set(key, fd);
     }
     // One write per batch: in the page cache when it returns, so it survives a SIGKILL.
-    writeSync(fd, Buffer.concat(fresh.map(encodeRecord)));
+    const buf = Buffer.concat(fresh.map(encodeRecord));
+    for (let written = 0; written < buf.length;) written += writeSync(fd, buf, written);
     const next = fresh.at(-1)!.offset + 1n;
     this.next.set(key, next);
+    // Offsets between what was journaled and the first record read were dropped by the broker first.
+    const gapEnd = fresh[0]!.offset;
     const waiting = this.waiters.get(key);
     if (waiting) {
-      const still = waiting.filter((w) => (w.offset < next ? (w.resolve(), false) : true));
+      const still = waiting.filter((w) => {
+        if (w.offset >= next) return true;
+        if (w.offset >= from && w.offset < gapEnd) w.reject(new HeraldError('HRL_JOURNAL_BEHIND', `${topic}[${partition}] offset ${w.offset}: the embedded broker dropped the record before it was journaled`, { retriable: true }));
+        else w.resolve();
+        return false;
+      });
       if (still.length) this.waiters.set(key, still);
       else this.waiters.delete(key);
     }
   }
 
-  /** Resolves once the record at `offset` of the partition is journaled. */
-  waitFor(topic: string, partition: number, offset: bigint): Promise<void> {
+  /**
+   * Resolves once the record at `offset` of the partition is journaled; rejects with
+   * HRL_JOURNAL_BEHIND when the broker dropped it first, or after `timeoutMs`.
+   */
+  waitFor(topic: string, partition: number, offset: bigint, timeoutMs = 0): Promise<void> {
     const key = `${topic}\u0000${partition}`;
     if ((this.next.get(key) ?? 0n) > offset) return Promise.resolve();
-    return new Promise((resolve) => {
+    return new Promise((resolve, reject) => {
       const list = this.waiters.get(key) ?? [];
-      list.push({ offset, resolve });
+      const entry = { offset, resolve, reject };
+      list.push(entry);
       this.waiters.set(key, list);
+      if (timeoutMs > 0) {
+        setTimeout(() => {
+          const now = this.waiters.get(key);
+          if (!now?.includes(entry)) return;
+          now.splice(now.indexOf(entry), 1);
+          reject(new HeraldError('HRL_JOURNAL_BEHIND', `${topic}[${partition}] offset ${offset}: the embedded broker's journal did not confirm it within ${timeoutMs} ms`, { retriable: true }));
+        }, timeoutMs).unref();
+      }
     });
   }
 

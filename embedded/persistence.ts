@@ -13,6 +13,7 @@
  * answers 202. Offsets of groups that are not Herald's are not restored.
  */
 import type { Admin, Consumer, Kafka, Message, Producer } from 'kafkajs';
+import { HeraldError } from '../errors.ts';
 import type { Logger } from '../runtime/logger.ts';
 import { type GroupOffsets, type Journal, type JournalRecord } from './journal.ts';
 
@@ -24,6 +25,8 @@ export interface ReplayResult { records: number; partitions: number; gaps: numbe
 
 export class BrokerJournal {
   private consumer: Consumer | null = null;
+  private topics: string[] = [];
+  private stopped = false;
   private timer: NodeJS.Timeout | null = null;
   private snapshotting: Promise<void> = Promise.resolve();
   private readonly journal: Journal;
@@ -58,7 +61,12 @@ export class BrokerJournal {
             bytes += batch[i]!.bytes;
             messages.push(batch[i]!.message);
           }
-          await this.producer.send({ topic, acks: -1, messages });
+          const [meta] = await this.producer.send({ topic, acks: -1, messages });
+          // A retried send could duplicate records and shift every later offset: refuse to go on.
+          const want = expected - BigInt(batch.length - i + messages.length);
+          if (meta && BigInt(meta.baseOffset ?? '-1') !== want) {
+            throw new HeraldError('HRL_EMBEDDED_BROKER', `journal replay of ${topic}[${partition}] landed at offset ${meta.baseOffset}, expected ${want}; the broker and the journal disagree. Nothing was lost from the journal: restart to replay again`);
+          }
         }
         batch.length = 0;
       };
@@ -84,10 +92,18 @@ export class BrokerJournal {
     return this.journal.loadOffsets();
   }
 
-  /** Follows every topic of `topics` from where the journal ends, appending new records. */
+  /** Follows every topic of `topics` from where the journal ends, appending new records; restarts itself if kafkajs gives up. */
   async follow(topics: string[]): Promise<void> {
+    this.topics = topics;
     const consumer = this.kafka.consumer({ groupId: `herald.journal.${this.journal.id}.${Date.now()}`, maxWaitTimeInMs: 20, minBytes: 1, maxBytesPerPartition: 4 * 1024 * 1024, sessionTimeout: 30000, allowAutoTopicCreation: false });
     this.consumer = consumer;
+    consumer.on(consumer.events.CRASH, (e) => {
+      if (e.payload.restart || this.consumer !== consumer || this.stopped) return;
+      this.log.error({ err: e.payload.error }, 'journal follower crashed; restarting it (the API answers 503 meanwhile)');
+      this.consumer = null;
+      void consumer.disconnect().catch(() => undefined);
+      setTimeout(() => void this.follow(this.topics).catch((err: unknown) => this.log.error({ err }, 'restarting the journal follower failed')), 1000).unref();
+    });
     await consumer.connect();
     await consumer.subscribe({ topics, fromBeginning: true });
     await consumer.run({
@@ -114,7 +130,7 @@ export class BrokerJournal {
   async journaled(acks: { topicName: string; partition: number; baseOffset?: string }[], counts: Map<string, number>): Promise<void> {
     await Promise.all(acks.map((a) => {
       const n = counts.get(`${a.topicName}\u0000${a.partition}`) ?? 1;
-      return this.journal.waitFor(a.topicName, a.partition, BigInt(a.baseOffset ?? '0') + BigInt(n - 1));
+      return this.journal.waitFor(a.topicName, a.partition, BigInt(a.baseOffset ?? '0') + BigInt(n - 1), 10_000);
     }));
   }
 
@@ -124,7 +140,11 @@ export class BrokerJournal {
     this.timer.unref();
   }
 
-  /** One snapshot: offsets first, then the topics' ends, then wait until those are journaled. */
+  /**
+   * One snapshot: the groups' offsets first, then the ends of every journaled topic (inputs,
+   * outputs, changelogs, DLQ), then wait until all of that is journaled. Every record
+   * produced before those commits is then in the journal, and so is every state change.
+   */
   snapshot(groups: { groupId: string; topics: string[] }[]): Promise<void> {
     this.snapshotting = this.snapshotting.then(async () => {
       try {
@@ -137,13 +157,25 @@ export class BrokerJournal {
             }
           }
         }
-        const topics = [...new Set(groups.flatMap((g) => g.topics))];
+        const topics = this.topics.length ? this.topics : [...new Set(groups.flatMap((g) => g.topics))];
         const ends = await Promise.all(topics.map(async (topic) => ({ topic, offsets: await this.admin.fetchTopicOffsets(topic) })));
         const waits = ends.flatMap(({ topic, offsets: o }) => o.filter((x) => BigInt(x.high) > 0n).map((x) => this.journal.waitFor(topic, x.partition, BigInt(x.high) - 1n)));
         const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 5000).unref());
-        if ((await Promise.race([Promise.all(waits), timeout])) === 'timeout') return; // the next snapshot tries again
-        // Keep what the previous snapshot knew of groups that did not answer this time.
-        this.journal.saveOffsets({ ...this.journal.loadOffsets(), ...offsets });
+        if ((await Promise.race([Promise.all(waits), timeout])) === 'timeout') {
+          this.log.warn('offset snapshot skipped: the journal is more than 5 s behind the broker; the previous snapshot stands');
+          return;
+        }
+        // Merge per partition and only ever forward: a quiet partition keeps its resume offset.
+        const merged = this.journal.loadOffsets();
+        for (const [g, byTopic] of Object.entries(offsets)) {
+          for (const [t, byPartition] of Object.entries(byTopic)) {
+            for (const [p, o] of Object.entries(byPartition)) {
+              const slot = ((merged[g] ??= {})[t] ??= {});
+              if (slot[p] === undefined || BigInt(o) > BigInt(slot[p])) slot[p] = o;
+            }
+          }
+        }
+        this.journal.saveOffsets(merged);
       } catch (err) {
         this.log.warn({ err }, 'offset snapshot failed; the previous one stands');
       }
@@ -153,6 +185,7 @@ export class BrokerJournal {
 
   /** A last snapshot (after the stages committed), then stops following. */
   async stop(groups: { groupId: string; topics: string[] }[]): Promise<void> {
+    this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     await this.snapshot(groups);

@@ -11,7 +11,10 @@ const LEVELS: Record<number, 'error' | 'warn' | 'info' | 'debug'> = {
   [logLevel.ERROR]: 'error', [logLevel.WARN]: 'warn', [logLevel.INFO]: 'info', [logLevel.DEBUG]: 'debug',
 };
 
-export function createKafka(config: HeraldConfig, brokers: string, log: Logger, clientId = `herald-${config.instanceId}`): Kafka {
+/** kafkajs log entries Herald acts on (besides logging them), e.g. an offset found out of range. */
+export type KafkaLogListener = (message: string, extra: Record<string, unknown>) => void;
+
+export function createKafka(config: HeraldConfig, brokers: string, log: Logger, clientId = `herald-${config.instanceId}`, onLog?: KafkaLogListener): Kafka {
   const sasl = config.saslMechanism
     ? ({ mechanism: config.saslMechanism, username: config.saslUsername, password: config.saslPassword } as SASLOptions)
     : undefined;
@@ -29,6 +32,7 @@ export function createKafka(config: HeraldConfig, brokers: string, log: Logger, 
     logCreator: () => ({ namespace, level, log: entry }) => {
       const { message, timestamp: _t, logger: _l, ...rest } = entry as { message: string } & Record<string, unknown>;
       kl[LEVELS[level] ?? 'info']({ namespace, ...rest }, message);
+      onLog?.(message, rest);
     },
   });
 }

@@ -29,7 +29,7 @@ export async function restoreFromChangelog(opts: {
   groupPrefix: string;
   targets: RestoreTarget[];
   log: Logger;
-  onApplied?: (records: number) => void;
+  onApplied?: (records: number, progress: { applied: number; expected: number }) => void;
   progressEveryMs?: number;
 }): Promise<RestoreResult> {
   const started = performance.now();
@@ -43,11 +43,13 @@ export async function restoreFromChangelog(opts: {
   let expected = 0n;
   for (const { store, partition } of opts.targets) {
     let cp = await store.checkpoint();
-    if (cp !== null && cp >= (high.get(partition) ?? 0n)) {
-      // The local store reflects more of the changelog than the changelog holds (the topic was
-      // recreated or replayed shorter): re-apply the whole log rather than skip new records.
-      opts.log.warn({ topic: opts.topic, partition, checkpoint: cp.toString(), high: (high.get(partition) ?? 0n).toString() }, 'store checkpoint is past the end of its changelog; restoring from the start of the log');
-      cp = null;
+    const end0 = high.get(partition) ?? 0n;
+    if (cp !== null && cp >= end0) {
+      // The local store reflects more than the changelog holds (the log was replayed shorter
+      // after a crash): keep the newer local data; the input above the resume point is
+      // processed again and writes it back. New changelog records start at the log's end.
+      opts.log.warn({ topic: opts.topic, partition, checkpoint: cp.toString(), high: end0.toString() }, 'store checkpoint is past the end of its changelog; keeping the local data');
+      cp = end0 - 1n;
     }
     checkpoints.set(partition, cp);
     const start = cp === null ? (low.get(partition) ?? 0n) : cp + 1n > (low.get(partition) ?? 0n) ? cp + 1n : (low.get(partition) ?? 0n);
@@ -73,7 +75,7 @@ export async function restoreFromChangelog(opts: {
       const records = within.filter((m) => m.key !== null).map((m) => ({ key: m.key!.toString(), value: m.value ? m.value.toString() : null }));
       await store.restore(records, BigInt(within.at(-1)!.offset));
       applied += within.length;
-      opts.onApplied?.(within.length);
+      opts.onApplied?.(within.length, { applied, expected: Number(expected) });
       if (performance.now() - lastLog > every) {
         lastLog = performance.now();
         const secs = (lastLog - started) / 1000;

@@ -4,10 +4,8 @@
  * assigned partitions to the task manager, feeds each fetched batch through the decode
  * phase to its partition task, commits marked offsets on the commit interval, restarts a
  * member kafkajs gave up on, and stops cleanly (in-flight batches finish and commit).
- *
- *   decode (failures -> dlq.v1, partition moves on) -> process -> produce outputs,
- *   outcomes and changelog records (acks=-1) -> write the state batch and checkpoint
- *   -> mark offsets -> commit every HERALD_COMMIT_INTERVAL_MS and on stop.
+ * The batch cycle (decode, process, produce acks=-1, write state, mark, commit on the
+ * interval) is the partition task's; see partition-task.ts.
  */
 import type { Admin, Consumer, EachBatchPayload, Kafka, Producer } from 'kafkajs';
 import type { HeraldConfig } from '../config.ts';
@@ -23,6 +21,7 @@ import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
 import { OffsetManager } from './offsets.ts';
 import { RecordCollector } from './record-collector.ts';
+import { StageHealth, type StageReport } from './stage-health.ts';
 import { TaskManager } from './task-manager.ts';
 
 export interface StageRunnerOptions {
@@ -65,6 +64,8 @@ export class StageRunner {
   member: 'starting' | 'joined' | 'restarting' | 'stopped' = 'starting';
   private readonly inputs = new Map<string, TopicKey>();
   private readonly offsets: OffsetManager;
+  /** What /readyz reports about this stage. */
+  readonly health: StageHealth;
   private readonly tasks: TaskManager;
   private readonly log: Logger;
   private joinedResolve!: () => void;
@@ -78,7 +79,8 @@ export class StageRunner {
     for (const t of stageSpec(o.stage).inputs) this.inputs.set(topicName(o.config.topicPrefix, t), t);
     this.offsets = new OffsetManager(o.config.commitIntervalMs, this.log);
     const collector = new RecordCollector(o.producer, o.codec, o.config.topicPrefix);
-    this.tasks = new TaskManager({ ...o, log: this.log, clock: o.clock ?? Date.now, collector, offsets: this.offsets, inputs: this.inputs });
+    this.health = new StageHealth(o.config.stallMs);
+    this.tasks = new TaskManager({ ...o, log: this.log, clock: o.clock ?? Date.now, collector, offsets: this.offsets, inputs: this.inputs, health: this.health });
   }
 
   async start(): Promise<void> {
@@ -115,7 +117,7 @@ export class StageRunner {
       // a projection taken over from a dead instance must answer queries, and timers must run.
       this.assigned = assigned;
       this.seekResumed(consumer, assigned);
-      this.openAssigned(1);
+      this.tasks.ensureOpen(() => this.assigned, () => this.stopped);
       this.tasks.startTimers();
       this.o.onAssignment?.(sorted, e.payload.memberId);
       this.joinedResolve();
@@ -142,22 +144,6 @@ export class StageRunner {
         this.resumed.add(key);
         consumer.seek({ topic, partition, offset: offset.toString() });
       }
-    }
-  }
-
-  /**
-   * Opens every assigned partition not open yet. A failed open is retried with backoff
-   * (or at the partition's next batch), so timers of a quiet partition start too.
-   */
-  private openAssigned(attempt: number): void {
-    const fresh = [...this.assigned].filter((p) => !this.tasks.partitions().includes(p));
-    if (fresh.length === 0 || this.stopped) return;
-    for (const [p, t] of this.tasks.open(fresh, async () => undefined)) {
-      t.catch((err: unknown) => {
-        const delay = Math.min(30_000, 1000 * 2 ** Math.min(attempt, 5));
-        this.log.warn({ partition: p, err, retryInMs: delay }, 'opening the partition failed; retrying');
-        setTimeout(() => this.openAssigned(attempt + 1), delay).unref();
-      });
     }
   }
 
@@ -191,6 +177,7 @@ export class StageRunner {
     } catch (err) {
       // A batch cut short by a stop is not a failure: it is not marked, and is fetched again.
       if ((err as HeraldError).code === 'HRL_SHUTTING_DOWN') return;
+      this.health.batchFailed(err as Error & { code?: string });
       throw err;
     }
   }
@@ -207,10 +194,22 @@ export class StageRunner {
     const resumeAt = this.o.resumeAt?.get(batch.topic)?.get(batch.partition);
     const messages = resumeAt === undefined ? batch.messages : batch.messages.filter((m) => BigInt(m.offset) >= resumeAt);
     const decoded = await decodeBatch(this.o.codec, stage, this.inputs.get(batch.topic)!, batch.topic, batch.partition, messages);
+    this.health.batchStarted();
     await heartbeating(task.handle(batch.topic, decoded, batch.messages.at(-1)!.offset), heartbeat, () => false);
     await this.offsets.maybeCommit(this.consumer);
     metrics.lag.set({ stage, topic: batch.topic, partition: String(batch.partition) }, Number(batch.offsetLag()));
+    this.health.batchDone(batch.topic, batch.partition, Number(batch.offsetLag()));
     await heartbeat();
+  }
+
+  /** Resolves once every assigned partition is open (stores restored, processors created). */
+  async settled(): Promise<void> {
+    while (!this.stopped && !this.report().reasons.every((r) => !r.includes('not open') && !r.startsWith('restoring'))) await new Promise((r) => setTimeout(r, 50));
+  }
+
+  /** Readiness of this stage, with the reasons it is not ready. */
+  report(): StageReport {
+    return this.health.report(this.member, [...this.assigned], this.tasks.openPartitions());
   }
 
   /** The open stores named `name`, by partition this instance holds (for queries). */

@@ -19,6 +19,7 @@ import type { OffsetManager } from './offsets.ts';
 import { PartitionTask } from './partition-task.ts';
 import { TopicReader } from './reader.ts';
 import type { RecordCollector } from './record-collector.ts';
+import type { StageHealth } from './stage-health.ts';
 import { restoreFromChangelog } from './restore.ts';
 
 export interface TaskManagerOptions {
@@ -34,6 +35,9 @@ export interface TaskManagerOptions {
   log: Logger;
   metrics: Metrics;
   clock: () => number;
+  health: StageHealth;
+  /** Where the group resumes when it has no committed offsets yet (after a journal replay). */
+  resumeAt?: ReadonlyMap<string, ReadonlyMap<number, bigint>>;
   /** Input topic name -> topic key. */
   inputs: ReadonlyMap<string, TopicKey>;
 }
@@ -54,6 +58,11 @@ export class TaskManager {
 
   partitions(): number[] {
     return [...this.tasks.keys()];
+  }
+
+  /** Partitions whose stores are open and serving. */
+  openPartitions(): number[] {
+    return [...this.opened.keys()];
   }
 
   /** The task of `partition`, opened (and restored) on first use. */
@@ -89,6 +98,22 @@ export class TaskManager {
       if (s) out.set(p, s);
     }
     return out;
+  }
+
+  /**
+   * Opens every partition of `assigned()` not open yet. A failed open is retried with
+   * backoff (or at the partition's next batch), so the timers of a quiet partition start too.
+   */
+  ensureOpen(assigned: () => ReadonlySet<number>, stopped: () => boolean, attempt = 1): void {
+    const fresh = [...assigned()].filter((p) => !this.tasks.has(p));
+    if (fresh.length === 0 || stopped()) return;
+    for (const [p, t] of this.open(fresh, async () => undefined)) {
+      t.catch((err: unknown) => {
+        const delay = Math.min(30_000, 1000 * 2 ** Math.min(attempt, 5));
+        this.o.log.warn({ partition: p, err, retryInMs: delay }, 'opening the partition failed; retrying');
+        setTimeout(() => this.ensureOpen(assigned, stopped, attempt + 1), delay).unref();
+      });
+    }
   }
 
   /** Opens newly assigned partitions together; returns a promise per partition. */
@@ -128,8 +153,9 @@ export class TaskManager {
         const targets = settled.map((r) => (r as PromiseFulfilledResult<{ store: KeyValueStore; partition: number }>).value);
         const r = await restoreFromChangelog({
           kafka: this.o.kafka, admin: this.o.admin, topic: changelog, groupPrefix: config.topicPrefix, targets, log,
-          onApplied: (n) => {
+          onApplied: (n, progress) => {
             metrics.restored.inc({ stage, store: spec.name }, n);
+            this.o.health.restoreProgress(spec.name, progress.applied, progress.expected);
             // A long restore keeps the group membership alive.
             if (Date.now() - beat > 1000) {
               beat = Date.now();
@@ -137,6 +163,7 @@ export class TaskManager {
             }
           },
         });
+        this.o.health.restoreDone(spec.name);
         metrics.restoreDuration.observe({ stage, store: spec.name }, r.seconds);
         log.info({ store: spec.name, partitions, applied: r.applied, checkpoints: Object.fromEntries([...r.checkpoints].map(([p, c]) => [p, c?.toString() ?? null])), seconds: Number(r.seconds.toFixed(3)) }, 'store restored');
       }
@@ -156,6 +183,7 @@ export class TaskManager {
       }
       return tasks;
     } catch (err) {
+      for (const spec of stageSpec(stage).stores) this.o.health.restoreDone(spec.name);
       for (const m of stores.values()) for (const st of m.values()) await st.close().catch(() => undefined);
       throw err;
     }
@@ -174,7 +202,9 @@ export class TaskManager {
     const [[topic, topicKey] = []] = [...this.o.inputs];
     if (!topic || !topicKey || this.o.inputs.size !== 1) throw new Error(`stage ${stage}: a 'source' store needs exactly one input topic`);
     const [group] = await admin.fetchOffsets({ groupId: groupId(config.topicPrefix, stage), topics: [topic] });
-    const committed = BigInt(group?.partitions.find((p) => p.partition === partition)?.offset ?? '-1');
+    const fetched = BigInt(group?.partitions.find((p) => p.partition === partition)?.offset ?? '-1');
+    // A journal replay leaves the group without commits: the resume offset is what it had done.
+    const committed = fetched >= 0n ? fetched : (this.o.resumeAt?.get(topic)?.get(partition) ?? -1n);
     if (committed <= 0n) return;
     const offsets = await admin.fetchTopicOffsets(topic);
     const low = BigInt(offsets.find((o) => o.partition === partition)?.low ?? '0');

@@ -63,4 +63,23 @@ describe('journal', () => {
     j.saveOffsets({ 'herald.ingest': { 'herald.events.v1': { '0': '40' } } });
     expect(j.loadOffsets()).toEqual({ 'herald.ingest': { 'herald.events.v1': { '0': '40' } } });
   });
+
+  it('ends the intact prefix at a corrupt entry (a short write), not only at a torn tail', () => {
+    const good = Buffer.concat([rec(0), rec(1)].map(encodeRecord));
+    const bad = encodeRecord(rec(2));
+    bad.writeUInt8(bad.readUInt8(bad.length - 1) ^ 0xff, bad.length - 1); // a flipped byte: the CRC no longer matches
+    const { records, valid } = decodeRecords(Buffer.concat([good, bad, encodeRecord(rec(3))]));
+    expect(records.map((r) => Number(r.offset))).toEqual([0, 1]);
+    expect(valid).toBe(good.length);
+  });
+
+  it('rejects a wait for a record the broker dropped before the journal read it, and times out a wait', async () => {
+    const j = Journal.open(dir());
+    j.append('t', 0, [rec(0)]);
+    const dropped = j.waitFor('t', 0, 2n);
+    j.append('t', 0, [rec(5)]); // 1..4 never reached the journal
+    await expect(dropped).rejects.toMatchObject({ code: 'HRL_JOURNAL_BEHIND' });
+    await expect(j.waitFor('t', 0, 9n, 20)).rejects.toMatchObject({ code: 'HRL_JOURNAL_BEHIND', message: expect.stringContaining('within 20 ms') });
+  });
 });
+

@@ -8,10 +8,11 @@
  *   the passthrough ceiling;
  * - latency: publish-to-webhook percentiles at a fixed offered load;
  * - restore: a 1,000,000-key store restored from its changelog into RocksDB;
+ * - embeddedRestart: 1,000,000 journaled records replayed into a fresh embedded broker;
  * - peak RSS of this process.
  *
  * Sizes respect the embedded broker's ~5 MB per partition log (see README).
- * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|pipeline|restore,
+ * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|pipeline|restore|journal,
  * BENCH_PASSTHROUGH / BENCH_DEDUPE / BENCH_PIPELINE / BENCH_RESTORE_KEYS (record counts).
  */
 import { randomUUID } from 'node:crypto';
@@ -23,6 +24,8 @@ import { join } from 'node:path';
 import type { Kafka, Message } from 'kafkajs';
 import { loadConfig } from '../config.ts';
 import { EmbeddedBroker } from '../embedded/broker.ts';
+import { Journal, type JournalRecord } from '../embedded/journal.ts';
+import { BrokerJournal } from '../embedded/persistence.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { notificationId } from '../processors/ids.ts';
 import { startHerald } from '../app/herald.ts';
@@ -235,6 +238,43 @@ async function restore(broker: EmbeddedBroker, kafka: Kafka, keys: number) {
   return { keys, partitions, backend: 'rocksdb', seconds: +r.seconds.toFixed(3), keysPerSecond: round(keys / r.seconds), applySeconds: +applySeconds.toFixed(3), keysPerSecondExcludingGroupJoin: round(keys / applySeconds) };
 }
 
+/**
+ * Restart of the embedded default with `records` held: a journal of that many records
+ * (8 partitions, 200-byte values, as outcomes look) replayed into a fresh broker at the same
+ * offsets, which is what `npm start` does before its stages join.
+ */
+async function journalRestart(records: number) {
+  const partitions = 8;
+  const topic = 'herald.outcomes.v1';
+  const dir = mkdtempSync(join(tmpdir(), 'herald-bench-journal-'));
+  const journal = Journal.open(dir);
+  const value = Buffer.alloc(200, 'x');
+  for (let p = 0; p < partitions; p++) {
+    const per = Math.ceil(records / partitions);
+    for (let i = 0; i < per; i += 10_000) {
+      const chunk: JournalRecord[] = [];
+      for (let o = i; o < Math.min(per, i + 10_000); o++) chunk.push({ offset: BigInt(o), timestamp: 1767225600000 + o, key: Buffer.from(`user-${o % 5000}`), value, headers: {} });
+      journal.append(topic, p, chunk);
+    }
+  }
+  journal.close();
+  const broker = await EmbeddedBroker.start();
+  await broker.createTopic(topic, partitions);
+  const kafka = createKafka(loadConfig({ KAFKA_BROKERS: broker.bootstraps, HERALD_LOG_LEVEL: 'silent' }), broker.bootstraps, log, 'herald-bench-journal');
+  const admin = kafka.admin();
+  const producer = createProducer(kafka);
+  await Promise.all([admin.connect(), producer.connect()]);
+  const started = performance.now();
+  const replayed = await new BrokerJournal(Journal.open(dir), kafka, admin, producer, log).replay();
+  const seconds = (performance.now() - started) / 1000;
+  const ends = await admin.fetchTopicOffsets(topic);
+  await Promise.all([admin.disconnect(), producer.disconnect()]);
+  await broker.stop();
+  rmSync(dir, { recursive: true, force: true });
+  if (replayed.records !== Math.ceil(records / partitions) * partitions) throw new Error(`bench: replayed ${replayed.records} records`);
+  return { records: replayed.records, partitions, valueBytes: 200, seconds: +seconds.toFixed(3), recordsPerSecond: round(replayed.records / seconds), endOffsets: ends.map((e) => Number(e.high)), note: 'journal read + produce at the original offsets into a fresh embedded broker; group joins (~3 s) come on top' };
+}
+
 async function main() {
   const started = Date.now();
   const broker = await EmbeddedBroker.start({ brokers: Number(process.env.BENCH_BROKERS ?? 1) });
@@ -251,7 +291,9 @@ async function main() {
     const pipe = await pipeline(broker, kafka, registryUrl, Number(process.env.BENCH_PIPELINE ?? 4_000), { perSecond: 100, seconds: 10 });
     progress(`  ${pipe.throughput.eventsPerSecond} events/s, p50 ${pipe.latency.p50Ms} ms; restore of 1,000,000 keys …`);
     const restored = only && only !== 'restore' ? null : await restore(broker, kafka, Number(process.env.BENCH_RESTORE_KEYS ?? 1_000_000));
-    progress(`  ${restored?.keysPerSecond} keys/s`);
+    progress(`  ${restored?.keysPerSecond} keys/s; embedded restart with 1,000,000 journaled records …`);
+    const restart = only && only !== 'journal' ? null : await journalRestart(Number(process.env.BENCH_JOURNAL_RECORDS ?? 1_000_000));
+    progress(`  ${restart?.seconds} s`);
     const report = {
       date: new Date().toISOString(),
       machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', node: process.version },
@@ -261,6 +303,7 @@ async function main() {
       pipeline: { ...pipe.throughput, ratioToPassthrough: +(pipe.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), hops: 6, note: 'events/s from the first ingested batch to the last webhook delivered (one recipient per event)' },
       latency: pipe.latency,
       restore: restored,
+      embeddedRestart: restart,
       peakRssMb: round(process.resourceUsage().maxRSS / 1024),
       totalSeconds: round((Date.now() - started) / 1000),
     };

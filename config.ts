@@ -46,6 +46,7 @@ export const CONFIG_KEYS = {
   deliveryTimeoutMs: { env: 'HERALD_DELIVERY_TIMEOUT_MS', kind: 'int', default: '10000', min: 100, max: 120000, doc: 'Timeout of one channel call.' },
   maxDeliveryAttempts: { env: 'HERALD_MAX_DELIVERY_ATTEMPTS', kind: 'int', default: '5', min: 1, max: 50, doc: 'Attempts per delivery before it is dead-lettered.' },
   maxRetryDelayMs: { env: 'HERALD_MAX_RETRY_DELAY_MS', kind: 'int', default: '300000', min: 10, max: 86400000, doc: 'Longest wait before a retry, whatever Retry-After asks.' },
+  embeddedMaxUnreadBytes: { env: 'HERALD_EMBEDDED_MAX_UNREAD_BYTES', kind: 'int', default: '3145728', min: 65536, max: 4718592, doc: 'Embedded broker only: unread bytes of one partition above which the API answers 503 and ingest waits (the broker keeps ~5 MB per partition and drops older records).' },
   stallMs: { env: 'HERALD_STALL_MS', kind: 'int', default: '60000', min: 1000, max: 3600000, doc: 'A stage with a batch running or failing, or with lag and no progress, for this long is reported not ready.' },
   timerIntervalMs: { env: 'HERALD_TIMER_INTERVAL_MS', kind: 'int', default: '100', min: 10, max: 60000, doc: 'How often wall-clock timers run (due retries are released at this granularity).' },
   retryBaseMs: { env: 'HERALD_RETRY_BASE_MS', kind: 'int', default: '1000', min: 10, max: 600000, doc: 'First retry delay; doubles per attempt.' },

@@ -19,6 +19,7 @@ export const ERROR_CODES = {
   HRL_IDEMPOTENCY_KEY_REUSED: 'An Idempotency-Key was sent again with a different request body.',
   HRL_STATE_MISMATCH: 'The state directory was built against another Kafka cluster or another embedded journal; it is never discarded silently (`herald reset` starts over).',
   HRL_STATE_DIR_UNUSABLE: 'The state directory cannot be created, read or written (path and system error in the message).',
+  HRL_BACKPRESSURE: 'The embedded broker is close to dropping records a stage has not read yet; the API answers 503 with Retry-After until the stages catch up.',
   HRL_JOURNAL_BEHIND: 'The embedded broker\'s journal could not confirm a record in time (or the broker dropped it first); the API answers 503: retry with the same Idempotency-Key.',
   HRL_EMBEDDED_BROKER: 'The embedded broker could not be built or started.',
   HRL_PROCESSING_FAILED: 'A stage failed to process a record for a reason not classified above.',

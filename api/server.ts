@@ -47,7 +47,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
     if (err.statusCode && err.statusCode < 500) return fail(reply, err.statusCode, clientErrorCode(err), err.message);
-    if (err instanceof HeraldError && err.code === 'HRL_JOURNAL_BEHIND') return fail(reply.header('retry-after', '1'), 503, err.code, err.message);
+    if (err instanceof HeraldError && (err.code === 'HRL_JOURNAL_BEHIND' || err.code === 'HRL_BACKPRESSURE')) return fail(reply.header('retry-after', '1'), 503, err.code, err.message);
     log.error({ err, method: req.method, url: req.routeOptions.url }, 'api error');
     return fail(reply, 500, 'HRL_INTERNAL', 'internal error');
   });

@@ -190,9 +190,15 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       resume = durable.resumeOffsets();
       await durable.follow(topicPlan(config.topicPrefix, config.partitions).map((t) => t.name));
       durable.startSnapshots(groups, config.commitIntervalMs);
+      durable.watchPressure(groups, config.embeddedMaxUnreadBytes, resume);
       const d = durable;
       cleanups.push(() => d.stop(groups));
     }
+    let closed = false;
+    const pressure = (): string | null => {
+      const p = durable?.pressure();
+      return p ? `${p.group} has ${Math.round(p.bytes / 1024)} KiB unread on ${p.topic}[${p.partition}] (limit ${Math.round(config.embeddedMaxUnreadBytes / 1024)} KiB)` : null;
+    };
     /** Sends that the API acknowledges: acks=-1 and, on the embedded broker, journaled. */
     const send: Send = async (record) => {
       const meta = await producer.send(record);
@@ -226,6 +232,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         stage, factory: factories[stage] as StageFactory, deps, kafka, admin, producer, codec, config, log, metrics, ...(gate ? { gate } : {}),
         resumeAt: new Map(Object.entries(resume[groupId(config.topicPrefix, stage)] ?? {}).map(([t, parts]) => [t, new Map(Object.entries(parts).map(([p, o]) => [Number(p), BigInt(o)]))])),
         advertisedUrl: () => advertised,
+        ...(stage === 'ingest' && durable ? { room: async () => { while (pressure() && !closed) await new Promise((r) => setTimeout(r, 100)); } } : {}),
         onAssignment: (partitions, memberId) => directory.assigned(stage, partitions, memberId),
       }));
     }
@@ -248,18 +255,19 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       isReady: () => ready,
       stop: async () => {
         ready = false;
+        closed = true;
         await cleanup();
       },
     };
     if (wantApi) {
       const api = await buildApi({
-        publisher: kafkaPublisher({ send }, serde, config),
+        publisher: kafkaPublisher({ send }, serde, config, pressure),
         profiles: kafkaProfiles({ send }, serde, tables, config),
         lifecycle: new LifecycleRouter({
           local: () => runners.get('outcome')?.stores('lifecycle') ?? new Map(),
           directory, partitions: config.partitions, timeoutMs: config.queryTimeoutMs, log: log.child({ component: 'queries' }),
         }),
-        health: processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl } }),
+        health: processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, warnings: () => { const p = pressure(); return p ? [`back-pressure: ${p}`] : []; } }),
         rules, maxPayloadBytes: config.maxPayloadBytes, log: log.child({ component: 'api' }),
       });
       cleanups.push(() => api.close());

@@ -6,6 +6,7 @@
 import type { ProducerRecord, RecordMetadata } from 'kafkajs';
 import type { EventPublisher, Health, Profiles } from '../api/ports.ts';
 import type { HeraldConfig } from '../config.ts';
+import { HeraldError } from '../errors.ts';
 import { audienceKey } from '../processors/ingest.ts';
 import type { Metrics } from '../runtime/metrics.ts';
 import type { StageRunner } from '../runtime/stage-runner.ts';
@@ -17,10 +18,12 @@ import { type StageName, topicName } from '../topology.ts';
 /** Produces acks=-1 (and, on the embedded broker, returns once the records are journaled). */
 export type Send = (record: ProducerRecord) => Promise<RecordMetadata[]>;
 
-export function kafkaPublisher(producer: { send: Send }, serde: Serde, config: HeraldConfig): EventPublisher {
+export function kafkaPublisher(producer: { send: Send }, serde: Serde, config: HeraldConfig, pressure: () => string | null = () => null): EventPublisher {
   const topic = topicName(config.topicPrefix, 'events');
   return {
     async publish(ev: DomainEvent) {
+      const full = pressure();
+      if (full) throw new HeraldError('HRL_BACKPRESSURE', `not accepted: ${full}; retry shortly (same Idempotency-Key)`, { retriable: true });
       await producer.send({ topic, acks: -1, messages: [{ key: ev.id, value: await serde.encode(topic, ev) }] });
     },
   };
@@ -62,7 +65,7 @@ export function kafkaProfiles(producer: { send: Send }, serde: Serde, tables: Gl
   };
 }
 
-export function processHealth(o: { runners: ReadonlyMap<StageName, StageRunner>; tables: GlobalTables; metrics: Metrics; started: () => boolean; endpoints: { brokers: string; registry: string } }): Health {
+export function processHealth(o: { runners: ReadonlyMap<StageName, StageRunner>; tables: GlobalTables; metrics: Metrics; started: () => boolean; endpoints: { brokers: string; registry: string }; warnings?: () => string[] }): Health {
   return {
     readiness() {
       const reports = [...o.runners].map(([name, r]) => [name, r.report()] as const);
@@ -74,7 +77,8 @@ export function processHealth(o: { runners: ReadonlyMap<StageName, StageRunner>;
         ...Object.entries(tables).filter(([, caught]) => !caught).map(([t]) => `table ${t} is catching up`),
       ];
       const detail = Object.fromEntries(reports.filter(([, r]) => r.restoring.length || r.lastError).map(([name, r]) => [name, { restoring: r.restoring, lastError: r.lastError }]));
-      return { ready: reasons.length === 0, reasons, stages, tables, ...(Object.keys(detail).length ? { detail } : {}), endpoints: o.endpoints };
+      const warnings = o.warnings?.() ?? [];
+      return { ready: reasons.length === 0, reasons, ...(warnings.length ? { warnings } : {}), stages, tables, ...(Object.keys(detail).length ? { detail } : {}), endpoints: o.endpoints };
     },
     async metrics() {
       return { contentType: o.metrics.registry.contentType, body: await o.metrics.registry.metrics() };

@@ -50,8 +50,9 @@ export function encodeRecord(r: JournalRecord): Buffer {
 }
 
 /** Decodes a partition file; `valid` is the length of its intact prefix. */
-export function decodeRecords(buf: Buffer): { records: JournalRecord[]; valid: number } {
+export function decodeRecords(buf: Buffer): { records: JournalRecord[]; valid: number; ends: number[] } {
   const records: JournalRecord[] = [];
+  const ends: number[] = [];
   let pos = 0;
   while (pos + 8 <= buf.length) {
     const len = buf.readUInt32BE(pos);
@@ -74,8 +75,9 @@ export function decodeRecords(buf: Buffer): { records: JournalRecord[]; valid: n
     const headers = hl > 0 ? (JSON.parse(buf.subarray(o, o + hl).toString()) as Record<string, string>) : {};
     records.push({ offset, timestamp, key, value, headers });
     pos += 8 + len;
+    ends.push(pos);
   }
-  return { records, valid: pos };
+  return { records, valid: pos, ends };
 }
 
 export class Journal {
@@ -83,6 +85,8 @@ export class Journal {
   /** Identity of the journaled cluster: the state directory's stores belong to it. */
   readonly id: string;
   private readonly next = new Map<string, bigint>();
+  /** Per partition, sampled (offset after, cumulative bytes) points: how many bytes lie between two offsets. */
+  private readonly sizes = new Map<string, { offsets: bigint[]; bytes: number[] }>();
   private readonly fds = new Map<string, number>();
   private readonly waiters = new Map<string, { offset: bigint; resolve: () => void; reject: (err: Error) => void }[]>();
 
@@ -118,15 +122,49 @@ export class Journal {
         if (!m) continue;
         const path = join(tdir, f);
         const buf = readFileSync(path);
-        const { records, valid } = decodeRecords(buf);
+        const { records, valid, ends } = decodeRecords(buf);
         if (valid < buf.length) truncateSync(path, valid);
         const topic = decodeURIComponent(t);
         const partition = Number(m[1]);
+        let prev = 0;
+        records.forEach((r, i) => {
+          if (i % 256 !== 255 && i !== records.length - 1) return;
+          this.grow(`${topic}\u0000${partition}`, r.offset + 1n, ends[i]! - prev);
+          prev = ends[i]!;
+        });
         const last = records.at(-1);
         if (last) this.next.set(`${topic}\u0000${partition}`, last.offset + 1n);
         yield { topic, partition, records };
       }
     }
+  }
+
+  private grow(key: string, offsetAfter: bigint, bytes: number): void {
+    let s = this.sizes.get(key);
+    if (!s) this.sizes.set(key, (s = { offsets: [], bytes: [] }));
+    s.offsets.push(offsetAfter);
+    s.bytes.push((s.bytes.at(-1) ?? 0) + bytes);
+  }
+
+  /**
+   * About how many bytes of the partition lie at or after `from` (what a group that has read
+   * up to `from` still has to read), to the granularity of one appended batch.
+   */
+  bytesAfter(topic: string, partition: number, from: bigint): number {
+    const s = this.sizes.get(`${topic}\u0000${partition}`);
+    if (!s || s.offsets.length === 0) return 0;
+    // The last point at or before `from`: binary search.
+    let lo = 0;
+    let hi = s.offsets.length - 1;
+    let at = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (s.offsets[mid]! <= from) {
+        at = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    return s.bytes.at(-1)! - (at < 0 ? 0 : s.bytes[at]!);
   }
 
   /** The next offset the journal expects for a partition (0 when it holds nothing). */
@@ -151,6 +189,7 @@ export class Journal {
     for (let written = 0; written < buf.length;) written += writeSync(fd, buf, written);
     const next = fresh.at(-1)!.offset + 1n;
     this.next.set(key, next);
+    this.grow(key, next, buf.length);
     // Offsets between what was journaled and the first record read were dropped by the broker first.
     const gapEnd = fresh[0]!.offset;
     const waiting = this.waiters.get(key);

@@ -21,11 +21,17 @@ import { type GroupOffsets, type Journal, type JournalRecord } from './journal.t
 export const GAP_HEADER = 'herald.journal.gap';
 const MAX_REQUEST_BYTES = 512 * 1024;
 
+/** How far behind the slowest group is on one partition, in journaled bytes. */
+export interface Pressure { group: string; topic: string; partition: number; bytes: number }
+
 export interface ReplayResult { records: number; partitions: number; gaps: number; seconds: number }
 
 export class BrokerJournal {
   private consumer: Consumer | null = null;
   private topics: string[] = [];
+  private pressureTimer: NodeJS.Timeout | null = null;
+  private measuring = false;
+  private pressing: Pressure | null = null;
   private stopped = false;
   private timer: NodeJS.Timeout | null = null;
   private snapshotting: Promise<void> = Promise.resolve();
@@ -134,6 +140,44 @@ export class BrokerJournal {
     }));
   }
 
+  /**
+   * Watches how much each Herald group still has to read of each partition (bytes from its
+   * committed offset to the end, as journaled). The embedded broker keeps only ~5 MB per
+   * partition and drops older records whether they were read or not, so above `maxUnread`
+   * Herald pushes back: the API answers 503 and ingest waits, until the groups catch up.
+   */
+  watchPressure(groups: { groupId: string; topics: string[] }[], maxUnread: number, resume: GroupOffsets): void {
+    this.pressureTimer = setInterval(() => {
+      if (this.measuring) return;
+      this.measuring = true;
+      void (async () => {
+        let worst: Pressure | null = null;
+        for (const g of groups) {
+          for (const t of await this.admin.fetchOffsets({ groupId: g.groupId, topics: g.topics })) {
+            for (const p of t.partitions) {
+              const committed = BigInt(p.offset) >= 0n ? BigInt(p.offset) : BigInt(resume[g.groupId]?.[t.topic]?.[String(p.partition)] ?? '-1');
+              if (committed < 0n) continue;
+              const bytes = this.journal.bytesAfter(t.topic, p.partition, committed);
+              if (!worst || bytes > worst.bytes) worst = { group: g.groupId, topic: t.topic, partition: p.partition, bytes };
+            }
+          }
+        }
+        const over = worst && worst.bytes > maxUnread ? worst : null;
+        if (Boolean(over) !== Boolean(this.pressing)) {
+          if (over) this.log.warn({ ...over, maxUnread }, 'back-pressure on: a group is close to losing unread records at the embedded broker; the API answers 503 and ingest waits');
+          else this.log.info({ maxUnread }, 'back-pressure off');
+        }
+        this.pressing = over;
+      })().catch((err: unknown) => this.log.warn({ err }, 'measuring unread bytes failed')).finally(() => (this.measuring = false));
+    }, 250);
+    this.pressureTimer.unref();
+  }
+
+  /** The group and partition furthest behind, while it is over the limit; null otherwise. */
+  pressure(): Pressure | null {
+    return this.pressing;
+  }
+
   /** Snapshots the groups' offsets every `intervalMs`. */
   startSnapshots(groups: { groupId: string; topics: string[] }[], intervalMs: number): void {
     this.timer = setInterval(() => void this.snapshot(groups), Math.max(200, intervalMs));
@@ -186,6 +230,7 @@ export class BrokerJournal {
   /** A last snapshot (after the stages committed), then stops following. */
   async stop(groups: { groupId: string; topics: string[] }[]): Promise<void> {
     this.stopped = true;
+    if (this.pressureTimer) clearInterval(this.pressureTimer);
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     await this.snapshot(groups);

@@ -46,6 +46,8 @@ export interface StageRunnerOptions {
    * (the embedded broker's journal was replayed into a fresh broker): topic -> partition -> offset.
    */
   resumeAt?: ReadonlyMap<string, ReadonlyMap<number, bigint>>;
+  /** Resolves when there is room downstream for this stage's output (back-pressure); ingest waits on it. */
+  room?: () => Promise<void>;
   /** This instance's HTTP address, sent in its group membership metadata. */
   advertisedUrl?: () => string;
 }
@@ -187,6 +189,7 @@ export class StageRunner {
     const { stage, metrics } = this.o;
     // Never join a record with a table still loading.
     if (this.o.gate) await heartbeating(this.o.gate, heartbeat, () => this.stopped);
+    if (this.o.room) await heartbeating(this.o.room(), heartbeat, () => this.stopped);
     const task = await heartbeating(this.tasks.task(batch.partition, heartbeat), heartbeat, () => this.stopped);
     if (!isRunning() || isStale()) return; // the partition moved while it was being opened
     metrics.records.inc({ stage, result: 'in' }, batch.messages.length);

@@ -17,8 +17,14 @@ const users = new Map<string, UserProfile>();
 const queries: { kind: string; key: string; opts: QueryOptions }[] = [];
 let nextAnswer: QueryAnswer<never> = { status: 'not_found', detail: 'nothing' };
 
+let refuse: Error | null = null;
 const ports: ApiPorts = {
-  publisher: { publish: async (ev) => void published.push(ev) },
+  publisher: {
+    publish: async (ev) => {
+      if (refuse) throw refuse;
+      published.push(ev);
+    },
+  },
   profiles: {
     putUser: async (p) => void users.set(p.userId, p),
     deleteUser: async (id) => void users.delete(id),
@@ -94,6 +100,20 @@ describe('HTTP API on ports', () => {
     expect([bad.statusCode, bad.json().error]).toEqual([400, 'HRL_BAD_REQUEST']);
     const big = await app.inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ pad: 'x'.repeat(8192) }) });
     expect([big.statusCode, big.json().error]).toEqual([413, 'HRL_PAYLOAD_TOO_LARGE']);
+  });
+
+  it('answers 503 with Retry-After when the publisher pushes back, and publishes nothing', async () => {
+    const { HeraldError } = await import('../errors.ts');
+    refuse = new HeraldError('HRL_BACKPRESSURE', 'not accepted: herald.outcome has 3100 KiB unread', { retriable: true });
+    const before = published.length;
+    const res = await app.inject({ method: 'POST', url: '/v1/events', headers: { 'idempotency-key': 'bp-1' }, payload: { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: {} } });
+    refuse = null;
+    expect([res.statusCode, res.headers['retry-after'], res.json().error]).toEqual([503, '1', 'HRL_BACKPRESSURE']);
+    expect(published.length).toBe(before);
+    // The same Idempotency-Key is not remembered as answered: the retry is published.
+    const retry = await app.inject({ method: 'POST', url: '/v1/events', headers: { 'idempotency-key': 'bp-1' }, payload: { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: {} } });
+    expect(retry.statusCode).toBe(202);
+    expect(published.length).toBe(before + 1);
   });
 
   it('reports readiness from the health port', async () => {

@@ -182,14 +182,17 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     // The embedded broker keeps its records in memory: replay the journal into it, then keep journaling.
     const groups = stages.map((s) => ({ groupId: groupId(config.topicPrefix, s), topics: STAGES[s].inputs.map((t) => topicName(config.topicPrefix, t)) }));
     let durable: BrokerJournal | null = null;
+    let following: Promise<void> = Promise.resolve();
     let resume: GroupOffsets = {};
     if (journal) {
       durable = new BrokerJournal(journal, kafka, admin, producer, log.child({ component: 'journal' }));
       const replayed = await durable.replay();
       if (replayed.records) log.info({ ...replayed, seconds: Number(replayed.seconds.toFixed(3)) }, 'embedded broker restored from its journal');
       resume = durable.resumeOffsets();
-      await durable.follow(topicPlan(config.topicPrefix, config.partitions).map((t) => t.name));
-      durable.startSnapshots(groups, config.commitIntervalMs);
+      // Joins its group while the stages join theirs (below); the API opens after both.
+      const d0 = durable;
+      following = d0.follow(topicPlan(config.topicPrefix, config.partitions).map((t) => t.name)).then(() => d0.startSnapshots(groups, config.commitIntervalMs));
+      following.catch(() => undefined);
       durable.watchPressure(groups, config.embeddedMaxUnreadBytes, resume);
       const d = durable;
       cleanups.push(() => d.stop(groups));
@@ -221,8 +224,9 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     tablesReady.catch(() => undefined);
     const wantDirectory = wantApi || stages.includes('outcome');
     const directory = new InstanceDirectory(kafka, admin, producer, config, log.child({ component: 'instances' }));
+    const directoryReady = wantDirectory ? directory.start() : Promise.resolve();
+    directoryReady.catch(() => undefined);
     if (wantDirectory) {
-      await directory.start();
       cleanups.push(() => directory.stop());
     }
     let advertised = config.advertisedUrl;
@@ -242,6 +246,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     let ready = false;
     await Promise.all([
       tablesReady,
+      following,
+      directoryReady,
       ...[...runners.values()].map(async (r) => {
         await r.start();
         await r.joined;

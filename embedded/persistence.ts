@@ -33,6 +33,7 @@ export class BrokerJournal {
   private measuring = false;
   private pressing: Pressure | null = null;
   private stopped = false;
+  private snapshotBusy = false;
   private timer: NodeJS.Timeout | null = null;
   private snapshotting: Promise<void> = Promise.resolve();
   private readonly journal: Journal;
@@ -180,7 +181,10 @@ export class BrokerJournal {
 
   /** Snapshots the groups' offsets every `intervalMs`. */
   startSnapshots(groups: { groupId: string; topics: string[] }[], intervalMs: number): void {
-    this.timer = setInterval(() => void this.snapshot(groups), Math.max(200, intervalMs));
+    // One at a time: a snapshot still waiting for the journal is not queued behind.
+    this.timer = setInterval(() => {
+      if (!this.snapshotBusy) void this.snapshot(groups);
+    }, Math.max(200, intervalMs));
     this.timer.unref();
   }
 
@@ -189,8 +193,9 @@ export class BrokerJournal {
    * outputs, changelogs, DLQ), then wait until all of that is journaled. Every record
    * produced before those commits is then in the journal, and so is every state change.
    */
-  snapshot(groups: { groupId: string; topics: string[] }[]): Promise<void> {
+  snapshot(groups: { groupId: string; topics: string[] }[], waitMs = 4000): Promise<void> {
     this.snapshotting = this.snapshotting.then(async () => {
+      this.snapshotBusy = true;
       try {
         const offsets: GroupOffsets = {};
         for (const g of groups) {
@@ -204,9 +209,9 @@ export class BrokerJournal {
         const topics = this.topics.length ? this.topics : [...new Set(groups.flatMap((g) => g.topics))];
         const ends = await Promise.all(topics.map(async (topic) => ({ topic, offsets: await this.admin.fetchTopicOffsets(topic) })));
         const waits = ends.flatMap(({ topic, offsets: o }) => o.filter((x) => BigInt(x.high) > 0n).map((x) => this.journal.waitFor(topic, x.partition, BigInt(x.high) - 1n)));
-        const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 5000).unref());
+        const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), waitMs).unref());
         if ((await Promise.race([Promise.all(waits), timeout])) === 'timeout') {
-          this.log.warn('offset snapshot skipped: the journal is more than 5 s behind the broker; the previous snapshot stands');
+          this.log.warn({ waitMs }, 'offset snapshot skipped: the journal did not catch up with the broker in time; the previous snapshot stands');
           return;
         }
         // Merge per partition and only ever forward: a quiet partition keeps its resume offset.
@@ -222,6 +227,8 @@ export class BrokerJournal {
         this.journal.saveOffsets(merged);
       } catch (err) {
         this.log.warn({ err }, 'offset snapshot failed; the previous one stands');
+      } finally {
+        this.snapshotBusy = false;
       }
     });
     return this.snapshotting;
@@ -233,7 +240,8 @@ export class BrokerJournal {
     if (this.pressureTimer) clearInterval(this.pressureTimer);
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-    await this.snapshot(groups);
+    // The stages have stopped producing: journal everything up to the end, then record where they stopped.
+    await this.snapshot(groups, 4000);
     await this.consumer?.disconnect().catch(() => undefined);
     this.consumer = null;
     this.journal.close();

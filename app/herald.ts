@@ -83,11 +83,17 @@ export function runningHerald(stateDir: string): number | null {
   const file = join(stateDir, 'herald.pid');
   if (!existsSync(file)) return null;
   const pid = Number(readFileSync(file, 'utf8').trim());
+  if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return null;
   try {
     process.kill(pid, 0);
-    return pid === process.pid ? null : pid;
   } catch {
-    return null;
+    return null; // gone (a crash left the file behind)
+  }
+  // A live pid may have been reused by an unrelated process: only a Herald counts.
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('herald') ? pid : null;
+  } catch {
+    return pid; // no /proc (not Linux): trust the live pid
   }
 }
 

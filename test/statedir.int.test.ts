@@ -33,4 +33,25 @@ describe('state directory ownership', () => {
     writeFileSync(file, 'not a directory');
     await expect(startTestHerald({ stateDir: join(file, 'state'), stages: ['dedupe'], api: false })).rejects.toMatchObject({ code: 'HRL_STATE_DIR_UNUSABLE', message: expect.stringContaining(join(file, 'state')) });
   });
+
+  it('knows a live Herald on a state directory from a stale pid file', async () => {
+    const { spawn } = await import('node:child_process');
+    const { runningHerald } = await import('../app/herald.ts');
+    const stateDir = mkdtempSync(join(tmpdir(), 'herald-pid-'));
+    dirs.push(stateDir);
+    const pidFile = join(stateDir, 'herald.pid');
+    writeFileSync(pidFile, '999999999'); // no such process: a crash left the file
+    expect(runningHerald(stateDir)).toBeNull();
+    writeFileSync(pidFile, String(process.ppid)); // alive, but not a Herald (a reused pid)
+    expect(runningHerald(stateDir)).toBeNull();
+    const other = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 10000)', 'herald-pid-test'], { stdio: 'ignore' });
+    try {
+      writeFileSync(pidFile, String(other.pid));
+      expect(runningHerald(stateDir)).toBe(other.pid);
+      await expect(startTestHerald({ stateDir, stages: ['dedupe'], api: false })).rejects.toMatchObject({ code: 'HRL_STATE_DIR_UNUSABLE', message: expect.stringContaining(`pid ${other.pid}`) });
+    } finally {
+      other.kill('SIGKILL');
+    }
+  });
 });
+

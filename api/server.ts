@@ -23,10 +23,27 @@ interface ErrorBody { error: ErrorCode; field?: string | null; message: string }
 const fail = (reply: FastifyReply, status: number, error: ErrorCode, message: string, field?: string) =>
   reply.code(status).send({ error, ...(field !== undefined ? { field } : {}), message } satisfies ErrorBody);
 
+/** Messages and field paths are bounded: a 400 never echoes a large value back. */
+const clip = (s: string, max: number) => (s.length > max ? `${s.slice(0, max)}…` : s);
+
 function badRequest(reply: FastifyReply, err: unknown) {
-  if (err instanceof HeraldError) return fail(reply, 400, err.code, err.message, err.field ?? undefined);
+  if (err instanceof HeraldError) return fail(reply, 400, err.code, clip(err.message, 500), err.field ? clip(err.field, 200) : undefined);
   throw err;
 }
+
+/** How deep `v` nests, stopping once past `limit` (iterative: no stack to overflow). */
+function nestedDeeperThan(v: unknown, limit: number): boolean {
+  const stack: [unknown, number][] = [[v, 0]];
+  while (stack.length) {
+    const [x, d] = stack.pop()!;
+    if (d > limit) return true;
+    if (x && typeof x === 'object') for (const c of Object.values(x)) if (c && typeof c === 'object') stack.push([c, d + 1]);
+  }
+  return false;
+}
+
+/** Deepest nesting an event body may have (data included). */
+const MAX_DEPTH = 32;
 
 /** Fastify's own client errors, mapped to Herald's codes. */
 function clientErrorCode(err: { code?: string; statusCode?: number }): ErrorCode {
@@ -44,6 +61,8 @@ function answer<T>(reply: FastifyReply, a: QueryAnswer<T>) {
 export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   const { publisher, profiles, lifecycle, health, rules, log } = ports;
   const app = Fastify({ logger: false, bodyLimit: ports.maxPayloadBytes });
+  // JSON only: a text/plain body is refused with 415, not parsed as something else.
+  app.removeContentTypeParser('text/plain');
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
     if (err.statusCode && err.statusCode < 500) return fail(reply, err.statusCode, clientErrorCode(err), err.message);
@@ -69,7 +88,9 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   const answered = new LRUCache<string, { fingerprint: string; body: Promise<{ status: number; body: object }> }>({ max: 50_000, ttl: 86_400_000 });
 
   app.post<{ Body: Record<string, unknown> }>('/v1/events', async (req, reply) => {
-    const body = { ...(req.body ?? {}) };
+    if (req.body === null || typeof req.body !== 'object' || Array.isArray(req.body)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', 'body: expected a JSON object (a DomainEvent)', '');
+    if (nestedDeeperThan(req.body, MAX_DEPTH)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `body: nested deeper than ${MAX_DEPTH} levels`, 'data');
+    const body = { ...req.body };
     const key = req.headers['idempotency-key'];
     const cacheKey = typeof key === 'string' && key ? `${String(body.tenant)}\u0000${key}` : null;
     const fingerprint = createHash('sha256').update(JSON.stringify(req.body ?? {})).digest('hex');
@@ -101,7 +122,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     try {
       ev = domainEventFromJson(body);
     } catch (err) {
-      if (err instanceof HeraldError) return { status: 400, body: { error: err.code, field: err.field ?? null, message: err.message } };
+      if (err instanceof HeraldError) return { status: 400, body: { error: err.code, field: err.field ? clip(err.field, 200) : null, message: clip(err.message, 500) } };
       throw err;
     }
     const matched = rules.forEventType(ev.type);

@@ -89,7 +89,19 @@ export class WebhookChannel implements ChannelProvider {
       return { ok: true, providerMessageId: res.headers.get('x-request-id'), detail: `HTTP ${res.status}` };
     }
     const retriable = res.status >= 500 || RETRIABLE.has(res.status);
-    const ra = Number(res.headers.get('retry-after'));
-    return { ok: false, retriable, code: `http_${res.status}`, detail: `HTTP ${res.status}`, ...(Number.isFinite(ra) && ra > 0 ? { retryAfterMs: ra * 1000 } : {}) };
+    const retryAfterMs = retryAfter(res.headers.get('retry-after'), Date.now());
+    return { ok: false, retriable, code: `http_${res.status}`, detail: `HTTP ${res.status}`, ...(retryAfterMs !== null ? { retryAfterMs } : {}) };
   }
+}
+
+/**
+ * `Retry-After` in either form RFC 9110 allows: delay-seconds (`120`) or an HTTP-date
+ * (`Wed, 21 Oct 2026 07:28:00 GMT`), as milliseconds from `now`; null when absent or unreadable.
+ */
+export function retryAfter(header: string | null, now: number): number | null {
+  if (header === null || header.trim() === '') return null;
+  const text = header.trim();
+  if (/^\d+$/.test(text)) return Number(text) > 0 ? Number(text) * 1000 : null;
+  const at = Date.parse(text);
+  return Number.isNaN(at) ? null : Math.max(0, at - now);
 }

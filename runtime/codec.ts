@@ -11,6 +11,18 @@ import { TOPICS, type TopicKey } from '../topology.ts';
 export type { DomainEvent };
 
 
+/** Ids become Kafka keys and store keys: bounded, so one request cannot stall the partitioner or bloat a store. */
+export const MAX_ID_LENGTH = 256;
+/** Timestamps Herald takes: 2000-01-01 up to 9999-12-31 (epoch ms). */
+const MIN_TIME = 946_684_800_000;
+const MAX_TIME = 253_402_300_799_999;
+
+/** A value shown in an error message: never the whole of a large one. */
+export const shown = (v: unknown, max = 80): string => {
+  const text = JSON.stringify(v) ?? String(v);
+  return text.length > max ? `${text.slice(0, max)}… (${text.length} characters)` : text;
+};
+
 const ISO_WITH_OFFSET = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/;
 
 /** Turns the JSON form of a domain event (data as an object) into its Avro form and validates it. */
@@ -32,7 +44,7 @@ export function domainEventFromJson(input: unknown): DomainEvent {
         const text = obj[k] as string;
         // Only ISO-8601 with an explicit offset: a zone-less date would depend on the server's time zone.
         const t = ISO_WITH_OFFSET.test(text) ? Date.parse(text) : Number.NaN;
-        if (Number.isNaN(t)) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${k}: expected epoch milliseconds or an ISO-8601 date-time with offset (e.g. 2026-01-02T03:04:05Z), got ${JSON.stringify(obj[k])}`, { field: k });
+        if (Number.isNaN(t)) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${k}: expected epoch milliseconds or an ISO-8601 date-time with offset (e.g. 2026-01-02T03:04:05Z), got ${shown(obj[k])}`, { field: k });
         obj[k] = t;
       }
     }
@@ -41,6 +53,15 @@ export function domainEventFromJson(input: unknown): DomainEvent {
   const ev = validate<DomainEvent>('DomainEvent', input);
   const empty = (['id', 'type', 'tenant'] as const).find((k) => ev[k].trim() === '');
   if (empty) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${empty}: expected a non-empty string`, { field: empty });
+  const ids: [string, string | null][] = [['id', ev.id], ['type', ev.type], ['tenant', ev.tenant], ['audience', ev.audience], ['idempotencyKey', ev.idempotencyKey], ['actor', ev.actor], ['traceId', ev.traceId], ...ev.recipients.map((r, i): [string, string] => [`recipients[${i}]`, r])];
+  const long = ids.find(([, v]) => v !== null && v.length > MAX_ID_LENGTH);
+  if (long) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${long[0]}: expected at most ${MAX_ID_LENGTH} characters, got ${long[1]!.length}`, { field: long[0] });
+  for (const k of ['occurredAt', 'expiresAt'] as const) {
+    const t = ev[k];
+    if (t !== null && (!Number.isInteger(t) || t < MIN_TIME || t > MAX_TIME)) {
+      throw new HeraldError('HRL_SCHEMA_VIOLATION', `${k}: expected a time between 2000-01-01 and 9999-12-31 in epoch milliseconds, got ${t}`, { field: k });
+    }
+  }
   return ev;
 }
 

@@ -116,6 +116,30 @@ describe('HTTP API on ports', () => {
     expect(published.length).toBe(before + 1);
   });
 
+  it('refuses hostile bodies with a bounded, specific 400 or 415, and publishes nothing', async () => {
+    const before = published.length;
+    const post = (payload: string, type = 'application/json') => app.inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': type }, payload });
+    const ok = { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: { commentId: 'c' } };
+    const text = await post(JSON.stringify(ok), 'text/plain');
+    expect([text.statusCode, text.json().error]).toEqual([415, 'HRL_UNSUPPORTED_MEDIA_TYPE']);
+    const deep = `${'{"d":'.repeat(600)}{}${'}'.repeat(600)}`; // built as text: too deep for JSON.stringify here
+    const nested = await post(`${JSON.stringify(ok).slice(0, -1)},"data":${deep}}`);
+    expect([nested.statusCode, nested.json().error, nested.json().field]).toEqual([400, 'HRL_SCHEMA_VIOLATION', 'data']);
+    const huge = 'x'.repeat(3000);
+    for (const [field, body] of [['id', { ...ok, id: huge }], ['recipients[1]', { ...ok, recipients: ['ada', huge] }], ['tenant', { ...ok, tenant: huge }]] as const) {
+      const r = await post(JSON.stringify(body));
+      expect([field, r.statusCode, r.json().field]).toEqual([field, 400, field]);
+      expect(r.body.length).toBeLessThan(1000); // the value is not echoed back
+    }
+    for (const [k, v] of [['occurredAt', 8.6e15], ['occurredAt', -8.6e15], ['expiresAt', -1]] as const) {
+      const r = await post(JSON.stringify({ ...ok, [k]: v }));
+      expect([k, r.statusCode, r.json().field]).toEqual([k, 400, k]);
+    }
+    const notObject = await post(JSON.stringify([ok]));
+    expect(notObject.statusCode).toBe(400);
+    expect(published.length).toBe(before);
+  });
+
   it('reports readiness from the health port', async () => {
     const res = await app.inject({ method: 'GET', url: '/readyz' });
     expect([res.statusCode, res.json()]).toEqual([503, { ready: false, stages: { outcome: 'restarting' } }]);

@@ -194,3 +194,15 @@ describe('WebhookChannel.send against a real HTTP server', () => {
     expect(r.seen).toHaveLength(0);
   });
 });
+
+describe('Retry-After', () => {
+  it('reads delay-seconds and an HTTP-date, and ignores what it cannot read', async () => {
+    const { retryAfter } = await import('../channels/webhook.ts');
+    const now = Date.parse('2026-10-21T07:28:00Z');
+    expect(retryAfter('120', now)).toBe(120_000);
+    expect(retryAfter('Wed, 21 Oct 2026 07:30:00 GMT', now)).toBe(120_000);
+    expect(retryAfter('Wed, 21 Oct 2026 07:00:00 GMT', now)).toBe(0); // already past: retry now
+    expect([retryAfter(null, now), retryAfter('', now), retryAfter('soon', now), retryAfter('0', now)]).toEqual([null, null, null, null]);
+  });
+});
+

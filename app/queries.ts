@@ -9,7 +9,7 @@
  * asked at once. While the owner is unknown or unreachable (a rebalance, a restore), the
  * answer is `unavailable` (HTTP 503 with Retry-After), never a wrong 404.
  */
-import { Partitioners } from 'kafkajs';
+import { partitionFor } from '../runtime/partitioner.ts';
 import { FORWARDED_HEADER } from '../api/server.ts';
 import type { LifecycleQueries, NotificationLifecycle, QueryAnswer, QueryOptions, UserNotifications } from '../api/ports.ts';
 import { type ProjectionReader, readNotification, readUserNotifications } from '../processors/outcome.ts';
@@ -26,13 +26,8 @@ export interface LifecycleRouterOptions {
   log: Logger;
 }
 
-const partitioner = Partitioners.DefaultPartitioner();
-
 /** The partition of a recipient-keyed topic that holds `key`. */
-export function partitionOf(key: string, partitions: number): number {
-  const partitionMetadata = Array.from({ length: partitions }, (_, partitionId) => ({ partitionId, leader: 0, partitionErrorCode: 0, replicas: [0], isr: [0] }));
-  return partitioner({ topic: '', partitionMetadata, message: { key, value: null } });
-}
+export const partitionOf = (key: string, partitions: number): number => partitionFor(key, partitions);
 
 export class LifecycleRouter implements LifecycleQueries {
   private readonly o: LifecycleRouterOptions;

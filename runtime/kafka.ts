@@ -3,7 +3,8 @@
  * pino, and the producer settings Herald's guarantees rest on (acks=-1 per send; not the
  * idempotent producer, which the embedded mock cluster cannot serve).
  */
-import { Kafka, logLevel, Partitioners, type Producer, type SASLOptions } from 'kafkajs';
+import { Kafka, logLevel, type Producer, type SASLOptions } from 'kafkajs';
+import { KafkaDefaultPartitioner } from './partitioner.ts';
 import type { HeraldConfig } from '../config.ts';
 import type { Logger } from './logger.ts';
 
@@ -39,7 +40,7 @@ export function createKafka(config: HeraldConfig, brokers: string, log: Logger, 
 
 export function createProducer(kafka: Kafka): Producer {
   return kafka.producer({
-    createPartitioner: Partitioners.DefaultPartitioner,
+    createPartitioner: KafkaDefaultPartitioner,
     allowAutoTopicCreation: false,
     idempotent: false,
   });

@@ -41,11 +41,13 @@ export function partitionFor(key: string | Uint8Array, partitions: number): numb
   return (murmur2(bytes) & 0x7fffffff) % partitions;
 }
 
-/** A kafkajs `createPartitioner` using `partitionFor` for keyed records. */
+/** A kafkajs `createPartitioner`: the record's own partition if it names one, else `partitionFor` its key. */
 export const KafkaDefaultPartitioner: ICustomPartitioner = () => {
   const fallback = Partitioners.DefaultPartitioner();
   return (args) => {
-    const { key } = args.message;
+    const { key, partition } = args.message;
+    // An explicit partition wins (changelog records name their task's partition).
+    if (partition !== null && partition !== undefined) return partition;
     if (key === null || key === undefined) return fallback(args);
     return partitionFor(typeof key === 'string' ? key : key, args.partitionMetadata.length);
   };

@@ -30,6 +30,12 @@ describe('the producer partitioner', () => {
     }
   });
 
+  it('keeps a partition the record names, key or not (changelog records name their task\'s partition)', () => {
+    const ours = KafkaDefaultPartitioner();
+    const partitionMetadata = Array.from({ length: 8 }, (_, partitionId) => ({ partitionId, leader: 0, partitionErrorCode: 0, replicas: [0], isr: [0] }));
+    for (let p = 0; p < 8; p++) expect(ours({ topic: 't', partitionMetadata, message: { key: 'foobar', value: null, partition: p } })).toBe(p);
+  });
+
   it('hashes a 4 MB key within the test timeout (kafkajs\' own hash takes minutes on 400 KB)', () => {
     const big = Buffer.alloc(4 * 1024 * 1024, 0x61);
     expect(typeof murmur2(big)).toBe('number');

@@ -5,6 +5,7 @@
  */
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
+import { parseAllowList } from './channels/outbound.ts';
 import { HeraldError } from './errors.ts';
 
 type Kind = 'string' | 'int' | 'bool' | 'enum';
@@ -17,6 +18,9 @@ interface KeySpec {
   min?: number;
   max?: number;
 }
+
+/** The signing secret a fresh clone starts with: refused against real Kafka, warned about on the embedded broker. */
+export const DEFAULT_WEBHOOK_SECRET = 'herald-dev-secret';
 
 export const CONFIG_KEYS = {
   brokers: { env: 'KAFKA_BROKERS', kind: 'string', default: '', doc: 'Comma-separated Kafka bootstrap servers; empty starts the embedded broker.' },
@@ -36,7 +40,13 @@ export const CONFIG_KEYS = {
   advertisedUrl: { env: 'HERALD_ADVERTISED_URL', kind: 'string', default: '', doc: 'Base URL other instances use to reach this one\'s HTTP API (Kafka Streams\' application.server); default http://<host>:<port> as listened on.' },
   queryTimeoutMs: { env: 'HERALD_QUERY_TIMEOUT_MS', kind: 'int', default: '3000', min: 100, max: 60000, doc: 'Timeout of a query forwarded to the instance that holds its partition.' },
   rulesFile: { env: 'HERALD_RULES', kind: 'string', default: 'rules/default.json', doc: 'Notification rules file.' },
-  webhookSecret: { env: 'HERALD_WEBHOOK_SECRET', kind: 'string', default: 'herald-dev-secret', doc: 'HMAC-SHA256 key that signs outgoing webhooks (never logged).' },
+  webhookSecret: { env: 'HERALD_WEBHOOK_SECRET', kind: 'string', default: DEFAULT_WEBHOOK_SECRET, doc: 'HMAC-SHA256 key that signs outgoing webhooks (never logged).' },
+  devKey: { env: 'HERALD_DEV_KEY', kind: 'string', default: '', doc: 'API key (16-256 characters) registered for tenant acme with the admin scope at start (never logged); on the embedded broker a random one is made and kept in the state dir when unset.' },
+  outboundAllow: { env: 'HERALD_OUTBOUND_ALLOW', kind: 'string', default: '', doc: 'IPs or CIDR ranges that webhook and chat deliveries may reach although they are not public (loopback, private, link-local, CGNAT...); default 127.0.0.0/8,::1 on the embedded broker, none otherwise.' },
+  apiRate: { env: 'HERALD_API_RATE', kind: 'int', default: '5000', min: 1, max: 1000000, doc: 'Events per second each tenant may publish through the API (token bucket); above it the API answers 429 with Retry-After.' },
+  apiBurst: { env: 'HERALD_API_BURST', kind: 'int', default: '10000', min: 1, max: 10000000, doc: 'Size of each tenant\'s token bucket: events it may publish at once after a quiet spell.' },
+  idempotencyCacheBytes: { env: 'HERALD_IDEMPOTENCY_CACHE_BYTES', kind: 'int', default: '33554432', min: 65536, max: 1073741824, doc: 'Memory for remembered answers to requests with an Idempotency-Key (24 h, least recently used first out).' },
+  maxFanout: { env: 'HERALD_MAX_FANOUT', kind: 'int', default: '20000', min: 1, max: 1000000, doc: 'Most notifications one event may fan out to (explicit recipients plus audience members, per rule); larger events are REJECTED and dead-lettered, so one event cannot take the memory of a batch.' },
   logLevel: { env: 'HERALD_LOG_LEVEL', kind: 'enum', default: 'info', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], doc: 'pino log level.' },
   maxPayloadBytes: { env: 'HERALD_MAX_PAYLOAD_BYTES', kind: 'int', default: '262144', min: 1024, max: 16777216, doc: 'Largest accepted event, in bytes; larger ones are dead-lettered.' },
   instanceId: { env: 'HERALD_INSTANCE_ID', kind: 'string', default: '', doc: 'Name of this instance in logs and client ids; default host-pid.' },
@@ -75,6 +85,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_ADVERTISED_URL: expected an http(s) base URL such as http://herald-2:8080, got "${String(out.advertisedUrl)}"`);
   }
   out.advertisedUrl = String(out.advertisedUrl).replace(/\/+$/, '');
+  if (!env.HERALD_OUTBOUND_ALLOW && overrides.outboundAllow === undefined && out.embedded) out.outboundAllow = '127.0.0.0/8,::1';
+  try {
+    parseAllowList(String(out.outboundAllow));
+  } catch (err) {
+    throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_OUTBOUND_ALLOW: ${(err as Error).message}; expected comma-separated IPs or CIDR ranges such as 127.0.0.1,10.0.0.0/8`);
+  }
+  if (out.devKey && !/^[A-Za-z0-9_-]{16,256}$/.test(String(out.devKey))) {
+    throw new HeraldError('HRL_CONFIG_INVALID', 'HERALD_DEV_KEY: expected 16 to 256 letters, digits, \'_\' or \'-\'');
+  }
+  if (!out.embedded && out.webhookSecret === DEFAULT_WEBHOOK_SECRET) {
+    throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_WEBHOOK_SECRET: the default development secret cannot sign webhooks against a real cluster (KAFKA_BROKERS is set); set a secret of your own, e.g. $(openssl rand -hex 32)`);
+  }
   if (out.embedded && out.saslMechanism) {
     throw new HeraldError('HRL_CONFIG_INVALID', 'KAFKA_SASL_MECHANISM: set KAFKA_BROKERS too; the embedded broker takes no SASL');
   }

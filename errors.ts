@@ -28,6 +28,12 @@ export const ERROR_CODES = {
   HRL_NOT_FOUND: 'The HTTP route, notification, user or audience does not exist (yet).',
   HRL_OWNER_UNAVAILABLE: 'The instance that holds the partition a query needs is unknown or unreachable (a rebalance or restore is under way); retry shortly.',
   HRL_INTERNAL: 'An unexpected server error; the log has the details.',
+  HRL_UNAUTHORIZED: 'A /v1 request has no API key, or one that is unknown or revoked (HTTP 401).',
+  HRL_FORBIDDEN: 'The API key lacks the scope the route needs (publish, read or admin) (HTTP 403).',
+  HRL_TENANT_MISMATCH: 'A request body names another tenant than the API key\'s; the tenant always comes from the key (HTTP 403).',
+  HRL_RATE_LIMITED: 'The tenant publishes faster than HERALD_API_RATE allows; retry after the Retry-After header (HTTP 429).',
+  HRL_LIMIT_EXCEEDED: 'A value a caller controls is longer or larger than its documented limit (the field and the limit are named).',
+  HRL_DESTINATION_REFUSED: 'A webhook or chat URL points at an address Herald may not reach (loopback, private, link-local...) or uses a refused scheme or credentials.',
   HRL_SHUTTING_DOWN: 'Work was cut short because the process is stopping; it is not committed and runs again after the restart.',
 } as const;
 

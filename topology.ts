@@ -20,17 +20,18 @@ export interface TopicSpec {
 
 export const TOPICS = {
   events: { name: 'events.v1', schema: 'DomainEvent', key: 'event id', compacted: false, partitions: 'shared', doc: 'Domain events from services and agents (Avro or JSON).' },
-  requests: { name: 'requests.v1', schema: 'NotificationRequest', key: 'recipient', compacted: false, partitions: 'shared', doc: 'One record per (event, rule, recipient).' },
-  enriched: { name: 'enriched.v1', schema: 'EnrichedNotification', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Requests joined with profile and preferences.' },
-  deduped: { name: 'deduped.v1', schema: 'EnrichedNotification', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Notifications that passed dedupe.' },
-  admitted: { name: 'admitted.v1', schema: 'EnrichedNotification', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Notifications admitted by throttle.' },
-  deliveries: { name: 'deliveries.v1', schema: 'DeliveryTask', key: 'recipient', compacted: false, partitions: 'shared', doc: 'One rendered task per channel.' },
-  deliverRetry: { name: 'deliver.retry.v1', schema: 'DeliveryTask', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Delivery tasks waiting for a retry.' },
-  outcomes: { name: 'outcomes.v1', schema: 'LifecycleEvent', key: 'recipient', compacted: false, partitions: 'shared', doc: 'Every decision of every stage.' },
-  users: { name: 'users.v1', schema: 'UserProfile', key: 'user id', compacted: true, partitions: 'shared', doc: 'Recipient profiles (global table).' },
+  requests: { name: 'requests.v1', schema: 'NotificationRequest', key: 'tenant/recipient', compacted: false, partitions: 'shared', doc: 'One record per (event, rule, recipient).' },
+  enriched: { name: 'enriched.v1', schema: 'EnrichedNotification', key: 'tenant/recipient', compacted: false, partitions: 'shared', doc: 'Requests joined with profile and preferences.' },
+  deduped: { name: 'deduped.v1', schema: 'EnrichedNotification', key: 'tenant/recipient', compacted: false, partitions: 'shared', doc: 'Notifications that passed dedupe.' },
+  admitted: { name: 'admitted.v1', schema: 'EnrichedNotification', key: 'tenant/recipient', compacted: false, partitions: 'shared', doc: 'Notifications admitted by throttle.' },
+  deliveries: { name: 'deliveries.v1', schema: 'DeliveryTask', key: 'tenant/recipient', compacted: false, partitions: 'shared', doc: 'One rendered task per channel.' },
+  deliverRetry: { name: 'deliver.retry.v1', schema: 'DeliveryTask', key: 'tenant/recipient', compacted: false, partitions: 'shared', doc: 'Delivery tasks waiting for a retry.' },
+  outcomes: { name: 'outcomes.v1', schema: 'LifecycleEvent', key: 'tenant/recipient', compacted: false, partitions: 'shared', doc: 'Every decision of every stage.' },
+  users: { name: 'users.v1', schema: 'UserProfile', key: 'tenant/user id', compacted: true, partitions: 'shared', doc: 'Recipient profiles (global table).' },
   audiences: { name: 'audiences.v1', schema: 'AudienceMember', key: 'tenant/audience/user id', compacted: true, partitions: 'shared', doc: 'Audience members (global table).' },
-  preferences: { name: 'preferences.v1', schema: 'UserPreferences', key: 'user id', compacted: true, partitions: 'shared', doc: 'Recipient preferences (global table).' },
+  preferences: { name: 'preferences.v1', schema: 'UserPreferences', key: 'tenant/user id', compacted: true, partitions: 'shared', doc: 'Recipient preferences (global table).' },
   dlq: { name: 'dlq.v1', schema: null, key: 'original key', compacted: false, partitions: 'shared', doc: 'Bad input: original bytes plus reason headers.' },
+  keys: { name: 'keys.v1', schema: null, key: 'key id', compacted: true, partitions: 1, doc: 'API keys: tenant, scopes and a scrypt hash (never the secret); a revoked key keeps its record, with revokedAt.' },
   instances: { name: 'instances.v1', schema: null, key: 'stage/instance id', compacted: true, partitions: 1, doc: 'Which instance holds which partitions of each stage, and its HTTP address (queries any instance answers).' },
 } as const satisfies Record<string, TopicSpec>;
 
@@ -80,6 +81,16 @@ export type StoreName<S extends StageName> = (typeof STAGES)[S]['stores'][number
 /** The spec of a stage, widened (for code that handles any stage). */
 export function stageSpec(stage: StageName): StageSpec {
   return STAGES[stage];
+}
+
+/**
+ * The key of a user within a tenant: the Kafka key of users.v1, preferences.v1 and every
+ * recipient-keyed topic, and the prefix of per-user state. User ids are per tenant: acme's
+ * "carol" and globex's "carol" are two people. Parts are URI-encoded so no pair can
+ * collide with another.
+ */
+export function userKey(tenant: string, userId: string): string {
+  return `${encodeURIComponent(tenant)}/${encodeURIComponent(userId)}`;
 }
 
 /** Full topic name with prefix. */

@@ -3,6 +3,8 @@
  * the assembly (app/) implements them over Kafka, the global tables and the lifecycle
  * projection; tests implement them in memory and drive the API with fastify's `inject()`.
  */
+import type { AuthResult } from '../auth/keys.ts';
+import type { OutboundPolicy } from '../channels/outbound.ts';
 import type { RuleSet } from '../rules/rules.ts';
 import type { DomainEvent, LifecycleEvent, UserPreferences, UserProfile } from '../schemas/types.ts';
 
@@ -11,12 +13,13 @@ export interface EventPublisher {
   publish(event: DomainEvent): Promise<void>;
 }
 
-/** Writes and reads the profile tables (users.v1, preferences.v1, audiences.v1). */
+/** Writes and reads the profile tables (users.v1, preferences.v1, audiences.v1); user ids are per tenant. */
 export interface Profiles {
+  /** `profile.tenant` is set (from the API key). */
   putUser(profile: UserProfile): Promise<void>;
-  deleteUser(userId: string): Promise<void>;
+  deleteUser(tenant: string, userId: string): Promise<void>;
   /** The profile from this instance's copy of users.v1, or undefined. */
-  getUser(userId: string): Promise<UserProfile | undefined>;
+  getUser(tenant: string, userId: string): Promise<UserProfile | undefined>;
   putPreferences(preferences: UserPreferences): Promise<void>;
   updateAudience(tenant: string, audience: string, add: readonly string[], remove: readonly string[]): Promise<void>;
   /** Members of an audience, or null when this instance does not hold the audiences table. */
@@ -33,10 +36,13 @@ export type QueryAnswer<T> =
 export interface QueryOptions {
   /** The query was forwarded by another instance: answer from local state, never forward again. */
   forwarded: boolean;
+  /** The caller's Authorization header, passed on when the query is forwarded. */
+  authorization: string;
 }
 
 export interface NotificationLifecycle {
   notificationId: string;
+  tenant: string;
   recipient: string;
   status: string;
   events: LifecycleEvent[];
@@ -51,7 +57,7 @@ export interface UserNotifications {
 /** Lifecycle queries, answered by whichever instance holds the partition. */
 export interface LifecycleQueries {
   notification(id: string, opts: QueryOptions): Promise<QueryAnswer<NotificationLifecycle>>;
-  userNotifications(userId: string, limit: number, opts: QueryOptions): Promise<QueryAnswer<UserNotifications>>;
+  userNotifications(tenant: string, userId: string, limit: number, opts: QueryOptions): Promise<QueryAnswer<UserNotifications>>;
 }
 
 export interface Health {
@@ -66,7 +72,15 @@ export interface ApiPorts {
   lifecycle: LifecycleQueries;
   health: Health;
   rules: RuleSet;
+  /** Checks `Authorization: Bearer` keys. */
+  keys: { authenticate(key: string): Promise<AuthResult> };
+  /** Where webhook and chat URLs may point. */
+  outbound: OutboundPolicy;
+  /** Per-tenant publish rate (token bucket). */
+  rate: { perSecond: number; burst: number };
   /** Largest accepted event body, in bytes. */
   maxPayloadBytes: number;
+  /** Memory for remembered Idempotency-Key answers. */
+  idempotencyCacheBytes: number;
   log: { error(obj: object, msg: string): void; warn(obj: object, msg: string): void };
 }

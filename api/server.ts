@@ -7,13 +7,41 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { allows, type Principal } from '../auth/keys.ts';
+import { urlRefusal } from '../channels/outbound.ts';
 import { type ErrorCode, HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
-import { domainEventFromJson } from '../runtime/codec.ts';
+import { domainEventFromJson, MAX_ID_LENGTH } from '../runtime/codec.ts';
 import { validate } from '../schemas/index.ts';
-import type { UserPreferences, UserProfile } from '../schemas/types.ts';
+import type { Scope, UserPreferences, UserProfile } from '../schemas/types.ts';
 import type { ApiPorts, QueryAnswer } from './ports.ts';
+import { TenantRateLimiter } from './rate-limit.ts';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The API key's tenant and scopes (every /v1 route has one). */
+    principal: Principal | null;
+  }
+}
+
+/** What a caller controls, and how much of it (the README's limits table is this list). */
+export const LIMITS = {
+  /** Ids: event id, recipients, user ids, audience names, member ids, notification ids (characters). */
+  idLength: MAX_ID_LENGTH,
+  /** Idempotency-Key header (characters). */
+  idempotencyKeyLength: 256,
+  /** Explicit recipients of one event published through the API. */
+  recipientsPerEvent: 1000,
+  /** Audience members added plus removed in one call. */
+  membersPerCall: 10_000,
+  /** Body of one audience members call (bytes). */
+  audienceBodyBytes: 4 * 1024 * 1024,
+  /** Body of a profile or preferences write (bytes). */
+  profileBodyBytes: 64 * 1024,
+  /** Nesting depth of an event body (data included). */
+  depth: 32,
+} as const;
 
 /** Requests carrying it were forwarded by another instance: answer locally, never forward again. */
 export const FORWARDED_HEADER = 'x-herald-forwarded';
@@ -42,12 +70,12 @@ function nestedDeeperThan(v: unknown, limit: number): boolean {
   return false;
 }
 
-/** Deepest nesting an event body may have (data included). */
-const MAX_DEPTH = 32;
+const MAX_DEPTH = LIMITS.depth;
 
 /** Fastify's own client errors, mapped to Herald's codes. */
 function clientErrorCode(err: { code?: string; statusCode?: number }): ErrorCode {
   if (err.statusCode === 413) return 'HRL_PAYLOAD_TOO_LARGE';
+  if (err.statusCode === 401) return 'HRL_UNAUTHORIZED';
   if (err.statusCode === 415) return 'HRL_UNSUPPORTED_MEDIA_TYPE';
   return 'HRL_BAD_REQUEST';
 }
@@ -59,10 +87,12 @@ function answer<T>(reply: FastifyReply, a: QueryAnswer<T>) {
 }
 
 export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
-  const { publisher, profiles, lifecycle, health, rules, log } = ports;
-  const app = Fastify({ logger: false, bodyLimit: ports.maxPayloadBytes });
+  const { publisher, profiles, lifecycle, health, rules, log, keys, outbound } = ports;
+  // Path ids are checked against LIMITS.idLength by the routes (a clear 400, not a 404).
+  const app = Fastify({ logger: false, bodyLimit: ports.maxPayloadBytes, routerOptions: { maxParamLength: 4 * MAX_ID_LENGTH } });
   // JSON only: a text/plain body is refused with 415, not parsed as something else.
   app.removeContentTypeParser('text/plain');
+  app.decorateRequest('principal', null);
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
     if (err.statusCode && err.statusCode < 500) return fail(reply, err.statusCode, clientErrorCode(err), err.message);
@@ -70,7 +100,28 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     log.error({ err, method: req.method, url: req.routeOptions.url }, 'api error');
     return fail(reply, 500, 'HRL_INTERNAL', 'internal error');
   });
-  app.setNotFoundHandler((req, reply) => fail(reply, 404, 'HRL_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`));
+  app.setNotFoundHandler((req, reply) => fail(reply, 404, 'HRL_NOT_FOUND', `no route ${req.method} ${clip(req.url.split('?')[0] ?? '', 200)}`));
+
+  // Every /v1 route needs `Authorization: Bearer <API key>`; the tenant comes from the key.
+  app.addHook('onRequest', async (req, reply) => {
+    if (!req.url.startsWith('/v1/') && req.url !== '/v1') return;
+    const m = /^Bearer +(\S+)$/i.exec(req.headers.authorization ?? '');
+    if (!m) {
+      return fail(reply.header('www-authenticate', 'Bearer realm="herald"'), 401, 'HRL_UNAUTHORIZED', 'Authorization: expected "Bearer <API key>"; create a key with `herald keys create --tenant <tenant>`', 'Authorization');
+    }
+    const r = await keys.authenticate(m[1]!);
+    if (!r.ok) return fail(reply.header('www-authenticate', 'Bearer realm="herald", error="invalid_token"'), 401, 'HRL_UNAUTHORIZED', `Authorization: ${r.why}`, 'Authorization');
+    req.principal = r.principal;
+  });
+  const need = (scope: Scope) => async (req: FastifyRequest, reply: FastifyReply) => {
+    const p = req.principal!;
+    if (!allows(p.scopes, scope)) return fail(reply, 403, 'HRL_FORBIDDEN', `API key ${p.keyId} has scope ${p.scopes.join(', ')}; this route needs ${scope}`, 'Authorization');
+  };
+  const tenantOf = (req: FastifyRequest) => req.principal!.tenant;
+  /** A path id over the limit: 400 naming it (before any lookup or key is made of it). */
+  const badId = (reply: FastifyReply, field: string, v: string) =>
+    v.length > MAX_ID_LENGTH ? fail(reply, 400, 'HRL_LIMIT_EXCEEDED', `${field}: expected at most ${MAX_ID_LENGTH} characters, got ${v.length}`, field) : null;
+  const forwardedOpts = (req: FastifyRequest) => ({ forwarded: req.headers[FORWARDED_HEADER] !== undefined, authorization: req.headers.authorization ?? '' });
 
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
@@ -84,16 +135,29 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
 
   // Responses to requests with an Idempotency-Key, per instance, for 24 h: a retried POST
   // gets the first answer and publishes nothing. (Across instances a retry publishes the
-  // same event again, with the same derived ids, which the pipeline absorbs.)
-  const answered = new LRUCache<string, { fingerprint: string; body: Promise<{ status: number; body: object }> }>({ max: 50_000, ttl: 86_400_000 });
+  // same event again, with the same derived ids, which the pipeline absorbs.) Bounded in
+  // bytes: each entry is charged its key, fingerprint and answer.
+  type Remembered = { fingerprint: string; body: Promise<{ status: number; body: object }>; bytes: number };
+  const answered = new LRUCache<string, Remembered>({ maxSize: ports.idempotencyCacheBytes, sizeCalculation: (v, k) => Math.max(1, k.length + v.bytes + 200), ttl: 86_400_000 });
+  const limiter = new TenantRateLimiter(ports.rate.perSecond, ports.rate.burst);
 
-  app.post<{ Body: Record<string, unknown> }>('/v1/events', async (req, reply) => {
+  app.post<{ Body: Record<string, unknown> }>('/v1/events', { preHandler: need('publish') }, async (req, reply) => {
+    const tenant = tenantOf(req);
+    const wait = limiter.take(tenant);
+    if (wait > 0) return fail(reply.header('retry-after', String(Math.ceil(wait / 1000))), 429, 'HRL_RATE_LIMITED', `tenant ${tenant} publishes faster than ${ports.rate.perSecond} events/s (burst ${ports.rate.burst}); retry in ${Math.ceil(wait / 1000)} s`);
     if (req.body === null || typeof req.body !== 'object' || Array.isArray(req.body)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', 'body: expected a JSON object (a DomainEvent)', '');
     if (nestedDeeperThan(req.body, MAX_DEPTH)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `body: nested deeper than ${MAX_DEPTH} levels`, 'data');
-    const body = { ...req.body };
+    if (req.body.tenant !== undefined && req.body.tenant !== tenant) return fail(reply, 403, 'HRL_TENANT_MISMATCH', `tenant: this API key belongs to tenant "${tenant}"; omit the field or send that tenant`, 'tenant');
+    if (Array.isArray(req.body.recipients) && req.body.recipients.length > LIMITS.recipientsPerEvent) {
+      return fail(reply, 400, 'HRL_LIMIT_EXCEEDED', `recipients: at most ${LIMITS.recipientsPerEvent} per event, got ${req.body.recipients.length}; use an audience for more`, 'recipients');
+    }
     const key = req.headers['idempotency-key'];
-    const cacheKey = typeof key === 'string' && key ? `${String(body.tenant)}\u0000${key}` : null;
-    const fingerprint = createHash('sha256').update(JSON.stringify(req.body ?? {})).digest('hex');
+    if (typeof key === 'string' && key.length > LIMITS.idempotencyKeyLength) {
+      return fail(reply, 400, 'HRL_LIMIT_EXCEEDED', `Idempotency-Key: expected at most ${LIMITS.idempotencyKeyLength} characters, got ${key.length}`, 'Idempotency-Key');
+    }
+    const body: Record<string, unknown> = { ...req.body, tenant };
+    const cacheKey = typeof key === 'string' && key ? `${tenant}\u0000${key}` : null;
+    const fingerprint = createHash('sha256').update(JSON.stringify(req.body)).digest('hex');
     const previous = cacheKey ? answered.get(cacheKey) : undefined;
     if (previous) {
       if (previous.fingerprint !== fingerprint) return fail(reply, 422, 'HRL_IDEMPOTENCY_KEY_REUSED', 'Idempotency-Key: this key was used with a different request body', 'Idempotency-Key');
@@ -103,17 +167,20 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     }
     if (typeof key === 'string' && key) {
       body.idempotencyKey ??= key;
-      if (body.id === undefined && typeof body.tenant === 'string') body.id = eventIdFromIdempotencyKey(body.tenant, key);
+      if (body.id === undefined) body.id = eventIdFromIdempotencyKey(tenant, key);
     }
     body.id ??= `evt_${randomUUID()}`;
     const handled = publish(body);
     // Remember the request before the first await, so a concurrent retry waits for this one.
-    if (cacheKey) answered.set(cacheKey, { fingerprint, body: handled });
+    if (cacheKey) answered.set(cacheKey, { fingerprint, body: handled, bytes: 1024 });
     const result = await handled.catch((err: unknown) => {
       if (cacheKey) answered.delete(cacheKey);
       throw err;
     });
-    if (result.status !== 202 && cacheKey) answered.delete(cacheKey); // only accepted requests are remembered
+    if (cacheKey) {
+      if (result.status !== 202) answered.delete(cacheKey); // only accepted requests are remembered
+      else answered.set(cacheKey, { fingerprint, body: handled, bytes: JSON.stringify(result.body).length });
+    }
     return reply.code(result.status).send(result.body);
   });
 
@@ -132,6 +199,8 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     if (ev.recipients.length === 0 && !ev.audience) {
       return { status: 400, body: { error: 'HRL_NO_RECIPIENTS', field: 'recipients', message: 'recipients: expected at least one recipient id, or an audience' } };
     }
+    const blank = ev.recipients.findIndex((r) => r.trim() === '');
+    if (blank >= 0) return { status: 400, body: { error: 'HRL_SCHEMA_VIOLATION', field: `recipients[${blank}]`, message: `recipients[${blank}]: expected a non-empty user id` } };
     ev.occurredAt ??= Date.now();
     await publisher.publish(ev);
     // Ids of explicit recipients are known now; an audience is resolved by ingest.
@@ -139,13 +208,21 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return { status: 202, body: { eventId: ev.id, notifications, ...(ev.audience ? { audience: ev.audience } : {}) } };
   }
 
-  app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId', async (req, reply) => {
+  const profileRoute = { bodyLimit: LIMITS.profileBodyBytes };
+
+  app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId', { ...profileRoute, preHandler: need('admin') }, async (req, reply) => {
+    const tenant = tenantOf(req);
+    if (badId(reply, 'userId', req.params.userId)) return reply;
+    if (req.body?.tenant !== undefined && req.body.tenant !== null && req.body.tenant !== tenant) return fail(reply, 403, 'HRL_TENANT_MISMATCH', `tenant: this API key belongs to tenant "${tenant}"; omit the field or send that tenant`, 'tenant');
     let profile: UserProfile;
     try {
-      profile = validate<UserProfile>('UserProfile', { ...(req.body ?? {}), userId: req.params.userId, updatedAt: Date.now() });
+      profile = validate<UserProfile>('UserProfile', { ...(req.body ?? {}), userId: req.params.userId, tenant, updatedAt: Date.now() });
       for (const k of ['webhookUrl', 'chatWebhookUrl'] as const) {
         const u = profile[k];
-        if (u !== null && !/^https?:\/\/[^\s]+$/.test(u)) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${k}: expected an http(s) URL`, { field: k });
+        if (u === null) continue;
+        if (u.length > 2048) throw new HeraldError('HRL_LIMIT_EXCEEDED', `${k}: expected at most 2048 characters, got ${u.length}`, { field: k });
+        const why = urlRefusal(u, outbound);
+        if (why) throw new HeraldError('HRL_DESTINATION_REFUSED', `${k}: ${why}`, { field: k });
       }
       if (profile.email !== null && !/^[^@\s]+@[^@\s]+$/.test(profile.email)) throw new HeraldError('HRL_SCHEMA_VIOLATION', 'email: expected an e-mail address', { field: 'email' });
     } catch (err) {
@@ -155,20 +232,25 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return reply.code(202).send({ userId: profile.userId });
   });
 
-  app.delete<{ Params: { userId: string } }>('/v1/users/:userId', async (req, reply) => {
-    await profiles.deleteUser(req.params.userId);
+  app.delete<{ Params: { userId: string } }>('/v1/users/:userId', { preHandler: need('admin') }, async (req, reply) => {
+    if (badId(reply, 'userId', req.params.userId)) return reply;
+    await profiles.deleteUser(tenantOf(req), req.params.userId);
     return reply.code(202).send({ userId: req.params.userId, deleted: true });
   });
 
-  app.get<{ Params: { userId: string } }>('/v1/users/:userId', async (req, reply) => {
-    const user = await profiles.getUser(req.params.userId);
+  app.get<{ Params: { userId: string } }>('/v1/users/:userId', { preHandler: need('read') }, async (req, reply) => {
+    if (badId(reply, 'userId', req.params.userId)) return reply;
+    const user = await profiles.getUser(tenantOf(req), req.params.userId);
     return user ?? fail(reply, 404, 'HRL_NOT_FOUND', `no profile for user "${req.params.userId}"`);
   });
 
-  app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId/preferences', async (req, reply) => {
+  app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId/preferences', { ...profileRoute, preHandler: need('admin') }, async (req, reply) => {
+    const tenant = tenantOf(req);
+    if (badId(reply, 'userId', req.params.userId)) return reply;
+    if (nestedDeeperThan(req.body, MAX_DEPTH)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `body: nested deeper than ${MAX_DEPTH} levels`, '');
     let prefs: UserPreferences;
     try {
-      prefs = validate<UserPreferences>('UserPreferences', { ...(req.body ?? {}), userId: req.params.userId, updatedAt: Date.now() });
+      prefs = validate<UserPreferences>('UserPreferences', { ...(req.body ?? {}), userId: req.params.userId, tenant, updatedAt: Date.now() });
     } catch (err) {
       return badRequest(reply, err);
     }
@@ -176,33 +258,45 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return reply.code(202).send({ userId: req.params.userId });
   });
 
-  // Member lists are not events: they get their own body limit (about 500k ids).
-  app.put<{ Params: { tenant: string; audience: string }; Body: { add?: unknown; remove?: unknown } }>('/v1/audiences/:tenant/:audience/members', { bodyLimit: 16 * 1024 * 1024 }, async (req, reply) => {
-    const { tenant, audience } = req.params;
+  app.put<{ Params: { audience: string }; Body: { add?: unknown; remove?: unknown } }>('/v1/audiences/:audience/members', { bodyLimit: LIMITS.audienceBodyBytes, preHandler: need('admin') }, async (req, reply) => {
+    const tenant = tenantOf(req);
+    const { audience } = req.params;
+    if (badId(reply, 'audience', audience)) return reply;
     const lists: Record<'add' | 'remove', string[]> = { add: [], remove: [] };
     for (const k of ['add', 'remove'] as const) {
       const v = req.body?.[k] ?? [];
-      if (!Array.isArray(v) || v.some((x) => typeof x !== 'string' || x === '')) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${k}: expected an array of user ids`, k);
+      if (!Array.isArray(v)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${k}: expected an array of user ids`, k);
+      const bad = v.findIndex((x) => typeof x !== 'string' || x.trim() === '' || x.length > MAX_ID_LENGTH);
+      if (bad >= 0) return fail(reply, 400, typeof v[bad] === 'string' && v[bad].length > MAX_ID_LENGTH ? 'HRL_LIMIT_EXCEEDED' : 'HRL_SCHEMA_VIOLATION', `${k}[${bad}]: expected a non-empty user id of at most ${MAX_ID_LENGTH} characters`, `${k}[${bad}]`);
       lists[k] = v as string[];
     }
+    if (lists.add.length + lists.remove.length > LIMITS.membersPerCall) {
+      return fail(reply, 400, 'HRL_LIMIT_EXCEEDED', `add, remove: at most ${LIMITS.membersPerCall} members per call, got ${lists.add.length + lists.remove.length}`, 'add');
+    }
     await profiles.updateAudience(tenant, audience, lists.add, lists.remove);
-    return reply.code(202).send({ tenant, audience, added: lists.add.length, removed: lists.remove.length });
+    return reply.code(202).send({ audience, added: lists.add.length, removed: lists.remove.length });
   });
 
-  app.get<{ Params: { tenant: string; audience: string }; Querystring: { limit?: string } }>('/v1/audiences/:tenant/:audience/members', async (req, reply) => {
+  app.get<{ Params: { audience: string }; Querystring: { limit?: string } }>('/v1/audiences/:audience/members', { preHandler: need('read') }, async (req, reply) => {
+    if (badId(reply, 'audience', req.params.audience)) return reply;
     const limit = Math.min(Math.max(Number(req.query.limit ?? 1000) || 1000, 1), 100_000);
-    const members = await profiles.audienceMembers(req.params.tenant, req.params.audience, limit);
+    const members = await profiles.audienceMembers(tenantOf(req), req.params.audience, limit);
     if (members === null) return fail(reply, 404, 'HRL_NOT_FOUND', 'this instance does not hold the audiences table (it runs without ingest)');
-    return { tenant: req.params.tenant, audience: req.params.audience, members };
+    return { audience: req.params.audience, members };
   });
 
-  app.get<{ Params: { id: string } }>('/v1/notifications/:id', async (req, reply) => {
-    return answer(reply, await lifecycle.notification(req.params.id, { forwarded: req.headers[FORWARDED_HEADER] !== undefined }));
+  app.get<{ Params: { id: string } }>('/v1/notifications/:id', { preHandler: need('read') }, async (req, reply) => {
+    if (badId(reply, 'id', req.params.id)) return reply;
+    const a = await lifecycle.notification(req.params.id, forwardedOpts(req));
+    // Another tenant's notification is answered exactly like one that does not exist.
+    if (a.status === 'ok' && a.value.tenant !== tenantOf(req)) return answer(reply, { status: 'not_found', detail: `no lifecycle for notification "${req.params.id}" yet` });
+    return answer(reply, a);
   });
 
-  app.get<{ Params: { userId: string }; Querystring: { limit?: string } }>('/v1/users/:userId/notifications', async (req, reply) => {
+  app.get<{ Params: { userId: string }; Querystring: { limit?: string } }>('/v1/users/:userId/notifications', { preHandler: need('read') }, async (req, reply) => {
+    if (badId(reply, 'userId', req.params.userId)) return reply;
     const limit = Math.min(Math.max(Number(req.query.limit ?? 50) || 50, 1), 500);
-    return answer(reply, await lifecycle.userNotifications(req.params.userId, limit, { forwarded: req.headers[FORWARDED_HEADER] !== undefined }));
+    return answer(reply, await lifecycle.userNotifications(tenantOf(req), req.params.userId, limit, forwardedOpts(req)));
   });
 
   await app.ready();

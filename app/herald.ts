@@ -12,11 +12,14 @@ import { buildApi } from '../api/server.ts';
 import { Journal, type GroupOffsets } from '../embedded/journal.ts';
 import { BrokerJournal } from '../embedded/persistence.ts';
 import { InstanceDirectory } from './instances.ts';
+import { KeyDirectory, writeKeyRecord } from './keys.ts';
+import { keyIdOf, newKeyRecord, generateKey } from '../auth/keys.ts';
+import { type OutboundPolicy, parseAllowList } from '../channels/outbound.ts';
 import { kafkaProfiles, kafkaPublisher, processHealth, type Send } from './ports.ts';
 import { LifecycleRouter, partitionOf } from './queries.ts';
 import type { ChannelProvider } from '../channels/channel.ts';
 import { WebhookChannel } from '../channels/webhook.ts';
-import type { HeraldConfig } from '../config.ts';
+import { DEFAULT_WEBHOOK_SECRET, type HeraldConfig } from '../config.ts';
 import { EmbeddedBroker } from '../embedded/broker.ts';
 import { HeraldError } from '../errors.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
@@ -60,6 +63,8 @@ export interface Herald {
   metrics: Metrics;
   log: Logger;
   api: FastifyInstance | null;
+  /** The development API key (tenant acme, admin), when one is configured or kept in the state dir. */
+  devKey: string | null;
   isReady(): boolean;
   stop(): Promise<void>;
 }
@@ -106,6 +111,35 @@ function ensureStateDir(stateDir: string): void {
     const e = err as NodeJS.ErrnoException;
     throw new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir}: cannot use it (${e.code ?? e.message}); make it writable by this user or choose another directory`, { cause: err });
   }
+}
+
+/**
+ * The development key: HERALD_DEV_KEY, else (embedded broker only) the one kept in the
+ * state dir, made at first start. It is registered for tenant acme with the admin scope,
+ * unless it was revoked.
+ */
+async function devKeyOf(config: HeraldConfig, keys: KeyDirectory, send: Send, log: Logger): Promise<string | null> {
+  let key = config.devKey;
+  const file = join(config.stateDir, 'dev-key');
+  if (!key && config.embedded) {
+    key = existsSync(file) ? readFileSync(file, 'utf8').trim() : '';
+    if (!key) {
+      key = generateKey();
+      writeFileSync(file, `${key}\n`, { mode: 0o600 });
+    }
+  }
+  if (!key) return null;
+  const known = keys.get(keyIdOf(key));
+  if (known?.revokedAt) {
+    log.warn({ keyId: known.keyId }, 'the development API key was revoked; it stays revoked (delete the dev-key file in the state dir, or set another HERALD_DEV_KEY, for a new one)');
+    return null;
+  }
+  if (!known) {
+    const { record } = await newKeyRecord({ tenant: 'acme', scopes: ['admin'], label: 'development key', key });
+    await writeKeyRecord({ send }, topicName(config.topicPrefix, 'keys'), record);
+    await keys.waitFor(record.keyId);
+  }
+  return key;
 }
 
 /** How many records of each partition a send carried, keyed as the journal waits for them. */
@@ -215,10 +249,17 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       return meta;
     };
 
+    if (config.webhookSecret === DEFAULT_WEBHOOK_SECRET) {
+      log.warn('HERALD_WEBHOOK_SECRET is the public development default: anyone can forge webhooks that verify; set your own before sending to real receivers (Herald refuses it against real Kafka)');
+    }
+    const outbound: OutboundPolicy = { requireHttps: !config.embedded, allow: parseAllowList(config.outboundAllow) };
     const tables = new GlobalTables(kafka, admin, serde, config, log.child({ component: 'tables' }), metrics);
     cleanups.push(() => tables.stop());
-    const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(config.webhookSecret)]]);
+    const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(config.webhookSecret, outbound)]]);
     for (const c of opts.channels ?? []) channelMap.set(c.name, c);
+    cleanups.push(async () => {
+      await Promise.all([...channelMap.values()].map((c) => c.close?.()));
+    });
     const codec = new Codec(serde, config);
     const deps = { config, rules, log, metrics, tables, availableChannels: new Set(channelMap.keys()) };
     const factories = processors(channelMap);
@@ -235,6 +276,10 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     if (wantDirectory) {
       cleanups.push(() => directory.stop());
     }
+    const keys = new KeyDirectory(kafka, admin, topicName(config.topicPrefix, 'keys'), config.topicPrefix, log.child({ component: 'keys' }));
+    const keysReady = wantApi ? keys.start() : Promise.resolve();
+    keysReady.catch(() => undefined);
+    if (wantApi) cleanups.push(() => keys.stop());
     let advertised = config.advertisedUrl;
     for (const stage of stages) {
       const gate = STAGES[stage].tables.length ? tablesReady : undefined;
@@ -254,16 +299,18 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       tablesReady,
       following,
       directoryReady,
+      keysReady,
       ...[...runners.values()].map(async (r) => {
         await r.start();
         await r.joined;
         await r.settled();
       }),
     ]);
+    const devKey = wantApi ? await devKeyOf(config, keys, send, log) : null;
     ready = true;
 
     const herald: Herald = {
-      config, brokers, registryUrl, httpUrl: null, broker, kafka, admin, producer, serde, rules, tables, runners, directory, metrics, log, api: null,
+      config, brokers, registryUrl, httpUrl: null, broker, kafka, admin, producer, serde, rules, tables, runners, directory, metrics, log, api: null, devKey,
       isReady: () => ready,
       stop: async () => {
         ready = false;
@@ -279,8 +326,9 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
           local: () => runners.get('outcome')?.stores('lifecycle') ?? new Map(),
           directory, partitions: config.partitions, timeoutMs: config.queryTimeoutMs, log: log.child({ component: 'queries' }),
         }),
-        health: processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, warnings: () => { const p = pressure(); return p ? [`back-pressure: ${p}`] : []; } }),
-        rules, maxPayloadBytes: config.maxPayloadBytes, log: log.child({ component: 'api' }),
+        health: processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, warnings: () => { const p = pressure(); return [...(p ? [`back-pressure: ${p}`] : []), ...(config.webhookSecret === DEFAULT_WEBHOOK_SECRET ? ['HERALD_WEBHOOK_SECRET is the public development default'] : [])]; } }),
+        keys: keys.authenticator, outbound, rate: { perSecond: config.apiRate, burst: config.apiBurst },
+        rules, maxPayloadBytes: config.maxPayloadBytes, idempotencyCacheBytes: config.idempotencyCacheBytes, log: log.child({ component: 'api' }),
       });
       cleanups.push(() => api.close());
       herald.api = api;
@@ -288,6 +336,10 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       herald.httpUrl = address;
       advertised ||= address;
       directory.setUrl(advertised);
+      // Where the CLI (`herald keys`, `herald tail`) finds this instance's broker and API.
+      const endpoints = join(config.stateDir, 'endpoints.json');
+      writeFileSync(endpoints, JSON.stringify({ pid: process.pid, brokers, registry: registryUrl, http: address }));
+      cleanups.push(async () => rmSync(endpoints, { force: true }));
     }
     return herald;
   } catch (err) {

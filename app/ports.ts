@@ -13,7 +13,7 @@ import type { StageRunner } from '../runtime/stage-runner.ts';
 import type { GlobalTables } from '../runtime/tables.ts';
 import type { Serde } from '../schemas/index.ts';
 import type { AudienceMember, DomainEvent, UserPreferences, UserProfile } from '../schemas/types.ts';
-import { type StageName, topicName } from '../topology.ts';
+import { type StageName, topicName, userKey } from '../topology.ts';
 
 /** Produces acks=-1 (and, on the embedded broker, returns once the records are journaled). */
 export type Send = (record: ProducerRecord) => Promise<RecordMetadata[]>;
@@ -33,17 +33,17 @@ export function kafkaProfiles(producer: { send: Send }, serde: Serde, tables: Gl
   const t = (k: 'users' | 'preferences' | 'audiences') => topicName(config.topicPrefix, k);
   return {
     async putUser(profile: UserProfile) {
-      await producer.send({ topic: t('users'), acks: -1, messages: [{ key: profile.userId, value: await serde.encode(t('users'), profile) }] });
+      await producer.send({ topic: t('users'), acks: -1, messages: [{ key: userKey(profile.tenant!, profile.userId), value: await serde.encode(t('users'), profile) }] });
     },
-    async deleteUser(userId: string) {
-      await producer.send({ topic: t('users'), acks: -1, messages: [{ key: userId, value: null }] });
+    async deleteUser(tenant: string, userId: string) {
+      await producer.send({ topic: t('users'), acks: -1, messages: [{ key: userKey(tenant, userId), value: null }] });
     },
-    async getUser(userId: string) {
-      const [user] = await tables.getMany<UserProfile>('users', [userId]);
-      return user;
+    async getUser(tenant: string, userId: string) {
+      const [user] = await tables.getMany<UserProfile>('users', [userKey(tenant, userId)]);
+      return user && user.tenant === tenant ? user : undefined;
     },
     async putPreferences(prefs: UserPreferences) {
-      await producer.send({ topic: t('preferences'), acks: -1, messages: [{ key: prefs.userId, value: await serde.encode(t('preferences'), prefs) }] });
+      await producer.send({ topic: t('preferences'), acks: -1, messages: [{ key: userKey(prefs.tenant!, prefs.userId), value: await serde.encode(t('preferences'), prefs) }] });
     },
     async updateAudience(tenant, audience, add, remove) {
       const now = Date.now();

@@ -3,13 +3,14 @@
  * whose partition this instance holds is answered from its own projection store; one
  * whose partition another instance holds is forwarded there, once (the forwarded request
  * carries a header, and is answered from local state only). A user's notifications live in
- * the partition of the user id (outcomes.v1 is keyed by recipient, partitioned by kafkajs'
- * default murmur2 partitioner, as the Java client does). A notification id does not name
+ * the partition of the user id (outcomes.v1 is keyed by recipient, partitioned by Kafka's
+ * default murmur2 partitioner). A notification id does not name
  * its partition, so when it is not held here every instance holding outcome partitions is
  * asked at once. While the owner is unknown or unreachable (a rebalance, a restore), the
  * answer is `unavailable` (HTTP 503 with Retry-After), never a wrong 404.
  */
 import { partitionFor } from '../runtime/partitioner.ts';
+import { userKey } from '../topology.ts';
 import { FORWARDED_HEADER } from '../api/server.ts';
 import type { LifecycleQueries, NotificationLifecycle, QueryAnswer, QueryOptions, UserNotifications } from '../api/ports.ts';
 import { type ProjectionReader, readNotification, readUserNotifications } from '../processors/outcome.ts';
@@ -59,28 +60,29 @@ export class LifecycleRouter implements LifecycleQueries {
     const unavailable = { status: 'unavailable' as const, detail: `partitions ${unanswerable.join(', ')} of the outcome stage have no instance serving them yet (rebalance or restore under way)` };
     if (opts.forwarded) return unanswerable.some((p) => this.o.directory.owner('outcome', p)?.instanceId === this.self) ? unavailable : notFound;
     // Only the current owners are asked, so a dead instance's stale claim costs nothing.
-    const answers = await Promise.all([...owners.values()].map((owner) => this.forward<NotificationLifecycle>(owner, `/v1/notifications/${encodeURIComponent(id)}`)));
+    const answers = await Promise.all([...owners.values()].map((owner) => this.forward<NotificationLifecycle>(owner, `/v1/notifications/${encodeURIComponent(id)}`, opts.authorization)));
     const found = answers.find((a) => a.status === 'ok');
     if (found) return found;
     if (unanswerable.length) return unavailable;
     return answers.find((a) => a.status === 'unavailable') ?? notFound;
   }
 
-  async userNotifications(userId: string, limit: number, opts: QueryOptions): Promise<QueryAnswer<UserNotifications>> {
-    const partition = partitionOf(userId, this.o.partitions);
+  async userNotifications(tenant: string, userId: string, limit: number, opts: QueryOptions): Promise<QueryAnswer<UserNotifications>> {
+    const partition = partitionOf(userKey(tenant, userId), this.o.partitions);
     const store = this.o.local().get(partition);
-    if (store) return { status: 'ok', value: { userId, notifications: await readUserNotifications(store.view(), userId, limit) }, servedBy: this.self };
+    if (store) return { status: 'ok', value: { userId, notifications: await readUserNotifications(store.view(), tenant, userId, limit) }, servedBy: this.self };
     if (opts.forwarded) return { status: 'unavailable', detail: `partition ${partition} of the outcome stage is not held by instance ${this.self} (it moved in a rebalance)` };
     const owner = this.o.directory.owner('outcome', partition);
     if (!owner) return { status: 'unavailable', detail: `no instance holds partition ${partition} of the outcome stage yet` };
     if (owner.instanceId === this.self) return { status: 'unavailable', detail: `partition ${partition} of the outcome stage is still being restored on instance ${this.self}` };
-    return this.forward<UserNotifications>(owner, `/v1/users/${encodeURIComponent(userId)}/notifications?limit=${limit}`);
+    return this.forward<UserNotifications>(owner, `/v1/users/${encodeURIComponent(userId)}/notifications?limit=${limit}`, opts.authorization);
   }
 
   /** One hop to the owner; its answer, or `unavailable` when it cannot be reached in time. */
-  private async forward<T>(owner: InstanceClaim, path: string): Promise<QueryAnswer<T>> {
+  private async forward<T>(owner: InstanceClaim, path: string, authorization: string): Promise<QueryAnswer<T>> {
     try {
-      const res = await fetch(`${owner.url}${path}`, { headers: { [FORWARDED_HEADER]: this.self }, signal: AbortSignal.timeout(this.o.timeoutMs) });
+      // The caller's key goes along: the owner authenticates and scopes the query itself.
+      const res = await fetch(`${owner.url}${path}`, { headers: { [FORWARDED_HEADER]: this.self, authorization }, signal: AbortSignal.timeout(this.o.timeoutMs) });
       const body = (await res.json()) as T & { message?: string };
       if (res.status === 200) return { status: 'ok', value: body, servedBy: res.headers.get('x-herald-served-by') ?? owner.instanceId };
       if (res.status === 404) return { status: 'not_found', detail: body.message ?? 'not found' };

@@ -34,7 +34,7 @@ import { createLogger } from '../runtime/logger.ts';
 import { restoreFromChangelog } from '../runtime/restore.ts';
 import { Serde } from '../schemas/index.ts';
 import { KeyValueStore } from '../state/store.ts';
-import { topicName, topicPlan } from '../topology.ts';
+import { topicName, topicPlan, userKey } from '../topology.ts';
 
 const log = createLogger(process.env.HERALD_BENCH_LOG ?? 'silent');
 const progress = (m: string) => process.stderr.write(`[bench] ${m}\n`);
@@ -97,6 +97,7 @@ function env(broker: EmbeddedBroker, registryUrl: string, prefix: string, stateD
   return loadConfig({
     KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: registryUrl, HERALD_TOPIC_PREFIX: prefix, HERALD_PARTITIONS: String(PARTITIONS),
     HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'silent', HERALD_SESSION_TIMEOUT_MS: '10000',
+    HERALD_WEBHOOK_SECRET: 'bench-signing-secret', HERALD_OUTBOUND_ALLOW: '127.0.0.1',
   });
 }
 
@@ -149,7 +150,7 @@ async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: strin
   const users = topicName(prefix, 'users');
   await serde.register(users, 'UserProfile');
   const USERS = 500;
-  await produceAll(kafka, users, await Promise.all(Array.from({ length: USERS }, async (_, i) => ({ key: `user-${i}`, value: await serde.encode(users, { userId: `user-${i}`, webhookUrl: hook }) }))));
+  await produceAll(kafka, users, await Promise.all(Array.from({ length: USERS }, async (_, i) => ({ key: userKey('acme', `user-${i}`), value: await serde.encode(users, { userId: `user-${i}`, tenant: 'acme', webhookUrl: hook }) }))));
   const event = (id: string, i: number) => JSON.stringify({ id, type: 'comment.created', tenant: 'acme', recipients: [`user-${i % USERS}`], actor: 'bench', data: { commentId: id, documentTitle: 'Doc', excerpt: 'hello' } });
   await produceAll(kafka, topicName(prefix, 'events'), Array.from({ length: n }, (_, i) => ({ key: `t-${i}`, value: event(`t-${i}`, i) })));
   const stateDir = mkdtempSync(join(tmpdir(), 'herald-bench-'));
@@ -260,7 +261,7 @@ async function journalRestart(records: number) {
   journal.close();
   const broker = await EmbeddedBroker.start();
   await broker.createTopic(topic, partitions);
-  const kafka = createKafka(loadConfig({ KAFKA_BROKERS: broker.bootstraps, HERALD_LOG_LEVEL: 'silent' }), broker.bootstraps, log, 'herald-bench-journal');
+  const kafka = createKafka(loadConfig({ KAFKA_BROKERS: broker.bootstraps, HERALD_LOG_LEVEL: 'silent', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' }), broker.bootstraps, log, 'herald-bench-journal');
   const admin = kafka.admin();
   const producer = createProducer(kafka);
   await Promise.all([admin.connect(), producer.connect()]);
@@ -280,7 +281,7 @@ async function main() {
   const broker = await EmbeddedBroker.start({ brokers: Number(process.env.BENCH_BROKERS ?? 1) });
   const registry = new EmbeddedSchemaRegistry();
   const registryUrl = await registry.start();
-  const kafka = createKafka(loadConfig({ KAFKA_BROKERS: broker.bootstraps, HERALD_LOG_LEVEL: 'silent' }), broker.bootstraps, log, 'herald-bench');
+  const kafka = createKafka(loadConfig({ KAFKA_BROKERS: broker.bootstraps, HERALD_LOG_LEVEL: 'silent', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' }), broker.bootstraps, log, 'herald-bench');
   try {
     const only = process.env.BENCH_ONLY;
     progress('passthrough (kafkajs ceiling) …');

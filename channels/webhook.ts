@@ -2,13 +2,17 @@
  * Webhook channel: POSTs the notification as JSON over HTTP(S), signed with
  * HMAC-SHA256 (`Herald-Signature: t=<unix ms>,v1=<hex>` over `<t>.<body>`), with the
  * delivery id as `Idempotency-Key`. 2xx = delivered; 408, 425, 429, 5xx and network
- * errors are retriable; other 4xx are permanent.
+ * errors are retriable; other 4xx are permanent. Destinations pass the outbound policy
+ * (channels/outbound.ts) on the addresses actually connected to; a refused one is a
+ * permanent failure. Failures are described without the receiver's response body.
  *
  * Receivers verify with `verifyWebhookSignature(secret, header, rawBody)`.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { Agent, request } from 'undici';
 import type { DeliveryTask } from '../schemas/types.ts';
 import type { ChannelProvider, SendResult } from './channel.ts';
+import { guardedLookup, type OutboundPolicy, urlRefusal } from './outbound.ts';
 
 export function signWebhook(secret: string, timestamp: number, body: string): string {
   const mac = createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex');
@@ -45,15 +49,36 @@ export function webhookBody(task: DeliveryTask): string {
 
 const RETRIABLE = new Set([408, 425, 429]);
 
+/** A network failure in a few words, never the peer's own text. */
+function networkFailure(err: unknown): { code: string; detail: string; retriable: boolean } {
+  const e = err as { code?: string; name?: string; cause?: { code?: string } };
+  const code = e.code ?? e.cause?.code ?? e.name ?? 'error';
+  if (code === 'EDESTINATIONREFUSED') return { code: 'destination_refused', detail: 'destination refused: the host resolves to an address Herald may not reach', retriable: false };
+  const words: Record<string, string> = {
+    ECONNREFUSED: 'connection refused', ECONNRESET: 'connection reset', ENOTFOUND: 'host name not found', EAI_AGAIN: 'host name lookup failed',
+    UND_ERR_CONNECT_TIMEOUT: 'connection timed out', ETIMEDOUT: 'connection timed out', UND_ERR_HEADERS_TIMEOUT: 'no response in time', UND_ERR_BODY_TIMEOUT: 'no response in time',
+    AbortError: 'no response in time', UND_ERR_ABORTED: 'no response in time', UND_ERR_SOCKET: 'connection closed', EPIPE: 'connection closed',
+  };
+  return { code, detail: `request failed: ${words[code] ?? 'network error'}`, retriable: true };
+}
+
 export class WebhookChannel implements ChannelProvider {
   readonly name: string;
   private readonly secret: string;
   private readonly clock: () => number;
+  private readonly policy: OutboundPolicy;
+  private readonly agent: Agent;
 
-  constructor(secret: string, clock: () => number = Date.now, name = 'webhook') {
+  constructor(secret: string, policy: OutboundPolicy, clock: () => number = Date.now, name = 'webhook') {
     this.secret = secret;
+    this.policy = policy;
     this.clock = clock;
     this.name = name;
+    this.agent = new Agent({ connect: { lookup: guardedLookup(policy) as never }, keepAliveTimeout: 10_000 });
+  }
+
+  async close(): Promise<void> {
+    await this.agent.close();
   }
 
   async send(task: DeliveryTask, signal: AbortSignal): Promise<SendResult> {
@@ -63,14 +88,17 @@ export class WebhookChannel implements ChannelProvider {
     } catch (err) {
       return { ok: false, retriable: false, code: 'bad_payload', detail: `task data is not JSON: ${(err as Error).message}` };
     }
+    // Checked again at send time: the policy may have changed, and literal addresses skip DNS.
+    const refused = urlRefusal(task.address, this.policy);
+    if (refused) return { ok: false, retriable: false, code: 'destination_refused', detail: `destination refused: ${refused}` };
     const t = this.clock();
-    let res: Response;
+    let res: Awaited<ReturnType<typeof request>>;
     try {
-      res = await fetch(task.address, {
+      res = await request(task.address, {
         method: 'POST',
         body,
         signal,
-        redirect: 'manual',
+        dispatcher: this.agent,
         headers: {
           'content-type': 'application/json',
           'user-agent': 'Herald/0.1 (+webhook)',
@@ -81,16 +109,21 @@ export class WebhookChannel implements ChannelProvider {
         },
       });
     } catch (err) {
-      const cause = (err as { cause?: { code?: string } }).cause?.code;
-      return { ok: false, retriable: true, code: cause ?? (err as Error).name, detail: `request failed: ${cause ?? (err as Error).message}` };
+      return { ok: false, ...networkFailure(err) };
     }
-    await res.body?.cancel().catch(() => undefined);
-    if (res.status >= 200 && res.status < 300) {
-      return { ok: true, providerMessageId: res.headers.get('x-request-id'), detail: `HTTP ${res.status}` };
+    const status = res.statusCode;
+    await res.body.dump().catch(() => undefined);
+    const header = (name: string) => {
+      const v = res.headers[name];
+      return Array.isArray(v) ? (v[0] ?? null) : (v ?? null);
+    };
+    if (status >= 200 && status < 300) {
+      return { ok: true, providerMessageId: header('x-request-id'), detail: `HTTP ${status}` };
     }
-    const retriable = res.status >= 500 || RETRIABLE.has(res.status);
-    const retryAfterMs = retryAfter(res.headers.get('retry-after'), Date.now());
-    return { ok: false, retriable, code: `http_${res.status}`, detail: `HTTP ${res.status}`, ...(retryAfterMs !== null ? { retryAfterMs } : {}) };
+    // Redirects are not followed (a redirect could lead anywhere): a permanent failure.
+    const retriable = status >= 500 || RETRIABLE.has(status);
+    const retryAfterMs = retryAfter(header('retry-after'), Date.now());
+    return { ok: false, retriable, code: `http_${status}`, detail: `HTTP ${status}`, ...(retryAfterMs !== null ? { retryAfterMs } : {}) };
   }
 }
 

@@ -7,7 +7,7 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { verifyWebhookSignature } from '../channels/webhook.ts';
 
-export async function runDemo(httpUrl: string, secret: string, print: (line: string) => void): Promise<() => Promise<void>> {
+export async function runDemo(httpUrl: string, secret: string, apiKey: string, print: (line: string) => void): Promise<() => Promise<void>> {
   const server = createServer((req, res) => {
     let body = '';
     req.on('data', (c: Buffer) => (body += c.toString()));
@@ -21,7 +21,7 @@ export async function runDemo(httpUrl: string, secret: string, print: (line: str
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const receiver = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`;
   const call = async (method: string, path: string, body: unknown, headers: Record<string, string> = {}) => {
-    const res = await fetch(`${httpUrl}${path}`, { method, headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body) });
+    const res = await fetch(`${httpUrl}${path}`, { method, headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}`, ...headers }, body: JSON.stringify(body) });
     return res.json() as Promise<Record<string, unknown>>;
   };
   const users = [
@@ -31,7 +31,7 @@ export async function runDemo(httpUrl: string, secret: string, print: (line: str
   for (const u of users) await call('PUT', `/v1/users/${u.id}`, { name: u.name, locale: u.locale, timezone: u.timezone, webhookUrl: receiver });
   // Wait until the users table has the profiles, so the first events find them.
   for (let i = 0; i < 100; i++) {
-    const seen = await Promise.all(users.map((u) => fetch(`${httpUrl}/v1/users/${u.id}`).then((r) => r.ok)));
+    const seen = await Promise.all(users.map((u) => fetch(`${httpUrl}/v1/users/${u.id}`, { headers: { authorization: `Bearer ${apiKey}` } }).then((r) => r.ok)));
     if (seen.every(Boolean)) break;
     await new Promise((r) => setTimeout(r, 100));
   }

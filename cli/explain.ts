@@ -30,8 +30,8 @@ export function formatLifecycle(n: NotificationView): string {
   ].join('\n');
 }
 
-export async function fetchLifecycle(url: string, id: string): Promise<NotificationView> {
-  const res = await fetch(`${url.replace(/\/$/, '')}/v1/notifications/${encodeURIComponent(id)}`);
+export async function fetchLifecycle(url: string, id: string, apiKey: string): Promise<NotificationView> {
+  const res = await fetch(`${url.replace(/\/$/, '')}/v1/notifications/${encodeURIComponent(id)}`, { headers: { authorization: `Bearer ${apiKey}` } });
   const body = (await res.json()) as NotificationView & { message?: string };
   if (!res.ok) throw new HeraldError('HRL_CONFIG_INVALID', body.message ?? `HTTP ${res.status} from ${url}`);
   return body;

@@ -7,15 +7,23 @@
 import { Command, Option } from 'commander';
 import { loadConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
-import { rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { runningHerald, startHerald } from '../app/herald.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { STAGE_NAMES, type StageName, describe } from '../topology.ts';
 import { runDemo } from './demo.ts';
 import { fetchLifecycle, formatLifecycle, scanLifecycle, tail } from './explain.ts';
+import { createKey, formatKeys, listKeys, parseScopes, revokeKey } from './keys.ts';
 import { checkSchemas, createTopics, registerSchemas } from './provision.ts';
 
 const program = new Command('herald').description('Kafka-native notification pipeline').version('0.1.0');
+
+/** The embedded default's development key, as kept in the state dir (or HERALD_DEV_KEY). */
+function devKeyFile(config: ReturnType<typeof loadConfig>): string {
+  const file = join(config.stateDir, 'dev-key');
+  return config.devKey || (existsSync(file) ? readFileSync(file, 'utf8').trim() : '');
+}
 
 function fail(err: unknown): never {
   const e = err as Error & { code?: string };
@@ -29,6 +37,8 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
   const started = performance.now();
   const herald = await startHerald({ config, stages, log, api: opts.api ?? true });
   const ms = Math.round(performance.now() - started);
+  // The development key on a line of its own, before the ready line (scripts read both).
+  if (herald.devKey) process.stdout.write(`herald dev key ${herald.devKey}\n`);
   // One line a user (or a script) can read: where the API, the broker and the registry are.
   process.stdout.write(`herald ready ${herald.httpUrl ?? '(no http api)'} brokers=${herald.brokers} registry=${herald.registryUrl}\n`);
   log.info({ ms, stages, brokers: herald.brokers, http: herald.httpUrl }, 'herald ready');
@@ -55,7 +65,8 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
     if (process.ppid !== parent) void shutdown('parent exited');
   }, 1000).unref();
   if (opts.demo && herald.httpUrl) {
-    stopDemo = await runDemo(herald.httpUrl, config.webhookSecret, (l) => process.stdout.write(`${l}\n`));
+    if (!herald.devKey) fail(new Error('--demo: needs the development key (set HERALD_DEV_KEY against real Kafka)'));
+    stopDemo = await runDemo(herald.httpUrl, config.webhookSecret, herald.devKey, (l) => process.stdout.write(`${l}\n`));
   }
 }
 
@@ -96,10 +107,11 @@ program
   .description("print a notification's lifecycle: every decision with its stage, time and reason")
   .option('--url <url>', 'HTTP API of a running instance (default: HERALD_URL; without it, outcomes.v1 is read from KAFKA_BROKERS)')
   .option('--json', 'print the lifecycle as JSON')
-  .action(async (id: string, o: { url?: string; json?: boolean }) => {
+  .option('--key <key>', 'API key with the read scope for --url (default: HERALD_API_KEY, else the embedded development key)')
+  .action(async (id: string, o: { url?: string; json?: boolean; key?: string }) => {
     try {
       const url = o.url ?? process.env.HERALD_URL;
-      const view = url ? await fetchLifecycle(url, id) : await scanLifecycle(loadConfig(), id);
+      const view = url ? await fetchLifecycle(url, id, o.key ?? process.env.HERALD_API_KEY ?? devKeyFile(loadConfig())) : await scanLifecycle(loadConfig(), id);
       if (!view) fail(new Error(`no decision about ${id} on outcomes.v1`));
       console.log(o.json ? JSON.stringify(view, null, 2) : formatLifecycle(view));
     } catch (err) {
@@ -128,6 +140,52 @@ program
       if (running) fail(new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir}: Herald (pid ${running}) is running on it; stop it first`));
       rmSync(stateDir, { recursive: true, force: true });
       console.log(`deleted ${stateDir}: the next start begins with an empty broker, registry and stores`);
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+const keys = program.command('keys').description('API keys per tenant (stored hashed on keys.v1)');
+keys
+  .command('create')
+  .description('create an API key; prints it once (only its hash is stored)')
+  .requiredOption('--tenant <tenant>', 'the tenant the key acts for')
+  .addOption(new Option('--scope <scopes>', 'comma-separated: publish, read, admin (admin includes the others)').default('admin'))
+  .option('--label <text>', 'a note shown by `keys list`')
+  .option('--json', 'print the key and its record as JSON')
+  .action(async (o: { tenant: string; scope: string; label?: string; json?: boolean }) => {
+    try {
+      const { key, record } = await createKey(loadConfig(), { tenant: o.tenant, scopes: parseScopes(o.scope), ...(o.label ? { label: o.label } : {}) });
+      if (o.json) console.log(JSON.stringify({ key, keyId: record.keyId, tenant: record.tenant, scopes: record.scopes }));
+      else {
+        console.log(key);
+        process.stderr.write(`created ${record.keyId} for tenant ${record.tenant} (scopes ${record.scopes.join(', ')}); the key is shown only now: keep it\n`);
+      }
+    } catch (err) {
+      fail(err);
+    }
+  });
+keys
+  .command('list')
+  .description('list keys (ids, tenants, scopes, status; never the secrets)')
+  .option('--tenant <tenant>', 'only this tenant\'s keys')
+  .option('--json', 'print JSON')
+  .action(async (o: { tenant?: string; json?: boolean }) => {
+    try {
+      const records = (await listKeys(loadConfig(), o.tenant)).map(({ hash: _hash, ...r }) => r);
+      if (o.json) console.log(JSON.stringify(records, null, 2));
+      else formatKeys(records).forEach((l) => console.log(l));
+    } catch (err) {
+      fail(err);
+    }
+  });
+keys
+  .command('revoke <keyId>')
+  .description('revoke a key on every instance (it answers 401 from then on)')
+  .action(async (keyId: string) => {
+    try {
+      const r = await revokeKey(loadConfig(), keyId);
+      console.log(`revoked ${r.keyId} of tenant ${r.tenant} at ${new Date(r.revokedAt!).toISOString()}`);
     } catch (err) {
       fail(err);
     }

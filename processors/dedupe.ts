@@ -6,6 +6,7 @@
  * reprocessing is idempotent. Each key is stored until its window closes and then swept
  * by a range scan over the store's time index.
  */
+import { userKey } from '../topology.ts';
 import type { Rule, RuleSet } from '../rules/rules.ts';
 import type { StageFactory } from '../runtime/contract.ts';
 import type { ReasonCode } from '../schemas/lifecycle.ts';
@@ -73,7 +74,7 @@ export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
         : prior
           ? ['window_expired', `key last seen ${new Date(prior.firstSeenAt).toISOString()}, outside the window`]
           : ['first_seen', 'dedupe key not seen inside the window']) satisfies [ReasonCode, string];
-      ctx.emit(rec, 'deduped', req.recipient, rec.value);
+      ctx.emit(rec, 'deduped', userKey(req.tenant, req.recipient), rec.value);
       ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode, reason });
     });
     // Keys whose window closed more than a grace period ago in stream time are swept by a

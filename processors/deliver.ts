@@ -11,6 +11,7 @@
  * when due: no partition ever waits for a retry, fresh deliveries go on, and a held retry
  * survives a crash (restored with the store, fired once after the restart).
  */
+import { userKey } from '../topology.ts';
 import type { ChannelProvider, SendResult } from '../channels/channel.ts';
 import type { RecordRef, StageContext, StageFactory } from '../runtime/contract.ts';
 import type { DeliveryTask } from '../schemas/types.ts';
@@ -125,7 +126,7 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>): StageFa
       } else if (r.retriable && task.attempt < config.maxDeliveryAttempts) {
         const delay = Math.min(config.maxRetryDelayMs, Math.max(r.retryAfterMs ?? 0, config.retryBaseMs * 2 ** (task.attempt - 1)));
         const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
-        ctx.emit(cause, 'deliverRetry', task.recipient, next);
+        ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
         ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); attempt ${next.attempt} of ${config.maxDeliveryAttempts} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });
       } else {
         results.put(resultKey(task.deliveryId), { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult);

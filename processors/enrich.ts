@@ -2,6 +2,7 @@
  * enrich: joins each request with the recipient's profile and preferences from the
  * global tables. Unknown recipients and inactive ones are DROPPED.
  */
+import { userKey } from '../topology.ts';
 import type { StageFactory } from '../runtime/contract.ts';
 import type { EnrichedNotification, UserPreferences, UserProfile } from '../schemas/types.ts';
 import { about } from './about.ts';
@@ -9,7 +10,7 @@ import { about } from './about.ts';
 export const enrich: StageFactory<'enrich'> = ({ tables }) => ({
   async process(batch, ctx) {
     const recs = batch;
-    const ids = recs.map((r) => r.value.recipient);
+    const ids = recs.map((r) => userKey(r.value.tenant, r.value.recipient));
     const [users, prefs] = await Promise.all([tables.getMany<UserProfile>('users', ids), tables.getMany<UserPreferences>('preferences', ids)]);
     for (const [i, rec] of recs.entries()) {
       const req = rec.value;
@@ -30,7 +31,7 @@ export const enrich: StageFactory<'enrich'> = ({ tables }) => ({
       }
       const preferences = prefs[i] ?? null;
       const out: EnrichedNotification = { request: req, user, preferences };
-      ctx.emit(rec, 'enriched', req.recipient, out);
+      ctx.emit(rec, 'enriched', userKey(req.tenant, req.recipient), out);
       ctx.outcome(rec, { ...about(req), status: 'ENRICHED', reasonCode: 'profile_joined', reason: `joined profile (locale ${user.locale}, timezone ${user.timezone})${preferences ? ' and preferences' : ''}` });
     }
   },

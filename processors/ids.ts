@@ -29,6 +29,8 @@ export function eventIdFromIdempotencyKey(tenant: string, key: string): string {
   return `evt_${digest(['idempotency', tenant, key], 24)}`;
 }
 
+export { userKey } from '../topology.ts';
+
 export function hashKey(parts: readonly string[]): string {
   return digest(parts, 40);
 }

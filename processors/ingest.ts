@@ -6,6 +6,7 @@
  * one message). Unknown event types, events without recipients and undecodable events
  * are REJECTED where an id can be derived, and dead-lettered.
  */
+import { userKey } from '../topology.ts';
 import { HeraldError } from '../errors.ts';
 import type { RecordRef, StageContext, StageFactory } from '../runtime/contract.ts';
 import type { ReasonCode } from '../schemas/lifecycle.ts';
@@ -35,7 +36,7 @@ function rejectOutcomes(ctx: StageContext<'ingest'>, rec: RecordRef, ev: { id: s
   }
 }
 
-export const ingest: StageFactory<'ingest'> = ({ rules, tables }) => ({
+export const ingest: StageFactory<'ingest'> = ({ rules, tables, config }) => ({
   rejected(rec, error, ctx) {
     // Derive what we can from the raw JSON; Avro that failed to decode has no readable id.
     let raw: Record<string, unknown>;
@@ -53,7 +54,7 @@ export const ingest: StageFactory<'ingest'> = ({ rules, tables }) => ({
     for (const rec of batch) {
       const ev = rec.value;
       const traceId = ev.traceId ?? traceIdFor(ev.tenant, ev.id);
-      const reject = (recipients: string[], code: 'HRL_UNKNOWN_EVENT_TYPE' | 'HRL_NO_RECIPIENTS', reasonCode: ReasonCode, reason: string, field: string) => {
+      const reject = (recipients: string[], code: 'HRL_UNKNOWN_EVENT_TYPE' | 'HRL_NO_RECIPIENTS' | 'HRL_LIMIT_EXCEEDED', reasonCode: ReasonCode, reason: string, field: string) => {
         rejectOutcomes(ctx, rec, { ...ev, recipients }, reasonCode, reason);
         ctx.deadLetter(rec, new HeraldError(code, reason, { field }));
       };
@@ -69,15 +70,22 @@ export const ingest: StageFactory<'ingest'> = ({ rules, tables }) => ({
         continue;
       }
       const recipients = new Set(explicit);
+      // Each recipient becomes one request per rule: past the limit, stop reading members (bounded memory).
+      const most = Math.floor(config.maxFanout / matched.length);
       if (ev.audience) {
         const before = recipients.size;
         for await (const [, m] of tables.scan<AudienceMember>('audiences', audienceKey(ev.tenant, ev.audience))) {
           if (m.tenant === ev.tenant && m.audience === ev.audience) recipients.add(m.userId);
+          if (recipients.size > most) break;
         }
         if (recipients.size === before && explicit.length === 0) {
           reject([], 'HRL_NO_RECIPIENTS', 'empty_audience', `audience: audience "${ev.audience}" of tenant "${ev.tenant}" has no members`, 'audience');
           continue;
         }
+      }
+      if (recipients.size > most) {
+        reject([], 'HRL_LIMIT_EXCEEDED', 'fanout_too_large', `${ev.audience ? 'audience' : 'recipients'}: the event would notify more than ${most} users (${matched.length} rule(s), HERALD_MAX_FANOUT ${config.maxFanout}); split it`, ev.audience ? 'audience' : 'recipients');
+        continue;
       }
       if (recipients.size === 0) {
         reject([], 'HRL_NO_RECIPIENTS', 'no_recipients', 'recipients: expected at least one recipient id (or an audience)', 'recipients');
@@ -97,7 +105,7 @@ export const ingest: StageFactory<'ingest'> = ({ rules, tables }) => ({
             expiresAt: ev.expiresAt ?? (rule.expiresInMs !== null ? occurredAt + rule.expiresInMs : null),
             traceId,
           };
-          ctx.emit(rec, 'requests', recipient, request);
+          ctx.emit(rec, 'requests', userKey(ev.tenant, recipient), request);
           ctx.outcome(rec, {
             notificationId: request.notificationId, tenant: ev.tenant, recipient, eventId: ev.id, eventType: ev.type, ruleId: rule.id,
             status: 'ACCEPTED', reasonCode: 'rule_matched',

@@ -4,6 +4,7 @@
  * replaying outcomes.v1, so its store needs no changelog. Applying the same event twice
  * (at-least-once redelivery) changes nothing.
  */
+import { userKey } from '../topology.ts';
 import type { StageFactory } from '../runtime/contract.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import type { StoreView } from '../state/store.ts';
@@ -28,9 +29,9 @@ export interface NotificationView {
 }
 
 export const notificationKey = (id: string) => `n:${id}`;
-/** The recipient is URI-encoded so that user "a" never sees the index of user "a:b". */
-export const userIndexPrefix = (recipient: string) => `u:${encodeURIComponent(recipient)}:`;
-const userIndexKey = (recipient: string, at: number, id: string) => `${userIndexPrefix(recipient)}${String(at).padStart(15, '0')}:${id}`;
+/** Per tenant and user; URI-encoded (userKey) so that user "a" never sees the index of user "a:b". */
+export const userIndexPrefix = (tenant: string, recipient: string) => `u:${userKey(tenant, recipient)}:`;
+const userIndexKey = (tenant: string, recipient: string, at: number, id: string) => `${userIndexPrefix(tenant, recipient)}${String(at).padStart(15, '0')}:${id}`;
 
 /** Two events with the same identity are the same decision seen twice (redelivery or replay). */
 function identity(e: LifecycleEvent): string {
@@ -47,7 +48,7 @@ export async function applyLifecycle(view: StoreView, events: LifecycleEvent[]):
     let n = byId.get(e.notificationId);
     if (!n) {
       n = { notificationId: e.notificationId, tenant: e.tenant, recipient: e.recipient, eventId: e.eventId, eventType: e.eventType, ruleId: e.ruleId, traceId: e.traceId, status: e.status, channels: {}, terminal: [], createdAt: e.timestamp, updatedAt: e.timestamp, events: [] };
-      view.put(userIndexKey(e.recipient, e.timestamp, e.notificationId), { createdAt: e.timestamp });
+      view.put(userIndexKey(e.tenant, e.recipient, e.timestamp, e.notificationId), { createdAt: e.timestamp });
     }
     const id = identity(e);
     if (n.events.some((x) => identity(x) === id)) continue;
@@ -83,8 +84,8 @@ export async function readNotification(store: ProjectionReader, id: string): Pro
 }
 
 /** A user's notifications (newest first, without their events), from the partition that holds the user. */
-export async function readUserNotifications(store: ProjectionReader, recipient: string, limit: number): Promise<Omit<NotificationView, 'events'>[]> {
-  const prefix = userIndexPrefix(recipient);
+export async function readUserNotifications(store: ProjectionReader, tenant: string, recipient: string, limit: number): Promise<Omit<NotificationView, 'events'>[]> {
+  const prefix = userIndexPrefix(tenant, recipient);
   const ids: { id: string; at: number }[] = [];
   for await (const [k] of store.range(prefix, `${prefix}\uffff`)) {
     const [at, id] = k.slice(prefix.length).split(':');

@@ -3,6 +3,7 @@
  * channels this deployment can deliver; renders the template per channel and locale;
  * drops notifications past their expiry (stream time). One DeliveryTask per channel.
  */
+import { userKey } from '../topology.ts';
 import Mustache from 'mustache';
 import type { Channel, Rule, Template } from '../rules/rules.ts';
 import type { StageFactory } from '../runtime/contract.ts';
@@ -75,7 +76,7 @@ export const route: StageFactory<'route'> = ({ rules, availableChannels }) => ({
           body: render(template.body, view), data: req.data, fallback: [], attempt: 1, notBefore: null,
           expiresAt: req.expiresAt, occurredAt: req.occurredAt, traceId: req.traceId,
         };
-        ctx.emit(rec, 'deliveries', req.recipient, task);
+        ctx.emit(rec, 'deliveries', userKey(req.tenant, req.recipient), task);
       }
       ctx.outcome(rec, {
         ...about(req), status: 'ROUTED', reasonCode: 'channels_selected',

@@ -9,7 +9,7 @@
 import { decisionIdOf, isTerminal } from '../schemas/lifecycle.ts';
 import type { LifecycleEvent, TopicValues } from '../schemas/types.ts';
 import { BatchView, type KeyValueStore, type StoreView } from '../state/store.ts';
-import { type StageName, type StageOutput, type StoreName, type TopicKey, stageSpec } from '../topology.ts';
+import { type StageName, type StageOutput, type StoreName, type TopicKey, stageSpec, userKey } from '../topology.ts';
 import type { DeadLetterError, Decision, EmitOptions, InRecord, RecordRef, StageContext, UndecodedRecord } from './contract.ts';
 import type { Logger } from './logger.ts';
 
@@ -94,7 +94,7 @@ export class BatchContext<S extends StageName = StageName> implements StageConte
 
   outcome(cause: RecordRef, d: Decision): void {
     const ev = this.lifecycle(cause, d);
-    this.push('outcomes', d.recipient, ev, ev.timestamp);
+    this.push('outcomes', userKey(d.tenant, d.recipient), ev, ev.timestamp);
     this.counts.outcome++;
     this.logDecision(ev);
   }

@@ -8,7 +8,7 @@
 import type { Message, Producer } from 'kafkajs';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import type { BatchView } from '../state/store.ts';
-import { type TopicKey, topicName } from '../topology.ts';
+import { type TopicKey, topicName, userKey } from '../topology.ts';
 import type { OutcomeSink, PendingOutput } from './batch-context.ts';
 import type { Codec } from './codec.ts';
 
@@ -38,7 +38,7 @@ export class RecordCollector implements OutcomeSink {
   /** Lifecycle events that must be on record before an effect: produced now, acks=-1. */
   async recordNow(events: LifecycleEvent[]): Promise<void> {
     const messages: Sized[] = [];
-    for (const ev of events) messages.push(await this.encode({ topicKey: 'outcomes' satisfies TopicKey, key: ev.recipient, value: ev, timestamp: ev.timestamp }));
+    for (const ev of events) messages.push(await this.encode({ topicKey: 'outcomes' satisfies TopicKey, key: userKey(ev.tenant, ev.recipient), value: ev, timestamp: ev.timestamp }));
     await this.sendBounded(messages, null);
   }
 

@@ -37,6 +37,7 @@ export const REASON_CODES = {
   invalid_recipient: 'a recipient id is empty or blank',
   empty_audience: 'the event names an audience with no members and no explicit recipients',
   no_recipients: 'the event names neither recipients nor an audience',
+  fanout_too_large: 'the event would notify more users than HERALD_MAX_FANOUT; nothing was sent',
   schema_violation: 'the event does not match the DomainEvent schema (field and expectation in the reason)',
   payload_too_large: 'the record is larger than HERALD_MAX_PAYLOAD_BYTES',
   undecodable: 'the bytes are neither Avro in Confluent wire format nor JSON',

@@ -36,6 +36,7 @@ export interface UserProfile {
 
 export interface UserPreferences {
   userId: string;
+  tenant: string | null;
   channels: Record<string, boolean>;
   categories: Record<string, boolean>;
   updatedAt: number | null;
@@ -126,6 +127,7 @@ export interface TopicValues {
   preferences: UserPreferences;
   dlq: Buffer;
   instances: InstanceClaim;
+  keys: ApiKeyRecord;
 }
 
 /** An instance's claim on the partitions of one stage (JSON on instances.v1, keyed `<stage>/<instance id>`). */
@@ -137,4 +139,19 @@ export interface InstanceClaim {
   partitions: number[];
   memberId: string;
   at: number;
+}
+
+/** What an API key may do: `admin` includes the others. */
+export type Scope = 'publish' | 'read' | 'admin';
+
+/** An API key on keys.v1 (JSON, keyed by keyId): never the secret, only its scrypt hash. */
+export interface ApiKeyRecord {
+  keyId: string;
+  tenant: string;
+  scopes: Scope[];
+  /** `scrypt$N$r$p$<salt base64url>$<hash base64url>` */
+  hash: string;
+  label: string | null;
+  createdAt: number;
+  revokedAt: number | null;
 }

@@ -10,7 +10,20 @@ import { FORWARDED_HEADER, buildApi } from '../api/server.ts';
 import { ERROR_CODES } from '../errors.ts';
 import { notificationId } from '../processors/ids.ts';
 import { loadRules } from '../rules/rules.ts';
-import type { DomainEvent, UserProfile } from '../schemas/types.ts';
+import { Authenticator, newKeyRecord } from '../auth/keys.ts';
+import { parseAllowList } from '../channels/outbound.ts';
+import type { ApiKeyRecord, DomainEvent, UserProfile } from '../schemas/types.ts';
+
+// Real keys, hashed as herald keys create hashes them, held in memory.
+const keyRecords = new Map<string, ApiKeyRecord>();
+const KEYS = { acme: '', acmePublish: '', acmeRead: '', globex: '', revoked: '' };
+async function makeKeys() {
+  for (const [name, tenant, scopes] of [['acme', 'acme', ['admin']], ['acmePublish', 'acme', ['publish']], ['acmeRead', 'acme', ['read']], ['globex', 'globex', ['admin']], ['revoked', 'acme', ['admin']]] as const) {
+    const { key, record } = await newKeyRecord({ tenant, scopes: [...scopes] });
+    keyRecords.set(record.keyId, name === 'revoked' ? { ...record, revokedAt: Date.now() } : record);
+    KEYS[name] = key;
+  }
+}
 
 const published: DomainEvent[] = [];
 const users = new Map<string, UserProfile>();
@@ -26,28 +39,36 @@ const ports: ApiPorts = {
     },
   },
   profiles: {
-    putUser: async (p) => void users.set(p.userId, p),
-    deleteUser: async (id) => void users.delete(id),
-    getUser: async (id) => users.get(id),
+    putUser: async (p) => void users.set(`${p.tenant}/${p.userId}`, p),
+    deleteUser: async (tenant, id) => void users.delete(`${tenant}/${id}`),
+    getUser: async (tenant, id) => users.get(`${tenant}/${id}`),
     putPreferences: async () => undefined,
     updateAudience: async () => undefined,
     audienceMembers: async () => null,
   },
   lifecycle: {
     notification: async (id, opts) => (queries.push({ kind: 'notification', key: id, opts }), nextAnswer),
-    userNotifications: async (userId, _limit, opts) => (queries.push({ kind: 'user', key: userId, opts }), nextAnswer),
+    userNotifications: async (_tenant, userId, _limit, opts) => (queries.push({ kind: 'user', key: userId, opts }), nextAnswer),
   },
   health: {
     readiness: () => ({ ready: false, stages: { outcome: 'restarting' } }),
     metrics: async () => ({ contentType: 'text/plain; version=0.0.4', body: 'herald_up 1\n' }),
   },
+  keys: new Authenticator((id) => keyRecords.get(id)),
+  outbound: { requireHttps: true, allow: parseAllowList('127.0.0.1') },
+  rate: { perSecond: 1000, burst: 1000 },
   rules: loadRules('rules/default.json'),
-  maxPayloadBytes: 4096,
+  maxPayloadBytes: 16384,
+  idempotencyCacheBytes: 1 << 20,
   log: { error: () => undefined, warn: () => undefined },
 };
 
 let app: FastifyInstance;
+/** Requests with acme's admin key unless the test sends its own Authorization. */
+type InjectOptions = import('fastify').InjectOptions;
+const inject = (o: InjectOptions) => app.inject({ ...o, headers: { authorization: `Bearer ${KEYS.acme}`, ...o.headers } });
 beforeAll(async () => {
+  await makeKeys();
   app = await buildApi(ports);
 });
 afterAll(async () => {
@@ -56,7 +77,7 @@ afterAll(async () => {
 
 describe('HTTP API on ports', () => {
   it('publishes a valid event through the publisher port and answers the derived notification ids', async () => {
-    const res = await app.inject({ method: 'POST', url: '/v1/events', payload: { id: 'e1', type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: { commentId: 'c1' } } });
+    const res = await inject({ method: 'POST', url: '/v1/events', payload: { id: 'e1', type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: { commentId: 'c1' } } });
     expect(res.statusCode).toBe(202);
     expect(published.at(-1)).toMatchObject({ id: 'e1', tenant: 'acme', recipients: ['ada'] });
     expect(res.json().notifications).toEqual([{ recipient: 'ada', ruleId: 'comment-created', notificationId: notificationId('acme', 'e1', 'ada', 'comment-created') }]);
@@ -64,7 +85,7 @@ describe('HTTP API on ports', () => {
 
   it('refuses an invalid event with the field and publishes nothing', async () => {
     const before = published.length;
-    const res = await app.inject({ method: 'POST', url: '/v1/events', payload: { id: 'e2', type: 'comment.created', tenant: 'acme', recipients: 'ada' } });
+    const res = await inject({ method: 'POST', url: '/v1/events', payload: { id: 'e2', type: 'comment.created', tenant: 'acme', recipients: 'ada' } });
     expect(res.statusCode).toBe(400);
     expect(res.json()).toMatchObject({ error: 'HRL_SCHEMA_VIOLATION', field: 'recipients' });
     expect(published.length).toBe(before);
@@ -72,16 +93,16 @@ describe('HTTP API on ports', () => {
 
   it('answers a query the owner cannot serve yet with 503, Retry-After and HRL_OWNER_UNAVAILABLE', async () => {
     nextAnswer = { status: 'unavailable', detail: 'no instance holds partition 3 of the outcome stage yet' };
-    const res = await app.inject({ method: 'GET', url: '/v1/users/ada/notifications' });
+    const res = await inject({ method: 'GET', url: '/v1/users/ada/notifications' });
     expect(res.statusCode).toBe(503);
     expect(res.headers['retry-after']).toBe('1');
     expect(res.json()).toEqual({ error: 'HRL_OWNER_UNAVAILABLE', message: 'no instance holds partition 3 of the outcome stage yet' });
   });
 
   it('passes the forwarded marker to the queries, so a forwarded query is never forwarded again', async () => {
-    nextAnswer = { status: 'ok', value: { notificationId: 'n1' } as never, servedBy: 'i-2' };
-    const direct = await app.inject({ method: 'GET', url: '/v1/notifications/n1' });
-    const forwarded = await app.inject({ method: 'GET', url: '/v1/notifications/n1', headers: { [FORWARDED_HEADER]: 'i-1' } });
+    nextAnswer = { status: 'ok', value: { notificationId: 'n1', tenant: 'acme' } as never, servedBy: 'i-2' };
+    const direct = await inject({ method: 'GET', url: '/v1/notifications/n1' });
+    const forwarded = await inject({ method: 'GET', url: '/v1/notifications/n1', headers: { [FORWARDED_HEADER]: 'i-1' } });
     expect([direct.statusCode, forwarded.statusCode]).toEqual([200, 200]);
     expect(direct.headers['x-herald-served-by']).toBe('i-2');
     expect(queries.slice(-2).map((q) => q.opts.forwarded)).toEqual([false, true]);
@@ -90,15 +111,15 @@ describe('HTTP API on ports', () => {
   it('answers 404 with HRL_NOT_FOUND for an unknown notification, user and route', async () => {
     nextAnswer = { status: 'not_found', detail: 'no lifecycle for notification "nope" yet' };
     for (const url of ['/v1/notifications/nope', '/v1/users/nobody', '/v1/nowhere']) {
-      const res = await app.inject({ method: 'GET', url });
+      const res = await inject({ method: 'GET', url });
       expect([url, res.statusCode, res.json().error]).toEqual([url, 404, 'HRL_NOT_FOUND']);
     }
   });
 
   it('maps malformed and oversized bodies to documented codes', async () => {
-    const bad = await app.inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: '{"id":' });
+    const bad = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: '{"id":' });
     expect([bad.statusCode, bad.json().error]).toEqual([400, 'HRL_BAD_REQUEST']);
-    const big = await app.inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ pad: 'x'.repeat(8192) }) });
+    const big = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ pad: 'x'.repeat(20_000) }) });
     expect([big.statusCode, big.json().error]).toEqual([413, 'HRL_PAYLOAD_TOO_LARGE']);
   });
 
@@ -106,19 +127,19 @@ describe('HTTP API on ports', () => {
     const { HeraldError } = await import('../errors.ts');
     refuse = new HeraldError('HRL_BACKPRESSURE', 'not accepted: herald.outcome has 3100 KiB unread', { retriable: true });
     const before = published.length;
-    const res = await app.inject({ method: 'POST', url: '/v1/events', headers: { 'idempotency-key': 'bp-1' }, payload: { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: {} } });
+    const res = await inject({ method: 'POST', url: '/v1/events', headers: { 'idempotency-key': 'bp-1' }, payload: { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: {} } });
     refuse = null;
     expect([res.statusCode, res.headers['retry-after'], res.json().error]).toEqual([503, '1', 'HRL_BACKPRESSURE']);
     expect(published.length).toBe(before);
     // The same Idempotency-Key is not remembered as answered: the retry is published.
-    const retry = await app.inject({ method: 'POST', url: '/v1/events', headers: { 'idempotency-key': 'bp-1' }, payload: { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: {} } });
+    const retry = await inject({ method: 'POST', url: '/v1/events', headers: { 'idempotency-key': 'bp-1' }, payload: { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: {} } });
     expect(retry.statusCode).toBe(202);
     expect(published.length).toBe(before + 1);
   });
 
   it('refuses hostile bodies with a bounded, specific 400 or 415, and publishes nothing', async () => {
     const before = published.length;
-    const post = (payload: string, type = 'application/json') => app.inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': type }, payload });
+    const post = (payload: string, type = 'application/json') => inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': type }, payload });
     const ok = { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: { commentId: 'c' } };
     const text = await post(JSON.stringify(ok), 'text/plain');
     expect([text.statusCode, text.json().error]).toEqual([415, 'HRL_UNSUPPORTED_MEDIA_TYPE']);
@@ -126,9 +147,9 @@ describe('HTTP API on ports', () => {
     const nested = await post(`${JSON.stringify(ok).slice(0, -1)},"data":${deep}}`);
     expect([nested.statusCode, nested.json().error, nested.json().field]).toEqual([400, 'HRL_SCHEMA_VIOLATION', 'data']);
     const huge = 'x'.repeat(3000);
-    for (const [field, body] of [['id', { ...ok, id: huge }], ['recipients[1]', { ...ok, recipients: ['ada', huge] }], ['tenant', { ...ok, tenant: huge }]] as const) {
+    for (const [field, body, status] of [['id', { ...ok, id: huge }, 400], ['recipients[1]', { ...ok, recipients: ['ada', huge] }, 400], ['tenant', { ...ok, tenant: huge }, 403]] as const) {
       const r = await post(JSON.stringify(body));
-      expect([field, r.statusCode, r.json().field]).toEqual([field, 400, field]);
+      expect([field, r.statusCode, r.json().field]).toEqual([field, status, field]);
       expect(r.body.length).toBeLessThan(1000); // the value is not echoed back
     }
     for (const [k, v] of [['occurredAt', 8.6e15], ['occurredAt', -8.6e15], ['expiresAt', -1]] as const) {
@@ -141,8 +162,115 @@ describe('HTTP API on ports', () => {
   });
 
   it('reports readiness from the health port', async () => {
-    const res = await app.inject({ method: 'GET', url: '/readyz' });
+    const res = await inject({ method: 'GET', url: '/readyz' });
     expect([res.statusCode, res.json()]).toEqual([503, { ready: false, stages: { outcome: 'restarting' } }]);
+  });
+
+  it('answers 401 without a key, with an unknown key and with a revoked key; health and metrics stay open', async () => {
+    for (const authorization of [undefined, 'Basic YWRhOnB3', 'Bearer hk_nope_nope_nope', `Bearer ${KEYS.revoked}`]) {
+      const res = await app.inject({ method: 'GET', url: '/v1/users/ada', headers: authorization ? { authorization } : {} });
+      expect([authorization, res.statusCode, res.json().error]).toEqual([authorization, 401, 'HRL_UNAUTHORIZED']);
+      expect(res.headers['www-authenticate']).toMatch(/^Bearer realm="herald"/);
+    }
+    const revoked = await app.inject({ method: 'GET', url: '/v1/users/ada', headers: { authorization: `Bearer ${KEYS.revoked}` } });
+    expect(revoked.json().message).toMatch(/revoked/);
+    for (const url of ['/healthz', '/metrics']) expect((await app.inject({ method: 'GET', url })).statusCode).toBe(200);
+  });
+
+  it('lets each scope do its part only: publish cannot read or write profiles, read cannot publish', async () => {
+    const as = (key: string, method: 'GET' | 'PUT' | 'POST', url: string, payload?: object) => inject({ method, url, headers: { authorization: `Bearer ${key}` }, ...(payload ? { payload } : {}) });
+    const event = { type: 'comment.created', recipients: ['ada'], data: { commentId: 'c' } };
+    expect((await as(KEYS.acmePublish, 'POST', '/v1/events', event)).statusCode).toBe(202);
+    expect((await as(KEYS.acmePublish, 'GET', '/v1/users/ada')).json().error).toBe('HRL_FORBIDDEN');
+    expect((await as(KEYS.acmePublish, 'PUT', '/v1/users/ada', { name: 'x' })).statusCode).toBe(403);
+    expect((await as(KEYS.acmeRead, 'POST', '/v1/events', event)).statusCode).toBe(403);
+    expect((await as(KEYS.acmeRead, 'PUT', '/v1/audiences/a/members', { add: ['x'] })).statusCode).toBe(403);
+  });
+
+  it('takes the tenant from the key: absent in the body it is filled in, another one is refused', async () => {
+    const res = await inject({ method: 'POST', url: '/v1/events', payload: { type: 'comment.created', recipients: ['ada'], data: { commentId: 'c' } } });
+    expect(res.statusCode).toBe(202);
+    expect(published.at(-1)!.tenant).toBe('acme');
+    const before = published.length;
+    const other = await inject({ method: 'POST', url: '/v1/events', headers: { authorization: `Bearer ${KEYS.globex}` }, payload: { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: {} } });
+    expect([other.statusCode, other.json().error, other.json().field]).toEqual([403, 'HRL_TENANT_MISMATCH', 'tenant']);
+    expect(published.length).toBe(before);
+  });
+
+  it('keeps user ids per tenant: another tenant\'s key neither sees nor overwrites acme\'s carol', async () => {
+    await inject({ method: 'PUT', url: '/v1/users/carol', payload: { email: 'carol@acme.example', webhookUrl: 'https://hooks.acme.example/carol' } });
+    const globex = { authorization: `Bearer ${KEYS.globex}` };
+    const read = await inject({ method: 'GET', url: '/v1/users/carol', headers: globex });
+    const missing = await inject({ method: 'GET', url: '/v1/users/nobody', headers: globex });
+    expect(read.statusCode).toBe(404);
+    expect(read.json().message).toBe(missing.json().message.replace('nobody', 'carol')); // nothing tells them apart
+    await inject({ method: 'PUT', url: '/v1/users/carol', headers: globex, payload: { webhookUrl: 'https://evil.example/x' } });
+    await inject({ method: 'DELETE', url: '/v1/users/carol', headers: globex });
+    const acme = await inject({ method: 'GET', url: '/v1/users/carol' });
+    expect(acme.json()).toMatchObject({ tenant: 'acme', webhookUrl: 'https://hooks.acme.example/carol' });
+  });
+
+  it('answers another tenant\'s notification exactly like an unknown one', async () => {
+    nextAnswer = { status: 'ok', value: { notificationId: 'n-acme', tenant: 'acme', events: [] } as never, servedBy: 'i-1' };
+    const theirs = await inject({ method: 'GET', url: '/v1/notifications/n-acme', headers: { authorization: `Bearer ${KEYS.globex}` } });
+    nextAnswer = { status: 'not_found', detail: 'no lifecycle for notification "n-acme" yet' };
+    const unknown = await inject({ method: 'GET', url: '/v1/notifications/n-acme', headers: { authorization: `Bearer ${KEYS.globex}` } });
+    expect([theirs.statusCode, theirs.body]).toEqual([404, unknown.body]);
+  });
+
+  it('refuses webhook URLs that reach Herald\'s own network, carry credentials, or are not https', async () => {
+    for (const url of ['http://169.254.169.254/latest/meta-data/', 'http://0:9300', 'http://[::ffff:127.0.0.1]:9300'.replace('127.0.0.1', '10.0.0.1'), 'https://10.1.2.3/x', 'https://100.64.0.1/', 'https://[fd00::1]/', 'https://user:pass@hooks.example/x', 'http://hooks.example/x', 'ftp://hooks.example/']) {
+      const res = await inject({ method: 'PUT', url: '/v1/users/dave', payload: { webhookUrl: url } });
+      expect([url, res.statusCode, res.json().error, res.json().field]).toEqual([url, 400, 'HRL_DESTINATION_REFUSED', 'webhookUrl']);
+      expect(res.body).not.toContain('pass');
+    }
+    // The allowlisted loopback receiver of tests and development is accepted over http.
+    expect((await inject({ method: 'PUT', url: '/v1/users/dave', payload: { webhookUrl: 'http://127.0.0.1:9300/hooks' } })).statusCode).toBe(202);
+  });
+
+  it('answers over-long ids in paths and bodies with 400 naming the field and the limit, before using them', async () => {
+    const long = 'u'.repeat(300);
+    for (const [method, url] of [['GET', `/v1/users/${long}`], ['PUT', `/v1/users/${long}`], ['GET', `/v1/notifications/${long}`], ['GET', `/v1/users/${long}/notifications`], ['PUT', `/v1/audiences/${long}/members`]] as const) {
+      const res = await inject({ method, url, ...(method === 'PUT' ? { payload: {} } : {}) });
+      expect([url.slice(0, 20), res.statusCode, res.json().error]).toEqual([url.slice(0, 20), 400, 'HRL_LIMIT_EXCEEDED']);
+      expect(res.json().message).toMatch(/at most 256 characters/);
+    }
+    const member = await inject({ method: 'PUT', url: '/v1/audiences/team/members', payload: { add: ['ok', long] } });
+    expect([member.statusCode, member.json().field]).toEqual([400, 'add[1]']);
+    const many = await inject({ method: 'PUT', url: '/v1/audiences/team/members', payload: { add: Array.from({ length: 10_001 }, (_, i) => `m${i}`) } });
+    expect([many.statusCode, many.json().error]).toEqual([400, 'HRL_LIMIT_EXCEEDED']);
+    const recipients = await inject({ method: 'POST', url: '/v1/events', payload: { type: 'comment.created', recipients: Array.from({ length: 1001 }, (_, i) => String(i)), data: {} } });
+    expect([recipients.statusCode, recipients.json().field]).toEqual([400, 'recipients']);
+    const key = await inject({ method: 'POST', url: '/v1/events', headers: { 'idempotency-key': 'k'.repeat(257) }, payload: { type: 'comment.created', recipients: ['ada'], data: {} } });
+    expect([key.statusCode, key.json().field]).toEqual([400, 'Idempotency-Key']);
+  });
+
+  it('limits each tenant\'s publish rate with a token bucket: 429 with Retry-After, other tenants unaffected', async () => {
+    const limited = await buildApi({ ...ports, rate: { perSecond: 1, burst: 2 } });
+    try {
+      const post = (key: string) => limited.inject({ method: 'POST', url: '/v1/events', headers: { authorization: `Bearer ${key}` }, payload: { type: 'comment.created', recipients: ['ada'], data: {} } });
+      const codes = [];
+      for (let i = 0; i < 3; i++) codes.push((await post(KEYS.acme)).statusCode);
+      expect(codes).toEqual([202, 202, 429]);
+      const refused = await post(KEYS.acme);
+      expect([refused.json().error, Number(refused.headers['retry-after'])]).toEqual(['HRL_RATE_LIMITED', 1]);
+      expect((await post(KEYS.globex)).statusCode).toBe(202);
+    } finally {
+      await limited.close();
+    }
+  });
+
+  it('bounds the Idempotency-Key memory in bytes: old answers are forgotten, not the heap grown', async () => {
+    const small = await buildApi({ ...ports, idempotencyCacheBytes: 64 * 1024 });
+    try {
+      const post = (key: string, commentId: string) => small.inject({ method: 'POST', url: '/v1/events', headers: { authorization: `Bearer ${KEYS.acme}`, 'idempotency-key': key }, payload: { type: 'comment.created', recipients: Array.from({ length: 100 }, (_, i) => `r${i}`), data: { commentId } } });
+      expect((await post('first', 'a')).statusCode).toBe(202);
+      expect((await post('first', 'b')).statusCode).toBe(422); // remembered: same key, other body
+      for (let i = 0; i < 100; i++) await post(`filler-${i}`, 'x'); // ~10 KB answers each
+      expect((await post('first', 'b')).statusCode).toBe(202); // forgotten under the byte bound
+    } finally {
+      await small.close();
+    }
   });
 
   it('only ever sends error codes that are documented', () => {

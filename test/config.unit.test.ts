@@ -4,6 +4,7 @@ import { isAbsolute, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CONFIG_KEYS, loadConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
+import { TEST_ENV } from './support/herald.ts';
 
 function configError(fn: () => unknown): HeraldError {
   try {
@@ -80,6 +81,7 @@ describe('loadConfig from the environment', () => {
       KAFKA_SSL: 'true',
       HERALD_PARTITIONS: '12',
       HERALD_INSTANCE_ID: 'herald-a',
+      HERALD_WEBHOOK_SECRET: 'a-secret-of-our-own',
     });
     // then the values are typed and the embedded parts are off
     expect(config).toMatchObject({
@@ -150,6 +152,10 @@ describe('loadConfig errors', () => {
   });
 
   it('rejects a SASL mechanism without brokers (the embedded broker takes no SASL)', () => {
+    // given real brokers and the public development signing secret
+    const secret = configError(() => loadConfig({ KAFKA_BROKERS: 'kafka-1:9092' }));
+    // then starting is refused, naming the variable
+    expect(secret.message).toMatch(/^HERALD_WEBHOOK_SECRET: the default development secret cannot sign webhooks against a real cluster/);
     // given SASL settings but no KAFKA_BROKERS
     const err = configError(() => loadConfig({ KAFKA_SASL_MECHANISM: 'plain', KAFKA_SASL_USERNAME: 'herald' }));
     // then the error names the mechanism and asks for brokers
@@ -158,12 +164,12 @@ describe('loadConfig errors', () => {
   });
 
   it('rejects a SASL mechanism without a user name', () => {
-    const err = configError(() => loadConfig({ KAFKA_BROKERS: 'kafka:9092', KAFKA_SASL_MECHANISM: 'plain' }));
+    const err = configError(() => loadConfig({ ...TEST_ENV, KAFKA_BROKERS: 'kafka:9092', KAFKA_SASL_MECHANISM: 'plain' }));
     expect(err.message).toContain('KAFKA_SASL_USERNAME');
   });
 
   it('rejects an unknown SASL mechanism, listing the supported ones', () => {
-    const err = configError(() => loadConfig({ KAFKA_BROKERS: 'kafka:9092', KAFKA_SASL_MECHANISM: 'gssapi', KAFKA_SASL_USERNAME: 'u' }));
+    const err = configError(() => loadConfig({ ...TEST_ENV, KAFKA_BROKERS: 'kafka:9092', KAFKA_SASL_MECHANISM: 'gssapi', KAFKA_SASL_USERNAME: 'u' }));
     expect(err.message).toContain('KAFKA_SASL_MECHANISM');
     expect(err.message).toContain('"scram-sha-256"');
   });

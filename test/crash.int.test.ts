@@ -16,9 +16,9 @@ import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { TopicReader } from '../runtime/reader.ts';
 import { Serde } from '../schemas/index.ts';
-import { topicName } from '../topology.ts';
+import { topicName, userKey } from '../topology.ts';
 import { checkAccounting } from './support/accounting.ts';
-import { eventually, removeDir, startCluster } from './support/herald.ts';
+import { eventually, removeDir, startCluster, TEST_ENV } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
 let cluster: Awaited<ReturnType<typeof startCluster>>;
@@ -40,7 +40,7 @@ afterAll(async () => {
 
 async function herald(): Promise<ChildProcess> {
   const child = spawn(process.execPath, ['cli/herald.ts', 'run', '--no-api'], {
-    env: { ...process.env, ...cluster.env, HERALD_PARTITIONS: '4', HERALD_STATE_DIR: stateDir, HERALD_LOG_LEVEL: 'warn', HERALD_SESSION_TIMEOUT_MS: '6000', HERALD_COMMIT_INTERVAL_MS: '200' },
+    env: { ...process.env, ...TEST_ENV, ...cluster.env, HERALD_PARTITIONS: '4', HERALD_STATE_DIR: stateDir, HERALD_LOG_LEVEL: 'warn', HERALD_SESSION_TIMEOUT_MS: '6000', HERALD_COMMIT_INTERVAL_MS: '200' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.push(child);
@@ -53,7 +53,7 @@ async function herald(): Promise<ChildProcess> {
 
 describe('kill -9 mid-stream', () => {
   it('loses nothing and decides nothing twice across two SIGKILLs', async () => {
-    const kafka = createKafka(loadConfig({ KAFKA_BROKERS: cluster.env.KAFKA_BROKERS }), cluster.env.KAFKA_BROKERS, createLogger('silent'), 'crash-test');
+    const kafka = createKafka(loadConfig({ ...TEST_ENV, KAFKA_BROKERS: cluster.env.KAFKA_BROKERS }), cluster.env.KAFKA_BROKERS, createLogger('silent'), 'crash-test');
     const admin = kafka.admin();
     await admin.connect();
     const serde = new Serde(cluster.env.SCHEMA_REGISTRY_URL);
@@ -62,7 +62,7 @@ describe('kill -9 mid-stream', () => {
     const producer = createProducer(kafka);
     await producer.connect();
     const USERS = 30;
-    await producer.send({ topic: users, acks: -1, messages: await Promise.all(Array.from({ length: USERS }, async (_, i) => ({ key: `u${i}`, value: await serde.encode(users, { userId: `u${i}`, webhookUrl: `${hooks.url}/hook` }) }))) });
+    await producer.send({ topic: users, acks: -1, messages: await Promise.all(Array.from({ length: USERS }, async (_, i) => ({ key: userKey('acme', `u${i}`), value: await serde.encode(users, { userId: `u${i}`, tenant: 'acme', webhookUrl: `${hooks.url}/hook` }) }))) });
     const outcomes: LifecycleEvent[] = [];
     const reader = new TopicReader(kafka, admin, { topic: topicName('herald.', 'outcomes'), groupPrefix: 'test.', onBatch: async ({ messages }) => {
       for (const m of messages) outcomes.push(await serde.decode<LifecycleEvent>(m.value!));

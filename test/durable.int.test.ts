@@ -10,7 +10,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, removeDir } from './support/herald.ts';
+import { eventually, removeDir, AUTH } from './support/herald.ts';
 import { alive, startWithNpm } from './support/processes.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
@@ -30,7 +30,7 @@ afterAll(async () => {
 });
 
 const json = async <T>(url: string, method = 'GET', body?: unknown, headers: Record<string, string> = {}) => {
-  const res = await fetch(url, { method, headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...headers }, ...(body ? { body: JSON.stringify(body) } : {}) });
+  const res = await fetch(url, { method, headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...AUTH, ...headers }, ...(body ? { body: JSON.stringify(body) } : {}) });
   return { status: res.status, body: (await res.json().catch(() => null)) as T };
 };
 type View = { terminal: string[]; events: { status: string }[] };

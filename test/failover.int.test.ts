@@ -18,7 +18,7 @@ import { Serde } from '../schemas/index.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import { topicName, topicPlan } from '../topology.ts';
 import { checkAccounting } from './support/accounting.ts';
-import { eventually, removeDir } from './support/herald.ts';
+import { eventually, removeDir, AUTH, TEST_ENV } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
 let broker: EmbeddedBroker;
@@ -51,7 +51,7 @@ async function instance(name: string): Promise<Instance> {
   dirs.push(stateDir);
   const child = spawn(process.execPath, ['cli/herald.ts', 'run'], {
     env: {
-      ...process.env, KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: registryUrl, HERALD_PARTITIONS: '4', HERALD_STATE_DIR: stateDir,
+      ...process.env, ...TEST_ENV, KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: registryUrl, HERALD_PARTITIONS: '4', HERALD_STATE_DIR: stateDir,
       HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'info', HERALD_SESSION_TIMEOUT_MS: '6000', HERALD_INSTANCE_ID: name,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -67,7 +67,7 @@ async function instance(name: string): Promise<Instance> {
 }
 
 async function post(url: string, path: string, body: unknown, method = 'POST') {
-  const res = await fetch(`${url}${path}`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const res = await fetch(`${url}${path}`, { method, headers: { 'content-type': 'application/json', ...AUTH }, body: JSON.stringify(body) });
   expect(res.status).toBe(202);
   return res.json() as Promise<{ notifications: { notificationId: string }[] }>;
 }
@@ -80,7 +80,7 @@ describe('failover between two instances', () => {
     const dedupeJoins = (x: Instance) => x.log().split('\n').filter((l) => l.includes('"joined group"') && l.includes('"stage":"dedupe"')).map((l) => JSON.parse(l) as { partitions: number[] });
     await eventually(() => dedupeJoins(b).length > 0, 30_000);
 
-    const config = loadConfig({ KAFKA_BROKERS: broker.bootstraps });
+    const config = loadConfig({ ...TEST_ENV, KAFKA_BROKERS: broker.bootstraps });
     const kafka = createKafka(config, broker.bootstraps, createLogger('silent'));
     const admin = kafka.admin();
     await admin.connect();
@@ -95,7 +95,7 @@ describe('failover between two instances', () => {
     const users = Array.from({ length: 12 }, (_, i) => `user-${i}`);
     for (const u of users) await post(a.url, `/v1/users/${u}`, { webhookUrl: `${hooks.url}/${u}` }, 'PUT');
     // Wait until both instances' users tables have everyone.
-    await eventually(async () => (await Promise.all([a, b].flatMap((x) => users.map((u) => fetch(`${x.url}/v1/users/${u}`).then((r) => r.ok))))).every(Boolean), 30_000);
+    await eventually(async () => (await Promise.all([a, b].flatMap((x) => users.map((u) => fetch(`${x.url}/v1/users/${u}`, { headers: AUTH }).then((r) => r.ok))))).every(Boolean), 30_000);
 
     const firstIds: string[] = [];
     for (const [i, u] of users.entries()) {
@@ -124,7 +124,7 @@ describe('failover between two instances', () => {
     // replayed outcomes.v1 for the partitions it took over.
     for (const id of firstIds) {
       const n = await eventually(async () => {
-        const res = await fetch(`${a.url}/v1/notifications/${id}`);
+        const res = await fetch(`${a.url}/v1/notifications/${id}`, { headers: AUTH });
         // Taken-over partitions are served while they catch up on the tail: wait for the end.
         const view = res.ok && ((await res.json()) as { terminal: string[]; events: { stage: string }[] });
         return view && view.terminal.length > 0 && view;
@@ -137,7 +137,7 @@ describe('failover between two instances', () => {
     expect(accepted.size).toBe(users.length * 2);
     expect(checkAccounting(outcomes, accepted).violations).toEqual([]);
     // Every user got exactly one webhook.
-    for (const u of users) expect(hooks.for(`/${u}`), u).toHaveLength(1);
+    for (const u of users) expect(hooks.for(`/${u}`).map((r) => [r.headers['idempotency-key'], r.headers['herald-attempt'], r.json.notificationId]), u).toHaveLength(1);
     // a restored the partitions it took over from the changelog.
     const restores = a.log().split('\n').filter((l) => l.includes('"store restored"') && l.includes('"stage":"dedupe"')).map((l) => JSON.parse(l) as { applied: number; partitions: number[] });
     const restoredFromB = restores.filter((r) => r.applied > 0 && r.partitions.some((p) => bPartitions.includes(p)));

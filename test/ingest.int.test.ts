@@ -79,11 +79,11 @@ describe('ingest rejections', () => {
 describe('audiences', () => {
   it('fans a 10,000-member audience out to one request per member', async () => {
     const members = Array.from({ length: 10_000 }, (_, i) => `member-${i}`);
-    const put = await api(h, 'PUT', '/v1/audiences/acme/workspace-1/members', { add: members });
+    const put = await api(h, 'PUT', '/v1/audiences/workspace-1/members', { add: members });
     expect(put.status).toBe(202);
-    await api(h, 'PUT', '/v1/audiences/acme/workspace-1/members', { remove: ['member-0'] });
+    await api(h, 'PUT', '/v1/audiences/workspace-1/members', { remove: ['member-0'] });
     await eventually(async () => {
-      const r = await api<{ members: string[] }>(h, 'GET', '/v1/audiences/acme/workspace-1/members?limit=100000');
+      const r = await api<{ members: string[] }>(h, 'GET', '/v1/audiences/workspace-1/members?limit=100000');
       return r.body.members.length === 9_999 && !r.body.members.includes('member-0');
     }, 30_000);
     const res = await api<{ eventId: string; audience: string }>(h, 'POST', '/v1/events', { id: 'fanout', type: 'agent.task_completed', tenant: 'acme', audience: 'workspace-1', data: { taskId: 't', summary: 's' } });
@@ -96,8 +96,8 @@ describe('audiences', () => {
     expect(fanned).toHaveLength(9_999);
     expect(new Set(fanned.map((r) => r.recipient)).size).toBe(9_999);
     expect(fanned.some((r) => r.recipient === 'member-0')).toBe(false);
-    // Keyed by recipient: each request sits in its recipient's partition.
-    const keys = requests.messages.filter((m) => m.key?.toString().startsWith('member-'));
+    // Keyed by tenant and recipient: each request sits in its recipient's partition.
+    const keys = requests.messages.filter((m) => m.key?.toString().startsWith('acme/member-'));
     expect(keys.length).toBe(9_999);
   });
 });

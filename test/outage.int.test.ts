@@ -10,7 +10,7 @@ import { createLogger } from '../runtime/logger.ts';
 import { loadConfig } from '../config.ts';
 import { topicName } from '../topology.ts';
 import { checkAccounting } from './support/accounting.ts';
-import { api, collect, eventually, removeDir, startCluster, startTestHerald } from './support/herald.ts';
+import { api, collect, eventually, removeDir, startCluster, startTestHerald, TEST_ENV } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
 let cluster: Awaited<ReturnType<typeof startCluster>>;
@@ -34,7 +34,7 @@ describe('broker outage', () => {
       for (const u of users) await api(h, 'PUT', `/v1/users/${u}`, { webhookUrl: `${hooks.url}/hook` });
       await eventually(async () => (await Promise.all(users.map(async (u) => (await api(h, 'GET', `/v1/users/${u}`)).status === 200))).every(Boolean));
       const outcomes = await collect(h, topicName('herald.', 'outcomes'));
-      const kafka = createKafka(loadConfig({ KAFKA_BROKERS: cluster.env.KAFKA_BROKERS }), cluster.env.KAFKA_BROKERS, createLogger('silent'), 'outage-producer');
+      const kafka = createKafka(loadConfig({ ...TEST_ENV, KAFKA_BROKERS: cluster.env.KAFKA_BROKERS }), cluster.env.KAFKA_BROKERS, createLogger('silent'), 'outage-producer');
       const producer = createProducer(kafka);
       await producer.connect();
       const events = topicName('herald.', 'events');

@@ -9,7 +9,7 @@ import { verifyWebhookSignature } from '../channels/webhook.ts';
 import type { NotificationView } from '../processors/outcome.ts';
 import type { Herald } from '../app/herald.ts';
 import { topicName } from '../topology.ts';
-import { api, collect, eventually, removeDir, startTestHerald } from './support/herald.ts';
+import { api, collect, eventually, removeDir, startTestHerald, AUTH, TEST_KEY } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
 let h: Herald & { stateDir: string };
@@ -65,7 +65,7 @@ describe('end-to-end through the HTTP API', () => {
 
     // `herald explain` tells the same story, one decision per line with its reason.
     // (Asynchronously: this process serves the API the command asks.)
-    const { stdout: explained } = await promisify(execFile)(process.execPath, ['cli/herald.ts', 'explain', id, '--url', h.httpUrl!], { encoding: 'utf8' });
+    const { stdout: explained } = await promisify(execFile)(process.execPath, ['cli/herald.ts', 'explain', id, '--url', h.httpUrl!], { encoding: 'utf8', env: { ...process.env, HERALD_API_KEY: TEST_KEY } });
     expect(explained).toContain('terminal: webhook:DELIVERED');
     expect(explained.split('\n').filter((l) => /^\s+\d{4}-/.test(l)).map((l) => l.trim().split(/\s+/).slice(1, 3).join(':'))).toEqual([
       'ingest:ACCEPTED', 'enrich:ENRICHED', 'dedupe:UNIQUE', 'throttle:ADMITTED', 'route:ROUTED', 'deliver:ATTEMPTED', 'deliver:DELIVERED',
@@ -76,7 +76,7 @@ describe('end-to-end through the HTTP API', () => {
   it('delivers once when the same Idempotency-Key is posted twice, and suppresses a new event with a repeated idempotency key', async () => {
     const body = { type: 'pull_request.review_requested', tenant: 'acme', recipients: ['bob'], actor: 'ada', data: { pullRequestId: 7, title: 'x' } };
     const first = await api<{ eventId: string; notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', body, { 'idempotency-key': 'req-7' });
-    const again = await fetch(`${h.httpUrl}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': 'req-7' }, body: JSON.stringify(body) });
+    const again = await fetch(`${h.httpUrl}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json', ...AUTH, 'idempotency-key': 'req-7' }, body: JSON.stringify(body) });
     expect(again.status).toBe(202);
     expect(again.headers.get('idempotent-replayed')).toBe('true');
     expect(((await again.json()) as { eventId: string }).eventId).toBe(first.body.eventId);
@@ -107,7 +107,7 @@ describe('end-to-end through the HTTP API', () => {
 
   it('answers concurrent requests with one Idempotency-Key by publishing once', async () => {
     const body = { type: 'pull_request.review_requested', tenant: 'acme', recipients: ['bob'], data: { pullRequestId: 99, title: 'y' } };
-    const post = () => fetch(`${h.httpUrl}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': 'concurrent-1' }, body: JSON.stringify(body) });
+    const post = () => fetch(`${h.httpUrl}/v1/events`, { method: 'POST', headers: { 'content-type': 'application/json', ...AUTH, 'idempotency-key': 'concurrent-1' }, body: JSON.stringify(body) });
     const answers = await Promise.all([post(), post(), post()]);
     expect(answers.map((a) => a.status)).toEqual([202, 202, 202]);
     expect(answers.filter((a) => a.headers.get('idempotent-replayed') === 'true')).toHaveLength(2);

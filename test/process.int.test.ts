@@ -8,7 +8,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { eventually } from './support/herald.ts';
+import { eventually, TEST_ENV } from './support/herald.ts';
 import { alive, childrenOf, launcherPids, startWithNpm } from './support/processes.ts';
 
 const children: ChildProcess[] = [];
@@ -18,7 +18,7 @@ afterEach(() => {
 
 async function startHeraldProcess(): Promise<{ child: ChildProcess; url: string; output: () => string }> {
   const child = spawn(process.execPath, ['cli/herald.ts', 'start'], {
-    env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: mkdtempSync(join(tmpdir(), 'herald-proc-')), HERALD_LOG_LEVEL: 'warn', KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '' },
+    env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: mkdtempSync(join(tmpdir(), 'herald-proc-')), HERALD_LOG_LEVEL: 'warn', KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '', ...TEST_ENV },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.push(child);

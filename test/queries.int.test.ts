@@ -8,8 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Herald } from '../app/herald.ts';
 import { partitionOf } from '../app/queries.ts';
 import type { NotificationView } from '../processors/outcome.ts';
-import { api, eventually, removeDir, startCluster, startTestHerald } from './support/herald.ts';
+import { api, eventually, removeDir, startCluster, startTestHerald, AUTH } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
+import { userKey } from '../topology.ts';
 
 const PARTITIONS = 4;
 const USERS = Array.from({ length: 12 }, (_, i) => `q${i}`);
@@ -51,13 +52,13 @@ describe('queries any instance answers', () => {
     await eventually(() => hooks.received.length >= USERS.length, 30_000);
 
     // The users' partitions are spread over both instances, so both paths are exercised.
-    const owners = new Set(USERS.map((u) => a.directory.owner('outcome', partitionOf(u, PARTITIONS))?.instanceId));
+    const owners = new Set(USERS.map((u) => a.directory.owner('outcome', partitionOf(userKey('acme', u), PARTITIONS))?.instanceId));
     expect(owners).toEqual(new Set(['qa', 'qb']));
 
     const servedBy = new Set<string>();
     for (const id of ids) {
       const [viaA, viaB] = await eventually(async () => {
-        const both = await Promise.all([a, b].map((h) => fetch(`${h.httpUrl}/v1/notifications/${id}`)));
+        const both = await Promise.all([a, b].map((h) => fetch(`${h.httpUrl}/v1/notifications/${id}`, { headers: AUTH })));
         const bodies = await Promise.all(both.map(async (r) => ({ status: r.status, by: r.headers.get('x-herald-served-by'), body: (await r.json()) as NotificationView })));
         return bodies.every((x) => x.status === 200 && x.body.terminal.length === 1) ? bodies : false;
       });
@@ -80,7 +81,7 @@ describe('queries any instance answers', () => {
     const res = await api(a, 'GET', '/v1/notifications/ntf_does_not_exist');
     expect(res).toMatchObject({ status: 404, body: { error: 'HRL_NOT_FOUND' } });
     // A forwarded query for a user whose partition is elsewhere is not forwarded again: 503, not a hop.
-    const elsewhere = USERS.find((u) => a.directory.owner('outcome', partitionOf(u, PARTITIONS))?.instanceId !== 'qa')!;
+    const elsewhere = USERS.find((u) => a.directory.owner('outcome', partitionOf(userKey('acme', u), PARTITIONS))?.instanceId !== 'qa')!;
     const hop = await api(a, 'GET', `/v1/users/${elsewhere}/notifications`, undefined, { 'x-herald-forwarded': 'qb' });
     expect(hop).toMatchObject({ status: 503, body: { error: 'HRL_OWNER_UNAVAILABLE' } });
   });

@@ -2,6 +2,7 @@
  * Query routing decisions without a broker: which lookups are answered locally, which are
  * forwarded, and when the answer must be 503 (unavailable) rather than a wrong 404.
  */
+import { userKey } from '../topology.ts';
 import { describe, expect, it } from 'vitest';
 import type { InstanceDirectory } from '../app/instances.ts';
 import { LifecycleRouter, partitionOf } from '../app/queries.ts';
@@ -34,29 +35,29 @@ describe('lifecycle query routing', () => {
     const local = all();
     local.set(2, store({ [notificationKey('n1')]: { notificationId: 'n1', events: [] } }));
     const r = router(local, {});
-    expect(await r.notification('n1', { forwarded: false })).toMatchObject({ status: 'ok', servedBy: 'me' });
+    expect(await r.notification('n1', { forwarded: false, authorization: '' })).toMatchObject({ status: 'ok', servedBy: 'me' });
   });
 
   it('answers 404 only when every partition was asked', async () => {
     const r = router(all(), {});
-    expect(await r.notification('nope', { forwarded: false })).toMatchObject({ status: 'not_found' });
+    expect(await r.notification('nope', { forwarded: false, authorization: '' })).toMatchObject({ status: 'not_found' });
   });
 
   it('answers unavailable, not 404, while a partition has no owner or is restoring here', async () => {
     const local = all();
     local.delete(3);
-    expect(await router(local, {}).notification('nope', { forwarded: false })).toMatchObject({ status: 'unavailable' });
-    expect(await router(local, { 3: { instanceId: 'me' } }).notification('nope', { forwarded: true })).toMatchObject({ status: 'unavailable' });
+    expect(await router(local, {}).notification('nope', { forwarded: false, authorization: '' })).toMatchObject({ status: 'unavailable' });
+    expect(await router(local, { 3: { instanceId: 'me' } }).notification('nope', { forwarded: true, authorization: '' })).toMatchObject({ status: 'unavailable' });
   });
 
   it('answers unavailable when the owner of a user partition cannot be reached, and never forwards a forwarded query', async () => {
     const user = 'someone';
-    const p = partitionOf(user, PARTITIONS);
+    const p = partitionOf(userKey('acme', user), PARTITIONS);
     const local = all();
     local.delete(p);
     const r = router(local, { [p]: { instanceId: 'other', url: 'http://127.0.0.1:9' } });
-    expect(await r.userNotifications(user, 10, { forwarded: false })).toMatchObject({ status: 'unavailable', detail: expect.stringContaining('other') });
-    expect(await r.userNotifications(user, 10, { forwarded: true })).toMatchObject({ status: 'unavailable', detail: expect.stringContaining('not held by instance me') });
+    expect(await r.userNotifications('acme', user, 10, { forwarded: false, authorization: '' })).toMatchObject({ status: 'unavailable', detail: expect.stringContaining('other') });
+    expect(await r.userNotifications('acme', user, 10, { forwarded: true, authorization: '' })).toMatchObject({ status: 'unavailable', detail: expect.stringContaining('not held by instance me') });
   });
 
   it('partitions user ids as the Kafka producer does (murmur2), the same for every instance', () => {

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTopics } from '../cli/provision.ts';
 import { loadConfig } from '../config.ts';
 import type { NotificationView } from '../processors/outcome.ts';
-import { api, eventually, removeDir, startTestHerald } from './support/herald.ts';
+import { api, eventually, removeDir, startTestHerald, TEST_ENV } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
 async function dockerReason(): Promise<string | null> {
@@ -34,7 +34,7 @@ describe.skipIf(noDocker !== null)('against real Kafka (testcontainers)', () => 
     await hooks.start();
     kafka = await new KafkaContainer('confluentinc/cp-kafka:7.7.1').withKraft().start();
     brokers = `${kafka.getHost()}:${kafka.getMappedPort(9093)}`;
-    const lines = await createTopics(loadConfig({ KAFKA_BROKERS: brokers, HERALD_PARTITIONS: '2' }));
+    const lines = await createTopics(loadConfig({ ...TEST_ENV, KAFKA_BROKERS: brokers, HERALD_PARTITIONS: '2' }));
     expect(lines.some((l) => l.includes('herald.dedupe.seen.changelog') && l.includes('compacted'))).toBe(true);
   }, 180_000);
 

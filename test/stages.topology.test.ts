@@ -3,6 +3,7 @@
  * the emitted records and the decisions on the outcome topic.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { userKey } from '../topology.ts';
 import { domainEventFromJson } from '../runtime/codec.ts';
 import { dedupe } from '../processors/dedupe.ts';
 import { enrich } from '../processors/enrich.ts';
@@ -57,7 +58,7 @@ describe('ingest', () => {
   it('fans out one request per recipient with derived ids and the rule expiry', async () => {
     const d = driver('ingest', ingest);
     const r = await d.pipe([{ value: event(), timestamp: T0 }]);
-    expect(r.emitted.map((e) => [e.topic, e.key])).toEqual([['requests', 'ada'], ['requests', 'bob']]);
+    expect(r.emitted.map((e) => [e.topic, e.key])).toEqual([['requests', 'acme/ada'], ['requests', 'acme/bob']]); // keyed per tenant
     const req = r.emitted[0]!.value as NotificationRequest;
     expect(req).toMatchObject({ ruleId: 'comment-created', category: 'collaboration', occurredAt: T0, expiresAt: T0 + 7 * 24 * HOUR });
     expect(req.notificationId).toMatch(/^ntf_[0-9a-f]{32}$/);
@@ -76,7 +77,7 @@ describe('ingest', () => {
     expect(r.dlq[0]!.reason).toContain('"nobody.cares"');
     const rejected = r.outcomes.filter((o) => o.status === 'REJECTED');
     expect(rejected.map((o) => [o.recipient, o.reasonCode, o.terminal])).toEqual([['ada', 'unknown_event_type', true], ['bob', 'unknown_event_type', true]]);
-    expect(r.emitted.map((e) => e.key)).toEqual(['ada', 'bob']);
+    expect(r.emitted.map((e) => e.key)).toEqual(['acme/ada', 'acme/bob']);
   });
 
   it('rejects an event without recipients, naming the field', async () => {
@@ -89,7 +90,7 @@ describe('ingest', () => {
 describe('enrich', () => {
   const tables = (users: Record<string, UserProfile>) => {
     const t = new MemoryTables();
-    for (const [k, v] of Object.entries(users)) t.set('users', k, v);
+    for (const [k, v] of Object.entries(users)) t.set('users', userKey(v.tenant ?? 'acme', k), v);
     return t;
   };
 
@@ -104,6 +105,14 @@ describe('enrich', () => {
       ['ghost', 'DROPPED', 'unknown_recipient'],
       ['gone', 'DROPPED', 'recipient_inactive'],
     ]);
+  });
+
+  it('never joins a profile of another tenant with the same user id', async () => {
+    const reqs = await requestsFor(event({ recipients: ['ada'] }));
+    const d = driver('enrich', enrich, { tables: tables({ ada: user({ tenant: 'globex' }) }) });
+    const r = await d.pipe(reqs.map((value) => ({ value, timestamp: T0 })));
+    expect(r.emitted).toHaveLength(0);
+    expect(r.outcomes.map((o) => [o.recipient, o.status, o.reasonCode])).toEqual([['ada', 'DROPPED', 'unknown_recipient']]);
   });
 });
 
@@ -172,8 +181,8 @@ describe('route', () => {
 
   it('honours channel and category opt-outs', async () => {
     const d = driver('route', route);
-    const optedOut = await admitted({}, undefined, { userId: 'ada', channels: { webhook: false }, categories: {}, updatedAt: null });
-    const category = await admitted({}, undefined, { userId: 'ada', channels: {}, categories: { collaboration: false }, updatedAt: null });
+    const optedOut = await admitted({}, undefined, { userId: 'ada', tenant: 'acme', channels: { webhook: false }, categories: {}, updatedAt: null });
+    const category = await admitted({}, undefined, { userId: 'ada', tenant: 'acme', channels: {}, categories: { collaboration: false }, updatedAt: null });
     const r = await d.pipe([{ value: optedOut, timestamp: T0 }, { value: category, timestamp: T0 }]);
     expect(r.outcomes.map((o) => o.reasonCode)).toEqual(['no_reachable_channel', 'category_opted_out']);
     expect(r.outcomes[0]!.reason).toContain('webhook: opted out');
@@ -284,8 +293,21 @@ describe('ingest audiences', () => {
     const d = new StageDriver('ingest', ingest, { tables });
     drivers.push(d);
     const r = await d.pipe([{ value: event({ recipients: [], audience: 'team' }), timestamp: T0 }]);
-    expect(r.emitted.map((e) => e.key).sort()).toEqual(['ada', 'bob']);
+    expect(r.emitted.map((e) => e.key).sort()).toEqual(['acme/ada', 'acme/bob']);
     expect(r.outcomes[0]!.reason).toContain('audience team');
+  });
+
+  it('rejects an event that would fan out past HERALD_MAX_FANOUT without reading the whole audience, and keeps its neighbour', async () => {
+    const { audienceKey } = await import('../processors/ingest.ts');
+    const { loadConfig } = await import('../config.ts');
+    const tables = new MemoryTables();
+    for (let i = 0; i < 50; i++) tables.set('audiences', audienceKey('acme', 'everyone', `u${i}`), { tenant: 'acme', audience: 'everyone', userId: `u${i}`, addedAt: null });
+    const d = new StageDriver('ingest', ingest, { tables, config: loadConfig({}, { stateBackend: 'memory', logLevel: 'silent', maxFanout: 10 }) });
+    drivers.push(d);
+    const r = await d.pipe([{ value: event({ id: 'big', recipients: [], audience: 'everyone' }), timestamp: T0 }, { value: event({ id: 'small', recipients: ['ada'] }), timestamp: T0 }]);
+    expect(r.outcomes.filter((o) => o.eventId === 'big').map((o) => [o.status, o.reasonCode])).toEqual([['REJECTED', 'fanout_too_large']]);
+    expect(r.dlq.map((x) => x.code)).toEqual(['HRL_LIMIT_EXCEEDED']);
+    expect(r.emitted.map((e) => e.key)).toEqual(['acme/ada']);
   });
 });
 
@@ -297,7 +319,7 @@ describe('outcome user index', () => {
     const ev = (recipient: string, id: string) => ({ notificationId: id, deliveryId: null, tenant: 't', recipient, eventId: 'e', eventType: 'x', ruleId: null, stage: 'ingest', status: 'ACCEPTED', terminal: false, reasonCode: 'r', reason: 'r', channel: null, attempt: null, providerMessageId: null, sourceTopic: 't', sourcePartition: 0, sourceOffset: '0', timestamp: T0, traceId: 'tr' });
     await d.pipe([{ value: ev('a', 'ntf_a'), timestamp: T0 }, { value: ev('a:b', 'ntf_ab'), timestamp: T0 }]);
     const keys: string[] = [];
-    const prefix = userIndexPrefix('a');
+    const prefix = userIndexPrefix('t', 'a');
     for await (const [k] of d.stores.get('lifecycle')!.range(prefix, `${prefix}\uffff`)) keys.push(k);
     expect(keys).toHaveLength(1);
     expect(keys[0]).toContain('ntf_a');

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { EmbeddedBroker } from '../embedded/broker.ts';
 import type { NotificationView } from '../processors/outcome.ts';
 import { topicName } from '../topology.ts';
-import { api, eventually, removeDir, startTestHerald, startCluster } from './support/herald.ts';
+import { api, eventually, removeDir, startTestHerald, startCluster, TEST_ENV } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
 let cluster: Awaited<ReturnType<typeof startCluster>>;
@@ -50,7 +50,7 @@ describe('dedupe state across restarts', () => {
     removeDir(first.stateDir);
 
     // Without any instance: the lifecycle rebuilt from outcomes.v1, and the decisions tailed.
-    const config = loadConfig(env);
+    const config = loadConfig({ ...TEST_ENV, ...env });
     const rebuilt = await scanLifecycle(config, original.notificationId);
     expect(rebuilt!.events.map((e) => e.status)).toEqual(original.events.map((e) => e.status));
     const ac = new AbortController();

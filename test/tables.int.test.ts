@@ -6,8 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { EmbeddedBroker } from '../embedded/broker.ts';
 import type { NotificationView } from '../processors/outcome.ts';
 import { Serde } from '../schemas/index.ts';
-import { topicName } from '../topology.ts';
-import { api, eventually, removeDir, startTestHerald, startCluster } from './support/herald.ts';
+import { topicName, userKey } from '../topology.ts';
+import { api, eventually, removeDir, startTestHerald, startCluster, TEST_ENV } from './support/herald.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { loadConfig } from '../config.ts';
 import { createLogger } from '../runtime/logger.ts';
@@ -29,12 +29,12 @@ afterAll(async () => {
 async function produceUsers(ids: string[], tombstones: string[] = []) {
   const serde = new Serde(env.SCHEMA_REGISTRY_URL!);
   await serde.register(USERS, 'UserProfile');
-  const kafka = createKafka(loadConfig({ KAFKA_BROKERS: broker.bootstraps }), broker.bootstraps, createLogger('silent'));
+  const kafka = createKafka(loadConfig({ ...TEST_ENV, KAFKA_BROKERS: broker.bootstraps }), broker.bootstraps, createLogger('silent'));
   const producer = createProducer(kafka);
   await producer.connect();
   const messages = [
-    ...(await Promise.all(ids.map(async (id) => ({ key: id, value: await serde.encode(USERS, { userId: id, name: id, webhookUrl: 'http://127.0.0.1:9/x' }) })))),
-    ...tombstones.map((id) => ({ key: id, value: null })),
+    ...(await Promise.all(ids.map(async (id) => ({ key: userKey('acme', id), value: await serde.encode(USERS, { userId: id, tenant: 'acme', name: id, webhookUrl: 'http://127.0.0.1:9/x' }) })))),
+    ...tombstones.map((id) => ({ key: userKey('acme', id), value: null })),
   ];
   await producer.send({ topic: USERS, acks: -1, messages });
   await producer.disconnect();

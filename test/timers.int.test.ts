@@ -16,7 +16,7 @@ import { createKafka } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { TopicReader } from '../runtime/reader.ts';
 import { changelogTopic } from '../topology.ts';
-import { eventually, removeDir, startCluster } from './support/herald.ts';
+import { eventually, removeDir, startCluster, AUTH, TEST_ENV } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
 let cluster: Awaited<ReturnType<typeof startCluster>>;
@@ -41,7 +41,7 @@ async function herald(): Promise<{ child: ChildProcess; url: string }> {
   dirs.push(stateDir);
   const child = spawn(process.execPath, ['cli/herald.ts', 'run'], {
     env: {
-      ...process.env, ...cluster.env, HERALD_PARTITIONS: '2', HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'warn',
+      ...process.env, ...TEST_ENV, ...cluster.env, HERALD_PARTITIONS: '2', HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'warn',
       HERALD_SESSION_TIMEOUT_MS: '6000', HERALD_COMMIT_INTERVAL_MS: '200',
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -55,7 +55,7 @@ async function herald(): Promise<{ child: ChildProcess; url: string }> {
 }
 
 const call = (url: string, method: string, path: string, body?: unknown) =>
-  fetch(`${url}${path}`, { method, headers: body ? { 'content-type': 'application/json' } : {}, ...(body ? { body: JSON.stringify(body) } : {}) });
+  fetch(`${url}${path}`, { method, headers: body ? { 'content-type': 'application/json', ...AUTH } : { ...AUTH }, ...(body ? { body: JSON.stringify(body) } : {}) });
 
 describe('timers across kill -9', () => {
   it('fires a held retry once after a restart on an empty state directory', async () => {
@@ -65,7 +65,7 @@ describe('timers across kill -9', () => {
     await eventually(async () => (await call(first.url, 'GET', '/v1/users/held')).status === 200);
 
     // Watch deliver's retries changelog: a put there means the retry is held by the timer store.
-    const kafka = createKafka(loadConfig({ KAFKA_BROKERS: cluster.env.KAFKA_BROKERS }), cluster.env.KAFKA_BROKERS, createLogger('silent'), 'timers-test');
+    const kafka = createKafka(loadConfig({ ...TEST_ENV, KAFKA_BROKERS: cluster.env.KAFKA_BROKERS }), cluster.env.KAFKA_BROKERS, createLogger('silent'), 'timers-test');
     const admin = kafka.admin();
     await admin.connect();
     const held: { key: string; value: string | null }[] = [];

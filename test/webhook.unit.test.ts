@@ -7,6 +7,11 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { signWebhook, verifyWebhookSignature, WebhookChannel, webhookBody } from '../channels/webhook.ts';
 import type { DeliveryTask } from '../schemas/types.ts';
+import { parseAllowList } from '../channels/outbound.ts';
+
+/** Tests receive on loopback, which the policy allowlists as development does. */
+const LOCAL = { requireHttps: false, allow: parseAllowList('127.0.0.1') };
+const STRICT = { requireHttps: false, allow: [] };
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const SECRET = 'whsec_test_6f1c2a';
@@ -83,7 +88,7 @@ interface Receiver {
 }
 
 /** A webhook receiver on 127.0.0.1 that records each request and answers with `reply`. */
-async function receiver(reply: { status: number; headers?: Record<string, string> }): Promise<Receiver> {
+async function receiver(reply: { status: number; headers?: Record<string, string>; body?: string }): Promise<Receiver> {
   const seen: Seen[] = [];
   const server = createServer((req, res) => {
     const chunks: Buffer[] = [];
@@ -91,7 +96,7 @@ async function receiver(reply: { status: number; headers?: Record<string, string
     req.on('end', () => {
       seen.push({ method: req.method, headers: req.headers, body: Buffer.concat(chunks).toString('utf8') });
       res.writeHead(reply.status, { 'content-type': 'text/plain', ...reply.headers });
-      res.end('ok');
+      res.end(reply.body ?? 'ok');
     });
   });
   await new Promise<void>((done) => server.listen(0, '127.0.0.1', done));
@@ -112,7 +117,7 @@ async function receiver(reply: { status: number; headers?: Record<string, string
 
 describe('WebhookChannel.send against a real HTTP server', () => {
   const open: Receiver[] = [];
-  const start = async (reply: { status: number; headers?: Record<string, string> }) => {
+  const start = async (reply: { status: number; headers?: Record<string, string>; body?: string }) => {
     const r = await receiver(reply);
     open.push(r);
     return r;
@@ -126,7 +131,7 @@ describe('WebhookChannel.send against a real HTTP server', () => {
     const r = await start({ status: 200, headers: { 'x-request-id': 'req-77' } });
     const t = task(r.url);
     // when the task is sent
-    const result = await new WebhookChannel(SECRET, () => NOW).send(t, AbortSignal.timeout(2000));
+    const result = await new WebhookChannel(SECRET, LOCAL, () => NOW).send(t, AbortSignal.timeout(2000));
     // then it is delivered
     expect(result).toEqual({ ok: true, providerMessageId: 'req-77', detail: 'HTTP 200' });
     // and the request carried the idempotency key, delivery headers and a valid signature over the raw body
@@ -154,32 +159,32 @@ describe('WebhookChannel.send against a real HTTP server', () => {
 
   it('treats 204 as delivered without a provider message id', async () => {
     const r = await start({ status: 204 });
-    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    const result = await new WebhookChannel(SECRET, LOCAL).send(task(r.url), AbortSignal.timeout(2000));
     expect(result).toEqual({ ok: true, providerMessageId: null, detail: 'HTTP 204' });
   });
 
   it('503 is a retriable failure', async () => {
     const r = await start({ status: 503 });
-    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    const result = await new WebhookChannel(SECRET, LOCAL).send(task(r.url), AbortSignal.timeout(2000));
     expect(result).toMatchObject({ ok: false, retriable: true, code: 'http_503' });
     expect(result).not.toHaveProperty('retryAfterMs');
   });
 
   it('400 is a permanent failure', async () => {
     const r = await start({ status: 400 });
-    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    const result = await new WebhookChannel(SECRET, LOCAL).send(task(r.url), AbortSignal.timeout(2000));
     expect(result).toMatchObject({ ok: false, retriable: false, code: 'http_400' });
   });
 
   it.each([408, 425])('%i is retriable', async (status) => {
     const r = await start({ status });
-    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    const result = await new WebhookChannel(SECRET, LOCAL).send(task(r.url), AbortSignal.timeout(2000));
     expect(result).toMatchObject({ ok: false, retriable: true, code: `http_${status}` });
   });
 
   it('429 with Retry-After: 2 is retriable after 2000 ms', async () => {
     const r = await start({ status: 429, headers: { 'retry-after': '2' } });
-    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    const result = await new WebhookChannel(SECRET, LOCAL).send(task(r.url), AbortSignal.timeout(2000));
     expect(result).toMatchObject({ ok: false, retriable: true, code: 'http_429', retryAfterMs: 2000 });
   });
 
@@ -188,10 +193,26 @@ describe('WebhookChannel.send against a real HTTP server', () => {
     const r = await start({ status: 200 });
     await r.close();
     // when a task is sent to it
-    const result = await new WebhookChannel(SECRET).send(task(r.url), AbortSignal.timeout(2000));
+    const result = await new WebhookChannel(SECRET, LOCAL).send(task(r.url), AbortSignal.timeout(2000));
     // then the failure is retriable and names the network error
-    expect(result).toMatchObject({ ok: false, retriable: true, code: 'ECONNREFUSED' });
+    expect(result).toMatchObject({ ok: false, retriable: true, code: 'ECONNREFUSED', detail: 'request failed: connection refused' });
     expect(r.seen).toHaveLength(0);
+  });
+
+  it('refuses a loopback destination when the policy does not allow it, literal or by name (checked on the resolved address)', async () => {
+    const r = await start({ status: 200 });
+    const port = new URL(r.url).port;
+    for (const address of [r.url, `http://[::ffff:127.0.0.1]:${port}/hook`, `http://localhost:${port}/hook`, `http://0:${port}/hook`]) {
+      const result = await new WebhookChannel(SECRET, STRICT).send(task(address), AbortSignal.timeout(2000));
+      expect([address, result]).toEqual([address, expect.objectContaining({ ok: false, retriable: false, code: 'destination_refused' })]);
+    }
+    expect(r.seen).toHaveLength(0);
+  });
+
+  it('describes a failure by its status only, never with the receiver\'s response', async () => {
+    const r = await start({ status: 500, body: 'stack trace: db password=hunter2' });
+    const result = await new WebhookChannel(SECRET, LOCAL).send(task(r.url), AbortSignal.timeout(2000));
+    expect(result).toEqual({ ok: false, retriable: true, code: 'http_500', detail: 'HTTP 500' });
   });
 });
 

@@ -15,9 +15,17 @@ export interface TestHeraldOptions {
   api?: boolean;
 }
 
+/** The API key every test Herald registers for tenant acme (admin): HERALD_DEV_KEY. */
+export const TEST_KEY = 'hk_test_acme_admin_0123456789abcdef';
+/** Authorization headers with TEST_KEY. */
+export const AUTH = { authorization: `Bearer ${TEST_KEY}` } as const;
+/** Settings every test instance shares: the key, a signing secret of its own, loopback receivers allowed (needed against KAFKA_BROKERS). */
+export const TEST_ENV = { HERALD_DEV_KEY: TEST_KEY, HERALD_WEBHOOK_SECRET: 'test-signing-secret', HERALD_OUTBOUND_ALLOW: '127.0.0.1,::1' } as const;
+
 export async function startTestHerald(o: TestHeraldOptions = {}): Promise<Herald & { stateDir: string }> {
   const stateDir = o.stateDir ?? mkdtempSync(join(tmpdir(), 'herald-test-'));
   const config = loadConfig({
+    ...TEST_ENV,
     HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: stateDir, HERALD_PARTITIONS: '2', HERALD_RETRY_BASE_MS: '100', HERALD_SESSION_TIMEOUT_MS: '6000', HERALD_LOG_LEVEL: process.env.HERALD_TEST_LOG ?? 'silent',
     // Real Kafka under testcontainers passes its own.
     ...(process.env.KAFKA_BROKERS ? { KAFKA_BROKERS: process.env.KAFKA_BROKERS } : {}),
@@ -51,7 +59,7 @@ export async function eventually<T>(fn: () => Promise<T | false | null | undefin
 export async function api<T = Record<string, unknown>>(h: Herald, method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; body: T }> {
   const res = await fetch(`${h.httpUrl}${path}`, {
     method,
-    headers: body !== undefined ? { 'content-type': 'application/json', ...headers } : headers,
+    headers: body !== undefined ? { 'content-type': 'application/json', ...AUTH, ...headers } : { ...AUTH, ...headers },
     ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
   });
   const text = await res.text();

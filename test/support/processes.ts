@@ -4,7 +4,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'vitest';
-import { eventually } from './herald.ts';
+import { eventually, TEST_ENV } from './herald.ts';
 
 export function launcherPids(): number[] {
   try {
@@ -32,14 +32,15 @@ export const alive = (pid: number) => {
 };
 
 
-export interface NpmHerald { npm: ChildProcess; herald: number; broker: number; url: string; output: () => string }
+export interface NpmHerald { npm: ChildProcess; herald: number; broker: number; url: string; stateDir: string; output: () => string }
 
 /** `npm start`, exactly as the README says, with the npm this test runs under. */
 export async function startWithNpm(env: Record<string, string>, track: ChildProcess[]): Promise<NpmHerald> {
   const execPath = process.env.npm_execpath;
   const [cmd, npmArgs] = execPath && execPath.endsWith('.js') ? [process.execPath, [execPath, 'start']] : ['npm', ['start']];
+  const stateDir = env.HERALD_STATE_DIR ?? mkdtempSync(join(tmpdir(), 'herald-npm-'));
   const npm = spawn(cmd, npmArgs, {
-    env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: mkdtempSync(join(tmpdir(), 'herald-npm-')), HERALD_LOG_LEVEL: 'warn', KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '', ...env },
+    env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: stateDir, HERALD_LOG_LEVEL: 'warn', KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '', ...TEST_ENV, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   track.push(npm);
@@ -58,5 +59,5 @@ export async function startWithNpm(env: Record<string, string>, track: ChildProc
   expect(args).not.toMatch(/^(\/(usr\/)?bin\/)?(ba|da)?sh /);
   const broker = childrenOf(herald!).find((p) => launcherPids().includes(p));
   expect(broker).toBeDefined();
-  return { npm, herald: herald!, broker: broker!, url: line[1]!, output: () => out };
+  return { npm, herald: herald!, broker: broker!, url: line[1]!, stateDir, output: () => out };
 }

@@ -13,7 +13,7 @@ export class WebhookReceiver {
   private server: Server | null = null;
   url = '';
 
-  async start(): Promise<this> {
+  async start(host = '127.0.0.1'): Promise<this> {
     this.server = createServer((req, res) => {
       let body = '';
       req.on('data', (c: Buffer) => (body += c.toString()));
@@ -26,8 +26,8 @@ export class WebhookReceiver {
         res.writeHead(status, headers).end();
       });
     });
-    await new Promise<void>((r) => this.server!.listen(0, '127.0.0.1', r));
-    this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    await new Promise<void>((r) => this.server!.listen(0, host, r));
+    this.url = `http://${host}:${(this.server.address() as AddressInfo).port}`;
     return this;
   }
 

@@ -1,0 +1,87 @@
+/**
+ * `herald keys create|list|revoke`: API keys on the compacted keys topic. Against real
+ * Kafka (KAFKA_BROKERS) they work with or without a running Herald; on the embedded
+ * broker they reach the running instance's broker through HERALD_STATE_DIR/endpoints.json.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { KeyDirectory, writeKeyRecord } from '../app/keys.ts';
+import { newKeyRecord, type Scope } from '../auth/keys.ts';
+import type { HeraldConfig } from '../config.ts';
+import { HeraldError } from '../errors.ts';
+import { createKafka, createProducer } from '../runtime/kafka.ts';
+import { createLogger } from '../runtime/logger.ts';
+import type { ApiKeyRecord } from '../schemas/types.ts';
+import { topicName } from '../topology.ts';
+
+/** What a running Herald writes into its state dir once its API listens. */
+export interface Endpoints { pid: number; brokers: string; registry: string; http: string }
+
+/** The running embedded instance's endpoints, or an error that says how to get one. */
+export function runningEndpoints(config: HeraldConfig): Endpoints {
+  const file = join(config.stateDir, 'endpoints.json');
+  const e = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as Endpoints) : null;
+  const alive = e && (() => {
+    try {
+      process.kill(e.pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+  if (!e || !alive) throw new HeraldError('HRL_CONFIG_INVALID', `KAFKA_BROKERS is not set and no Herald is running on HERALD_STATE_DIR ${config.stateDir}: start it (npm start) or set KAFKA_BROKERS`);
+  return e;
+}
+
+async function withKeys<T>(config: HeraldConfig, fn: (o: { directory: KeyDirectory; write: (r: ApiKeyRecord) => Promise<void> }) => Promise<T>): Promise<T> {
+  const brokers = config.embedded ? runningEndpoints(config).brokers : config.brokers;
+  const log = createLogger('warn');
+  const kafka = createKafka(config, brokers, log, `herald-keys-${process.pid}`);
+  const admin = kafka.admin();
+  const producer = createProducer(kafka);
+  await Promise.all([admin.connect(), producer.connect()]);
+  const topic = topicName(config.topicPrefix, 'keys');
+  const directory = new KeyDirectory(kafka, admin, topic, config.topicPrefix, log);
+  try {
+    await directory.start();
+    return await fn({ directory, write: (r) => writeKeyRecord(producer, topic, r) });
+  } finally {
+    await directory.stop();
+    await Promise.all([admin.disconnect(), producer.disconnect()]);
+  }
+}
+
+export function parseScopes(text: string): Scope[] {
+  return text.split(',').map((s) => s.trim()).filter(Boolean) as Scope[];
+}
+
+export async function createKey(config: HeraldConfig, o: { tenant: string; scopes: Scope[]; label?: string }): Promise<{ key: string; record: ApiKeyRecord }> {
+  const made = await newKeyRecord({ tenant: o.tenant, scopes: o.scopes, label: o.label ?? null });
+  await withKeys(config, async ({ directory, write }) => {
+    await write(made.record);
+    await directory.waitFor(made.record.keyId);
+  });
+  return made;
+}
+
+export async function listKeys(config: HeraldConfig, tenant?: string): Promise<ApiKeyRecord[]> {
+  return withKeys(config, async ({ directory }) => directory.list().filter((r) => !tenant || r.tenant === tenant));
+}
+
+export async function revokeKey(config: HeraldConfig, keyId: string): Promise<ApiKeyRecord> {
+  return withKeys(config, async ({ directory, write }) => {
+    const r = directory.get(keyId);
+    if (!r) throw new HeraldError('HRL_NOT_FOUND', `no API key ${keyId}; \`herald keys list\` shows the ids`);
+    if (r.revokedAt !== null) return r;
+    const revoked = { ...r, revokedAt: Date.now() };
+    await write(revoked);
+    return revoked;
+  });
+}
+
+export function formatKeys(records: Omit<ApiKeyRecord, 'hash'>[]): string[] {
+  const rows = records.map((r) => [r.keyId, r.tenant, r.scopes.join(','), new Date(r.createdAt).toISOString(), r.revokedAt ? `revoked ${new Date(r.revokedAt).toISOString()}` : 'active', r.label ?? '']);
+  const head = ['KEY ID', 'TENANT', 'SCOPES', 'CREATED', 'STATUS', 'LABEL'];
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  return [head, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
+}

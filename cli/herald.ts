@@ -17,6 +17,13 @@ import { fetchLifecycle, formatLifecycle, scanLifecycle, tail } from './explain.
 import { createKey, formatKeys, listKeys, parseScopes, revokeKey } from './keys.ts';
 import { checkSchemas, createTopics, registerSchemas } from './provision.ts';
 
+// kafkajs 2.2.4 arms a timer with a negative delay on Node 24 (Node clamps it to 1 ms, harmless):
+// keep that one warning out of users' output, print every other one as Node would.
+process.removeAllListeners('warning');
+process.on('warning', (w) => {
+  if (w.name !== 'TimeoutNegativeWarning') process.stderr.write(`(node:${process.pid}) ${w.name}: ${w.message}\n`);
+});
+
 const program = new Command('herald').description('Kafka-native notification pipeline').version('0.1.0');
 
 /** The embedded default's development key, as kept in the state dir (or HERALD_DEV_KEY). */

@@ -1,6 +1,7 @@
 /**
  * Notification rules: event type -> category, priority, channels (in fallback order),
- * templates per channel and locale, dedupe key and window, expiry. Loaded from a
+ * templates per channel and locale, dedupe key and window, expiry, and (version 2) rate
+ * limits with what happens above them (defer, digest, drop). Loaded from a
  * versioned JSON file and validated at start-up; errors name the file, the path and
  * the expectation.
  */
@@ -16,6 +17,34 @@ export interface Template {
   body: string;
 }
 
+export const LIMIT_SCOPES = ['user', 'category', 'rule'] as const;
+export type LimitScope = (typeof LIMIT_SCOPES)[number];
+
+/** At most `max` notifications per `perMs` (sliding, in stream time) for one user, within `scope`. */
+export interface Limit {
+  scope: LimitScope;
+  max: number;
+  perMs: number;
+  /** As written in the rules file, for reasons ("10 per 1h"). */
+  text: string;
+}
+
+export interface DigestSpec {
+  windowMs: number;
+  /** Fields that name the digest a notification joins (as dedupe key fields). */
+  keyFields: string[];
+  maxItems: number;
+  /** channel -> locale -> template; the view has `count` and `items` (each item's data, actor and ids). */
+  templates: Partial<Record<Channel, Record<string, Template>>>;
+}
+
+export interface Throttle {
+  /** The rule's own limits; the file's top-level limits apply too (RuleSet.limitsFor). */
+  limits: Limit[];
+  onExceed: 'defer' | 'digest' | 'drop';
+  digest: DigestSpec | null;
+}
+
 export interface Rule {
   id: string;
   eventType: string;
@@ -26,16 +55,43 @@ export interface Rule {
   templates: Partial<Record<Channel, Record<string, Template>>>;
   dedupe: { keyFields: string[]; windowMs: number };
   expiresInMs: number | null;
+  throttle: Throttle;
 }
 
 const DURATION = '^[0-9]+(ms|s|m|h|d)$';
+
+const TEMPLATES_SCHEMA = {
+  type: 'object',
+  propertyNames: { enum: [...CHANNELS] },
+  additionalProperties: {
+    type: 'object',
+    required: ['en'],
+    additionalProperties: {
+      type: 'object',
+      required: ['body'],
+      additionalProperties: false,
+      properties: { subject: { type: 'string' }, body: { type: 'string' } },
+    },
+  },
+} as const;
+
+const LIMITS_SCHEMA = {
+  type: 'array',
+  items: {
+    type: 'object',
+    required: ['scope', 'max', 'per'],
+    additionalProperties: false,
+    properties: { scope: { enum: [...LIMIT_SCOPES] }, max: { type: 'integer', minimum: 1, maximum: 100000 }, per: { type: 'string', pattern: '^[0-9]+(ms|s|m|h|d)$' } },
+  },
+} as const;
 
 const RULES_SCHEMA = {
   type: 'object',
   required: ['version', 'rules'],
   additionalProperties: false,
   properties: {
-    version: { const: 1 },
+    version: { enum: [1, 2] },
+    limits: LIMITS_SCHEMA,
     rules: {
       type: 'array',
       items: {
@@ -48,17 +104,23 @@ const RULES_SCHEMA = {
           category: { type: 'string', minLength: 1 },
           priority: { enum: ['LOW', 'NORMAL', 'HIGH', 'CRITICAL'] },
           channels: { type: 'array', minItems: 1, uniqueItems: true, items: { enum: [...CHANNELS] } },
-          templates: {
+          templates: TEMPLATES_SCHEMA,
+          throttle: {
             type: 'object',
-            propertyNames: { enum: [...CHANNELS] },
-            additionalProperties: {
-              type: 'object',
-              required: ['en'],
-              additionalProperties: {
+            additionalProperties: false,
+            properties: {
+              limits: LIMITS_SCHEMA,
+              onExceed: { enum: ['defer', 'digest', 'drop'] },
+              digest: {
                 type: 'object',
-                required: ['body'],
+                required: ['window', 'templates'],
                 additionalProperties: false,
-                properties: { subject: { type: 'string' }, body: { type: 'string' } },
+                properties: {
+                  window: { type: 'string', pattern: DURATION },
+                  key: { type: 'array', minItems: 1, items: { type: 'string', pattern: '^(recipient|eventType|tenant|actor|data(\\.[A-Za-z0-9_]+)+)$' } },
+                  maxItems: { type: 'integer', minimum: 2, maximum: 1000 },
+                  templates: TEMPLATES_SCHEMA,
+                },
               },
             },
           },
@@ -88,10 +150,13 @@ export class RuleSet {
   private readonly byEventType = new Map<string, Rule[]>();
   readonly rules: readonly Rule[];
   readonly source: string;
+  /** Top-level limits: every rule's notifications count against them. */
+  readonly limits: readonly Limit[];
 
-  constructor(rules: readonly Rule[], source: string) {
+  constructor(rules: readonly Rule[], source: string, limits: readonly Limit[] = []) {
     this.rules = rules;
     this.source = source;
+    this.limits = limits;
     for (const r of rules) this.byEventType.set(r.eventType, [...(this.byEventType.get(r.eventType) ?? []), r]);
   }
   /** Rules for an event type, in file order (one event may match several). */
@@ -101,11 +166,24 @@ export class RuleSet {
   byId(id: string): Rule | undefined {
     return this.rules.find((r) => r.id === id);
   }
+  /** Every limit a notification of `rule` counts against: the file's, then the rule's. */
+  limitsFor(rule: Rule): Limit[] {
+    return [...this.limits, ...rule.throttle.limits];
+  }
+  /** The longest window of any limit: how long admission times must be remembered. */
+  get longestWindowMs(): number {
+    return Math.max(0, ...this.limits.map((l) => l.perMs), ...this.rules.flatMap((r) => r.throttle.limits.map((l) => l.perMs)));
+  }
+}
+
+function parseLimits(raw: { scope: LimitScope; max: number; per: string }[] | undefined): Limit[] {
+  return (raw ?? []).map((l) => ({ scope: l.scope, max: l.max, perMs: parseDuration(l.per), text: `${l.max} per ${l.per}` }));
 }
 
 interface RawRule {
   id: string; eventType: string; category: string; priority?: Rule['priority']; channels: Channel[];
   templates: Rule['templates']; dedupe?: { keyFields?: string[]; window?: string }; expiresIn?: string;
+  throttle?: { limits?: { scope: LimitScope; max: number; per: string }[]; onExceed?: Throttle['onExceed']; digest?: { window: string; key?: string[]; maxItems?: number; templates: DigestSpec['templates'] } };
 }
 
 /** Parses and validates a rules document; `source` names the file in errors. */
@@ -123,7 +201,11 @@ export function parseRules(doc: unknown, source: string): RuleSet {
     const key = badKey ? ` "${String(badKey.params.propertyName)}"` : '';
     throw new HeraldError('HRL_RULES_INVALID', `${source}: ${path}:${key} ${e.message}${extra}${allowed}${constant}`);
   }
-  const raw = (doc as { rules: RawRule[] }).rules;
+  const { rules: raw, version, limits: fileLimits } = doc as { rules: RawRule[]; version: 1 | 2; limits?: { scope: LimitScope; max: number; per: string }[] };
+  if (version === 1) {
+    const v2 = fileLimits ? '/limits' : raw.findIndex((r) => r.throttle) >= 0 ? `/rules/${raw.findIndex((r) => r.throttle)}/throttle` : null;
+    if (v2) throw new HeraldError('HRL_RULES_INVALID', `${source}: ${v2}: limits and throttle need "version": 2`);
+  }
   const ids = new Set<string>();
   const rules = raw.map((r, i): Rule => {
     if (ids.has(r.id)) throw new HeraldError('HRL_RULES_INVALID', `${source}: /rules/${i}/id: duplicate rule id "${r.id}"`);
@@ -131,18 +213,35 @@ export function parseRules(doc: unknown, source: string): RuleSet {
     for (const ch of r.channels) {
       if (!r.templates[ch]) throw new HeraldError('HRL_RULES_INVALID', `${source}: /rules/${i}/templates: expected a template for channel "${ch}"`);
     }
+    const priority = r.priority ?? 'NORMAL';
+    const onExceed = r.throttle?.onExceed ?? (r.throttle?.digest ? 'digest' : 'defer');
+    if (onExceed === 'drop' && (priority === 'HIGH' || priority === 'CRITICAL')) {
+      throw new HeraldError('HRL_RULES_INVALID', `${source}: /rules/${i}/throttle/onExceed: "drop" is refused for ${priority} rules (they must never be silently lost); use "defer" or "digest"`);
+    }
+    const d = r.throttle?.digest;
+    if (onExceed === 'digest' && !d) throw new HeraldError('HRL_RULES_INVALID', `${source}: /rules/${i}/throttle/digest: expected a digest (window, templates) because onExceed is "digest"`);
+    if (d) {
+      for (const ch of r.channels) {
+        if (!d.templates[ch]) throw new HeraldError('HRL_RULES_INVALID', `${source}: /rules/${i}/throttle/digest/templates: expected a template for channel "${ch}"`);
+      }
+    }
     return {
       id: r.id,
       eventType: r.eventType,
       category: r.category,
-      priority: r.priority ?? 'NORMAL',
+      priority,
       channels: r.channels,
       templates: r.templates,
       dedupe: { keyFields: r.dedupe?.keyFields ?? ['recipient', 'eventType', 'data.id'], windowMs: parseDuration(r.dedupe?.window ?? '24h') },
       expiresInMs: r.expiresIn ? parseDuration(r.expiresIn) : null,
+      throttle: {
+        limits: parseLimits(r.throttle?.limits),
+        onExceed,
+        digest: d ? { windowMs: parseDuration(d.window), keyFields: d.key ?? ['recipient', 'eventType'], maxItems: d.maxItems ?? 50, templates: d.templates } : null,
+      },
     };
   });
-  return new RuleSet(rules, source);
+  return new RuleSet(rules, source, parseLimits(fileLimits));
 }
 
 export function loadRules(file: string): RuleSet {

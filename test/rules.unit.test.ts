@@ -126,6 +126,7 @@ describe('parseRules', () => {
       id: 'comment-created', eventType: 'comment.created', category: 'collaboration', priority: 'NORMAL',
       channels: ['webhook'], templates: { webhook: { en: { subject: 'New comment', body: '{{actor}} commented' } } },
       dedupe: { keyFields: ['recipient', 'eventType', 'data.id'], windowMs: 86_400_000 }, expiresInMs: null,
+      throttle: { limits: [], onExceed: 'defer', digest: null },
     }]);
     expect(set.source).toBe(SOURCE);
   });
@@ -206,7 +207,7 @@ describe('parseRules', () => {
 
   it('rejects a missing or unsupported version, pointing at the root or /version', () => {
     expect(rulesError(() => parseRules({ rules: [] }, SOURCE)).message).toContain(`${SOURCE}: (root)`);
-    expect(rulesError(() => parseRules({ version: 2, rules: [] }, SOURCE)).message).toContain(`${SOURCE}: /version`);
+    expect(rulesError(() => parseRules({ version: 3, rules: [] }, SOURCE)).message).toContain(`${SOURCE}: /version`);
   });
 
   it('rejects a document that is not an object', () => {
@@ -244,7 +245,32 @@ describe('rules errors name the offending key and constant', () => {
   it('names an unknown template channel', () => {
     expect(() => parseRules({ version: 1, rules: [{ ...base, templates: { ...base.templates, sms: { en: { body: 'x' } } } }] }, 'f.json')).toThrow('f.json: /rules/0/templates: "sms"');
   });
-  it('names the expected version', () => {
-    expect(() => parseRules({ version: 2, rules: [] }, 'f.json')).toThrow('/version: must be equal to constant 1');
+  it('names the expected versions', () => {
+    expect(() => parseRules({ version: 3, rules: [] }, 'f.json')).toThrow('/version: must be equal to one of the allowed values (1, 2)');
+  });
+});
+
+describe('rules version 2: limits and throttle', () => {
+  const v2 = (over: Record<string, unknown> = {}, top: Record<string, unknown> = {}) => ({ version: 2, ...top, rules: [{ id: 'r', eventType: 'x', category: 'c', channels: ['webhook'], templates: { webhook: { en: { body: 'b' } } }, ...over }] });
+
+  it('reads top-level and per-rule limits, in the order they apply', () => {
+    const set = parseRules(v2({ throttle: { limits: [{ scope: 'category', max: 3, per: '10m' }], onExceed: 'drop' } }, { limits: [{ scope: 'user', max: 50, per: '1d' }] }), 'f.json');
+    expect(set.limitsFor(set.rules[0]!).map((l) => [l.scope, l.max, l.perMs, l.text])).toEqual([['user', 50, 86_400_000, '50 per 1d'], ['category', 3, 600_000, '3 per 10m']]);
+    expect(set.rules[0]!.throttle.onExceed).toBe('drop');
+    expect(set.longestWindowMs).toBe(86_400_000);
+  });
+
+  it('refuses drop for HIGH and CRITICAL rules, naming the path', () => {
+    for (const priority of ['HIGH', 'CRITICAL']) {
+      expect(() => parseRules(v2({ priority, throttle: { onExceed: 'drop' } }), 'f.json')).toThrow(`f.json: /rules/0/throttle/onExceed: "drop" is refused for ${priority} rules`);
+    }
+  });
+
+  it('needs version 2 for limits, and a digest with a template per channel for onExceed digest', () => {
+    expect(() => parseRules({ ...v2({ throttle: { onExceed: 'drop' } }), version: 1 }, 'f.json')).toThrow('f.json: /rules/0/throttle: limits and throttle need "version": 2');
+    expect(() => parseRules(v2({ throttle: { onExceed: 'digest' } }), 'f.json')).toThrow('/rules/0/throttle/digest: expected a digest');
+    expect(() => parseRules(v2({ throttle: { digest: { window: '30m', templates: { email: { en: { body: 'x' } } } } } }), 'f.json')).toThrow('/rules/0/throttle/digest/templates: expected a template for channel "webhook"');
+    const ok = parseRules(v2({ throttle: { digest: { window: '30m', key: ['recipient', 'data.documentId'], templates: { webhook: { en: { body: '{{count}}' } } } } } }), 'f.json');
+    expect(ok.rules[0]!.throttle).toMatchObject({ onExceed: 'digest', digest: { windowMs: 1_800_000, keyFields: ['recipient', 'data.documentId'], maxItems: 50 } });
   });
 });

@@ -12,6 +12,7 @@ import { allows, type Principal } from '../auth/keys.ts';
 import { urlRefusal } from '../channels/outbound.ts';
 import { type ErrorCode, HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
+import { isTimeZone, minutesOf } from '../processors/quiet-hours.ts';
 import { domainEventFromJson, MAX_ID_LENGTH } from '../runtime/codec.ts';
 import { validate } from '../schemas/index.ts';
 import type { Scope, UserPreferences, UserProfile } from '../schemas/types.ts';
@@ -224,6 +225,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
         const why = urlRefusal(u, outbound);
         if (why) throw new HeraldError('HRL_DESTINATION_REFUSED', `${k}: ${why}`, { field: k });
       }
+      if (!isTimeZone(profile.timezone)) throw new HeraldError('HRL_SCHEMA_VIOLATION', `timezone: expected an IANA time zone such as Europe/Berlin, got "${clip(profile.timezone, 60)}"`, { field: 'timezone' });
       if (profile.email !== null && !/^[^@\s]+@[^@\s]+$/.test(profile.email)) throw new HeraldError('HRL_SCHEMA_VIOLATION', 'email: expected an e-mail address', { field: 'email' });
     } catch (err) {
       return badRequest(reply, err);
@@ -251,6 +253,10 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     let prefs: UserPreferences;
     try {
       prefs = validate<UserPreferences>('UserPreferences', { ...(req.body ?? {}), userId: req.params.userId, tenant, updatedAt: Date.now() });
+      for (const k of ['start', 'end'] as const) {
+        const v = prefs.quietHours?.[k];
+        if (v !== undefined && minutesOf(v) === null) throw new HeraldError('HRL_SCHEMA_VIOLATION', `quietHours.${k}: expected HH:MM (00:00 to 23:59), got "${clip(v, 40)}"`, { field: `quietHours.${k}` });
+      }
     } catch (err) {
       return badRequest(reply, err);
     }

@@ -20,7 +20,7 @@ export interface SeenEntry {
   expiresAt: number;
 }
 
-function field(req: NotificationRequest, data: Record<string, unknown>, path: string): string {
+export function field(req: NotificationRequest, data: Record<string, unknown>, path: string): string {
   if (path.startsWith('data.')) {
     let v: unknown = data;
     for (const part of path.slice(5).split('.')) v = v && typeof v === 'object' ? (v as Record<string, unknown>)[part] : undefined;

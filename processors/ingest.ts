@@ -103,7 +103,7 @@ export const ingest: StageFactory<'ingest'> = ({ rules, tables, config }) => ({
             category: rule.category, priority: rule.priority, data: ev.data,
             idempotencyKey: ev.idempotencyKey, actor: ev.actor, occurredAt,
             expiresAt: ev.expiresAt ?? (rule.expiresInMs !== null ? occurredAt + rule.expiresInMs : null),
-            traceId,
+            traceId, digestOf: [],
           };
           ctx.emit(rec, 'requests', userKey(ev.tenant, recipient), request);
           ctx.outcome(rec, {

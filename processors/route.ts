@@ -22,9 +22,9 @@ export function addressFor(channel: Channel, user: UserProfile): string | null {
   }
 }
 
-/** Picks the template for a locale: exact, then language, then "en". */
-export function templateFor(rule: Rule, channel: Channel, locale: string): { template: Template; locale: string } {
-  const byLocale = rule.templates[channel]!;
+/** Picks the template for a locale: exact, then language, then "en" (a digest's from the rule's digest templates). */
+export function templateFor(rule: Rule, channel: Channel, locale: string, digest = false): { template: Template; locale: string } {
+  const byLocale = (digest && rule.throttle.digest ? rule.throttle.digest.templates : rule.templates)[channel]!;
   for (const l of [locale, locale.split('-')[0]!, 'en']) {
     const t = byLocale[l];
     if (t) return { template: t, locale: l };
@@ -66,9 +66,11 @@ export const route: StageFactory<'route'> = ({ rules, availableChannels }) => ({
         continue;
       }
       const data = JSON.parse(req.data) as Record<string, unknown>;
-      const view = { data, actor: req.actor ?? 'someone', recipient: req.recipient, eventType: req.eventType, user: { name: user.name ?? req.recipient, locale: user.locale } };
+      const digest = req.digestOf.length > 0;
+      // A digest's view also has {{count}} and {{#items}}…{{/items}} at the top.
+      const view = { ...(digest ? data : {}), data, actor: req.actor ?? 'someone', recipient: req.recipient, eventType: req.eventType, user: { name: user.name ?? req.recipient, locale: user.locale } };
       for (const { channel, address } of chosen) {
-        const { template, locale } = templateFor(rule, channel, user.locale);
+        const { template, locale } = templateFor(rule, channel, user.locale, digest);
         const task: DeliveryTask = {
           deliveryId: deliveryId(req.notificationId, channel), notificationId: req.notificationId, tenant: req.tenant,
           eventId: req.eventId, eventType: req.eventType, ruleId: req.ruleId, recipient: req.recipient, category: req.category,

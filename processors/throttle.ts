@@ -1,17 +1,239 @@
 /**
- * throttle: admits notifications. Rate limits, quiet hours and digests build on this
- * stage (keyed state and timers); today every notification is ADMITTED.
+ * throttle: per-user rate limits, quiet hours and digests, on the stage's keyed state.
+ * One user's notifications all live in one partition (topics are keyed <tenant>/<user>),
+ * so the counts are exact, across every rule (`user` scope), per category or per rule.
+ *
+ * - Windows slide over stream time: the `counters` store keeps, per scope, the admission
+ *   times inside the longest window, so a replay decides the same.
+ * - Over a limit, the rule's `onExceed` decides: `defer` holds the notification until the
+ *   window has room (oldest first), `digest` collects it by digest key for the digest's
+ *   window (or until maxItems) and then sends ONE notification listing the items, `drop`
+ *   ends it THROTTLED.
+ * - Quiet hours (the user's preferences, read in the profile's time zone) defer
+ *   non-critical notifications to the end of the window. CRITICAL bypasses both.
+ * - Held notifications and open digests sit in the `held` store, indexed by release time;
+ *   a wall-clock timer releases what is due. A held item whose expiry passes is EXPIRED.
  */
+import type { Limit, Rule, RuleSet } from '../rules/rules.ts';
+import type { RecordRef, StageContext, StageFactory } from '../runtime/contract.ts';
+import type { Metrics } from '../runtime/metrics.ts';
+import type { EnrichedNotification, NotificationRequest } from '../schemas/types.ts';
+import type { StoreView } from '../state/store.ts';
 import { userKey } from '../topology.ts';
-import type { StageFactory } from '../runtime/contract.ts';
 import { about } from './about.ts';
+import { field } from './dedupe.ts';
+import { hashKey } from './ids.ts';
+import { localTime, quietUntil } from './quiet-hours.ts';
 
-export const throttle: StageFactory<'throttle'> = () => ({
-  async process(batch, ctx) {
-    for (const rec of batch) {
-      const req = rec.value.request;
-      ctx.emit(rec, 'admitted', userKey(req.tenant, req.recipient), rec.value);
-      ctx.outcome(rec, { ...about(req), status: 'ADMITTED', reasonCode: 'no_limit', reason: 'no rate limit or quiet hours apply' });
+/** A deferred notification, held until `dueAt`. `deferrals` numbers its DEFERRED/RELEASED pairs. */
+interface Deferred { kind: 'deferred'; item: EnrichedNotification; cause: RecordRef; deferrals: number }
+/** An open digest: its items, sent at `closesAt` or when full. */
+interface Digest { kind: 'digest'; digestId: string; ruleId: string; openedAt: number; closesAt: number; items: { item: EnrichedNotification; cause: RecordRef }[] }
+type Held = Deferred | Digest;
+
+const RELEASE_LIMIT = 500;
+
+function scopeKey(limit: Limit, req: NotificationRequest): string {
+  const user = userKey(req.tenant, req.recipient);
+  return limit.scope === 'user' ? `u|${user}` : limit.scope === 'category' ? `c|${user}|${req.category}` : `r|${user}|${req.ruleId}`;
+}
+
+const scopeName = (limit: Limit, req: NotificationRequest) => (limit.scope === 'user' ? 'notifications' : limit.scope === 'category' ? `${req.category} notifications` : `notifications of rule ${req.ruleId}`);
+const ago = (ms: number) => (ms % 86_400_000 === 0 ? `${ms / 86_400_000} d` : ms % 3_600_000 === 0 ? `${ms / 3_600_000} h` : ms % 60_000 === 0 ? `${ms / 60_000} min` : `${ms / 1000} s`);
+const utc = (t: number) => new Date(t).toISOString().replace('.000Z', 'Z');
+
+interface Verdict { over: { limit: Limit; count: number } | null; roomAt: number; counts: string[] }
+
+/** The limits a notification is subject to, checked at time `t` against the admission times in `counters`. */
+async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: number, counters: StoreView): Promise<Verdict> {
+  const limits = rules.limitsFor(rule);
+  const times = await counters.getMany<number[]>(limits.map((l) => scopeKey(l, req)));
+  let over: Verdict['over'] = null;
+  let roomAt = t;
+  const counts: string[] = [];
+  limits.forEach((limit, i) => {
+    const inWindow = (times[i] ?? []).filter((x) => x > t - limit.perMs);
+    counts.push(`${inWindow.length + 1} of ${limit.max} per ${ago(limit.perMs)} (${limit.scope})`);
+    if (inWindow.length >= limit.max) {
+      over ??= { limit, count: inWindow.length };
+      // Room once enough of the oldest admissions leave the window.
+      roomAt = Math.max(roomAt, inWindow[inWindow.length - limit.max]! + limit.perMs);
     }
-  },
-});
+  });
+  return { over, roomAt, counts };
+}
+
+/** Records an admission at `t` in every scope the notification counts in. */
+async function count(rules: RuleSet, rule: Rule, req: NotificationRequest, t: number, counters: StoreView): Promise<void> {
+  const keys = [...new Set(rules.limitsFor(rule).map((l) => scopeKey(l, req)))];
+  const horizon = t - rules.longestWindowMs;
+  const times = await counters.getMany<number[]>(keys);
+  keys.forEach((k, i) => counters.put(k, [...(times[i] ?? []).filter((x) => x > horizon), t].sort((a, b) => a - b)));
+}
+
+export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) => {
+  /** Earliest held release this instance knows of, to skip idle timer runs. */
+  let nextDue: number | undefined;
+  const decided = (d: string) => (metrics as Metrics | undefined)?.throttleDecisions.inc({ decision: d });
+
+  const hold = (held: StoreView, key: string, dueAt: number, value: Held) => {
+    held.hold(key, dueAt, value);
+    if (nextDue !== undefined) nextDue = Math.min(nextDue, dueAt);
+  };
+
+  const pass = (ctx: StageContext<'throttle'>, cause: RecordRef, n: EnrichedNotification, t: number) =>
+    ctx.emit(cause, 'admitted', userKey(n.request.tenant, n.request.recipient), n, { timestamp: t });
+
+  /** Decides one notification at time `t`; `deferrals` > 0 when it is a held one coming back. */
+  async function decide(ctx: StageContext<'throttle'>, cause: RecordRef, n: EnrichedNotification, t: number, deferrals: number): Promise<void> {
+    const req = n.request;
+    const counters = ctx.store('counters');
+    const held = ctx.store('held');
+    const rule = rules.byId(req.ruleId);
+    const base = { ...about(req), timestamp: t };
+    const released = () => ctx.outcome(cause, { ...base, status: 'RELEASED', reasonCode: 'released', reason: `released at ${utc(t)}`, attempt: deferrals });
+    // (A fresh notification past its expiry is left to route, which drops it.)
+    if (deferrals && req.expiresAt !== null && t >= req.expiresAt) {
+      decided('expired');
+      ctx.outcome(cause, { ...base, status: 'EXPIRED', reasonCode: 'expired_while_held', reason: `expired at ${utc(req.expiresAt)} while held by throttle` });
+      return;
+    }
+    if (req.priority === 'CRITICAL' || !rule) {
+      if (deferrals) released();
+      if (rule) await count(rules, rule, req, t, counters);
+      decided('critical_bypass');
+      pass(ctx, cause, n, t);
+      if (!deferrals) ctx.outcome(cause, { ...base, status: 'ADMITTED', reasonCode: rule ? 'critical_bypass' : 'no_limit', reason: rule ? 'CRITICAL: passes rate limits and quiet hours' : 'no rate limit or quiet hours apply' });
+      return;
+    }
+    const deferKey = `d|${userKey(req.tenant, req.recipient)}|${String(req.occurredAt).padStart(15, '0')}|${req.notificationId}`;
+    const defer = (until: number, reasonCode: 'quiet_hours' | 'limit_deferred', reason: string) => {
+      hold(held, deferKey, until, { kind: 'deferred', item: n, cause, deferrals: deferrals + 1 });
+      decided(reasonCode === 'quiet_hours' ? 'quiet_hours' : 'deferred');
+      ctx.outcome(cause, { ...base, status: 'DEFERRED', reasonCode, reason, attempt: deferrals + 1 });
+    };
+    // Quiet hours: in the user's zone, whatever the limits say.
+    const quiet = n.preferences?.quietHours;
+    if (quiet) {
+      const zone = n.user.timezone || 'UTC';
+      let until: number | null = null;
+      try {
+        until = quietUntil(t, quiet, zone);
+      } catch {
+        until = quietUntil(t, quiet, 'UTC');
+      }
+      if (until !== null) {
+        if (deferrals) released();
+        defer(until, 'quiet_hours', `deferred: quiet hours ${quiet.start}–${quiet.end} ${zone}; released at ${localTime(until, zone)}`);
+        return;
+      }
+    }
+    const v = await check(rules, rule, req, t, counters);
+    if (!v.over) {
+      await count(rules, rule, req, t, counters);
+      pass(ctx, cause, n, t);
+      if (deferrals) {
+        decided('released');
+        released();
+      } else {
+        decided('admitted');
+        const limits = rules.limitsFor(rule);
+        ctx.outcome(cause, { ...base, status: 'ADMITTED', reasonCode: limits.length ? 'within_limits' : 'no_limit', reason: limits.length ? `within limits: ${v.counts.join('; ')}` : 'no rate limit or quiet hours apply' });
+      }
+      return;
+    }
+    const { limit, count: seen } = v.over;
+    const why = `${seen} of ${limit.max} ${scopeName(limit, req)} in the last ${ago(limit.perMs)}`;
+    if (deferrals) {
+      // Came back too early (others took the room): held again, quietly, until there is room.
+      hold(held, deferKey, v.roomAt, { kind: 'deferred', item: n, cause, deferrals });
+      return;
+    }
+    switch (rule.throttle.onExceed) {
+      case 'drop':
+        decided('dropped');
+        ctx.outcome(cause, { ...base, status: 'THROTTLED', reasonCode: 'limit_dropped', reason: `throttled: ${why}; the rule drops what exceeds it` });
+        return;
+      case 'defer':
+        defer(v.roomAt, 'limit_deferred', `deferred: ${why}; released at ${localTime(v.roomAt, n.user.timezone || 'UTC')}`);
+        return;
+      case 'digest':
+        await collect(ctx, cause, n, rule, t, why);
+    }
+  }
+
+  async function collect(ctx: StageContext<'throttle'>, cause: RecordRef, n: EnrichedNotification, rule: Rule, t: number, why: string): Promise<void> {
+    const req = n.request;
+    const spec = rule.throttle.digest!;
+    const data = JSON.parse(req.data) as Record<string, unknown>;
+    const key = `g|${hashKey([req.tenant, req.recipient, rule.id, ...spec.keyFields.map((f) => `${f}=${field(req, data, f)}`)])}`;
+    const held = ctx.store('held');
+    const [open] = await held.getMany<Digest>([key]);
+    const digest: Digest = open ?? { kind: 'digest', digestId: `ntf_${hashKey(['digest', key, String(t)]).slice(0, 32)}`, ruleId: rule.id, openedAt: t, closesAt: t + spec.windowMs, items: [] };
+    if (digest.items.some((x) => x.item.request.notificationId === req.notificationId)) return; // seen again (redelivery)
+    digest.items.push({ item: n, cause });
+    decided('digest_collected');
+    ctx.outcome(cause, { ...about(req), timestamp: t, status: 'DEFERRED', reasonCode: 'digest_collected', attempt: 1, reason: `collected into digest ${digest.digestId} (item ${digest.items.length}; ${why}); sent at ${localTime(digest.closesAt, n.user.timezone || 'UTC')} or at ${spec.maxItems} items` });
+    if (digest.items.length >= spec.maxItems) {
+      held.delete(key);
+      await send(ctx, digest, rule, t);
+    } else hold(held, key, digest.closesAt, digest);
+  }
+
+  /** Sends an open digest as one notification; its items end DIGESTED (or EXPIRED). */
+  async function send(ctx: StageContext<'throttle'>, digest: Digest, rule: Rule, t: number): Promise<void> {
+    const live = digest.items.filter(({ item }) => item.request.expiresAt === null || t < item.request.expiresAt);
+    for (const { item, cause } of digest.items.filter((x) => !live.includes(x))) {
+      decided('expired');
+      ctx.outcome(cause, { ...about(item.request), timestamp: t, status: 'EXPIRED', reasonCode: 'expired_while_held', reason: `expired at ${utc(item.request.expiresAt!)} while collected in digest ${digest.digestId}` });
+    }
+    if (live.length === 0) return;
+    const last = live.at(-1)!.item;
+    const first = live[0]!.item.request;
+    const items = live.map(({ item: { request: r } }) => ({ notificationId: r.notificationId, eventId: r.eventId, eventType: r.eventType, actor: r.actor, occurredAt: r.occurredAt, data: JSON.parse(r.data) as unknown }));
+    const request: NotificationRequest = {
+      ...first, notificationId: digest.digestId, eventId: `digest:${digest.digestId}`, data: JSON.stringify({ count: items.length, items }),
+      idempotencyKey: null, occurredAt: t, expiresAt: null, digestOf: items.map((i) => i.notificationId),
+    };
+    const made: EnrichedNotification = { request, user: last.user, preferences: last.preferences };
+    const cause = live.at(-1)!.cause;
+    await count(rules, rule, request, t, ctx.store('counters')); // the digest counts once
+    (metrics as Metrics | undefined)?.digestSize.observe(items.length);
+    decided('digest_emitted');
+    pass(ctx, cause, made, t);
+    ctx.outcome(cause, { ...about(request), timestamp: t, status: 'ADMITTED', reasonCode: 'digest_emitted', reason: `digest of ${items.length} ${first.category} notifications collected since ${utc(digest.openedAt)}` });
+    for (const { item: { request: r }, cause: c } of live) {
+      ctx.outcome(c, { ...about(r), timestamp: t, status: 'DIGESTED', reasonCode: 'digested', reason: `sent as item of digest ${digest.digestId} with ${items.length} items` });
+    }
+  }
+
+  return {
+    punctuation: { type: 'wall-clock', intervalMs: config.timerIntervalMs },
+
+    async process(batch, ctx) {
+      for (const rec of batch) await decide(ctx, rec, rec.value, rec.timestamp, 0);
+    },
+
+    async punctuate(ctx, { wallClock }) {
+      if (nextDue !== undefined && nextDue > wallClock) return;
+      const held = ctx.store('held');
+      const due = await held.due<Held>(wallClock, RELEASE_LIMIT);
+      if (due.length === 0) {
+        const [next] = await held.due<Held>(Number.MAX_SAFE_INTEGER, 1);
+        nextDue = next?.dueAt ?? Number.POSITIVE_INFINITY;
+        return;
+      }
+      nextDue = undefined;
+      for (const d of due) {
+        held.delete(d.key);
+        const h = d.value;
+        // Released at its due time, so the decision does not depend on when the timer ran.
+        if (h.kind === 'deferred') await decide(ctx, h.cause, h.item, d.dueAt, h.deferrals);
+        else {
+          const rule = rules.byId(h.ruleId);
+          if (rule?.throttle.digest) await send(ctx, h, rule, d.dueAt);
+        }
+      }
+    },
+  };
+};

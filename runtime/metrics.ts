@@ -14,6 +14,8 @@ export class Metrics {
   readonly tableRecords: Counter<'table'>;
   readonly deliveries: Counter<'channel' | 'result'>;
   readonly deliveryLatency: Histogram<'channel'>;
+  readonly throttleDecisions: Counter<'decision'>;
+  readonly digestSize: Histogram;
 
   constructor(opts: { defaults?: boolean } = {}) {
     const r = (this.registry = new Registry());
@@ -25,6 +27,8 @@ export class Metrics {
     this.restoreDuration = new Histogram({ name: 'herald_state_restore_duration_seconds', help: 'Time to restore one store partition from its changelog.', labelNames: ['stage', 'store'], buckets: [0.01, 0.1, 0.5, 1, 5, 15, 60, 300], registers: [r] });
     this.tableRecords = new Counter({ name: 'herald_table_records_total', help: 'Records applied to global tables.', labelNames: ['table'], registers: [r] });
     this.deliveries = new Counter({ name: 'herald_deliver_attempts_total', help: 'Channel calls by channel and result.', labelNames: ['channel', 'result'], registers: [r] });
+    this.throttleDecisions = new Counter({ name: 'herald_throttle_decisions_total', help: 'Throttle decisions: admitted, critical_bypass, deferred, quiet_hours, released, digest_collected, digest_emitted, dropped, expired.', labelNames: ['decision'], registers: [r] });
+    this.digestSize = new Histogram({ name: 'herald_throttle_digest_items', help: 'Items per digest sent.', buckets: [1, 2, 5, 10, 20, 50, 100, 500], registers: [r] });
     this.deliveryLatency = new Histogram({ name: 'herald_deliver_call_duration_seconds', help: 'Duration of one channel call.', labelNames: ['channel'], buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10], registers: [r] });
   }
 }

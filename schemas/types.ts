@@ -18,6 +18,8 @@ export interface NotificationRequest {
   occurredAt: number;
   expiresAt: number | null;
   traceId: string;
+  /** For a digest made by throttle: the notification ids it carries (empty otherwise). */
+  digestOf: string[];
 }
 
 export interface UserProfile {
@@ -39,6 +41,7 @@ export interface UserPreferences {
   tenant: string | null;
   channels: Record<string, boolean>;
   categories: Record<string, boolean>;
+  quietHours: { start: string; end: string } | null;
   updatedAt: number | null;
 }
 

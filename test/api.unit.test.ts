@@ -273,6 +273,14 @@ describe('HTTP API on ports', () => {
     }
   });
 
+  it('checks quiet hours and time zones where they are written', async () => {
+    const bad = await inject({ method: 'PUT', url: '/v1/users/ada/preferences', payload: { quietHours: { start: '25:00', end: '07:00' } } });
+    expect([bad.statusCode, bad.json().field]).toEqual([400, 'quietHours.start']);
+    expect((await inject({ method: 'PUT', url: '/v1/users/ada/preferences', payload: { quietHours: { start: '22:00', end: '07:00' } } })).statusCode).toBe(202);
+    const zone = await inject({ method: 'PUT', url: '/v1/users/ada', payload: { timezone: 'Mars/Olympus' } });
+    expect([zone.statusCode, zone.json().field]).toEqual([400, 'timezone']);
+  });
+
   it('only ever sends error codes that are documented', () => {
     const source = ['api/server.ts', 'app/queries.ts'].map((f) => readFileSync(f, 'utf8')).join('\n');
     const sent = [...source.matchAll(/'(HRL_[A-Z_]+)'/g)].map((m) => m[1]!);

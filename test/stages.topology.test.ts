@@ -181,8 +181,8 @@ describe('route', () => {
 
   it('honours channel and category opt-outs', async () => {
     const d = driver('route', route);
-    const optedOut = await admitted({}, undefined, { userId: 'ada', tenant: 'acme', channels: { webhook: false }, categories: {}, updatedAt: null });
-    const category = await admitted({}, undefined, { userId: 'ada', tenant: 'acme', channels: {}, categories: { collaboration: false }, updatedAt: null });
+    const optedOut = await admitted({}, undefined, { userId: 'ada', tenant: 'acme', channels: { webhook: false }, categories: {}, quietHours: null, updatedAt: null });
+    const category = await admitted({}, undefined, { userId: 'ada', tenant: 'acme', channels: {}, categories: { collaboration: false }, quietHours: null, updatedAt: null });
     const r = await d.pipe([{ value: optedOut, timestamp: T0 }, { value: category, timestamp: T0 }]);
     expect(r.outcomes.map((o) => o.reasonCode)).toEqual(['no_reachable_channel', 'category_opted_out']);
     expect(r.outcomes[0]!.reason).toContain('webhook: opted out');

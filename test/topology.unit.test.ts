@@ -17,9 +17,11 @@ describe('describe()', () => {
         in:  herald.enriched.v1
         out: herald.deduped.v1, herald.outcomes.v1, herald.dlq.v1
         store seen -> herald.dedupe.seen.changelog: dedupe key -> first notification and when it was seen
-      stage throttle (group herald.throttle): rate limits and quiet hours (admits all for now)
+      stage throttle (group herald.throttle): per-user rate limits (defer, digest, drop), quiet hours, CRITICAL bypass
         in:  herald.deduped.v1
         out: herald.admitted.v1, herald.outcomes.v1, herald.dlq.v1
+        store counters -> herald.throttle.counters.changelog: per user (and category, rule) scope -> admission times inside the longest limit window
+        store held -> herald.throttle.held.changelog: deferred notifications and open digests, indexed by release time, released by a timer
       stage route (group herald.route): pick channels, render templates, drop expired
         in:  herald.admitted.v1
         out: herald.deliveries.v1, herald.outcomes.v1, herald.dlq.v1
@@ -55,8 +57,8 @@ describe("topicPlan('herald.', 4)", () => {
     }
     // and the only others are the changelogs of stores that have one
     const changelogs = names.filter((n) => !(Object.keys(TOPICS) as TopicKey[]).some((k) => topicName('herald.', k) === n));
-    expect(changelogs.sort()).toEqual(['herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog']);
-    expect(plan).toHaveLength(Object.keys(TOPICS).length + 3);
+    expect(changelogs.sort()).toEqual(['herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog', 'herald.throttle.counters.changelog', 'herald.throttle.held.changelog']);
+    expect(plan).toHaveLength(Object.keys(TOPICS).length + 5);
   });
 
   it('compacts the changelog topics', () => {
@@ -76,7 +78,7 @@ describe("topicPlan('herald.', 4)", () => {
   it('does not compact events or the other streams', () => {
     expect(byName.get('herald.events.v1')).toMatchObject({ compacted: false, schema: 'DomainEvent' });
     const compacted = plan.filter((t) => t.compacted).map((t) => t.name).sort();
-    expect(compacted).toEqual(['herald.audiences.v1', 'herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog', 'herald.instances.v1', 'herald.keys.v1', 'herald.preferences.v1', 'herald.users.v1']);
+    expect(compacted).toEqual(['herald.audiences.v1', 'herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog', 'herald.instances.v1', 'herald.keys.v1', 'herald.preferences.v1', 'herald.throttle.counters.changelog', 'herald.throttle.held.changelog', 'herald.users.v1']);
   });
 
   it('gives every shared topic the requested partition count, and the instance directory and keys one partition', () => {
@@ -87,7 +89,7 @@ describe("topicPlan('herald.', 4)", () => {
 
   it('stores raw bytes or JSON (no schema) only in the DLQ, the instance directory, the keys and changelogs', () => {
     expect(plan.filter((t) => t.schema === null).map((t) => t.name).sort())
-      .toEqual(['herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog', 'herald.dlq.v1', 'herald.instances.v1', 'herald.keys.v1']);
+      .toEqual(['herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog', 'herald.dlq.v1', 'herald.instances.v1', 'herald.keys.v1', 'herald.throttle.counters.changelog', 'herald.throttle.held.changelog']);
   });
 });
 

@@ -63,13 +63,23 @@ async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: nu
   return { over, roomAt, counts };
 }
 
-/** Records an admission at `t` in every scope the notification counts in. */
+/** Records an admission at `t` in every scope the notification counts in (kept while inside the longest window). */
 async function count(rules: RuleSet, rule: Rule, req: NotificationRequest, t: number, counters: StoreView): Promise<void> {
   const keys = [...new Set(rules.limitsFor(rule).map((l) => scopeKey(l, req)))];
   const horizon = t - rules.longestWindowMs;
   const times = await counters.getMany<number[]>(keys);
-  keys.forEach((k, i) => counters.put(k, [...(times[i] ?? []).filter((x) => x > horizon), t].sort((a, b) => a - b)));
+  keys.forEach((k, i) => {
+    const kept = [...(times[i] ?? []).filter((x) => x > horizon), t].sort((a, b) => a - b);
+    counters.putUntil(k, kept, kept.at(-1)! + rules.longestWindowMs);
+  });
 }
+
+/**
+ * What throttle decided about a notification, so a record read again (a redelivery after a
+ * crash, before its offset was committed) gets the same decision instead of counting twice.
+ */
+type Memo = { d: 'admitted' | 'held' | 'throttled'; at: number };
+const memoKey = (notificationId: string) => `n|${notificationId}`;
 
 export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) => {
   /** Earliest held release this instance knows of, to skip idle timer runs. */
@@ -91,6 +101,16 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     const held = ctx.store('held');
     const rule = rules.byId(req.ruleId);
     const base = { ...about(req), timestamp: t };
+    const memo = (d: Memo['d']) => counters.putUntil(memoKey(req.notificationId), { d, at: t } satisfies Memo, t + rules.longestWindowMs + config.dedupeGraceMs);
+    if (!deferrals) {
+      const [seen] = await counters.getMany<Memo>([memoKey(req.notificationId)]);
+      if (seen) {
+        // Decided before: the same answer again, nothing counted twice. (Held: still held.)
+        if (seen.d === 'admitted') pass(ctx, cause, n, seen.at);
+        if (seen.d !== 'held') ctx.outcome(cause, { ...base, timestamp: seen.at, status: seen.d === 'admitted' ? 'ADMITTED' : 'THROTTLED', reasonCode: 'replayed', reason: `decided at ${utc(seen.at)}; the same decision again` });
+        return;
+      }
+    }
     const released = () => ctx.outcome(cause, { ...base, status: 'RELEASED', reasonCode: 'released', reason: `released at ${utc(t)}`, attempt: deferrals });
     // (A fresh notification past its expiry is left to route, which drops it.)
     if (deferrals && req.expiresAt !== null && t >= req.expiresAt) {
@@ -101,6 +121,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     if (req.priority === 'CRITICAL' || !rule) {
       if (deferrals) released();
       if (rule) await count(rules, rule, req, t, counters);
+      memo('admitted');
       decided('critical_bypass');
       pass(ctx, cause, n, t);
       if (!deferrals) ctx.outcome(cause, { ...base, status: 'ADMITTED', reasonCode: rule ? 'critical_bypass' : 'no_limit', reason: rule ? 'CRITICAL: passes rate limits and quiet hours' : 'no rate limit or quiet hours apply' });
@@ -109,6 +130,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     const deferKey = `d|${userKey(req.tenant, req.recipient)}|${String(req.occurredAt).padStart(15, '0')}|${req.notificationId}`;
     const defer = (until: number, reasonCode: 'quiet_hours' | 'limit_deferred', reason: string) => {
       hold(held, deferKey, until, { kind: 'deferred', item: n, cause, deferrals: deferrals + 1 });
+      memo('held');
       decided(reasonCode === 'quiet_hours' ? 'quiet_hours' : 'deferred');
       ctx.outcome(cause, { ...base, status: 'DEFERRED', reasonCode, reason, attempt: deferrals + 1 });
     };
@@ -131,6 +153,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     const v = await check(rules, rule, req, t, counters);
     if (!v.over) {
       await count(rules, rule, req, t, counters);
+      memo('admitted');
       pass(ctx, cause, n, t);
       if (deferrals) {
         decided('released');
@@ -151,6 +174,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     }
     switch (rule.throttle.onExceed) {
       case 'drop':
+        memo('throttled');
         decided('dropped');
         ctx.outcome(cause, { ...base, status: 'THROTTLED', reasonCode: 'limit_dropped', reason: `throttled: ${why}; the rule drops what exceeds it` });
         return;
@@ -158,6 +182,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
         defer(v.roomAt, 'limit_deferred', `deferred: ${why}; released at ${localTime(v.roomAt, n.user.timezone || 'UTC')}`);
         return;
       case 'digest':
+        memo('held');
         await collect(ctx, cause, n, rule, t, why);
     }
   }
@@ -212,6 +237,8 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
 
     async process(batch, ctx) {
       for (const rec of batch) await decide(ctx, rec, rec.value, rec.timestamp, 0);
+      // Counters past the longest window and decisions past it (plus grace) are swept, in stream time.
+      await ctx.store('counters').expire(Math.max(...batch.map((r) => r.timestamp)));
     },
 
     async punctuate(ctx, { wallClock }) {

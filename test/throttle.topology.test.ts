@@ -73,6 +73,20 @@ describe('throttle: limits', () => {
     expect((await d.advance(HOUR)).outcomes).toEqual([]); // each released once
   });
 
+  it('decides a record read again (redelivery after a crash) the same way, counting it once', async () => {
+    const d = driver();
+    const items = Array.from({ length: 4 }, () => n('comment'));
+    const once = await d.pipe(items.map((value) => ({ value, timestamp: T0 })));
+    const again = await d.pipe(items.map((value) => ({ value, timestamp: T0 })));
+    expect(once.outcomes.map((o) => o.status)).toEqual(['ADMITTED', 'ADMITTED', 'ADMITTED', 'DEFERRED']);
+    // Admitted ones pass again (downstream ids absorb them); the held one stays held, once.
+    expect(again.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['ADMITTED', 'replayed'], ['ADMITTED', 'replayed'], ['ADMITTED', 'replayed']]);
+    expect(again.emitted.map((e) => (e.value as EnrichedNotification).request.notificationId)).toEqual(items.slice(0, 3).map((i) => i.request.notificationId));
+    const fresh = await d.pipe([{ value: n('comment'), timestamp: T0 + 1 }]);
+    expect(fresh.outcomes[0]!.reason).toContain('3 of 3'); // not 6 of 3: nothing counted twice
+    expect((await d.advance(HOUR)).outcomes.map((o) => o.status)).toEqual(['RELEASED', 'RELEASED']); // the held one (once) and the fresh one
+  });
+
   it('counts the user scope across rules, so one noisy rule cannot get around the user\'s limit', async () => {
     const d = driver();
     const r = await d.pipe([...Array.from({ length: 3 }, () => n('comment')), ...Array.from({ length: 3 }, () => n('mention'))].map((value, i) => ({ value, timestamp: T0 + i })));

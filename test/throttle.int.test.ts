@@ -1,0 +1,86 @@
+/**
+ * Held notifications survive kill -9, run the README's way (`npm start` on the embedded
+ * default): Herald is SIGKILLed while notifications are deferred by a rate limit and a
+ * digest is open; after the restart on the same state directory each deferred
+ * notification is delivered once, and the digest once, with every item in it.
+ */
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AUTH, eventually, removeDir } from './support/herald.ts';
+import { startWithNpm } from './support/processes.ts';
+import { WebhookReceiver } from './support/webhook-receiver.ts';
+
+const hooks = new WebhookReceiver();
+const children: ChildProcess[] = [];
+const dir = mkdtempSync(join(tmpdir(), 'herald-throttle-'));
+const stateDir = join(dir, 'state');
+const rulesFile = join(dir, 'rules.json');
+const template = { webhook: { en: { subject: '{{eventType}}', body: '{{data.n}}' } } };
+writeFileSync(rulesFile, JSON.stringify({
+  version: 2,
+  rules: [
+    { id: 'comment', eventType: 'comment.created', category: 'collaboration', channels: ['webhook'], templates: template, dedupe: { keyFields: ['recipient', 'data.n'], window: '1h' }, throttle: { limits: [{ scope: 'category', max: 1, per: '15s' }], onExceed: 'defer' } },
+    { id: 'edit', eventType: 'doc.edited', category: 'docs', channels: ['webhook'], templates: template, dedupe: { keyFields: ['recipient', 'data.n'], window: '1h' },
+      throttle: { limits: [{ scope: 'rule', max: 1, per: '1h' }], digest: { window: '20s', key: ['recipient', 'data.doc'], templates: { webhook: { en: { subject: '{{count}} edits', body: '{{#items}}{{data.n}} {{/items}}' } } } } } },
+  ],
+}));
+const env = { HERALD_STATE_DIR: stateDir, HERALD_RULES: rulesFile, HERALD_PARTITIONS: '2', HERALD_COMMIT_INTERVAL_MS: '200' };
+
+beforeAll(async () => {
+  await hooks.start();
+});
+afterAll(async () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  await hooks.stop();
+  removeDir(dir);
+});
+
+const call = async (url: string, method: string, path: string, body?: unknown) => {
+  const res = await fetch(`${url}${path}`, { method, headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...AUTH }, ...(body ? { body: JSON.stringify(body) } : {}) });
+  return { status: res.status, body: (await res.json().catch(() => null)) as Record<string, unknown> };
+};
+
+describe('throttle across kill -9', () => {
+  it('delivers each deferred notification once and the open digest once, with every item', async () => {
+    const first = await startWithNpm(env, children);
+    expect((await call(first.url, 'PUT', '/v1/users/tia', { name: 'Tia', webhookUrl: `${hooks.url}/tia` })).status).toBe(202);
+    await eventually(async () => (await call(first.url, 'GET', '/v1/users/tia')).status === 200);
+    const ids: Record<string, string> = {};
+    for (const [type, n] of [['comment.created', 'c1'], ['comment.created', 'c2'], ['comment.created', 'c3'], ['doc.edited', 'e1'], ['doc.edited', 'e2'], ['doc.edited', 'e3'], ['doc.edited', 'e4']] as const) {
+      const r = await call(first.url, 'POST', '/v1/events', { type, recipients: ['tia'], data: { n, doc: 'd-1' } });
+      expect(r.status).toBe(202);
+      ids[n] = (r.body.notifications as { notificationId: string }[])[0]!.notificationId;
+    }
+    // c2, c3 deferred; e2..e4 in an open digest: on record, then the process dies.
+    const statusOf = async (url: string, n: string) => (await call(url, 'GET', `/v1/notifications/${ids[n]}`)).body?.status;
+    await eventually(async () => (await Promise.all(['c2', 'c3', 'e2', 'e3', 'e4'].map((n) => statusOf(first.url, n)))).every((s) => s === 'DEFERRED'), 20_000);
+    process.kill(first.herald, 'SIGKILL');
+    await eventually(() => first.npm.exitCode !== null || first.npm.signalCode !== null, 10_000);
+
+    const second = await startWithNpm(env, children);
+    try {
+      // c1, e1 at once; c2 and c3 when the 1-per-15s window allows; the digest when its 20 s close.
+      await eventually(() => hooks.for('/tia').length >= 5, 60_000);
+      await new Promise((r) => setTimeout(r, 3000)); // anything sent twice would arrive by now
+      const got = hooks.for('/tia').map((h) => h.json as { notificationId: string; subject: string; body: string; data: { count?: number; items?: { notificationId: string }[] } });
+      const byId = new Map<string, number>();
+      for (const g of got) byId.set(g.notificationId, (byId.get(g.notificationId) ?? 0) + 1);
+      expect([...byId.values()].every((c) => c === 1), JSON.stringify([...byId])).toBe(true);
+      expect(['c1', 'c2', 'c3', 'e1'].every((n) => byId.has(ids[n]!))).toBe(true);
+      const digests = got.filter((g) => g.subject.endsWith('edits'));
+      expect(digests).toHaveLength(1);
+      expect(digests[0]!.subject).toBe('3 edits');
+      expect(digests[0]!.data.items!.map((i) => i.notificationId).sort()).toEqual(['e2', 'e3', 'e4'].map((n) => ids[n]).sort());
+      for (const n of ['e2', 'e3', 'e4']) await eventually(async () => (await statusOf(second.url, n)) === 'DIGESTED');
+      for (const n of ['c2', 'c3']) {
+        const view = (await call(second.url, 'GET', `/v1/notifications/${ids[n]}`)).body as { events: { status: string }[] };
+        expect(view.events.map((e) => e.status)).toEqual(expect.arrayContaining(['DEFERRED', 'RELEASED', 'DELIVERED']));
+      }
+    } finally {
+      second.npm.kill('SIGTERM');
+    }
+  }, 150_000);
+});

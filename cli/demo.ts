@@ -1,7 +1,8 @@
 /**
  * `herald start --demo`: a local webhook receiver that checks signatures, a few demo
  * users pointing at it, and sample events, so a newcomer sees notifications delivered
- * and their lifecycles within seconds.
+ * and their lifecycles within seconds: then a burst over a rate limit (deferred, then
+ * released) and edits collected into a digest (rules/demo.json, unless HERALD_RULES is set).
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -38,6 +39,10 @@ export async function runDemo(httpUrl: string, secret: string, apiKey: string, p
   const events = [
     { type: 'comment.created', tenant: 'acme', recipients: ['ada', 'grace'], actor: 'linus', data: { commentId: 'c-1', documentTitle: 'Q3 plan', excerpt: 'Looks good to me' } },
     { type: 'pull_request.review_requested', tenant: 'acme', recipients: ['ada'], actor: 'grace', data: { pullRequestId: 42, title: 'Add retries' } },
+    // Over comment-created's 2-per-20s limit for ada: the last two are deferred, then released.
+    ...['c-2', 'c-3', 'c-4'].map((commentId) => ({ type: 'comment.created', tenant: 'acme', recipients: ['ada'], actor: 'linus', data: { commentId, documentTitle: 'Q3 plan', excerpt: `comment ${commentId}` } })),
+    // doc-edited allows one an hour: the next three go out as one digest 10 s later.
+    ...['e-1', 'e-2', 'e-3', 'e-4'].map((editId, i) => ({ type: 'doc.edited', tenant: 'acme', recipients: ['grace'], actor: ['ada', 'linus', 'ada', 'mia'][i], data: { editId, documentTitle: 'Q3 plan' } })),
   ];
   const ids: string[] = [];
   for (const [i, e] of events.entries()) {
@@ -49,9 +54,9 @@ export async function runDemo(httpUrl: string, secret: string, apiKey: string, p
   await call('POST', '/v1/events', events[0], { 'idempotency-key': 'demo-0' });
   const pending = new Set(ids);
   const started = Date.now();
-  while (pending.size && Date.now() - started < 30_000) {
+  while (pending.size && Date.now() - started < 60_000) {
     for (const id of [...pending]) {
-      const res = await fetch(`${httpUrl}/v1/notifications/${id}`);
+      const res = await fetch(`${httpUrl}/v1/notifications/${id}`, { headers: { authorization: `Bearer ${apiKey}` } });
       if (!res.ok) continue;
       const n = (await res.json()) as { status: string; terminal: string[]; events: { stage: string; status: string; reason: string; timestamp: number }[] };
       if (n.terminal.length) {
@@ -59,6 +64,8 @@ export async function runDemo(httpUrl: string, secret: string, apiKey: string, p
         const published = n.events[0]!.timestamp;
         const ended = n.events.at(-1)!.timestamp;
         print(`demo lifecycle ${id}: ${n.events.map((e) => `${e.stage}:${e.status}`).join(' -> ')} (${ended - published} ms from publish to ${n.status})`);
+        const held = n.events.some((e) => e.status === 'DEFERRED');
+        if (held) print(`demo   why: ${n.events.filter((e) => e.stage === 'throttle').map((e) => e.reason).join(' | ')}`);
       }
     }
     await new Promise((r) => setTimeout(r, 200));

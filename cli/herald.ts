@@ -39,7 +39,8 @@ function fail(err: unknown): never {
 }
 
 async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?: boolean }) {
-  const config = loadConfig();
+  // The demo shows rate limits and a digest: its rules unless HERALD_RULES says otherwise.
+  const config = loadConfig(process.env, opts.demo && !process.env.HERALD_RULES ? { rulesFile: 'rules/demo.json' } : {});
   const log = createLogger(config.logLevel);
   const started = performance.now();
   const herald = await startHerald({ config, stages, log, api: opts.api ?? true });

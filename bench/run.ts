@@ -12,7 +12,7 @@
  * - peak RSS of this process.
  *
  * Sizes respect the embedded broker's ~5 MB per partition log (see README).
- * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|pipeline|restore|journal,
+ * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|throttle|pipeline|restore|journal,
  * BENCH_PASSTHROUGH / BENCH_DEDUPE / BENCH_PIPELINE / BENCH_RESTORE_KEYS (record counts).
  */
 import { randomUUID } from 'node:crypto';
@@ -93,19 +93,25 @@ const metricValue = async (registry: import('prom-client').Registry, name: strin
   return v?.value ?? 0;
 };
 
-function env(broker: EmbeddedBroker, registryUrl: string, prefix: string, stateDir: string) {
+function env(broker: EmbeddedBroker, registryUrl: string, prefix: string, stateDir: string, extra: Record<string, string> = {}) {
   return loadConfig({
+    ...extra,
     KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: registryUrl, HERALD_TOPIC_PREFIX: prefix, HERALD_PARTITIONS: String(PARTITIONS),
     HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'silent', HERALD_SESSION_TIMEOUT_MS: '10000',
     HERALD_WEBHOOK_SECRET: 'bench-signing-secret', HERALD_OUTBOUND_ALLOW: '127.0.0.1',
   });
 }
 
-async function dedupeStage(broker: EmbeddedBroker, kafka: Kafka, registryUrl: string, n: number) {
-  const prefix = 'bd.';
+/**
+ * One stateful stage alone over `n` pre-produced records: dedupe (every key twice) or
+ * throttle (rules/demo.json: 2 comments per 20 s per user, 10 per user here, so most are
+ * deferred into the held store).
+ */
+async function statefulStage(stage: 'dedupe' | 'throttle', broker: EmbeddedBroker, kafka: Kafka, registryUrl: string, n: number) {
+  const prefix = stage === 'dedupe' ? 'bd.' : 'bt.';
   for (const t of topicPlan(prefix, PARTITIONS)) await broker.createTopic(t.name, t.partitions);
   const serde = new Serde(registryUrl);
-  const topic = topicName(prefix, 'enriched');
+  const topic = topicName(prefix, stage === 'dedupe' ? 'enriched' : 'deduped');
   await serde.register(topic, 'EnrichedNotification');
   const t0 = Date.now();
   const messages: Message[] = [];
@@ -114,22 +120,23 @@ async function dedupeStage(broker: EmbeddedBroker, kafka: Kafka, registryUrl: st
     const key = `k-${Math.floor(i / 2)}`; // every key twice: half the records are duplicates
     const request = {
       notificationId: notificationId('acme', `e-${i}`, recipient, 'comment-created'), tenant: 'acme', eventId: `e-${i}`, eventType: 'comment.created', ruleId: 'comment-created',
-      recipient, category: 'collaboration', priority: 'NORMAL', data: '{}', idempotencyKey: key, actor: null, occurredAt: t0 + i, expiresAt: null, traceId: 't',
+      recipient, category: 'collaboration', priority: 'NORMAL', data: '{}', idempotencyKey: key, actor: null, occurredAt: t0 + i, expiresAt: null, traceId: 't', digestOf: [],
     };
-    const user = { userId: recipient, tenant: null, name: null, email: null, phone: null, locale: 'en', timezone: 'UTC', webhookUrl: 'http://127.0.0.1:9/x', chatWebhookUrl: null, active: true, updatedAt: null };
-    messages.push({ key: recipient, value: await serde.encode(topic, { request, user, preferences: null }), timestamp: String(t0 + i) });
+    const user = { userId: recipient, tenant: 'acme', name: null, email: null, phone: null, locale: 'en', timezone: 'UTC', webhookUrl: 'http://127.0.0.1:9/x', chatWebhookUrl: null, active: true, updatedAt: null };
+    messages.push({ key: userKey('acme', recipient), value: await serde.encode(topic, { request, user, preferences: null }), timestamp: String(t0 + i) });
   }
   await produceAll(kafka, topic, messages);
   const stateDir = mkdtempSync(join(tmpdir(), 'herald-bench-'));
-  const herald = await startHerald({ config: env(broker, registryUrl, prefix, stateDir), stages: ['dedupe'], api: false, log });
-  const count = () => metricValue(herald.metrics.registry, 'herald_stage_records_total', { stage: 'dedupe', result: 'outcome' });
-  await until(async () => (await count()) > 0, 60_000, 'dedupe start');
+  const config = env(broker, registryUrl, prefix, stateDir, stage === 'throttle' ? { HERALD_RULES: 'rules/demo.json' } : {});
+  const herald = await startHerald({ config, stages: [stage], api: false, log });
+  const count = () => metricValue(herald.metrics.registry, 'herald_stage_records_total', { stage, result: 'outcome' });
+  await until(async () => (await count()) > 0, 60_000, `${stage} start`);
   const first = performance.now();
-  await until(async () => (await count()) >= n, 180_000, 'dedupe');
+  await until(async () => (await count()) >= n, 180_000, stage);
   const seconds = (performance.now() - first) / 1000;
   await herald.stop();
   rmSync(stateDir, { recursive: true, force: true });
-  return { records: n, duplicates: n / 2, seconds: +seconds.toFixed(3), recordsPerSecond: round(n / seconds), note: 'from the first decided batch to the last; includes the lazy open of each partition store' };
+  return { records: n, ...(stage === 'dedupe' ? { duplicates: n / 2 } : { deferred: n - 2 * 2000 }), seconds: +seconds.toFixed(3), recordsPerSecond: round(n / seconds), note: 'from the first decided batch to the last; includes the lazy open of each partition store' };
 }
 
 async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: string, n: number, offered: { perSecond: number; seconds: number }) {
@@ -287,8 +294,10 @@ async function main() {
     progress('passthrough (kafkajs ceiling) …');
     const ceiling = await passthrough(broker, kafka, Number(process.env.BENCH_PASSTHROUGH ?? 60_000));
     progress(`  ${ceiling.recordsPerSecond} records/s; dedupe stage …`);
-    const dedupe = only && only !== 'dedupe' ? null : await dedupeStage(broker, kafka, registryUrl, Number(process.env.BENCH_DEDUPE ?? 40_000));
-    progress(`  ${dedupe?.recordsPerSecond} records/s; full pipeline …`);
+    const dedupe = only && only !== 'dedupe' ? null : await statefulStage('dedupe', broker, kafka, registryUrl, Number(process.env.BENCH_DEDUPE ?? 40_000));
+    progress(`  ${dedupe?.recordsPerSecond} records/s; throttle stage …`);
+    const throttleBench = only && only !== 'throttle' ? null : await statefulStage('throttle', broker, kafka, registryUrl, Number(process.env.BENCH_THROTTLE ?? 20_000));
+    progress(`  ${throttleBench?.recordsPerSecond} records/s; full pipeline …`);
     const pipe = await pipeline(broker, kafka, registryUrl, Number(process.env.BENCH_PIPELINE ?? 4_000), { perSecond: 100, seconds: 10 });
     progress(`  ${pipe.throughput.eventsPerSecond} events/s, p50 ${pipe.latency.p50Ms} ms; restore of 1,000,000 keys …`);
     const restored = only && only !== 'restore' ? null : await restore(broker, kafka, Number(process.env.BENCH_RESTORE_KEYS ?? 1_000_000));
@@ -301,6 +310,7 @@ async function main() {
       broker: 'embedded librdkafka mock cluster (1 broker), loopback',
       passthrough: ceiling,
       dedupe,
+      throttle: throttleBench,
       pipeline: { ...pipe.throughput, ratioToPassthrough: +(pipe.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), hops: 6, note: 'events/s from the first ingested batch to the last webhook delivered (one recipient per event)' },
       latency: pipe.latency,
       restore: restored,

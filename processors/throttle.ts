@@ -44,9 +44,41 @@ const utc = (t: number) => new Date(t).toISOString().replace('.000Z', 'Z');
 
 interface Verdict { over: { limit: Limit; count: number } | null; roomAt: number; counts: string[] }
 
+/**
+ * The counters store with a read-through cache for one batch or timer run: a batch's keys
+ * are read in one `getMany` up front (sequential per-record reads were most of the stage's
+ * time), and later reads in the same run see the run's own writes.
+ */
+class Counters {
+  private readonly cache = new Map<string, unknown>();
+  readonly store: StoreView;
+
+  constructor(store: StoreView) {
+    this.store = store;
+  }
+
+  async load(keys: string[]): Promise<void> {
+    const missing = [...new Set(keys)].filter((k) => !this.cache.has(k));
+    if (!missing.length) return;
+    const values = await this.store.getMany(missing);
+    missing.forEach((k, i) => this.cache.set(k, values[i]));
+  }
+
+  async getMany<T>(keys: string[]): Promise<(T | undefined)[]> {
+    await this.load(keys);
+    return keys.map((k) => this.cache.get(k) as T | undefined);
+  }
+
+  putUntil(key: string, value: unknown, expiresAt: number): void {
+    this.cache.set(key, value);
+    this.store.putUntil(key, value, expiresAt);
+  }
+}
+
 /** The limits a notification is subject to, checked at time `t` against the admission times in `counters`. */
-async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: number, counters: StoreView): Promise<Verdict> {
+async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: number, counters: Counters): Promise<Verdict> {
   const limits = rules.limitsFor(rule);
+  if (limits.length === 0) return { over: null, roomAt: t, counts: [] };
   const times = await counters.getMany<number[]>(limits.map((l) => scopeKey(l, req)));
   let over: Verdict['over'] = null;
   let roomAt = t;
@@ -64,8 +96,9 @@ async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: nu
 }
 
 /** Records an admission at `t` in every scope the notification counts in (kept while inside the longest window). */
-async function count(rules: RuleSet, rule: Rule, req: NotificationRequest, t: number, counters: StoreView): Promise<void> {
+async function count(rules: RuleSet, rule: Rule, req: NotificationRequest, t: number, counters: Counters): Promise<void> {
   const keys = [...new Set(rules.limitsFor(rule).map((l) => scopeKey(l, req)))];
+  if (keys.length === 0) return;
   const horizon = t - rules.longestWindowMs;
   const times = await counters.getMany<number[]>(keys);
   keys.forEach((k, i) => {
@@ -95,9 +128,8 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     ctx.emit(cause, 'admitted', userKey(n.request.tenant, n.request.recipient), n, { timestamp: t });
 
   /** Decides one notification at time `t`; `deferrals` > 0 when it is a held one coming back. */
-  async function decide(ctx: StageContext<'throttle'>, cause: RecordRef, n: EnrichedNotification, t: number, deferrals: number): Promise<void> {
+  async function decide(ctx: StageContext<'throttle'>, counters: Counters, cause: RecordRef, n: EnrichedNotification, t: number, deferrals: number): Promise<void> {
     const req = n.request;
-    const counters = ctx.store('counters');
     const held = ctx.store('held');
     const rule = rules.byId(req.ruleId);
     const base = { ...about(req), timestamp: t };
@@ -183,11 +215,11 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
         return;
       case 'digest':
         memo('held');
-        await collect(ctx, cause, n, rule, t, why);
+        await collect(ctx, counters, cause, n, rule, t, why);
     }
   }
 
-  async function collect(ctx: StageContext<'throttle'>, cause: RecordRef, n: EnrichedNotification, rule: Rule, t: number, why: string): Promise<void> {
+  async function collect(ctx: StageContext<'throttle'>, counters: Counters, cause: RecordRef, n: EnrichedNotification, rule: Rule, t: number, why: string): Promise<void> {
     const req = n.request;
     const spec = rule.throttle.digest!;
     const data = JSON.parse(req.data) as Record<string, unknown>;
@@ -201,12 +233,12 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     ctx.outcome(cause, { ...about(req), timestamp: t, status: 'DEFERRED', reasonCode: 'digest_collected', attempt: 1, reason: `collected into digest ${digest.digestId} (item ${digest.items.length}; ${why}); sent at ${localTime(digest.closesAt, n.user.timezone || 'UTC')} or at ${spec.maxItems} items` });
     if (digest.items.length >= spec.maxItems) {
       held.delete(key);
-      await send(ctx, digest, rule, t);
+      await send(ctx, counters, digest, rule, t);
     } else hold(held, key, digest.closesAt, digest);
   }
 
   /** Sends an open digest as one notification; its items end DIGESTED (or EXPIRED). */
-  async function send(ctx: StageContext<'throttle'>, digest: Digest, rule: Rule, t: number): Promise<void> {
+  async function send(ctx: StageContext<'throttle'>, counters: Counters, digest: Digest, rule: Rule, t: number): Promise<void> {
     const live = digest.items.filter(({ item }) => item.request.expiresAt === null || t < item.request.expiresAt);
     for (const { item, cause } of digest.items.filter((x) => !live.includes(x))) {
       decided('expired');
@@ -222,7 +254,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     };
     const made: EnrichedNotification = { request, user: last.user, preferences: last.preferences };
     const cause = live.at(-1)!.cause;
-    await count(rules, rule, request, t, ctx.store('counters')); // the digest counts once
+    await count(rules, rule, request, t, counters); // the digest counts once
     (metrics as Metrics | undefined)?.digestSize.observe(items.length);
     decided('digest_emitted');
     pass(ctx, cause, made, t);
@@ -236,9 +268,15 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     punctuation: { type: 'wall-clock', intervalMs: config.timerIntervalMs },
 
     async process(batch, ctx) {
-      for (const rec of batch) await decide(ctx, rec, rec.value, rec.timestamp, 0);
+      const counters = new Counters(ctx.store('counters'));
+      // One read for the batch: earlier decisions and the admission times of every scope.
+      await counters.load(batch.flatMap(({ value: { request: req } }) => {
+        const rule = rules.byId(req.ruleId);
+        return [memoKey(req.notificationId), ...(rule ? rules.limitsFor(rule).map((l) => scopeKey(l, req)) : [])];
+      }));
+      for (const rec of batch) await decide(ctx, counters, rec, rec.value, rec.timestamp, 0);
       // Counters past the longest window and decisions past it (plus grace) are swept, in stream time.
-      await ctx.store('counters').expire(Math.max(...batch.map((r) => r.timestamp)));
+      await counters.store.expire(Math.max(...batch.map((r) => r.timestamp)));
     },
 
     async punctuate(ctx, { wallClock }) {
@@ -251,14 +289,15 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
         return;
       }
       nextDue = undefined;
+      const counters = new Counters(ctx.store('counters'));
       for (const d of due) {
         held.delete(d.key);
         const h = d.value;
         // Released at its due time, so the decision does not depend on when the timer ran.
-        if (h.kind === 'deferred') await decide(ctx, h.cause, h.item, d.dueAt, h.deferrals);
+        if (h.kind === 'deferred') await decide(ctx, counters, h.cause, h.item, d.dueAt, h.deferrals);
         else {
           const rule = rules.byId(h.ruleId);
-          if (rule?.throttle.digest) await send(ctx, h, rule, d.dueAt);
+          if (rule?.throttle.digest) await send(ctx, counters, h, rule, d.dueAt);
         }
       }
     },

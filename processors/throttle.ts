@@ -117,10 +117,21 @@ const memoKey = (notificationId: string) => `n|${notificationId}`;
 export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) => {
   /** Earliest held release this instance knows of, to skip idle timer runs. */
   let nextDue: number | undefined;
-  const decided = (d: string) => (metrics as Metrics | undefined)?.throttleDecisions.inc({ decision: d });
+  const m = metrics as Metrics | undefined;
+  const decided = (d: string) => m?.throttleDecisions.inc({ decision: d });
+  // Held items of this partition (the gauge): counted once by the first timer run, then kept.
+  let partition = -1;
+  let heldCount: number | undefined;
+  const track = (delta: number) => {
+    if (heldCount === undefined || delta === 0) return;
+    heldCount += delta;
+    m?.throttleHeld.set({ partition: String(partition) }, heldCount);
+  };
 
-  const hold = (held: StoreView, key: string, dueAt: number, value: Held) => {
+  /** Holds a new item (`fresh`) or one already counted. */
+  const hold = (held: StoreView, key: string, dueAt: number, value: Held, fresh: boolean) => {
     held.hold(key, dueAt, value);
+    if (fresh) track(1);
     if (nextDue !== undefined) nextDue = Math.min(nextDue, dueAt);
   };
 
@@ -161,7 +172,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     }
     const deferKey = `d|${userKey(req.tenant, req.recipient)}|${String(req.occurredAt).padStart(15, '0')}|${req.notificationId}`;
     const defer = (until: number, reasonCode: 'quiet_hours' | 'limit_deferred', reason: string) => {
-      hold(held, deferKey, until, { kind: 'deferred', item: n, cause, deferrals: deferrals + 1 });
+      hold(held, deferKey, until, { kind: 'deferred', item: n, cause, deferrals: deferrals + 1 }, true);
       memo('held');
       decided(reasonCode === 'quiet_hours' ? 'quiet_hours' : 'deferred');
       ctx.outcome(cause, { ...base, status: 'DEFERRED', reasonCode, reason, attempt: deferrals + 1 });
@@ -201,7 +212,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     const why = `${seen} of ${limit.max} ${scopeName(limit, req)} in the last ${ago(limit.perMs)}`;
     if (deferrals) {
       // Came back too early (others took the room): held again, quietly, until there is room.
-      hold(held, deferKey, v.roomAt, { kind: 'deferred', item: n, cause, deferrals });
+      hold(held, deferKey, v.roomAt, { kind: 'deferred', item: n, cause, deferrals }, true);
       return;
     }
     switch (rule.throttle.onExceed) {
@@ -233,8 +244,9 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     ctx.outcome(cause, { ...about(req), timestamp: t, status: 'DEFERRED', reasonCode: 'digest_collected', attempt: 1, reason: `collected into digest ${digest.digestId} (item ${digest.items.length}; ${why}); sent at ${localTime(digest.closesAt, n.user.timezone || 'UTC')} or at ${spec.maxItems} items` });
     if (digest.items.length >= spec.maxItems) {
       held.delete(key);
+      if (open) track(-1);
       await send(ctx, counters, digest, rule, t);
-    } else hold(held, key, digest.closesAt, digest);
+    } else hold(held, key, digest.closesAt, digest, !open);
   }
 
   /** Sends an open digest as one notification; its items end DIGESTED (or EXPIRED). */
@@ -267,6 +279,14 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
   return {
     punctuation: { type: 'wall-clock', intervalMs: config.timerIntervalMs },
 
+    async init(o) {
+      partition = o.partition;
+    },
+
+    async close() {
+      m?.throttleHeld.remove({ partition: String(partition) });
+    },
+
     async process(batch, ctx) {
       const counters = new Counters(ctx.store('counters'));
       // One read for the batch: earlier decisions and the admission times of every scope.
@@ -280,8 +300,14 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     },
 
     async punctuate(ctx, { wallClock }) {
-      if (nextDue !== undefined && nextDue > wallClock) return;
       const held = ctx.store('held');
+      if (heldCount === undefined) {
+        let c = 0;
+        for (const prefix of ['d|', 'g|']) for await (const _ of held.prefix(prefix)) c++;
+        heldCount = 0;
+        track(c);
+      }
+      if (nextDue !== undefined && nextDue > wallClock) return;
       const due = await held.due<Held>(wallClock, RELEASE_LIMIT);
       if (due.length === 0) {
         const [next] = await held.due<Held>(Number.MAX_SAFE_INTEGER, 1);
@@ -292,6 +318,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
       const counters = new Counters(ctx.store('counters'));
       for (const d of due) {
         held.delete(d.key);
+        track(-1);
         const h = d.value;
         // Released at its due time, so the decision does not depend on when the timer ran.
         if (h.kind === 'deferred') await decide(ctx, counters, h.cause, h.item, d.dueAt, h.deferrals);

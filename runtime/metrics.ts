@@ -16,6 +16,7 @@ export class Metrics {
   readonly deliveryLatency: Histogram<'channel'>;
   readonly throttleDecisions: Counter<'decision'>;
   readonly digestSize: Histogram;
+  readonly throttleHeld: Gauge<'partition'>;
 
   constructor(opts: { defaults?: boolean } = {}) {
     const r = (this.registry = new Registry());
@@ -28,6 +29,7 @@ export class Metrics {
     this.tableRecords = new Counter({ name: 'herald_table_records_total', help: 'Records applied to global tables.', labelNames: ['table'], registers: [r] });
     this.deliveries = new Counter({ name: 'herald_deliver_attempts_total', help: 'Channel calls by channel and result.', labelNames: ['channel', 'result'], registers: [r] });
     this.throttleDecisions = new Counter({ name: 'herald_throttle_decisions_total', help: 'Throttle decisions: admitted, critical_bypass, deferred, quiet_hours, released, digest_collected, digest_emitted, dropped, expired.', labelNames: ['decision'], registers: [r] });
+    this.throttleHeld = new Gauge({ name: 'herald_throttle_held', help: 'Notifications and open digests throttle holds, per partition this instance owns.', labelNames: ['partition'], registers: [r] });
     this.digestSize = new Histogram({ name: 'herald_throttle_digest_items', help: 'Items per digest sent.', buckets: [1, 2, 5, 10, 20, 50, 100, 500], registers: [r] });
     this.deliveryLatency = new Histogram({ name: 'herald_deliver_call_duration_seconds', help: 'Duration of one channel call.', labelNames: ['channel'], buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10], registers: [r] });
   }

@@ -188,7 +188,10 @@ describe('hostile sizes', () => {
     }
     polling = false;
     await poller;
-    expect(answers.every((s) => [400, 413, 431].includes(s)), `answers ${answers.join(', ')}`).toBe(true);
+    // A 10 MB request line: Node answers 431 and closes the socket, sometimes before the
+    // client has finished sending (it then sees the connection closed: 0 here).
+    const urlProbes = probes.map(([m, , body]) => m === 'GET' && body === undefined);
+    expect(answers.every((s, i) => [400, 413, 431].includes(s) || (urlProbes[i] && s === 0)), `answers ${answers.join(', ')}`).toBe(true);
     const lag = await loopLagMax();
     expect(latencies.length).toBeGreaterThan(5);
     expect(lag * 1000, `event loop lag max ${Math.round(lag * 1000)} ms; healthz round trips ${latencies.map(Math.round).join(', ')} ms`).toBeLessThan(100);

@@ -115,6 +115,28 @@ export class StageDriver {
     return result;
   }
 
+  /**
+   * A rebalance that moves the partition to another instance: the processor is dropped and
+   * a new one starts on stores rebuilt from the old ones' contents, as a changelog restore
+   * rebuilds them (in-memory caches of the old processor are gone).
+   */
+  async rebalance(): Promise<void> {
+    await this.processor?.close?.();
+    this.processor = null;
+    const old = new Map(this.stores);
+    this.stores.clear();
+    for (const [name, store] of old) {
+      const fresh = await KeyValueStore.open({ backend: 'memory', dir: '', stage: this.stage, name, partition: 0, changelog: null });
+      const rows: { key: string; value: string }[] = [];
+      for await (const [key, value] of store.db.iterator({})) rows.push({ key, value });
+      await fresh.restore(rows, 0n);
+      await store.close();
+      this.stores.set(name, fresh);
+    }
+    this.processor = this.factory(this.deps) as Processor;
+    await this.processor.init?.({ partition: 0 });
+  }
+
   async close(): Promise<void> {
     await this.processor?.close?.();
     for (const s of this.stores.values()) await s.close();

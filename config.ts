@@ -41,6 +41,8 @@ export const CONFIG_KEYS = {
   queryTimeoutMs: { env: 'HERALD_QUERY_TIMEOUT_MS', kind: 'int', default: '3000', min: 100, max: 60000, doc: 'Timeout of a query forwarded to the instance that holds its partition.' },
   rulesFile: { env: 'HERALD_RULES', kind: 'string', default: 'rules/default.json', doc: 'Notification rules file.' },
   webhookSecret: { env: 'HERALD_WEBHOOK_SECRET', kind: 'string', default: DEFAULT_WEBHOOK_SECRET, doc: 'HMAC-SHA256 key that signs outgoing webhooks (never logged).' },
+  smtpUrl: { env: 'HERALD_SMTP_URL', kind: 'string', default: '', doc: 'SMTP server for the email channel, e.g. smtps://user:pass@smtp.example.com:465 (never logged); empty: the embedded default runs a local SMTP sink (GET /v1/dev/mailbox), real Kafka sends no email.' },
+  smtpFrom: { env: 'HERALD_SMTP_FROM', kind: 'string', default: 'Herald <notifications@herald.invalid>', doc: 'From address of notification emails.' },
   devKey: { env: 'HERALD_DEV_KEY', kind: 'string', default: '', doc: 'API key (16-256 characters) registered for tenant acme with the admin scope at start (never logged); on the embedded broker a random one is made and kept in the state dir when unset.' },
   outboundAllow: { env: 'HERALD_OUTBOUND_ALLOW', kind: 'string', default: '', doc: 'IPs or CIDR ranges that webhook and chat deliveries may reach although they are not public (loopback, private, link-local, CGNAT...); default 127.0.0.0/8,::1 on the embedded broker, none otherwise.' },
   apiRate: { env: 'HERALD_API_RATE', kind: 'int', default: '5000', min: 1, max: 1000000, doc: 'Events per second each tenant may publish through the API (token bucket); above it the API answers 429 with Retry-After.' },

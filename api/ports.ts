@@ -72,6 +72,8 @@ export interface ApiPorts {
   lifecycle: LifecycleQueries;
   health: Health;
   rules: RuleSet;
+  /** The embedded default's SMTP sink (GET /v1/dev/mailbox), when it runs one. */
+  mailbox?: { list(o: { tenant: string; to?: string; limit?: number }): unknown[] };
   /** Checks `Authorization: Bearer` keys. */
   keys: { authenticate(key: string): Promise<AuthResult> };
   /** Where webhook and chat URLs may point. */

@@ -291,6 +291,12 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return { audience: req.params.audience, members };
   });
 
+  app.get<{ Querystring: { to?: string; limit?: string } }>('/v1/dev/mailbox', { preHandler: need('read') }, async (req, reply) => {
+    if (!ports.mailbox) return fail(reply, 404, 'HRL_NOT_FOUND', 'the dev mailbox runs only on the embedded default without HERALD_SMTP_URL');
+    const limit = Math.min(Math.max(Number(req.query.limit ?? 50) || 50, 1), 500);
+    return { mails: ports.mailbox.list({ tenant: tenantOf(req), ...(req.query.to ? { to: req.query.to } : {}), limit }) };
+  });
+
   app.get<{ Params: { id: string } }>('/v1/notifications/:id', { preHandler: need('read') }, async (req, reply) => {
     if (badId(reply, 'id', req.params.id)) return reply;
     const a = await lifecycle.notification(req.params.id, forwardedOpts(req));

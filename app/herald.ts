@@ -19,6 +19,8 @@ import { kafkaProfiles, kafkaPublisher, processHealth, type Send } from './ports
 import { LifecycleRouter, partitionOf } from './queries.ts';
 import type { ChannelProvider } from '../channels/channel.ts';
 import { WebhookChannel } from '../channels/webhook.ts';
+import { EmailChannel } from '../channels/email.ts';
+import { SmtpSink } from '../channels/smtp-sink.ts';
 import { DEFAULT_WEBHOOK_SECRET, type HeraldConfig } from '../config.ts';
 import { EmbeddedBroker } from '../embedded/broker.ts';
 import { HeraldError } from '../errors.ts';
@@ -256,6 +258,16 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const tables = new GlobalTables(kafka, admin, serde, config, log.child({ component: 'tables' }), metrics);
     cleanups.push(() => tables.stop());
     const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(config.webhookSecret, outbound)]]);
+    // Email: the configured SMTP server; on the embedded default without one, a local sink.
+    let sink: SmtpSink | null = null;
+    if (!config.smtpUrl && config.embedded) {
+      sink = new SmtpSink();
+      await sink.start();
+      const s = sink;
+      cleanups.push(() => s.stop());
+    }
+    const smtpUrl = config.smtpUrl || sink?.url;
+    if (smtpUrl) channelMap.set('email', new EmailChannel({ url: smtpUrl, from: config.smtpFrom, timeoutMs: config.deliveryTimeoutMs }));
     for (const c of opts.channels ?? []) channelMap.set(c.name, c);
     cleanups.push(async () => {
       await Promise.all([...channelMap.values()].map((c) => c.close?.()));
@@ -327,7 +339,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
           directory, partitions: config.partitions, timeoutMs: config.queryTimeoutMs, log: log.child({ component: 'queries' }),
         }),
         health: processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, warnings: () => { const p = pressure(); return [...(p ? [`back-pressure: ${p}`] : []), ...(config.webhookSecret === DEFAULT_WEBHOOK_SECRET ? ['HERALD_WEBHOOK_SECRET is the public development default'] : [])]; } }),
-        keys: keys.authenticator, outbound, rate: { perSecond: config.apiRate, burst: config.apiBurst },
+        keys: keys.authenticator, outbound, ...(sink ? { mailbox: sink } : {}), rate: { perSecond: config.apiRate, burst: config.apiBurst },
         rules, maxPayloadBytes: config.maxPayloadBytes, idempotencyCacheBytes: config.idempotencyCacheBytes, log: log.child({ component: 'api' }),
       });
       cleanups.push(() => api.close());

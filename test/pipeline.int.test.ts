@@ -40,6 +40,21 @@ async function terminal(id: string, count = 1): Promise<NotificationView> {
 }
 
 describe('end-to-end through the HTTP API', () => {
+  it('delivers email over SMTP to the embedded sink and shows it in the dev mailbox, next to the webhook', async () => {
+    expect((await api(h, 'PUT', '/v1/users/mia', { name: 'Mia', email: 'mia@example.com', webhookUrl: `${hooks.url}/mia` })).status).toBe(202);
+    await eventually(async () => (await api(h, 'GET', '/v1/users/mia')).status === 200);
+    const res = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'billing.invoice_paid', recipients: ['mia'], data: { invoiceNumber: 'INV-7', amount: '12.00', currency: 'EUR' } });
+    const id = res.body.notifications[0]!.notificationId;
+    const view = await terminal(id, 2);
+    expect(view.terminal.sort()).toEqual(['email:DELIVERED', 'webhook:DELIVERED']);
+    const box = await api<{ mails: { to: string[]; subject: string; text: string; html: string; headers: Record<string, string> }[] }>(h, 'GET', '/v1/dev/mailbox?to=mia@example.com');
+    expect(box.status).toBe(200);
+    expect(box.body.mails).toHaveLength(1);
+    expect(box.body.mails[0]).toMatchObject({ to: ['mia@example.com'], subject: 'Receipt for invoice INV-7' });
+    expect(box.body.mails[0]!.text).toContain('We received your payment of 12.00 EUR.');
+    expect(box.body.mails[0]!.headers['x-herald-notification']).toBe(id);
+  });
+
   it('delivers a posted event as a signed webhook and records every stage in the lifecycle', async () => {
     const res = await api<{ eventId: string; notifications: { recipient: string; notificationId: string }[] }>(h, 'POST', '/v1/events', {
       id: 'evt-1', type: 'comment.created', tenant: 'acme', recipients: ['ada'], actor: 'linus', data: { commentId: 'c-1', documentTitle: 'Plan', excerpt: 'ship it' },

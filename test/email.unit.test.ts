@@ -1,0 +1,70 @@
+/**
+ * The email channel against a real SMTP server on loopback (smtp-server), the message read
+ * back and parsed: both parts, escaping, Message-ID and Herald headers; SMTP replies
+ * classified (4xx transient, 5xx permanent, no server transient).
+ */
+import type { AddressInfo } from 'node:net';
+import { SMTPServer } from 'smtp-server';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EmailChannel, htmlOf, messageIdOf } from '../channels/email.ts';
+import { SmtpSink } from '../channels/smtp-sink.ts';
+import type { DeliveryTask } from '../schemas/types.ts';
+
+const task = (over: Partial<DeliveryTask> = {}): DeliveryTask => ({
+  deliveryId: 'ntf_abc:email', notificationId: 'ntf_abc', tenant: 'acme', eventId: 'e1', eventType: 'comment.created', ruleId: 'comment-created', recipient: 'ada',
+  category: 'collaboration', channel: 'email', address: 'ada@example.com', locale: 'en', subject: 'New comment on Plan',
+  body: 'Hi Ada,\n\nlinus wrote: <script>alert(1)</script> & more', data: '{}', fallback: [], attempt: 1, notBefore: null, expiresAt: null, occurredAt: 0, traceId: 't', ...over,
+});
+
+const sink = new SmtpSink();
+let refusing: SMTPServer;
+let refusingUrl = '';
+let reply = { code: 450, message: 'mailbox busy' };
+
+beforeAll(async () => {
+  await sink.start();
+  refusing = new SMTPServer({ authOptional: true, disabledCommands: ['STARTTLS'], logger: false, onRcptTo: (_a, _s, cb) => cb(Object.assign(new Error(reply.message), { responseCode: reply.code })) });
+  await new Promise<void>((r) => refusing.listen(0, '127.0.0.1', r));
+  refusingUrl = `smtp://127.0.0.1:${(refusing.server.address() as AddressInfo).port}`;
+});
+afterAll(async () => {
+  await sink.stop();
+  await new Promise<void>((r) => refusing.close(() => r()));
+});
+
+describe('email channel', () => {
+  it('sends a text and an HTML part with user data escaped, a Message-ID from the delivery id, and Herald headers', async () => {
+    const email = new EmailChannel({ url: sink.url, from: 'Herald <n@herald.test>' });
+    const r = await email.send(task(), AbortSignal.timeout(5000));
+    await email.close();
+    expect(r).toMatchObject({ ok: true, detail: 'SMTP 250' });
+    const [mail] = sink.list({ tenant: 'acme' });
+    expect(mail).toMatchObject({ to: ['ada@example.com'], subject: 'New comment on Plan', messageId: messageIdOf('ntf_abc:email', 'herald.invalid') });
+    expect(mail!.messageId).toBe('<ntf_abc.email@herald.invalid>');
+    expect(mail!.headers['x-herald-notification']).toBe('ntf_abc');
+    expect(mail!.headers['x-herald-delivery']).toBe('ntf_abc:email');
+    expect(mail!.text.trim()).toBe('Hi Ada,\n\nlinus wrote: <script>alert(1)</script> & more');
+    expect(mail!.html).toContain('&lt;script&gt;alert(1)&lt;/script&gt; &amp; more');
+    expect(mail!.html).not.toContain('<script>');
+    expect(sink.list({ tenant: 'globex' })).toEqual([]); // the mailbox is per tenant
+  });
+
+  it('treats an SMTP 4xx as transient and a 5xx as permanent', async () => {
+    const email = new EmailChannel({ url: refusingUrl, from: 'n@herald.test' });
+    reply = { code: 450, message: 'mailbox busy' };
+    expect(await email.send(task(), AbortSignal.timeout(5000))).toMatchObject({ ok: false, retriable: true, code: 'smtp_450' });
+    reply = { code: 550, message: 'no such user' };
+    expect(await email.send(task(), AbortSignal.timeout(5000))).toMatchObject({ ok: false, retriable: false, code: 'smtp_550', detail: 'SMTP 550' });
+    await email.close();
+  });
+
+  it('treats an unreachable server as transient', async () => {
+    const email = new EmailChannel({ url: 'smtp://127.0.0.1:9', from: 'n@herald.test', timeoutMs: 2000 });
+    expect(await email.send(task(), AbortSignal.timeout(5000))).toMatchObject({ ok: false, retriable: true });
+    await email.close();
+  });
+
+  it('escapes HTML and keeps paragraphs', () => {
+    expect(htmlOf('a <b>\n"c"\n\nd')).toBe('<!doctype html><html><body><p>a &lt;b&gt;<br>&quot;c&quot;</p><p>d</p></body></html>');
+  });
+});

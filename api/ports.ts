@@ -8,9 +8,10 @@ import type { OutboundPolicy } from '../channels/outbound.ts';
 import type { RuleSet } from '../rules/rules.ts';
 import type { DomainEvent, LifecycleEvent, UserPreferences, UserProfile } from '../schemas/types.ts';
 
-/** Publishes validated domain events to events.v1 (acks=-1). */
+/** Publishes validated domain events to events.v1, and lifecycle events the API records (READ, SEEN) to outcomes.v1 (acks=-1). */
 export interface EventPublisher {
   publish(event: DomainEvent): Promise<void>;
+  record(event: LifecycleEvent): Promise<void>;
 }
 
 /** Writes and reads the profile tables (users.v1, preferences.v1, audiences.v1); user ids are per tenant. */
@@ -54,8 +55,33 @@ export interface UserNotifications {
   notifications: Omit<NotificationLifecycle, 'events'>[];
 }
 
+export interface InboxItemView {
+  id: string;
+  notificationId: string;
+  subject: string | null;
+  body: string;
+  createdAt: number;
+  seenAt: number | null;
+  readAt: number | null;
+  category: string;
+  eventType: string;
+}
+
+export interface UserInbox {
+  userId: string;
+  items: InboxItemView[];
+}
+
+/** A live inbox: here (backlog after the client's last event id, then changes), or at another instance. */
+export type InboxStream =
+  | { kind: 'local'; open(listener: (item: InboxItemView) => void): Promise<{ backlog: InboxItemView[]; close(): void }> }
+  | { kind: 'forward'; url: string }
+  | { kind: 'unavailable'; detail: string };
+
 /** Lifecycle queries, answered by whichever instance holds the partition. */
 export interface LifecycleQueries {
+  inbox(tenant: string, userId: string, o: { unread: boolean; limit: number }, opts: QueryOptions): Promise<QueryAnswer<UserInbox>>;
+  inboxStream(tenant: string, userId: string, after: string | null, opts: QueryOptions): Promise<InboxStream>;
   notification(id: string, opts: QueryOptions): Promise<QueryAnswer<NotificationLifecycle>>;
   userNotifications(tenant: string, userId: string, limit: number, opts: QueryOptions): Promise<QueryAnswer<UserNotifications>>;
 }

@@ -16,7 +16,9 @@ import { isTimeZone, minutesOf } from '../processors/quiet-hours.ts';
 import { domainEventFromJson, MAX_ID_LENGTH } from '../runtime/codec.ts';
 import { validate } from '../schemas/index.ts';
 import type { Scope, UserPreferences, UserProfile } from '../schemas/types.ts';
-import type { ApiPorts, QueryAnswer } from './ports.ts';
+import { Readable } from 'node:stream';
+import { decisionIdOf } from '../schemas/lifecycle.ts';
+import type { ApiPorts, InboxItemView, QueryAnswer } from './ports.ts';
 import { TenantRateLimiter } from './rate-limit.ts';
 
 declare module 'fastify' {
@@ -90,7 +92,8 @@ function answer<T>(reply: FastifyReply, a: QueryAnswer<T>) {
 export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   const { publisher, profiles, lifecycle, health, rules, log, keys, outbound } = ports;
   // Path ids are checked against LIMITS.idLength by the routes (a clear 400, not a 404).
-  const app = Fastify({ logger: false, bodyLimit: ports.maxPayloadBytes, routerOptions: { maxParamLength: 4 * MAX_ID_LENGTH } });
+  // forceCloseConnections: a stop ends open event streams instead of waiting for them.
+  const app = Fastify({ logger: false, bodyLimit: ports.maxPayloadBytes, forceCloseConnections: true, routerOptions: { maxParamLength: 4 * MAX_ID_LENGTH } });
   // JSON only: a text/plain body is refused with 415, not parsed as something else.
   app.removeContentTypeParser('text/plain');
   app.decorateRequest('principal', null);
@@ -309,6 +312,75 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const limit = Math.min(Math.max(Number(req.query.limit ?? 50) || 50, 1), 500);
     return answer(reply, await lifecycle.userNotifications(tenantOf(req), req.params.userId, limit, forwardedOpts(req)));
+  });
+
+  app.get<{ Params: { userId: string }; Querystring: { limit?: string; unread?: string } }>('/v1/users/:userId/inbox', { preHandler: need('read') }, async (req, reply) => {
+    if (badId(reply, 'userId', req.params.userId)) return reply;
+    const limit = Math.min(Math.max(Number(req.query.limit ?? 50) || 50, 1), 500);
+    return answer(reply, await lifecycle.inbox(tenantOf(req), req.params.userId, { unread: req.query.unread === 'true', limit }, forwardedOpts(req)));
+  });
+
+  // READ and SEEN are lifecycle events like any other: recorded on outcomes.v1, projected by
+  // the outcome stage, shown in GET /v1/notifications/:id.
+  for (const action of ['read', 'seen'] as const) {
+    app.post<{ Params: { userId: string; notificationId: string } }>(`/v1/users/:userId/inbox/:notificationId/${action}`, { preHandler: need('publish') }, async (req, reply) => {
+      const { userId, notificationId: id } = req.params;
+      if (badId(reply, 'userId', userId) || badId(reply, 'notificationId', id)) return reply;
+      const tenant = tenantOf(req);
+      const a = await lifecycle.notification(id, forwardedOpts(req));
+      if (a.status === 'unavailable') return answer(reply, a);
+      if (a.status !== 'ok' || a.value.tenant !== tenant || a.value.recipient !== userId || !(a.value.channels as Record<string, string> | undefined)?.inapp) {
+        return fail(reply, 404, 'HRL_NOT_FOUND', `no notification "${id}" in the inbox of user "${userId}"`);
+      }
+      const n = a.value;
+      const status = action === 'read' ? 'READ' : 'SEEN';
+      const base = { notificationId: id, stage: 'inbox', status, deliveryId: `${id}:inapp`, attempt: null };
+      await publisher.record({
+        ...base, decisionId: decisionIdOf(base), tenant, recipient: userId, eventId: String(n.eventId), eventType: String(n.eventType), ruleId: (n.ruleId as string | null) ?? null,
+        terminal: false, reasonCode: action === 'read' ? 'read_by_user' : 'seen_by_user', reason: action === 'read' ? 'read in the in-app inbox' : 'shown in the in-app inbox',
+        channel: 'inapp', providerMessageId: null, sourceTopic: 'api', sourcePartition: -1, sourceOffset: '-1', timestamp: Date.now(), traceId: String(n.traceId), content: null,
+      });
+      return reply.code(202).send({ notificationId: id, status });
+    });
+  }
+
+  // Server-sent events: new inbox items (with ids, so EventSource resumes with Last-Event-ID)
+  // and changes to items (READ, SEEN; no id). Served by the instance holding the user's partition.
+  app.get<{ Params: { userId: string }; Querystring: { lastEventId?: string } }>('/v1/users/:userId/inbox/stream', { preHandler: need('read') }, async (req, reply) => {
+    if (badId(reply, 'userId', req.params.userId)) return reply;
+    const lastHeader = req.headers['last-event-id'];
+    const last = (typeof lastHeader === 'string' ? lastHeader : null) ?? req.query.lastEventId ?? null;
+    const s = await lifecycle.inboxStream(tenantOf(req), req.params.userId, last && last.length <= 2 * MAX_ID_LENGTH ? last : null, forwardedOpts(req));
+    if (s.kind === 'unavailable') return answer(reply, { status: 'unavailable', detail: s.detail });
+    const ac = new AbortController();
+    req.raw.on('close', () => ac.abort());
+    if (s.kind === 'forward') {
+      // One hop to the owner; its stream is passed through as it comes.
+      const res = await fetch(s.url, { headers: { authorization: req.headers.authorization ?? '', [FORWARDED_HEADER]: 'stream', ...(last ? { 'last-event-id': last } : {}) }, signal: ac.signal }).catch(() => null);
+      if (!res?.ok || !res.body) return answer(reply, { status: 'unavailable', detail: `the instance that holds this user's inbox did not answer (${res?.status ?? 'no connection'})` });
+      reply.hijack();
+      reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-herald-served-by': res.headers.get('x-herald-served-by') ?? '' });
+      Readable.fromWeb(res.body as import('node:stream/web').ReadableStream).on('error', () => reply.raw.end()).pipe(reply.raw);
+      return reply;
+    }
+    reply.hijack();
+    reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    // New items carry their id (the client's Last-Event-ID moves forward); changes to items
+    // (READ, SEEN) carry none, so a resumed stream never goes back.
+    const sent = new Set<string>();
+    const write = (item: InboxItemView, isNew: boolean) => {
+      sent.add(item.id);
+      reply.raw.write(`${isNew ? `id: ${item.id}\nevent: item` : 'event: update'}\ndata: ${JSON.stringify(item)}\n\n`);
+    };
+    const { backlog, close } = await s.open((item) => write(item, !sent.has(item.id) && item.readAt === null && item.seenAt === null));
+    reply.raw.write(': connected\n\n');
+    for (const item of backlog) if (!sent.has(item.id)) write(item, true);
+    const ping = setInterval(() => reply.raw.write(': ping\n\n'), 15_000);
+    ac.signal.addEventListener('abort', () => {
+      clearInterval(ping);
+      close();
+    });
+    return reply;
   });
 
   await app.ready();

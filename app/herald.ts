@@ -16,7 +16,8 @@ import { KeyDirectory, writeKeyRecord } from './keys.ts';
 import { keyIdOf, newKeyRecord, generateKey } from '../auth/keys.ts';
 import { type OutboundPolicy, parseAllowList } from '../channels/outbound.ts';
 import { kafkaProfiles, kafkaPublisher, processHealth, type Send } from './ports.ts';
-import { LifecycleRouter, partitionOf } from './queries.ts';
+import { InboxHub, LifecycleRouter, partitionOf } from './queries.ts';
+import { InAppChannel } from '../channels/inapp.ts';
 import type { ChannelProvider } from '../channels/channel.ts';
 import { WebhookChannel } from '../channels/webhook.ts';
 import { EmailChannel } from '../channels/email.ts';
@@ -257,7 +258,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const outbound: OutboundPolicy = { requireHttps: !config.embedded, allow: parseAllowList(config.outboundAllow) };
     const tables = new GlobalTables(kafka, admin, serde, config, log.child({ component: 'tables' }), metrics);
     cleanups.push(() => tables.stop());
-    const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(config.webhookSecret, outbound)]]);
+    const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(config.webhookSecret, outbound)], ['inapp', new InAppChannel()]]);
+    const inbox = new InboxHub();
     // Email: the configured SMTP server; on the embedded default without one, a local sink.
     let sink: SmtpSink | null = null;
     if (!config.smtpUrl && config.embedded) {
@@ -273,7 +275,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       await Promise.all([...channelMap.values()].map((c) => c.close?.()));
     });
     const codec = new Codec(serde, config);
-    const deps = { config, rules, log, metrics, tables, availableChannels: new Set(channelMap.keys()) };
+    const deps = { config, rules, log, metrics, tables, availableChannels: new Set(channelMap.keys()), inbox };
     const factories = processors(channelMap);
     const neededTables = [...new Set(stages.flatMap((s) => STAGES[s].tables))] as TableName[];
     const wantApi = opts.api ?? true;
@@ -336,7 +338,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         profiles: kafkaProfiles({ send }, serde, tables, config),
         lifecycle: new LifecycleRouter({
           local: () => runners.get('outcome')?.stores('lifecycle') ?? new Map(),
-          directory, partitions: config.partitions, timeoutMs: config.queryTimeoutMs, log: log.child({ component: 'queries' }),
+          directory, partitions: config.partitions, timeoutMs: config.queryTimeoutMs, log: log.child({ component: 'queries' }), inbox,
         }),
         health: processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, warnings: () => { const p = pressure(); return [...(p ? [`back-pressure: ${p}`] : []), ...(config.webhookSecret === DEFAULT_WEBHOOK_SECRET ? ['HERALD_WEBHOOK_SECRET is the public development default'] : [])]; } }),
         keys: keys.authenticator, outbound, ...(sink ? { mailbox: sink } : {}), rate: { perSecond: config.apiRate, burst: config.apiBurst },

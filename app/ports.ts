@@ -12,7 +12,7 @@ import type { Metrics } from '../runtime/metrics.ts';
 import type { StageRunner } from '../runtime/stage-runner.ts';
 import type { GlobalTables } from '../runtime/tables.ts';
 import type { Serde } from '../schemas/index.ts';
-import type { AudienceMember, DomainEvent, UserPreferences, UserProfile } from '../schemas/types.ts';
+import type { AudienceMember, DomainEvent, LifecycleEvent, UserPreferences, UserProfile } from '../schemas/types.ts';
 import { type StageName, topicName, userKey } from '../topology.ts';
 
 /** Produces acks=-1 (and, on the embedded broker, returns once the records are journaled). */
@@ -25,6 +25,10 @@ export function kafkaPublisher(producer: { send: Send }, serde: Serde, config: H
       const full = pressure();
       if (full) throw new HeraldError('HRL_BACKPRESSURE', `not accepted: ${full}; retry shortly (same Idempotency-Key)`, { retriable: true });
       await producer.send({ topic, acks: -1, messages: [{ key: ev.id, value: await serde.encode(topic, ev) }] });
+    },
+    async record(ev: LifecycleEvent) {
+      const outcomes = topicName(config.topicPrefix, 'outcomes');
+      await producer.send({ topic: outcomes, acks: -1, messages: [{ key: userKey(ev.tenant, ev.recipient), value: await serde.encode(outcomes, ev), timestamp: String(ev.timestamp) }] });
     },
   };
 }

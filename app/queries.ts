@@ -12,8 +12,8 @@
 import { partitionFor } from '../runtime/partitioner.ts';
 import { userKey } from '../topology.ts';
 import { FORWARDED_HEADER } from '../api/server.ts';
-import type { LifecycleQueries, NotificationLifecycle, QueryAnswer, QueryOptions, UserNotifications } from '../api/ports.ts';
-import { type ProjectionReader, readNotification, readUserNotifications } from '../processors/outcome.ts';
+import type { InboxStream, LifecycleQueries, NotificationLifecycle, QueryAnswer, QueryOptions, UserInbox, UserNotifications } from '../api/ports.ts';
+import { type InboxItem, type ProjectionReader, readInbox, readNotification, readUserNotifications } from '../processors/outcome.ts';
 import type { Logger } from '../runtime/logger.ts';
 import type { InstanceClaim } from '../schemas/types.ts';
 import type { InstanceDirectory } from './instances.ts';
@@ -25,6 +25,28 @@ export interface LifecycleRouterOptions {
   partitions: number;
   timeoutMs: number;
   log: Logger;
+  /** Inbox changes announced by this process's outcome stage (live streams). */
+  inbox?: InboxHub;
+}
+
+/** In-process fan-out of inbox changes from the outcome stage to live streams. */
+export class InboxHub {
+  private readonly listeners = new Map<string, Set<(item: InboxItem) => void>>();
+
+  publish(tenant: string, recipient: string, item: unknown): void {
+    for (const l of this.listeners.get(userKey(tenant, recipient)) ?? []) l(item as InboxItem);
+  }
+
+  subscribe(tenant: string, recipient: string, listener: (item: InboxItem) => void): () => void {
+    const key = userKey(tenant, recipient);
+    const set = this.listeners.get(key) ?? new Set();
+    set.add(listener);
+    this.listeners.set(key, set);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0) this.listeners.delete(key);
+    };
+  }
 }
 
 /** The partition of a recipient-keyed topic that holds `key`. */
@@ -76,6 +98,41 @@ export class LifecycleRouter implements LifecycleQueries {
     if (!owner) return { status: 'unavailable', detail: `no instance holds partition ${partition} of the outcome stage yet` };
     if (owner.instanceId === this.self) return { status: 'unavailable', detail: `partition ${partition} of the outcome stage is still being restored on instance ${this.self}` };
     return this.forward<UserNotifications>(owner, `/v1/users/${encodeURIComponent(userId)}/notifications?limit=${limit}`, opts.authorization);
+  }
+
+  /** Where a user's projection partition is: here, at another instance, or nowhere yet. */
+  private locate(tenant: string, userId: string, opts: QueryOptions): { kind: 'local'; view: () => ProjectionReader } | { kind: 'remote'; owner: InstanceClaim } | { kind: 'unavailable'; detail: string } {
+    const partition = partitionOf(userKey(tenant, userId), this.o.partitions);
+    const store = this.o.local().get(partition);
+    if (store) return { kind: 'local', view: () => store.view() };
+    if (opts.forwarded) return { kind: 'unavailable', detail: `partition ${partition} of the outcome stage is not held by instance ${this.self} (it moved in a rebalance)` };
+    const owner = this.o.directory.owner('outcome', partition);
+    if (!owner) return { kind: 'unavailable', detail: `no instance holds partition ${partition} of the outcome stage yet` };
+    if (owner.instanceId === this.self) return { kind: 'unavailable', detail: `partition ${partition} of the outcome stage is still being restored on instance ${this.self}` };
+    return { kind: 'remote', owner };
+  }
+
+  async inbox(tenant: string, userId: string, o: { unread: boolean; limit: number }, opts: QueryOptions): Promise<QueryAnswer<UserInbox>> {
+    const where = this.locate(tenant, userId, opts);
+    if (where.kind === 'local') return { status: 'ok', value: { userId, items: await readInbox(where.view(), tenant, userId, o) }, servedBy: this.self };
+    if (where.kind === 'unavailable') return { status: 'unavailable', detail: where.detail };
+    return this.forward<UserInbox>(where.owner, `/v1/users/${encodeURIComponent(userId)}/inbox?limit=${o.limit}${o.unread ? '&unread=true' : ''}`, opts.authorization);
+  }
+
+  async inboxStream(tenant: string, userId: string, after: string | null, opts: QueryOptions): Promise<InboxStream> {
+    const where = this.locate(tenant, userId, opts);
+    if (where.kind === 'unavailable') return where;
+    if (where.kind === 'remote') return { kind: 'forward', url: `${where.owner.url}/v1/users/${encodeURIComponent(userId)}/inbox/stream` };
+    const hub = this.o.inbox;
+    return {
+      kind: 'local',
+      // Subscribe first, then read the backlog, so nothing falls between the two.
+      open: async (listener: (item: InboxItem) => void) => {
+        const unsubscribe = hub ? hub.subscribe(tenant, userId, listener) : () => undefined;
+        const backlog = after !== null ? await readInbox(where.view(), tenant, userId, { after, limit: 1000 }) : [];
+        return { backlog, close: unsubscribe };
+      },
+    };
   }
 
   /** One hop to the owner; its answer, or `unavailable` when it cannot be reached in time. */

@@ -15,6 +15,7 @@ import { userKey } from '../topology.ts';
 import type { ChannelProvider, SendResult } from '../channels/channel.ts';
 import type { RecordRef, StageContext, StageFactory } from '../runtime/contract.ts';
 import type { DeliveryTask } from '../schemas/types.ts';
+import { inboxContent } from '../channels/inapp.ts';
 
 export interface DeliveryResult {
   status: 'DELIVERED' | 'DEAD_LETTERED' | 'EXPIRED';
@@ -122,7 +123,11 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>): StageFa
       results.put(attemptKey(task.deliveryId), { attempt: task.attempt });
       if (r.ok) {
         results.put(resultKey(task.deliveryId), { status: 'DELIVERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
-        ctx.outcome(cause, { ...base, status: 'DELIVERED', reasonCode: 'accepted_by_provider', reason: `${task.channel} accepted: ${r.detail}`, providerMessageId: r.providerMessageId, timestamp: now });
+        const inbox = task.channel === 'inapp';
+        ctx.outcome(cause, {
+          ...base, status: 'DELIVERED', reasonCode: inbox ? 'added_to_inbox' : 'accepted_by_provider', reason: inbox ? 'added to the in-app inbox' : `${task.channel} accepted: ${r.detail}`,
+          providerMessageId: r.providerMessageId, timestamp: now, ...(inbox ? { content: inboxContent(task) } : {}),
+        });
       } else if (r.retriable && task.attempt < config.maxDeliveryAttempts) {
         const delay = Math.min(config.maxRetryDelayMs, Math.max(r.retryAfterMs ?? 0, config.retryBaseMs * 2 ** (task.attempt - 1)));
         const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };

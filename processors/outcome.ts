@@ -1,6 +1,7 @@
 /**
  * outcome: the lifecycle projection. Per notification, the ordered lifecycle events with
- * their reasons; per user, an index of notifications by time. Rebuildable at any time by
+ * their reasons; per user, an index of notifications by time and the in-app inbox (items
+ * from in-app DELIVERED decisions, marked by READ and SEEN). Rebuildable at any time by
  * replaying outcomes.v1, so its store needs no changelog. Applying the same event twice
  * (at-least-once redelivery) changes nothing.
  */
@@ -33,13 +34,32 @@ export const notificationKey = (id: string) => `n:${id}`;
 export const userIndexPrefix = (tenant: string, recipient: string) => `u:${userKey(tenant, recipient)}:`;
 const userIndexKey = (tenant: string, recipient: string, at: number, id: string) => `${userIndexPrefix(tenant, recipient)}${String(at).padStart(15, '0')}:${id}`;
 
+/** One item of a user's in-app inbox. `id` orders items (time, then notification id). */
+export interface InboxItem {
+  id: string;
+  notificationId: string;
+  subject: string | null;
+  body: string;
+  category: string;
+  eventType: string;
+  createdAt: number;
+  seenAt: number | null;
+  readAt: number | null;
+}
+
+export const inboxPrefix = (tenant: string, recipient: string) => `i:${userKey(tenant, recipient)}:`;
+const inboxPointer = (notificationId: string) => `ib:${notificationId}`;
+
+/** Called with each inbox item an applied event added or changed. */
+export type InboxListener = (tenant: string, recipient: string, item: InboxItem) => void;
+
 /** Two events with the same identity are the same decision seen twice (redelivery or replay). */
 function identity(e: LifecycleEvent): string {
   return [e.stage, e.status, e.deliveryId ?? '', e.attempt ?? ''].join('|');
 }
 
 /** Applies lifecycle events to the projection held in `view` (pure apart from the store). */
-export async function applyLifecycle(view: StoreView, events: LifecycleEvent[]): Promise<LifecycleEvent[]> {
+export async function applyLifecycle(view: StoreView, events: LifecycleEvent[], onInbox?: InboxListener): Promise<LifecycleEvent[]> {
   const ids = [...new Set(events.map((e) => e.notificationId))];
   const current = await view.getMany<NotificationView>(ids.map(notificationKey));
   const byId = new Map<string, NotificationView | undefined>(ids.map((id, i) => [id, current[i]]));
@@ -61,15 +81,48 @@ export async function applyLifecycle(view: StoreView, events: LifecycleEvent[]):
     byId.set(e.notificationId, n);
     view.put(notificationKey(e.notificationId), n);
     applied.push(e);
+    if (e.channel === 'inapp') await applyInbox(view, e, onInbox);
   }
   return applied;
 }
 
-export const outcome: StageFactory<'outcome'> = () => ({
+async function applyInbox(view: StoreView, e: LifecycleEvent, onInbox?: InboxListener): Promise<void> {
+  if (e.status === 'DELIVERED' && e.content) {
+    const c = JSON.parse(e.content) as { subject: string | null; body: string; category?: string; eventType?: string };
+    const id = `${String(e.timestamp).padStart(15, '0')}:${e.notificationId}`;
+    const item: InboxItem = { id, notificationId: e.notificationId, subject: c.subject, body: c.body, category: c.category ?? '', eventType: c.eventType ?? e.eventType, createdAt: e.timestamp, seenAt: null, readAt: null };
+    view.put(`${inboxPrefix(e.tenant, e.recipient)}${id}`, item);
+    view.put(inboxPointer(e.notificationId), `${inboxPrefix(e.tenant, e.recipient)}${id}`);
+    onInbox?.(e.tenant, e.recipient, item);
+  } else if (e.status === 'READ' || e.status === 'SEEN') {
+    const [key] = await view.getMany<string>([inboxPointer(e.notificationId)]);
+    const [item] = key ? await view.getMany<InboxItem>([key]) : [];
+    if (!key || !item) return;
+    const next = { ...item, seenAt: item.seenAt ?? e.timestamp, ...(e.status === 'READ' ? { readAt: item.readAt ?? e.timestamp } : {}) };
+    view.put(key, next);
+    onInbox?.(e.tenant, e.recipient, next);
+  }
+}
+
+export const outcome: StageFactory<'outcome'> = ({ inbox }) => ({
   async process(batch, ctx) {
-    await applyLifecycle(ctx.store('lifecycle'), batch.map((r) => r.value));
+    // Live inbox listeners hear of an item once its batch is processed (a retried batch may
+    // tell them again: items carry ids, and clients keep the newest state per id).
+    const changed: [string, string, InboxItem][] = [];
+    await applyLifecycle(ctx.store('lifecycle'), batch.map((r) => r.value), inbox ? (t, u, item) => changed.push([t, u, item]) : undefined);
+    for (const [t, u, item] of changed) inbox?.publish(t, u, item);
   },
 });
+
+/** A user's inbox items: newest first, or (with `after`) the ones after an item id, oldest first. */
+export async function readInbox(store: ProjectionReader, tenant: string, recipient: string, o: { unread?: boolean; limit: number; after?: string }): Promise<InboxItem[]> {
+  const prefix = inboxPrefix(tenant, recipient);
+  const items: InboxItem[] = [];
+  for await (const [, item] of store.range<InboxItem>(o.after ? `${prefix}${o.after}\u0000` : prefix, `${prefix}\uffff`)) {
+    if (!o.unread || item.readAt === null) items.push(item);
+  }
+  return o.after ? items.slice(0, o.limit) : items.reverse().slice(0, o.limit);
+}
 
 /** Read-only access to a projection partition, for queries (a store view or a rebuilt store). */
 export interface ProjectionReader {

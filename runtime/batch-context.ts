@@ -128,6 +128,7 @@ export class BatchContext<S extends StageName = StageName> implements StageConte
       terminal: isTerminal(d.status),
       reasonCode: d.reasonCode,
       reason: d.reason,
+      content: d.content ?? null,
       channel: d.channel ?? null,
       attempt: d.attempt ?? null,
       providerMessageId: d.providerMessageId ?? null,

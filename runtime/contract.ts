@@ -72,6 +72,8 @@ export interface Decision {
   traceId: string;
   /** Defaults to the causing record's timestamp (stream time). */
   timestamp?: number;
+  /** In-app deliveries: what the inbox shows (`{subject, body}` JSON). */
+  content?: string | null;
 }
 
 export interface EmitOptions {
@@ -156,6 +158,8 @@ export interface StageDeps {
   tables: TableLookup;
   /** Channels this deployment can deliver (route skips the others). */
   availableChannels: ReadonlySet<string>;
+  /** Where the outcome stage announces inbox changes (live inbox streams of this process). */
+  inbox?: { publish(tenant: string, recipient: string, item: unknown): void };
 }
 
 export type TableName = 'users' | 'preferences' | 'audiences';

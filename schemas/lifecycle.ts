@@ -29,6 +29,8 @@ export const STATUSES = {
   RETRY_SCHEDULED: { terminal: false, doc: 'a transient failure; the next attempt is held until its due time' },
   FAILED: { terminal: false, doc: 'a channel call failed for good (DEAD_LETTERED follows)' },
   DELIVERED: { terminal: true, doc: 'the channel\'s provider accepted it (per channel)' },
+  READ: { terminal: false, doc: 'the user read the in-app notification (recorded through the API)' },
+  SEEN: { terminal: false, doc: 'the in-app notification was shown to the user (recorded through the API)' },
   DEAD_LETTERED: { terminal: true, doc: 'the channel gave up: permanent failure or attempts exhausted (per channel)' },
 } as const satisfies Record<string, { terminal: boolean; doc: string }>;
 
@@ -78,6 +80,9 @@ export const REASON_CODES = {
   // deliver
   channel_called: 'the channel is about to be called (attempt recorded first)',
   accepted_by_provider: 'the channel\'s provider accepted the message',
+  added_to_inbox: 'the notification was put in the user\'s in-app inbox',
+  read_by_user: 'the user read it in the in-app inbox',
+  seen_by_user: 'the in-app inbox showed it to the user',
   already_recorded: 'a redelivered task whose result was already recorded; not sent again',
   expired_before_delivery: 'the notification\'s expiry passed before this attempt',
   transient_failure: 'a failure that may pass (timeout, connection error, 429, 5xx); retried with backoff',

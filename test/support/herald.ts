@@ -1,5 +1,5 @@
 /** Starting Herald for integration tests: its own state directory, a free port, quiet logs. */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig } from '../../config.ts';
@@ -19,8 +19,22 @@ export interface TestHeraldOptions {
 export const TEST_KEY = 'hk_test_acme_admin_0123456789abcdef';
 /** Authorization headers with TEST_KEY. */
 export const AUTH = { authorization: `Bearer ${TEST_KEY}` } as const;
-/** Settings every test instance shares: the key, a signing secret of its own, loopback receivers allowed (needed against KAFKA_BROKERS). */
-export const TEST_ENV = { HERALD_DEV_KEY: TEST_KEY, HERALD_WEBHOOK_SECRET: 'test-signing-secret', HERALD_OUTBOUND_ALLOW: '127.0.0.1,::1' } as const;
+/**
+ * The default rules without the in-app channel, so the suite's webhook tests see one
+ * delivery per notification; the inbox tests run on rules/default.json itself. Derived
+ * from the default file, so it cannot drift.
+ */
+function webhookRules(): string {
+  const doc = JSON.parse(readFileSync('rules/default.json', 'utf8')) as { rules: { id: string; channels: string[] }[] };
+  for (const r of doc.rules) r.channels = r.channels.filter((c) => c !== 'inapp');
+  const file = join(mkdtempSync(join(tmpdir(), 'herald-rules-')), 'rules.json');
+  writeFileSync(file, JSON.stringify(doc));
+  return file;
+}
+export const TEST_RULES = webhookRules();
+
+/** Settings every test instance shares: the key, a signing secret of its own, loopback receivers allowed (needed against KAFKA_BROKERS), the test rules. */
+export const TEST_ENV = { HERALD_DEV_KEY: TEST_KEY, HERALD_WEBHOOK_SECRET: 'test-signing-secret', HERALD_OUTBOUND_ALLOW: '127.0.0.1,::1', HERALD_RULES: TEST_RULES } as const;
 
 export async function startTestHerald(o: TestHeraldOptions = {}): Promise<Herald & { stateDir: string }> {
   const stateDir = o.stateDir ?? mkdtempSync(join(tmpdir(), 'herald-test-'));

@@ -18,6 +18,7 @@ import { type OutboundPolicy, parseAllowList } from '../channels/outbound.ts';
 import { kafkaProfiles, kafkaPublisher, processHealth, type Send } from './ports.ts';
 import { InboxHub, LifecycleRouter, partitionOf } from './queries.ts';
 import { InAppChannel } from '../channels/inapp.ts';
+import { chatChannel } from '../channels/chat.ts';
 import type { ChannelProvider } from '../channels/channel.ts';
 import { WebhookChannel } from '../channels/webhook.ts';
 import { EmailChannel } from '../channels/email.ts';
@@ -258,7 +259,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const outbound: OutboundPolicy = { requireHttps: !config.embedded, allow: parseAllowList(config.outboundAllow) };
     const tables = new GlobalTables(kafka, admin, serde, config, log.child({ component: 'tables' }), metrics);
     cleanups.push(() => tables.stop());
-    const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(config.webhookSecret, outbound)], ['inapp', new InAppChannel()]]);
+    const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(config.webhookSecret, outbound)], ['chat', chatChannel(config.webhookSecret, outbound)], ['inapp', new InAppChannel()]]);
     const inbox = new InboxHub();
     // Email: the configured SMTP server; on the embedded default without one, a local sink.
     let sink: SmtpSink | null = null;

@@ -68,12 +68,15 @@ export class WebhookChannel implements ChannelProvider {
   private readonly clock: () => number;
   private readonly policy: OutboundPolicy;
   private readonly agent: Agent;
+  private readonly bodyOf: (task: DeliveryTask) => string;
 
-  constructor(secret: string, policy: OutboundPolicy, clock: () => number = Date.now, name = 'webhook') {
+  /** `bodyOf` shapes the JSON body (the chat channel posts Slack's `{text, blocks}` the same way). */
+  constructor(secret: string, policy: OutboundPolicy, clock: () => number = Date.now, name = 'webhook', bodyOf: (task: DeliveryTask) => string = webhookBody) {
     this.secret = secret;
     this.policy = policy;
     this.clock = clock;
     this.name = name;
+    this.bodyOf = bodyOf;
     this.agent = new Agent({ connect: { lookup: guardedLookup(policy) as never }, keepAliveTimeout: 10_000 });
   }
 
@@ -84,7 +87,7 @@ export class WebhookChannel implements ChannelProvider {
   async send(task: DeliveryTask, signal: AbortSignal): Promise<SendResult> {
     let body: string;
     try {
-      body = webhookBody(task);
+      body = this.bodyOf(task);
     } catch (err) {
       return { ok: false, retriable: false, code: 'bad_payload', detail: `task data is not JSON: ${(err as Error).message}` };
     }
@@ -101,7 +104,7 @@ export class WebhookChannel implements ChannelProvider {
         dispatcher: this.agent,
         headers: {
           'content-type': 'application/json',
-          'user-agent': 'Herald/0.1 (+webhook)',
+          'user-agent': `Herald/0.1 (+${this.name})`,
           'idempotency-key': task.deliveryId,
           'herald-delivery-id': task.deliveryId,
           'herald-attempt': String(task.attempt),

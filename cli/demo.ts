@@ -14,13 +14,19 @@ export async function runDemo(httpUrl: string, secret: string, apiKey: string, p
     req.on('data', (c: Buffer) => (body += c.toString()));
     req.on('end', () => {
       const ok = verifyWebhookSignature(secret, String(req.headers['herald-signature'] ?? ''), body);
-      const n = JSON.parse(body) as { recipient: string; subject: string | null; body: string };
-      print(`demo webhook <- ${n.recipient}: "${n.subject ?? ''}" ${n.body} [signature ${ok ? 'valid' : 'INVALID'}, Idempotency-Key ${String(req.headers['idempotency-key'])}]`);
+      if (req.url?.startsWith('/chat/')) {
+        const c = JSON.parse(body) as { text: string };
+        print(`demo chat <- ${req.url.slice(6)}: ${c.text} [signature ${ok ? 'valid' : 'INVALID'}]`);
+      } else {
+        const n = JSON.parse(body) as { recipient: string; subject: string | null; body: string };
+        print(`demo webhook <- ${n.recipient}: "${n.subject ?? ''}" ${n.body} [signature ${ok ? 'valid' : 'INVALID'}, Idempotency-Key ${String(req.headers['idempotency-key'])}]`);
+      }
       res.writeHead(ok ? 204 : 401).end();
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const receiver = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`;
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const receiver = `${base}/hooks`;
   const call = async (method: string, path: string, body: unknown, headers: Record<string, string> = {}) => {
     const res = await fetch(`${httpUrl}${path}`, { method, headers: { 'content-type': 'application/json', authorization: `Bearer ${apiKey}`, ...headers }, body: JSON.stringify(body) });
     return res.json() as Promise<Record<string, unknown>>;
@@ -29,13 +35,27 @@ export async function runDemo(httpUrl: string, secret: string, apiKey: string, p
     { id: 'ada', name: 'Ada', locale: 'en', timezone: 'Europe/London' },
     { id: 'grace', name: 'Grace', locale: 'de-DE', timezone: 'Europe/Berlin' },
   ];
-  for (const u of users) await call('PUT', `/v1/users/${u.id}`, { name: u.name, locale: u.locale, timezone: u.timezone, webhookUrl: receiver });
+  for (const u of users) await call('PUT', `/v1/users/${u.id}`, { name: u.name, locale: u.locale, timezone: u.timezone, webhookUrl: receiver, chatWebhookUrl: `${base}/chat/${u.id}`, email: `${u.id}@example.com` });
   // Wait until the users table has the profiles, so the first events find them.
   for (let i = 0; i < 100; i++) {
     const seen = await Promise.all(users.map((u) => fetch(`${httpUrl}/v1/users/${u.id}`, { headers: { authorization: `Bearer ${apiKey}` } }).then((r) => r.ok)));
     if (seen.every(Boolean)) break;
     await new Promise((r) => setTimeout(r, 100));
   }
+  // Ada's in-app inbox, live (server-sent events), as a front end would show it.
+  const inbox = new AbortController();
+  void fetch(`${httpUrl}/v1/users/ada/inbox/stream`, { headers: { authorization: `Bearer ${apiKey}` }, signal: inbox.signal }).then(async (res) => {
+    let buffer = '';
+    for await (const chunk of res.body!.pipeThrough(new TextDecoderStream())) {
+      buffer += chunk;
+      for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (data && /^event: item$/m.test(block)) print(`demo inbox <- ada: ${(JSON.parse(data) as { body: string }).body} (live, server-sent event)`);
+      }
+    }
+  }).catch(() => undefined);
   const events = [
     { type: 'comment.created', tenant: 'acme', recipients: ['ada', 'grace'], actor: 'linus', data: { commentId: 'c-1', documentTitle: 'Q3 plan', excerpt: 'Looks good to me' } },
     { type: 'pull_request.review_requested', tenant: 'acme', recipients: ['ada'], actor: 'grace', data: { pullRequestId: 42, title: 'Add retries' } },
@@ -70,6 +90,11 @@ export async function runDemo(httpUrl: string, secret: string, apiKey: string, p
     }
     await new Promise((r) => setTimeout(r, 200));
   }
+  const box = (await (await fetch(`${httpUrl}/v1/dev/mailbox?limit=3`, { headers: { authorization: `Bearer ${apiKey}` } })).json()) as { mails?: { to: string[]; subject: string }[] };
+  for (const m of box.mails ?? []) print(`demo mailbox <- ${m.to.join(', ')}: "${m.subject}" (the embedded SMTP sink, ${httpUrl}/v1/dev/mailbox)`);
   print(`demo done: open ${httpUrl}/v1/users/ada/notifications`);
-  return () => new Promise<void>((r) => server.close(() => r()));
+  return () => {
+    inbox.abort();
+    return new Promise<void>((r) => server.close(() => r()));
+  };
 }

@@ -18,7 +18,7 @@ afterAll(() => {
 });
 
 describe('npm run demo', () => {
-  it('delivers signed webhooks, defers and releases a burst, and sends a digest', async () => {
+  it('delivers on all four channels, defers and releases a burst, and sends a digest', async () => {
     const execPath = process.env.npm_execpath;
     const [cmd, args] = execPath && execPath.endsWith('.js') ? [process.execPath, [execPath, 'run', 'demo']] : ['npm', ['run', 'demo']];
     npm = spawn(cmd, args, { env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: join(dir, 'state'), HERALD_LOG_LEVEL: 'warn', KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '', HERALD_RULES: '', HERALD_DEV_KEY: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -36,5 +36,9 @@ describe('npm run demo', () => {
     expect(lifecycles.filter((l) => l.includes('throttle:DEFERRED -> throttle:RELEASED') && l.includes('deliver:DELIVERED'))).toHaveLength(2);
     expect(lifecycles.filter((l) => l.includes('throttle:DIGESTED'))).toHaveLength(3);
     expect(out).toMatch(/demo {3}why: deferred: 2 of 2 collaboration notifications in the last 20 s; released at/);
+    // All four channels: chat, email (read back from the embedded SMTP sink), the live inbox.
+    expect(out).toMatch(/^demo chat <- ada: Review requested: grace asked you to review #42 Add retries \[signature valid\]$/m);
+    expect(out).toMatch(/^demo mailbox <- (ada|grace)@example\.com: "/m);
+    expect(out).toMatch(/^demo inbox <- ada: linus commented on Q3 plan \(live, server-sent event\)$/m);
   }, 120_000);
 });

@@ -227,3 +227,33 @@ describe('Retry-After', () => {
   });
 });
 
+
+describe('chat channel (Slack-compatible incoming webhook)', () => {
+  it('posts {text, blocks} with the subject in bold and user text escaped for mrkdwn, signed like a webhook', async () => {
+    const { chatChannel } = await import('../channels/chat.ts');
+    const r = await receiver({ status: 200 });
+    try {
+      const t = { ...task(r.url), channel: 'chat', subject: 'New comment', body: 'linus wrote: <script> & <@U123>' };
+      const result = await chatChannel(SECRET, LOCAL).send(t, AbortSignal.timeout(2000));
+      expect(result).toMatchObject({ ok: true, detail: 'HTTP 200' });
+      const body = JSON.parse(r.seen[0]!.body) as { text: string; blocks: { type: string; text: { type: string; text: string } }[] };
+      expect(body).toEqual({
+        text: 'New comment: linus wrote: &lt;script&gt; &amp; &lt;@U123&gt;',
+        blocks: [{ type: 'section', text: { type: 'mrkdwn', text: '*New comment*\nlinus wrote: &lt;script&gt; &amp; &lt;@U123&gt;' } }],
+      });
+      expect(verifyWebhookSignature(SECRET, String(r.seen[0]!.headers['herald-signature']), r.seen[0]!.body)).toBe(true);
+    } finally {
+      await r.close();
+    }
+  });
+
+  it('honours 429 with Retry-After', async () => {
+    const { chatChannel } = await import('../channels/chat.ts');
+    const r = await receiver({ status: 429, headers: { 'retry-after': '30' } });
+    try {
+      expect(await chatChannel(SECRET, LOCAL).send({ ...task(r.url), channel: 'chat' }, AbortSignal.timeout(2000))).toMatchObject({ ok: false, retriable: true, code: 'http_429', retryAfterMs: 30_000 });
+    } finally {
+      await r.close();
+    }
+  });
+});

@@ -16,6 +16,7 @@ import type { ChannelProvider, SendResult } from '../channels/channel.ts';
 import type { RecordRef, StageContext, StageFactory } from '../runtime/contract.ts';
 import type { DeliveryTask } from '../schemas/types.ts';
 import { inboxContent } from '../channels/inapp.ts';
+import { deliveryId } from './ids.ts';
 
 export interface DeliveryResult {
   status: 'DELIVERED' | 'DEAD_LETTERED' | 'EXPIRED';
@@ -46,7 +47,17 @@ const baseOf = (task: DeliveryTask) => ({
 interface Item { cause: RecordRef; task: DeliveryTask }
 
 /** deliver, given the channels: the only stage that may call the outside world. */
-export const deliver = (channels: ReadonlyMap<string, ChannelProvider>): StageFactory<'deliver'> => ({ config, metrics }) => {
+export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: () => number = Math.random): StageFactory<'deliver'> => ({ config, metrics, rules }) => {
+  /** The rule's retry policy, or the configured defaults. */
+  const policyOf = (task: DeliveryTask) => {
+    const r = rules.byId(task.ruleId)?.retry;
+    return { maxAttempts: r?.maxAttempts ?? config.maxDeliveryAttempts, maxAgeMs: r?.maxAgeMs ?? null };
+  };
+  /** Exponential backoff with "equal jitter": half the step fixed, half random, so retries of many tasks spread out. */
+  const backoff = (attempt: number) => {
+    const step = config.retryBaseMs * 2 ** (attempt - 1);
+    return Math.round(step / 2 + random() * (step / 2));
+  };
   // Results of calls this instance made whose batch may not be written yet: when a batch
   // is re-run record by record (one bad record), a task already sent is not sent again.
   const sent = new Map<string, SendResult>();
@@ -128,16 +139,29 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>): StageFa
           ...base, status: 'DELIVERED', reasonCode: inbox ? 'added_to_inbox' : 'accepted_by_provider', reason: inbox ? 'added to the in-app inbox' : `${task.channel} accepted: ${r.detail}`,
           providerMessageId: r.providerMessageId, timestamp: now, ...(inbox ? { content: inboxContent(task) } : {}),
         });
-      } else if (r.retriable && task.attempt < config.maxDeliveryAttempts) {
-        const delay = Math.min(config.maxRetryDelayMs, Math.max(r.retryAfterMs ?? 0, config.retryBaseMs * 2 ** (task.attempt - 1)));
-        const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
-        ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
-        ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); attempt ${next.attempt} of ${config.maxDeliveryAttempts} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });
       } else {
-        results.put(resultKey(task.deliveryId), { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
-        const why = r.retriable ? `gave up after ${task.attempt} attempts; last: ${r.detail} (${r.code})` : `permanent failure: ${r.detail} (${r.code})`;
-        ctx.outcome(cause, { ...base, status: 'FAILED', reasonCode: r.retriable ? 'transient_failure' : 'permanent_failure', reason: `${r.detail} (${r.code})`, timestamp: now });
-        ctx.outcome(cause, { ...base, status: 'DEAD_LETTERED', reasonCode: r.retriable ? 'attempts_exhausted' : 'permanent_failure', reason: why, timestamp: now });
+        const policy = policyOf(task);
+        const delay = Math.min(config.maxRetryDelayMs, Math.max(r.retryAfterMs ?? 0, backoff(task.attempt)));
+        const tooOld = policy.maxAgeMs !== null && now + delay - task.occurredAt > policy.maxAgeMs;
+        if (r.retriable && task.attempt < policy.maxAttempts && !tooOld) {
+          const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
+          ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
+          ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); attempt ${next.attempt} of ${policy.maxAttempts} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });
+        } else {
+          results.put(resultKey(task.deliveryId), { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
+          const gaveUp = tooOld && r.retriable ? `gave up: the rule retries for ${Math.round(policy.maxAgeMs! / 60_000)} min after the event` : `gave up after ${task.attempt} attempts`;
+          const why = r.retriable ? `${gaveUp}; last: ${r.detail} (${r.code})` : `permanent failure: ${r.detail} (${r.code})`;
+          ctx.outcome(cause, { ...base, status: 'FAILED', reasonCode: r.retriable ? 'transient_failure' : 'permanent_failure', reason: `${r.detail} (${r.code})`, timestamp: now });
+          // strategy "first": the next channel in rule order gets its turn.
+          const [nextChannel, ...rest] = task.fallback;
+          if (nextChannel) {
+            const f = JSON.parse(nextChannel) as Pick<DeliveryTask, 'channel' | 'address' | 'locale' | 'subject' | 'body'>;
+            const next: DeliveryTask = { ...task, ...f, deliveryId: deliveryId(task.notificationId, f.channel), attempt: 1, notBefore: null, fallback: rest };
+            ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
+            ctx.outcome(cause, { ...base, status: 'FALLBACK', reasonCode: 'fallback', reason: `${task.channel} failed for good (${r.detail}); falling back to ${f.channel}`, timestamp: now });
+          }
+          ctx.outcome(cause, { ...base, status: 'DEAD_LETTERED', reasonCode: r.retriable ? 'attempts_exhausted' : 'permanent_failure', reason: nextChannel ? `${why}; fell back to ${JSON.parse(nextChannel).channel as string}` : why, timestamp: now });
+        }
       }
     }
   }

@@ -69,20 +69,25 @@ export const route: StageFactory<'route'> = ({ rules, availableChannels }) => ({
       const digest = req.digestOf.length > 0;
       // A digest's view also has {{count}} and {{#items}}…{{/items}} at the top.
       const view = { ...(digest ? data : {}), data, actor: req.actor ?? 'someone', recipient: req.recipient, eventType: req.eventType, user: { name: user.name ?? req.recipient, locale: user.locale } };
-      for (const { channel, address } of chosen) {
+      const rendered = chosen.map(({ channel, address }) => {
         const { template, locale } = templateFor(rule, channel, user.locale, digest);
+        return { channel, address, locale, subject: template.subject !== undefined ? render(template.subject, view) : null, body: render(template.body, view) };
+      });
+      // strategy "all": one task per channel; "first": the first, carrying the others, rendered, in order.
+      const sends = rule.strategy === 'first' ? [{ ...rendered[0]!, fallback: rendered.slice(1).map((r) => JSON.stringify(r)) }] : rendered.map((r) => ({ ...r, fallback: [] as string[] }));
+      for (const r of sends) {
         const task: DeliveryTask = {
-          deliveryId: deliveryId(req.notificationId, channel), notificationId: req.notificationId, tenant: req.tenant,
+          deliveryId: deliveryId(req.notificationId, r.channel), notificationId: req.notificationId, tenant: req.tenant,
           eventId: req.eventId, eventType: req.eventType, ruleId: req.ruleId, recipient: req.recipient, category: req.category,
-          channel, address, locale, subject: template.subject !== undefined ? render(template.subject, view) : null,
-          body: render(template.body, view), data: req.data, fallback: [], attempt: 1, notBefore: null,
+          channel: r.channel, address: r.address, locale: r.locale, subject: r.subject, body: r.body, data: req.data, fallback: r.fallback, attempt: 1, notBefore: null,
           expiresAt: req.expiresAt, occurredAt: req.occurredAt, traceId: req.traceId,
         };
         ctx.emit(rec, 'deliveries', userKey(req.tenant, req.recipient), task);
       }
+      const where = rule.strategy === 'first' && chosen.length > 1 ? `${chosen[0]!.channel} first, then ${chosen.slice(1).map((c) => c.channel).join(', ')} on failure (strategy first)` : chosen.map((c) => c.channel).join(', ');
       ctx.outcome(rec, {
         ...about(req), status: 'ROUTED', reasonCode: 'channels_selected',
-        reason: `routed to ${chosen.map((c) => c.channel).join(', ')}${excluded.length ? `; skipped ${excluded.join('; ')}` : ''}`,
+        reason: `routed to ${where}${excluded.length ? `; skipped ${excluded.join('; ')}` : ''}`,
       });
     }
   },

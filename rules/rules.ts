@@ -56,6 +56,10 @@ export interface Rule {
   dedupe: { keyFields: string[]; windowMs: number };
   expiresInMs: number | null;
   throttle: Throttle;
+  /** `all` sends on every reachable channel; `first` tries them in order and falls back on a permanent failure. */
+  strategy: 'all' | 'first';
+  /** Delivery attempts and how long to keep retrying; null = the configured defaults. */
+  retry: { maxAttempts: number | null; maxAgeMs: number | null };
 }
 
 const DURATION = '^[0-9]+(ms|s|m|h|d)$';
@@ -133,6 +137,12 @@ const RULES_SCHEMA = {
             },
           },
           expiresIn: { type: 'string', pattern: DURATION },
+          strategy: { enum: ['all', 'first'] },
+          retry: {
+            type: 'object',
+            additionalProperties: false,
+            properties: { maxAttempts: { type: 'integer', minimum: 1, maximum: 50 }, maxAge: { type: 'string', pattern: DURATION } },
+          },
         },
       },
     },
@@ -183,6 +193,7 @@ function parseLimits(raw: { scope: LimitScope; max: number; per: string }[] | un
 interface RawRule {
   id: string; eventType: string; category: string; priority?: Rule['priority']; channels: Channel[];
   templates: Rule['templates']; dedupe?: { keyFields?: string[]; window?: string }; expiresIn?: string;
+  strategy?: Rule['strategy']; retry?: { maxAttempts?: number; maxAge?: string };
   throttle?: { limits?: { scope: LimitScope; max: number; per: string }[]; onExceed?: Throttle['onExceed']; digest?: { window: string; key?: string[]; maxItems?: number; templates: DigestSpec['templates'] } };
 }
 
@@ -234,6 +245,8 @@ export function parseRules(doc: unknown, source: string): RuleSet {
       templates: r.templates,
       dedupe: { keyFields: r.dedupe?.keyFields ?? ['recipient', 'eventType', 'data.id'], windowMs: parseDuration(r.dedupe?.window ?? '24h') },
       expiresInMs: r.expiresIn ? parseDuration(r.expiresIn) : null,
+      strategy: r.strategy ?? 'all',
+      retry: { maxAttempts: r.retry?.maxAttempts ?? null, maxAgeMs: r.retry?.maxAge ? parseDuration(r.retry.maxAge) : null },
       throttle: {
         limits: parseLimits(r.throttle?.limits),
         onExceed,

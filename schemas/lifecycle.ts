@@ -29,6 +29,7 @@ export const STATUSES = {
   RETRY_SCHEDULED: { terminal: false, doc: 'a transient failure; the next attempt is held until its due time' },
   FAILED: { terminal: false, doc: 'a channel call failed for good (DEAD_LETTERED follows)' },
   DELIVERED: { terminal: true, doc: 'the channel\'s provider accepted it (per channel)' },
+  FALLBACK: { terminal: false, doc: 'a channel failed for good and the rule (strategy first) tries the next one (both named in the reason)' },
   READ: { terminal: false, doc: 'the user read the in-app notification (recorded through the API)' },
   SEEN: { terminal: false, doc: 'the in-app notification was shown to the user (recorded through the API)' },
   DEAD_LETTERED: { terminal: true, doc: 'the channel gave up: permanent failure or attempts exhausted (per channel)' },
@@ -80,6 +81,7 @@ export const REASON_CODES = {
   // deliver
   channel_called: 'the channel is about to be called (attempt recorded first)',
   accepted_by_provider: 'the channel\'s provider accepted the message',
+  fallback: 'the channel failed for good; the next channel of the rule (strategy first) gets the notification',
   added_to_inbox: 'the notification was put in the user\'s in-app inbox',
   read_by_user: 'the user read it in the in-app inbox',
   seen_by_user: 'the in-app inbox showed it to the user',

@@ -126,7 +126,7 @@ describe('parseRules', () => {
       id: 'comment-created', eventType: 'comment.created', category: 'collaboration', priority: 'NORMAL',
       channels: ['webhook'], templates: { webhook: { en: { subject: 'New comment', body: '{{actor}} commented' } } },
       dedupe: { keyFields: ['recipient', 'eventType', 'data.id'], windowMs: 86_400_000 }, expiresInMs: null,
-      throttle: { limits: [], onExceed: 'defer', digest: null },
+      throttle: { limits: [], onExceed: 'defer', digest: null }, strategy: 'all', retry: { maxAttempts: null, maxAgeMs: null },
     }]);
     expect(set.source).toBe(SOURCE);
   });

@@ -2,7 +2,9 @@
  * Each stage driven in memory with a controllable clock: given records and state, then
  * the emitted records and the decisions on the outcome topic.
  */
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
+import { parseRules } from '../rules/rules.ts';
 import { userKey } from '../topology.ts';
 import { domainEventFromJson } from '../runtime/codec.ts';
 import { dedupe } from '../processors/dedupe.ts';
@@ -212,7 +214,7 @@ describe('deliver', () => {
       { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' },
       { ok: false, retriable: false, code: 'http_410', detail: 'HTTP 410' },
     ]);
-    const d = driver('deliver', deliver(new Map([['webhook', channel]])));
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1)); // jitter at its top: the full step
     const task = await taskFor();
     const r1 = await d.pipe([{ value: task, timestamp: T0 }]);
     expect(r1.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'RETRY_SCHEDULED']);
@@ -282,6 +284,56 @@ describe('dedupe store hygiene', () => {
     expect(await keys()).toBe(3); // a swept, d added
     await d.pipe([{ value: await mk('e', 'c-e'), timestamp: T0 + 60 * HOUR }]); // b, c and d are long closed
     expect(await keys()).toBe(1);
+  });
+});
+
+describe('delivery policy: jitter, per-rule retries, strategy first', () => {
+  const RULES_FILE = JSON.parse(readFileSync('rules/default.json', 'utf8')) as { rules: Record<string, unknown>[] };
+  const rulesWith = (over: Record<string, unknown>) => parseRules({ ...RULES_FILE, rules: RULES_FILE.rules.map((r) => (r.id === 'comment-created' ? { ...r, ...over } : r)) }, 'test');
+  const taskWith = async (rules: ReturnType<typeof parseRules>, u = user({ email: 'ada@example.com' })) => {
+    const r = await driver('route', route, { rules, availableChannels: new Set(['webhook', 'email']) }).pipe([{ value: { request: (await requestsFor(event({ recipients: ['ada'] })))[0]!, user: u, preferences: null }, timestamp: T0 }]);
+    return r;
+  };
+  const fail503: SendResult = { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' };
+
+  it('spreads retries with jitter between half and all of the backoff step', async () => {
+    for (const [random, expected] of [[0, 500], [0.5, 750], [1, 1000]] as const) {
+      const d = driver('deliver', deliver(new Map([['webhook', new ScriptedDeliver([fail503])]]), () => random));
+      const r = await d.pipe([{ value: (await taskWith(rulesWith({}))).emitted.find((e) => (e.value as DeliveryTask).channel === 'webhook')!.value, timestamp: T0 }]);
+      expect((r.emitted[0]!.value as DeliveryTask).notBefore! - d.now).toBe(expected);
+    }
+  });
+
+  it('dead-letters after the rule\'s maxAttempts, not the configured default', async () => {
+    const rules = rulesWith({ retry: { maxAttempts: 2 } });
+    const channel = new ScriptedDeliver([fail503, fail503, fail503]);
+    const d = driver('deliver', deliver(new Map([['webhook', channel], ['email', channel]]), () => 1), { rules });
+    const task = (await taskWith(rules, user())).emitted[0]!.value as DeliveryTask;
+    const r1 = await d.pipe([{ value: task, timestamp: T0 }]);
+    expect(r1.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'RETRY_SCHEDULED']);
+    expect(r1.outcomes[1]!.reason).toContain('attempt 2 of 2');
+    const r2 = await d.pipe([{ value: { ...(r1.emitted[0]!.value as DeliveryTask), notBefore: null }, timestamp: T0, topicKey: 'deliverRetry' }]);
+    expect(r2.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'FAILED', 'DEAD_LETTERED']);
+    expect(r2.outcomes.at(-1)!.reason).toContain('gave up after 2 attempts');
+  });
+
+  it('strategy first: routes to the first channel only, then falls back to the next on a permanent failure', async () => {
+    const rules = rulesWith({ channels: ['email', 'webhook'], strategy: 'first' });
+    const routed = await taskWith(rules);
+    expect(routed.emitted.map((e) => (e.value as DeliveryTask).channel)).toEqual(['email']);
+    expect(routed.outcomes[0]!.reason).toBe('routed to email first, then webhook on failure (strategy first)');
+    const email = routed.emitted[0]!.value as DeliveryTask;
+    const smtp = new ScriptedDeliver([{ ok: false, retriable: false, code: 'smtp_550', detail: 'SMTP 550' }]);
+    const hook = new ScriptedDeliver([]);
+    const d = driver('deliver', deliver(new Map<string, ChannelProvider>([['email', smtp], ['webhook', hook]])), { rules });
+    const r1 = await d.pipe([{ value: email, timestamp: T0 }]);
+    expect(r1.outcomes.map((o) => [o.channel, o.status])).toEqual([['email', 'ATTEMPTED'], ['email', 'FAILED'], ['email', 'FALLBACK'], ['email', 'DEAD_LETTERED']]);
+    expect(r1.outcomes[2]!.reason).toBe('email failed for good (SMTP 550); falling back to webhook');
+    const next = r1.emitted[0]!.value as DeliveryTask;
+    expect(next).toMatchObject({ channel: 'webhook', address: 'http://127.0.0.1:9/hook', attempt: 1, fallback: [], deliveryId: `${email.notificationId}:webhook` });
+    const r2 = await d.pipe([{ value: next, timestamp: T0, topicKey: 'deliverRetry' }]);
+    expect(r2.outcomes.map((o) => [o.channel, o.status])).toEqual([['webhook', 'ATTEMPTED'], ['webhook', 'DELIVERED']]);
+    expect(hook.calls).toHaveLength(1);
   });
 });
 

@@ -61,6 +61,8 @@ export const CONFIG_KEYS = {
   embeddedMaxUnreadBytes: { env: 'HERALD_EMBEDDED_MAX_UNREAD_BYTES', kind: 'int', default: '3145728', min: 65536, max: 4718592, doc: 'Embedded broker only: unread bytes of one partition above which the API answers 503 and ingest waits (the broker keeps ~5 MB per partition and drops older records).' },
   stallMs: { env: 'HERALD_STALL_MS', kind: 'int', default: '60000', min: 1000, max: 3600000, doc: 'A stage with a batch running or failing, or with lag and no progress, for this long is reported not ready.' },
   timerIntervalMs: { env: 'HERALD_TIMER_INTERVAL_MS', kind: 'int', default: '100', min: 10, max: 60000, doc: 'How often wall-clock timers run (due retries are released at this granularity).' },
+  breakerFailures: { env: 'HERALD_BREAKER_FAILURES', kind: 'int', default: '5', min: 1, max: 1000, doc: 'Consecutive transient failures of one endpoint (webhook or chat host, SMTP server) that open its circuit.' },
+  breakerOpenMs: { env: 'HERALD_BREAKER_OPEN_MS', kind: 'int', default: '30000', min: 100, max: 3600000, doc: 'How long an open circuit holds tasks before one probe is let through.' },
   retryBaseMs: { env: 'HERALD_RETRY_BASE_MS', kind: 'int', default: '1000', min: 10, max: 600000, doc: 'First retry delay; doubles per attempt.' },
 } as const satisfies Record<string, KeySpec>;
 

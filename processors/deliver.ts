@@ -13,7 +13,8 @@
  */
 import { userKey } from '../topology.ts';
 import type { ChannelProvider, SendResult } from '../channels/channel.ts';
-import type { RecordRef, StageContext, StageFactory } from '../runtime/contract.ts';
+import type { Processor, RecordRef, StageContext, StageDeps, StageFactory } from '../runtime/contract.ts';
+import { CircuitBreakers, endpointOf } from '../channels/breaker.ts';
 import type { DeliveryTask } from '../schemas/types.ts';
 import { inboxContent } from '../channels/inapp.ts';
 import { deliveryId } from './ids.ts';
@@ -47,7 +48,19 @@ const baseOf = (task: DeliveryTask) => ({
 interface Item { cause: RecordRef; task: DeliveryTask }
 
 /** deliver, given the channels: the only stage that may call the outside world. */
-export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: () => number = Math.random): StageFactory<'deliver'> => ({ config, metrics, rules }) => {
+export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: () => number = Math.random): StageFactory<'deliver'> => {
+  // One set of circuits per process: every partition learns of an endpoint's outage at once.
+  let breakers: CircuitBreakers | null = null;
+  return (deps) => deliverPartition(channels, random, deps, (breakers ??= new CircuitBreakers({
+    failures: deps.config.breakerFailures, openMs: deps.config.breakerOpenMs,
+    onChange: (endpoint, from, to, failures) => {
+      deps.metrics.circuitState.set({ endpoint }, to === 'closed' ? 0 : to === 'open' ? 1 : 2);
+      deps.log.warn({ endpoint, from, to, failures }, `circuit ${to}`);
+    },
+  })));
+};
+
+function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random: () => number, { config, metrics, rules }: StageDeps, breakers: CircuitBreakers): Processor<'deliver'> {
   /** The rule's retry policy, or the configured defaults. */
   const policyOf = (task: DeliveryTask) => {
     const r = rules.byId(task.ruleId)?.retry;
@@ -112,10 +125,26 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: 
         seen.add(task.deliveryId);
       }
     });
-    // Expired tasks are not sent; the others are recorded as ATTEMPTED before the call.
+    // Expired tasks are not sent; tasks for an endpoint whose circuit is open wait without a
+    // call (and without using an attempt); the others are recorded as ATTEMPTED before the call.
     const now0 = ctx.wallClock();
     const expired = todo.filter(({ task }) => task.expiresAt !== null && now0 >= task.expiresAt);
-    const send = todo.filter(({ task }) => task.expiresAt === null || now0 < task.expiresAt);
+    const probes = new Set<Item>();
+    const send: Item[] = [];
+    for (const item of todo.filter(({ task }) => task.expiresAt === null || now0 < task.expiresAt)) {
+      const endpoint = endpointOf(item.task.channel, item.task.address);
+      const a = endpoint ? breakers.admit(endpoint, now0) : ({ call: true, probe: false } as const);
+      if (a.call) {
+        send.push(item);
+        if (a.probe) probes.add(item);
+        continue;
+      }
+      const { task, cause } = item;
+      const next: DeliveryTask = { ...task, notBefore: now0 + a.retryInMs };
+      ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
+      const host = endpoint!.slice(endpoint!.indexOf(':') + 1);
+      ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', reason: `circuit open for ${host} since ${new Date(a.openSince).toISOString().slice(11, 19)} UTC; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
+    }
     await ctx.recordNow(send.map(({ cause, task }) => [cause, { ...baseOf(task), status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}`, timestamp: now0 }]));
     const outcomes = new Map<Item, SendResult>();
     for (let i = 0; i < send.length; i += CONCURRENCY) {
@@ -131,6 +160,10 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: 
       const base = baseOf(task);
       const now = ctx.wallClock();
       const r = outcomes.get(item)!;
+      const endpoint = endpointOf(task.channel, task.address);
+      // Transient failures (network, 5xx, timeouts) count against the endpoint; 429 is a
+      // request to slow down (Retry-After), not an outage; permanent answers mean it is up.
+      if (endpoint) breakers.record(endpoint, !r.ok && r.retriable && r.code !== 'http_429', probes.has(item), now);
       results.put(attemptKey(task.deliveryId), { attempt: task.attempt });
       if (r.ok) {
         results.put(resultKey(task.deliveryId), { status: 'DELIVERED', attempt: task.attempt, at: now } satisfies DeliveryResult);

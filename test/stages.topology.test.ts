@@ -419,3 +419,43 @@ describe('deliver re-run', () => {
     expect(again.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
   });
 });
+
+describe('deliver: circuit breaker per endpoint', () => {
+  const fail503: SendResult = { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' };
+  const taskTo = async (recipient: string, address: string): Promise<DeliveryTask> => {
+    const r = await driver('route', route).pipe([{ value: { request: (await requestsFor(event({ id: `e-${recipient}`, recipients: [recipient] })))[0]!, user: user({ userId: recipient, webhookUrl: address }), preferences: null }, timestamp: T0 }]);
+    return r.emitted[0]!.value as DeliveryTask;
+  };
+
+  it('opens after consecutive failures of one host: its tasks wait without calls or attempts, other hosts go on; one probe closes it', async () => {
+    const channel = new ScriptedDeliver([]);
+    let down = true;
+    channel.send = async (task: DeliveryTask) => {
+      channel.calls.push(task);
+      return down && task.address.includes('down.example') ? fail503 : { ok: true, providerMessageId: null, detail: 'HTTP 200' };
+    };
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1));
+    const failing = await Promise.all(Array.from({ length: 5 }, (_, i) => taskTo(`u${i}`, `https://down.example/hook/${i}`)));
+    const r1 = await d.pipe(failing.map((value) => ({ value, timestamp: T0 })));
+    expect(r1.outcomes.filter((o) => o.status === 'RETRY_SCHEDULED' && o.reasonCode === 'transient_failure')).toHaveLength(5);
+    // The circuit is open now: more tasks for that host are not called, and use no attempt.
+    const more = await taskTo('u9', 'https://down.example/hook/9');
+    const healthy = await taskTo('ok', 'https://up.example/hook');
+    const calls = channel.calls.length;
+    const r2 = await d.pipe([{ value: more, timestamp: T0 }, { value: healthy, timestamp: T0 }]);
+    expect(channel.calls.length - calls).toBe(1); // only the healthy host was called
+    const waiting = r2.outcomes.find((o) => o.recipient === 'u9')!;
+    expect(waiting).toMatchObject({ status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', attempt: 1 });
+    expect(waiting.reason).toMatch(/^circuit open for down\.example since \d\d:\d\d:\d\d UTC; attempt 1 waits until /);
+    expect(r2.outcomes.find((o) => o.recipient === 'ok')!.status).toBe('ATTEMPTED');
+    const held = r2.emitted.find((e) => (e.value as DeliveryTask).recipient === 'u9')!.value as DeliveryTask;
+    expect(held.attempt).toBe(1);
+    // The host recovers; after the open period one probe goes through and closes the circuit.
+    down = false;
+    d.now += 30_000;
+    const r3 = await d.pipe([{ value: { ...held, notBefore: null }, timestamp: T0, topicKey: 'deliverRetry' }]);
+    expect(r3.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
+    const after = await taskTo('u10', 'https://down.example/hook/10');
+    expect((await d.pipe([{ value: after, timestamp: T0 }])).outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
+  });
+});

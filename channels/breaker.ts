@@ -1,0 +1,76 @@
+/**
+ * Circuit breakers per endpoint (a webhook or chat host, the SMTP server): after
+ * `failures` consecutive transient failures the circuit opens and tasks for the endpoint
+ * wait (they are rescheduled without a call and without using an attempt); after `openMs`
+ * one probe goes through (half-open): success closes the circuit, failure opens it again.
+ * Shared by every deliver partition of the process, so one endpoint's outage is learned once.
+ */
+export type CircuitState = 'closed' | 'open' | 'half-open';
+
+interface Circuit { state: CircuitState; failures: number; openedAt: number; probing: boolean }
+
+export type Admission = { call: true; probe: boolean } | { call: false; openSince: number; retryInMs: number };
+
+export class CircuitBreakers {
+  private readonly circuits = new Map<string, Circuit>();
+  private readonly o: { failures: number; openMs: number; onChange?: (endpoint: string, from: CircuitState, to: CircuitState, failures: number) => void };
+
+  constructor(o: CircuitBreakers['o']) {
+    this.o = o;
+  }
+
+  private set(endpoint: string, c: Circuit, to: CircuitState): void {
+    const from = c.state;
+    c.state = to;
+    if (from !== to) this.o.onChange?.(endpoint, from, to, c.failures);
+  }
+
+  /** May a task call `endpoint` at `now` (wall clock)? */
+  admit(endpoint: string, now: number): Admission {
+    const c = this.circuits.get(endpoint);
+    if (!c || c.state === 'closed') return { call: true, probe: false };
+    if (c.state === 'open' && now - c.openedAt >= this.o.openMs) this.set(endpoint, c, 'half-open');
+    if (c.state === 'half-open' && !c.probing) {
+      c.probing = true;
+      return { call: true, probe: true };
+    }
+    return { call: false, openSince: c.openedAt, retryInMs: Math.max(c.openedAt + this.o.openMs - now, Math.min(1000, this.o.openMs)) };
+  }
+
+  /** The outcome of a call admitted by `admit`: `failed` for transient failures (network, 5xx, timeouts). */
+  record(endpoint: string, failed: boolean, probe: boolean, now: number): void {
+    let c = this.circuits.get(endpoint);
+    if (!c) {
+      if (!failed) return;
+      c = { state: 'closed', failures: 0, openedAt: 0, probing: false };
+      this.circuits.set(endpoint, c);
+    }
+    if (probe) c.probing = false;
+    if (!failed) {
+      c.failures = 0;
+      this.set(endpoint, c, 'closed');
+      this.circuits.delete(endpoint);
+      return;
+    }
+    c.failures++;
+    if (probe || (c.state === 'closed' && c.failures >= this.o.failures)) {
+      c.openedAt = now;
+      this.set(endpoint, c, 'open');
+    }
+  }
+
+  state(endpoint: string): CircuitState {
+    return this.circuits.get(endpoint)?.state ?? 'closed';
+  }
+}
+
+/** The endpoint a task calls: the host of a webhook or chat URL, the one SMTP server for email. */
+export function endpointOf(channel: string, address: string): string | null {
+  if (channel === 'inapp') return null;
+  if (channel === 'email') return 'email';
+  try {
+    return `${channel}:${new URL(address).host}`;
+  } catch {
+    return null;
+  }
+}

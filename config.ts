@@ -40,7 +40,7 @@ export const CONFIG_KEYS = {
   advertisedUrl: { env: 'HERALD_ADVERTISED_URL', kind: 'string', default: '', doc: 'Base URL other instances use to reach this one\'s HTTP API (Kafka Streams\' application.server); default http://<host>:<port> as listened on.' },
   queryTimeoutMs: { env: 'HERALD_QUERY_TIMEOUT_MS', kind: 'int', default: '3000', min: 100, max: 60000, doc: 'Timeout of a query forwarded to the instance that holds its partition.' },
   rulesFile: { env: 'HERALD_RULES', kind: 'string', default: 'rules/default.json', doc: 'Notification rules file.' },
-  webhookSecret: { env: 'HERALD_WEBHOOK_SECRET', kind: 'string', default: DEFAULT_WEBHOOK_SECRET, doc: 'HMAC-SHA256 key that signs outgoing webhooks (never logged).' },
+  webhookSecret: { env: 'HERALD_WEBHOOK_SECRET', kind: 'string', default: DEFAULT_WEBHOOK_SECRET, doc: 'HMAC-SHA256 key that signs outgoing webhooks (never logged); `new,old` while rotating: both signatures are sent.' },
   smtpUrl: { env: 'HERALD_SMTP_URL', kind: 'string', default: '', doc: 'SMTP server for the email channel, e.g. smtps://user:pass@smtp.example.com:465 (never logged); empty: the embedded default runs a local SMTP sink (GET /v1/dev/mailbox), real Kafka sends no email.' },
   smtpFrom: { env: 'HERALD_SMTP_FROM', kind: 'string', default: 'Herald <notifications@herald.invalid>', doc: 'From address of notification emails.' },
   devKey: { env: 'HERALD_DEV_KEY', kind: 'string', default: '', doc: 'API key (16-256 characters) registered for tenant acme with the admin scope at start (never logged); on the embedded broker a random one is made and kept in the state dir when unset.' },
@@ -98,7 +98,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (out.devKey && !/^[A-Za-z0-9_-]{16,256}$/.test(String(out.devKey))) {
     throw new HeraldError('HRL_CONFIG_INVALID', 'HERALD_DEV_KEY: expected 16 to 256 letters, digits, \'_\' or \'-\'');
   }
-  if (!out.embedded && out.webhookSecret === DEFAULT_WEBHOOK_SECRET) {
+  if (!out.embedded && String(out.webhookSecret).split(',').map((s) => s.trim()).includes(DEFAULT_WEBHOOK_SECRET)) {
     throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_WEBHOOK_SECRET: the default development secret cannot sign webhooks against a real cluster (KAFKA_BROKERS is set); set a secret of your own, e.g. $(openssl rand -hex 32)`);
   }
   if (out.embedded && out.saslMechanism) {

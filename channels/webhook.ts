@@ -14,19 +14,32 @@ import type { DeliveryTask } from '../schemas/types.ts';
 import type { ChannelProvider, SendResult } from './channel.ts';
 import { guardedLookup, type OutboundPolicy, urlRefusal } from './outbound.ts';
 
-export function signWebhook(secret: string, timestamp: number, body: string): string {
-  const mac = createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex');
-  return `t=${timestamp},v1=${mac}`;
+const mac = (secret: string, timestamp: number, body: string) => createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex');
+
+/**
+ * `t=<unix ms>,v1=<hex>[,v1=<hex>]`: one v1 per secret. `secrets` is HERALD_WEBHOOK_SECRET
+ * split on commas, the new secret first: while a secret is being rotated both are valid and
+ * both signatures are sent (as Stripe does), so receivers can switch at their own pace.
+ */
+export function signWebhook(secrets: string | readonly string[], timestamp: number, body: string): string {
+  const list = typeof secrets === 'string' ? secretsOf(secrets) : secrets;
+  return [`t=${timestamp}`, ...list.map((s) => `v1=${mac(s, timestamp, body)}`)].join(',');
 }
 
-/** Checks a `Herald-Signature` header; `toleranceMs` bounds replay of old requests. */
+/** HERALD_WEBHOOK_SECRET: one secret, or `new,old` during a rotation. */
+export const secretsOf = (text: string) => text.split(',').map((s) => s.trim()).filter(Boolean);
+
+/** Checks a `Herald-Signature` header against one secret: any v1 may match; `toleranceMs` bounds replay of old requests. */
 export function verifyWebhookSignature(secret: string, header: string, body: string, now = Date.now(), toleranceMs = 300_000): boolean {
-  const parts = Object.fromEntries(header.split(',').map((p) => p.split('=', 2) as [string, string]));
-  const t = Number(parts.t);
-  if (!parts.v1 || !Number.isFinite(t) || Math.abs(now - t) > toleranceMs) return false;
-  const expected = Buffer.from(signWebhook(secret, t, body).split('v1=')[1]!, 'hex');
-  const given = Buffer.from(parts.v1, 'hex');
-  return given.length === expected.length && timingSafeEqual(given, expected);
+  const pairs = header.split(',').map((p) => p.split('=', 2) as [string, string | undefined]);
+  const t = Number(pairs.find(([k]) => k === 't')?.[1]);
+  if (!Number.isFinite(t) || Math.abs(now - t) > toleranceMs) return false;
+  const expected = Buffer.from(mac(secret, t, body), 'hex');
+  return pairs.some(([k, v]) => {
+    if (k !== 'v1' || !v) return false;
+    const given = Buffer.from(v, 'hex');
+    return given.length === expected.length && timingSafeEqual(given, expected);
+  });
 }
 
 export function webhookBody(task: DeliveryTask): string {

@@ -74,7 +74,7 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
   }, 1000).unref();
   if (opts.demo && herald.httpUrl) {
     if (!herald.devKey) fail(new Error('--demo: needs the development key (set HERALD_DEV_KEY against real Kafka)'));
-    stopDemo = await runDemo(herald.httpUrl, config.webhookSecret, herald.devKey, (l) => process.stdout.write(`${l}\n`));
+    stopDemo = await runDemo(herald.httpUrl, config.webhookSecret.split(',')[0]!.trim(), herald.devKey, (l) => process.stdout.write(`${l}\n`));
   }
 }
 

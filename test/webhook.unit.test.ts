@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { signWebhook, verifyWebhookSignature, WebhookChannel, webhookBody } from '../channels/webhook.ts';
+import { secretsOf, signWebhook, verifyWebhookSignature, WebhookChannel, webhookBody } from '../channels/webhook.ts';
 import type { DeliveryTask } from '../schemas/types.ts';
 import { parseAllowList } from '../channels/outbound.ts';
 
@@ -255,5 +255,16 @@ describe('chat channel (Slack-compatible incoming webhook)', () => {
     } finally {
       await r.close();
     }
+  });
+});
+
+describe('signing secret rotation', () => {
+  it('sends one v1 per secret while rotating, and a receiver with either secret verifies it', () => {
+    const header = signWebhook(secretsOf('new-secret, old-secret'), NOW, 'body');
+    expect(header.split(',').filter((p) => p.startsWith('v1='))).toHaveLength(2);
+    expect(verifyWebhookSignature('new-secret', header, 'body', NOW)).toBe(true);
+    expect(verifyWebhookSignature('old-secret', header, 'body', NOW)).toBe(true);
+    expect(verifyWebhookSignature('other-secret', header, 'body', NOW)).toBe(false);
+    expect(verifyWebhookSignature('old-secret', header, 'b0dy', NOW)).toBe(false);
   });
 });

@@ -63,6 +63,7 @@ export const CONFIG_KEYS = {
   timerIntervalMs: { env: 'HERALD_TIMER_INTERVAL_MS', kind: 'int', default: '100', min: 10, max: 60000, doc: 'How often wall-clock timers run (due retries are released at this granularity).' },
   breakerFailures: { env: 'HERALD_BREAKER_FAILURES', kind: 'int', default: '5', min: 1, max: 1000, doc: 'Consecutive transient failures of one endpoint (webhook or chat host, SMTP server) that open its circuit.' },
   breakerOpenMs: { env: 'HERALD_BREAKER_OPEN_MS', kind: 'int', default: '30000', min: 100, max: 3600000, doc: 'How long an open circuit holds tasks before one probe is let through.' },
+  deliveryBatchWaitMs: { env: 'HERALD_DELIVERY_BATCH_WAIT_MS', kind: 'int', default: '1000', min: 10, max: 120000, doc: 'How long a deliver batch waits for its channel calls; calls still running then finish on their own and are recorded by a timer, so a slow endpoint never holds back other deliveries.' },
   retryBaseMs: { env: 'HERALD_RETRY_BASE_MS', kind: 'int', default: '1000', min: 10, max: 600000, doc: 'First retry delay; doubles per attempt.' },
 } as const satisfies Record<string, KeySpec>;
 

@@ -94,7 +94,8 @@ export class WebhookChannel implements ChannelProvider {
   }
 
   async close(): Promise<void> {
-    await this.agent.close();
+    // Calls still running are abandoned (their leases bring the attempts back after a restart).
+    await this.agent.destroy();
   }
 
   async send(task: DeliveryTask, signal: AbortSignal): Promise<SendResult> {

@@ -25,13 +25,19 @@ export interface DeliveryResult {
   at: number;
 }
 
-/** A retry held until its due time, with the record that scheduled it (provenance). */
+/**
+ * A retry held until its due time, with the record that scheduled it (provenance); or,
+ * with `lease`, an attempt whose call is under way: due when the call would have timed out,
+ * so an attempt whose instance died is made again (under the same Idempotency-Key).
+ */
 export interface HeldRetry {
   task: DeliveryTask;
   cause: RecordRef;
+  lease?: boolean;
 }
 
-const CONCURRENCY = 16;
+/** A lease outlives its call's timeout by this much before the attempt is made again. */
+const LEASE_MARGIN_MS = 5000;
 /** Held retries released per timer run; the rest wait for the next run. */
 const RELEASE_LIMIT = 500;
 
@@ -88,17 +94,30 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     return r;
   }
 
+  // Calls under way, by delivery and attempt: a batch run again while one is in flight joins it.
+  const inflight = new Map<string, Promise<SendResult>>();
+  // Calls that outlived their batch's wait (a slow or hanging endpoint): settled by the timer.
+  const detached = new Map<string, { item: Item; probe: boolean; result: SendResult | null }>();
+
   async function call(task: DeliveryTask): Promise<SendResult> {
     const key = `${task.deliveryId}#${task.attempt}`;
-    const earlier = sent.get(key);
+    const earlier = sent.get(key) ?? inflight.get(key);
     if (earlier) return earlier;
-    const r = await callChannel(task);
-    sent.set(key, r);
-    if (sent.size > 10_000) sent.delete(sent.keys().next().value!);
-    return r;
+    const p = callChannel(task).then((r) => {
+      sent.set(key, r);
+      if (sent.size > 10_000) sent.delete(sent.keys().next().value!);
+      return r;
+    }).finally(() => inflight.delete(key));
+    inflight.set(key, p);
+    return p;
   }
 
   /** Sends the items that are not settled yet; records every decision. */
+  function hold(retries: ReturnType<StageContext<'deliver'>['store']>, key: string, dueAt: number, value: HeldRetry): void {
+    retries.hold(key, dueAt, value);
+    if (nextDue !== undefined) nextDue = Math.min(nextDue, dueAt);
+  }
+
   async function attempt(items: Item[], ctx: StageContext<'deliver'>): Promise<void> {
     const results = ctx.store('results');
     const ids = items.map((i) => i.task.deliveryId);
@@ -146,24 +165,42 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', reason: `circuit open for ${host} since ${new Date(a.openSince).toISOString().slice(11, 19)} UTC; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
     }
     await ctx.recordNow(send.map(({ cause, task }) => [cause, { ...baseOf(task), status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}`, timestamp: now0 }]));
+    // Every call starts now; the batch waits for them at most HERALD_DELIVERY_BATCH_WAIT_MS.
+    // A call still running then is detached: the batch goes on (fresh deliveries never wait
+    // behind a hanging endpoint), a lease held until the call's timeout brings the attempt
+    // back if this instance dies, and the timer records the result when it comes.
     const outcomes = new Map<Item, SendResult>();
-    for (let i = 0; i < send.length; i += CONCURRENCY) {
-      await Promise.all(send.slice(i, i + CONCURRENCY).map(async (item) => outcomes.set(item, await call(item.task))));
+    const running = send.map((item) => call(item.task).then((r) => void outcomes.set(item, r)));
+    let waited: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([Promise.all(running), new Promise<void>((r) => (waited = setTimeout(r, config.deliveryBatchWaitMs)))]);
+    clearTimeout(waited);
+    const retries = ctx.store('retries');
+    for (const item of send.filter((i) => !outcomes.has(i))) {
+      const key = retryKey(item.task);
+      const entry = { item, probe: probes.has(item), result: null as SendResult | null };
+      detached.set(key, entry);
+      void call(item.task).then((r) => (entry.result = r));
+      hold(retries, key, now0 + config.deliveryTimeoutMs + LEASE_MARGIN_MS, { task: item.task, cause: item.cause, lease: true } satisfies HeldRetry);
     }
     for (const { cause, task } of expired) {
       const now = ctx.wallClock();
       results.put(resultKey(task.deliveryId), { status: 'EXPIRED', attempt: task.attempt, at: now } satisfies DeliveryResult);
       ctx.outcome(cause, { ...baseOf(task), status: 'EXPIRED', reasonCode: 'expired_before_delivery', reason: `expired at ${new Date(task.expiresAt!).toISOString()} before attempt ${task.attempt}`, timestamp: now });
     }
-    for (const item of send) {
+    for (const item of send) if (outcomes.has(item)) settle(ctx, item, outcomes.get(item)!, probes.has(item));
+  }
+
+  /** Records the result of one call: DELIVERED, a retry, or FAILED and DEAD_LETTERED (with a fallback). */
+  function settle(ctx: StageContext<'deliver'>, item: Item, r: SendResult, probe: boolean): void {
+    const results = ctx.store('results');
+    {
       const { cause, task } = item;
       const base = baseOf(task);
       const now = ctx.wallClock();
-      const r = outcomes.get(item)!;
       const endpoint = endpointOf(task.channel, task.address);
       // Transient failures (network, 5xx, timeouts) count against the endpoint; 429 is a
       // request to slow down (Retry-After), not an outage; permanent answers mean it is up.
-      if (endpoint) breakers.record(endpoint, !r.ok && r.retriable && r.code !== 'http_429', probes.has(item), now);
+      if (endpoint) breakers.record(endpoint, !r.ok && r.retriable && r.code !== 'http_429', probe, now);
       results.put(attemptKey(task.deliveryId), { attempt: task.attempt });
       if (r.ok) {
         results.put(resultKey(task.deliveryId), { status: 'DELIVERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
@@ -211,16 +248,22 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         // A retry not due yet is held; the timer releases it. The record is its cause.
         if (rec.topicKey === 'deliverRetry' && task.notBefore !== null && task.notBefore > now) {
           const cause: RecordRef = { topic: rec.topic, partition: rec.partition, offset: rec.offset, timestamp: rec.timestamp };
-          retries.hold(retryKey(task), task.notBefore, { task, cause } satisfies HeldRetry);
-          if (nextDue !== undefined) nextDue = Math.min(nextDue, task.notBefore);
+          hold(retries, retryKey(task), task.notBefore, { task, cause } satisfies HeldRetry);
         } else ready.push({ cause: rec, task });
       }
       if (ready.length) await attempt(ready, ctx);
     },
 
     async punctuate(ctx, { wallClock }) {
-      if (nextDue !== undefined && nextDue > wallClock) return;
       const retries = ctx.store('retries');
+      // Detached calls that have answered: their results are recorded and their leases let go.
+      for (const [key, d] of detached) {
+        if (!d.result) continue;
+        detached.delete(key);
+        retries.delete(key);
+        settle(ctx, d.item, d.result, d.probe);
+      }
+      if (nextDue !== undefined && nextDue > wallClock) return;
       const due = await retries.due<HeldRetry>(wallClock, RELEASE_LIMIT);
       if (due.length === 0) {
         // Nothing due: remember when the earliest held retry will be (none: never, until a hold).
@@ -229,8 +272,18 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         return;
       }
       nextDue = undefined; // more may be due; the next run scans again
-      for (const d of due) retries.delete(d.key);
-      await attempt(due.map((d) => ({ cause: d.value.cause, task: d.value.task })), ctx);
+      const release: Item[] = [];
+      for (const d of due) {
+        // A lease whose call is still running here: look again shortly (the call's own
+        // timeout ends it). A lease with no call here (the instance that made it died, or
+        // the partition moved): the attempt is made again.
+        if (d.value.lease && detached.has(d.key)) hold(retries, d.key, wallClock + 1000, d.value);
+        else {
+          retries.delete(d.key);
+          release.push({ cause: d.value.cause, task: d.value.task });
+        }
+      }
+      if (release.length) await attempt(release, ctx);
     },
   };
 };

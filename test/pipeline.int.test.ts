@@ -147,6 +147,24 @@ describe('end-to-end through the HTTP API', () => {
     expect(deliveredAt - scheduledAt).toBeLessThan(retryArrived - scheduledAt);
   });
 
+  it('delivers to a healthy user while another user\'s endpoint in the same partition hangs', async () => {
+    const { partitionOf } = await import('../app/queries.ts');
+    const { userKey } = await import('../topology.ts');
+    const part = (u: string) => partitionOf(userKey('acme', u), 2);
+    const healthy = ['n-0', 'n-1', 'n-2', 'n-3', 'n-4', 'n-5'].find((u) => part(u) === part('hangs'))!;
+    for (const [u, path] of [['hangs', '/hangs'], [healthy, `/${healthy}`]]) expect((await api(h, 'PUT', `/v1/users/${u}`, { webhookUrl: `${hooks.url}${path}` })).status).toBe(202);
+    await eventually(async () => (await api(h, 'GET', `/v1/users/${healthy}`)).status === 200 && (await api(h, 'GET', '/v1/users/hangs')).status === 200);
+    hooks.script.set('/hangs', ['hang']);
+    const stuck = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'agent.task_completed', recipients: ['hangs'], data: { taskId: 'h1', summary: 'x' } });
+    await eventually(() => hooks.hanging === 1);
+    const fine = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'agent.task_completed', recipients: [healthy], data: { taskId: 'h2', summary: 'y' } });
+    const n = await terminal(fine.body.notifications[0]!.notificationId);
+    expect(n.terminal).toEqual(['webhook:DELIVERED']);
+    expect(hooks.hanging).toBe(1); // delivered while the other call still hangs (it times out after 10 s)
+    const view = (await lifecycle(stuck.body.notifications[0]!.notificationId)).body;
+    expect(view.events.at(-1)!.status).toBe('ATTEMPTED');
+  });
+
   it('drops unknown and deactivated recipients with their reasons', async () => {
     const res = await api<{ notifications: { recipient: string; notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', tenant: 'acme', recipients: ['nobody', 'gone'], data: { commentId: 'c-9' } });
     const byRecipient = Object.fromEntries(res.body.notifications.map((n) => [n.recipient, n.notificationId]));

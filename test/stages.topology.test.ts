@@ -459,3 +459,41 @@ describe('deliver: circuit breaker per endpoint', () => {
     expect((await d.pipe([{ value: after, timestamp: T0 }])).outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
   });
 });
+
+describe('deliver: a slow endpoint never holds back the others', () => {
+  it('detaches a call that outlives the batch wait, records its result from the timer, and remakes it from the lease after a move', async () => {
+    const { loadConfig } = await import('../config.ts');
+    const config = loadConfig({}, { stateBackend: 'memory', logLevel: 'silent', deliveryBatchWaitMs: 50, deliveryTimeoutMs: 2000 });
+    let answer!: (r: SendResult) => void;
+    const calls: string[] = [];
+    const channel: ChannelProvider = {
+      name: 'webhook',
+      send: (task) => {
+        calls.push(task.recipient);
+        return task.address.includes('hang') ? new Promise<SendResult>((r) => (answer = r)) : Promise.resolve({ ok: true, providerMessageId: null, detail: 'HTTP 200' });
+      },
+    };
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1), { config });
+    const taskTo = async (recipient: string, address: string) => (await driver('route', route).pipe([{ value: { request: (await requestsFor(event({ id: `e-${recipient}`, recipients: [recipient] })))[0]!, user: user({ userId: recipient, webhookUrl: address }), preferences: null }, timestamp: T0 }])).emitted[0]!.value as DeliveryTask;
+    const slow = await taskTo('slow', 'https://hang.example/hook');
+    const fast = await taskTo('fast', 'https://ok.example/hook');
+    const r1 = await d.pipe([{ value: slow, timestamp: T0 }, { value: fast, timestamp: T0 }]);
+    // The batch ended without the slow answer: the fast one is delivered, the slow one only attempted.
+    expect(r1.outcomes.map((o) => [o.recipient, o.status])).toEqual([['slow', 'ATTEMPTED'], ['fast', 'ATTEMPTED'], ['fast', 'DELIVERED']]);
+    expect((await d.advance(100)).outcomes).toEqual([]);
+    answer({ ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' });
+    await new Promise((r) => setImmediate(r));
+    const r2 = await d.advance(100);
+    expect(r2.outcomes.map((o) => [o.recipient, o.status, o.attempt])).toEqual([['slow', 'RETRY_SCHEDULED', 1]]);
+    expect((r2.emitted[0]!.value as DeliveryTask).attempt).toBe(2);
+
+    // Another detached call, then the partition moves before it answers: the lease brings the attempt back.
+    const slow2 = await taskTo('slow2', 'https://hang.example/hook2');
+    await d.pipe([{ value: slow2, timestamp: T0 }]);
+    await d.rebalance();
+    expect((await d.advance(1000)).outcomes).toEqual([]); // the lease is not due yet
+    const again = await d.advance(2000 + 5000);
+    expect(again.outcomes.map((o) => [o.recipient, o.status, o.attempt])).toEqual([['slow2', 'ATTEMPTED', 1]]);
+    expect(calls.filter((c) => c === 'slow2')).toHaveLength(2); // the same attempt, made again (same Idempotency-Key)
+  });
+});

@@ -6,8 +6,10 @@ export interface Received { path: string; headers: IncomingHttpHeaders; body: st
 
 export class WebhookReceiver {
   readonly received: Received[] = [];
-  /** Status codes (or status and headers) to answer, per path, before falling back to 204. */
-  readonly script = new Map<string, (number | [number, Record<string, string>])[]>();
+  /** Status codes (or status and headers, or 'hang': never answer) per path, before falling back to 204. */
+  readonly script = new Map<string, (number | [number, Record<string, string>] | 'hang')[]>();
+  /** Requests left hanging (answered by nobody until `stop`). */
+  hanging = 0;
   /** Arrival time of each request, ms. */
   readonly times: number[] = [];
   private server: Server | null = null;
@@ -22,6 +24,11 @@ export class WebhookReceiver {
         this.received.push({ path, headers: req.headers, body, json: JSON.parse(body || '{}') as Record<string, unknown> });
         this.times.push(Date.now());
         const next = this.script.get(path)?.shift() ?? 204;
+        if (next === 'hang') {
+          this.hanging++;
+          res.on('close', () => this.hanging--);
+          return;
+        }
         const [status, headers] = Array.isArray(next) ? next : [next, {}];
         res.writeHead(status, headers).end();
       });
@@ -36,6 +43,7 @@ export class WebhookReceiver {
   }
 
   async stop(): Promise<void> {
+    this.server?.closeAllConnections();
     await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
   }
 }

@@ -1,6 +1,8 @@
 /**
- * /readyz tells the truth: a stage stuck in a batch (a webhook that never answers) makes it
- * 503 with the reason, and it is ready again once the batch ends.
+ * /readyz tells the truth: a stage stuck in a batch makes it 503 with the reason, and it is
+ * ready again once the batch ends. (Deliver detaches slow calls after
+ * HERALD_DELIVERY_BATCH_WAIT_MS; raised here so a webhook that never answers keeps the batch
+ * running, which is the stall this test needs.)
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -16,7 +18,7 @@ beforeAll(async () => {
   hang = createServer(() => undefined); // accepts, never answers
   await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
   hangUrl = `http://127.0.0.1:${(hang.address() as AddressInfo).port}`;
-  h = await startTestHerald({ env: { HERALD_STALL_MS: '1000', HERALD_DELIVERY_TIMEOUT_MS: '4000' } });
+  h = await startTestHerald({ env: { HERALD_STALL_MS: '1000', HERALD_DELIVERY_TIMEOUT_MS: '4000', HERALD_DELIVERY_BATCH_WAIT_MS: '60000' } });
 });
 
 afterAll(async () => {

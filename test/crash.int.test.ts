@@ -1,12 +1,15 @@
 /**
  * kill -9 mid-stream, twice: a Herald process is killed with SIGKILL while events flow
- * and started again on the same state directory. Nothing is lost (every event reaches a
- * terminal status), nothing is decided twice (the accounting invariant over outcomes.v1),
- * and the receiver sees each delivery under one Idempotency-Key: a call repeated after a
- * crash, before its result was recorded, carries the same key.
+ * and started again on the same state directory, with all four channels in use (webhook,
+ * chat, email to a real SMTP server, the in-app inbox). Nothing is lost (every event
+ * reaches a terminal status on every channel), nothing is decided twice (the accounting
+ * invariant over outcomes.v1), and each delivery arrives under one key: a call repeated
+ * after a crash, before its result was recorded, carries the same Idempotency-Key or
+ * Message-ID.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { SmtpSink } from '../channels/smtp-sink.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -23,11 +26,22 @@ import { WebhookReceiver } from './support/webhook-receiver.ts';
 
 let cluster: Awaited<ReturnType<typeof startCluster>>;
 const hooks = new WebhookReceiver();
+const mail = new SmtpSink(10_000);
+// The default rules with comment-created sent on all four channels.
+const rulesFile = join(mkdtempSync(join(tmpdir(), 'herald-crash-rules-')), 'rules.json');
+{
+  const doc = JSON.parse(readFileSync('rules/default.json', 'utf8')) as { rules: { id: string; channels: string[]; templates: Record<string, unknown> }[] };
+  const rule = doc.rules.find((r) => r.id === 'comment-created')!;
+  rule.channels = ['webhook', 'email', 'inapp', 'chat'];
+  rule.templates.chat = { en: { body: '{{actor}} commented on {{data.commentId}}' } };
+  writeFileSync(rulesFile, JSON.stringify(doc));
+}
 const stateDir = mkdtempSync(join(tmpdir(), 'herald-crash-'));
 const children: ChildProcess[] = [];
 
 beforeAll(async () => {
   await hooks.start();
+  await mail.start();
   cluster = await startCluster(4);
 });
 
@@ -35,12 +49,13 @@ afterAll(async () => {
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   await cluster?.stop();
   await hooks.stop();
+  await mail.stop();
   removeDir(stateDir);
 });
 
 async function herald(): Promise<ChildProcess> {
   const child = spawn(process.execPath, ['cli/herald.ts', 'run', '--no-api'], {
-    env: { ...process.env, ...TEST_ENV, ...cluster.env, HERALD_PARTITIONS: '4', HERALD_STATE_DIR: stateDir, HERALD_LOG_LEVEL: 'warn', HERALD_SESSION_TIMEOUT_MS: '6000', HERALD_COMMIT_INTERVAL_MS: '200' },
+    env: { ...process.env, ...TEST_ENV, ...cluster.env, HERALD_RULES: rulesFile, HERALD_SMTP_URL: mail.url, HERALD_PARTITIONS: '4', HERALD_STATE_DIR: stateDir, HERALD_LOG_LEVEL: 'warn', HERALD_SESSION_TIMEOUT_MS: '6000', HERALD_COMMIT_INTERVAL_MS: '200' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.push(child);
@@ -62,7 +77,7 @@ describe('kill -9 mid-stream', () => {
     const producer = createProducer(kafka);
     await producer.connect();
     const USERS = 30;
-    await producer.send({ topic: users, acks: -1, messages: await Promise.all(Array.from({ length: USERS }, async (_, i) => ({ key: userKey('acme', `u${i}`), value: await serde.encode(users, { userId: `u${i}`, tenant: 'acme', webhookUrl: `${hooks.url}/hook` }) }))) });
+    await producer.send({ topic: users, acks: -1, messages: await Promise.all(Array.from({ length: USERS }, async (_, i) => ({ key: userKey('acme', `u${i}`), value: await serde.encode(users, { userId: `u${i}`, tenant: 'acme', webhookUrl: `${hooks.url}/hook`, chatWebhookUrl: `${hooks.url}/chat`, email: `u${i}@example.com` }) }))) });
     const outcomes: LifecycleEvent[] = [];
     const reader = new TopicReader(kafka, admin, { topic: topicName('herald.', 'outcomes'), groupPrefix: 'test.', onBatch: async ({ messages }) => {
       for (const m of messages) outcomes.push(await serde.decode<LifecycleEvent>(m.value!));
@@ -89,25 +104,30 @@ describe('kill -9 mid-stream', () => {
       const exited = new Promise<void>((r) => child.once('exit', () => r()));
       child.kill('SIGKILL');
       await exited;
-      inFlightAtKill.push(sent - new Set(hooks.received.map((r) => String(r.headers['idempotency-key']))).size);
+      inFlightAtKill.push(sent - new Set(hooks.for('/hook').map((r) => String(r.headers['idempotency-key']))).size);
     }
     // The kills landed mid-stream: events were still on their way each time.
     expect(Math.max(...inFlightAtKill)).toBeGreaterThan(0);
     await herald();
     await send(TOTAL - sent);
 
-    const keys = () => new Set(hooks.received.map((r) => String(r.headers['idempotency-key'])));
-    await eventually(() => keys().size >= TOTAL, 90_000);
+    const keys = () => new Set(hooks.for('/hook').map((r) => String(r.headers['idempotency-key'])));
+    const chatKeys = () => new Set(hooks.for('/chat').map((r) => String(r.headers['idempotency-key'])));
+    const mailIds = () => new Set(mail.list({ tenant: 'acme', limit: 100_000 }).map((m) => m.messageId));
+    await eventually(() => keys().size >= TOTAL && chatKeys().size >= TOTAL && mailIds().size >= TOTAL, 120_000);
     const accepted = () => new Set(outcomes.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
     await eventually(() => accepted().size === TOTAL && checkAccounting(outcomes, accepted()).violations.length === 0, 60_000).catch(() => undefined);
     expect(accepted().size).toBe(TOTAL);
     expect(checkAccounting(outcomes, accepted()).violations).toEqual([]);
     // One delivery per event under one key; a repeated call (if any) reused its key.
     expect(keys().size).toBe(TOTAL);
+    expect(chatKeys().size).toBe(TOTAL);
+    expect(mailIds().size).toBe(TOTAL);
+    expect(new Set(outcomes.filter((e) => e.channel === 'inapp' && e.status === 'DELIVERED').map((e) => e.notificationId)).size).toBe(TOTAL);
     const byKey = new Map<string, Set<string>>();
-    for (const r of hooks.received) byKey.set(String(r.headers['idempotency-key']), (byKey.get(String(r.headers['idempotency-key'])) ?? new Set()).add((r.json as { eventId: string }).eventId));
+    for (const r of hooks.for('/hook')) byKey.set(String(r.headers['idempotency-key']), (byKey.get(String(r.headers['idempotency-key'])) ?? new Set()).add((r.json as { eventId: string }).eventId));
     expect([...byKey.values()].every((ids) => ids.size === 1)).toBe(true);
-    console.info(`[crash] in flight at the kills: ${inFlightAtKill.join(', ')}; ${hooks.received.length} webhook calls for ${TOTAL} deliveries (${hooks.received.length - TOTAL} repeated with the same Idempotency-Key after a SIGKILL)`);
+    console.info(`[crash] in flight at the kills: ${inFlightAtKill.join(', ')}; ${hooks.for('/hook').length} webhook calls for ${TOTAL} deliveries (${hooks.for('/hook').length - TOTAL} repeated with the same Idempotency-Key after a SIGKILL); ${mail.list({ tenant: 'acme', limit: 100_000 }).length} mails for ${TOTAL}`);
 
     await reader.stop();
     await producer.disconnect();

@@ -77,9 +77,12 @@ describe('the in-app inbox', () => {
     expect(update.id).toBeNull(); // changes never move the client's Last-Event-ID
     expect(update.data.readAt).toEqual(expect.any(Number));
     await eventually(async () => (await api<{ items: unknown[] }>(h, 'GET', '/v1/users/ivy/inbox?unread=true')).body.items.length === 0);
-    const life = await api<{ events: { stage: string; status: string; reasonCode: string }[]; channels: Record<string, string> }>(h, 'GET', `/v1/notifications/${id}`);
+    const life = await api<{ events: { stage: string; status: string; reasonCode: string; timestamp: number }[]; channels: Record<string, string> }>(h, 'GET', `/v1/notifications/${id}`);
     expect(life.body.events.map((e) => `${e.stage}:${e.status}`)).toEqual(expect.arrayContaining(['deliver:DELIVERED', 'inbox:READ']));
-    expect(life.body.events.find((e) => e.status === 'DELIVERED')!.reasonCode).toBe('added_to_inbox');
+    const delivered = life.body.events.find((e) => e.status === 'DELIVERED')!;
+    expect(delivered.reasonCode).toBe('added_to_inbox');
+    // Reported, not asserted (speed is the benchmark's business): delivery decision -> event on the stream.
+    console.info(`[inbox] item on the stream ${item.at - delivered.timestamp} ms after its DELIVERED decision`);
     s.close();
   });
 

@@ -14,6 +14,7 @@
 import { userKey } from '../topology.ts';
 import type { ChannelProvider, SendResult } from '../channels/channel.ts';
 import type { Processor, RecordRef, StageContext, StageDeps, StageFactory } from '../runtime/contract.ts';
+import pLimit, { type LimitFunction } from 'p-limit';
 import { CircuitBreakers, endpointOf } from '../channels/breaker.ts';
 import type { DeliveryTask } from '../schemas/types.ts';
 import { inboxContent } from '../channels/inapp.ts';
@@ -57,7 +58,10 @@ interface Item { cause: RecordRef; task: DeliveryTask }
 export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: () => number = Math.random): StageFactory<'deliver'> => {
   // One set of circuits per process: every partition learns of an endpoint's outage at once.
   let breakers: CircuitBreakers | null = null;
-  return (deps) => deliverPartition(channels, random, deps, (breakers ??= new CircuitBreakers({
+  // Calls in flight per channel and per endpoint, also per process: one busy host cannot take
+  // every connection, and one channel cannot starve the others.
+  let limits: CallLimits | null = null;
+  return (deps) => deliverPartition(channels, random, deps, (limits ??= new CallLimits(deps.config.channelConcurrency, deps.config.endpointConcurrency)), (breakers ??= new CircuitBreakers({
     failures: deps.config.breakerFailures, openMs: deps.config.breakerOpenMs,
     onChange: (endpoint, from, to, failures) => {
       deps.metrics.circuitState.set({ endpoint }, to === 'closed' ? 0 : to === 'open' ? 1 : 2);
@@ -66,7 +70,30 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: 
   })));
 };
 
-function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random: () => number, { config, metrics, rules }: StageDeps, breakers: CircuitBreakers): Processor<'deliver'> {
+/** p-limit queues per channel and per endpoint: a call starts when both have room. */
+class CallLimits {
+  private readonly byChannel = new Map<string, LimitFunction>();
+  private readonly byEndpoint = new Map<string, LimitFunction>();
+  private readonly perChannel: number;
+  private readonly perEndpoint: number;
+
+  constructor(perChannel: number, perEndpoint: number) {
+    this.perChannel = perChannel;
+    this.perEndpoint = perEndpoint;
+  }
+
+  run<T>(channel: string, endpoint: string | null, fn: () => Promise<T>): Promise<T> {
+    const channelLimit = this.byChannel.get(channel) ?? this.byChannel.set(channel, pLimit(this.perChannel)).get(channel)!;
+    if (!endpoint) return channelLimit(fn);
+    const endpointLimit = this.byEndpoint.get(endpoint) ?? this.byEndpoint.set(endpoint, pLimit(this.perEndpoint)).get(endpoint)!;
+    // Endpoint first, so calls waiting for a busy host do not hold channel slots.
+    return endpointLimit(() => channelLimit(fn)).finally(() => {
+      if (endpointLimit.activeCount === 0 && endpointLimit.pendingCount === 0) this.byEndpoint.delete(endpoint);
+    });
+  }
+}
+
+function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random: () => number, { config, metrics, rules }: StageDeps, limits: CallLimits, breakers: CircuitBreakers): Processor<'deliver'> {
   /** The rule's retry policy, or the configured defaults. */
   const policyOf = (task: DeliveryTask) => {
     const r = rules.byId(task.ruleId)?.retry;
@@ -86,9 +113,13 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
 
   async function callChannel(task: DeliveryTask): Promise<SendResult> {
     const provider = channels.get(task.channel);
-    const started = performance.now();
     if (!provider) return { ok: false as const, retriable: false, code: 'channel_unavailable', detail: `no provider for channel ${task.channel}` };
-    const r = await provider.send(task, AbortSignal.timeout(config.deliveryTimeoutMs)).catch((err: Error) => ({ ok: false as const, retriable: true, code: 'provider_error', detail: err.message }));
+    // The timeout starts when the call does, after any wait for a slot.
+    let started = 0;
+    const r = await limits.run(task.channel, endpointOf(task.channel, task.address), () => {
+      started = performance.now();
+      return provider.send(task, AbortSignal.timeout(config.deliveryTimeoutMs));
+    }).catch((err: Error) => ({ ok: false as const, retriable: true, code: 'provider_error', detail: err.message }));
     metrics.deliveryLatency.observe({ channel: task.channel }, (performance.now() - started) / 1000);
     metrics.deliveries.inc({ channel: task.channel, result: r.ok ? 'delivered' : r.retriable ? 'retriable' : 'permanent' });
     return r;
@@ -213,10 +244,14 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         const policy = policyOf(task);
         const delay = Math.min(config.maxRetryDelayMs, Math.max(r.retryAfterMs ?? 0, backoff(task.attempt)));
         const tooOld = policy.maxAgeMs !== null && now + delay - task.occurredAt > policy.maxAgeMs;
-        if (r.retriable && task.attempt < policy.maxAttempts && !tooOld) {
+        // While the endpoint's circuit is open the failure is the endpoint's outage, not the
+        // task's: it may go on past its attempts, up to three times as many (and maxAge).
+        const outage = endpoint !== null && breakers.state(endpoint) !== 'closed' && task.attempt < policy.maxAttempts * 3;
+        if (r.retriable && (task.attempt < policy.maxAttempts || outage) && !tooOld) {
           const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
           ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
-          ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); attempt ${next.attempt} of ${policy.maxAttempts} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });
+          const of = task.attempt < policy.maxAttempts ? `attempt ${next.attempt} of ${policy.maxAttempts}` : `attempt ${next.attempt} (beyond ${policy.maxAttempts}: the endpoint's circuit is open)`;
+          ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); ${of} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });
         } else {
           results.put(resultKey(task.deliveryId), { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
           const gaveUp = tooOld && r.retriable ? `gave up: the rule retries for ${Math.round(policy.maxAgeMs! / 60_000)} min after the event` : `gave up after ${task.attempt} attempts`;

@@ -497,3 +497,44 @@ describe('deliver: a slow endpoint never holds back the others', () => {
     expect(calls.filter((c) => c === 'slow2')).toHaveLength(2); // the same attempt, made again (same Idempotency-Key)
   });
 });
+
+describe('deliver: calls in flight are capped per endpoint', () => {
+  it('lets at most HERALD_ENDPOINT_CONCURRENCY calls reach one host at once, while another host is called at once', async () => {
+    const { loadConfig } = await import('../config.ts');
+    const config = loadConfig({}, { stateBackend: 'memory', logLevel: 'silent', deliveryBatchWaitMs: 50, endpointConcurrency: 2 });
+    let inFlight = 0;
+    let most = 0;
+    const waiting: (() => void)[] = [];
+    const otherHost: number[] = [];
+    const channel: ChannelProvider = {
+      name: 'webhook',
+      send: async (task) => {
+        if (task.address.includes('other.example')) {
+          otherHost.push(inFlight);
+          return { ok: true, providerMessageId: null, detail: 'HTTP 200' };
+        }
+        inFlight++;
+        most = Math.max(most, inFlight);
+        await new Promise<void>((r) => waiting.push(r));
+        inFlight--;
+        return { ok: true, providerMessageId: null, detail: 'HTTP 200' };
+      },
+    };
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1), { config });
+    const taskTo = async (recipient: string, address: string) => (await driver('route', route).pipe([{ value: { request: (await requestsFor(event({ id: `e-${recipient}`, recipients: [recipient] })))[0]!, user: user({ userId: recipient, webhookUrl: address }), preferences: null }, timestamp: T0 }])).emitted[0]!.value as DeliveryTask;
+    const busy = await Promise.all(Array.from({ length: 5 }, (_, i) => taskTo(`b${i}`, `https://busy.example/h/${i}`)));
+    const r = await d.pipe([...busy, await taskTo('o', 'https://other.example/h')].map((value) => ({ value, timestamp: T0 })));
+    expect(most).toBe(2);
+    expect(otherHost).toEqual([2]); // called while the busy host had its 2 calls in flight
+    expect(r.outcomes.filter((o) => o.status === 'DELIVERED').map((o) => o.recipient)).toEqual(['o']);
+    // The busy host's calls finish one slot at a time; the timer records each.
+    for (let i = 0; i < 5; i++) {
+      while (waiting.length === 0) await new Promise((res) => setImmediate(res));
+      waiting.shift()!();
+      await new Promise((res) => setImmediate(res));
+    }
+    const settled = await d.advance(100);
+    expect(settled.outcomes.filter((o) => o.status === 'DELIVERED')).toHaveLength(5);
+    expect(most).toBe(2);
+  });
+});

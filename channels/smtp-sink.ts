@@ -55,6 +55,9 @@ export class SmtpSink {
   }
 
   async start(): Promise<string> {
+    // A client that goes away mid-session (a sender killed with SIGKILL) resets its
+    // connection: that is the client's problem, never a reason for this process to die.
+    this.server.on('error', () => undefined);
     await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
     this.url = `smtp://127.0.0.1:${(this.server.server.address() as AddressInfo).port}`;
     return this.url;

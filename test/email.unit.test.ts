@@ -64,6 +64,34 @@ describe('email channel', () => {
     await email.close();
   });
 
+  it('keeps the sink up when a sender resets its connection mid-session (a sender killed with SIGKILL)', async () => {
+    const { connect } = await import('node:net');
+    const port = Number(new URL(sink.url).port);
+    await new Promise<void>((resolve) => {
+      // Reset in the middle of a message body, as a killed sender leaves it.
+      const socket = connect(port, '127.0.0.1');
+      let said = '';
+      socket.on('data', (d: Buffer) => {
+        said += d.toString();
+        if (said.includes('354')) {
+          socket.write('Subject: half\r\n\r\nhalf a body');
+          setTimeout(() => {
+            socket.resetAndDestroy();
+            resolve();
+          }, 20);
+        } else if (said.startsWith('220') && !said.includes('250')) socket.write('EHLO killed.example\r\n');
+        else if (said.includes('250') && !said.includes('MAILSENT')) {
+          said += 'MAILSENT';
+          socket.write('MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n');
+        }
+      });
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    const email = new EmailChannel({ url: sink.url, from: 'n@herald.test' });
+    expect(await email.send(task({ deliveryId: 'ntf_after:email' }), AbortSignal.timeout(5000))).toMatchObject({ ok: true });
+    await email.close();
+  });
+
   it('escapes HTML and keeps paragraphs', () => {
     expect(htmlOf('a <b>\n"c"\n\nd')).toBe('<!doctype html><html><body><p>a &lt;b&gt;<br>&quot;c&quot;</p><p>d</p></body></html>');
   });

@@ -32,6 +32,7 @@ export const TOPICS = {
   preferences: { name: 'preferences.v1', schema: 'UserPreferences', key: 'tenant/user id', compacted: true, partitions: 'shared', doc: 'Recipient preferences (global table).' },
   dlq: { name: 'dlq.v1', schema: null, key: 'original key', compacted: false, partitions: 'shared', doc: 'Bad input: original bytes plus reason headers.' },
   keys: { name: 'keys.v1', schema: null, key: 'key id', compacted: true, partitions: 1, doc: 'API keys: tenant, scopes and a scrypt hash (never the secret); a revoked key keeps its record, with revokedAt.' },
+  signingSecrets: { name: 'signing-secrets.v1', schema: null, key: 'tenant', compacted: true, partitions: 1, doc: 'Webhook signing secrets per tenant: the current one and rotated-out ones until they expire (restrict this topic with ACLs).' },
   instances: { name: 'instances.v1', schema: null, key: 'stage/instance id', compacted: true, partitions: 1, doc: 'Which instance holds which partitions of each stage, and its HTTP address (queries any instance answers).' },
 } as const satisfies Record<string, TopicSpec>;
 

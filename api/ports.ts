@@ -92,6 +92,22 @@ export interface Health {
   metrics(): Promise<{ contentType: string; body: string }>;
 }
 
+/** What may be shown of a tenant's signing secrets: ids and times, never the secrets. */
+export interface SigningSecretsView {
+  tenant: string;
+  /** True while the tenant has no secret of its own: its webhooks are signed with HERALD_WEBHOOK_SECRET. */
+  deploymentSecret: boolean;
+  secrets: { id: string; createdAt: string; expiresAt: string | null; status: string }[];
+}
+
+export interface SigningSecretsPort {
+  describe(tenant: string): SigningSecretsView;
+  /** A new current secret (returned once); the previous ones keep signing for `graceMs`. */
+  rotate(tenant: string, graceMs: number): Promise<{ id: string; secret: string; view: SigningSecretsView }>;
+  /** Only the current secret signs from now on; null when the tenant has none of its own. */
+  retire(tenant: string): Promise<SigningSecretsView | null>;
+}
+
 export interface ApiPorts {
   publisher: EventPublisher;
   profiles: Profiles;
@@ -100,6 +116,8 @@ export interface ApiPorts {
   rules: RuleSet;
   /** The embedded default's SMTP sink (GET /v1/dev/mailbox), when it runs one. */
   mailbox?: { list(o: { tenant: string; to?: string; limit?: number }): unknown[] };
+  /** The tenant's webhook signing secrets (admin scope); absent when this instance does not follow them. */
+  signing?: SigningSecretsPort;
   /** Checks `Authorization: Bearer` keys. */
   keys: { authenticate(key: string): Promise<AuthResult> };
   /** Where webhook and chat URLs may point. */

@@ -14,6 +14,7 @@ import { type ErrorCode, HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
 import { isTimeZone, minutesOf } from '../processors/quiet-hours.ts';
 import { domainEventFromJson, MAX_ID_LENGTH } from '../runtime/codec.ts';
+import { parseDuration } from '../rules/rules.ts';
 import { validate } from '../schemas/index.ts';
 import type { Scope, UserPreferences, UserProfile } from '../schemas/types.ts';
 import { Readable } from 'node:stream';
@@ -292,6 +293,33 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const members = await profiles.audienceMembers(tenantOf(req), req.params.audience, limit);
     if (members === null) return fail(reply, 404, 'HRL_NOT_FOUND', 'this instance does not hold the audiences table (it runs without ingest)');
     return { audience: req.params.audience, members };
+  });
+
+  // The tenant's webhook signing secrets: listed without the secrets; a rotation shows the new one once.
+  const signing = (reply: FastifyReply) => ports.signing ?? (fail(reply, 404, 'HRL_NOT_FOUND', 'this instance does not follow the signing secrets'), null);
+  app.get('/v1/signing-secrets', { preHandler: need('admin') }, async (req, reply) => {
+    const s = signing(reply);
+    return s ? s.describe(tenantOf(req)) : reply;
+  });
+  app.post<{ Body: { gracePeriod?: unknown } | null }>('/v1/signing-secrets/rotate', { preHandler: need('admin') }, async (req, reply) => {
+    const s = signing(reply);
+    if (!s) return reply;
+    const grace = req.body?.gracePeriod ?? '24h';
+    let graceMs: number;
+    try {
+      if (typeof grace !== 'string') throw new Error('not a string');
+      graceMs = parseDuration(grace);
+    } catch {
+      return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `gracePeriod: expected a duration such as "24h", "30m" or "0s", got ${clip(JSON.stringify(grace) ?? 'undefined', 80)}`, 'gracePeriod');
+    }
+    const made = await s.rotate(tenantOf(req), graceMs);
+    return reply.code(201).send({ id: made.id, secret: made.secret, ...made.view });
+  });
+  app.post('/v1/signing-secrets/retire', { preHandler: need('admin') }, async (req, reply) => {
+    const s = signing(reply);
+    if (!s) return reply;
+    const v = await s.retire(tenantOf(req));
+    return v ?? fail(reply, 404, 'HRL_NOT_FOUND', 'this tenant has no signing secret of its own (its webhooks are signed with the deployment secret); rotate to make one');
   });
 
   app.get<{ Querystring: { to?: string; limit?: string } }>('/v1/dev/mailbox', { preHandler: need('read') }, async (req, reply) => {

@@ -13,6 +13,7 @@ import { Journal, type GroupOffsets } from '../embedded/journal.ts';
 import { BrokerJournal } from '../embedded/persistence.ts';
 import { InstanceDirectory } from './instances.ts';
 import { KeyDirectory, writeKeyRecord } from './keys.ts';
+import { SigningSecrets, signingPort } from './signing-secrets.ts';
 import { keyIdOf, newKeyRecord, generateKey } from '../auth/keys.ts';
 import { type OutboundPolicy, parseAllowList } from '../channels/outbound.ts';
 import { kafkaProfiles, kafkaPublisher, processHealth, type Send } from './ports.ts';
@@ -20,7 +21,7 @@ import { InboxHub, LifecycleRouter, partitionOf } from './queries.ts';
 import { InAppChannel } from '../channels/inapp.ts';
 import { chatChannel } from '../channels/chat.ts';
 import type { ChannelProvider } from '../channels/channel.ts';
-import { WebhookChannel } from '../channels/webhook.ts';
+import { secretsOf, WebhookChannel } from '../channels/webhook.ts';
 import { EmailChannel } from '../channels/email.ts';
 import { SmtpSink } from '../channels/smtp-sink.ts';
 import { DEFAULT_WEBHOOK_SECRET, type HeraldConfig } from '../config.ts';
@@ -259,7 +260,15 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const outbound: OutboundPolicy = { requireHttps: !config.embedded, allow: parseAllowList(config.outboundAllow) };
     const tables = new GlobalTables(kafka, admin, serde, config, log.child({ component: 'tables' }), metrics);
     cleanups.push(() => tables.stop());
-    const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(config.webhookSecret, outbound)], ['chat', chatChannel(config.webhookSecret, outbound)], ['inapp', new InAppChannel()]]);
+    // Per-tenant signing secrets (HERALD_WEBHOOK_SECRET for tenants without any), read before deliver signs anything.
+    const wantApi = opts.api ?? true;
+    const signing = new SigningSecrets(kafka, admin, topicName(config.topicPrefix, 'signingSecrets'), config.topicPrefix, log.child({ component: 'signing-secrets' }), secretsOf(config.webhookSecret));
+    const wantSigning = wantApi || stages.includes('deliver');
+    const signingReady = wantSigning ? signing.start() : Promise.resolve();
+    signingReady.catch(() => undefined);
+    if (wantSigning) cleanups.push(() => signing.stop());
+    const secretsFor = (tenant: string) => signing.secretsFor(tenant);
+    const channelMap = new Map<string, ChannelProvider>([['webhook', new WebhookChannel(secretsFor, outbound)], ['chat', chatChannel(secretsFor, outbound)], ['inapp', new InAppChannel()]]);
     const inbox = new InboxHub();
     // Email: the configured SMTP server; on the embedded default without one, a local sink.
     let sink: SmtpSink | null = null;
@@ -279,7 +288,6 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const deps = { config, rules, log, metrics, tables, availableChannels: new Set(channelMap.keys()), inbox };
     const factories = processors(channelMap);
     const neededTables = [...new Set(stages.flatMap((s) => STAGES[s].tables))] as TableName[];
-    const wantApi = opts.api ?? true;
     // The API answers GET /v1/users/:id from the users table.
     if (wantApi && !neededTables.includes('users')) neededTables.push('users');
     const tablesReady = tables.start(neededTables);
@@ -297,7 +305,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     if (wantApi) cleanups.push(() => keys.stop());
     let advertised = config.advertisedUrl;
     for (const stage of stages) {
-      const gate = STAGES[stage].tables.length ? tablesReady : undefined;
+      const gate = stage === 'deliver' ? signingReady : STAGES[stage].tables.length ? tablesReady : undefined;
       runners.set(stage, new StageRunner({
         stage, factory: factories[stage] as StageFactory, deps, kafka, admin, producer, codec, config, log, metrics, ...(gate ? { gate } : {}),
         resumeAt: new Map(Object.entries(resume[groupId(config.topicPrefix, stage)] ?? {}).map(([t, parts]) => [t, new Map(Object.entries(parts).map(([p, o]) => [Number(p), BigInt(o)]))])),
@@ -315,6 +323,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       following,
       directoryReady,
       keysReady,
+      signingReady,
       ...[...runners.values()].map(async (r) => {
         await r.start();
         await r.joined;
@@ -342,7 +351,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
           directory, partitions: config.partitions, timeoutMs: config.queryTimeoutMs, log: log.child({ component: 'queries' }), inbox,
         }),
         health: processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, warnings: () => { const p = pressure(); return [...(p ? [`back-pressure: ${p}`] : []), ...(config.webhookSecret === DEFAULT_WEBHOOK_SECRET ? ['HERALD_WEBHOOK_SECRET is the public development default'] : [])]; } }),
-        keys: keys.authenticator, outbound, ...(sink ? { mailbox: sink } : {}), rate: { perSecond: config.apiRate, burst: config.apiBurst },
+        keys: keys.authenticator, outbound, signing: signingPort(signing, { send }), ...(sink ? { mailbox: sink } : {}), rate: { perSecond: config.apiRate, burst: config.apiBurst },
         rules, maxPayloadBytes: config.maxPayloadBytes, idempotencyCacheBytes: config.idempotencyCacheBytes, log: log.child({ component: 'api' }),
       });
       cleanups.push(() => api.close());

@@ -10,32 +10,28 @@
 import type { Admin, Kafka, Producer } from 'kafkajs';
 import type { HeraldConfig } from '../config.ts';
 import type { Logger } from '../runtime/logger.ts';
-import { TopicReader } from '../runtime/reader.ts';
+import { CompactedTopic } from './compacted.ts';
 import type { InstanceClaim } from '../schemas/types.ts';
 import { type StageName, topicName } from '../topology.ts';
 
 interface Known { claim: InstanceClaim; offset: bigint }
 
 export class InstanceDirectory {
-  private readonly claims = new Map<string, Known>();
   private readonly own = new Map<StageName, { partitions: number[]; memberId: string }>();
   private url: string | null = null;
-  private reader: TopicReader | null = null;
   private publishing: Promise<void> = Promise.resolve();
   private readonly topic: string;
-  private readonly kafka: Kafka;
-  private readonly admin: Admin;
+  private readonly claims: CompactedTopic<Known>;
   private readonly producer: Producer;
   private readonly config: HeraldConfig;
   private readonly log: Logger;
 
   constructor(kafka: Kafka, admin: Admin, producer: Producer, config: HeraldConfig, log: Logger) {
-    this.kafka = kafka;
-    this.admin = admin;
     this.producer = producer;
     this.config = config;
     this.log = log;
     this.topic = topicName(config.topicPrefix, 'instances');
+    this.claims = new CompactedTopic<Known>({ kafka, admin, topic: this.topic, groupPrefix: config.topicPrefix, log, parse: (_key, claim, offset) => ({ claim: claim as InstanceClaim, offset }) });
   }
 
   get instanceId(): string {
@@ -43,28 +39,8 @@ export class InstanceDirectory {
   }
 
   /** Follows instances.v1; resolves when the claims published so far are read. */
-  async start(): Promise<void> {
-    this.reader = new TopicReader(this.kafka, this.admin, {
-      topic: this.topic,
-      groupPrefix: this.config.topicPrefix,
-      onBatch: async ({ messages }) => {
-        for (const m of messages) {
-          const key = m.key?.toString();
-          if (!key) continue;
-          if (m.value === null) {
-            this.claims.delete(key);
-            continue;
-          }
-          try {
-            this.claims.set(key, { claim: JSON.parse(m.value.toString()) as InstanceClaim, offset: BigInt(m.offset) });
-          } catch (err) {
-            this.log.warn({ offset: m.offset, err }, 'unreadable instance claim skipped');
-          }
-        }
-      },
-    });
-    await this.reader.start();
-    await this.reader.caughtUp;
+  start(): Promise<void> {
+    return this.claims.start();
   }
 
   /** This instance's HTTP address is known (after listen): publish the claims made before it was. */
@@ -105,6 +81,6 @@ export class InstanceDirectory {
       await this.producer.send({ topic: this.topic, acks: -1, messages: [...this.own.keys()].map((stage) => ({ key: `${stage}/${this.instanceId}`, value: null })) })
         .catch((err: unknown) => this.log.warn({ err }, 'withdrawing the instance claims failed'));
     }
-    await this.reader?.stop();
+    await this.claims.stop();
   }
 }

@@ -17,6 +17,6 @@ export function chatBody(task: DeliveryTask): string {
   return JSON.stringify({ text: mrkdwn(text), blocks: [{ type: 'section', text: { type: 'mrkdwn', text: section } }] });
 }
 
-export function chatChannel(secret: string, policy: OutboundPolicy): WebhookChannel {
-  return new WebhookChannel(secret, policy, Date.now, 'chat', chatBody);
+export function chatChannel(secrets: string | ((tenant: string) => readonly string[]), policy: OutboundPolicy): WebhookChannel {
+  return new WebhookChannel(secrets, policy, Date.now, 'chat', chatBody);
 }

@@ -1,6 +1,7 @@
 /**
  * Webhook channel: POSTs the notification as JSON over HTTP(S), signed with
- * HMAC-SHA256 (`Herald-Signature: t=<unix ms>,v1=<hex>` over `<t>.<body>`), with the
+ * HMAC-SHA256 (`Herald-Signature: t=<unix ms>,v1=<hex>` over `<t>.<body>`, one v1 per live
+ * secret of the task's tenant), with the
  * delivery id as `Idempotency-Key`. 2xx = delivered; 408, 425, 429, 5xx and network
  * errors are retriable; other 4xx are permanent. Destinations pass the outbound policy
  * (channels/outbound.ts) on the addresses actually connected to; a refused one is a
@@ -17,9 +18,9 @@ import { guardedLookup, type OutboundPolicy, urlRefusal } from './outbound.ts';
 const mac = (secret: string, timestamp: number, body: string) => createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex');
 
 /**
- * `t=<unix ms>,v1=<hex>[,v1=<hex>]`: one v1 per secret. `secrets` is HERALD_WEBHOOK_SECRET
- * split on commas, the new secret first: while a secret is being rotated both are valid and
- * both signatures are sent (as Stripe does), so receivers can switch at their own pace.
+ * `t=<unix ms>,v1=<hex>[,v1=<hex>]`: one v1 per secret, the newest first. While a secret
+ * is being rotated (a tenant's, or HERALD_WEBHOOK_SECRET=new,old) both are valid and both
+ * signatures are sent (as Stripe does), so receivers can switch at their own pace.
  */
 export function signWebhook(secrets: string | readonly string[], timestamp: number, body: string): string {
   const list = typeof secrets === 'string' ? secretsOf(secrets) : secrets;
@@ -77,15 +78,20 @@ function networkFailure(err: unknown): { code: string; detail: string; retriable
 
 export class WebhookChannel implements ChannelProvider {
   readonly name: string;
-  private readonly secret: string;
+  private readonly secrets: (tenant: string) => readonly string[];
   private readonly clock: () => number;
   private readonly policy: OutboundPolicy;
   private readonly agent: Agent;
   private readonly bodyOf: (task: DeliveryTask) => string;
 
-  /** `bodyOf` shapes the JSON body (the chat channel posts Slack's `{text, blocks}` the same way). */
-  constructor(secret: string, policy: OutboundPolicy, clock: () => number = Date.now, name = 'webhook', bodyOf: (task: DeliveryTask) => string = webhookBody) {
-    this.secret = secret;
+  /**
+   * `secrets`: HERALD_WEBHOOK_SECRET's text, or the live secrets of a task's tenant
+   * (app/signing-secrets.ts). `bodyOf` shapes the JSON body (the chat channel posts
+   * Slack's `{text, blocks}` the same way).
+   */
+  constructor(secrets: string | ((tenant: string) => readonly string[]), policy: OutboundPolicy, clock: () => number = Date.now, name = 'webhook', bodyOf: (task: DeliveryTask) => string = webhookBody) {
+    const fixed = typeof secrets === 'string' ? secretsOf(secrets) : null;
+    this.secrets = fixed ? () => fixed : (secrets as (tenant: string) => readonly string[]);
     this.policy = policy;
     this.clock = clock;
     this.name = name;
@@ -122,7 +128,7 @@ export class WebhookChannel implements ChannelProvider {
           'idempotency-key': task.deliveryId,
           'herald-delivery-id': task.deliveryId,
           'herald-attempt': String(task.attempt),
-          'herald-signature': signWebhook(this.secret, t, body),
+          'herald-signature': signWebhook(this.secrets(task.tenant), t, body),
         },
       });
     } catch (err) {

@@ -15,6 +15,8 @@ import { STAGE_NAMES, type StageName, describe } from '../topology.ts';
 import { runDemo } from './demo.ts';
 import { fetchLifecycle, formatLifecycle, scanLifecycle, tail } from './explain.ts';
 import { createKey, formatKeys, listKeys, parseScopes, revokeKey } from './keys.ts';
+import { formatSecrets, listSecrets, retireSecrets, rotateSecret } from './secrets.ts';
+import { parseDuration } from '../rules/rules.ts';
 import { checkSchemas, createTopics, registerSchemas } from './provision.ts';
 
 // kafkajs 2.2.4 arms a timer with a negative delay on Node 24 (Node clamps it to 1 ms, harmless):
@@ -194,6 +196,50 @@ keys
     try {
       const r = await revokeKey(loadConfig(), keyId);
       console.log(`revoked ${r.keyId} of tenant ${r.tenant} at ${new Date(r.revokedAt!).toISOString()}`);
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+const secrets = program.command('secrets').description('webhook signing secrets per tenant (signing-secrets.v1)');
+secrets
+  .command('rotate')
+  .description('make a new current signing secret for a tenant and print it once; the previous one keeps signing for the grace period')
+  .requiredOption('--tenant <tenant>', 'the tenant whose webhooks and chat messages are signed')
+  .option('--grace <duration>', 'how long the previous secret keeps signing (both signatures are sent meanwhile)', '24h')
+  .option('--json', 'print the secret and its id as JSON')
+  .action(async (o: { tenant: string; grace: string; json?: boolean }) => {
+    try {
+      const made = await rotateSecret(loadConfig(), o.tenant, parseDuration(o.grace));
+      if (o.json) console.log(JSON.stringify({ tenant: o.tenant, id: made.id, secret: made.secret }));
+      else {
+        console.log(made.secret);
+        const previous = made.record.secrets.slice(1);
+        process.stderr.write(`${made.id} is now tenant ${o.tenant}'s signing secret; it is shown only now: give it to the tenant's receivers${previous.length ? `. ${previous.map((s) => s.id).join(', ')} keep${previous.length === 1 ? 's' : ''} signing until ${new Date(Math.max(...previous.map((s) => s.expiresAt ?? 0))).toISOString()} (\`herald secrets retire --tenant ${o.tenant}\` ends that now)` : ''}\n`);
+      }
+    } catch (err) {
+      fail(err);
+    }
+  });
+secrets
+  .command('retire')
+  .description('stop signing with every secret of a tenant but the current one')
+  .requiredOption('--tenant <tenant>', 'the tenant')
+  .action(async (o: { tenant: string }) => {
+    try {
+      const r = await retireSecrets(loadConfig(), o.tenant);
+      console.log(`tenant ${o.tenant}: only ${r.secrets[0]!.id} signs from now on`);
+    } catch (err) {
+      fail(err);
+    }
+  });
+secrets
+  .command('list')
+  .description('list signing secrets by id, with status and expiry (never the secrets)')
+  .option('--tenant <tenant>', 'only this tenant')
+  .action(async (o: { tenant?: string }) => {
+    try {
+      formatSecrets(await listSecrets(loadConfig(), o.tenant)).forEach((l) => console.log(l));
     } catch (err) {
       fail(err);
     }

@@ -10,7 +10,8 @@ import { newKeyRecord, type Scope } from '../auth/keys.ts';
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
-import { createLogger } from '../runtime/logger.ts';
+import { createLogger, type Logger } from '../runtime/logger.ts';
+import type { Admin, Kafka, Producer } from 'kafkajs';
 import type { ApiKeyRecord } from '../schemas/types.ts';
 import { topicName } from '../topology.ts';
 
@@ -33,22 +34,34 @@ export function runningEndpoints(config: HeraldConfig): Endpoints {
   return e;
 }
 
-async function withKeys<T>(config: HeraldConfig, fn: (o: { directory: KeyDirectory; write: (r: ApiKeyRecord) => Promise<void> }) => Promise<T>): Promise<T> {
+export interface ClusterClients { kafka: Kafka; admin: Admin; producer: Producer; log: Logger }
+
+/** Clients of the cluster Herald runs on: KAFKA_BROKERS, or the running embedded instance's broker. */
+export async function withCluster<T>(config: HeraldConfig, name: string, fn: (c: ClusterClients) => Promise<T>): Promise<T> {
   const brokers = config.embedded ? runningEndpoints(config).brokers : config.brokers;
   const log = createLogger('warn');
-  const kafka = createKafka(config, brokers, log, `herald-keys-${process.pid}`);
+  const kafka = createKafka(config, brokers, log, `herald-${name}-${process.pid}`);
   const admin = kafka.admin();
   const producer = createProducer(kafka);
   await Promise.all([admin.connect(), producer.connect()]);
-  const topic = topicName(config.topicPrefix, 'keys');
-  const directory = new KeyDirectory(kafka, admin, topic, config.topicPrefix, log);
   try {
-    await directory.start();
-    return await fn({ directory, write: (r) => writeKeyRecord(producer, topic, r) });
+    return await fn({ kafka, admin, producer, log });
   } finally {
-    await directory.stop();
     await Promise.all([admin.disconnect(), producer.disconnect()]);
   }
+}
+
+async function withKeys<T>(config: HeraldConfig, fn: (o: { directory: KeyDirectory; write: (r: ApiKeyRecord) => Promise<void> }) => Promise<T>): Promise<T> {
+  return withCluster(config, 'keys', async ({ kafka, admin, producer, log }) => {
+    const topic = topicName(config.topicPrefix, 'keys');
+    const directory = new KeyDirectory(kafka, admin, topic, config.topicPrefix, log);
+    try {
+      await directory.start();
+      return await fn({ directory, write: (r) => writeKeyRecord(producer, topic, r) });
+    } finally {
+      await directory.stop();
+    }
+  });
 }
 
 export function parseScopes(text: string): Scope[] {

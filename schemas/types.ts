@@ -133,6 +133,7 @@ export interface TopicValues {
   dlq: Buffer;
   instances: InstanceClaim;
   keys: ApiKeyRecord;
+  signingSecrets: SigningSecretRecord;
 }
 
 /** An instance's claim on the partitions of one stage (JSON on instances.v1, keyed `<stage>/<instance id>`). */
@@ -159,4 +160,21 @@ export interface ApiKeyRecord {
   label: string | null;
   createdAt: number;
   revokedAt: number | null;
+}
+
+/** One signing secret of a tenant: the HMAC key itself (it must be known to sign). */
+export interface SigningSecret {
+  /** `ss_` + 12 hex digits of the secret's SHA-256: listed and logged instead of the secret. */
+  id: string;
+  secret: string;
+  createdAt: number;
+  /** When a rotated-out secret stops signing; null while it is the current one (or kept until retired). */
+  expiresAt: number | null;
+}
+
+/** A tenant's webhook signing secrets on signing-secrets.v1 (JSON, keyed by tenant), newest first. */
+export interface SigningSecretRecord {
+  tenant: string;
+  secrets: SigningSecret[];
+  updatedAt: number;
 }

@@ -78,18 +78,18 @@ describe("topicPlan('herald.', 4)", () => {
   it('does not compact events or the other streams', () => {
     expect(byName.get('herald.events.v1')).toMatchObject({ compacted: false, schema: 'DomainEvent' });
     const compacted = plan.filter((t) => t.compacted).map((t) => t.name).sort();
-    expect(compacted).toEqual(['herald.audiences.v1', 'herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog', 'herald.instances.v1', 'herald.keys.v1', 'herald.preferences.v1', 'herald.throttle.counters.changelog', 'herald.throttle.held.changelog', 'herald.users.v1']);
+    expect(compacted).toEqual(['herald.audiences.v1', 'herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog', 'herald.instances.v1', 'herald.keys.v1', 'herald.preferences.v1', 'herald.signing-secrets.v1', 'herald.throttle.counters.changelog', 'herald.throttle.held.changelog', 'herald.users.v1']);
   });
 
-  it('gives every shared topic the requested partition count, and the instance directory and keys one partition', () => {
-    const single = new Set(['herald.instances.v1', 'herald.keys.v1']);
+  it('gives every shared topic the requested partition count, and the instance directory, keys and signing secrets one partition', () => {
+    const single = new Set(['herald.instances.v1', 'herald.keys.v1', 'herald.signing-secrets.v1']);
     for (const t of plan) expect(t.partitions, t.name).toBe(single.has(t.name) ? 1 : 4);
     for (const t of topicPlan('herald.', 12)) expect(t.partitions, t.name).toBe(single.has(t.name) ? 1 : 12);
   });
 
-  it('stores raw bytes or JSON (no schema) only in the DLQ, the instance directory, the keys and changelogs', () => {
+  it('stores raw bytes or JSON (no schema) only in the DLQ, the instance directory, the keys, the signing secrets and changelogs', () => {
     expect(plan.filter((t) => t.schema === null).map((t) => t.name).sort())
-      .toEqual(['herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog', 'herald.dlq.v1', 'herald.instances.v1', 'herald.keys.v1', 'herald.throttle.counters.changelog', 'herald.throttle.held.changelog']);
+      .toEqual(['herald.dedupe.seen.changelog', 'herald.deliver.results.changelog', 'herald.deliver.retries.changelog', 'herald.dlq.v1', 'herald.instances.v1', 'herald.keys.v1', 'herald.signing-secrets.v1', 'herald.throttle.counters.changelog', 'herald.throttle.held.changelog']);
   });
 });
 

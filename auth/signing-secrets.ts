@@ -1,0 +1,67 @@
+/**
+ * Per-tenant webhook signing secrets, rotated the way Stripe and Standard Webhooks do it:
+ * a rotation makes a new secret the current one and keeps the previous one signing for a
+ * grace period (24 h unless told otherwise), so every request carries one `v1=` signature
+ * per live secret and receivers switch at their own pace; `retire` ends the grace period
+ * at once. A tenant without a record is signed with HERALD_WEBHOOK_SECRET.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import type { SigningSecret, SigningSecretRecord } from '../schemas/types.ts';
+import { TENANT_PATTERN } from './keys.ts';
+
+export type { SigningSecret, SigningSecretRecord };
+
+/** How long a rotated-out secret keeps signing unless told otherwise. */
+export const DEFAULT_GRACE_MS = 24 * 3600_000;
+
+export function generateSigningSecret(): string {
+  return `whsec_${randomBytes(32).toString('base64url')}`;
+}
+
+export function signingSecretId(secret: string): string {
+  return `ss_${createHash('sha256').update(secret).digest('hex').slice(0, 12)}`;
+}
+
+/** The secrets that sign at `now`, newest first. */
+export function liveSecrets(record: SigningSecretRecord | undefined, now: number): string[] {
+  return (record?.secrets ?? []).filter((s) => s.expiresAt === null || s.expiresAt > now).map((s) => s.secret);
+}
+
+/**
+ * A new current secret for the tenant; the previous live ones keep signing until
+ * `now + graceMs` (or their own earlier expiry). Expired ones are dropped.
+ */
+export function rotate(record: SigningSecretRecord | undefined, tenant: string, now: number, graceMs = DEFAULT_GRACE_MS, secret = generateSigningSecret()): { record: SigningSecretRecord; secret: SigningSecret } {
+  if (!TENANT_PATTERN.test(tenant)) throw new Error(`--tenant: expected 1-64 letters, digits, '.', '_' or '-', got "${tenant.slice(0, 80)}"`);
+  if (!Number.isFinite(graceMs) || graceMs < 0) throw new Error(`grace period: expected a duration of 0 or more, got ${graceMs}`);
+  const fresh: SigningSecret = { id: signingSecretId(secret), secret, createdAt: now, expiresAt: null };
+  const kept = (record?.secrets ?? [])
+    .filter((s) => s.expiresAt === null || s.expiresAt > now)
+    .map((s) => ({ ...s, expiresAt: Math.min(s.expiresAt ?? Infinity, now + graceMs) }))
+    .filter((s) => s.expiresAt > now);
+  return { record: { tenant, secrets: [fresh, ...kept], updatedAt: now }, secret: fresh };
+}
+
+/** Only the current secret signs from now on. */
+export function retire(record: SigningSecretRecord, now: number): SigningSecretRecord {
+  return { tenant: record.tenant, secrets: record.secrets.slice(0, 1), updatedAt: now };
+}
+
+export function parseSigningSecretRecord(id: string, value: unknown): SigningSecretRecord {
+  const r = value as SigningSecretRecord;
+  if (r?.tenant !== id || !Array.isArray(r.secrets) || r.secrets.some((s) => typeof s?.secret !== 'string' || typeof s.id !== 'string')) throw new Error('not a signing secret record');
+  return r;
+}
+
+/** What may be shown of a record: ids and times, never the secrets. */
+export function describeSecrets(record: SigningSecretRecord, now: number): { tenant: string; secrets: { id: string; createdAt: string; expiresAt: string | null; status: 'current' | 'signing until expiry' | 'expired' }[] } {
+  return {
+    tenant: record.tenant,
+    secrets: record.secrets.map((s, i) => ({
+      id: s.id,
+      createdAt: new Date(s.createdAt).toISOString(),
+      expiresAt: s.expiresAt === null ? null : new Date(s.expiresAt).toISOString(),
+      status: s.expiresAt !== null && s.expiresAt <= now ? 'expired' : i === 0 ? 'current' : 'signing until expiry',
+    })),
+  };
+}

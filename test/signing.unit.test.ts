@@ -1,0 +1,52 @@
+import { describe, expect, it } from 'vitest';
+import { describeSecrets, liveSecrets, retire, rotate, signingSecretId } from '../auth/signing-secrets.ts';
+import { signWebhook, verifyWebhookSignature } from '../channels/webhook.ts';
+
+const H = 3600_000;
+
+describe('signing secret rotation', () => {
+  it('makes the new secret current and keeps the previous one for the grace period only', () => {
+    const a = rotate(undefined, 'acme', 0);
+    expect(a.record.secrets).toHaveLength(1);
+    expect(liveSecrets(a.record, 10 * H)).toEqual([a.secret.secret]);
+    const b = rotate(a.record, 'acme', 10 * H, 2 * H);
+    expect(liveSecrets(b.record, 10 * H)).toEqual([b.secret.secret, a.secret.secret]);
+    expect(liveSecrets(b.record, 12 * H - 1)).toEqual([b.secret.secret, a.secret.secret]);
+    expect(liveSecrets(b.record, 12 * H)).toEqual([b.secret.secret]);
+    expect(describeSecrets(b.record, 13 * H).secrets.map((s) => s.status)).toEqual(['current', 'expired']);
+  });
+
+  it('never extends an earlier expiry, and drops expired secrets at the next rotation', () => {
+    const a = rotate(undefined, 'acme', 0);
+    const b = rotate(a.record, 'acme', 0, H);
+    const c = rotate(b.record, 'acme', 30 * 60_000, 24 * H);
+    expect(c.record.secrets.map((s) => s.expiresAt)).toEqual([null, 24 * H + 30 * 60_000, H]);
+    const d = rotate(c.record, 'acme', 2 * H, 24 * H);
+    expect(d.record.secrets.map((s) => s.id)).toEqual([d.secret.id, c.secret.id, b.secret.id]);
+  });
+
+  it('retire leaves only the current secret', () => {
+    const b = rotate(rotate(undefined, 'acme', 0).record, 'acme', 1, H);
+    expect(liveSecrets(retire(b.record, 2), 2)).toEqual([b.secret.secret]);
+  });
+
+  it('refuses a tenant name that is not an id and a negative grace period', () => {
+    expect(() => rotate(undefined, 'a b', 0)).toThrow(/--tenant/);
+    expect(() => rotate(undefined, 'acme', 0, -1)).toThrow(/grace period/);
+  });
+
+  it('ids name a secret without showing it', () => {
+    const s = rotate(undefined, 'acme', 0).secret;
+    expect(s.id).toBe(signingSecretId(s.secret));
+    expect(s.id).toMatch(/^ss_[0-9a-f]{12}$/);
+    expect(s.secret).not.toContain(s.id.slice(3));
+  });
+
+  it('a signature with both live secrets verifies under either, and not under a retired one', () => {
+    const [n, o] = ['new-secret', 'old-secret'];
+    const header = signWebhook([n, o], 1000, '{}');
+    expect(verifyWebhookSignature(n, header, '{}', 1000)).toBe(true);
+    expect(verifyWebhookSignature(o, header, '{}', 1000)).toBe(true);
+    expect(verifyWebhookSignature(o, signWebhook([n], 1000, '{}'), '{}', 1000)).toBe(false);
+  });
+});

@@ -1,6 +1,6 @@
 /**
  * Delivery behaviour on the embedded broker with real servers in-process: an endpoint
- * that fails for seconds and recovers (its circuit opens, nothing is dead-lettered,
+ * that fails for 30 s and recovers (its circuit opens, nothing is dead-lettered,
  * everything is delivered once it closes, and the endpoint is called only a handful of
  * times while open), and strategy first falling back from email (an SMTP server that
  * answers 550) to the webhook.
@@ -42,7 +42,7 @@ beforeAll(async () => {
   h = await startTestHerald({
     env: {
       HERALD_RULES: rules, HERALD_SMTP_URL: `smtp://127.0.0.1:${(smtp.server.address() as AddressInfo).port}`,
-      HERALD_BREAKER_FAILURES: '3', HERALD_BREAKER_OPEN_MS: '2000', HERALD_RETRY_BASE_MS: '200', HERALD_MAX_DELIVERY_ATTEMPTS: '4',
+      HERALD_BREAKER_FAILURES: '3', HERALD_BREAKER_OPEN_MS: '5000', HERALD_RETRY_BASE_MS: '200', HERALD_MAX_DELIVERY_ATTEMPTS: '4',
     },
   });
 }, 60_000);
@@ -77,20 +77,22 @@ describe('delivery through outages', () => {
       const views = await Promise.all(ids.map((id) => api<NotificationView>(h, 'GET', `/v1/notifications/${id}`)));
       return views.some((v) => v.body?.events?.some((e) => e.reasonCode === 'circuit_open'));
     }, 20_000);
-    await new Promise((r) => setTimeout(r, 6000));
+    // The provider stays down for 30 s, then recovers.
+    await new Promise((r) => setTimeout(r, outageStart + 30_000 - Date.now()));
     const duringOutage = calls.filter((c) => c.at >= outageStart).length;
     down = false;
     const views = await Promise.all(ids.map(terminal));
     expect(views.map((v) => v.terminal.filter((t) => t.startsWith('webhook:')))).toEqual(ids.map(() => ['webhook:DELIVERED']));
     expect(views.flatMap((v) => v.events).filter((e) => e.status === 'DEAD_LETTERED')).toEqual([]);
-    // 12 tasks over 7 s of outage: without a circuit each would be retried every few hundred ms
-    // until its attempts ran out; with it, the endpoint saw the first failures and a probe now and then.
+    // 12 tasks over 30 s of outage: without a circuit each would be retried from 200 ms up
+    // until its attempts ran out; with it, the endpoint saw the first failures and a probe every 5 s.
+    console.log(`calls to the failing endpoint during the 30 s outage: ${duringOutage}`);
     expect(duringOutage).toBeLessThanOrEqual(12);
     const circuit = views.flatMap((v) => v.events).find((e) => e.reasonCode === 'circuit_open')!;
     expect(circuit.reason).toMatch(/^circuit open for 127\.0\.0\.1:\d+ since \d\d:\d\d:\d\d UTC; attempt \d waits until /);
     const metrics = await (await fetch(`${h.httpUrl}/metrics`)).text();
     expect(metrics).toMatch(/herald_circuit_state\{endpoint="webhook:127\.0\.0\.1:\d+"\} 0/);
-  }, 90_000);
+  }, 120_000);
 
   it('falls back from email to the webhook when the SMTP server refuses for good (strategy first)', async () => {
     expect((await api(h, 'PUT', '/v1/users/fb', { email: 'fb@example.com', webhookUrl: `${hooksUrl}/fb` })).status).toBe(202);

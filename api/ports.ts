@@ -84,6 +84,17 @@ export interface LifecycleQueries {
   inboxStream(tenant: string, userId: string, after: string | null, opts: QueryOptions): Promise<InboxStream>;
   notification(id: string, opts: QueryOptions): Promise<QueryAnswer<NotificationLifecycle>>;
   userNotifications(tenant: string, userId: string, limit: number, opts: QueryOptions): Promise<QueryAnswer<UserNotifications>>;
+  /** The digest of the tenant's lifecycle projection over every partition (forwarded: this instance's partitions only). */
+  digest(tenant: string, opts: QueryOptions): Promise<QueryAnswer<LifecycleDigest>>;
+}
+
+/** A tenant's projection digest (see processors/outcome.ts): `digest` is 64 hex digits. */
+export interface LifecycleDigest {
+  tenant: string;
+  notifications: number;
+  digest: string;
+  /** The projection partitions it covers. */
+  partitions: number[];
 }
 
 export interface Health {

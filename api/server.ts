@@ -336,6 +336,9 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return answer(reply, a);
   });
 
+  // The tenant's projection digest: equal to `herald lifecycle rebuild`'s when the projection is whole.
+  app.get('/v1/lifecycle/digest', { preHandler: need('admin') }, async (req, reply) => answer(reply, await lifecycle.digest(tenantOf(req), forwardedOpts(req))));
+
   app.get<{ Params: { userId: string }; Querystring: { limit?: string } }>('/v1/users/:userId/notifications', { preHandler: need('read') }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const limit = Math.min(Math.max(Number(req.query.limit ?? 50) || 50, 1), 500);

@@ -362,7 +362,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       directory.setUrl(advertised);
       // Where the CLI (`herald keys`, `herald tail`) finds this instance's broker and API.
       const endpoints = join(config.stateDir, 'endpoints.json');
-      writeFileSync(endpoints, JSON.stringify({ pid: process.pid, brokers, registry: registryUrl, http: address }));
+      writeFileSync(endpoints, JSON.stringify({ pid: process.pid, brokers, registry: registryUrl, http: address, rules: rules.source }));
       cleanups.push(async () => rmSync(endpoints, { force: true }));
     }
     return herald;

@@ -12,8 +12,8 @@
 import { partitionFor } from '../runtime/partitioner.ts';
 import { userKey } from '../topology.ts';
 import { FORWARDED_HEADER } from '../api/server.ts';
-import type { InboxStream, LifecycleQueries, NotificationLifecycle, QueryAnswer, QueryOptions, UserInbox, UserNotifications } from '../api/ports.ts';
-import { type InboxItem, type ProjectionReader, readInbox, readNotification, readUserNotifications } from '../processors/outcome.ts';
+import type { InboxStream, LifecycleDigest, LifecycleQueries, NotificationLifecycle, QueryAnswer, QueryOptions, UserInbox, UserNotifications } from '../api/ports.ts';
+import { addDigests, digestHex, digestProjection, type InboxItem, type ProjectionDigest, type ProjectionReader, readInbox, readNotification, readUserNotifications } from '../processors/outcome.ts';
 import type { Logger } from '../runtime/logger.ts';
 import type { InstanceClaim } from '../schemas/types.ts';
 import type { InstanceDirectory } from './instances.ts';
@@ -133,6 +133,35 @@ export class LifecycleRouter implements LifecycleQueries {
         return { backlog, close: unsubscribe };
       },
     };
+  }
+
+  async digest(tenant: string, opts: QueryOptions): Promise<QueryAnswer<LifecycleDigest>> {
+    let total: ProjectionDigest = { notifications: 0, sum: 0n };
+    const covered = new Set<number>();
+    for (const [p, store] of this.o.local()) {
+      total = addDigests(total, await digestProjection(store.view(), tenant));
+      covered.add(p);
+    }
+    const answer = (): QueryAnswer<LifecycleDigest> => ({ status: 'ok', value: { tenant, notifications: total.notifications, digest: digestHex(total), partitions: [...covered].sort((a, b) => a - b) }, servedBy: this.self });
+    if (opts.forwarded) return answer();
+    const owners = new Map<string, InstanceClaim>();
+    for (let p = 0; p < this.o.partitions; p++) {
+      if (covered.has(p)) continue;
+      const owner = this.o.directory.owner('outcome', p);
+      if (!owner || owner.instanceId === this.self) return { status: 'unavailable', detail: `partition ${p} of the outcome stage has no instance serving it yet (rebalance or restore under way)` };
+      owners.set(owner.url, owner);
+    }
+    for (const owner of owners.values()) {
+      const a = await this.forward<LifecycleDigest>(owner, '/v1/lifecycle/digest', opts.authorization);
+      if (a.status !== 'ok') return a.status === 'not_found' ? { status: 'unavailable', detail: a.detail } : a;
+      const fresh = a.value.partitions.filter((p) => !covered.has(p));
+      // Partitions counted twice (a claim mid-rebalance) would spoil the sum: ask again later.
+      if (fresh.length !== a.value.partitions.length) return { status: 'unavailable', detail: 'two instances answered for the same partition (rebalance under way); ask again' };
+      total = addDigests(total, { notifications: a.value.notifications, sum: BigInt(`0x${a.value.digest}`) });
+      for (const p of fresh) covered.add(p);
+    }
+    if (covered.size < this.o.partitions) return { status: 'unavailable', detail: `only partitions ${[...covered].join(', ')} of ${this.o.partitions} answered` };
+    return answer();
   }
 
   /** One hop to the owner; its answer, or `unavailable` when it cannot be reached in time. */

@@ -1,16 +1,16 @@
 /**
- * `herald explain <notificationId>` and `herald tail`: every decision, readable.
- * explain asks a running instance's HTTP API (`--url`, or HERALD_URL), or, with
- * KAFKA_BROKERS set and no URL, scans outcomes.v1 itself. tail follows outcomes.v1.
+ * `herald explain <notificationId>`, `herald explain --event <eventId>` and `herald tail`:
+ * every decision, readable. explain asks a running instance's HTTP API (`--url`,
+ * HERALD_URL, or the running embedded instance), or scans outcomes.v1 itself (always for
+ * --event: an event's notifications are spread over partitions). tail follows outcomes.v1.
  */
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
+import { withCluster } from './cluster.ts';
+import { duration } from '../processors/about.ts';
 import { applyLifecycle, notificationKey, type NotificationView } from '../processors/outcome.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
-import { createKafka } from '../runtime/kafka.ts';
-import { createLogger } from '../runtime/logger.ts';
 import { TopicReader } from '../runtime/reader.ts';
-import { Serde } from '../schemas/index.ts';
 import { KeyValueStore } from '../state/store.ts';
 import { topicName } from '../topology.ts';
 
@@ -22,11 +22,12 @@ export function formatDecision(e: LifecycleEvent): string {
   return `${new Date(e.timestamp).toISOString()}  ${pad(e.stage, 8)} ${pad(e.status + channel, 28)} ${pad(e.reasonCode, 26)} ${e.reason}`;
 }
 
+/** The timeline: each decision with the time since the one before it. */
 export function formatLifecycle(n: NotificationView): string {
   return [
     `${n.notificationId}  tenant ${n.tenant}, recipient ${n.recipient}, event ${n.eventId} (${n.eventType}), rule ${n.ruleId ?? '-'}, trace ${n.traceId}`,
-    `status ${n.status}; terminal: ${n.terminal.length ? n.terminal.join(', ') : 'not yet'}`,
-    ...n.events.map((e) => `  ${formatDecision(e)}`),
+    `status ${n.status}; terminal: ${n.terminal.length ? n.terminal.join(', ') : 'not yet'}; ${duration(n.updatedAt - n.createdAt)} from first to last decision`,
+    ...n.events.map((e, i) => `  ${pad(i === 0 ? '' : `+${duration(e.timestamp - n.events[i - 1]!.timestamp)}`, 12)}${formatDecision(e)}`),
   ].join('\n');
 }
 
@@ -37,69 +38,90 @@ export async function fetchLifecycle(url: string, id: string, apiKey: string): P
   return body;
 }
 
+/** Rebuilds the lifecycles of the notifications `pick` chooses by reading outcomes.v1 from the start. */
+export async function scanLifecycles(config: HeraldConfig, pick: (e: LifecycleEvent) => boolean): Promise<NotificationView[]> {
+  return withCluster(config, 'explain', async (c) => {
+    const serde = c.serde();
+    const store = await KeyValueStore.open({ backend: 'memory', dir: '', stage: 'explain', name: 'lifecycle', partition: 0, changelog: null });
+    const ids = new Set<string>();
+    try {
+      const topic = topicName(config.topicPrefix, 'outcomes');
+      const until = new Map((await c.admin.fetchTopicOffsets(topic)).map((o) => [o.partition, BigInt(o.high)]));
+      const reader = new TopicReader(c.kafka, c.admin, {
+        topic, groupPrefix: `${config.topicPrefix}explain.`, until,
+        onBatch: async ({ messages }) => {
+          const events: LifecycleEvent[] = [];
+          for (const m of messages) {
+            if (!m.value) continue;
+            const e = await serde.decode<LifecycleEvent>(m.value);
+            if (pick(e)) events.push(e);
+          }
+          if (events.length) {
+            for (const e of events) ids.add(e.notificationId);
+            const view = store.view();
+            await applyLifecycle(view, events);
+            await view.flush(null);
+          }
+        },
+      });
+      await reader.readToEnd();
+      const views = await store.view().getMany<NotificationView>([...ids].map(notificationKey));
+      return views.filter((v): v is NotificationView => v !== undefined).sort((a, b) => a.createdAt - b.createdAt || a.recipient.localeCompare(b.recipient));
+    } finally {
+      await store.close();
+    }
+  });
+}
+
 /** Rebuilds one notification's lifecycle by reading outcomes.v1 from the start. */
 export async function scanLifecycle(config: HeraldConfig, id: string): Promise<NotificationView | null> {
-  if (config.embedded || config.embeddedRegistry) {
-    throw new HeraldError('HRL_CONFIG_INVALID', 'KAFKA_BROKERS and SCHEMA_REGISTRY_URL: expected both to read outcomes.v1, or pass --url of a running instance');
+  return (await scanLifecycles(config, (e) => e.notificationId === id))[0] ?? null;
+}
+
+/** Where an explanation ends: the notification's last word on each channel, or on itself. */
+function outcomeOf(n: NotificationView): string {
+  if (n.terminal.length) return n.terminal.join(', ');
+  const last = n.events.at(-1);
+  return last ? `${last.status} (not finished)` : 'no decision yet';
+}
+
+/**
+ * `herald explain --event`: every notification one event caused, and for each recipient
+ * whether they got it and why (the decision that settled it: unknown user, inactive,
+ * opted out, a duplicate, throttled, delivered, dead-lettered).
+ */
+export function formatEvent(eventId: string, views: NotificationView[]): string {
+  if (!views.length) return `no decision about event ${eventId} on outcomes.v1`;
+  const first = views[0]!;
+  const lines = [`event ${eventId} (${first.eventType}), tenant ${first.tenant}: ${views.length} notification${views.length === 1 ? '' : 's'}`];
+  for (const n of views) {
+    // The decision that settled it: the first one that is not a plain step forward, else the last.
+    const settled = n.events.find((e) => e.terminal && e.status !== 'DELIVERED') ?? n.events.find((e) => e.status === 'DELIVERED') ?? n.events.at(-1)!;
+    lines.push(`  ${pad(n.recipient, 16)} ${pad(n.notificationId, 28)} rule ${pad(n.ruleId ?? '-', 14)} ${pad(outcomeOf(n), 36)} ${settled.stage}: ${settled.reason}`);
   }
-  const kafka = createKafka(config, config.brokers, createLogger('warn'), `herald-explain-${process.pid}`);
-  const admin = kafka.admin();
-  await admin.connect();
-  const serde = new Serde(config.schemaRegistryUrl);
-  const store = await KeyValueStore.open({ backend: 'memory', dir: '', stage: 'explain', name: 'lifecycle', partition: 0, changelog: null });
-  try {
+  return lines.join('\n');
+}
+/** Follows outcomes.v1 and prints each decision; `fromBeginning` replays the topic first. */
+export async function tail(config: HeraldConfig, opts: { fromBeginning: boolean; print: (line: string) => void; signal?: AbortSignal }): Promise<void> {
+  await withCluster(config, 'tail', async (c) => {
+    const serde = c.serde();
     const topic = topicName(config.topicPrefix, 'outcomes');
-    const until = new Map((await admin.fetchTopicOffsets(topic)).map((o) => [o.partition, BigInt(o.high)]));
-    const reader = new TopicReader(kafka, admin, {
-      topic, groupPrefix: config.topicPrefix, until,
+    const from = opts.fromBeginning ? undefined : new Map((await c.admin.fetchTopicOffsets(topic)).map((o) => [o.partition, BigInt(o.high)]));
+    const reader = new TopicReader(c.kafka, c.admin, {
+      topic, groupPrefix: `${config.topicPrefix}tail.`, ...(from ? { from } : {}),
       onBatch: async ({ messages }) => {
-        const events: LifecycleEvent[] = [];
         for (const m of messages) {
           if (!m.value) continue;
           const e = await serde.decode<LifecycleEvent>(m.value);
-          if (e.notificationId === id) events.push(e);
-        }
-        if (events.length) {
-          const view = store.view();
-          await applyLifecycle(view, events);
-          await view.flush(null);
+          opts.print(`${e.notificationId}  ${e.recipient}  ${formatDecision(e)}`);
         }
       },
     });
-    await reader.readToEnd();
-    return (await store.view().getMany<NotificationView>([notificationKey(id)]))[0] ?? null;
-  } finally {
-    await store.close();
-    await admin.disconnect();
-  }
-}
-
-/** Follows outcomes.v1 and prints each decision; `fromBeginning` replays the topic first. */
-export async function tail(config: HeraldConfig, opts: { fromBeginning: boolean; print: (line: string) => void; signal?: AbortSignal }): Promise<void> {
-  if (config.embedded || config.embeddedRegistry) {
-    throw new HeraldError('HRL_CONFIG_INVALID', 'KAFKA_BROKERS and SCHEMA_REGISTRY_URL: expected both (herald start logs the embedded ones at start-up)');
-  }
-  const kafka = createKafka(config, config.brokers, createLogger('warn'), `herald-tail-${process.pid}`);
-  const admin = kafka.admin();
-  await admin.connect();
-  const serde = new Serde(config.schemaRegistryUrl);
-  const topic = topicName(config.topicPrefix, 'outcomes');
-  const from = opts.fromBeginning ? undefined : new Map((await admin.fetchTopicOffsets(topic)).map((o) => [o.partition, BigInt(o.high)]));
-  const reader = new TopicReader(kafka, admin, {
-    topic, groupPrefix: config.topicPrefix, ...(from ? { from } : {}),
-    onBatch: async ({ messages }) => {
-      for (const m of messages) {
-        if (!m.value) continue;
-        const e = await serde.decode<LifecycleEvent>(m.value);
-        opts.print(`${e.notificationId}  ${e.recipient}  ${formatDecision(e)}`);
-      }
-    },
+    await reader.start();
+    await new Promise<void>((resolve) => {
+      if (opts.signal?.aborted) resolve();
+      opts.signal?.addEventListener('abort', () => resolve());
+    });
+    await reader.stop();
   });
-  await reader.start();
-  await new Promise<void>((resolve) => {
-    if (opts.signal?.aborted) resolve();
-    opts.signal?.addEventListener('abort', () => resolve());
-  });
-  await reader.stop();
-  await admin.disconnect();
 }

@@ -11,9 +11,19 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { runningHerald, startHerald } from '../app/herald.ts';
 import { createLogger } from '../runtime/logger.ts';
-import { STAGE_NAMES, type StageName, describe } from '../topology.ts';
+import { STAGE_NAMES, type StageName, describe, topicName } from '../topology.ts';
+import type { HeraldConfig } from '../config.ts';
+
+const topicNameOf = (config: HeraldConfig, key: 'outcomes') => topicName(config.topicPrefix, key);
 import { runDemo } from './demo.ts';
-import { fetchLifecycle, formatLifecycle, scanLifecycle, tail } from './explain.ts';
+import { fetchLifecycle, formatEvent, formatLifecycle, scanLifecycle, scanLifecycles, tail } from './explain.ts';
+import { runningEndpoints, withCluster } from './cluster.ts';
+import { parsePosition, parseStages, REPLAYABLE, replay } from '../replay/replay.ts';
+import { formatReport } from '../replay/format.ts';
+import { rebuildLifecycle } from '../replay/rebuild.ts';
+import { Codec } from '../runtime/codec.ts';
+import { loadRules } from '../rules/rules.ts';
+import { Presets, SingleBar } from 'cli-progress';
 import { createKey, formatKeys, listKeys, parseScopes, revokeKey } from './keys.ts';
 import { formatSecrets, listSecrets, retireSecrets, rotateSecret } from './secrets.ts';
 import { parseDuration } from '../rules/rules.ts';
@@ -113,15 +123,23 @@ schemas.command('check').description('check local schemas for compatibility with
   }).catch(fail));
 
 program
-  .command('explain <notificationId>')
-  .description("print a notification's lifecycle: every decision with its stage, time and reason")
-  .option('--url <url>', 'HTTP API of a running instance (default: HERALD_URL; without it, outcomes.v1 is read from KAFKA_BROKERS)')
-  .option('--json', 'print the lifecycle as JSON')
+  .command('explain [notificationId]')
+  .description("print a notification's timeline (every decision with its stage, reason and the time since the step before), or with --event every notification one event caused and why each recipient did or did not get it")
+  .option('--event <eventId>', 'explain an event: its notifications, one line per recipient')
+  .option('--url <url>', 'HTTP API of a running instance (default: HERALD_URL, else the running embedded instance; against KAFKA_BROKERS without a URL, outcomes.v1 is read)')
+  .option('--json', 'print JSON')
   .option('--key <key>', 'API key with the read scope for --url (default: HERALD_API_KEY, else the embedded development key)')
-  .action(async (id: string, o: { url?: string; json?: boolean; key?: string }) => {
+  .action(async (id: string | undefined, o: { event?: string; url?: string; json?: boolean; key?: string }) => {
     try {
-      const url = o.url ?? process.env.HERALD_URL;
-      const view = url ? await fetchLifecycle(url, id, o.key ?? process.env.HERALD_API_KEY ?? devKeyFile(loadConfig())) : await scanLifecycle(loadConfig(), id);
+      const config = loadConfig();
+      if (o.event) {
+        const views = await scanLifecycles(config, (e) => e.eventId === o.event);
+        console.log(o.json ? JSON.stringify(views, null, 2) : formatEvent(o.event, views));
+        return;
+      }
+      if (!id) fail(new HeraldError('HRL_CONFIG_INVALID', 'explain: expected a notification id, or --event <eventId>'));
+      const url = o.url ?? process.env.HERALD_URL ?? (config.embedded ? runningEndpoints(config).http : undefined);
+      const view = url ? await fetchLifecycle(url, id, o.key ?? process.env.HERALD_API_KEY ?? devKeyFile(config)) : await scanLifecycle(config, id);
       if (!view) fail(new Error(`no decision about ${id} on outcomes.v1`));
       console.log(o.json ? JSON.stringify(view, null, 2) : formatLifecycle(view));
     } catch (err) {
@@ -130,8 +148,100 @@ program
   });
 
 program
+  .command('replay')
+  .description('re-run a stage (or a range such as ingest..route) over its input topic in a sandbox: no writes, no channel calls, no committed offsets; with --rules, a what-if')
+  .requiredOption('--stage <stage>', `a stage (${REPLAYABLE.join(', ')}) or a range such as ingest..route`)
+  .option('--from <position>', 'first record: an offset (in every partition) or an ISO time; stateful stages still rebuild their stores from the start of retention')
+  .option('--to <position>', 'end (exclusive): an offset or an ISO time; default: the end of the topic now')
+  .option('--key <recipient>', 'only this recipient: tenant/user, or a user id')
+  .option('--event <eventId>', 'only the notifications of this event')
+  .option('--rules <file>', 'rules to replay with instead of the live ones: print only the decisions that would change')
+  .addOption(new Option('--format <format>', 'table or json').choices(['table', 'json']).default('table'))
+  .action(async (o: { stage: string; from?: string; to?: string; key?: string; event?: string; rules?: string; format: 'table' | 'json' }) => {
+    try {
+      const config = loadConfig();
+      const stages = parseStages(o.stage);
+      const from = o.from ? parsePosition(o.from, '--from') : undefined;
+      const to = o.to ? parsePosition(o.to, '--to') : undefined;
+      await withCluster(config, 'replay', async (c) => {
+        const liveRules = c.running?.rules ?? config.rulesFile;
+        const rules = loadRules(o.rules ?? liveRules);
+        const serde = c.serde();
+        const bar = o.format === 'table' ? new SingleBar({ stream: process.stderr, format: 'replaying {bar} {value}/{total} records  {speed} records/s', hideCursor: true }, Presets.shades_classic) : null;
+        const t0 = performance.now();
+        let barStarted = false;
+        const report = await replay(c, config, new Codec(serde, config), serde, {
+          stages, rules, whatIf: o.rules !== undefined, ...(from ? { from } : {}), ...(to ? { to } : {}), ...(o.key ? { key: o.key } : {}), ...(o.event ? { event: o.event } : {}),
+          onProgress: (done, total) => {
+            if (!bar || total < 5000) return;
+            if (!barStarted) bar.start(total, 0, { speed: 0 });
+            barStarted = true;
+            bar.update(done, { speed: Math.round(done / ((performance.now() - t0) / 1000)) });
+          },
+        });
+        if (barStarted) bar!.stop();
+        if (o.format === 'json') console.log(JSON.stringify({ ...report, rules: o.rules ?? liveRules, liveRules, whatIf: o.rules !== undefined }, null, 2));
+        else formatReport(report, { whatIf: o.rules !== undefined, rules: o.rules ?? liveRules, liveRules }).forEach((l) => console.log(l));
+      });
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+const lifecycle = program.command('lifecycle').description('the lifecycle projection (outcome stage)');
+lifecycle
+  .command('rebuild')
+  .description('read outcomes.v1 from the start into a fresh projection and print its digest, overall and per tenant')
+  .option('--json', 'print JSON')
+  .action(async (o: { json?: boolean }) => {
+    try {
+      const config = loadConfig();
+      await withCluster(config, 'rebuild', async (c) => {
+        const bar = o.json ? null : new SingleBar({ stream: process.stderr, format: 'rebuilding {bar} {value}/{total} records  {speed} records/s', hideCursor: true }, Presets.shades_classic);
+        const t0 = performance.now();
+        let barStarted = false;
+        const r = await rebuildLifecycle(c, config, c.serde(), {
+          onProgress: (done, total) => {
+            if (!bar || total < 5000) return;
+            if (!barStarted) bar.start(total, 0, { speed: 0 });
+            barStarted = true;
+            bar.update(done, { speed: Math.round(done / ((performance.now() - t0) / 1000)) });
+          },
+        });
+        if (barStarted) bar!.stop();
+        if (o.json) console.log(JSON.stringify(r, null, 2));
+        else {
+          console.log(`rebuilt the lifecycle projection from ${topicNameOf(config, 'outcomes')}: ${r.records.toLocaleString('en-US')} records in ${r.seconds.toFixed(1)} s (${Math.round(r.records / Math.max(r.seconds, 0.001)).toLocaleString('en-US')} records/s), ${r.notifications.toLocaleString('en-US')} notifications over ${r.partitions} partitions${r.undecodable ? `; ${r.undecodable} undecodable records skipped` : ''}`);
+          console.log(`digest ${r.digest}`);
+          for (const [tenant, d] of Object.entries(r.tenants)) console.log(`  tenant ${tenant}: ${d.digest} (${d.notifications.toLocaleString('en-US')} notifications)`);
+        }
+      });
+    } catch (err) {
+      fail(err);
+    }
+  });
+lifecycle
+  .command('digest')
+  .description("ask a running instance for the digest of its live projection (your key's tenant); compare with `lifecycle rebuild`")
+  .option('--from <url>', 'HTTP API of a running instance (default: HERALD_URL, else the running embedded instance)')
+  .option('--key <key>', 'API key with the admin scope (default: HERALD_API_KEY, else the embedded development key)')
+  .option('--json', 'print JSON')
+  .action(async (o: { from?: string; key?: string; json?: boolean }) => {
+    try {
+      const config = loadConfig();
+      const url = (o.from ?? process.env.HERALD_URL ?? runningEndpoints(config).http).replace(/\/$/, '');
+      const res = await fetch(`${url}/v1/lifecycle/digest`, { headers: { authorization: `Bearer ${o.key ?? process.env.HERALD_API_KEY ?? devKeyFile(config)}` } });
+      const body = (await res.json()) as { tenant: string; notifications: number; digest: string; partitions: number[]; message?: string };
+      if (!res.ok) fail(new HeraldError('HRL_CONFIG_INVALID', `${url}: HTTP ${res.status}: ${body.message ?? ''}`));
+      console.log(o.json ? JSON.stringify(body) : `tenant ${body.tenant}: ${body.digest} (${body.notifications.toLocaleString('en-US')} notifications, partitions ${body.partitions.join(', ')})`);
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+program
   .command('tail')
-  .description('follow outcomes.v1 and print each decision as it is made (needs KAFKA_BROKERS and SCHEMA_REGISTRY_URL)')
+  .description('follow outcomes.v1 and print each decision as it is made (the running embedded instance\'s, or KAFKA_BROKERS and SCHEMA_REGISTRY_URL)')
   .option('--from-beginning', 'print the whole topic first')
   .action(async (o: { fromBeginning?: boolean }) => {
     const ac = new AbortController();

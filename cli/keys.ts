@@ -3,53 +3,13 @@
  * Kafka (KAFKA_BROKERS) they work with or without a running Herald; on the embedded
  * broker they reach the running instance's broker through HERALD_STATE_DIR/endpoints.json.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { KeyDirectory, writeKeyRecord } from '../app/keys.ts';
 import { newKeyRecord, type Scope } from '../auth/keys.ts';
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
-import { createKafka, createProducer } from '../runtime/kafka.ts';
-import { createLogger, type Logger } from '../runtime/logger.ts';
-import type { Admin, Kafka, Producer } from 'kafkajs';
+import { withCluster } from './cluster.ts';
 import type { ApiKeyRecord } from '../schemas/types.ts';
 import { topicName } from '../topology.ts';
-
-/** What a running Herald writes into its state dir once its API listens. */
-export interface Endpoints { pid: number; brokers: string; registry: string; http: string }
-
-/** The running embedded instance's endpoints, or an error that says how to get one. */
-export function runningEndpoints(config: HeraldConfig): Endpoints {
-  const file = join(config.stateDir, 'endpoints.json');
-  const e = existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as Endpoints) : null;
-  const alive = e && (() => {
-    try {
-      process.kill(e.pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  })();
-  if (!e || !alive) throw new HeraldError('HRL_CONFIG_INVALID', `KAFKA_BROKERS is not set and no Herald is running on HERALD_STATE_DIR ${config.stateDir}: start it (npm start) or set KAFKA_BROKERS`);
-  return e;
-}
-
-export interface ClusterClients { kafka: Kafka; admin: Admin; producer: Producer; log: Logger }
-
-/** Clients of the cluster Herald runs on: KAFKA_BROKERS, or the running embedded instance's broker. */
-export async function withCluster<T>(config: HeraldConfig, name: string, fn: (c: ClusterClients) => Promise<T>): Promise<T> {
-  const brokers = config.embedded ? runningEndpoints(config).brokers : config.brokers;
-  const log = createLogger('warn');
-  const kafka = createKafka(config, brokers, log, `herald-${name}-${process.pid}`);
-  const admin = kafka.admin();
-  const producer = createProducer(kafka);
-  await Promise.all([admin.connect(), producer.connect()]);
-  try {
-    return await fn({ kafka, admin, producer, log });
-  } finally {
-    await Promise.all([admin.disconnect(), producer.disconnect()]);
-  }
-}
 
 async function withKeys<T>(config: HeraldConfig, fn: (o: { directory: KeyDirectory; write: (r: ApiKeyRecord) => Promise<void> }) => Promise<T>): Promise<T> {
   return withCluster(config, 'keys', async ({ kafka, admin, producer, log }) => {

@@ -11,7 +11,7 @@ import type { Rule, RuleSet } from '../rules/rules.ts';
 import type { StageFactory } from '../runtime/contract.ts';
 import type { ReasonCode } from '../schemas/lifecycle.ts';
 import type { NotificationRequest } from '../schemas/types.ts';
-import { about } from './about.ts';
+import { about, duration } from './about.ts';
 import { hashKey } from './ids.ts';
 
 export interface SeenEntry {
@@ -37,6 +37,19 @@ export function dedupeKey(req: NotificationRequest, rule: Rule | undefined): str
   return `fld:${hashKey([req.tenant, req.ruleId, ...fields.map((f) => `${f}=${field(req, data, f)}`)])}`;
 }
 
+/** The dedupe key in words: its fields and their values (each clipped), or the idempotency key. */
+export function keyText(req: NotificationRequest, rule: Rule | undefined): string {
+  const clip = (v: string) => (v.length > 40 ? `${v.slice(0, 40)}…` : v);
+  if (req.idempotencyKey) return `idempotency key ${clip(req.idempotencyKey)}`;
+  const data = JSON.parse(req.data) as Record<string, unknown>;
+  const fields = rule?.dedupe.keyFields ?? ['recipient', 'eventType', 'data.id'];
+  return fields.map((f) => {
+    const v = field(req, data, f);
+    if (v === '\u0001missing') return `${f} missing`;
+    return f === 'recipient' || f === 'eventType' ? f : `${f}=${clip(v.startsWith('"') ? (JSON.parse(v) as string) : v)}`;
+  }).join(', ');
+}
+
 function windowOf(rules: RuleSet, ruleId: string): number {
   return rules.byId(ruleId)?.dedupe.windowMs ?? 86_400_000;
 }
@@ -60,7 +73,7 @@ export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
       if (prior && !replay && inWindow) {
         ctx.outcome(rec, {
           ...about(req), status: 'SUPPRESSED_DUPLICATE', reasonCode: req.idempotencyKey ? 'duplicate_idempotency_key' : 'duplicate_key',
-          reason: `duplicate of ${prior.notificationId}, first seen ${new Date(prior.firstSeenAt).toISOString()} (window until ${new Date(prior.expiresAt).toISOString()})`,
+          reason: `same dedupe key (${keyText(req, rules.byId(req.ruleId))}) as ${prior.notificationId}, seen ${duration(now - prior.firstSeenAt)} ${now >= prior.firstSeenAt ? 'earlier' : 'later'} (${new Date(prior.firstSeenAt).toISOString()}); window ${duration(prior.expiresAt - prior.firstSeenAt)}`,
         });
         return;
       }

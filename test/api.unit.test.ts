@@ -52,6 +52,7 @@ const ports: ApiPorts = {
     notification: async (id, opts) => (queries.push({ kind: 'notification', key: id, opts }), nextAnswer),
     inbox: async (_tenant, userId, _o, opts) => (queries.push({ kind: 'inbox', key: userId, opts }), nextAnswer),
     inboxStream: async () => ({ kind: 'unavailable', detail: 'not in this test' }),
+    digest: async () => ({ status: 'unavailable', detail: 'not in this test' }),
     userNotifications: async (_tenant, userId, _limit, opts) => (queries.push({ kind: 'user', key: userId, opts }), nextAnswer),
   },
   health: {

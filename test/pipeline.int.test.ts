@@ -82,7 +82,10 @@ describe('end-to-end through the HTTP API', () => {
     // (Asynchronously: this process serves the API the command asks.)
     const { stdout: explained } = await promisify(execFile)(process.execPath, ['cli/herald.ts', 'explain', id, '--url', h.httpUrl!], { encoding: 'utf8', env: { ...process.env, HERALD_API_KEY: TEST_KEY } });
     expect(explained).toContain('terminal: webhook:DELIVERED');
-    expect(explained.split('\n').filter((l) => /^\s+\d{4}-/.test(l)).map((l) => l.trim().split(/\s+/).slice(1, 3).join(':'))).toEqual([
+    const steps = explained.split('\n').map((l) => /^\s+(\+\d+(?:\.\d)? (?:ms|s|min|h|d)\S*)?\s*\d{4}-\d\d-\d\dT\S+\s+(\S+)\s+(\S+)/.exec(l)).filter((m) => m !== null);
+    // Every step after the first says how long after the one before it came.
+    expect(steps.slice(1).every((m) => m[1]?.startsWith('+'))).toBe(true);
+    expect(steps.map((m) => `${m[2]}:${m[3]}`)).toEqual([
       'ingest:ACCEPTED', 'enrich:ENRICHED', 'dedupe:UNIQUE', 'throttle:ADMITTED', 'route:ROUTED', 'deliver:ATTEMPTED', 'deliver:DELIVERED',
     ]);
     expect(explained).toContain('matched rule comment-created');

@@ -7,7 +7,8 @@
  * after a crash, before its result was recorded, carries the same Idempotency-Key or
  * Message-ID.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { SmtpSink } from '../channels/smtp-sink.ts';
 import { tmpdir } from 'node:os';
@@ -53,9 +54,13 @@ afterAll(async () => {
   removeDir(stateDir);
 });
 
-async function herald(): Promise<ChildProcess> {
-  const child = spawn(process.execPath, ['cli/herald.ts', 'run', '--no-api'], {
-    env: { ...process.env, ...TEST_ENV, ...cluster.env, HERALD_RULES: rulesFile, HERALD_SMTP_URL: mail.url, HERALD_PARTITIONS: '4', HERALD_STATE_DIR: stateDir, HERALD_LOG_LEVEL: 'warn', HERALD_SESSION_TIMEOUT_MS: '6000', HERALD_COMMIT_INTERVAL_MS: '200' },
+const env = () => ({ ...process.env, ...TEST_ENV, ...cluster.env, HERALD_RULES: rulesFile, HERALD_SMTP_URL: mail.url, HERALD_PARTITIONS: '4', HERALD_STATE_DIR: stateDir, HERALD_LOG_LEVEL: 'warn', HERALD_SESSION_TIMEOUT_MS: '6000', HERALD_COMMIT_INTERVAL_MS: '200', HERALD_HTTP_PORT: '0' });
+let url = '';
+
+/** `herald run`; the last one also serves the API (for the live projection's digest). */
+async function herald(withApi = false): Promise<ChildProcess> {
+  const child = spawn(process.execPath, ['cli/herald.ts', 'run', ...(withApi ? [] : ['--no-api'])], {
+    env: env(),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.push(child);
@@ -63,6 +68,7 @@ async function herald(): Promise<ChildProcess> {
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', () => undefined);
   await eventually(() => out.includes('herald ready'), 60_000);
+  if (withApi) url = /herald ready (http:\S+)/.exec(out)![1]!;
   return child;
 }
 
@@ -108,7 +114,7 @@ describe('kill -9 mid-stream', () => {
     }
     // The kills landed mid-stream: events were still on their way each time.
     expect(Math.max(...inFlightAtKill)).toBeGreaterThan(0);
-    await herald();
+    await herald(true);
     await send(TOTAL - sent);
 
     const keys = () => new Set(hooks.for('/hook').map((r) => String(r.headers['idempotency-key'])));
@@ -129,8 +135,18 @@ describe('kill -9 mid-stream', () => {
     expect([...byKey.values()].every((ids) => ids.size === 1)).toBe(true);
     console.info(`[crash] in flight at the kills: ${inFlightAtKill.join(', ')}; ${hooks.for('/hook').length} webhook calls for ${TOTAL} deliveries (${hooks.for('/hook').length - TOTAL} repeated with the same Idempotency-Key after a SIGKILL); ${mail.list({ tenant: 'acme', limit: 100_000 }).length} mails for ${TOTAL}`);
 
+    // The projection rebuilt from outcomes.v1 has the digest of the live one (once it has applied everything).
+    const { stdout } = await promisify(execFile)(process.execPath, ['cli/herald.ts', 'lifecycle', 'rebuild', '--json'], { env: env(), maxBuffer: 64 * 1024 * 1024 });
+    const rebuilt = JSON.parse(stdout) as { notifications: number; tenants: Record<string, { digest: string; notifications: number }> };
+    expect(rebuilt.notifications).toBe(TOTAL);
+    const live = await eventually(async () => {
+      const d = (await (await fetch(`${url}/v1/lifecycle/digest`, { headers: { authorization: `Bearer ${TEST_ENV.HERALD_DEV_KEY}` } })).json()) as { digest: string; notifications: number };
+      return d.digest === rebuilt.tenants.acme!.digest ? d : false;
+    }, 120_000);
+    expect(live.notifications).toBe(TOTAL);
+
     await reader.stop();
     await producer.disconnect();
     await admin.disconnect();
-  }, 240_000);
+  }, 360_000);
 });

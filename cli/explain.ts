@@ -6,7 +6,7 @@
  */
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
-import { withCluster } from './cluster.ts';
+import { withCluster } from '../app/cluster.ts';
 import { duration } from '../processors/about.ts';
 import { applyLifecycle, notificationKey, type NotificationView } from '../processors/outcome.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';

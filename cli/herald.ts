@@ -17,7 +17,7 @@ import type { HeraldConfig } from '../config.ts';
 const topicNameOf = (config: HeraldConfig, key: 'outcomes') => topicName(config.topicPrefix, key);
 import { runDemo } from './demo.ts';
 import { fetchLifecycle, formatEvent, formatLifecycle, scanLifecycle, scanLifecycles, tail } from './explain.ts';
-import { runningEndpoints, withCluster } from './cluster.ts';
+import { runningEndpoints, withCluster } from '../app/cluster.ts';
 import { parsePosition, parseStages, REPLAYABLE, replay } from '../replay/replay.ts';
 import { formatReport } from '../replay/format.ts';
 import { rebuildLifecycle } from '../replay/rebuild.ts';

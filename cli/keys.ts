@@ -7,7 +7,7 @@ import { KeyDirectory, writeKeyRecord } from '../app/keys.ts';
 import { newKeyRecord, type Scope } from '../auth/keys.ts';
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
-import { withCluster } from './cluster.ts';
+import { withCluster } from '../app/cluster.ts';
 import type { ApiKeyRecord } from '../schemas/types.ts';
 import { topicName } from '../topology.ts';
 

@@ -10,7 +10,7 @@ import { secretsOf } from '../channels/webhook.ts';
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import { topicName } from '../topology.ts';
-import { withCluster } from './cluster.ts';
+import { withCluster } from '../app/cluster.ts';
 
 async function withSecrets<T>(config: HeraldConfig, fn: (s: SigningSecrets, write: (r: SigningSecretRecord) => Promise<void>) => Promise<T>): Promise<T> {
   return withCluster(config, 'secrets', async ({ kafka, admin, producer, log }) => {

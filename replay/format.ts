@@ -7,12 +7,12 @@ const who = (d: { tenant: string; recipient: string }) => `${d.tenant}/${d.recip
 const status = (d: Decision | null) => (d ? `${d.status} (${d.reasonCode})` : 'no such notification');
 
 export function decisionLine(d: Decision): string {
-  return `${new Date(d.timestamp).toISOString()}  ${pad(d.stage, 8)} ${pad(d.notificationId, 28)} ${pad(who(d), 16)} ${pad(`${d.status} ${d.reasonCode}`, 40)} ${d.reason}`;
+  return `${new Date(d.timestamp).toISOString()}  ${pad(d.stage, 8)} ${pad(d.notificationId, 36)} ${pad(who(d), 16)} ${pad(`${d.status} ${d.reasonCode}`, 40)} ${d.reason}`;
 }
 
 export function changeLine(c: Change): string {
   const why = c.replayed?.reason ?? c.recorded?.reason ?? '';
-  return `${pad(c.notificationId, 28)} ${pad(who(c), 16)} ${pad(c.stage, 8)} ${status(c.recorded)} → ${status(c.replayed)}: ${c.because ?? why}`;
+  return `${pad(c.notificationId, 36)} ${pad(who(c), 16)} ${pad(c.stage, 8)} ${status(c.recorded)} → ${status(c.replayed)}: ${c.because ?? why}`;
 }
 
 /** "ADMITTED → DEFERRED for 1,204 notifications (311 users)", one per kind of change. */
@@ -31,12 +31,12 @@ export function changeTotals(changes: Change[]): string[] {
 export function formatReport(r: ReplayReport, o: { whatIf: boolean; rules: string; liveRules: string }): string[] {
   const lines: string[] = [];
   if (!o.whatIf) {
-    lines.push(`${pad('TIME', 24)}  ${pad('STAGE', 8)} ${pad('NOTIFICATION', 28)} ${pad('RECIPIENT', 16)} ${pad('DECISION', 40)} REASON`);
+    lines.push(`${pad('TIME', 24)}  ${pad('STAGE', 8)} ${pad('NOTIFICATION', 36)} ${pad('RECIPIENT', 16)} ${pad('DECISION', 40)} REASON`);
     for (const d of r.decisions) lines.push(decisionLine(d));
     lines.push('');
   }
   lines.push(`replayed ${r.stages.join(' → ')} over ${r.topic}: ${n(r.records.inRange)} records in range (${n(r.records.read)} read), ${n(r.decisions.length)} decisions in ${r.seconds.toFixed(1)} s`);
-  for (const [k, v] of Object.entries(r.counts).sort((a, b) => b[1] - a[1])) lines.push(`  ${pad(k, 44)} ${pad(n(v), 8)}`);
+  for (const [k, v] of Object.entries(r.counts).sort((a, b) => b[1] - a[1])) lines.push(`  ${pad(k, 44)} ${n(v).padStart(8)}`);
   for (const d of r.dlq) lines.push(`  dead-lettered offset ${d.offset}: ${d.code} ${d.reason}`);
   if (o.whatIf) {
     const notifications = new Set(r.changes.map((c) => c.notificationId)).size;

@@ -15,7 +15,7 @@ import type { Serde } from '../schemas/index.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import { KeyValueStore } from '../state/store.ts';
 import { topicName } from '../topology.ts';
-import type { ClusterClients } from '../cli/cluster.ts';
+import type { ClusterClients } from '../app/cluster.ts';
 
 export interface RebuildReport {
   records: number;

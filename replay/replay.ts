@@ -27,7 +27,7 @@ import { type Emitted, SandboxStage } from '../runtime/sandbox.ts';
 import type { Serde } from '../schemas/index.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import { STAGE_NAMES, STAGES, type StageName, type TopicKey, topicName, userKey } from '../topology.ts';
-import type { ClusterClients } from '../cli/cluster.ts';
+import type { ClusterClients } from '../app/cluster.ts';
 import { GlobalTables } from '../runtime/tables.ts';
 
 /** The stages a replay can run: the ones whose decisions depend only on records, state, tables and rules. */

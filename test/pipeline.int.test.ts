@@ -68,6 +68,10 @@ describe('end-to-end through the HTTP API', () => {
       'ingest:ACCEPTED', 'enrich:ENRICHED', 'dedupe:UNIQUE', 'throttle:ADMITTED', 'route:ROUTED', 'deliver:ATTEMPTED', 'deliver:DELIVERED',
     ]);
     expect(n.events.every((e) => e.reason.length > 0 && e.sourceTopic.startsWith('herald.'))).toBe(true);
+    // The timeline: each step after the first with the time since the one before it.
+    const since = n.events.map((e) => (e as { sincePreviousMs?: number | null }).sincePreviousMs);
+    expect(since[0]).toBeNull();
+    expect(since.slice(1).every((ms, i) => ms === n.events[i + 1]!.timestamp - n.events[i]!.timestamp)).toBe(true);
 
     const [hook] = hooks.for('/ada');
     expect(hook!.headers['idempotency-key']).toBe(`${id}:webhook`);

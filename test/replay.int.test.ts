@@ -8,16 +8,13 @@
  * digest equals the live one's.
  */
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Herald } from '../app/herald.ts';
 import type { NotificationView } from '../processors/outcome.ts';
 import type { ReplayReport } from '../replay/replay.ts';
 import { STAGE_NAMES, groupId, topicPlan } from '../topology.ts';
-import { api, eventually, removeDir, startTestHerald, TEST_KEY, TEST_RULES } from './support/herald.ts';
+import { api, eventually, removeDir, startTestHerald, TEST_KEY } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
 const run = promisify(execFile);
@@ -102,11 +99,8 @@ describe('herald replay', () => {
   }, 60_000);
 
   it('with a rate limit added, reports exactly the notifications it would have deferred', async () => {
-    const doc = JSON.parse(readFileSync(TEST_RULES, 'utf8')) as { version?: number; rules: { id: string; throttle?: unknown }[] };
-    doc.version = 2;
-    doc.rules.find((x) => x.id === 'comment-created')!.throttle = { limits: [{ scope: 'category', max: 2, per: '1h' }], onExceed: 'defer' };
-    const file = join(mkdtempSync(join(tmpdir(), 'herald-whatif-')), 'limit.json');
-    writeFileSync(file, JSON.stringify(doc));
+    // The example what-if in rules/examples: the default rules with 2 collaboration notifications per hour, deferring the rest.
+    const file = 'rules/examples/collaboration-limit.json';
     const before = await liveState();
     const r = JSON.parse(await herald('replay', '--stage', 'throttle', '--rules', file, '--format', 'json')) as ReplayReport;
     // Each user's third and later collaboration notifications past dedupe: ada c3 and c20, bob c3, cy c12..c14.

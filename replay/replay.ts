@@ -206,6 +206,30 @@ export async function replay(c: ClusterClients, config: HeraldConfig, codec: Cod
 
   try {
     if (needed.length) await tables.start(needed);
+    // A key filter skips other recipients' records (state is per recipient) where the input is keyed by recipient.
+    const keep = (m: KafkaMessage) => !o.key || first === 'ingest' || matchesKey(o.key, ...splitKey(m.key?.toString() ?? ''));
+    const feed = async (partition: number, mine: KafkaMessage[]) => {
+      const startAt = start.get(partition)!;
+      for (const inRange of [false, true]) {
+        const part = mine.filter((m) => (BigInt(m.offset) >= startAt) === inRange && keep(m));
+        if (!part.length) continue;
+        const decoded = await decodeBatch(codec, first, inputKey, topic, partition, part);
+        if (inRange) report.records.inRange += part.length;
+        if (decoded.rejected.length) {
+          const box = sandbox(first, partition);
+          const r = await box.process({ records: [], rejected: decoded.rejected });
+          take(r.outcomes, inRange);
+          if (inRange) for (const d of r.dlq) report.dlq.push({ offset: d.offset, code: d.code, reason: d.reason });
+        }
+        if (decoded.records.length) await run(0, partition, decoded.records, inRange);
+      }
+    };
+    // events.v1 is keyed by event id, so one recipient's events sit in several partitions:
+    // a chain from ingest merges them in time order (offset order within each partition),
+    // as they reached the downstream stages live. Stages keyed by recipient need only
+    // each partition's own order, and stream.
+    const merge = first === 'ingest' && o.stages.length > 1;
+    const buffered = new Map<number, KafkaMessage[]>();
     const reader = new TopicReader(c.kafka, c.admin, {
       topic, groupPrefix: `${config.topicPrefix}replay.`, from: readFrom, until: end,
       onBatch: async ({ partition, messages }) => {
@@ -213,25 +237,12 @@ export async function replay(c: ClusterClients, config: HeraldConfig, codec: Cod
         const mine = messages.filter((m) => BigInt(m.offset) < until);
         report.records.read += mine.length;
         o.onProgress?.(report.records.read, total);
-        // A key filter skips other recipients' records (state is per recipient) where the input is keyed by recipient.
-        const keep = (m: KafkaMessage) => !o.key || first === 'ingest' || matchesKey(o.key, ...splitKey(m.key?.toString() ?? ''));
-        const startAt = start.get(partition)!;
-        for (const inRange of [false, true]) {
-          const part = mine.filter((m) => (BigInt(m.offset) >= startAt) === inRange && keep(m));
-          if (!part.length) continue;
-          const decoded = await decodeBatch(codec, first, inputKey, topic, partition, part);
-          if (inRange) report.records.inRange += part.length;
-          if (decoded.rejected.length) {
-            const box = sandbox(first, partition);
-            const r = await box.process({ records: [], rejected: decoded.rejected });
-            take(r.outcomes, inRange);
-            if (inRange) for (const d of r.dlq) report.dlq.push({ offset: d.offset, code: d.code, reason: d.reason });
-          }
-          if (decoded.records.length) await run(0, partition, decoded.records, inRange);
-        }
+        if (merge) buffered.set(partition, [...(buffered.get(partition) ?? []), ...mine]);
+        else await feed(partition, mine);
       },
     });
     await reader.readToEnd();
+    if (merge) for (const [partition, run] of mergeByTime(buffered)) await feed(partition, run);
     await compare(c, config, serde, o, firsts, report);
   } finally {
     await tables.stop();
@@ -239,6 +250,29 @@ export async function replay(c: ClusterClients, config: HeraldConfig, codec: Cod
   }
   report.seconds = (performance.now() - started) / 1000;
   return report;
+}
+
+/** Runs of consecutive records from one partition, in time order across partitions and offset order within each. */
+export function* mergeByTime(parts: Map<number, KafkaMessage[]>): Generator<[number, KafkaMessage[]]> {
+  const heads = new Map([...parts.keys()].map((p) => [p, 0]));
+  let current: [number, KafkaMessage[]] | null = null;
+  for (;;) {
+    let best: number | null = null;
+    for (const [p, i] of heads) {
+      const m = parts.get(p)![i];
+      if (!m) continue;
+      if (best === null || Number(m.timestamp) < Number(parts.get(best)![heads.get(best)!]!.timestamp)) best = p;
+    }
+    if (best === null) break;
+    const m = parts.get(best)![heads.get(best)!]!;
+    heads.set(best, heads.get(best)! + 1);
+    if (current && current[0] === best) current[1].push(m);
+    else {
+      if (current) yield current;
+      current = [best, [m]];
+    }
+  }
+  if (current) yield current;
 }
 
 function splitKey(key: string): [string, string] {

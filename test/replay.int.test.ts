@@ -92,6 +92,7 @@ describe('herald replay', () => {
   it('replays ingest..route as one chain and reproduces them all', async () => {
     const r = JSON.parse(await herald('replay', '--stage', 'ingest..route', '--format', 'json')) as ReplayReport;
     expect(r.stages).toEqual(['ingest', 'enrich', 'dedupe', 'throttle', 'route']);
+    if (r.changes.length) console.log(JSON.stringify(r.changes.slice(0, 4), null, 1));
     expect(r.changes).toEqual([]);
     expect(r.reproduced).toBe(r.compared);
     // 17 notifications (ada and bob x5, cy x5, ada and zed): ingest 17, enrich 17, dedupe 16 (not zed), throttle and route 12 (not the duplicates)
@@ -141,5 +142,23 @@ describe('herald explain', () => {
     expect(out).toMatch(/zed +ntf_\w+ rule comment-created DROPPED +enrich: no profile for user "zed"/);
     const views = JSON.parse(await herald('explain', '--event', eventWithStranger, '--json')) as NotificationView[];
     expect(views.map((v) => v.recipient).sort()).toEqual(['ada', 'zed']);
+  }, 60_000);
+});
+
+describe('a decision a table row explains', () => {
+  it('names the users.v1 row that changed since, instead of calling it a mismatch', async () => {
+    // bob is deactivated after his notifications were enriched: enrich would now drop them.
+    expect((await api(h, 'PUT', '/v1/users/bob', { webhookUrl: `${receiver.url}/bob`, active: false })).status).toBe(202);
+    await eventually(async () => (await api<{ active: boolean }>(h, 'GET', '/v1/users/bob')).body.active === false);
+    const r = JSON.parse(await herald('replay', '--stage', 'enrich', '--format', 'json')) as ReplayReport;
+    const bob = r.changes.filter((c) => c.recipient === 'bob');
+    expect(bob).toHaveLength(5);
+    expect(r.changes).toHaveLength(5);
+    for (const c of bob) {
+      expect(c.recorded?.status).toBe('ENRICHED');
+      expect(c.replayed).toMatchObject({ status: 'DROPPED', reasonCode: 'recipient_inactive' });
+      expect(c.because).toMatch(/^users\.v1 row acme\/bob changed at \S+, after the decision; replay reads tables as they are now$/);
+    }
+    expect(r.reproduced).toBe(r.compared - 5);
   }, 60_000);
 });

@@ -1,0 +1,34 @@
+import type { KafkaMessage } from 'kafkajs';
+import { describe, expect, it } from 'vitest';
+import { mergeByTime, parsePosition, parseStages } from '../replay/replay.ts';
+
+const m = (offset: number, timestamp: number) => ({ offset: String(offset), timestamp: String(timestamp) }) as KafkaMessage;
+
+describe('replay options', () => {
+  it('takes a stage or a range in pipeline order, and refuses deliver and outcome saying why', () => {
+    expect(parseStages('dedupe')).toEqual(['dedupe']);
+    expect(parseStages('ingest..route')).toEqual(['ingest', 'enrich', 'dedupe', 'throttle', 'route']);
+    expect(() => parseStages('route..ingest')).toThrow(/route comes after ingest/);
+    expect(() => parseStages('throttle..deliver')).toThrow(/deliver cannot be replayed/);
+    expect(() => parseStages('outcome')).toThrow(/lifecycle rebuild/);
+    expect(() => parseStages('dedup')).toThrow(/--stage: expected a stage/);
+  });
+
+  it('reads a position as an offset or an ISO time', () => {
+    expect(parsePosition('120', '--from')).toEqual({ offset: 120n });
+    expect(parsePosition('2026-12-01T09:00:00Z', '--to')).toEqual({ time: Date.parse('2026-12-01T09:00:00Z') });
+    expect(() => parsePosition('yesterday', '--from')).toThrow(/--from: expected an offset \(digits\) or an ISO time/);
+  });
+});
+
+describe('merging partitions by time', () => {
+  it('interleaves partitions in time order and keeps each partition in offset order', () => {
+    const parts = new Map([
+      [0, [m(0, 10), m(1, 40), m(2, 41)]],
+      [1, [m(0, 20), m(1, 5), m(2, 50)]],
+    ]);
+    const runs = [...mergeByTime(parts)].map(([p, ms]) => `${p}:${ms.map((x) => x.offset).join(',')}`);
+    // Partition 1's offset 1 (time 5) stays behind its offset 0 (time 20): offsets never reorder.
+    expect(runs).toEqual(['0:0', '1:0,1', '0:1,2', '1:2']);
+  });
+});

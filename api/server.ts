@@ -335,7 +335,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     if (a.status === 'ok' && a.value.tenant !== tenantOf(req)) return answer(reply, { status: 'not_found', detail: `no lifecycle for notification "${req.params.id}" yet` });
     if (a.status !== 'ok') return answer(reply, a);
     // The timeline: each step with the time since the one before it, as `herald explain` prints it.
-    const events = a.value.events.map((e, i, all) => ({ ...e, sincePreviousMs: i === 0 ? null : e.timestamp - all[i - 1]!.timestamp }));
+    const events = (a.value.events ?? []).map((e, i, all) => ({ ...e, sincePreviousMs: i === 0 ? null : e.timestamp - all[i - 1]!.timestamp }));
     return answer(reply, { ...a, value: { ...a.value, events } });
   });
 

@@ -66,6 +66,8 @@ export const CONFIG_KEYS = {
   breakerFailures: { env: 'HERALD_BREAKER_FAILURES', kind: 'int', default: '5', min: 1, max: 1000, doc: 'Consecutive transient failures of one endpoint (webhook or chat host, SMTP server) that open its circuit.' },
   breakerOpenMs: { env: 'HERALD_BREAKER_OPEN_MS', kind: 'int', default: '30000', min: 100, max: 3600000, doc: 'How long an open circuit holds tasks before one probe is let through.' },
   deliveryBatchWaitMs: { env: 'HERALD_DELIVERY_BATCH_WAIT_MS', kind: 'int', default: '1000', min: 10, max: 120000, doc: 'How long a deliver batch waits for its channel calls; calls still running then finish on their own and are recorded by a timer, so a slow endpoint never holds back other deliveries.' },
+  fetchMinBytes: { env: 'HERALD_FETCH_MIN_BYTES', kind: 'int', default: '1', min: 1, max: 16777216, doc: 'Stage consumers: bytes a fetch waits for (fetch.min.bytes); more makes larger batches under load, at up to HERALD_FETCH_MAX_WAIT_MS per hop when quiet.' },
+  fetchMaxWaitMs: { env: 'HERALD_FETCH_MAX_WAIT_MS', kind: 'int', default: '20', min: 0, max: 10000, doc: 'Stage consumers: longest a fetch waits for HERALD_FETCH_MIN_BYTES (fetch.max.wait.ms).' },
   retryBaseMs: { env: 'HERALD_RETRY_BASE_MS', kind: 'int', default: '1000', min: 10, max: 600000, doc: 'First retry delay; doubles per attempt.' },
 } as const satisfies Record<string, KeySpec>;
 

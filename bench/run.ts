@@ -94,7 +94,10 @@ const metricValue = async (registry: import('prom-client').Registry, name: strin
 };
 
 function env(broker: EmbeddedBroker, registryUrl: string, prefix: string, stateDir: string, extra: Record<string, string> = {}) {
+  // HERALD_* settings in the environment tune the bench's Herald like any other (its own below win).
+  const tuning = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('HERALD_') && !k.startsWith('HERALD_BENCH')));
   return loadConfig({
+    ...tuning,
     ...extra,
     KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: registryUrl, HERALD_TOPIC_PREFIX: prefix, HERALD_PARTITIONS: String(PARTITIONS),
     HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'silent', HERALD_SESSION_TIMEOUT_MS: '10000',

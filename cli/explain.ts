@@ -8,7 +8,7 @@ import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import { withCluster } from '../app/cluster.ts';
 import { duration } from '../processors/about.ts';
-import { applyLifecycle, notificationKey, type NotificationView } from '../processors/outcome.ts';
+import { applyLifecycle, type NotificationView, readNotification } from '../processors/outcome.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import { TopicReader } from '../runtime/reader.ts';
 import { KeyValueStore } from '../state/store.ts';
@@ -65,7 +65,7 @@ export async function scanLifecycles(config: HeraldConfig, pick: (e: LifecycleEv
         },
       });
       await reader.readToEnd();
-      const views = await store.view().getMany<NotificationView>([...ids].map(notificationKey));
+      const views = await Promise.all([...ids].map((id) => readNotification(store.view(), id)));
       return views.filter((v): v is NotificationView => v !== undefined).sort((a, b) => a.createdAt - b.createdAt || a.recipient.localeCompare(b.recipient));
     } finally {
       await store.close();

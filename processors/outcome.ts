@@ -59,31 +59,55 @@ function identity(e: LifecycleEvent): string {
   return [e.stage, e.status, e.deliveryId ?? '', e.attempt ?? ''].join('|');
 }
 
+/**
+ * How a notification is stored: a summary under `n:<id>` (with the identities of its
+ * events, to ignore one seen twice) and each event under `e:<id>:<seq>`, so an event
+ * costs one small write, not a rewrite of the whole lifecycle. Summaries written by
+ * earlier versions hold their events inline (`events`); they are read as they are and
+ * moved to this layout when their notification next changes.
+ */
+interface StoredSummary extends Omit<NotificationView, 'events'> {
+  ids: string[];
+  events?: LifecycleEvent[];
+}
+
+const eventPrefix = (id: string) => `e:${id}:`;
+const eventKey = (id: string, seq: number) => `${eventPrefix(id)}${String(seq).padStart(6, '0')}`;
+
 /** Applies lifecycle events to the projection held in `view` (pure apart from the store). */
 export async function applyLifecycle(view: StoreView, events: LifecycleEvent[], onInbox?: InboxListener): Promise<LifecycleEvent[]> {
   const ids = [...new Set(events.map((e) => e.notificationId))];
-  const current = await view.getMany<NotificationView>(ids.map(notificationKey));
-  const byId = new Map<string, NotificationView | undefined>(ids.map((id, i) => [id, current[i]]));
+  const current = await view.getMany<StoredSummary>(ids.map(notificationKey));
+  const byId = new Map<string, StoredSummary | undefined>(ids.map((id, i) => [id, current[i]]));
+  const changed = new Set<string>();
   const applied: LifecycleEvent[] = [];
   for (const e of events) {
     let n = byId.get(e.notificationId);
     if (!n) {
-      n = { notificationId: e.notificationId, tenant: e.tenant, recipient: e.recipient, eventId: e.eventId, eventType: e.eventType, ruleId: e.ruleId, traceId: e.traceId, status: e.status, channels: {}, terminal: [], createdAt: e.timestamp, updatedAt: e.timestamp, events: [] };
+      n = { notificationId: e.notificationId, tenant: e.tenant, recipient: e.recipient, eventId: e.eventId, eventType: e.eventType, ruleId: e.ruleId, traceId: e.traceId, status: e.status, channels: {}, terminal: [], createdAt: e.timestamp, updatedAt: e.timestamp, ids: [] };
       view.put(userIndexKey(e.tenant, e.recipient, e.timestamp, e.notificationId), { createdAt: e.timestamp });
     }
+    if (n.events) {
+      // An earlier version's summary: its events move to their own keys.
+      n.ids = n.events.map(identity);
+      n.events.forEach((x, i) => view.put(eventKey(n!.notificationId, i), x));
+      delete n.events;
+    }
     const id = identity(e);
-    if (n.events.some((x) => identity(x) === id)) continue;
-    n.events.push(e);
+    if (n.ids.includes(id)) continue;
+    view.put(eventKey(e.notificationId, n.ids.length), e);
+    n.ids.push(id);
     n.status = e.status;
     n.ruleId ??= e.ruleId;
     n.updatedAt = Math.max(n.updatedAt, e.timestamp);
     if (e.channel) n.channels[e.channel] = e.status;
     if (e.terminal) n.terminal.push(e.channel ? `${e.channel}:${e.status}` : e.status);
     byId.set(e.notificationId, n);
-    view.put(notificationKey(e.notificationId), n);
+    changed.add(e.notificationId);
     applied.push(e);
     if (e.channel === 'inapp') await applyInbox(view, e, onInbox);
   }
+  for (const id of changed) view.put(notificationKey(id), byId.get(id));
   return applied;
 }
 
@@ -131,10 +155,27 @@ export interface ProjectionReader {
   range<T>(gte: string, lt: string, limit?: number): AsyncIterable<[string, T]>;
 }
 
+/** A stored summary and its events as one view. */
+async function assemble(store: ProjectionReader, n: StoredSummary): Promise<NotificationView> {
+  const { ids: _ids, events: inline, ...summary } = n;
+  if (inline) return { ...summary, events: inline };
+  const events: LifecycleEvent[] = [];
+  for await (const [, e] of store.range<LifecycleEvent>(eventPrefix(n.notificationId), `${eventPrefix(n.notificationId)}\uffff`)) events.push(e);
+  return { ...summary, events };
+}
+
 /** A notification's lifecycle, from the projection partition that holds it. */
 export async function readNotification(store: ProjectionReader, id: string): Promise<NotificationView | undefined> {
-  const [n] = await store.getMany<NotificationView>([notificationKey(id)]);
-  return n;
+  const [n] = await store.getMany<StoredSummary>([notificationKey(id)]);
+  return n ? assemble(store, n) : undefined;
+}
+
+/** Every notification of a projection partition, in id order, with its events. */
+export async function* eachNotification(store: ProjectionReader, tenant?: string): AsyncGenerator<NotificationView> {
+  for await (const [, n] of store.range<StoredSummary>('n:', 'n:\uffff')) {
+    if (tenant !== undefined && n.tenant !== tenant) continue;
+    yield assemble(store, n);
+  }
 }
 
 /** A user's notifications (newest first, without their events), from the partition that holds the user. */
@@ -147,10 +188,10 @@ export async function readUserNotifications(store: ProjectionReader, tenant: str
   }
   ids.sort((a, b) => b.at - a.at);
   const chosen = ids.slice(0, limit);
-  const views = await store.getMany<NotificationView>(chosen.map((c) => notificationKey(c.id)));
+  const views = await store.getMany<StoredSummary>(chosen.map((c) => notificationKey(c.id)));
   return views.flatMap((n) => {
     if (!n) return [];
-    const { events: _events, ...summary } = n;
+    const { events: _events, ids: _ids, ...summary } = n;
     return [summary];
   });
 }
@@ -174,8 +215,7 @@ export function notificationHash(n: NotificationView): bigint {
 export async function digestProjection(store: ProjectionReader, tenant?: string): Promise<ProjectionDigest> {
   let notifications = 0;
   let sum = 0n;
-  for await (const [, n] of store.range<NotificationView>('n:', 'n:\uffff')) {
-    if (tenant !== undefined && n.tenant !== tenant) continue;
+  for await (const n of eachNotification(store, tenant)) {
     notifications++;
     sum = (sum + notificationHash(n)) % MOD;
   }

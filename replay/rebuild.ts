@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { HeraldConfig } from '../config.ts';
-import { addDigests, applyLifecycle, digestHex, type NotificationView, notificationHash, type ProjectionDigest } from '../processors/outcome.ts';
+import { addDigests, applyLifecycle, digestHex, eachNotification, notificationHash, type ProjectionDigest } from '../processors/outcome.ts';
 import { TopicReader } from '../runtime/reader.ts';
 import type { Serde } from '../schemas/index.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
@@ -64,7 +64,7 @@ export async function rebuildLifecycle(c: ClusterClients, config: HeraldConfig, 
     let all: ProjectionDigest = { notifications: 0, sum: 0n };
     const tenants = new Map<string, ProjectionDigest>();
     for (const store of stores.values()) {
-      for await (const [, n] of store.view().range<NotificationView>('n:', 'n:\uffff')) {
+      for await (const n of eachNotification(store.view())) {
         const one = { notifications: 1, sum: notificationHash(n) };
         all = addDigests(all, one);
         tenants.set(n.tenant, addDigests(tenants.get(n.tenant) ?? { notifications: 0, sum: 0n }, one));

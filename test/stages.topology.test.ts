@@ -12,7 +12,7 @@ import { enrich } from '../processors/enrich.ts';
 import { ingest } from '../processors/ingest.ts';
 import { route } from '../processors/route.ts';
 import { deliver } from '../processors/deliver.ts';
-import { outcome, type NotificationView } from '../processors/outcome.ts';
+import { outcome, type NotificationView, readNotification } from '../processors/outcome.ts';
 import type { ChannelProvider, SendResult } from '../channels/channel.ts';
 import type { DeliveryTask, EnrichedNotification, NotificationRequest, UserProfile } from '../schemas/types.ts';
 import { StageDriver } from './support/driver.ts';
@@ -249,9 +249,31 @@ describe('outcome', () => {
     ];
     await d.pipe(evs.map((value) => ({ value, timestamp: value.timestamp })));
     await d.pipe([{ value: evs[1], timestamp: T0 + 5 }]);
-    const [view] = await d.stores.get('lifecycle')!.view().getMany<NotificationView>(['n:ntf_1']);
+    const view: NotificationView | undefined = await readNotification(d.stores.get('lifecycle')!.view(), 'ntf_1');
     expect(view!.events.map((e) => e.status)).toEqual(['ACCEPTED', 'DELIVERED']);
     expect(view).toMatchObject({ status: 'DELIVERED', terminal: ['webhook:DELIVERED'], channels: { webhook: 'DELIVERED' } });
+  });
+});
+
+describe('outcome projection layout', () => {
+  it('reads a summary an earlier version wrote with its events inline, and moves them to their own keys on the next event', async () => {
+    const d = driver('outcome', outcome);
+    const base = { notificationId: 'ntf_2', deliveryId: null, tenant: 'acme', recipient: 'ada', eventId: 'e', eventType: 'comment.created', ruleId: 'comment-created', terminal: false, channel: null, attempt: null, providerMessageId: null, sourceTopic: 't', sourcePartition: 0, sourceOffset: '1', traceId: 'tr' };
+    const accepted = { ...base, stage: 'ingest', status: 'ACCEPTED', reasonCode: 'x', reason: 'x', timestamp: T0 };
+    await d.pipe([]); // opens the stores
+    const store = d.stores.get('lifecycle')!;
+    const old = store.view();
+    old.put('n:ntf_2', { notificationId: 'ntf_2', tenant: 'acme', recipient: 'ada', eventId: 'e', eventType: 'comment.created', ruleId: 'comment-created', traceId: 'tr', status: 'ACCEPTED', channels: {}, terminal: [], createdAt: T0, updatedAt: T0, events: [accepted] });
+    await old.flush(null);
+    expect((await readNotification(store.view(), 'ntf_2'))!.events.map((e) => e.status)).toEqual(['ACCEPTED']);
+    const delivered = { ...base, stage: 'deliver', status: 'DELIVERED', terminal: true, channel: 'webhook', deliveryId: 'ntf_2:webhook', attempt: 1, reasonCode: 'y', reason: 'y', timestamp: T0 + 5 };
+    await d.pipe([{ value: accepted, timestamp: T0 }, { value: delivered, timestamp: T0 + 5 }]);
+    const view = (await readNotification(store.view(), 'ntf_2'))!;
+    expect(view.events.map((e) => e.status)).toEqual(['ACCEPTED', 'DELIVERED']);
+    expect(view).not.toHaveProperty('ids');
+    const keys: string[] = [];
+    for await (const [k] of store.range('e:ntf_2:', 'e:ntf_2:\uffff')) keys.push(k);
+    expect(keys).toEqual(['e:ntf_2:000000', 'e:ntf_2:000001']);
   });
 });
 

@@ -9,11 +9,12 @@
  * - latency: publish-to-webhook percentiles at a fixed offered load;
  * - restore: a 1,000,000-key store restored from its changelog into RocksDB;
  * - embeddedRestart: 1,000,000 journaled records replayed into a fresh embedded broker;
+ * - lifecycleRebuild: `herald lifecycle rebuild` over 54,000 lifecycle events (6,000 notifications);
  * - peak RSS of this process.
  *
  * Sizes respect the embedded broker's ~5 MB per partition log (see README).
- * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|throttle|pipeline|restore|journal,
- * BENCH_PASSTHROUGH / BENCH_DEDUPE / BENCH_PIPELINE / BENCH_RESTORE_KEYS (record counts).
+ * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|throttle|pipeline|restore|journal|rebuild,
+ * BENCH_PASSTHROUGH / BENCH_DEDUPE / BENCH_PIPELINE / BENCH_RESTORE_KEYS / BENCH_REBUILD_EVENTS (record counts).
  */
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -32,6 +33,7 @@ import { startHerald } from '../app/herald.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { restoreFromChangelog } from '../runtime/restore.ts';
+import { rebuildLifecycle } from '../replay/rebuild.ts';
 import { Serde } from '../schemas/index.ts';
 import { KeyValueStore } from '../state/store.ts';
 import { topicName, topicPlan, userKey } from '../topology.ts';
@@ -286,6 +288,44 @@ async function journalRestart(records: number) {
   return { records: replayed.records, partitions, valueBytes: 200, seconds: +seconds.toFixed(3), recordsPerSecond: round(replayed.records / seconds), endOffsets: ends.map((e) => Number(e.high)), note: 'journal read + produce at the original offsets into a fresh embedded broker; group joins (~3 s) come on top' };
 }
 
+/**
+ * `herald lifecycle rebuild` over an outcomes topic of `events` lifecycle events (9 per
+ * notification, as a delivered notification has), 8 partitions: read, applied to a fresh
+ * projection in RocksDB, digested.
+ */
+async function lifecycleRebuild(broker: EmbeddedBroker, kafka: Kafka, registryUrl: string, events: number) {
+  const prefix = `bl${randomUUID().slice(0, 8)}.`;
+  const topic = topicName(prefix, 'outcomes');
+  await broker.createTopic(topic, 8);
+  const serde = new Serde(registryUrl);
+  await serde.register(topic, 'LifecycleEvent');
+  const steps = [['ingest', 'ACCEPTED'], ['enrich', 'ENRICHED'], ['dedupe', 'UNIQUE'], ['throttle', 'ADMITTED'], ['route', 'ROUTED'], ['deliver', 'ATTEMPTED'], ['deliver', 'DELIVERED'], ['deliver', 'ATTEMPTED'], ['deliver', 'DELIVERED']] as const;
+  const messages: Message[] = [];
+  for (let i = 0; i < events; i++) {
+    const n = Math.floor(i / steps.length);
+    const [stage, status] = steps[i % steps.length]!;
+    const channel = stage === 'deliver' ? (i % steps.length < 7 ? 'webhook' : 'email') : null;
+    const recipient = `user-${n % 5000}`;
+    const ev = {
+      decisionId: `d-${i}`, notificationId: `ntf_${n.toString(16).padStart(32, '0')}`, deliveryId: channel ? `ntf_${n}:${channel}` : null, tenant: 'acme', recipient, eventId: `e-${n}`, eventType: 'comment.created', ruleId: 'comment-created',
+      stage, status, terminal: status === 'DELIVERED', reasonCode: 'bench', reason: `${stage} decided ${status} for the bench`, content: null, channel, attempt: channel ? 1 : null, providerMessageId: null,
+      sourceTopic: 'bench', sourcePartition: 0, sourceOffset: String(i), timestamp: 1767225600000 + i, traceId: 't',
+    };
+    messages.push({ key: userKey('acme', recipient), value: await serde.encode(topic, ev) });
+  }
+  await produceAll(kafka, topic, messages);
+  const config = loadConfig({ KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: registryUrl, HERALD_TOPIC_PREFIX: prefix, HERALD_LOG_LEVEL: 'silent', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' });
+  const admin = kafka.admin();
+  const producer = createProducer(kafka);
+  await Promise.all([admin.connect(), producer.connect()]);
+  let firstApply = 0;
+  const r = await rebuildLifecycle({ kafka, admin, producer, log, registry: registryUrl, serde: () => serde, running: null }, config, serde, { onProgress: () => { firstApply ||= performance.now(); } });
+  const applySeconds = (performance.now() - firstApply) / 1000;
+  await Promise.all([admin.disconnect(), producer.disconnect()]);
+  if (r.records !== events || r.notifications !== Math.ceil(events / steps.length)) throw new Error(`bench: rebuilt ${r.records} records, ${r.notifications} notifications`);
+  return { records: r.records, notifications: r.notifications, partitions: r.partitions, seconds: +r.seconds.toFixed(3), recordsPerSecond: round(r.records / r.seconds), recordsPerSecondExcludingGroupJoin: round(r.records / applySeconds), digest: r.digest };
+}
+
 async function main() {
   const started = Date.now();
   const broker = await EmbeddedBroker.start({ brokers: Number(process.env.BENCH_BROKERS ?? 1) });
@@ -306,7 +346,9 @@ async function main() {
     const restored = only && only !== 'restore' ? null : await restore(broker, kafka, Number(process.env.BENCH_RESTORE_KEYS ?? 1_000_000));
     progress(`  ${restored?.keysPerSecond} keys/s; embedded restart with 1,000,000 journaled records …`);
     const restart = only && only !== 'journal' ? null : await journalRestart(Number(process.env.BENCH_JOURNAL_RECORDS ?? 1_000_000));
-    progress(`  ${restart?.seconds} s`);
+    progress(`  ${restart?.seconds} s; lifecycle rebuild …`);
+    const rebuilt = only && only !== 'rebuild' ? null : await lifecycleRebuild(broker, kafka, registryUrl, Number(process.env.BENCH_REBUILD_EVENTS ?? 54_000));
+    progress(`  ${rebuilt?.recordsPerSecond} records/s`);
     const report = {
       date: new Date().toISOString(),
       machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', node: process.version },
@@ -318,6 +360,7 @@ async function main() {
       latency: pipe.latency,
       restore: restored,
       embeddedRestart: restart,
+      lifecycleRebuild: rebuilt,
       peakRssMb: round(process.resourceUsage().maxRSS / 1024),
       totalSeconds: round((Date.now() - started) / 1000),
     };

@@ -18,8 +18,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { fork } from 'node:child_process';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Kafka, Message } from 'kafkajs';
@@ -33,6 +32,9 @@ import { startHerald } from '../app/herald.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { restoreFromChangelog } from '../runtime/restore.ts';
+import { TopicReader } from '../runtime/reader.ts';
+import type { LifecycleEvent } from '../schemas/types.ts';
+import { checkAccounting } from '../test/support/accounting.ts';
 import { rebuildLifecycle } from '../replay/rebuild.ts';
 import { Serde } from '../schemas/index.ts';
 import { KeyValueStore } from '../state/store.ts';
@@ -147,17 +149,19 @@ async function statefulStage(stage: 'dedupe' | 'throttle', broker: EmbeddedBroke
 async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: string, n: number, offered: { perSecond: number; seconds: number }) {
   const prefix = 'bf.';
   for (const t of topicPlan(prefix, PARTITIONS)) await broker.createTopic(t.name, t.partitions);
+  // The receiver runs in its own process (bench/receiver.ts) and reports arrivals over IPC.
   const arrivals = new Map<string, number>();
-  const server = createServer((req, res) => {
-    let body = '';
-    req.on('data', (c: Buffer) => (body += c.toString()));
-    req.on('end', () => {
-      arrivals.set((JSON.parse(body) as { eventId: string }).eventId, performance.timeOrigin + performance.now());
-      res.writeHead(204).end();
+  const repeated: string[] = [];
+  const receiver = fork(join(import.meta.dirname, 'receiver.ts'), [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    receiver.once('error', reject);
+    receiver.on('message', (m: { port?: number; arrivals?: [string, number][]; repeated?: string[] }) => {
+      if (m.port) resolve(m.port);
+      for (const [id, at] of m.arrivals ?? []) if (!arrivals.has(id)) arrivals.set(id, at);
+      repeated.push(...(m.repeated ?? []));
     });
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const hook = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  const hook = `http://127.0.0.1:${port}/hook`;
   const serde = new Serde(registryUrl);
   const users = topicName(prefix, 'users');
   await serde.register(users, 'UserProfile');
@@ -168,6 +172,14 @@ async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: strin
   const stateDir = mkdtempSync(join(tmpdir(), 'herald-bench-'));
   const herald = await startHerald({ config: env(broker, registryUrl, prefix, stateDir), log });
   const delivered = () => metricValue(herald.metrics.registry, 'herald_deliver_attempts_total', { channel: 'webhook', result: 'delivered' });
+  // Every outcome, for the correctness check at the end.
+  const outcomes: LifecycleEvent[] = [];
+  const admin = kafka.admin();
+  await admin.connect();
+  const outcomeReader = new TopicReader(kafka, admin, { topic: topicName(prefix, 'outcomes'), groupPrefix: 'bench.', onBatch: async ({ messages }) => {
+    for (const m of messages) if (m.value) outcomes.push(await serde.decode<LifecycleEvent>(m.value));
+  } });
+  await outcomeReader.start();
   const ingested = () => metricValue(herald.metrics.registry, 'herald_stage_records_total', { stage: 'ingest', result: 'in' });
   await until(async () => (await ingested()) > 0, 60_000, 'pipeline start');
   const first = performance.now();
@@ -211,10 +223,20 @@ async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: strin
   await producer.disconnect();
   const lat = [...sent].map(([id, t]) => arrivals.get(id)! - t).sort((a, b) => a - b);
   const pct = (p: number) => +lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))]!.toFixed(1);
+  // Correctness: every accepted notification reached exactly one terminal status (per channel), no delivery reached the receiver twice.
+  const accepted = () => new Set(outcomes.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
+  await until(() => accepted().size === n + total && checkAccounting(outcomes, accepted()).violations.length === 0, 60_000, 'accounting').catch(() => undefined);
+  const accounting = checkAccounting(outcomes, accepted());
+  await outcomeReader.stop();
+  await admin.disconnect();
   await herald.stop();
-  await new Promise<void>((r) => server.close(() => r()));
+  receiver.disconnect();
   rmSync(stateDir, { recursive: true, force: true });
-  return { throughput, latency: { offeredPerSecond: offered.perSecond, events: total, p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) } };
+  if (accepted().size !== n + total) throw new Error(`bench: ${accepted().size} notifications accepted of ${n + total} events`);
+  if (accounting.violations.length) throw new Error(`bench: accounting invariant violated: ${accounting.violations.slice(0, 5).join('; ')}`);
+  if (repeated.length) throw new Error(`bench: ${repeated.length} deliveries reached the receiver twice (e.g. ${repeated[0]})`);
+  const correctness = { notifications: accounting.notifications, terminal: accounting.terminal, violations: 0, deliveredTwice: 0, receiver: 'separate process (bench/receiver.ts), same machine' };
+  return { throughput, correctness, latency: { offeredPerSecond: offered.perSecond, events: total, p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) } };
 }
 
 async function restore(broker: EmbeddedBroker, kafka: Kafka, keys: number) {
@@ -358,6 +380,7 @@ async function main() {
       throttle: throttleBench,
       pipeline: { ...pipe.throughput, ratioToPassthrough: +(pipe.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), hops: 6, note: 'events/s from the first ingested batch to the last webhook delivered (one recipient per event)' },
       latency: pipe.latency,
+      correctness: pipe.correctness,
       restore: restored,
       embeddedRestart: restart,
       lifecycleRebuild: rebuilt,

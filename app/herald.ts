@@ -31,6 +31,7 @@ import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { processors } from '../processors/index.ts';
 import { loadRules, type RuleSet } from '../rules/rules.ts';
 import { Serde } from '../schemas/index.ts';
+import { tuneStores } from '../state/store.ts';
 import { STAGES, type StageName, STAGE_NAMES, TOPICS, type TopicKey, groupId, topicName, topicPlan } from '../topology.ts';
 import { Codec } from '../runtime/codec.ts';
 import type { StageFactory, TableName } from '../runtime/contract.ts';
@@ -164,6 +165,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
   const metrics = opts.metrics ?? new Metrics({ defaults: true });
   const stages = opts.stages ?? STAGE_NAMES;
   const rules = loadRules(config.rulesFile);
+  tuneStores({ writeBufferBytes: config.storeWriteBufferBytes, cacheBytes: config.storeCacheBytes });
   const cleanups: (() => Promise<void>)[] = [];
   const cleanup = async () => {
     for (const c of cleanups.splice(0).reverse()) await c().catch((err: unknown) => log.warn({ err }, 'shutdown step failed'));

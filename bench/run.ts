@@ -12,6 +12,8 @@
  * - lifecycleRebuild: `herald lifecycle rebuild` over 54,000 lifecycle events (6,000 notifications);
  * - peak RSS of this process.
  *
+ * `npm run bench -- --http` runs only the HTTP API scenario (see httpRun).
+ *
  * Sizes respect the embedded broker's ~5 MB per partition log (see README).
  * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|throttle|pipeline|restore|journal|rebuild,
  * BENCH_PASSTHROUGH / BENCH_DEDUPE / BENCH_PIPELINE / BENCH_RESTORE_KEYS / BENCH_REBUILD_EVENTS (record counts).
@@ -35,6 +37,7 @@ import { restoreFromChangelog } from '../runtime/restore.ts';
 import { TopicReader } from '../runtime/reader.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import { checkAccounting } from '../test/support/accounting.ts';
+import { eachNotification } from '../processors/outcome.ts';
 import { rebuildLifecycle } from '../replay/rebuild.ts';
 import { Serde } from '../schemas/index.ts';
 import { KeyValueStore } from '../state/store.ts';
@@ -348,6 +351,100 @@ async function lifecycleRebuild(broker: EmbeddedBroker, kafka: Kafka, registryUr
   return { records: r.records, notifications: r.notifications, partitions: r.partitions, seconds: +r.seconds.toFixed(3), recordsPerSecond: round(r.records / r.seconds), recordsPerSecondExcludingGroupJoin: round(r.records / applySeconds), digest: r.digest };
 }
 
+/**
+ * `npm run bench -- --http`: Herald driven as users drive it. `events` events POSTed to
+ * /v1/events by `clients` concurrent HTTP clients for `users` users (one recipient each),
+ * delivered to a webhook receiver in its own process; publish rate, end-to-end rate
+ * (first POST to last webhook) and publish-to-webhook percentiles, with the correctness
+ * check of the pipeline run.
+ */
+async function httpRun(o: { events: number; clients: number; users: number }) {
+  const arrivals = new Map<string, number>();
+  const repeated: string[] = [];
+  const receiver = fork(join(import.meta.dirname, 'receiver.ts'), [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    receiver.once('error', reject);
+    receiver.on('message', (m: { port?: number; arrivals?: [string, number][]; repeated?: string[] }) => {
+      if (m.port) resolve(m.port);
+      for (const [id, at] of m.arrivals ?? []) if (!arrivals.has(id)) arrivals.set(id, at);
+      repeated.push(...(m.repeated ?? []));
+    });
+  });
+  // The embedded default, as `npm start` runs it: its own broker, journal and back-pressure.
+  const stateDir = mkdtempSync(join(tmpdir(), 'herald-bench-http-'));
+  const key = 'hk_bench_http_0123456789abcdef';
+  const tuning = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('HERALD_') && !k.startsWith('HERALD_BENCH')));
+  const herald = await startHerald({ config: loadConfig({ ...tuning, HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'silent', HERALD_DEV_KEY: key, HERALD_API_RATE: '1000000', HERALD_API_BURST: '1000000', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' }), log });
+  const auth = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
+  /** A client as users write one: 429 and 503 are retried after Retry-After. */
+  const request = async (method: string, path: string, body: string): Promise<number> => {
+    for (;;) {
+      const res = await fetch(`${herald.httpUrl!}${path}`, { method, headers: auth, body });
+      await res.arrayBuffer();
+      if (res.status !== 429 && res.status !== 503) return res.status;
+      waits++;
+      await sleep(Number(res.headers.get('retry-after') ?? 1) * 1000);
+    }
+  };
+  let waits = 0;
+  let u = 0;
+  await Promise.all(Array.from({ length: o.clients }, async () => {
+    for (let i = u++; i < o.users; i = u++) if ((await request('PUT', `/v1/users/user-${i}`, JSON.stringify({ webhookUrl: `http://127.0.0.1:${port}/hook` }))) !== 202) throw new Error(`bench --http: PUT user-${i} refused`);
+  }));
+  await until(async () => (await fetch(`${herald.httpUrl!}/v1/users/user-${o.users - 1}`, { headers: auth })).status === 200, 30_000, 'users table');
+  const sent = new Map<string, number>();
+  let next = 0;
+  let refused = 0;
+  const firstPost = performance.timeOrigin + performance.now();
+  await Promise.all(Array.from({ length: o.clients }, async () => {
+    for (let i = next++; i < o.events; i = next++) {
+      const id = `h-${i}`;
+      const body = JSON.stringify({ id, type: 'comment.created', recipients: [`user-${i % o.users}`], actor: 'bench', data: { commentId: id, documentTitle: 'Doc', excerpt: 'hello' } });
+      sent.set(id, performance.timeOrigin + performance.now());
+      if ((await request('POST', '/v1/events', body)) !== 202) refused++;
+    }
+  }));
+  const published = performance.timeOrigin + performance.now();
+  if (refused) throw new Error(`bench --http: ${refused} of ${o.events} POSTs were not accepted`);
+  await until(() => arrivals.size >= o.events, 600_000, 'http deliveries');
+  const last = Math.max(...arrivals.values());
+  const lat = [...sent].map(([id, t]) => arrivals.get(id)! - t).sort((a, b) => a - b);
+  const pct = (p: number) => +lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))]!.toFixed(1);
+  // The correctness check reads Herald's own lifecycle projection: outcomes.v1 of 20,000
+  // notifications is more than the embedded broker keeps per partition (~5 MB) for a reader
+  // started beside it, and the outcome stage reports any record the broker dropped.
+  const check = async () => {
+    const events: LifecycleEvent[] = [];
+    for (const store of herald.runners.get('outcome')!.stores('lifecycle').values()) for await (const n of eachNotification(store.view())) events.push(...n.events);
+    const accepted = new Set(events.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
+    return { accepted, accounting: checkAccounting(events, accepted) };
+  };
+  let result = await check();
+  await until(async () => {
+    result = await check();
+    return result.accepted.size === o.events && result.accounting.violations.length === 0;
+  }, 120_000, 'accounting').catch(() => undefined);
+  const { accepted, accounting } = result;
+  const lost = herald.runners.get('outcome')!.report().reasons.filter((r) => r.startsWith('records lost'));
+  await herald.stop();
+  receiver.disconnect();
+  rmSync(stateDir, { recursive: true, force: true });
+  // Failures are reported with the figures, and make the run exit non-zero.
+  const failures = [
+    ...(lost.length ? [`the embedded broker dropped ${lost.length} batches of outcome records the projection had not read (${lost[0]})`] : []),
+    ...(accepted.size !== o.events ? [`${accepted.size} notifications accepted of ${o.events} events`] : []),
+    ...(accounting.violations.length ? [`accounting invariant violated for ${accounting.violations.length} notifications (e.g. ${accounting.violations[0]})`] : []),
+    ...(repeated.length ? [`${repeated.length} deliveries reached the receiver twice`] : []),
+  ];
+  return {
+    events: o.events, clients: o.clients, users: o.users, retriedAfter429or503: waits, herald: 'embedded default (npm start): its own broker, journal and back-pressure',
+    publishSeconds: +((published - firstPost) / 1000).toFixed(3), publishPerSecond: round(o.events / ((published - firstPost) / 1000)),
+    endToEndSeconds: +((last - firstPost) / 1000).toFixed(3), endToEndEventsPerSecond: round(o.events / ((last - firstPost) / 1000)),
+    latency: { p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) },
+    correctness: { ok: failures.length === 0, failures, notifications: accounting.notifications, terminal: accounting.terminal, violations: accounting.violations.length, deliveredTwice: repeated.length },
+  };
+}
+
 async function main() {
   const started = Date.now();
   const broker = await EmbeddedBroker.start({ brokers: Number(process.env.BENCH_BROKERS ?? 1) });
@@ -355,6 +452,16 @@ async function main() {
   const registryUrl = await registry.start();
   const kafka = createKafka(loadConfig({ KAFKA_BROKERS: broker.bootstraps, HERALD_LOG_LEVEL: 'silent', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' }), broker.bootstraps, log, 'herald-bench');
   try {
+    if (process.argv.includes('--http')) {
+      progress('HTTP API run: 20,000 events, 50 clients, 1,000 users …');
+      const http = await httpRun({ events: Number(process.env.BENCH_HTTP_EVENTS ?? 20_000), clients: 50, users: 1000 });
+      process.stdout.write(`${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', node: process.version }, broker: 'embedded librdkafka mock cluster (1 broker), loopback', http, peakRssMb: round(process.resourceUsage().maxRSS / 1024), totalSeconds: round((Date.now() - started) / 1000) }, null, 2)}\n`);
+      if (!http.correctness.ok) {
+        progress(`correctness check failed: ${http.correctness.failures.join('; ')}`);
+        process.exitCode = 1;
+      }
+      return;
+    }
     const only = process.env.BENCH_ONLY;
     progress('passthrough (kafkajs ceiling) …');
     const ceiling = await passthrough(broker, kafka, Number(process.env.BENCH_PASSTHROUGH ?? 60_000));

@@ -124,9 +124,8 @@ async function bounds(c: ClusterClients, topic: string, from: Position | undefin
   const at = async (pos: Position | undefined, fallback: Map<number, bigint>): Promise<Map<number, bigint>> => {
     if (!pos) return fallback;
     if ('offset' in pos) return new Map([...fallback.keys()].map((p) => [p, pos.offset < low.get(p)! ? low.get(p)! : pos.offset > high.get(p)! ? high.get(p)! : pos.offset]));
-    const byTime = await c.admin.fetchTopicOffsetsByTimestamp(topic, pos.time);
-    // -1: no record at or after that time.
-    return new Map(byTime.map((o) => [o.partition, BigInt(o.offset) < 0n ? high.get(o.partition)! : BigInt(o.offset)]));
+    // A time is resolved on the records' own timestamps (below): the embedded broker cannot look offsets up by time.
+    return fallback;
   };
   return { low, start: await at(from, low), end: await at(to, high) };
 }
@@ -210,8 +209,12 @@ export async function replay(c: ClusterClients, config: HeraldConfig, codec: Cod
     const keep = (m: KafkaMessage) => !o.key || first === 'ingest' || matchesKey(o.key, ...splitKey(m.key?.toString() ?? ''));
     const feed = async (partition: number, mine: KafkaMessage[]) => {
       const startAt = start.get(partition)!;
+      // Time bounds are checked on each record's timestamp.
+      const fromTime = o.from && 'time' in o.from ? o.from.time : -Infinity;
+      const toTime = o.to && 'time' in o.to ? o.to.time : Infinity;
+      const within = (m: KafkaMessage) => BigInt(m.offset) >= startAt && Number(m.timestamp) >= fromTime;
       for (const inRange of [false, true]) {
-        const part = mine.filter((m) => (BigInt(m.offset) >= startAt) === inRange && keep(m));
+        const part = mine.filter((m) => within(m) === inRange && keep(m) && Number(m.timestamp) < toTime);
         if (!part.length) continue;
         const decoded = await decodeBatch(codec, first, inputKey, topic, partition, part);
         if (inRange) report.records.inRange += part.length;

@@ -4,7 +4,8 @@
 FROM node:24-bookworm-slim
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --ignore-scripts && npm rebuild @nxtedition/rocksdb
+COPY patches ./patches
+RUN npm ci --omit=dev --ignore-scripts && npx patch-package && npm rebuild @nxtedition/rocksdb
 COPY . .
 ENV NODE_ENV=production
 EXPOSE 8080

@@ -32,7 +32,7 @@ import { processors } from '../processors/index.ts';
 import { loadRules, type RuleSet } from '../rules/rules.ts';
 import { Serde } from '../schemas/index.ts';
 import { tuneStores } from '../state/store.ts';
-import { STAGES, type StageName, STAGE_NAMES, TOPICS, type TopicKey, groupId, topicName, topicPlan } from '../topology.ts';
+import { STAGES, type StageName, STAGE_NAMES, TOPICS, type TopicKey, changelogTopic, groupId, topicName, topicPlan } from '../topology.ts';
 import { Codec } from '../runtime/codec.ts';
 import type { StageFactory, TableName } from '../runtime/contract.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
@@ -247,7 +247,18 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     let closed = false;
     const pressure = (): string | null => {
       const p = durable?.pressure();
-      return p ? `${p.group} has ${Math.round(p.bytes / 1024)} KiB unread on ${p.topic}[${p.partition}] (limit ${Math.round(config.embeddedMaxUnreadBytes / 1024)} KiB)` : null;
+      return p ? `${p.group} has ${p.records} records (~${Math.round(p.bytes / 1024)} KiB as the broker counts them) unread on ${p.topic}[${p.partition}] (limit ${Math.round(config.embeddedMaxUnreadBytes / 1024)} KiB${p.held !== undefined ? `, or half of the ${p.held} records the broker holds` : ''})` : null;
+    };
+    /**
+     * Back-pressure for a stage: before each batch, it waits while a reader of a topic it
+     * writes to (its outputs, its changelogs) is close to losing records at the embedded broker.
+     */
+    const roomFor = (d: BrokerJournal, stage: StageName) => {
+      const writes = new Set([...STAGES[stage].outputs.map((t) => topicName(config.topicPrefix, t)), ...STAGES[stage].stores.filter((s) => s.changelog === true).map((s) => changelogTopic(config.topicPrefix, stage, s.name))]);
+      const self = groupId(config.topicPrefix, stage);
+      return async () => {
+        while (d.holding(writes, self) && !closed) await new Promise((r) => setTimeout(r, 50));
+      };
     };
     /** Sends that the API acknowledges: acks=-1 and, on the embedded broker, journaled. */
     const send: Send = async (record) => {
@@ -312,7 +323,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         stage, factory: factories[stage] as StageFactory, deps, kafka, admin, producer, codec, config, log, metrics, ...(gate ? { gate } : {}),
         resumeAt: new Map(Object.entries(resume[groupId(config.topicPrefix, stage)] ?? {}).map(([t, parts]) => [t, new Map(Object.entries(parts).map(([p, o]) => [Number(p), BigInt(o)]))])),
         advertisedUrl: () => advertised,
-        ...(stage === 'ingest' && durable ? { room: async () => { while (pressure() && !closed) await new Promise((r) => setTimeout(r, 100)); } } : {}),
+        ...(durable ? { room: roomFor(durable, stage) } : {}),
         onAssignment: (partitions, memberId) => directory.assigned(stage, partitions, memberId),
       }));
     }

@@ -21,8 +21,14 @@ import { type GroupOffsets, type Journal, type JournalRecord } from './journal.t
 export const GAP_HEADER = 'herald.journal.gap';
 const MAX_REQUEST_BYTES = 512 * 1024;
 
-/** How far behind the slowest group is on one partition, in journaled bytes. */
-export interface Pressure { group: string; topic: string; partition: number; bytes: number }
+/**
+ * A reader (a stage group, or `journal`) behind on one partition: its unread records, their
+ * size as the broker counts it (estimated), and what the broker holds of that partition once
+ * it has started dropping.
+ */
+export interface Pressure { group: string; topic: string; partition: number; bytes: number; records: number; held?: number }
+/** What the embedded broker adds per record in small message sets (batch header and bookkeeping), in bytes. */
+const SET_OVERHEAD = 256;
 
 export interface ReplayResult { records: number; partitions: number; gaps: number; seconds: number }
 
@@ -32,6 +38,7 @@ export class BrokerJournal {
   private pressureTimer: NodeJS.Timeout | null = null;
   private measuring = false;
   private pressing: Pressure | null = null;
+  private hot: Pressure[] = [];
   private stopped = false;
   private snapshotBusy = false;
   private timer: NodeJS.Timeout | null = null;
@@ -142,41 +149,85 @@ export class BrokerJournal {
   }
 
   /**
-   * Watches how much each Herald group still has to read of each partition (bytes from its
-   * committed offset to the end, as journaled). The embedded broker keeps only ~5 MB per
-   * partition and drops older records whether they were read or not, so above `maxUnread`
-   * Herald pushes back: the API answers 503 and ingest waits, until the groups catch up.
+   * Watches how far every reader of every Herald topic is behind: each stage group (from its
+   * committed offset) and the journal follower itself (from what it has journaled). The
+   * embedded broker keeps only ~5 MB per partition, counted with a per-message-set overhead
+   * (a set of one small record costs it about as much as the record again), and drops older
+   * records whether they were read or not. A reader is in danger when its unread records,
+   * estimated as the broker counts them (journaled bytes plus `SET_OVERHEAD` per record), pass
+   * `maxUnread`, or, once the broker has started dropping on that partition, when it is more
+   * than half of what the broker holds behind. While a reader is in danger Herald pushes back:
+   * the API answers 503, and every stage that writes to that topic waits before its next batch
+   * (`holding`), except the reader itself, so the readers catch up.
    */
   watchPressure(groups: { groupId: string; topics: string[] }[], maxUnread: number, resume: GroupOffsets): void {
+    const topics = [...new Set([...this.topics, ...groups.flatMap((g) => g.topics)])];
     this.pressureTimer = setInterval(() => {
       if (this.measuring) return;
       this.measuring = true;
       void (async () => {
-        let worst: Pressure | null = null;
+        const readers: { reader: string; topic: string; partition: number; at: bigint }[] = [];
         for (const g of groups) {
           for (const t of await this.admin.fetchOffsets({ groupId: g.groupId, topics: g.topics })) {
             for (const p of t.partitions) {
               const committed = BigInt(p.offset) >= 0n ? BigInt(p.offset) : BigInt(resume[g.groupId]?.[t.topic]?.[String(p.partition)] ?? '-1');
-              if (committed < 0n) continue;
-              const bytes = this.journal.bytesAfter(t.topic, p.partition, committed);
-              if (!worst || bytes > worst.bytes) worst = { group: g.groupId, topic: t.topic, partition: p.partition, bytes };
+              if (committed >= 0n) readers.push({ reader: g.groupId, topic: t.topic, partition: p.partition, at: committed });
             }
           }
         }
-        const over = worst && worst.bytes > maxUnread ? worst : null;
-        if (Boolean(over) !== Boolean(this.pressing)) {
-          if (over) this.log.warn({ ...over, maxUnread }, 'back-pressure on: a group is close to losing unread records at the embedded broker; the API answers 503 and ingest waits');
+        const hot: Pressure[] = [];
+        for (const topic of this.topics.length ? this.topics : topics) {
+          for (const o of await this.admin.fetchTopicOffsets(topic)) {
+            const low = BigInt(o.low);
+            const high = BigInt(o.high);
+            const journaled = this.journal.highWater(topic, o.partition);
+            const held = low > 0n ? Number(high - low) : null;
+            const of = readers.filter((r) => r.topic === topic && r.partition === o.partition);
+            if (this.consumer) of.push({ reader: 'journal', topic, partition: o.partition, at: journaled });
+            for (const r of of) {
+              const records = Number(high - r.at);
+              if (records <= 0) continue;
+              const bytes = this.estimate(topic, o.partition, r.at, journaled, high);
+              if (bytes > maxUnread || (held !== null && records > held / 2)) hot.push({ group: r.reader, topic, partition: o.partition, bytes, records, ...(held !== null ? { held } : {}) });
+            }
+          }
+        }
+        hot.sort((a, b) => b.bytes - a.bytes);
+        const worst = hot[0] ?? null;
+        if (Boolean(worst) !== Boolean(this.pressing)) {
+          if (worst) this.log.warn({ ...worst, maxUnread }, 'back-pressure on: a reader is close to losing unread records at the embedded broker; the API answers 503 and the stages writing to that topic wait');
           else this.log.info({ maxUnread }, 'back-pressure off');
         }
-        this.pressing = over;
-      })().catch((err: unknown) => this.log.warn({ err }, 'measuring unread bytes failed')).finally(() => (this.measuring = false));
+        this.pressing = worst;
+        this.hot = hot;
+      })().catch((err: unknown) => this.log.warn({ err }, 'measuring unread records failed')).finally(() => (this.measuring = false));
     }, 250);
     this.pressureTimer.unref();
   }
 
-  /** The group and partition furthest behind, while it is over the limit; null otherwise. */
+  /**
+   * The broker's bytes from `from` to `high`, estimated: journaled bytes where the journal has
+   * them, its average record size beyond, plus the broker's per-message-set overhead per record.
+   */
+  private estimate(topic: string, partition: number, from: bigint, journaled: bigint, high: bigint): number {
+    const known = from < journaled ? this.journal.bytesAfter(topic, partition, from) : 0;
+    const total = this.journal.bytesAfter(topic, partition, 0n);
+    const average = journaled > 0n ? total / Number(journaled) : 256;
+    const beyond = high > journaled ? Number(high - (from > journaled ? from : journaled)) : 0;
+    return Math.round(known + beyond * average + Number(high - from) * SET_OVERHEAD);
+  }
+
+  /** The reader furthest behind, while one is in danger; null otherwise. */
   pressure(): Pressure | null {
     return this.pressing;
+  }
+
+  /**
+   * A reader in danger on one of `writes` that is not `self`: a stage writing to those topics
+   * waits while there is one (it does not wait on itself, or it would never catch up).
+   */
+  holding(writes: ReadonlySet<string>, self: string): Pressure | null {
+    return this.hot.find((h) => writes.has(h.topic) && h.group !== self) ?? null;
   }
 
   /** Snapshots the groups' offsets every `intervalMs`. */

@@ -7,6 +7,7 @@ import type { ProducerRecord, RecordMetadata } from 'kafkajs';
 import type { EventPublisher, Health, Profiles } from '../api/ports.ts';
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
+import { CoalescingSender } from './coalesce.ts';
 import { audienceKey } from '../processors/ingest.ts';
 import type { Metrics } from '../runtime/metrics.ts';
 import type { StageRunner } from '../runtime/stage-runner.ts';
@@ -20,11 +21,13 @@ export type Send = (record: ProducerRecord) => Promise<RecordMetadata[]>;
 
 export function kafkaPublisher(producer: { send: Send }, serde: Serde, config: HeraldConfig, pressure: () => string | null = () => null): EventPublisher {
   const topic = topicName(config.topicPrefix, 'events');
+  // Events published while a produce is in flight go out together in the next one.
+  const events = new CoalescingSender(producer.send);
   return {
     async publish(ev: DomainEvent) {
       const full = pressure();
       if (full) throw new HeraldError('HRL_BACKPRESSURE', `not accepted: ${full}; retry shortly (same Idempotency-Key)`, { retriable: true });
-      await producer.send({ topic, acks: -1, messages: [{ key: ev.id, value: await serde.encode(topic, ev) }] });
+      await events.produce(topic, { key: ev.id, value: await serde.encode(topic, ev) });
     },
     async record(ev: LifecycleEvent) {
       const outcomes = topicName(config.topicPrefix, 'outcomes');

@@ -30,7 +30,7 @@ import { Journal, type JournalRecord } from '../embedded/journal.ts';
 import { BrokerJournal } from '../embedded/persistence.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { notificationId } from '../processors/ids.ts';
-import { startHerald } from '../app/herald.ts';
+import { type Herald, startHerald } from '../app/herald.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { restoreFromChangelog } from '../runtime/restore.ts';
@@ -190,16 +190,7 @@ async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: strin
     throw new Error(`${err.message}: delivered ${await delivered()} of ${n}; ${(await herald.metrics.registry.getSingleMetricAsString('herald_stage_records_total')).split('\n').filter((l) => !l.startsWith('#')).join('; ')}`);
   });
   const seconds = (performance.now() - first) / 1000;
-  // Where the time goes: batches per stage, their size and duration.
-  const json = await herald.metrics.registry.getMetricsAsJSON();
-  const hist = json.find((m) => m.name === 'herald_stage_batch_duration_seconds')?.values as { metricName?: string; labels: Record<string, string>; value: number }[] | undefined;
-  const stages: Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }> = {};
-  for (const st of ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome']) {
-    const count = hist?.find((v) => v.metricName?.endsWith('_count') && v.labels.stage === st)?.value ?? 0;
-    const sum = hist?.find((v) => v.metricName?.endsWith('_sum') && v.labels.stage === st)?.value ?? 0;
-    const records = await metricValue(herald.metrics.registry, 'herald_stage_records_total', { stage: st, result: 'in' });
-    stages[st] = { batches: count, recordsPerBatch: count ? +(records / count).toFixed(1) : 0, msPerBatch: count ? +((sum / count) * 1000).toFixed(2) : 0 };
-  }
+  const stages = await stageFigures(herald);
   const throughput = { events: n, seconds: +seconds.toFixed(3), eventsPerSecond: round(n / seconds), stages };
 
   // Fixed offered load: publish times against webhook arrival times.
@@ -351,6 +342,20 @@ async function lifecycleRebuild(broker: EmbeddedBroker, kafka: Kafka, registryUr
   return { records: r.records, notifications: r.notifications, partitions: r.partitions, seconds: +r.seconds.toFixed(3), recordsPerSecond: round(r.records / r.seconds), recordsPerSecondExcludingGroupJoin: round(r.records / applySeconds), digest: r.digest };
 }
 
+/** Where the time goes: batches per stage, their size and duration. */
+async function stageFigures(herald: Herald): Promise<Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }>> {
+  const json = await herald.metrics.registry.getMetricsAsJSON();
+  const hist = json.find((m) => m.name === 'herald_stage_batch_duration_seconds')?.values as { metricName?: string; labels: Record<string, string>; value: number }[] | undefined;
+  const stages: Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }> = {};
+  for (const st of ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome']) {
+    const count = hist?.find((v) => v.metricName?.endsWith('_count') && v.labels.stage === st)?.value ?? 0;
+    const sum = hist?.find((v) => v.metricName?.endsWith('_sum') && v.labels.stage === st)?.value ?? 0;
+    const records = await metricValue(herald.metrics.registry, 'herald_stage_records_total', { stage: st, result: 'in' });
+    stages[st] = { batches: count, recordsPerBatch: count ? +(records / count).toFixed(1) : 0, msPerBatch: count ? +((sum / count) * 1000).toFixed(2) : 0 };
+  }
+  return stages;
+}
+
 /**
  * `npm run bench -- --http`: Herald driven as users drive it. `events` events POSTed to
  * /v1/events by `clients` concurrent HTTP clients for `users` users (one recipient each),
@@ -426,6 +431,7 @@ async function httpRun(o: { events: number; clients: number; users: number }) {
   }, 120_000, 'accounting').catch(() => undefined);
   const { accepted, accounting } = result;
   const lost = herald.runners.get('outcome')!.report().reasons.filter((r) => r.startsWith('records lost'));
+  const stages = await stageFigures(herald);
   await herald.stop();
   receiver.disconnect();
   rmSync(stateDir, { recursive: true, force: true });
@@ -440,7 +446,7 @@ async function httpRun(o: { events: number; clients: number; users: number }) {
     events: o.events, clients: o.clients, users: o.users, retriedAfter429or503: waits, herald: 'embedded default (npm start): its own broker, journal and back-pressure',
     publishSeconds: +((published - firstPost) / 1000).toFixed(3), publishPerSecond: round(o.events / ((published - firstPost) / 1000)),
     endToEndSeconds: +((last - firstPost) / 1000).toFixed(3), endToEndEventsPerSecond: round(o.events / ((last - firstPost) / 1000)),
-    latency: { p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) },
+    latency: { p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) }, stages,
     correctness: { ok: failures.length === 0, failures, notifications: accounting.notifications, terminal: accounting.terminal, violations: accounting.violations.length, deliveredTwice: repeated.length },
   };
 }

@@ -39,6 +39,7 @@ import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger, type Logger } from '../runtime/logger.ts';
 import { Metrics } from '../runtime/metrics.ts';
 import { StageRunner } from '../runtime/stage-runner.ts';
+import { CoalescingProducer } from '../runtime/coalescing-producer.ts';
 import { GlobalTables } from '../runtime/tables.ts';
 
 export interface StartOptions {
@@ -298,6 +299,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       await Promise.all([...channelMap.values()].map((c) => c.close?.()));
     });
     const codec = new Codec(serde, config);
+    // One produce pipe for every stage: batches handed over while a request is out go together in the next.
+    const stageProducer = new CoalescingProducer(producer);
     const deps = { config, rules, log, metrics, tables, availableChannels: new Set(channelMap.keys()), inbox };
     const factories = processors(channelMap);
     const neededTables = [...new Set(stages.flatMap((s) => STAGES[s].tables))] as TableName[];
@@ -320,7 +323,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     for (const stage of stages) {
       const gate = stage === 'deliver' ? signingReady : STAGES[stage].tables.length ? tablesReady : undefined;
       runners.set(stage, new StageRunner({
-        stage, factory: factories[stage] as StageFactory, deps, kafka, admin, producer, codec, config, log, metrics, ...(gate ? { gate } : {}),
+        stage, factory: factories[stage] as StageFactory, deps, kafka, admin, producer: stageProducer, codec, config, log, metrics, ...(gate ? { gate } : {}),
         resumeAt: new Map(Object.entries(resume[groupId(config.topicPrefix, stage)] ?? {}).map(([t, parts]) => [t, new Map(Object.entries(parts).map(([p, o]) => [Number(p), BigInt(o)]))])),
         advertisedUrl: () => advertised,
         ...(durable ? { room: roomFor(durable, stage) } : {}),

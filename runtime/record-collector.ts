@@ -5,7 +5,8 @@
  * message.max.bytes). Returns the offset of the last changelog record per changelog
  * topic, which becomes the store's checkpoint.
  */
-import type { Message, Producer } from 'kafkajs';
+import type { Message } from 'kafkajs';
+import type { BatchSender } from './coalescing-producer.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import type { BatchView } from '../state/store.ts';
 import { type TopicKey, topicName, userKey } from '../topology.ts';
@@ -18,11 +19,11 @@ const MAX_REQUEST_BYTES = 512 * 1024;
 interface Sized { topic: string; message: Message; bytes: number }
 
 export class RecordCollector implements OutcomeSink {
-  private readonly producer: Producer;
+  private readonly producer: BatchSender;
   private readonly codec: Codec;
   private readonly prefix: string;
 
-  constructor(producer: Producer, codec: Codec, topicPrefix: string) {
+  constructor(producer: BatchSender, codec: Codec, topicPrefix: string) {
     this.producer = producer;
     this.codec = codec;
     this.prefix = topicPrefix;
@@ -77,7 +78,7 @@ export class RecordCollector implements OutcomeSink {
         if (list) list.push(m.message);
         else byTopic.set(m.topic, [m.message]);
       }
-      const meta = await this.producer.sendBatch({ acks: -1, topicMessages: [...byTopic].map(([topic, ms]) => ({ topic, messages: ms })) });
+      const meta = await this.producer.sendBatch({ acks: -1, topicMessages: [...byTopic].map(([topic, ms]) => ({ topic, messages: ms })) }, bytes);
       if (!track) continue;
       for (const m of meta) {
         if (!track.changelogs.has(m.topicName) || m.partition !== track.partition || m.baseOffset === undefined) continue;

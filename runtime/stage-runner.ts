@@ -7,7 +7,7 @@
  * The batch cycle (decode, process, produce acks=-1, write state, mark, commit on the
  * interval) is the partition task's; see partition-task.ts.
  */
-import type { Admin, Consumer, EachBatchPayload, Kafka, Producer } from 'kafkajs';
+import type { Admin, Consumer, EachBatchPayload, Kafka } from 'kafkajs';
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import type { KeyValueStore } from '../state/store.ts';
@@ -23,6 +23,7 @@ import { OffsetManager } from './offsets.ts';
 import { RecordCollector } from './record-collector.ts';
 import { StageHealth, type StageReport } from './stage-health.ts';
 import { TaskManager } from './task-manager.ts';
+import type { BatchSender } from './coalescing-producer.ts';
 
 export interface StageRunnerOptions {
   stage: StageName;
@@ -30,7 +31,8 @@ export interface StageRunnerOptions {
   deps: StageDeps;
   kafka: Kafka;
   admin: Admin;
-  producer: Producer;
+  /** The process's producer, batching across stages (runtime/coalescing-producer.ts). */
+  producer: BatchSender;
   codec: Codec;
   config: HeraldConfig;
   log: Logger;

@@ -31,6 +31,7 @@ import { BrokerJournal } from '../embedded/persistence.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { notificationId } from '../processors/ids.ts';
 import { type Herald, startHerald } from '../app/herald.ts';
+import type { ClientReport, WireJob } from './clients.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { restoreFromChangelog } from '../runtime/restore.ts';
@@ -356,6 +357,21 @@ async function stageFigures(herald: Herald): Promise<Record<string, { batches: n
   return stages;
 }
 
+/** Runs the HTTP clients (bench/clients.ts) in a child process and returns their report. */
+function runClients(job: WireJob): Promise<ClientReport> {
+  const child = fork(join(import.meta.dirname, 'clients.ts'), [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  return new Promise<ClientReport>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('exit', (code) => reject(new Error(`bench clients exited with ${code} before reporting`)));
+    child.once('message', (m: { report?: ClientReport; error?: string }) => {
+      child.disconnect();
+      if (m.report) resolve(m.report);
+      else reject(new Error(`bench --http clients: ${m.error}`));
+    });
+    child.send(job);
+  });
+}
+
 /**
  * `npm run bench -- --http`: Herald driven as users drive it. `events` events POSTed to
  * /v1/events by `clients` concurrent HTTP clients for `users` users (one recipient each),
@@ -380,36 +396,9 @@ async function httpRun(o: { events: number; clients: number; users: number }) {
   const key = 'hk_bench_http_0123456789abcdef';
   const tuning = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('HERALD_') && !k.startsWith('HERALD_BENCH')));
   const herald = await startHerald({ config: loadConfig({ ...tuning, HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'silent', HERALD_DEV_KEY: key, HERALD_API_RATE: '1000000', HERALD_API_BURST: '1000000', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' }), log });
-  const auth = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
-  /** A client as users write one: 429 and 503 are retried after Retry-After. */
-  const request = async (method: string, path: string, body: string): Promise<number> => {
-    for (;;) {
-      const res = await fetch(`${herald.httpUrl!}${path}`, { method, headers: auth, body });
-      await res.arrayBuffer();
-      if (res.status !== 429 && res.status !== 503) return res.status;
-      waits++;
-      await sleep(Number(res.headers.get('retry-after') ?? 1) * 1000);
-    }
-  };
-  let waits = 0;
-  let u = 0;
-  await Promise.all(Array.from({ length: o.clients }, async () => {
-    for (let i = u++; i < o.users; i = u++) if ((await request('PUT', `/v1/users/user-${i}`, JSON.stringify({ webhookUrl: `http://127.0.0.1:${port}/hook` }))) !== 202) throw new Error(`bench --http: PUT user-${i} refused`);
-  }));
-  await until(async () => (await fetch(`${herald.httpUrl!}/v1/users/user-${o.users - 1}`, { headers: auth })).status === 200, 30_000, 'users table');
-  const sent = new Map<string, number>();
-  let next = 0;
-  let refused = 0;
-  const firstPost = performance.timeOrigin + performance.now();
-  await Promise.all(Array.from({ length: o.clients }, async () => {
-    for (let i = next++; i < o.events; i = next++) {
-      const id = `h-${i}`;
-      const body = JSON.stringify({ id, type: 'comment.created', recipients: [`user-${i % o.users}`], actor: 'bench', data: { commentId: id, documentTitle: 'Doc', excerpt: 'hello' } });
-      sent.set(id, performance.timeOrigin + performance.now());
-      if ((await request('POST', '/v1/events', body)) !== 202) refused++;
-    }
-  }));
-  const published = performance.timeOrigin + performance.now();
+  // The clients run in their own process, as users' clients do.
+  const { sent: sentList, waits, refused, firstPost, published } = await runClients({ url: herald.httpUrl!, key, events: o.events, clients: o.clients, users: o.users, hooks: Array.from({ length: o.users }, () => `http://127.0.0.1:${port}/hook`) });
+  const sent = new Map(sentList);
   if (refused) throw new Error(`bench --http: ${refused} of ${o.events} POSTs were not accepted`);
   await until(() => arrivals.size >= o.events, 600_000, 'http deliveries');
   const last = Math.max(...arrivals.values());

@@ -12,6 +12,7 @@
  * SIGKILL inside that window loses them); the HTTP API waits for the journal before it
  * answers 202. Offsets of groups that are not Herald's are not restored.
  */
+import { topicOffsets } from '../runtime/reader.ts';
 import type { Admin, Consumer, Kafka, Message, Producer } from 'kafkajs';
 import { HeraldError } from '../errors.ts';
 import type { Logger } from '../runtime/logger.ts';
@@ -133,7 +134,7 @@ export class BrokerJournal {
       },
     });
     for (const topic of topics) {
-      for (const o of await this.admin.fetchTopicOffsets(topic)) {
+      for (const o of await topicOffsets(this.admin, topic)) {
         const from = this.journal.highWater(topic, o.partition);
         if (from > 0n) consumer.seek({ topic, partition: o.partition, offset: from.toString() });
       }

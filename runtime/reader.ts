@@ -16,9 +16,28 @@ export interface ReadBatch {
   messages: KafkaMessage[];
 }
 
+/**
+ * A topic's offsets per partition (admin.fetchTopicOffsets), retried for a few seconds while
+ * the client's metadata for the topic is not complete yet: right after a start (and on a
+ * multi-broker cluster) kafkajs can find no partition leaders and then fails with a
+ * TypeError of its own ("Cannot destructure property 'partitions'") or a retriable error.
+ */
+export async function topicOffsets(admin: Admin, topic: string, attempts = 20): Promise<Awaited<ReturnType<Admin['fetchTopicOffsets']>>> {
+  for (let i = 1; ; i++) {
+    try {
+      const offs = await admin.fetchTopicOffsets(topic);
+      if (offs.length > 0 || i >= attempts) return offs;
+    } catch (err) {
+      const e = err as { retriable?: boolean };
+      if (i >= attempts || !(err instanceof TypeError || e.retriable)) throw err;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 /** Earliest offsets per partition, as bigint. */
 export async function startOffsets(admin: Admin, topic: string): Promise<Map<number, bigint>> {
-  const offs = await admin.fetchTopicOffsets(topic);
+  const offs = await topicOffsets(admin, topic);
   return new Map(offs.map((o) => [o.partition, BigInt(o.low)]));
 }
 

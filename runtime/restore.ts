@@ -8,7 +8,7 @@
 import type { Admin, Kafka } from 'kafkajs';
 import type { KeyValueStore } from '../state/store.ts';
 import type { Logger } from './logger.ts';
-import { TopicReader } from './reader.ts';
+import { topicOffsets, TopicReader } from './reader.ts';
 
 export interface RestoreTarget {
   store: KeyValueStore;
@@ -33,7 +33,7 @@ export async function restoreFromChangelog(opts: {
   progressEveryMs?: number;
 }): Promise<RestoreResult> {
   const started = performance.now();
-  const offsets = await opts.admin.fetchTopicOffsets(opts.topic);
+  const offsets = await topicOffsets(opts.admin, opts.topic);
   const low = new Map(offsets.map((o) => [o.partition, BigInt(o.low)]));
   const high = new Map(offsets.map((o) => [o.partition, BigInt(o.high)]));
   const byPartition = new Map(opts.targets.map((t) => [t.partition, t.store]));

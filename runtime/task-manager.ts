@@ -17,7 +17,7 @@ import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
 import type { OffsetManager } from './offsets.ts';
 import { PartitionTask } from './partition-task.ts';
-import { TopicReader } from './reader.ts';
+import { topicOffsets, TopicReader } from './reader.ts';
 import type { RecordCollector } from './record-collector.ts';
 import type { StageHealth } from './stage-health.ts';
 import { restoreFromChangelog } from './restore.ts';
@@ -206,7 +206,7 @@ export class TaskManager {
     // A journal replay leaves the group without commits: the resume offset is what it had done.
     const committed = fetched >= 0n ? fetched : (this.o.resumeAt?.get(topic)?.get(partition) ?? -1n);
     if (committed <= 0n) return;
-    const offsets = await admin.fetchTopicOffsets(topic);
+    const offsets = await topicOffsets(admin, topic);
     const low = BigInt(offsets.find((o) => o.partition === partition)?.low ?? '0');
     const checkpoints = await Promise.all(specs.map((s) => task.stores.get(s.name)!.checkpoint()));
     const from = checkpoints.reduce<bigint>((min, cp) => { const f = cp === null ? low : cp + 1n; return f < min ? f : min; }, committed);

@@ -18,6 +18,7 @@ export class StageHealth {
   private readonly restores = new Map<string, { applied: number; expected: number }>();
   private readonly lag = new Map<string, { lag: number; at: number }>();
   private batchSince: number | null = null;
+  private firstBatch: number | null = null;
   private failingSince: number | null = null;
   private lastError: StageReport['lastError'] = null;
   private readonly dataLoss: string[] = [];
@@ -31,6 +32,12 @@ export class StageHealth {
 
   batchStarted(): void {
     this.batchSince ??= this.clock();
+    this.firstBatch ??= this.batchSince;
+  }
+
+  /** When this stage started its first batch (epoch ms), or null: where a run's throughput starts. */
+  firstBatchAt(): number | null {
+    return this.firstBatch;
   }
 
   /** A batch completed: `lag` is what the fetch reported behind it. */

@@ -213,6 +213,11 @@ export class StageRunner {
   }
 
   /** Readiness of this stage, with the reasons it is not ready. */
+  /** When this stage started its first batch (epoch ms), or null. */
+  firstBatchAt(): number | null {
+    return this.health.firstBatchAt();
+  }
+
   report(): StageReport {
     return this.health.report(this.member, [...this.assigned], this.tasks.openPartitions());
   }

@@ -392,7 +392,7 @@ function runClients(job: WireJob): Promise<ClientReport> {
  * (first POST to last webhook) and publish-to-webhook percentiles, with the correctness
  * check of the pipeline run.
  */
-async function httpRun(o: { events: number; clients: number; users: number; perSecond?: number }) {
+async function httpRun(o: { events: number; clients: number; users: number; perSecond?: number; noisy?: { hang: number; retryAfter: number } }) {
   const arrivals = new Map<string, number>();
   const repeated: string[] = [];
   const receiver = fork(join(import.meta.dirname, 'receiver.ts'), [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
@@ -410,10 +410,14 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
   const tuning = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('HERALD_') && !k.startsWith('HERALD_BENCH')));
   const herald = await startHerald({ config: loadConfig({ ...tuning, HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'silent', HERALD_DEV_KEY: key, HERALD_API_RATE: '1000000', HERALD_API_BURST: '1000000', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' }), log });
   // The clients run in their own process, as users' clients do.
-  const { sent: sentList, waits, refused, firstPost, published } = await runClients({ url: herald.httpUrl!, key, events: o.events, clients: o.clients, users: o.users, ...(o.perSecond ? { perSecond: o.perSecond } : {}), hooks: Array.from({ length: o.users }, () => `http://127.0.0.1:${port}/hook`) });
-  const sent = new Map(sentList);
+  const hang = o.noisy?.hang ?? 0;
+  const noisyUsers = hang + (o.noisy?.retryAfter ?? 0);
+  const { sent: sentList, waits, refused, firstPost, published } = await runClients({ url: herald.httpUrl!, key, events: o.events, clients: o.clients, users: o.users, ...(o.perSecond ? { perSecond: o.perSecond } : {}), hooks: Array.from({ length: o.users }, (_, i) => `http://127.0.0.1:${port}/${i < hang ? 'hang' : i < noisyUsers ? 'retry-after' : 'hook'}`) });
+  // Healthy events: those whose user is not one of the noisy neighbours (event i goes to user i % users).
+  const healthy = (id: string) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users >= noisyUsers;
+  const sent = new Map(sentList.filter(([id]) => healthy(id)));
   if (refused) throw new Error(`bench --http: ${refused} of ${o.events} POSTs were not accepted`);
-  await until(() => arrivals.size >= o.events, 600_000, 'http deliveries');
+  await until(() => [...sent.keys()].every((id) => arrivals.has(id)), 600_000, 'http deliveries');
   const last = Math.max(...arrivals.values());
   const lat = [...sent].map(([id, t]) => arrivals.get(id)! - t).sort((a, b) => a - b);
   const pct = (p: number) => +lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))]!.toFixed(1);
@@ -424,7 +428,9 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     const events: LifecycleEvent[] = [];
     for (const store of herald.runners.get('outcome')!.stores('lifecycle').values()) for await (const n of eachNotification(store.view())) events.push(...n.events);
     const accepted = new Set(events.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
-    return { accepted, accounting: checkAccounting(events, accepted) };
+    // The noisy neighbours' notifications are still being retried: the check covers everyone else.
+    const settled = events.filter((e) => Number(e.recipient.slice('user-'.length)) >= noisyUsers);
+    return { accepted, accounting: checkAccounting(settled, new Set(settled.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId))) };
   };
   let result = await check();
   await until(async () => {
@@ -447,7 +453,8 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
   return {
     events: o.events, clients: o.clients, users: o.users, offeredPerSecond: o.perSecond ?? 'as fast as answered', retriedAfter429or503: waits, herald: 'embedded default (npm start): its own broker, journal and back-pressure',
     publishSeconds: +((published - firstPost) / 1000).toFixed(3), publishPerSecond: round(o.events / ((published - firstPost) / 1000)),
-    endToEndSeconds: +((last - firstPost) / 1000).toFixed(3), endToEndEventsPerSecond: round(o.events / ((last - firstPost) / 1000)),
+    endToEndSeconds: +((last - firstPost) / 1000).toFixed(3), endToEndEventsPerSecond: round(sent.size / ((last - firstPost) / 1000)),
+    ...(o.noisy ? { noisyNeighbours: { hangingUsers: hang, hangingNotifications: sentList.filter(([id]) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users < hang).length, retryAfter100000Users: o.noisy.retryAfter, latencyOf: 'healthy users only' } } : {}),
     latency: { p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) }, stages,
     correctness: { ok: failures.length === 0, failures, notifications: accounting.notifications, terminal: accounting.terminal, violations: accounting.violations.length, deliveredTwice: repeated.length },
   };
@@ -460,6 +467,20 @@ async function main() {
   const registryUrl = await registry.start();
   const kafka = createKafka(loadConfig({ KAFKA_BROKERS: broker.bootstraps, HERALD_LOG_LEVEL: 'silent', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' }), broker.bootstraps, log, 'herald-bench');
   try {
+    if (process.argv.includes('--noisy')) {
+      // The same load twice, without and with noisy neighbours: healthy users' latency is compared.
+      const rate = Number(process.env.BENCH_NOISY_RATE ?? 200);
+      const events = rate * Number(process.env.BENCH_NOISY_SECONDS ?? 40);
+      progress(`noisy neighbours: ${events} events at ${rate}/s through the HTTP API, first without, then with 8 hanging endpoints and 8 answering Retry-After: 100000 …`);
+      const quiet = await httpRun({ events, clients: 50, users: 1000, perSecond: rate });
+      progress(`  without: healthy p99 ${quiet.latency.p99Ms} ms; with …`);
+      const noisy = await httpRun({ events, clients: 50, users: 1000, perSecond: rate, noisy: { hang: 8, retryAfter: 8 } });
+      progress(`  with: healthy p99 ${noisy.latency.p99Ms} ms`);
+      const ratio = +(noisy.latency.p99Ms / quiet.latency.p99Ms).toFixed(2);
+      process.stdout.write(`${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', node: process.version }, noisyNeighbours: { offeredPerSecond: rate, events, healthyP99RatioWithToWithout: ratio, target: '<= 2', without: quiet, with: noisy }, peakRssMb: round(process.resourceUsage().maxRSS / 1024), totalSeconds: round((Date.now() - started) / 1000) }, null, 2)}\n`);
+      if (!quiet.correctness.ok || !noisy.correctness.ok) process.exitCode = 1;
+      return;
+    }
     if (process.argv.includes('--http')) {
       progress('HTTP API run: 20,000 events, 50 clients, 1,000 users …');
       const http = await httpRun({ events: Number(process.env.BENCH_HTTP_EVENTS ?? 20_000), clients: 50, users: 1000 });

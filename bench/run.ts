@@ -12,12 +12,15 @@
  * - lifecycleRebuild: `herald lifecycle rebuild` over 54,000 lifecycle events (6,000 notifications);
  * - peak RSS of this process.
  *
- * `npm run bench -- --http` runs only the HTTP API scenario (see httpRun).
+ * `npm run bench -- --http` runs only the HTTP API scenario (see httpRun); `-- --noisy` runs it
+ * twice at a fixed load, without and with noisy neighbours.
  *
  * Sizes respect the embedded broker's ~5 MB per partition log (see README).
  * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|throttle|pipeline|restore|journal|rebuild|latency,
  * BENCH_PASSTHROUGH / BENCH_DEDUPE / BENCH_PIPELINE / BENCH_RESTORE_KEYS / BENCH_REBUILD_EVENTS (record counts),
- * BENCH_LATENCY_RATE / BENCH_LATENCY_SECONDS (the fixed offered load of the latency run, default 2,000/s for 30 s).
+ * BENCH_LATENCY_RATE / BENCH_LATENCY_SECONDS (the fixed offered load of the latency run, default 2,000/s for 30 s);
+ * with --http, BENCH_HTTP_EVENTS and BENCH_HTTP_RATE (a fixed offered load instead of as fast as answered);
+ * with --noisy, BENCH_NOISY_RATE / BENCH_NOISY_SECONDS (default 200/s for 40 s).
  */
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -483,7 +486,7 @@ async function main() {
     }
     if (process.argv.includes('--http')) {
       progress('HTTP API run: 20,000 events, 50 clients, 1,000 users …');
-      const http = await httpRun({ events: Number(process.env.BENCH_HTTP_EVENTS ?? 20_000), clients: 50, users: 1000 });
+      const http = await httpRun({ events: Number(process.env.BENCH_HTTP_EVENTS ?? 20_000), clients: 50, users: 1000, ...(process.env.BENCH_HTTP_RATE ? { perSecond: Number(process.env.BENCH_HTTP_RATE) } : {}) });
       process.stdout.write(`${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', node: process.version }, broker: 'embedded librdkafka mock cluster (1 broker), loopback', http, peakRssMb: round(process.resourceUsage().maxRSS / 1024), totalSeconds: round((Date.now() - started) / 1000) }, null, 2)}\n`);
       if (!http.correctness.ok) {
         progress(`correctness check failed: ${http.correctness.failures.join('; ')}`);

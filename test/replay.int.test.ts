@@ -49,6 +49,10 @@ beforeAll(async () => {
   const publish = async (recipients: string[], commentId: string) => {
     const r = await api<{ eventId: string; notifications: { recipient: string; notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', recipients, actor: 'linus', data: { commentId, documentTitle: 'Plan', excerpt: 'x' } });
     expect(r.status).toBe(202);
+    // events.v1 is keyed by event id, so two events can reach ingest on different partitions and
+    // leave it in either order; the what-if below counts each user's notifications in order, so
+    // each event is through ingest (its ACCEPTED in the projection) before the next is published.
+    await eventually(async () => (await Promise.all(r.body.notifications.map((n) => api(h, 'GET', `/v1/notifications/${n.notificationId}`)))).every((x) => x.status === 200), 30_000);
     return r.body;
   };
   // ada and bob: c1, c2, c3, then c1 and c2 again (4 duplicates). cy: five different comments. Then ada and zed (nobody).

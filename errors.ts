@@ -34,6 +34,7 @@ export const ERROR_CODES = {
   HRL_RATE_LIMITED: 'The tenant publishes faster than HERALD_API_RATE allows; retry after the Retry-After header (HTTP 429).',
   HRL_LIMIT_EXCEEDED: 'A value a caller controls is longer or larger than its documented limit (the field and the limit are named).',
   HRL_DESTINATION_REFUSED: 'A webhook or chat URL points at an address Herald may not reach (loopback, private, link-local...) or uses a refused scheme or credentials.',
+  HRL_PARTITION_NOT_HELD: 'A fused stage was handed records of a partition it does not hold (its group is rebalancing); the batch is not committed and runs again.',
   HRL_SHUTTING_DOWN: 'Work was cut short because the process is stopping; it is not committed and runs again after the restart.',
 } as const;
 

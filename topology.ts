@@ -74,6 +74,33 @@ export const STAGES = {
   outcome: { name: 'outcome', inputs: ['outcomes'], outputs: ['dlq'], stores: [{ name: 'lifecycle', changelog: 'source', doc: 'notification -> ordered lifecycle events; user -> notifications (rebuildable from outcomes.v1)' }], tables: [], doc: 'lifecycle projection' },
 } as const satisfies Record<StageName, StageSpec>;
 
+/**
+ * The co-partitioned run of the chain (Kafka Streams' sub-topology): enrich, dedupe,
+ * throttle and route all read and write topics keyed by tenant/recipient with the shared
+ * partition count, each reading only what the one before it writes. With
+ * HERALD_FUSE_STAGES (the default) one task per partition runs them together: each stage's
+ * output topic is still written, acks=-1, before the next stage handles the same records in
+ * process, so the chain stays replayable and observable stage by stage, and each stage keeps
+ * its own group, offsets, stores and timers. ingest (events.v1 is keyed by event id),
+ * deliver (the outside world) and outcome stay on their own.
+ */
+export const SUB_TOPOLOGY = ['enrich', 'dedupe', 'throttle', 'route'] as const satisfies readonly StageName[];
+
+/**
+ * The fused runs among `stages`: maximal runs of consecutive SUB_TOPOLOGY stages, each with
+ * at least two stages (one stage alone has nothing to fuse with).
+ */
+export function fusedRuns(stages: readonly StageName[]): StageName[][] {
+  const runs: StageName[][] = [];
+  let run: StageName[] = [];
+  for (const s of SUB_TOPOLOGY) {
+    if (stages.includes(s)) run.push(s);
+    else run = run.length ? (runs.push(run), []) : [];
+  }
+  if (run.length) runs.push(run);
+  return runs.filter((r) => r.length > 1);
+}
+
 /** The topics a stage consumes, its outputs and its store names, as types (they type the stage contract). */
 export type StageInput<S extends StageName> = (typeof STAGES)[S]['inputs'][number];
 export type StageOutput<S extends StageName> = (typeof STAGES)[S]['outputs'][number];
@@ -131,5 +158,6 @@ export function describe(prefix = 'herald.'): string {
     lines.push(`  out: ${s.outputs.map((t) => topicName(prefix, t)).join(', ')}`);
     for (const st of s.stores) lines.push(`  store ${st.name}${st.changelog === true ? ` -> ${changelogTopic(prefix, s.name, st.name)}` : st.changelog === 'source' ? ' <- replays its input' : ''}: ${st.doc}`);
   }
+  lines.push(`sub-topology ${SUB_TOPOLOGY.join(' -> ')}: co-partitioned by tenant/recipient; fused into one task per partition unless HERALD_FUSE_STAGES=false (every topic between them is still written)`);
   return lines.join('\n');
 }

@@ -32,7 +32,7 @@ import { processors } from '../processors/index.ts';
 import { loadRules, type RuleSet } from '../rules/rules.ts';
 import { Serde } from '../schemas/index.ts';
 import { tuneStores } from '../state/store.ts';
-import { STAGES, type StageName, STAGE_NAMES, TOPICS, type TopicKey, changelogTopic, groupId, topicName, topicPlan } from '../topology.ts';
+import { STAGES, type StageName, STAGE_NAMES, TOPICS, type TopicKey, changelogTopic, fusedRuns, groupId, topicName, topicPlan } from '../topology.ts';
 import { Codec } from '../runtime/codec.ts';
 import type { StageFactory, TableName } from '../runtime/contract.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
@@ -254,8 +254,10 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
      * Back-pressure for a stage: before each batch, it waits while a reader of a topic it
      * writes to (its outputs, its changelogs) is close to losing records at the embedded broker.
      */
-    const roomFor = (d: BrokerJournal, stage: StageName) => {
-      const writes = new Set([...STAGES[stage].outputs.map((t) => topicName(config.topicPrefix, t)), ...STAGES[stage].stores.filter((s) => s.changelog === true).map((s) => changelogTopic(config.topicPrefix, stage, s.name))]);
+    const roomFor = (d: BrokerJournal, stage: StageName, fused: readonly StageName[]) => {
+      // A fused run's first stage waits for room for everything the run writes.
+      const run = fused.length ? fused : [stage];
+      const writes = new Set(run.flatMap((st) => [...STAGES[st].outputs.map((t) => topicName(config.topicPrefix, t)), ...STAGES[st].stores.filter((s) => s.changelog === true).map((s) => changelogTopic(config.topicPrefix, st, s.name))]));
       const self = groupId(config.topicPrefix, stage);
       return async () => {
         while (d.holding(writes, self) && !closed) await new Promise((r) => setTimeout(r, 50));
@@ -320,18 +322,41 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     keysReady.catch(() => undefined);
     if (wantApi) cleanups.push(() => keys.stop());
     let advertised = config.advertisedUrl;
+    // Fused runs (topology.ts SUB_TOPOLOGY): the first stage fetches; each one hands what it
+    // produced for the next to that stage's task of the same partition, in process.
+    const runs = config.fuseStages ? fusedRuns(stages) : [];
+    const runOf = (stage: StageName) => runs.find((r) => r.includes(stage)) ?? [];
+    for (const r of runs) log.info({ stages: r }, 'stages fused: one task per partition runs them together (HERALD_FUSE_STAGES=false runs each on its own)');
     for (const stage of stages) {
       const gate = stage === 'deliver' ? signingReady : STAGES[stage].tables.length ? tablesReady : undefined;
+      const run = runOf(stage);
+      const next = run[run.indexOf(stage) + 1];
+      const fused = {
+        ...(run.length && run[0] !== stage ? { fed: true } : {}),
+        ...(next ? { forward: { topicKey: STAGES[next].inputs[0] as TopicKey, to: (p: number, produced: Parameters<StageRunner['feed']>[1]) => runners.get(next)!.feed(p, produced) } } : {}),
+      };
       runners.set(stage, new StageRunner({
+        ...fused,
         stage, factory: factories[stage] as StageFactory, deps, kafka, admin, producer: stageProducer, codec, config, log, metrics, ...(gate ? { gate } : {}),
         resumeAt: new Map(Object.entries(resume[groupId(config.topicPrefix, stage)] ?? {}).map(([t, parts]) => [t, new Map(Object.entries(parts).map(([p, o]) => [Number(p), BigInt(o)]))])),
         advertisedUrl: () => advertised,
-        ...(durable ? { room: roomFor(durable, stage) } : {}),
+        ...(durable && !fused.fed ? { room: roomFor(durable, stage, run) } : {}),
         onAssignment: (partitions, memberId) => directory.assigned(stage, partitions, memberId),
       }));
     }
     cleanups.push(async () => {
-      await Promise.all([...runners.values()].map((r) => r.stop()));
+      // A fused run stops in order: a stage stops after the one that hands it records.
+      const stopping = new Map<StageName, Promise<void>>();
+      const stop = (stage: StageName): Promise<void> => {
+        const known = stopping.get(stage);
+        if (known) return known;
+        const run = runOf(stage);
+        const before = run[run.indexOf(stage) - 1];
+        const p = (before && runners.has(before) ? stop(before) : Promise.resolve()).then(() => runners.get(stage)!.stop());
+        stopping.set(stage, p);
+        return p;
+      };
+      await Promise.all([...runners.keys()].map(stop));
     });
     let ready = false;
     await Promise.all([

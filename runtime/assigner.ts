@@ -9,16 +9,20 @@ import { AssignerProtocol, type PartitionAssigner } from 'kafkajs';
 export const CoPartitionedAssigner: PartitionAssigner = coPartitionedAssigner(() => '');
 
 /**
- * The assigner, with `memberData()` (this instance's advertised HTTP address) in the
- * member metadata every join sends, as Kafka Streams puts `application.server` there:
- * `kafka-consumer-groups --describe --members --verbose` and DescribeGroups show it.
+ * The assigner, with this instance's advertised HTTP address and its instance id in the
+ * member metadata every join sends (JSON `{"instance", "url"}`), as Kafka Streams puts its
+ * process id and `application.server` there: DescribeGroups shows it.
+ *
+ * Partitions go to members in the order of their instance ids, not of their member ids
+ * (which the broker makes up per group), so every group gives partition p to the same
+ * instance: a fused sub-topology's stages (topology.ts) find their partitions together.
  */
-export function coPartitionedAssigner(memberData: () => string): PartitionAssigner {
+export function coPartitionedAssigner(memberData: () => string, instance = ''): PartitionAssigner {
   return ({ cluster }) => ({
   name: 'HeraldCoPartitioned',
   version: 1,
   async assign({ members, topics }) {
-    const sorted = members.map((m) => m.memberId).sort();
+    const sorted = members.map((m) => ({ id: m.memberId, key: instanceOf(m.memberMetadata) })).sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0)).map((m) => m.id);
     const assignment = new Map<string, Record<string, number[]>>(sorted.map((id) => [id, {}]));
     const partitions = new Set<number>();
     for (const topic of topics) for (const m of cluster.findTopicPartitionMetadata(topic)) partitions.add(m.partitionId);
@@ -34,7 +38,18 @@ export function coPartitionedAssigner(memberData: () => string): PartitionAssign
     }));
   },
   protocol({ topics }) {
-    return { name: 'HeraldCoPartitioned', metadata: AssignerProtocol.MemberMetadata.encode({ version: 1, topics, userData: Buffer.from(memberData()) }) };
+    return { name: 'HeraldCoPartitioned', metadata: AssignerProtocol.MemberMetadata.encode({ version: 1, topics, userData: Buffer.from(JSON.stringify({ instance, url: memberData() })) }) };
   },
   });
+}
+
+/** The instance id a member sent in its metadata ('' when none or unreadable: those sort by member id). */
+function instanceOf(metadata: Buffer): string {
+  try {
+    const data = AssignerProtocol.MemberMetadata.decode(metadata)?.userData;
+    const parsed: unknown = data?.length ? JSON.parse(data.toString()) : null;
+    return parsed && typeof parsed === 'object' && typeof (parsed as { instance?: unknown }).instance === 'string' ? (parsed as { instance: string }).instance : '';
+  } catch {
+    return '';
+  }
 }

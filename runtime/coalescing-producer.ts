@@ -68,7 +68,10 @@ export class CoalescingProducer implements BatchSender {
 
   private async produce(taken: Pending[]): Promise<void> {
     // Merge per topic, callers in arrival order; note where each caller's explicit-partition records start.
+    // Per topic, explicit-partition records go first and keyed ones after, so a keyed record
+    // the partitioner puts in the same partition never shifts the offsets a caller is told.
     const byTopic = new Map<string, Message[]>();
+    const keyed = new Map<string, Message[]>();
     const before = new Map<string, number>(); // topic \0 partition -> records placed so far
     const starts: Map<string, number>[] = [];
     for (const p of taken) {
@@ -77,8 +80,13 @@ export class CoalescingProducer implements BatchSender {
         let list = byTopic.get(topic);
         if (!list) byTopic.set(topic, (list = []));
         for (const m of messages) {
+          if (m.partition === undefined) {
+            const k = keyed.get(topic);
+            if (k) k.push(m);
+            else keyed.set(topic, [m]);
+            continue;
+          }
           list.push(m);
-          if (m.partition === undefined) continue;
           const k = `${topic}\u0000${m.partition}`;
           const n = before.get(k) ?? 0;
           if (!mine.has(k)) mine.set(k, n);
@@ -87,6 +95,7 @@ export class CoalescingProducer implements BatchSender {
       }
       starts.push(mine);
     }
+    for (const [topic, ms] of keyed) byTopic.get(topic)!.push(...ms);
     let meta: RecordMetadata[];
     try {
       meta = await this.producer.sendBatch({ acks: -1, topicMessages: [...byTopic].map(([topic, messages]) => ({ topic, messages })) });

@@ -30,7 +30,12 @@ export class OffsetManager {
   mark(topic: string, partition: number, offset: string): void {
     // A batch that finished after its partition moved must not commit over the new owner.
     if (this.assigned && !this.assigned.has(partition)) return;
-    this.pending.set(k(topic, partition), { topic, partition, offset: (BigInt(offset) + 1n).toString() });
+    // Never backwards: a fused stage's backlog (older records) may finish after newer ones its predecessor handed it.
+    const key = k(topic, partition);
+    const next = BigInt(offset) + 1n;
+    const pending = this.pending.get(key);
+    if ((pending && BigInt(pending.offset) >= next) || (this.committed.get(key) ?? -1n) >= next) return;
+    this.pending.set(key, { topic, partition, offset: next.toString() });
   }
 
   /** Forgets marks of partitions no longer assigned (their new owner replays from the last commit). */

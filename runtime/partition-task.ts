@@ -17,7 +17,18 @@ import { type Decoded, processBatch } from './failure-policy.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
 import type { OffsetManager } from './offsets.ts';
-import type { RecordCollector } from './record-collector.ts';
+import type { Produced, RecordCollector } from './record-collector.ts';
+import type { TopicKey } from '../topology.ts';
+
+/**
+ * The next stage of a fused sub-topology: the records this task produced to `topicKey` (its
+ * input topic) are handed to it, in process, after they are acknowledged and before this
+ * task's own input offset is marked done.
+ */
+export interface Forward {
+  topicKey: TopicKey;
+  to(partition: number, records: Produced[]): Promise<void>;
+}
 
 export interface PartitionTaskOptions {
   stage: StageName;
@@ -29,12 +40,16 @@ export interface PartitionTaskOptions {
   log: Logger;
   metrics: Metrics;
   clock: () => number;
+  /** Set when this stage runs fused with its successor (topology.ts, `SUB_TOPOLOGY`). */
+  forward?: Forward;
 }
 
 export class PartitionTask {
   readonly partition: number;
   readonly processor: Processor;
   readonly stores: Map<string, KeyValueStore>;
+  /** Fused successor: the offset of its input partition it handles next (records before it are done). */
+  nextInput: bigint | null = null;
   /** Highest record timestamp this task has processed (Kafka Streams' partition time); -1 before the first. */
   streamTime = -1;
   private nextStreamPunctuation = Number.NEGATIVE_INFINITY;
@@ -81,12 +96,19 @@ export class PartitionTask {
     const views = [...ctx.views.values()];
     // A timer run has no input to re-read: its outputs must be acknowledged before the
     // changelog records that delete its held items, or a partial failure could lose them.
-    const changelogOffsets = await collector.send(ctx.outputs, views, this.partition, ctx.maxTimestamp ?? this.o.clock(), { outputsFirst: topic === null });
+    const forward = this.o.forward;
+    const produced: Produced[] = [];
+    const changelogOffsets = await collector.send(ctx.outputs, views, this.partition, ctx.maxTimestamp ?? this.o.clock(), {
+      outputsFirst: topic === null, ...(forward ? { forward: { topicKey: forward.topicKey, partition: this.partition }, produced } : {}),
+    });
     for (const view of views) {
       const cl = view.store.changelog;
       // A changelogged store checkpoints its changelog offset; a source store, its input offset.
       await view.flush(cl ? (changelogOffsets.get(cl) ?? null) : offset !== null ? BigInt(offset) : null);
     }
+    // Fused: the successor handles these records now (its own batch, state and offsets); a
+    // failure here fails this batch too, which is then run again (replays are idempotent).
+    if (forward && produced.length) await forward.to(this.partition, produced);
     if (topic !== null && offset !== null) offsets.mark(topic, this.partition, offset);
     metrics.records.inc({ stage, result: 'out' }, ctx.counts.out);
     metrics.records.inc({ stage, result: 'outcome' }, ctx.counts.outcome);

@@ -16,7 +16,27 @@ import type { Codec } from './codec.ts';
 /** Upper bound of one produce request, well under the broker's default message.max.bytes. */
 const MAX_REQUEST_BYTES = 512 * 1024;
 
-interface Sized { topic: string; message: Message; bytes: number }
+interface Sized { topic: string; message: Message; bytes: number; produced?: Produced }
+
+/**
+ * A record a batch produced to the topic its fused successor reads (stages/sub-topology in
+ * topology.ts), with the offset it landed at: the successor's input record, in process.
+ */
+export interface Produced {
+  topic: string;
+  partition: number;
+  offset: string;
+  key: string;
+  value: Buffer | null;
+  timestamp: number;
+  headers: Record<string, string>;
+}
+
+/** Outputs of one topic, sent to an explicit partition, whose offsets the caller wants back. */
+export interface ForwardSpec {
+  topicKey: TopicKey;
+  partition: number;
+}
 
 export class RecordCollector implements OutcomeSink {
   private readonly producer: BatchSender;
@@ -29,11 +49,14 @@ export class RecordCollector implements OutcomeSink {
     this.prefix = topicPrefix;
   }
 
-  private async encode(o: PendingOutput): Promise<Sized> {
+  private async encode(o: PendingOutput, forward?: ForwardSpec): Promise<Sized> {
     const topic = topicName(this.prefix, o.topicKey);
     const value = await this.codec.encode(o.topicKey, topic, o.value);
-    const message: Message = { key: o.key, value, timestamp: String(o.timestamp), ...(o.headers ? { headers: o.headers } : {}) };
-    return { topic, message, bytes: (value?.length ?? 0) + Buffer.byteLength(o.key) + 64 };
+    const fwd = forward?.topicKey === o.topicKey;
+    const message: Message = { key: o.key, value, timestamp: String(o.timestamp), ...(o.headers ? { headers: o.headers } : {}), ...(fwd ? { partition: forward.partition } : {}) };
+    const sized: Sized = { topic, message, bytes: (value?.length ?? 0) + Buffer.byteLength(o.key) + 64 };
+    if (fwd) sized.produced = { topic, partition: forward.partition, offset: '', key: o.key, value, timestamp: o.timestamp, headers: o.headers ?? {} };
+    return sized;
   }
 
   /** Lifecycle events that must be on record before an effect: produced now, acks=-1. */
@@ -47,11 +70,17 @@ export class RecordCollector implements OutcomeSink {
    * Produces the outputs, then the changelog records of `views` to partition `partition`
    * of each store's changelog, stamped `changelogTimestamp`. With `outputsFirst`, the
    * outputs are acknowledged before any changelog record is sent (for work with no input
-   * offset to fall back on: a timer run).
+   * offset to fall back on: a timer run). With `forward`, the outputs of that topic go to
+   * the given partition (the same key's partition: the topics are co-partitioned) and are
+   * pushed to `produced` with the offsets they landed at.
    */
-  async send(outputs: readonly PendingOutput[], views: Iterable<BatchView>, partition: number, changelogTimestamp: number, opts: { outputsFirst?: boolean } = {}): Promise<Map<string, bigint>> {
+  async send(outputs: readonly PendingOutput[], views: Iterable<BatchView>, partition: number, changelogTimestamp: number, opts: { outputsFirst?: boolean; forward?: ForwardSpec; produced?: Produced[] } = {}): Promise<Map<string, bigint>> {
     const messages: Sized[] = [];
-    for (const o of outputs) messages.push(await this.encode(o));
+    for (const o of outputs) {
+      const m = await this.encode(o, opts.forward);
+      messages.push(m);
+      if (m.produced) opts.produced?.push(m.produced);
+    }
     if (opts.outputsFirst && messages.length) await this.sendBounded(messages.splice(0), null);
     const changelogs = new Set<string>();
     for (const view of views) {
@@ -69,6 +98,7 @@ export class RecordCollector implements OutcomeSink {
   private async sendBounded(messages: Sized[], track: { partition: number; changelogs: Set<string> } | null): Promise<Map<string, bigint>> {
     const last = new Map<string, bigint>();
     for (let i = 0; i < messages.length;) {
+      const from = i;
       const byTopic = new Map<string, Message[]>();
       let bytes = 0;
       for (; i < messages.length && (bytes === 0 || bytes + messages[i]!.bytes <= MAX_REQUEST_BYTES); i++) {
@@ -78,7 +108,9 @@ export class RecordCollector implements OutcomeSink {
         if (list) list.push(m.message);
         else byTopic.set(m.topic, [m.message]);
       }
+      const sent = messages.slice(from, i);
       const meta = await this.producer.sendBatch({ acks: -1, topicMessages: [...byTopic].map(([topic, ms]) => ({ topic, messages: ms })) }, bytes);
+      placeProduced(sent, meta);
       if (!track) continue;
       for (const m of meta) {
         if (!track.changelogs.has(m.topicName) || m.partition !== track.partition || m.baseOffset === undefined) continue;
@@ -87,5 +119,19 @@ export class RecordCollector implements OutcomeSink {
       }
     }
     return last;
+  }
+}
+
+/** Gives each forwarded record of one request its offset: the request's base offset in that partition plus its place. */
+function placeProduced(sent: readonly Sized[], meta: readonly { topicName: string; partition: number; baseOffset?: string }[]): void {
+  const seen = new Map<string, bigint>();
+  for (const m of sent) {
+    if (!m.produced) continue;
+    const k = `${m.topic}\u0000${m.produced.partition}`;
+    const n = seen.get(k) ?? 0n;
+    seen.set(k, n + 1n);
+    const base = meta.find((x) => x.topicName === m.topic && x.partition === m.produced!.partition)?.baseOffset;
+    if (base === undefined) throw new Error(`no offset came back for ${m.topic}[${m.produced.partition}]`);
+    m.produced.offset = (BigInt(base) + n).toString();
   }
 }

@@ -7,7 +7,7 @@
  * The batch cycle (decode, process, produce acks=-1, write state, mark, commit on the
  * interval) is the partition task's; see partition-task.ts.
  */
-import type { Admin, Consumer, EachBatchPayload, Kafka } from 'kafkajs';
+import type { Admin, Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import type { KeyValueStore } from '../state/store.ts';
@@ -23,7 +23,10 @@ import { OffsetManager } from './offsets.ts';
 import { RecordCollector } from './record-collector.ts';
 import { StageHealth, type StageReport } from './stage-health.ts';
 import { TaskManager } from './task-manager.ts';
+import { topicOffsets } from './reader.ts';
 import type { BatchSender } from './coalescing-producer.ts';
+import type { Forward, PartitionTask } from './partition-task.ts';
+import type { Produced } from './record-collector.ts';
 
 export interface StageRunnerOptions {
   stage: StageName;
@@ -52,7 +55,17 @@ export interface StageRunnerOptions {
   room?: () => Promise<void>;
   /** This instance's HTTP address, sent in its group membership metadata. */
   advertisedUrl?: () => string;
+  /** Fused with its successor: where this stage's tasks hand what they produce for it. */
+  forward?: Forward;
+  /**
+   * Fused with its predecessor: the member joins its group (partitions, commits, timers,
+   * /readyz as ever) but fetches nothing; its records come through `feed`.
+   */
+  fed?: boolean;
 }
+
+/** How long a fused stage waits to hold a partition its predecessor hands records for. */
+const FEED_WAIT_MS = 60_000;
 
 export class StageRunner {
   private consumer: Consumer | null = null;
@@ -76,6 +89,10 @@ export class StageRunner {
   /** Resolves when the consumer has joined its group the first time. */
   readonly joined = new Promise<void>((r) => (this.joinedResolve = r));
   private readonly o: StageRunnerOptions;
+  /** Fused successor: feeds and catch-ups per partition, one at a time; ends of the input seen by the last check. */
+  private readonly feeding = new Map<number, Promise<unknown>>();
+  private readonly suspects = new Map<number, bigint>();
+  private foreignTimer: NodeJS.Timeout | null = null;
 
   constructor(o: StageRunnerOptions) {
     this.o = o;
@@ -84,7 +101,7 @@ export class StageRunner {
     this.offsets = new OffsetManager(o.config.commitIntervalMs, this.log);
     const collector = new RecordCollector(o.producer, o.codec, o.config.topicPrefix);
     this.health = new StageHealth(o.config.stallMs);
-    this.tasks = new TaskManager({ ...o, log: this.log, clock: o.clock ?? Date.now, collector, offsets: this.offsets, inputs: this.inputs, health: this.health });
+    this.tasks = new TaskManager({ ...o, log: this.log, clock: o.clock ?? Date.now, collector, offsets: this.offsets, inputs: this.inputs, health: this.health, drain: o.fed === true });
   }
 
   async start(): Promise<void> {
@@ -98,7 +115,7 @@ export class StageRunner {
       minBytes: config.fetchMinBytes,
       maxBytesPerPartition: 1024 * 1024,
       allowAutoTopicCreation: false,
-      partitionAssigners: [coPartitionedAssigner(() => this.o.advertisedUrl?.() ?? '')],
+      partitionAssigners: [coPartitionedAssigner(() => this.o.advertisedUrl?.() ?? '', config.instanceId)],
     });
     this.consumer = consumer;
     consumer.on(consumer.events.CRASH, (e) => {
@@ -137,6 +154,106 @@ export class StageRunner {
       partitionsConsumedConcurrently: Math.max(1, Math.min(config.partitions * this.inputs.size, 8)),
       eachBatch: (payload) => this.onBatch(payload),
     });
+    // Fused successor: a member for its partitions and commits only; it fetches nothing.
+    if (this.o.fed) {
+      consumer.pause([...this.inputs.keys()].map((topic) => ({ topic })));
+      let checking = false;
+      this.foreignTimer ??= setInterval(() => {
+        if (checking) return;
+        checking = true;
+        void this.checkForeign().catch((err: unknown) => this.log.warn({ err }, 'checking the input for records from other producers failed; trying again')).finally(() => (checking = false));
+      }, Math.max(1000, config.commitIntervalMs));
+      this.foreignTimer.unref();
+    }
+  }
+
+  /**
+   * Fused successor: handles records its predecessor produced to this stage's input (already
+   * acknowledged, with their offsets) as a batch of `partition`: decoded from the bytes
+   * written, processed, produced, written and marked exactly as a fetched batch would be.
+   */
+  async feed(partition: number, produced: readonly Produced[]): Promise<void> {
+    if (produced.length === 0) return;
+    const { stage } = this.o;
+    const topic = produced[0]!.topic;
+    if (!this.inputs.has(topic)) throw new Error(`stage ${stage} does not read ${topic}`);
+    for (const deadline = Date.now() + FEED_WAIT_MS; !this.assigned.has(partition);) {
+      if (this.stopped) throw new HeraldError('HRL_SHUTTING_DOWN', `${stage} is stopping`, { retriable: true });
+      if (Date.now() > deadline) throw new HeraldError('HRL_PARTITION_NOT_HELD', `${stage} does not hold partition ${partition} of ${topic} (its group is rebalancing)`, { retriable: true });
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const task = await this.tasks.task(partition, async () => undefined);
+    await this.serially(partition, async () => {
+      // Records someone else wrote to this partition since the last ones handled (another
+      // producer, or an attempt of the predecessor that failed after producing) come first,
+      // read from the broker: every record of the input is handled, in offset order.
+      const first = BigInt(produced[0]!.offset);
+      if (task.nextInput !== null && first > task.nextInput) await this.catchUp(task, topic, first);
+      const fresh = produced.filter((p) => task.nextInput === null || BigInt(p.offset) >= task.nextInput);
+      if (fresh.length === 0) return;
+      const messages = fresh.map((p) => ({ key: Buffer.from(p.key), value: p.value, timestamp: String(p.timestamp), offset: p.offset, headers: p.headers, attributes: 0 }) as unknown as KafkaMessage);
+      await this.handleFed(task, topic, messages);
+    });
+  }
+
+  /** Handles fed or caught-up records of one partition as a batch, and moves its `nextInput` past them. */
+  private async handleFed(task: PartitionTask, topic: string, messages: KafkaMessage[]): Promise<void> {
+    const { stage, metrics, codec } = this.o;
+    metrics.records.inc({ stage, result: 'in' }, messages.length);
+    const decoded = await decodeBatch(codec, stage, this.inputs.get(topic)!, topic, task.partition, messages);
+    this.health.batchStarted();
+    const last = messages.at(-1)!.offset;
+    await task.handle(topic, decoded, last);
+    task.nextInput = BigInt(last) + 1n;
+    await this.offsets.maybeCommit(this.consumer);
+    this.health.batchDone(topic, task.partition, 0);
+  }
+
+  /** Reads and handles the records of `task`'s input partition from its `nextInput` up to `to`. */
+  private async catchUp(task: PartitionTask, topic: string, to: bigint): Promise<void> {
+    const from = task.nextInput!;
+    this.log.info({ partition: task.partition, from: from.toString(), to: to.toString() }, 'fused stage: handling records written to its input by another producer');
+    this.health.batchStarted();
+    const n = await this.tasks.handleRange(task, from, to);
+    this.o.metrics.records.inc({ stage: this.o.stage, result: 'in' }, n);
+    task.nextInput = to;
+    this.health.batchDone(topic, task.partition, 0);
+  }
+
+  /** Runs feeds and catch-ups of one partition one after another. */
+  private serially(partition: number, fn: () => Promise<void>): Promise<void> {
+    const next = (this.feeding.get(partition) ?? Promise.resolve()).then(fn);
+    this.feeding.set(partition, next.catch(() => undefined));
+    return next;
+  }
+
+  /**
+   * Fused successor, every second: a partition whose input has records past `nextInput`
+   * that no feed has brought for a whole interval (written by another producer, with
+   * nothing from the predecessor since) gets them read from the broker.
+   */
+  private async checkForeign(): Promise<void> {
+    const [topic] = [...this.inputs.keys()];
+    if (!topic || this.stopped) return;
+    const ends = new Map((await topicOffsets(this.o.admin, topic)).map((o) => [o.partition, BigInt(o.high)]));
+    for (const p of this.assigned) {
+      const task = this.tasks.openTask(p);
+      const end = ends.get(p);
+      if (!task || task.nextInput === null || end === undefined) continue;
+      const seen = this.suspects.get(p);
+      this.o.metrics.lag.set({ stage: this.o.stage, topic, partition: String(p) }, Number(end - task.nextInput));
+      if (end <= task.nextInput) {
+        this.suspects.delete(p);
+        continue;
+      }
+      // Still behind what the last check saw: nothing fed it since; read it.
+      if (seen !== undefined && task.nextInput < seen) {
+        this.suspects.delete(p);
+        await this.serially(p, async () => {
+          if (task.nextInput !== null && task.nextInput < seen) await this.catchUp(task, topic, seen);
+        });
+      } else this.suspects.set(p, end);
+    }
   }
 
   /** Seeks each assigned partition to its resume offset, once (later rebalances use the commits made since). */
@@ -187,7 +304,8 @@ export class StageRunner {
   }
 
   private async consume({ batch, heartbeat, isRunning, isStale }: EachBatchPayload): Promise<void> {
-    if (batch.messages.length === 0 || !isRunning() || isStale()) return;
+    // A fused successor's records come through `feed` (a fetch before the pause took hold is ignored).
+    if (this.o.fed || batch.messages.length === 0 || !isRunning() || isStale()) return;
     const { stage, metrics } = this.o;
     // Never join a record with a table still loading.
     if (this.o.gate) await heartbeating(this.o.gate, heartbeat, () => this.stopped);
@@ -232,6 +350,8 @@ export class StageRunner {
     this.stopped = true;
     this.member = 'stopped';
     if (this.commitTimer) clearInterval(this.commitTimer);
+    if (this.foreignTimer) clearInterval(this.foreignTimer);
+    for (const f of this.feeding.values()) await f;
     await this.restarting;
     const c = this.consumer;
     await this.tasks.stopTimers();

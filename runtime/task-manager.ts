@@ -16,7 +16,7 @@ import { decodeBatch } from './failure-policy.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
 import type { OffsetManager } from './offsets.ts';
-import { PartitionTask } from './partition-task.ts';
+import { type Forward, PartitionTask } from './partition-task.ts';
 import { topicOffsets, TopicReader } from './reader.ts';
 import type { RecordCollector } from './record-collector.ts';
 import type { StageHealth } from './stage-health.ts';
@@ -40,6 +40,13 @@ export interface TaskManagerOptions {
   resumeAt?: ReadonlyMap<string, ReadonlyMap<number, bigint>>;
   /** Input topic name -> topic key. */
   inputs: ReadonlyMap<string, TopicKey>;
+  /** Fused: where this stage's tasks hand the records they produce for the next stage. */
+  forward?: Forward;
+  /**
+   * Fused successor (its records come from its predecessor, in process): on open, records of
+   * its input the group has not done yet (written before, or by an unfused run) are handled first.
+   */
+  drain?: boolean;
 }
 
 type Heartbeat = () => Promise<void>;
@@ -68,6 +75,11 @@ export class TaskManager {
   /** The task of `partition`, opened (and restored) on first use. */
   task(partition: number, heartbeat: Heartbeat): Promise<PartitionTask> {
     return this.tasks.get(partition) ?? this.open([partition], heartbeat).get(partition)!;
+  }
+
+  /** The task of `partition` if it is open and serving. */
+  openTask(partition: number): PartitionTask | undefined {
+    return this.opened.get(partition);
   }
 
   /** Every open task, for stop. */
@@ -173,6 +185,7 @@ export class TaskManager {
         await processor.init?.({ partition });
         const task = new PartitionTask({ ...this.o, partition, processor, stores: stores.get(partition)! });
         await this.replaySource(task, heartbeat);
+        if (this.o.drain) await this.drainBacklog(task, heartbeat);
         tasks.set(partition, task);
       }
       for (const [p, t] of tasks) {
@@ -228,6 +241,67 @@ export class TaskManager {
     });
     await reader.readToEnd();
     log.info({ partition, from: from.toString(), to: committed.toString(), applied, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'projection replayed from its input');
+  }
+
+  /**
+   * A fused successor's backlog: the records of its input partition from the group's
+   * committed offset (or, after a journal replay, its resume offset) to the end as of now,
+   * handled like consumed batches (produced, written, marked, forwarded). Everything written
+   * after this point reaches the task from its predecessor, in process; `nextInput` is
+   * where that begins.
+   */
+  private async drainBacklog(task: PartitionTask, heartbeat: Heartbeat): Promise<void> {
+    const { config, stage, admin, log } = this.o;
+    const partition = task.partition;
+    const topic = this.soleInput();
+    const [group] = await admin.fetchOffsets({ groupId: groupId(config.topicPrefix, stage), topics: [topic] });
+    const fetched = BigInt(group?.partitions.find((p) => p.partition === partition)?.offset ?? '-1');
+    const offsets = await topicOffsets(admin, topic);
+    const at = offsets.find((o) => o.partition === partition);
+    const low = BigInt(at?.low ?? '0');
+    const end = BigInt(at?.high ?? '0');
+    const resume = this.o.resumeAt?.get(topic)?.get(partition);
+    const from = fetched >= 0n ? fetched : (resume ?? low);
+    task.nextInput = from > end ? from : end;
+    if (from >= end) return;
+    const started = performance.now();
+    const handled = await this.handleRange(task, from, end, heartbeat);
+    log.info({ partition, from: from.toString(), to: end.toString(), handled, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'fused stage: records written before it took the partition handled');
+  }
+
+  private soleInput(): string {
+    const [[topic] = []] = [...this.o.inputs];
+    if (!topic || this.o.inputs.size !== 1) throw new Error(`stage ${this.o.stage}: a fused successor needs exactly one input topic`);
+    return topic;
+  }
+
+  /**
+   * Reads offsets [from, to) of a fused successor's input partition from the broker and
+   * handles them as consumed batches; returns how many records there were. For its backlog,
+   * and for records someone else wrote to its input while it runs fused.
+   */
+  async handleRange(task: PartitionTask, from: bigint, to: bigint, heartbeat: Heartbeat = async () => undefined): Promise<number> {
+    const { config, stage, admin } = this.o;
+    const partition = task.partition;
+    const topic = this.soleInput();
+    const topicKey = this.o.inputs.get(topic)!;
+    const low = BigInt((await topicOffsets(admin, topic)).find((o) => o.partition === partition)?.low ?? '0');
+    if (from < low) from = low;
+    if (from >= to) return 0;
+    let handled = 0;
+    const reader = new TopicReader(this.o.kafka, admin, {
+      topic, groupPrefix: config.topicPrefix, from: new Map([[partition, from]]), until: new Map([[partition, to]]),
+      onBatch: async ({ messages }) => {
+        const within = messages.filter((m) => BigInt(m.offset) >= from && BigInt(m.offset) < to);
+        if (!within.length) return;
+        const decoded = await decodeBatch(this.o.codec, stage, topicKey, topic, partition, within);
+        await task.handle(topic, decoded, within.at(-1)!.offset);
+        handled += within.length;
+        await heartbeat().catch(() => undefined);
+      },
+    });
+    await reader.readToEnd();
+    return handled;
   }
 
   /** Closes a revoked partition: its running batch finishes first. */

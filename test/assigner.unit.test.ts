@@ -22,6 +22,21 @@ describe('CoPartitionedAssigner', () => {
     const first = AssignerProtocol.MemberMetadata.decode(assigner.protocol({ topics: ['a'] }).metadata)!;
     url = 'http://a:2';
     const second = AssignerProtocol.MemberMetadata.decode(assigner.protocol({ topics: ['a'] }).metadata)!;
-    expect([first.userData.toString(), second.userData.toString(), first.topics]).toEqual(['http://a:1', 'http://a:2', ['a']]);
+    expect([JSON.parse(first.userData.toString()), JSON.parse(second.userData.toString()), first.topics]).toEqual([{ instance: '', url: 'http://a:1' }, { instance: '', url: 'http://a:2' }, ['a']]);
+  });
+
+  it('orders members by instance id, so every group gives partition p to the same instance', async () => {
+    // The broker names members per group: the same two instances get other member ids in each group.
+    const meta = (instance: string) => AssignerProtocol.MemberMetadata.encode({ version: 1, topics: ['a'], userData: Buffer.from(JSON.stringify({ instance, url: '' })) });
+    const assigner = coPartitionedAssigner(() => '', 'x')({ cluster } as never);
+    const owners = async (members: { memberId: string; instance: string }[]) => {
+      const out = await assigner.assign({ members: members.map((m) => ({ memberId: m.memberId, memberMetadata: meta(m.instance) })), topics: ['a'] } as never);
+      const byMember = new Map(members.map((m) => [m.memberId, m.instance]));
+      return Object.fromEntries(out.map((o) => [byMember.get(o.memberId)!, AssignerProtocol.MemberAssignment.decode(o.memberAssignment)!.assignment.a]));
+    };
+    const groupOne = await owners([{ memberId: 'a-1', instance: 'herald-2' }, { memberId: 'b-1', instance: 'herald-1' }]);
+    const groupTwo = await owners([{ memberId: 'a-2', instance: 'herald-1' }, { memberId: 'b-2', instance: 'herald-2' }]);
+    expect(groupOne).toEqual({ 'herald-1': [0, 2], 'herald-2': [1, 3] });
+    expect(groupTwo).toEqual(groupOne);
   });
 });

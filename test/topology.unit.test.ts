@@ -33,7 +33,8 @@ describe('describe()', () => {
       stage outcome (group herald.outcome): lifecycle projection
         in:  herald.outcomes.v1
         out: herald.dlq.v1
-        store lifecycle <- replays its input: notification -> ordered lifecycle events; user -> notifications (rebuildable from outcomes.v1)"
+        store lifecycle <- replays its input: notification -> ordered lifecycle events; user -> notifications (rebuildable from outcomes.v1)
+      sub-topology enrich -> dedupe -> throttle -> route: co-partitioned by tenant/recipient; fused into one task per partition unless HERALD_FUSE_STAGES=false (every topic between them is still written)"
     `);
   });
 

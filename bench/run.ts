@@ -46,7 +46,7 @@ import { eachNotification } from '../processors/outcome.ts';
 import { rebuildLifecycle } from '../replay/rebuild.ts';
 import { Serde } from '../schemas/index.ts';
 import { KeyValueStore } from '../state/store.ts';
-import { topicName, topicPlan, userKey } from '../topology.ts';
+import { SUB_TOPOLOGY, topicName, topicPlan, userKey } from '../topology.ts';
 
 const log = createLogger(process.env.HERALD_BENCH_LOG ?? 'silent');
 const progress = (m: string) => process.stderr.write(`[bench] ${m}\n`);
@@ -154,8 +154,8 @@ async function statefulStage(stage: 'dedupe' | 'throttle', broker: EmbeddedBroke
   return { records: n, ...(stage === 'dedupe' ? { duplicates: n / 2 } : { deferred: n - 2 * 2000 }), seconds: +seconds.toFixed(3), recordsPerSecond: round(n / seconds), note: 'from the first decided batch to the last; includes the lazy open of each partition store' };
 }
 
-async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: string, n: number, offered: { perSecond: number; seconds: number }) {
-  const prefix = 'bf.';
+async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: string, n: number, offered: { perSecond: number; seconds: number }, fuse = true) {
+  const prefix = fuse ? 'bf.' : 'bu.';
   for (const t of topicPlan(prefix, PARTITIONS)) await broker.createTopic(t.name, t.partitions);
   // The receiver runs in its own process (bench/receiver.ts) and reports arrivals over IPC.
   const arrivals = new Map<string, number>();
@@ -178,7 +178,7 @@ async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: strin
   const event = (id: string, i: number) => JSON.stringify({ id, type: 'comment.created', tenant: 'acme', recipients: [`user-${i % USERS}`], actor: 'bench', data: { commentId: id, documentTitle: 'Doc', excerpt: 'hello' } });
   await produceAll(kafka, topicName(prefix, 'events'), Array.from({ length: n }, (_, i) => ({ key: `t-${i}`, value: event(`t-${i}`, i) })));
   const stateDir = mkdtempSync(join(tmpdir(), 'herald-bench-'));
-  const herald = await startHerald({ config: env(broker, registryUrl, prefix, stateDir), log });
+  const herald = await startHerald({ config: env(broker, registryUrl, prefix, stateDir, { HERALD_FUSE_STAGES: String(fuse) }), log });
   const delivered = () => metricValue(herald.metrics.registry, 'herald_deliver_attempts_total', { channel: 'webhook', result: 'delivered' });
   // Every outcome, for the correctness check at the end.
   const outcomes: LifecycleEvent[] = [];
@@ -503,7 +503,9 @@ async function main() {
     const throttleBench = only && only !== 'throttle' ? null : await statefulStage('throttle', broker, kafka, registryUrl, Number(process.env.BENCH_THROTTLE ?? 20_000));
     progress(`  ${throttleBench?.recordsPerSecond} records/s; full pipeline …`);
     const pipe = only && only !== 'pipeline' ? null : await pipeline(broker, kafka, registryUrl, Number(process.env.BENCH_PIPELINE ?? 4_000), { perSecond: 100, seconds: 10 });
-    progress(`  ${pipe?.throughput.eventsPerSecond} events/s, p50 ${pipe?.latency.p50Ms} ms at 100/s; restore of 1,000,000 keys …`);
+    progress(`  ${pipe?.throughput.eventsPerSecond} events/s, p50 ${pipe?.latency.p50Ms} ms at 100/s; the same unfused (HERALD_FUSE_STAGES=false) …`);
+    const unfused = only && only !== 'pipeline' ? null : await pipeline(broker, kafka, registryUrl, Number(process.env.BENCH_PIPELINE ?? 4_000), { perSecond: 100, seconds: 10 }, false);
+    progress(`  ${unfused?.throughput.eventsPerSecond} events/s, p50 ${unfused?.latency.p50Ms} ms at 100/s; restore of 1,000,000 keys …`);
     const restored = only && only !== 'restore' ? null : await restore(broker, kafka, Number(process.env.BENCH_RESTORE_KEYS ?? 1_000_000));
     progress(`  ${restored?.keysPerSecond} keys/s; embedded restart with 1,000,000 journaled records …`);
     const restart = only && only !== 'journal' ? null : await journalRestart(Number(process.env.BENCH_JOURNAL_RECORDS ?? 1_000_000));
@@ -524,8 +526,9 @@ async function main() {
       passthrough: ceiling,
       dedupe,
       throttle: throttleBench,
-      pipeline: pipe ? { ...pipe.throughput, ratioToPassthrough: +(pipe.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), hops: 6, note: 'events/s from the first ingested batch to the last webhook delivered (one recipient per event)' } : null,
+      pipeline: pipe ? { ...pipe.throughput, ratioToPassthrough: +(pipe.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), hops: 6, fetchedHops: 3, fused: SUB_TOPOLOGY.join('+'), note: 'events/s from the first ingested batch to the last webhook delivered (one recipient per event); the default settings (stages fused)' } : null,
       lightLoadLatency: pipe?.latency ?? null,
+      pipelineUnfused: unfused ? { ...unfused.throughput, ratioToPassthrough: +(unfused.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), fetchedHops: 6, lightLoadLatency: unfused.latency, note: 'the same run with HERALD_FUSE_STAGES=false: every stage fetches its input' } : null,
       latency: latency ? { offeredPerSecond: rate, seconds: latencySeconds, ...latency.latency, publishPerSecond: latency.publishPerSecond, endToEndEventsPerSecond: latency.endToEndEventsPerSecond, retriedAfter429or503: latency.retriedAfter429or503, correctness: latency.correctness, via: latency.herald } : null,
       correctness: pipe?.correctness ?? null,
       restore: restored,

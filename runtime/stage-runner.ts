@@ -132,6 +132,7 @@ export class StageRunner {
       const sorted = [...assigned].sort((a, b) => a - b);
       this.log.info({ partitions: sorted, memberId: e.payload.memberId }, 'joined group');
       this.member = 'joined';
+      if (this.o.fed) this.pauseFed(consumer);
       for (const p of this.tasks.partitions()) if (!assigned.has(p)) void this.tasks.close(p);
       this.offsets.retain(assigned);
       // Open (and restore) partitions as soon as they arrive, not at their first new record:
@@ -156,7 +157,7 @@ export class StageRunner {
     });
     // Fused successor: a member for its partitions and commits only; it fetches nothing.
     if (this.o.fed) {
-      consumer.pause([...this.inputs.keys()].map((topic) => ({ topic })));
+      this.pauseFed(consumer);
       let checking = false;
       this.foreignTimer ??= setInterval(() => {
         if (checking) return;
@@ -164,6 +165,16 @@ export class StageRunner {
         void this.checkForeign().catch((err: unknown) => this.log.warn({ err }, 'checking the input for records from other producers failed; trying again')).finally(() => (checking = false));
       }, Math.max(1000, config.commitIntervalMs));
       this.foreignTimer.unref();
+    }
+  }
+
+  /** Fused successor: no fetching (again after each join: a restarted consumer forgets pauses). */
+  private pauseFed(consumer: Consumer): void {
+    try {
+      consumer.pause([...this.inputs.keys()].map((topic) => ({ topic })));
+    } catch (err) {
+      // Not running yet (a crash restarts it): batches it fetches are ignored, and the next join pauses it.
+      this.log.debug({ err }, 'pausing the fused stage\'s consumer failed; trying again at the next join');
     }
   }
 
@@ -214,7 +225,7 @@ export class StageRunner {
     const from = task.nextInput!;
     this.log.info({ partition: task.partition, from: from.toString(), to: to.toString() }, 'fused stage: handling records written to its input by another producer');
     this.health.batchStarted();
-    const n = await this.tasks.handleRange(task, from, to);
+    const n = await this.tasks.handleRanges(new Map([[task.partition, task]]), new Map([[task.partition, { from, to }]]));
     this.o.metrics.records.inc({ stage: this.o.stage, result: 'in' }, n);
     task.nextInput = to;
     this.health.batchDone(topic, task.partition, 0);

@@ -185,9 +185,9 @@ export class TaskManager {
         await processor.init?.({ partition });
         const task = new PartitionTask({ ...this.o, partition, processor, stores: stores.get(partition)! });
         await this.replaySource(task, heartbeat);
-        if (this.o.drain) await this.drainBacklog(task, heartbeat);
         tasks.set(partition, task);
       }
+      if (this.o.drain) await this.drainBacklog(tasks, heartbeat);
       for (const [p, t] of tasks) {
         if (this.tasks.has(p)) {
           this.opened.set(p, t);
@@ -244,29 +244,31 @@ export class TaskManager {
   }
 
   /**
-   * A fused successor's backlog: the records of its input partition from the group's
+   * A fused successor's backlog: the records of its input partitions from the group's
    * committed offset (or, after a journal replay, its resume offset) to the end as of now,
-   * handled like consumed batches (produced, written, marked, forwarded). Everything written
-   * after this point reaches the task from its predecessor, in process; `nextInput` is
-   * where that begins.
+   * handled like consumed batches (produced, written, marked, forwarded), all partitions
+   * with one reader. Everything written after this point reaches each task from its
+   * predecessor, in process; `nextInput` is where that begins.
    */
-  private async drainBacklog(task: PartitionTask, heartbeat: Heartbeat): Promise<void> {
+  private async drainBacklog(tasks: ReadonlyMap<number, PartitionTask>, heartbeat: Heartbeat): Promise<void> {
     const { config, stage, admin, log } = this.o;
-    const partition = task.partition;
     const topic = this.soleInput();
     const [group] = await admin.fetchOffsets({ groupId: groupId(config.topicPrefix, stage), topics: [topic] });
-    const fetched = BigInt(group?.partitions.find((p) => p.partition === partition)?.offset ?? '-1');
     const offsets = await topicOffsets(admin, topic);
-    const at = offsets.find((o) => o.partition === partition);
-    const low = BigInt(at?.low ?? '0');
-    const end = BigInt(at?.high ?? '0');
-    const resume = this.o.resumeAt?.get(topic)?.get(partition);
-    const from = fetched >= 0n ? fetched : (resume ?? low);
-    task.nextInput = from > end ? from : end;
-    if (from >= end) return;
+    const ranges = new Map<number, { from: bigint; to: bigint }>();
+    for (const [partition, task] of tasks) {
+      const fetched = BigInt(group?.partitions.find((p) => p.partition === partition)?.offset ?? '-1');
+      const at = offsets.find((o) => o.partition === partition);
+      const end = BigInt(at?.high ?? '0');
+      const resume = this.o.resumeAt?.get(topic)?.get(partition);
+      const from = fetched >= 0n ? fetched : (resume ?? BigInt(at?.low ?? '0'));
+      task.nextInput = from > end ? from : end;
+      if (from < end) ranges.set(partition, { from, to: end });
+    }
+    if (ranges.size === 0) return;
     const started = performance.now();
-    const handled = await this.handleRange(task, from, end, heartbeat);
-    log.info({ partition, from: from.toString(), to: end.toString(), handled, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'fused stage: records written before it took the partition handled');
+    const handled = await this.handleRanges(tasks, ranges, heartbeat);
+    log.info({ ranges: Object.fromEntries([...ranges].map(([p, r]) => [p, `${r.from}..${r.to}`])), handled, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'fused stage: records written before it took its partitions handled');
   }
 
   private soleInput(): string {
@@ -276,24 +278,31 @@ export class TaskManager {
   }
 
   /**
-   * Reads offsets [from, to) of a fused successor's input partition from the broker and
+   * Reads offsets [from, to) of a fused successor's input partitions from the broker and
    * handles them as consumed batches; returns how many records there were. For its backlog,
    * and for records someone else wrote to its input while it runs fused.
    */
-  async handleRange(task: PartitionTask, from: bigint, to: bigint, heartbeat: Heartbeat = async () => undefined): Promise<number> {
+  async handleRanges(tasks: ReadonlyMap<number, PartitionTask>, ranges: ReadonlyMap<number, { from: bigint; to: bigint }>, heartbeat: Heartbeat = async () => undefined): Promise<number> {
     const { config, stage, admin } = this.o;
-    const partition = task.partition;
     const topic = this.soleInput();
     const topicKey = this.o.inputs.get(topic)!;
-    const low = BigInt((await topicOffsets(admin, topic)).find((o) => o.partition === partition)?.low ?? '0');
-    if (from < low) from = low;
-    if (from >= to) return 0;
+    const lows = new Map((await topicOffsets(admin, topic)).map((o) => [o.partition, BigInt(o.low)]));
+    const from = new Map<number, bigint>();
+    const until = new Map<number, bigint>();
+    for (const [p, r] of ranges) {
+      const start = r.from < (lows.get(p) ?? 0n) ? (lows.get(p) ?? 0n) : r.from;
+      if (start >= r.to) continue;
+      from.set(p, start);
+      until.set(p, r.to);
+    }
+    if (from.size === 0) return 0;
     let handled = 0;
     const reader = new TopicReader(this.o.kafka, admin, {
-      topic, groupPrefix: config.topicPrefix, from: new Map([[partition, from]]), until: new Map([[partition, to]]),
-      onBatch: async ({ messages }) => {
-        const within = messages.filter((m) => BigInt(m.offset) >= from && BigInt(m.offset) < to);
-        if (!within.length) return;
+      topic, groupPrefix: config.topicPrefix, from, until,
+      onBatch: async ({ partition, messages }) => {
+        const within = messages.filter((m) => BigInt(m.offset) >= from.get(partition)! && BigInt(m.offset) < until.get(partition)!);
+        const task = tasks.get(partition);
+        if (!within.length || !task) return;
         const decoded = await decodeBatch(this.o.codec, stage, topicKey, topic, partition, within);
         await task.handle(topic, decoded, within.at(-1)!.offset);
         handled += within.length;

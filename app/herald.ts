@@ -325,11 +325,17 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     // Fused runs (topology.ts SUB_TOPOLOGY): the first stage fetches; each one hands what it
     // produced for the next to that stage's task of the same partition, in process.
     const runs = config.fuseStages ? fusedRuns(stages) : [];
+    // Resolves once every runner below exists.
+    let created!: () => void;
+    const started = new Promise<void>((r) => (created = r));
     const runOf = (stage: StageName) => runs.find((r) => r.includes(stage)) ?? [];
     for (const r of runs) log.info({ stages: r }, 'stages fused: one task per partition runs them together (HERALD_FUSE_STAGES=false runs each on its own)');
     for (const stage of stages) {
-      const gate = stage === 'deliver' ? signingReady : STAGES[stage].tables.length ? tablesReady : undefined;
       const run = runOf(stage);
+      const own = stage === 'deliver' ? signingReady : STAGES[stage].tables.length ? tablesReady : undefined;
+      // A fused run's first stage starts once the others hold their partitions and have done their backlog.
+      const gate = run[0] === stage ? Promise.all([own, ...run.slice(1).map((s) => started.then(() => runners.get(s)!.joined).then(() => runners.get(s)!.settled()))]).then(() => undefined) : own;
+      gate?.catch(() => undefined);
       const next = run[run.indexOf(stage) + 1];
       const fused = {
         ...(run.length && run[0] !== stage ? { fed: true } : {}),
@@ -344,6 +350,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         onAssignment: (partitions, memberId) => directory.assigned(stage, partitions, memberId),
       }));
     }
+    created();
     cleanups.push(async () => {
       // A fused run stops in order: a stage stops after the one that hands it records.
       const stopping = new Map<StageName, Promise<void>>();

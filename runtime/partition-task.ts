@@ -22,8 +22,8 @@ import type { TopicKey } from '../topology.ts';
 
 /**
  * The next stage of a fused sub-topology: the records this task produced to `topicKey` (its
- * input topic) are handed to it, in process, after they are acknowledged and before this
- * task's own input offset is marked done.
+ * input topic) are handed to it, in process, after they are acknowledged; `to` resolves when
+ * it has taken them (queued), not when it has handled them.
  */
 export interface Forward {
   topicKey: TopicKey;
@@ -106,8 +106,8 @@ export class PartitionTask {
       // A changelogged store checkpoints its changelog offset; a source store, its input offset.
       await view.flush(cl ? (changelogOffsets.get(cl) ?? null) : offset !== null ? BigInt(offset) : null);
     }
-    // Fused: the successor handles these records now (its own batch, state and offsets); a
-    // failure here fails this batch too, which is then run again (replays are idempotent).
+    // Fused: the successor takes these records (acknowledged, so never lost: until it has
+    // handled them they are its backlog on the broker) and handles them as its own batch.
     if (forward && produced.length) await forward.to(this.partition, produced);
     if (topic !== null && offset !== null) offsets.mark(topic, this.partition, offset);
     metrics.records.inc({ stage, result: 'out' }, ctx.counts.out);

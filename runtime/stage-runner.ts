@@ -66,6 +66,8 @@ export interface StageRunnerOptions {
 
 /** How long a fused stage waits to hold a partition its predecessor hands records for. */
 const FEED_WAIT_MS = 60_000;
+/** Batches a fused stage queues per partition before its predecessor waits. */
+const FEED_DEPTH = 4;
 
 export class StageRunner {
   private consumer: Consumer | null = null;
@@ -91,6 +93,9 @@ export class StageRunner {
   private readonly o: StageRunnerOptions;
   /** Fused successor: feeds and catch-ups per partition, one at a time; ends of the input seen by the last check. */
   private readonly feeding = new Map<number, Promise<unknown>>();
+  private readonly queued = new Map<number, Promise<void>[]>();
+  /** Per partition, the offset after the last record handed over (queued, perhaps not handled yet). */
+  private readonly fedUpTo = new Map<number, bigint>();
   private readonly suspects = new Map<number, bigint>();
   private foreignTimer: NodeJS.Timeout | null = null;
 
@@ -179,32 +184,51 @@ export class StageRunner {
   }
 
   /**
-   * Fused successor: handles records its predecessor produced to this stage's input (already
-   * acknowledged, with their offsets) as a batch of `partition`: decoded from the bytes
-   * written, processed, produced, written and marked exactly as a fetched batch would be.
+   * Fused successor: takes records its predecessor produced to this stage's input (already
+   * acknowledged, with their offsets) and handles them as a batch of `partition`, after what
+   * the partition has queued: decoded from the bytes written, processed, produced, written
+   * and marked exactly as a fetched batch would be.
+   *
+   * Returns once they are queued, so the predecessor goes on with its next batch while this
+   * stage handles this one (a pipeline, as with separate consumers); it waits only while
+   * FEED_DEPTH batches of the partition are queued. The predecessor may commit before these
+   * records are handled: if the process dies first, they are this stage's backlog at the
+   * next start. If handling fails, the records are read from the broker at the next feed or
+   * check (the input is always handled in offset order, see `catchUp`).
    */
   async feed(partition: number, produced: readonly Produced[]): Promise<void> {
     if (produced.length === 0) return;
-    const { stage } = this.o;
     const topic = produced[0]!.topic;
-    if (!this.inputs.has(topic)) throw new Error(`stage ${stage} does not read ${topic}`);
+    if (!this.inputs.has(topic)) throw new Error(`stage ${this.o.stage} does not read ${topic}`);
+    const upTo = BigInt(produced.at(-1)!.offset) + 1n;
+    if (upTo > (this.fedUpTo.get(partition) ?? -1n)) this.fedUpTo.set(partition, upTo);
+    const work = this.serially(partition, () => this.feedNow(partition, topic, produced)).catch((err: unknown) => {
+      if ((err as HeraldError).code === 'HRL_SHUTTING_DOWN') return;
+      this.log.warn({ err, partition, from: produced[0]!.offset }, 'fused stage: handling records from its predecessor failed; they are read from its input instead');
+    });
+    const queue = this.queued.get(partition) ?? this.queued.set(partition, []).get(partition)!;
+    queue.push(work);
+    void work.finally(() => queue.splice(queue.indexOf(work), 1));
+    while (queue.length > FEED_DEPTH) await queue[0];
+  }
+
+  private async feedNow(partition: number, topic: string, produced: readonly Produced[]): Promise<void> {
+    const { stage } = this.o;
     for (const deadline = Date.now() + FEED_WAIT_MS; !this.assigned.has(partition);) {
       if (this.stopped) throw new HeraldError('HRL_SHUTTING_DOWN', `${stage} is stopping`, { retriable: true });
       if (Date.now() > deadline) throw new HeraldError('HRL_PARTITION_NOT_HELD', `${stage} does not hold partition ${partition} of ${topic} (its group is rebalancing)`, { retriable: true });
       await new Promise((r) => setTimeout(r, 50));
     }
     const task = await this.tasks.task(partition, async () => undefined);
-    await this.serially(partition, async () => {
-      // Records someone else wrote to this partition since the last ones handled (another
-      // producer, or an attempt of the predecessor that failed after producing) come first,
-      // read from the broker: every record of the input is handled, in offset order.
-      const first = BigInt(produced[0]!.offset);
-      if (task.nextInput !== null && first > task.nextInput) await this.catchUp(task, topic, first);
-      const fresh = produced.filter((p) => task.nextInput === null || BigInt(p.offset) >= task.nextInput);
-      if (fresh.length === 0) return;
-      const messages = fresh.map((p) => ({ key: Buffer.from(p.key), value: p.value, timestamp: String(p.timestamp), offset: p.offset, headers: p.headers, attributes: 0 }) as unknown as KafkaMessage);
-      await this.handleFed(task, topic, messages);
-    });
+    // Records someone else wrote to this partition since the last ones handled (another
+    // producer, or records whose handing-over failed) come first, read from the broker:
+    // every record of the input is handled, in offset order.
+    const first = BigInt(produced[0]!.offset);
+    if (task.nextInput !== null && first > task.nextInput) await this.catchUp(task, topic, first);
+    const fresh = produced.filter((p) => task.nextInput === null || BigInt(p.offset) >= task.nextInput);
+    if (fresh.length === 0) return;
+    const messages = fresh.map((p) => ({ key: Buffer.from(p.key), value: p.value, timestamp: String(p.timestamp), offset: p.offset, headers: p.headers, attributes: 0 }) as unknown as KafkaMessage);
+    await this.handleFed(task, topic, messages);
   }
 
   /** Handles fed or caught-up records of one partition as a batch, and moves its `nextInput` past them. */
@@ -239,9 +263,9 @@ export class StageRunner {
   }
 
   /**
-   * Fused successor, every second: a partition whose input has records past `nextInput`
-   * that no feed has brought for a whole interval (written by another producer, with
-   * nothing from the predecessor since) gets them read from the broker.
+   * Fused successor, every second: a partition whose input has records past both
+   * `nextInput` and what was handed over, for a whole interval (written by another
+   * producer, with nothing from the predecessor since), gets them read from the broker.
    */
   private async checkForeign(): Promise<void> {
     const [topic] = [...this.inputs.keys()];
@@ -253,7 +277,9 @@ export class StageRunner {
       if (!task || task.nextInput === null || end === undefined) continue;
       const seen = this.suspects.get(p);
       this.o.metrics.lag.set({ stage: this.o.stage, topic, partition: String(p) }, Number(end - task.nextInput));
-      if (end <= task.nextInput) {
+      // Records handed over but still queued are not foreign.
+      const fed = this.fedUpTo.get(p) ?? -1n;
+      if (end <= task.nextInput || end <= fed) {
         this.suspects.delete(p);
         continue;
       }

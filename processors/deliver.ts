@@ -61,7 +61,12 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: 
   // Calls in flight per channel and per endpoint, also per process: one busy host cannot take
   // every connection, and one channel cannot starve the others.
   let limits: CallLimits | null = null;
-  return (deps) => deliverPartition(channels, random, deps, (limits ??= new CallLimits(deps.config.channelConcurrency, deps.config.endpointConcurrency)), (breakers ??= new CircuitBreakers({
+  return (deps) => deliverPartition(channels, random, deps, (limits ??= new CallLimits(deps.config.channelConcurrency, deps.config.endpointConcurrency, (url, slow) => {
+    deps.metrics.slowLanes.inc(slow ? 1 : -1);
+    // The host only: a URL's path or query may carry a token.
+    const host = (() => { try { return new URL(url).host; } catch { return '?'; } })();
+    if (slow) deps.log.warn({ host }, 'a webhook URL outlived its batch wait: its calls now run one at a time in a lane of their own, outside the host\'s slots');
+  })), (breakers ??= new CircuitBreakers({
     failures: deps.config.breakerFailures, openMs: deps.config.breakerOpenMs,
     onChange: (endpoint, from, to, failures) => {
       deps.metrics.circuitState.set({ endpoint }, to === 'closed' ? 0 : to === 'open' ? 1 : 2);
@@ -70,20 +75,78 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: 
   })));
 };
 
-/** p-limit queues per channel and per endpoint: a call starts when both have room. */
-class CallLimits {
+/** How long a URL stays in its slow lane without a fast answer (a fast answer ends it at once). */
+const SLOW_LANE_MS = 10 * 60_000;
+
+/**
+ * p-limit queues per channel and per endpoint (host): a call starts when both have room.
+ *
+ * A URL whose call outlived its batch's wait (it hangs, or answers slowly) gets a slow lane
+ * of its own: its next calls run one at a time there, outside the host's slots, and no batch
+ * waits for them. So a hanging webhook never holds the slots of healthy webhooks on the same
+ * host (a shared receiver, a SaaS inbox), and its retries queue behind each other, not
+ * in front of everyone else. A call that answers within the batch wait ends the lane.
+ */
+export class CallLimits {
   private readonly byChannel = new Map<string, LimitFunction>();
   private readonly byEndpoint = new Map<string, LimitFunction>();
+  private readonly lanes = new Map<string, { until: number; limit: LimitFunction }>();
   private readonly perChannel: number;
   private readonly perEndpoint: number;
+  private readonly onSlow: ((url: string, slow: boolean) => void) | undefined;
 
-  constructor(perChannel: number, perEndpoint: number) {
+  constructor(perChannel: number, perEndpoint: number, onSlow?: (url: string, slow: boolean) => void) {
     this.perChannel = perChannel;
     this.perEndpoint = perEndpoint;
+    this.onSlow = onSlow;
   }
 
-  run<T>(channel: string, endpoint: string | null, fn: () => Promise<T>): Promise<T> {
+  /** Is `url` in its slow lane at `now`? */
+  isSlow(url: string | null, now: number): boolean {
+    if (url === null) return false;
+    const lane = this.lanes.get(url);
+    if (!lane) return false;
+    if (lane.until > now) return true;
+    this.release(url);
+    return false;
+  }
+
+  /** A call to `url` outlived its batch's wait: its next calls go to its slow lane. */
+  markSlow(url: string | null, now: number): void {
+    if (url === null) return;
+    this.release(url);
+    const lane = this.lanes.get(url) ?? this.lanes.set(url, { until: 0, limit: pLimit(1) }).get(url)!;
+    if (lane.until <= now) this.onSlow?.(url, true);
+    lane.until = now + SLOW_LANE_MS;
+  }
+
+  /** A call to `url` answered within its batch's wait: its next calls use the host's slots again. */
+  markFast(url: string | null, now: number): void {
+    if (url === null) return;
+    const lane = this.lanes.get(url);
+    if (!lane) return;
+    if (lane.until > now) this.onSlow?.(url, false);
+    lane.until = 0;
+    this.release(url);
+  }
+
+  /** Ends a lane whose time is up (reported once), and forgets it once no call is left in it. */
+  private release(url: string): void {
+    const lane = this.lanes.get(url);
+    if (!lane || lane.until > Date.now()) return;
+    if (lane.until > 0) {
+      lane.until = 0;
+      this.onSlow?.(url, false);
+    }
+    if (lane.limit.activeCount === 0 && lane.limit.pendingCount === 0) this.lanes.delete(url);
+  }
+
+  run<T>(channel: string, endpoint: string | null, url: string | null, now: number, fn: () => Promise<T>): Promise<T> {
     const channelLimit = this.byChannel.get(channel) ?? this.byChannel.set(channel, pLimit(this.perChannel)).get(channel)!;
+    if (url !== null && this.isSlow(url, now)) {
+      const lane = this.lanes.get(url)!;
+      return lane.limit(() => channelLimit(fn)).finally(() => this.release(url));
+    }
     if (!endpoint) return channelLimit(fn);
     const endpointLimit = this.byEndpoint.get(endpoint) ?? this.byEndpoint.set(endpoint, pLimit(this.perEndpoint)).get(endpoint)!;
     // Endpoint first, so calls waiting for a busy host do not hold channel slots.
@@ -92,6 +155,9 @@ class CallLimits {
     });
   }
 }
+
+/** The URL a webhook or chat call goes to (its lane key); null for channels without one. */
+const urlOf = (task: DeliveryTask): string | null => (task.channel === 'webhook' || task.channel === 'chat' ? task.address : null);
 
 function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random: () => number, { config, metrics, rules }: StageDeps, limits: CallLimits, breakers: CircuitBreakers): Processor<'deliver'> {
   /** The rule's retry policy, or the configured defaults. */
@@ -116,10 +182,16 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     if (!provider) return { ok: false as const, retriable: false, code: 'channel_unavailable', detail: `no provider for channel ${task.channel}` };
     // The timeout starts when the call does, after any wait for a slot.
     let started = 0;
-    const r = await limits.run(task.channel, endpointOf(task.channel, task.address), () => {
+    let overdue: ReturnType<typeof setTimeout> | undefined;
+    const url = urlOf(task);
+    const r = await limits.run(task.channel, endpointOf(task.channel, task.address), url, Date.now(), () => {
       started = performance.now();
+      // Running longer than a batch waits: the URL is slow (only the call itself counts, not a wait for a slot).
+      overdue = setTimeout(() => limits.markSlow(url, Date.now()), config.deliveryBatchWaitMs);
       return provider.send(task, AbortSignal.timeout(config.deliveryTimeoutMs));
     }).catch((err: Error) => ({ ok: false as const, retriable: true, code: 'provider_error', detail: err.message }));
+    clearTimeout(overdue);
+    if (started && performance.now() - started < config.deliveryBatchWaitMs) limits.markFast(url, Date.now());
     metrics.deliveryLatency.observe({ channel: task.channel }, (performance.now() - started) / 1000);
     metrics.deliveries.inc({ channel: task.channel, result: r.ok ? 'delivered' : r.retriable ? 'retriable' : 'permanent' });
     return r;
@@ -200,10 +272,12 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     // A call still running then is detached: the batch goes on (fresh deliveries never wait
     // behind a hanging endpoint), a lease held until the call's timeout brings the attempt
     // back if this instance dies, and the timer records the result when it comes.
+    // Calls to a URL in its slow lane start too, but the batch does not wait for them.
     const outcomes = new Map<Item, SendResult>();
+    const slow = new Set(send.filter((item) => limits.isSlow(urlOf(item.task), Date.now())));
     const running = send.map((item) => call(item.task).then((r) => void outcomes.set(item, r)));
     let waited: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([Promise.all(running), new Promise<void>((r) => (waited = setTimeout(r, config.deliveryBatchWaitMs)))]);
+    await Promise.race([Promise.all(running.filter((_, i) => !slow.has(send[i]!))), new Promise<void>((r) => (waited = setTimeout(r, config.deliveryBatchWaitMs)))]);
     clearTimeout(waited);
     const retries = ctx.store('retries');
     for (const item of send.filter((i) => !outcomes.has(i))) {

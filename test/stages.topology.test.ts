@@ -520,6 +520,52 @@ describe('deliver: a slow endpoint never holds back the others', () => {
   });
 });
 
+describe('deliver: a hanging URL gets a slow lane of its own', () => {
+  it('runs its later calls one at a time outside the host\'s slots, so a healthy URL on the same host is called at once', async () => {
+    const { loadConfig } = await import('../config.ts');
+    const config = loadConfig({}, { stateBackend: 'memory', logLevel: 'silent', deliveryBatchWaitMs: 50, endpointConcurrency: 3 });
+    let hanging = 0;
+    let most = 0;
+    const release: (() => void)[] = [];
+    const channel: ChannelProvider = {
+      name: 'webhook',
+      send: async (task) => {
+        if (task.address.endsWith('/ok')) return { ok: true, providerMessageId: null, detail: 'HTTP 200' };
+        hanging++;
+        most = Math.max(most, hanging);
+        await new Promise<void>((r) => release.push(r));
+        hanging--;
+        return { ok: true, providerMessageId: null, detail: 'HTTP 200' };
+      },
+    };
+    const { Metrics } = await import('../runtime/metrics.ts');
+    const metrics = new Metrics();
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1), { config, metrics });
+    const taskTo = async (recipient: string, address: string) => (await driver('route', route).pipe([{ value: { request: (await requestsFor(event({ id: `e-${recipient}`, recipients: [recipient] })))[0]!, user: user({ userId: recipient, webhookUrl: address }), preferences: null }, timestamp: T0 }])).emitted[0]!.value as DeliveryTask;
+    const hang = 'https://shared.example/hooks/hang';
+    // Two calls hang: they hold two of the host's three slots, and outlive the batch's wait.
+    const first = await d.pipe([await taskTo('h1', hang), await taskTo('h2', hang)].map((value) => ({ value, timestamp: T0 })));
+    expect(first.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'ATTEMPTED']);
+    await new Promise((r) => setTimeout(r, 80)); // the calls are now older than the batch wait
+    expect(await metrics.registry.getSingleMetricAsString('herald_deliver_slow_lanes')).toMatch(/herald_deliver_slow_lanes 1$/m);
+    // Two more for the hanging URL and one for a healthy URL on the same host: the hanging
+    // ones queue in their lane (one at a time), the healthy one takes the free host slot.
+    const second = await d.pipe([await taskTo('h3', hang), await taskTo('h4', hang), await taskTo('ok', 'https://shared.example/hooks/ok')].map((value) => ({ value, timestamp: T0 })));
+    expect(second.outcomes.filter((o) => o.status === 'DELIVERED').map((o) => o.recipient)).toEqual(['ok']);
+    while (hanging < 3) await new Promise((r) => setImmediate(r));
+    expect([hanging, most]).toEqual([3, 3]); // h1, h2 in host slots, h3 in the lane; h4 waits behind h3
+    // The URL recovers: every call answers, the timer records them, and the lane ends.
+    while (release.length) {
+      release.shift()!();
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const settled = await d.advance(100);
+    expect(settled.outcomes.filter((o) => o.status === 'DELIVERED').map((o) => o.recipient).sort()).toEqual(['h1', 'h2', 'h3', 'h4']);
+    expect(most).toBe(3);
+    expect(await metrics.registry.getSingleMetricAsString('herald_deliver_slow_lanes')).toMatch(/herald_deliver_slow_lanes 0$/m);
+  });
+});
+
 describe('deliver: calls in flight are capped per endpoint', () => {
   it('lets at most HERALD_ENDPOINT_CONCURRENCY calls reach one host at once, while another host is called at once', async () => {
     const { loadConfig } = await import('../config.ts');

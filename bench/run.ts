@@ -13,14 +13,16 @@
  * - peak RSS of this process.
  *
  * `npm run bench -- --http` runs only the HTTP API scenario (see httpRun); `-- --noisy` runs it
- * twice at a fixed load, without and with noisy neighbours.
+ * twice at a fixed load, without and with noisy neighbours; `-- --soak` runs it at a fixed load
+ * for minutes and prints Herald's RSS at 1 minute and at the end of publishing.
  *
  * Sizes respect the embedded broker's ~5 MB per partition log (see README).
  * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|throttle|pipeline|restore|journal|rebuild|latency,
  * BENCH_PASSTHROUGH / BENCH_DEDUPE / BENCH_PIPELINE / BENCH_RESTORE_KEYS / BENCH_REBUILD_EVENTS (record counts),
  * BENCH_LATENCY_RATE / BENCH_LATENCY_SECONDS (the fixed offered load of the latency run, default 2,000/s for 30 s);
  * with --http, BENCH_HTTP_EVENTS and BENCH_HTTP_RATE (a fixed offered load instead of as fast as answered);
- * with --noisy, BENCH_NOISY_RATE / BENCH_NOISY_SECONDS (default 200/s for 40 s).
+ * with --noisy, BENCH_NOISY_RATE / BENCH_NOISY_SECONDS (default 200/s for 40 s);
+ * with --soak, BENCH_SOAK_RATE / BENCH_SOAK_SECONDS (default 1,000/s for 300 s).
  */
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -395,7 +397,7 @@ function runClients(job: WireJob): Promise<ClientReport> {
  * (first POST to last webhook) and publish-to-webhook percentiles, with the correctness
  * check of the pipeline run.
  */
-async function httpRun(o: { events: number; clients: number; users: number; perSecond?: number; noisy?: { hang: number; retryAfter: number } }) {
+async function httpRun(o: { events: number; clients: number; users: number; perSecond?: number; noisy?: { hang: number; retryAfter: number }; sampleRss?: boolean }) {
   const arrivals = new Map<string, number>();
   const repeated: string[] = [];
   const receiver = fork(join(import.meta.dirname, 'receiver.ts'), [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
@@ -412,10 +414,18 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
   const key = 'hk_bench_http_0123456789abcdef';
   const tuning = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('HERALD_') && !k.startsWith('HERALD_BENCH')));
   const herald = await startHerald({ config: loadConfig({ ...tuning, HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'silent', HERALD_DEV_KEY: key, HERALD_API_RATE: '1000000', HERALD_API_BURST: '1000000', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' }), log });
+  // --soak: Herald's memory (this process: Herald runs in it; the clients and the receiver do not) every 5 s while the clients publish.
+  const rss: { at: number; rssMb: number; heapMb: number }[] = [];
+  const t0 = Date.now();
+  const sampler = o.sampleRss ? setInterval(() => {
+    const m = process.memoryUsage();
+    rss.push({ at: Math.round((Date.now() - t0) / 1000), rssMb: round(m.rss / 1048576), heapMb: round(m.heapUsed / 1048576) });
+  }, 5000) : null;
   // The clients run in their own process, as users' clients do.
   const hang = o.noisy?.hang ?? 0;
   const noisyUsers = hang + (o.noisy?.retryAfter ?? 0);
   const { sent: sentList, waits, refused, firstPost, published } = await runClients({ url: herald.httpUrl!, key, events: o.events, clients: o.clients, users: o.users, ...(o.perSecond ? { perSecond: o.perSecond } : {}), hooks: Array.from({ length: o.users }, (_, i) => `http://127.0.0.1:${port}/${i < hang ? 'hang' : i < noisyUsers ? 'retry-after' : 'hook'}`) });
+  if (sampler) clearInterval(sampler);
   // Healthy events: those whose user is not one of the noisy neighbours (event i goes to user i % users).
   const healthy = (id: string) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users >= noisyUsers;
   const sent = new Map(sentList.filter(([id]) => healthy(id)));
@@ -459,6 +469,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     endToEndSeconds: +((last - firstPost) / 1000).toFixed(3), endToEndEventsPerSecond: round(sent.size / ((last - firstPost) / 1000)),
     ...(o.noisy ? { noisyNeighbours: { hangingUsers: hang, hangingNotifications: sentList.filter(([id]) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users < hang).length, retryAfter100000Users: o.noisy.retryAfter, latencyOf: 'healthy users only' } } : {}),
     latency: { p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) }, stages,
+    ...(o.sampleRss ? { rss } : {}),
     correctness: { ok: failures.length === 0, failures, notifications: accounting.notifications, terminal: accounting.terminal, violations: accounting.violations.length, deliveredTwice: repeated.length },
   };
 }
@@ -482,6 +493,26 @@ async function main() {
       const ratio = +(noisy.latency.p99Ms / quiet.latency.p99Ms).toFixed(2);
       process.stdout.write(`${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', node: process.version }, noisyNeighbours: { offeredPerSecond: rate, events, healthyP99RatioWithToWithout: ratio, target: '<= 2', without: quiet, with: noisy }, peakRssMb: round(process.resourceUsage().maxRSS / 1024), totalSeconds: round((Date.now() - started) / 1000) }, null, 2)}\n`);
       if (!quiet.correctness.ok || !noisy.correctness.ok) process.exitCode = 1;
+      return;
+    }
+    if (process.argv.includes('--soak')) {
+      // A fixed offered load for minutes through the HTTP API: does Herald's memory grow?
+      const rate = Number(process.env.BENCH_SOAK_RATE ?? 1000);
+      const seconds = Number(process.env.BENCH_SOAK_SECONDS ?? 300);
+      progress(`soak: ${rate} events/s offered for ${seconds} s through the HTTP API, RSS sampled every 5 s …`);
+      const run = await httpRun({ events: rate * seconds, clients: 50, users: 1000, perSecond: rate, sampleRss: true });
+      const samples = run.rss ?? [];
+      const at60 = samples.find((x) => x.at >= 60);
+      const end = samples.at(-1);
+      const growth = at60 && end ? +(((end.rssMb - at60.rssMb) / at60.rssMb) * 100).toFixed(1) : null;
+      const soak = {
+        offeredPerSecond: rate, seconds, events: rate * seconds, rssMbAt60s: at60?.rssMb ?? null, rssMbAtEnd: end?.rssMb ?? null, endAtSecond: end?.at ?? null,
+        growthPercent: growth, target: 'RSS at the end within 10% of RSS at 1 minute', publishSeconds: run.publishSeconds, publishPerSecond: run.publishPerSecond,
+        endToEndEventsPerSecond: run.endToEndEventsPerSecond, retriedAfter429or503: run.retriedAfter429or503, latency: run.latency, correctness: run.correctness,
+        rssEvery30s: samples.filter((x) => x.at % 30 === 0),
+      };
+      process.stdout.write(`${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', node: process.version }, soak, totalSeconds: round((Date.now() - started) / 1000) }, null, 2)}\n`);
+      if (!run.correctness.ok) process.exitCode = 1;
       return;
     }
     if (process.argv.includes('--http')) {

@@ -5,7 +5,9 @@
  *   same embedded broker in the same run: the ceiling every stage is measured against;
  * - dedupe: the dedupe stage alone (RocksDB store, changelog, half the records duplicates);
  * - pipeline: events/s through all seven stages to a real HTTP webhook, and its ratio to
- *   the passthrough ceiling;
+ *   the passthrough ceiling (stages fused, the default; and unfused);
+ * - realisticMix: 50,000 events for 10,000 users with duplicates, audience fan-outs, users
+ *   over a rate limit and two channels per rule (see mix);
  * - latency: publish-to-webhook percentiles at a fixed offered load;
  * - restore: a 1,000,000-key store restored from its changelog into RocksDB;
  * - embeddedRestart: 1,000,000 journaled records replayed into a fresh embedded broker;
@@ -17,15 +19,15 @@
  * for minutes and prints Herald's RSS at 1 minute and at the end of publishing.
  *
  * Sizes respect the embedded broker's ~5 MB per partition log (see README).
- * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|throttle|pipeline|restore|journal|rebuild|latency,
- * BENCH_PASSTHROUGH / BENCH_DEDUPE / BENCH_PIPELINE / BENCH_RESTORE_KEYS / BENCH_REBUILD_EVENTS (record counts),
+ * Environment: BENCH_BROKERS (embedded brokers, default 1), BENCH_ONLY=dedupe|throttle|pipeline|mix|restore|journal|rebuild|latency,
+ * BENCH_PASSTHROUGH / BENCH_DEDUPE / BENCH_PIPELINE / BENCH_MIX_EVENTS / BENCH_RESTORE_KEYS / BENCH_REBUILD_EVENTS (record counts),
  * BENCH_LATENCY_RATE / BENCH_LATENCY_SECONDS (the fixed offered load of the latency run, default 2,000/s for 30 s);
  * with --http, BENCH_HTTP_EVENTS and BENCH_HTTP_RATE (a fixed offered load instead of as fast as answered);
  * with --noisy, BENCH_NOISY_RATE / BENCH_NOISY_SECONDS (default 200/s for 40 s);
  * with --soak, BENCH_SOAK_RATE / BENCH_SOAK_SECONDS (default 1,000/s for 300 s).
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { fork } from 'node:child_process';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -250,6 +252,127 @@ async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: strin
   if (repeated.length) throw new Error(`bench: ${repeated.length} deliveries reached the receiver twice (e.g. ${repeated[0]})`);
   const correctness = { notifications: accounting.notifications, terminal: accounting.terminal, violations: 0, deliveredTwice: 0, receiver: 'separate process (bench/receiver.ts), same machine' };
   return { throughput, correctness, latency: { offeredPerSecond: offered.perSecond, seconds: offered.seconds, events: total, achievedSendPerSecond: round(total / sendSeconds), p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100), notDeliveredWithin60sOfLastSend: late } };
+}
+
+/**
+ * The realistic mix (BENCH_ONLY=mix): `n` events streamed in (never more than 4,000 ahead of
+ * ingest, so the embedded broker's per-partition cap never drops data) for 10,000 users:
+ * - 5 announcements to an audience of 1,000 members (fan-out);
+ * - the other events are comments, one recipient each; every fifth repeats an earlier
+ *   comment for the same user inside the 1 h dedupe window (~20 % duplicates);
+ * - 1,000 heavy users (10 %) get 40 % of the comments and run over a limit of 3 per minute
+ *   (onExceed: drop);
+ * - both rules send two channels: webhook (HTTP to the receiver) and in-app.
+ * Figures: events/s and notifications/s from the first ingested batch until every accepted
+ * notification has its terminal status per channel; the mix's counts; the correctness check.
+ */
+async function mix(broker: EmbeddedBroker, kafka: Kafka, registryUrl: string, n: number) {
+  const prefix = 'bm.';
+  for (const t of topicPlan(prefix, PARTITIONS)) await broker.createTopic(t.name, t.partitions);
+  const repeated: string[] = [];
+  const receiver = fork(join(import.meta.dirname, 'receiver.ts'), [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    receiver.once('error', reject);
+    receiver.on('message', (m: { port?: number; repeated?: string[] }) => {
+      if (m.port) resolve(m.port);
+      repeated.push(...(m.repeated ?? []));
+    });
+  });
+  const hook = `http://127.0.0.1:${port}/hook`;
+  const dir = mkdtempSync(join(tmpdir(), 'herald-bench-mix-'));
+  const rulesFile = join(dir, 'rules.json');
+  const templates = { webhook: { en: { subject: '{{eventType}}', body: '{{actor}}: {{data.text}}' } }, inapp: { en: { body: '{{actor}}: {{data.text}}' } } };
+  writeFileSync(rulesFile, JSON.stringify({
+    version: 2,
+    rules: [
+      { id: 'comment', eventType: 'comment.created', category: 'collaboration', channels: ['webhook', 'inapp'], templates, dedupe: { keyFields: ['recipient', 'data.commentId'], window: '1h' }, throttle: { limits: [{ scope: 'user', max: 3, per: '1m' }], onExceed: 'drop' } },
+      { id: 'announce', eventType: 'product.announcement', category: 'product', channels: ['webhook', 'inapp'], templates, dedupe: { keyFields: ['recipient', 'data.id'], window: '1h' } },
+    ],
+  }));
+  const serde = new Serde(registryUrl);
+  const USERS = 10_000;
+  const users = topicName(prefix, 'users');
+  await serde.register(users, 'UserProfile');
+  await produceAll(kafka, users, await Promise.all(Array.from({ length: USERS }, async (_, i) => ({ key: userKey('acme', `user-${i}`), value: await serde.encode(users, { userId: `user-${i}`, tenant: 'acme', webhookUrl: hook }) }))));
+  const audiences = topicName(prefix, 'audiences');
+  await serde.register(audiences, 'AudienceMember');
+  const { audienceKey } = await import('../processors/ingest.ts');
+  await produceAll(kafka, audiences, await Promise.all(Array.from({ length: 1000 }, async (_, i) => ({ key: audienceKey('acme', 'all-hands', `user-${i}`), value: await serde.encode(audiences, { tenant: 'acme', audience: 'all-hands', userId: `user-${i}`, addedAt: null }) }))));
+  // The events, decided up front (deterministic): which are duplicates, who is heavy.
+  const ANNOUNCEMENTS = 5;
+  const events: string[] = [];
+  const comments: { user: number; commentId: string }[] = [];
+  let duplicates = 0;
+  let announcements = 0;
+  for (let i = 0; i < n; i++) {
+    if (i % Math.floor(n / ANNOUNCEMENTS) === 0 && announcements < ANNOUNCEMENTS) {
+      announcements++;
+      events.push(JSON.stringify({ id: `m-${i}`, type: 'product.announcement', tenant: 'acme', recipients: [], audience: 'all-hands', actor: 'bench', data: { id: `a-${i}`, text: 'news' } }));
+      continue;
+    }
+    let c: { user: number; commentId: string };
+    if (comments.length >= 5 && i % 5 === 0) {
+      c = comments[comments.length - 1 - (i % 4)]!; // the same comment for the same user again
+      duplicates++;
+    } else {
+      // 40 % of comments to the 1,000 heavy users (user-9000..9999), the rest spread over the other 9,000.
+      const heavy = i % 5 === 1 || i % 5 === 3;
+      c = { user: heavy ? 9000 + ((i * 7919) % 1000) : (i * 104729) % 9000, commentId: `c-${i}` };
+      comments.push(c);
+    }
+    events.push(JSON.stringify({ id: `m-${i}`, type: 'comment.created', tenant: 'acme', recipients: [`user-${c.user}`], actor: 'bench', data: { commentId: c.commentId, text: 'hello' } }));
+  }
+  const stateDir = join(dir, 'state');
+  const herald = await startHerald({ config: env(broker, registryUrl, prefix, stateDir, { HERALD_RULES: rulesFile }), log });
+  const outcomes: LifecycleEvent[] = [];
+  const admin = kafka.admin();
+  await admin.connect();
+  const outcomeReader = new TopicReader(kafka, admin, { topic: topicName(prefix, 'outcomes'), groupPrefix: 'bench.', onBatch: async ({ messages }) => {
+    for (const m of messages) if (m.value) outcomes.push(await serde.decode<LifecycleEvent>(m.value));
+  } });
+  await outcomeReader.start();
+  const ingested = () => metricValue(herald.metrics.registry, 'herald_stage_records_total', { stage: 'ingest', result: 'in' });
+  // Streamed in: at most 4,000 events ahead of ingest.
+  const producer = createProducer(kafka);
+  await producer.connect();
+  for (let i = 0; i < events.length;) {
+    if (i - (await ingested()) > 4000) {
+      await sleep(20);
+      continue;
+    }
+    const chunk = events.slice(i, i + 1000);
+    await producer.send({ topic: topicName(prefix, 'events'), acks: -1, messages: chunk.map((value, j) => ({ key: `m-${i + j}`, value })) });
+    i += chunk.length;
+  }
+  await producer.disconnect();
+  const expected = n - ANNOUNCEMENTS + ANNOUNCEMENTS * 1000;
+  const accepted = () => new Set(outcomes.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
+  // Checked every second (the check reads every lifecycle event); the end is the last terminal decision's time.
+  const deadline = Date.now() + 900_000;
+  for (;;) {
+    await sleep(1000);
+    const a = accepted();
+    if (a.size === expected && checkAccounting(outcomes, a).violations.length === 0) break;
+    if (Date.now() > deadline) throw new Error(`bench mix: ${a.size} of ${expected} notifications accepted, not all terminal, after 15 minutes`);
+  }
+  const first = herald.runners.get('ingest')!.firstBatchAt()!;
+  const done = outcomes.reduce((m, e) => (e.terminal && e.timestamp > m ? e.timestamp : m), 0);
+  const seconds = (done - first) / 1000;
+  const stages = await stageFigures(herald);
+  const accounting = checkAccounting(outcomes, accepted());
+  const counts: Record<string, number> = {};
+  for (const e of outcomes) if (e.terminal) counts[`${e.status}${e.channel ? ` ${e.channel}` : ''}`] = (counts[`${e.status}${e.channel ? ` ${e.channel}` : ''}`] ?? 0) + 1;
+  await outcomeReader.stop();
+  await admin.disconnect();
+  await herald.stop();
+  receiver.disconnect();
+  rmSync(dir, { recursive: true, force: true });
+  if (repeated.length) throw new Error(`bench mix: ${repeated.length} deliveries reached the receiver twice (e.g. ${repeated[0]})`);
+  return {
+    mix: { events: n, users: USERS, notifications: expected, announcementsToAudienceOf1000: ANNOUNCEMENTS, repeatedComments: duplicates, heavyUsers: 1000, limit: '3 per minute per user, drop', channelsPerRule: ['webhook', 'inapp'], streamed: 'at most 4,000 events ahead of ingest' },
+    seconds: +seconds.toFixed(3), eventsPerSecond: round(n / seconds), notificationsPerSecond: round(expected / seconds), terminalStatuses: counts, stages,
+    correctness: { notifications: accounting.notifications, terminal: accounting.terminal, violations: accounting.violations.length, deliveredTwice: repeated.length },
+  };
 }
 
 async function restore(broker: EmbeddedBroker, kafka: Kafka, keys: number) {
@@ -536,7 +659,9 @@ async function main() {
     const pipe = only && only !== 'pipeline' ? null : await pipeline(broker, kafka, registryUrl, Number(process.env.BENCH_PIPELINE ?? 4_000), { perSecond: 100, seconds: 10 });
     progress(`  ${pipe?.throughput.eventsPerSecond} events/s, p50 ${pipe?.latency.p50Ms} ms at 100/s; the same unfused (HERALD_FUSE_STAGES=false) …`);
     const unfused = only && only !== 'pipeline' ? null : await pipeline(broker, kafka, registryUrl, Number(process.env.BENCH_PIPELINE ?? 4_000), { perSecond: 100, seconds: 10 }, false);
-    progress(`  ${unfused?.throughput.eventsPerSecond} events/s, p50 ${unfused?.latency.p50Ms} ms at 100/s; restore of 1,000,000 keys …`);
+    progress(`  ${unfused?.throughput.eventsPerSecond} events/s, p50 ${unfused?.latency.p50Ms} ms at 100/s; the realistic mix (${Number(process.env.BENCH_MIX_EVENTS ?? 50_000)} events) …`);
+    const mixed = only && only !== 'mix' ? null : await mix(broker, kafka, registryUrl, Number(process.env.BENCH_MIX_EVENTS ?? 50_000));
+    progress(`  mix: ${mixed?.eventsPerSecond} events/s, ${mixed?.notificationsPerSecond} notifications/s; restore …`);
     const restored = only && only !== 'restore' ? null : await restore(broker, kafka, Number(process.env.BENCH_RESTORE_KEYS ?? 1_000_000));
     progress(`  ${restored?.keysPerSecond} keys/s; embedded restart with 1,000,000 journaled records …`);
     const restart = only && only !== 'journal' ? null : await journalRestart(Number(process.env.BENCH_JOURNAL_RECORDS ?? 1_000_000));
@@ -562,6 +687,7 @@ async function main() {
       pipelineUnfused: unfused ? { ...unfused.throughput, ratioToPassthrough: +(unfused.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), fetchedHops: 6, lightLoadLatency: unfused.latency, note: 'the same run with HERALD_FUSE_STAGES=false: every stage fetches its input' } : null,
       latency: latency ? { offeredPerSecond: rate, seconds: latencySeconds, ...latency.latency, publishPerSecond: latency.publishPerSecond, endToEndEventsPerSecond: latency.endToEndEventsPerSecond, retriedAfter429or503: latency.retriedAfter429or503, correctness: latency.correctness, via: latency.herald } : null,
       correctness: pipe?.correctness ?? null,
+      realisticMix: mixed,
       restore: restored,
       embeddedRestart: restart,
       lifecycleRebuild: rebuilt,

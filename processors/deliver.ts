@@ -77,6 +77,8 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: 
 
 /** How long a URL stays in its slow lane without a fast answer (a fast answer ends it at once). */
 const SLOW_LANE_MS = 10 * 60_000;
+/** Calls a slow lane holds (running and waiting); more tasks for the URL are rescheduled without a call. */
+const LANE_DEPTH = 4;
 
 /**
  * p-limit queues per channel and per endpoint (host): a call starts when both have room.
@@ -91,6 +93,7 @@ export class CallLimits {
   private readonly byChannel = new Map<string, LimitFunction>();
   private readonly byEndpoint = new Map<string, LimitFunction>();
   private readonly lanes = new Map<string, { until: number; limit: LimitFunction }>();
+  private swept = 0;
   private readonly perChannel: number;
   private readonly perEndpoint: number;
   private readonly onSlow: ((url: string, slow: boolean) => void) | undefined;
@@ -99,6 +102,13 @@ export class CallLimits {
     this.perChannel = perChannel;
     this.perEndpoint = perEndpoint;
     this.onSlow = onSlow;
+  }
+
+  /** Is `url` in its slow lane with LANE_DEPTH calls in it already, counting `more` about to join? */
+  laneFull(url: string | null, now: number, more = 0): boolean {
+    if (!this.isSlow(url, now)) return false;
+    const { limit } = this.lanes.get(url!)!;
+    return limit.activeCount + limit.pendingCount + more >= LANE_DEPTH;
   }
 
   /** Is `url` in its slow lane at `now`? */
@@ -142,6 +152,11 @@ export class CallLimits {
   }
 
   run<T>(channel: string, endpoint: string | null, url: string | null, now: number, fn: () => Promise<T>): Promise<T> {
+    // Lanes of URLs never called again end here, once a minute.
+    if (now - this.swept > 60_000) {
+      this.swept = now;
+      for (const u of [...this.lanes.keys()]) this.release(u);
+    }
     const channelLimit = this.byChannel.get(channel) ?? this.byChannel.set(channel, pLimit(this.perChannel)).get(channel)!;
     if (url !== null && this.isSlow(url, now)) {
       const lane = this.lanes.get(url)!;
@@ -253,11 +268,23 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     const expired = todo.filter(({ task }) => task.expiresAt !== null && now0 >= task.expiresAt);
     const probes = new Set<Item>();
     const send: Item[] = [];
+    // Calls of this batch about to join a slow lane, by URL.
+    const joining = new Map<string, number>();
     for (const item of todo.filter(({ task }) => task.expiresAt === null || now0 < task.expiresAt)) {
       const endpoint = endpointOf(item.task.channel, item.task.address);
+      const url = urlOf(item.task);
+      if (limits.laneFull(url, now0, url === null ? 0 : (joining.get(url) ?? 0))) {
+        // Its slow lane is full: the task waits a call's timeout, without a call and without an attempt.
+        const { task, cause } = item;
+        const next: DeliveryTask = { ...task, notBefore: now0 + config.deliveryTimeoutMs };
+        ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
+        ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'slow_endpoint', reason: `the URL hangs or answers slowly: its calls run one at a time and ${LANE_DEPTH} are queued; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
+        continue;
+      }
       const a = endpoint ? breakers.admit(endpoint, now0) : ({ call: true, probe: false } as const);
       if (a.call) {
         send.push(item);
+        if (url !== null && limits.isSlow(url, now0)) joining.set(url, (joining.get(url) ?? 0) + 1);
         if (a.probe) probes.add(item);
         continue;
       }

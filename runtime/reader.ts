@@ -141,9 +141,24 @@ export class TopicReader {
 
   /** Starts and waits until the end offsets are reached (bounded reads). */
   async readToEnd(): Promise<void> {
-    await this.start();
-    await this.caughtUp;
-    await this.stop();
+    try {
+      await this.start();
+      await this.caughtUp;
+    } finally {
+      await this.stop();
+    }
+  }
+
+  /**
+   * Gives up: whoever waits on `caughtUp` (or `readToEnd`) gets `err`. For an `onBatch` that
+   * failed: kafkajs would otherwise retry the batch and restart the consumer from the start,
+   * again and again, and a bounded read would never end.
+   */
+  abort(err: Error): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.caughtUpReject(err);
+    setImmediate(() => void this.stop());
   }
 
   async stop(): Promise<void> {

@@ -64,8 +64,15 @@ export interface StageRunnerOptions {
   fed?: boolean;
 }
 
-/** How long a fused stage waits to hold a partition its predecessor hands records for. */
-const FEED_WAIT_MS = 60_000;
+/**
+ * How long a fused stage waits to hold a partition its predecessor hands records for (its
+ * group is joining or rebalancing). Then it lets them go: they are on the broker, and the
+ * partition's owner reads them (its backlog at open, or its check for records it was not handed).
+ */
+const FEED_WAIT_MS = 10_000;
+
+/** A produced record as the decode phase takes a fetched one. */
+const asMessage = (p: Produced) => ({ key: Buffer.from(p.key), value: p.value, timestamp: String(p.timestamp), offset: p.offset, headers: p.headers, attributes: 0 }) as unknown as KafkaMessage;
 /** Batches a fused stage queues per partition before its predecessor waits. */
 const FEED_DEPTH = 4;
 
@@ -130,14 +137,23 @@ export class StageRunner {
       this.restartMember(consumer, e.payload.error);
     });
     // A rebalance begins: no timer may fire for a partition that could be moving.
-    consumer.on(consumer.events.REBALANCING, () => void this.tasks.stopTimers());
+    consumer.on(consumer.events.REBALANCING, () => {
+      // A fused stage takes no more records until it knows what it holds (feeds wait for the join).
+      if (this.o.fed) this.assigned = new Set();
+      void this.tasks.stopTimers();
+    });
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
       const assigned = new Set<number>();
       for (const parts of Object.values(e.payload.memberAssignment)) for (const p of parts) assigned.add(p);
       const sorted = [...assigned].sort((a, b) => a - b);
       this.log.info({ partitions: sorted, memberId: e.payload.memberId }, 'joined group');
       this.member = 'joined';
-      if (this.o.fed) this.pauseFed(consumer);
+      if (this.o.fed) {
+        this.pauseFed(consumer);
+        // What was handed over for partitions that moved away says nothing about them if they come back.
+        for (const p of [...this.fedUpTo.keys()]) if (!assigned.has(p)) this.fedUpTo.delete(p);
+        for (const p of [...this.suspects.keys()]) if (!assigned.has(p)) this.suspects.delete(p);
+      }
       for (const p of this.tasks.partitions()) if (!assigned.has(p)) void this.tasks.close(p);
       this.offsets.retain(assigned);
       // Open (and restore) partitions as soon as they arrive, not at their first new record:
@@ -203,6 +219,8 @@ export class StageRunner {
     const upTo = BigInt(produced.at(-1)!.offset) + 1n;
     if (upTo > (this.fedUpTo.get(partition) ?? -1n)) this.fedUpTo.set(partition, upTo);
     const work = this.serially(partition, () => this.feedNow(partition, topic, produced)).catch((err: unknown) => {
+      // Not handed over after all: the check reads them from the broker (here, or at their owner).
+      this.fedUpTo.delete(partition);
       if ((err as HeraldError).code === 'HRL_SHUTTING_DOWN') return;
       this.log.warn({ err, partition, from: produced[0]!.offset }, 'fused stage: handling records from its predecessor failed; they are read from its input instead');
     });
@@ -221,14 +239,21 @@ export class StageRunner {
     }
     const task = await this.tasks.task(partition, async () => undefined);
     // Records someone else wrote to this partition since the last ones handled (another
-    // producer, or records whose handing-over failed) come first, read from the broker:
-    // every record of the input is handled, in offset order.
-    const first = BigInt(produced[0]!.offset);
-    if (task.nextInput !== null && first > task.nextInput) await this.catchUp(task, topic, first);
-    const fresh = produced.filter((p) => task.nextInput === null || BigInt(p.offset) >= task.nextInput);
-    if (fresh.length === 0) return;
-    const messages = fresh.map((p) => ({ key: Buffer.from(p.key), value: p.value, timestamp: String(p.timestamp), offset: p.offset, headers: p.headers, attributes: 0 }) as unknown as KafkaMessage);
-    await this.handleFed(task, topic, messages);
+    // producer, or records whose handing-over failed), before or between these, are read
+    // from the broker first: every record of the input is handled, in offset order.
+    let run: Produced[] = [];
+    for (const p of produced) {
+      const at = BigInt(p.offset);
+      if (task.nextInput !== null && at < task.nextInput) continue; // handled already (a backlog or catch-up read it)
+      const expected = run.length ? BigInt(run.at(-1)!.offset) + 1n : task.nextInput;
+      if (expected !== null && at > expected) {
+        if (run.length) await this.handleFed(task, topic, run.map(asMessage));
+        run = [];
+        if (task.nextInput !== null && at > task.nextInput) await this.catchUp(task, topic, at);
+      }
+      run.push(p);
+    }
+    if (run.length) await this.handleFed(task, topic, run.map(asMessage));
   }
 
   /** Handles fed or caught-up records of one partition as a batch, and moves its `nextInput` past them. */
@@ -238,7 +263,12 @@ export class StageRunner {
     const decoded = await decodeBatch(codec, stage, this.inputs.get(topic)!, topic, task.partition, messages);
     this.health.batchStarted();
     const last = messages.at(-1)!.offset;
-    await task.handle(topic, decoded, last);
+    try {
+      await task.handle(topic, decoded, last);
+    } catch (err) {
+      this.health.batchFailed(err as Error & { code?: string });
+      throw err;
+    }
     task.nextInput = BigInt(last) + 1n;
     await this.offsets.maybeCommit(this.consumer);
     this.health.batchDone(topic, task.partition, 0);
@@ -249,7 +279,13 @@ export class StageRunner {
     const from = task.nextInput!;
     this.log.info({ partition: task.partition, from: from.toString(), to: to.toString() }, 'fused stage: handling records written to its input by another producer');
     this.health.batchStarted();
-    const n = await this.tasks.handleRanges(new Map([[task.partition, task]]), new Map([[task.partition, { from, to }]]));
+    let n: number;
+    try {
+      n = await this.tasks.handleRanges(new Map([[task.partition, task]]), new Map([[task.partition, { from, to }]]));
+    } catch (err) {
+      this.health.batchFailed(err as Error & { code?: string });
+      throw err;
+    }
     this.o.metrics.records.inc({ stage: this.o.stage, result: 'in' }, n);
     task.nextInput = to;
     this.health.batchDone(topic, task.partition, 0);
@@ -287,7 +323,7 @@ export class StageRunner {
       if (seen !== undefined && task.nextInput < seen) {
         this.suspects.delete(p);
         await this.serially(p, async () => {
-          if (task.nextInput !== null && task.nextInput < seen) await this.catchUp(task, topic, seen);
+          if (!this.stopped && this.assigned.has(p) && task.nextInput !== null && task.nextInput < seen) await this.catchUp(task, topic, seen);
         });
       } else this.suspects.set(p, end);
     }
@@ -310,6 +346,7 @@ export class StageRunner {
     this.o.metrics.records.inc({ stage: this.o.stage, result: 'consumer_restart' });
     this.consumer = null;
     this.member = 'restarting';
+    if (this.o.fed) this.assigned = new Set();
     void consumer.disconnect().catch(() => undefined);
     this.restarting = (async () => {
       for (let attempt = 1; !this.stopped; attempt++) {

@@ -303,8 +303,14 @@ export class TaskManager {
         const within = messages.filter((m) => BigInt(m.offset) >= from.get(partition)! && BigInt(m.offset) < until.get(partition)!);
         const task = tasks.get(partition);
         if (!within.length || !task) return;
-        const decoded = await decodeBatch(this.o.codec, stage, topicKey, topic, partition, within);
-        await task.handle(topic, decoded, within.at(-1)!.offset);
+        try {
+          const decoded = await decodeBatch(this.o.codec, stage, topicKey, topic, partition, within);
+          await task.handle(topic, decoded, within.at(-1)!.offset);
+        } catch (err) {
+          // Not retried here (the partition may have moved, its task closed): the caller decides.
+          reader.abort(err as Error);
+          return;
+        }
         handled += within.length;
         await heartbeat().catch(() => undefined);
       },

@@ -82,6 +82,7 @@ export const REASON_CODES = {
   channel_called: 'the channel is about to be called (attempt recorded first)',
   accepted_by_provider: 'the channel\'s provider accepted the message',
   circuit_open: 'the endpoint\'s circuit is open after repeated failures: the task waits without a call and without using an attempt',
+  slow_endpoint: 'the URL hangs or answers slowly and already has calls queued in its slow lane: the task waits without a call and without using an attempt',
   fallback: 'the channel failed for good; the next channel of the rule (strategy first) gets the notification',
   added_to_inbox: 'the notification was put in the user\'s in-app inbox',
   read_by_user: 'the user read it in the in-app inbox',

@@ -554,13 +554,19 @@ describe('deliver: a hanging URL gets a slow lane of its own', () => {
     expect(second.outcomes.filter((o) => o.status === 'DELIVERED').map((o) => o.recipient)).toEqual(['ok']);
     while (hanging < 3) await new Promise((r) => setImmediate(r));
     expect([hanging, most]).toEqual([3, 3]); // h1, h2 in host slots, h3 in the lane; h4 waits behind h3
+    // The lane holds 4: of four more, two join it and two wait a call's timeout without a call.
+    const third = await d.pipe(await Promise.all(['h5', 'h6', 'h7', 'h8'].map(async (r) => ({ value: await taskTo(r, hang), timestamp: T0 }))));
+    const waiting = third.outcomes.filter((o) => o.reasonCode === 'slow_endpoint');
+    expect(waiting.map((o) => o.recipient)).toEqual(['h7', 'h8']);
+    expect(waiting[0]).toMatchObject({ status: 'RETRY_SCHEDULED', attempt: 1 });
+    expect(third.emitted.filter((e) => e.topic === 'deliverRetry')).toHaveLength(2);
     // The URL recovers: every call answers, the timer records them, and the lane ends.
     while (release.length) {
       release.shift()!();
       await new Promise((r) => setTimeout(r, 5));
     }
     const settled = await d.advance(100);
-    expect(settled.outcomes.filter((o) => o.status === 'DELIVERED').map((o) => o.recipient).sort()).toEqual(['h1', 'h2', 'h3', 'h4']);
+    expect(settled.outcomes.filter((o) => o.status === 'DELIVERED').map((o) => o.recipient).sort()).toEqual(['h1', 'h2', 'h3', 'h4', 'h5', 'h6']);
     expect(most).toBe(3);
     expect(await metrics.registry.getSingleMetricAsString('herald_deliver_slow_lanes')).toMatch(/herald_deliver_slow_lanes 0$/m);
   });

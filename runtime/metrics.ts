@@ -17,6 +17,8 @@ export class Metrics {
   readonly throttleDecisions: Counter<'decision'>;
   readonly circuitState: Gauge<'endpoint'>;
   readonly slowLanes: Gauge;
+  readonly fusedQueued: Gauge<'stage'>;
+  readonly fusedReadBack: Counter<'stage' | 'reason'>;
   readonly digestSize: Histogram;
   readonly throttleHeld: Gauge<'partition'>;
 
@@ -30,6 +32,8 @@ export class Metrics {
     this.restoreDuration = new Histogram({ name: 'herald_state_restore_duration_seconds', help: 'Time to restore one store partition from its changelog.', labelNames: ['stage', 'store'], buckets: [0.01, 0.1, 0.5, 1, 5, 15, 60, 300], registers: [r] });
     this.tableRecords = new Counter({ name: 'herald_table_records_total', help: 'Records applied to global tables.', labelNames: ['table'], registers: [r] });
     this.deliveries = new Counter({ name: 'herald_deliver_attempts_total', help: 'Channel calls by channel and result.', labelNames: ['channel', 'result'], registers: [r] });
+    this.fusedQueued = new Gauge({ name: 'herald_fused_queued_batches', help: 'Fused stages: batches handed over by the stage before and not handled yet.', labelNames: ['stage'], registers: [r] });
+    this.fusedReadBack = new Counter({ name: 'herald_fused_read_back_records_total', help: 'Fused stages: records read from the broker instead of handed over, by reason (backlog: written before the stage took the partition; gap: missing between hand-overs; check: written by another producer, nothing handed over since).', labelNames: ['stage', 'reason'], registers: [r] });
     this.slowLanes = new Gauge({ name: 'herald_deliver_slow_lanes', help: 'Webhook and chat URLs whose calls run one at a time in a lane of their own (a call outlived the batch wait), outside their host\'s slots.', registers: [r] });
     this.circuitState = new Gauge({ name: 'herald_circuit_state', help: 'Circuit of each endpoint that has failed: 0 closed, 1 open, 2 half-open.', labelNames: ['endpoint'], registers: [r] });
     this.throttleDecisions = new Counter({ name: 'herald_throttle_decisions_total', help: 'Throttle decisions: admitted, critical_bypass, deferred, quiet_hours, released, digest_collected, digest_emitted, dropped, expired.', labelNames: ['decision'], registers: [r] });

@@ -226,7 +226,11 @@ export class StageRunner {
     });
     const queue = this.queued.get(partition) ?? this.queued.set(partition, []).get(partition)!;
     queue.push(work);
-    void work.finally(() => queue.splice(queue.indexOf(work), 1));
+    this.o.metrics.fusedQueued.inc({ stage: this.o.stage });
+    void work.finally(() => {
+      queue.splice(queue.indexOf(work), 1);
+      this.o.metrics.fusedQueued.dec({ stage: this.o.stage });
+    });
     while (queue.length > FEED_DEPTH) await queue[0];
   }
 
@@ -249,7 +253,7 @@ export class StageRunner {
       if (expected !== null && at > expected) {
         if (run.length) await this.handleFed(task, topic, run.map(asMessage));
         run = [];
-        if (task.nextInput !== null && at > task.nextInput) await this.catchUp(task, topic, at);
+        if (task.nextInput !== null && at > task.nextInput) await this.catchUp(task, topic, at, 'gap');
       }
       run.push(p);
     }
@@ -275,9 +279,9 @@ export class StageRunner {
   }
 
   /** Reads and handles the records of `task`'s input partition from its `nextInput` up to `to`. */
-  private async catchUp(task: PartitionTask, topic: string, to: bigint): Promise<void> {
+  private async catchUp(task: PartitionTask, topic: string, to: bigint, reason: 'gap' | 'check'): Promise<void> {
     const from = task.nextInput!;
-    this.log.info({ partition: task.partition, from: from.toString(), to: to.toString() }, 'fused stage: handling records written to its input by another producer');
+    this.log.info({ partition: task.partition, from: from.toString(), to: to.toString(), reason }, reason === 'gap' ? 'fused stage: reading back records it was not handed (another producer wrote them, or a hand-over failed)' : 'fused stage: reading back records another producer wrote to its input');
     this.health.batchStarted();
     let n: number;
     try {
@@ -287,6 +291,7 @@ export class StageRunner {
       throw err;
     }
     this.o.metrics.records.inc({ stage: this.o.stage, result: 'in' }, n);
+    this.o.metrics.fusedReadBack.inc({ stage: this.o.stage, reason }, n);
     task.nextInput = to;
     this.health.batchDone(topic, task.partition, 0);
   }
@@ -323,7 +328,7 @@ export class StageRunner {
       if (seen !== undefined && task.nextInput < seen) {
         this.suspects.delete(p);
         await this.serially(p, async () => {
-          if (!this.stopped && this.assigned.has(p) && task.nextInput !== null && task.nextInput < seen) await this.catchUp(task, topic, seen);
+          if (!this.stopped && this.assigned.has(p) && task.nextInput !== null && task.nextInput < seen) await this.catchUp(task, topic, seen, 'check');
         });
       } else this.suspects.set(p, end);
     }

@@ -268,6 +268,8 @@ export class TaskManager {
     if (ranges.size === 0) return;
     const started = performance.now();
     const handled = await this.handleRanges(tasks, ranges, heartbeat);
+    this.o.metrics.fusedReadBack.inc({ stage, reason: 'backlog' }, handled);
+    this.o.metrics.records.inc({ stage, result: 'in' }, handled);
     log.info({ ranges: Object.fromEntries([...ranges].map(([p, r]) => [p, `${r.from}..${r.to}`])), handled, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'fused stage: records written before it took its partitions handled');
   }
 

@@ -95,6 +95,7 @@ describe('fused stages', () => {
     // 3. Fused: the waiting 10 go through first (throttle's backlog), then 10 new ones.
     h = await start(true);
     await eventually(() => new Set(deliveredKeys()).size === 20, 30_000);
+    expect(await h.metrics.registry.getSingleMetricAsString('herald_fused_read_back_records_total')).toMatch(/herald_fused_read_back_records_total\{stage="throttle",reason="backlog"\} 10$/m);
     await publish(h, 10);
     await eventually(() => new Set(deliveredKeys()).size === 30, 30_000);
     // Every topic between the fused stages was written, and each stage's group has done all of its input.

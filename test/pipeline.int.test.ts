@@ -232,6 +232,9 @@ describe('end-to-end through the HTTP API', () => {
       expect(String(m.headers!['herald.error.code'])).toBe('HRL_TOMBSTONE');
       expect(String(m.headers!['herald.source.topic'])).toBe(topicName('herald.', m.key!.toString().slice('tomb-'.length) as never));
     }
+    // The fused stages were not handed these records: they read them back from the broker.
+    const metrics = await h.metrics.registry.getSingleMetricAsString('herald_fused_read_back_records_total');
+    for (const stage of ['dedupe', 'throttle', 'route']) expect(metrics).toMatch(new RegExp(`herald_fused_read_back_records_total\\{stage="${stage}",reason="(check|gap)"\\} [1-9]`));
     const after = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: { commentId: 'after-tombstones' } });
     expect((await terminal(after.body.notifications[0]!.notificationId)).terminal).toEqual(['webhook:DELIVERED']);
   });

@@ -7,7 +7,7 @@
  * The batch cycle (decode, process, produce acks=-1, write state, mark, commit on the
  * interval) is the partition task's; see partition-task.ts.
  */
-import type { Admin, Consumer, EachBatchPayload, Kafka, KafkaMessage } from 'kafkajs';
+import type { Admin, Consumer, EachBatchPayload, Kafka } from 'kafkajs';
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import type { KeyValueStore } from '../state/store.ts';
@@ -23,9 +23,9 @@ import { OffsetManager } from './offsets.ts';
 import { RecordCollector } from './record-collector.ts';
 import { StageHealth, type StageReport } from './stage-health.ts';
 import { TaskManager } from './task-manager.ts';
-import { topicOffsets } from './reader.ts';
 import type { BatchSender } from './coalescing-producer.ts';
-import type { Forward, PartitionTask } from './partition-task.ts';
+import type { Forward } from './partition-task.ts';
+import { FusedInput } from './fused-input.ts';
 import type { Produced } from './record-collector.ts';
 
 export interface StageRunnerOptions {
@@ -64,18 +64,6 @@ export interface StageRunnerOptions {
   fed?: boolean;
 }
 
-/**
- * How long a fused stage waits to hold a partition its predecessor hands records for (its
- * group is joining or rebalancing). Then it lets them go: they are on the broker, and the
- * partition's owner reads them (its backlog at open, or its check for records it was not handed).
- */
-const FEED_WAIT_MS = 10_000;
-
-/** A produced record as the decode phase takes a fetched one. */
-const asMessage = (p: Produced) => ({ key: Buffer.from(p.key), value: p.value, timestamp: String(p.timestamp), offset: p.offset, headers: p.headers, attributes: 0 }) as unknown as KafkaMessage;
-/** Batches a fused stage queues per partition before its predecessor waits. */
-const FEED_DEPTH = 4;
-
 export class StageRunner {
   private consumer: Consumer | null = null;
   private stopped = false;
@@ -98,13 +86,8 @@ export class StageRunner {
   /** Resolves when the consumer has joined its group the first time. */
   readonly joined = new Promise<void>((r) => (this.joinedResolve = r));
   private readonly o: StageRunnerOptions;
-  /** Fused successor: feeds and catch-ups per partition, one at a time; ends of the input seen by the last check. */
-  private readonly feeding = new Map<number, Promise<unknown>>();
-  private readonly queued = new Map<number, Promise<void>[]>();
-  /** Per partition, the offset after the last record handed over (queued, perhaps not handled yet). */
-  private readonly fedUpTo = new Map<number, bigint>();
-  private readonly suspects = new Map<number, bigint>();
-  private foreignTimer: NodeJS.Timeout | null = null;
+  /** Fused successor: the records handed over by the stage before (null for a stage that fetches). */
+  private readonly fused: FusedInput | null;
 
   constructor(o: StageRunnerOptions) {
     this.o = o;
@@ -114,6 +97,10 @@ export class StageRunner {
     const collector = new RecordCollector(o.producer, o.codec, o.config.topicPrefix);
     this.health = new StageHealth(o.config.stallMs);
     this.tasks = new TaskManager({ ...o, log: this.log, clock: o.clock ?? Date.now, collector, offsets: this.offsets, inputs: this.inputs, health: this.health, drain: o.fed === true });
+    this.fused = o.fed ? new FusedInput({
+      stage: o.stage, inputs: this.inputs, codec: o.codec, admin: o.admin, metrics: o.metrics, log: this.log, health: this.health, tasks: this.tasks, offsets: this.offsets,
+      consumer: () => this.consumer, assigned: () => this.assigned, stopped: () => this.stopped, checkIntervalMs: Math.max(1000, o.config.commitIntervalMs),
+    }) : null;
   }
 
   async start(): Promise<void> {
@@ -148,12 +135,7 @@ export class StageRunner {
       const sorted = [...assigned].sort((a, b) => a - b);
       this.log.info({ partitions: sorted, memberId: e.payload.memberId }, 'joined group');
       this.member = 'joined';
-      if (this.o.fed) {
-        this.pauseFed(consumer);
-        // What was handed over for partitions that moved away says nothing about them if they come back.
-        for (const p of [...this.fedUpTo.keys()]) if (!assigned.has(p)) this.fedUpTo.delete(p);
-        for (const p of [...this.suspects.keys()]) if (!assigned.has(p)) this.suspects.delete(p);
-      }
+      this.fused?.joined(consumer, assigned);
       for (const p of this.tasks.partitions()) if (!assigned.has(p)) void this.tasks.close(p);
       this.offsets.retain(assigned);
       // Open (and restore) partitions as soon as they arrive, not at their first new record:
@@ -177,161 +159,13 @@ export class StageRunner {
       eachBatch: (payload) => this.onBatch(payload),
     });
     // Fused successor: a member for its partitions and commits only; it fetches nothing.
-    if (this.o.fed) {
-      this.pauseFed(consumer);
-      let checking = false;
-      this.foreignTimer ??= setInterval(() => {
-        if (checking) return;
-        checking = true;
-        void this.checkForeign().catch((err: unknown) => this.log.warn({ err }, 'checking the input for records from other producers failed; trying again')).finally(() => (checking = false));
-      }, Math.max(1000, config.commitIntervalMs));
-      this.foreignTimer.unref();
-    }
+    this.fused?.started(consumer);
   }
 
-  /** Fused successor: no fetching (again after each join: a restarted consumer forgets pauses). */
-  private pauseFed(consumer: Consumer): void {
-    try {
-      consumer.pause([...this.inputs.keys()].map((topic) => ({ topic })));
-    } catch (err) {
-      // Not running yet (a crash restarts it): batches it fetches are ignored, and the next join pauses it.
-      this.log.debug({ err }, 'pausing the fused stage\'s consumer failed; trying again at the next join');
-    }
-  }
-
-  /**
-   * Fused successor: takes records its predecessor produced to this stage's input (already
-   * acknowledged, with their offsets) and handles them as a batch of `partition`, after what
-   * the partition has queued: decoded from the bytes written, processed, produced, written
-   * and marked exactly as a fetched batch would be.
-   *
-   * Returns once they are queued, so the predecessor goes on with its next batch while this
-   * stage handles this one (a pipeline, as with separate consumers); it waits only while
-   * FEED_DEPTH batches of the partition are queued. The predecessor may commit before these
-   * records are handled: if the process dies first, they are this stage's backlog at the
-   * next start. If handling fails, the records are read from the broker at the next feed or
-   * check (the input is always handled in offset order, see `catchUp`).
-   */
-  async feed(partition: number, produced: readonly Produced[]): Promise<void> {
-    if (produced.length === 0) return;
-    const topic = produced[0]!.topic;
-    if (!this.inputs.has(topic)) throw new Error(`stage ${this.o.stage} does not read ${topic}`);
-    const upTo = BigInt(produced.at(-1)!.offset) + 1n;
-    if (upTo > (this.fedUpTo.get(partition) ?? -1n)) this.fedUpTo.set(partition, upTo);
-    const work = this.serially(partition, () => this.feedNow(partition, topic, produced)).catch((err: unknown) => {
-      // Not handed over after all: the check reads them from the broker (here, or at their owner).
-      this.fedUpTo.delete(partition);
-      if ((err as HeraldError).code === 'HRL_SHUTTING_DOWN') return;
-      this.log.warn({ err, partition, from: produced[0]!.offset }, 'fused stage: handling records from its predecessor failed; they are read from its input instead');
-    });
-    const queue = this.queued.get(partition) ?? this.queued.set(partition, []).get(partition)!;
-    queue.push(work);
-    this.o.metrics.fusedQueued.inc({ stage: this.o.stage });
-    void work.finally(() => {
-      queue.splice(queue.indexOf(work), 1);
-      this.o.metrics.fusedQueued.dec({ stage: this.o.stage });
-    });
-    while (queue.length > FEED_DEPTH) await queue[0];
-  }
-
-  private async feedNow(partition: number, topic: string, produced: readonly Produced[]): Promise<void> {
-    const { stage } = this.o;
-    for (const deadline = Date.now() + FEED_WAIT_MS; !this.assigned.has(partition);) {
-      if (this.stopped) throw new HeraldError('HRL_SHUTTING_DOWN', `${stage} is stopping`, { retriable: true });
-      if (Date.now() > deadline) throw new HeraldError('HRL_PARTITION_NOT_HELD', `${stage} does not hold partition ${partition} of ${topic} (its group is rebalancing)`, { retriable: true });
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    const task = await this.tasks.task(partition, async () => undefined);
-    // Records someone else wrote to this partition since the last ones handled (another
-    // producer, or records whose handing-over failed), before or between these, are read
-    // from the broker first: every record of the input is handled, in offset order.
-    let run: Produced[] = [];
-    for (const p of produced) {
-      const at = BigInt(p.offset);
-      if (task.nextInput !== null && at < task.nextInput) continue; // handled already (a backlog or catch-up read it)
-      const expected = run.length ? BigInt(run.at(-1)!.offset) + 1n : task.nextInput;
-      if (expected !== null && at > expected) {
-        if (run.length) await this.handleFed(task, topic, run.map(asMessage));
-        run = [];
-        if (task.nextInput !== null && at > task.nextInput) await this.catchUp(task, topic, at, 'gap');
-      }
-      run.push(p);
-    }
-    if (run.length) await this.handleFed(task, topic, run.map(asMessage));
-  }
-
-  /** Handles fed or caught-up records of one partition as a batch, and moves its `nextInput` past them. */
-  private async handleFed(task: PartitionTask, topic: string, messages: KafkaMessage[]): Promise<void> {
-    const { stage, metrics, codec } = this.o;
-    metrics.records.inc({ stage, result: 'in' }, messages.length);
-    const decoded = await decodeBatch(codec, stage, this.inputs.get(topic)!, topic, task.partition, messages);
-    this.health.batchStarted();
-    const last = messages.at(-1)!.offset;
-    try {
-      await task.handle(topic, decoded, last);
-    } catch (err) {
-      this.health.batchFailed(err as Error & { code?: string });
-      throw err;
-    }
-    task.nextInput = BigInt(last) + 1n;
-    await this.offsets.maybeCommit(this.consumer);
-    this.health.batchDone(topic, task.partition, 0);
-  }
-
-  /** Reads and handles the records of `task`'s input partition from its `nextInput` up to `to`. */
-  private async catchUp(task: PartitionTask, topic: string, to: bigint, reason: 'gap' | 'check'): Promise<void> {
-    const from = task.nextInput!;
-    this.log.info({ partition: task.partition, from: from.toString(), to: to.toString(), reason }, reason === 'gap' ? 'fused stage: reading back records it was not handed (another producer wrote them, or a hand-over failed)' : 'fused stage: reading back records another producer wrote to its input');
-    this.health.batchStarted();
-    let n: number;
-    try {
-      n = await this.tasks.handleRanges(new Map([[task.partition, task]]), new Map([[task.partition, { from, to }]]));
-    } catch (err) {
-      this.health.batchFailed(err as Error & { code?: string });
-      throw err;
-    }
-    this.o.metrics.records.inc({ stage: this.o.stage, result: 'in' }, n);
-    this.o.metrics.fusedReadBack.inc({ stage: this.o.stage, reason }, n);
-    task.nextInput = to;
-    this.health.batchDone(topic, task.partition, 0);
-  }
-
-  /** Runs feeds and catch-ups of one partition one after another. */
-  private serially(partition: number, fn: () => Promise<void>): Promise<void> {
-    const next = (this.feeding.get(partition) ?? Promise.resolve()).then(fn);
-    this.feeding.set(partition, next.catch(() => undefined));
-    return next;
-  }
-
-  /**
-   * Fused successor, every second: a partition whose input has records past both
-   * `nextInput` and what was handed over, for a whole interval (written by another
-   * producer, with nothing from the predecessor since), gets them read from the broker.
-   */
-  private async checkForeign(): Promise<void> {
-    const [topic] = [...this.inputs.keys()];
-    if (!topic || this.stopped) return;
-    const ends = new Map((await topicOffsets(this.o.admin, topic)).map((o) => [o.partition, BigInt(o.high)]));
-    for (const p of this.assigned) {
-      const task = this.tasks.openTask(p);
-      const end = ends.get(p);
-      if (!task || task.nextInput === null || end === undefined) continue;
-      const seen = this.suspects.get(p);
-      this.o.metrics.lag.set({ stage: this.o.stage, topic, partition: String(p) }, Number(end - task.nextInput));
-      // Records handed over but still queued are not foreign.
-      const fed = this.fedUpTo.get(p) ?? -1n;
-      if (end <= task.nextInput || end <= fed) {
-        this.suspects.delete(p);
-        continue;
-      }
-      // Still behind what the last check saw: nothing fed it since; read it.
-      if (seen !== undefined && task.nextInput < seen) {
-        this.suspects.delete(p);
-        await this.serially(p, async () => {
-          if (!this.stopped && this.assigned.has(p) && task.nextInput !== null && task.nextInput < seen) await this.catchUp(task, topic, seen, 'check');
-        });
-      } else this.suspects.set(p, end);
-    }
+  /** Fused successor: records the stage before produced to this stage's input, handed over (see FusedInput.feed). */
+  feed(partition: number, produced: readonly Produced[]): Promise<void> {
+    if (!this.fused) throw new Error(`stage ${this.o.stage} fetches its input; nothing may be handed to it`);
+    return this.fused.feed(partition, produced);
   }
 
   /** Seeks each assigned partition to its resume offset, once (later rebalances use the commits made since). */
@@ -429,8 +263,7 @@ export class StageRunner {
     this.stopped = true;
     this.member = 'stopped';
     if (this.commitTimer) clearInterval(this.commitTimer);
-    if (this.foreignTimer) clearInterval(this.foreignTimer);
-    for (const f of this.feeding.values()) await f;
+    await this.fused?.stop();
     await this.restarting;
     const c = this.consumer;
     await this.tasks.stopTimers();

@@ -54,9 +54,16 @@ describe('throttle across kill -9', () => {
       expect(r.status).toBe(202);
       ids[n] = (r.body.notifications as { notificationId: string }[])[0]!.notificationId;
     }
-    // c2, c3 deferred; e2..e4 in an open digest: on record, then the process dies.
+    // c2, c3 deferred; e2..e4 in an open digest: on record, then the process dies. Each is
+    // waited for by its history, not its current status: on a loaded machine c2 may
+    // already be released (15 s after c1) by the time e4 is deferred.
     const statusOf = async (url: string, n: string) => (await call(url, 'GET', `/v1/notifications/${ids[n]}`)).body?.status;
-    await eventually(async () => (await Promise.all(['c2', 'c3', 'e2', 'e3', 'e4'].map((n) => statusOf(first.url, n)))).every((s) => s === 'DEFERRED'), 20_000);
+    const wasDeferred = async (url: string, n: string) => ((await call(url, 'GET', `/v1/notifications/${ids[n]}`)).body as { events?: { status: string }[] } | null)?.events?.some((e) => e.status === 'DEFERRED') === true;
+    const t0 = Date.now();
+    await eventually(async () => (await Promise.all(['c2', 'c3', 'e2', 'e3', 'e4'].map((n) => wasDeferred(first.url, n)))).every(Boolean), 30_000).catch(async (err: Error) => {
+      const now = await Promise.all(['c1', 'c2', 'c3', 'e1', 'e2', 'e3', 'e4'].map((n) => statusOf(first.url, n)));
+      throw new Error(`${err.message}: statuses of c1..c3, e1..e4 after ${Date.now() - t0} ms: ${JSON.stringify(now)}\n${first.output().split('\n').slice(-30).join('\n')}`);
+    });
     process.kill(first.herald, 'SIGKILL');
     await eventually(() => first.npm.exitCode !== null || first.npm.signalCode !== null, 10_000);
 

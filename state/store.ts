@@ -2,7 +2,8 @@
  * Keyed state over the abstract-level interface: RocksDB on disk by default
  * (@nxtedition/rocksdb's RocksLevel), LevelDB (classic-level, the `level` package's Node
  * backend) as the alternative, memory-level for tests. One store per
- * (stage, store name, partition). Writes are buffered per consumed batch in a
+ * (stage, store name, partition); on disk, all of a state directory's stores share one
+ * database, each under its own key prefix. Writes are buffered per consumed batch in a
  * `BatchView`; the runtime produces their changelog records with the batch's outputs,
  * then writes them to the database in one batch together with the changelog checkpoint.
  *
@@ -29,20 +30,27 @@ export interface LevelLike {
 }
 
 /**
- * RocksDB sizing per store. Its defaults (64 MB memtables, and WAL files preallocated to
- * match) made an idle instance with 27 store partitions reserve 2 GB of disk and let a busy
- * one grow to ~1 GB of native memory. The library has no cache or write buffer shared
- * across databases, so each store gets a small budget: `writeBufferBytes` per memtable
- * (RocksDB's write_buffer_size, level compaction, up to 6 memtables) and `cacheBytes` of
- * block cache.
+ * RocksDB sizing for a state directory. All store partitions of a process that share a
+ * state directory live in one database (each under its own prefix, an abstract-level
+ * sublevel), so the memtables and the block cache are one budget, sized here, whatever
+ * the number of stages, stores and partitions. One RocksDB per store partition (27 with 4
+ * partitions) preallocated a 4 MB MANIFEST and a write-ahead log each, and gave each its
+ * own memtables and cache.
  */
-export interface StoreTuning { writeBufferBytes: number; cacheBytes: number }
-let tuning: StoreTuning = { writeBufferBytes: 2 * 1024 * 1024, cacheBytes: 2 * 1024 * 1024 };
+export interface StoreTuning {
+  /** RocksDB's write_buffer_size (level compaction, up to 6 memtables); also what the write-ahead log preallocates. */
+  writeBufferBytes: number;
+  /** The block cache shared by every store of the state directory. */
+  cacheBytes: number;
+}
+let tuning: StoreTuning = { writeBufferBytes: 8 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024 };
 
-/** Sets the sizing of stores opened from now on (HERALD_STORE_WRITE_BUFFER_BYTES, HERALD_STORE_CACHE_BYTES). */
+/** Sets the sizing of databases opened from now on (HERALD_STORE_WRITE_BUFFER_BYTES, HERALD_STORE_CACHE_BYTES). */
 export function tuneStores(t: StoreTuning): void {
   tuning = t;
 }
+
+type SharedLevel = LevelLike & { sublevel(name: string, opts: { keyEncoding: 'utf8'; valueEncoding: 'utf8' }): LevelLike };
 
 export async function openLevel(backend: Backend, path: string): Promise<LevelLike> {
   let db: LevelLike;
@@ -58,6 +66,44 @@ export async function openLevel(backend: Backend, path: string): Promise<LevelLi
   await db.open();
   return db;
 }
+
+/** One open database per directory, shared by the stores under it, closed with the last of them. */
+interface Shared { db: SharedLevel; refs: number; opened: Promise<void>; closing?: Promise<void> }
+const shared = new Map<string, Shared>();
+
+async function acquire(backend: 'rocksdb' | 'level', path: string): Promise<Shared> {
+  for (;;) {
+    const current = shared.get(path);
+    if (current?.closing) {
+      await current.closing.catch(() => undefined);
+      continue;
+    }
+    if (current) {
+      current.refs++;
+      await current.opened;
+      return current;
+    }
+    const entry: Shared = { db: null as unknown as SharedLevel, refs: 1, opened: Promise.resolve() };
+    entry.opened = openLevel(backend, path).then((db) => {
+      entry.db = db as SharedLevel;
+    });
+    shared.set(path, entry);
+    await entry.opened.catch((err: unknown) => {
+      shared.delete(path);
+      throw err;
+    });
+    return entry;
+  }
+}
+
+async function release(path: string, entry: Shared): Promise<void> {
+  if (--entry.refs > 0) return;
+  entry.closing = entry.db.close().finally(() => shared.delete(path));
+  await entry.closing;
+}
+
+/** The directory, under a state directory, of the database every store partition shares: one per engine. */
+export const storesPath = (stateDir: string, backend: 'rocksdb' | 'level') => join(stateDir, backend === 'rocksdb' ? 'rocksdb' : 'leveldb');
 
 const META = '\u0000meta:';
 const CHECKPOINT = `${META}changelog-checkpoint`;
@@ -83,16 +129,32 @@ export class KeyValueStore {
   /** Full changelog topic name, or null for stores rebuilt another way. */
   readonly changelog: string | null;
 
-  constructor(name: string, partition: number, db: LevelLike, changelog: string | null) {
+  private readonly onClose: (() => Promise<void>) | null;
+
+  constructor(name: string, partition: number, db: LevelLike, changelog: string | null, onClose: (() => Promise<void>) | null = null) {
     this.name = name;
     this.partition = partition;
     this.db = db;
     this.changelog = changelog;
+    this.onClose = onClose;
   }
 
+  /**
+   * Opens a store partition: on disk, a prefix (`<stage>.<name>.<partition>`) of the
+   * state directory's one database; in memory, a database of its own.
+   */
   static async open(opts: { backend: Backend; dir: string; stage: string; name: string; partition: number; changelog: string | null }): Promise<KeyValueStore> {
-    const path = join(opts.dir, opts.stage, opts.name, String(opts.partition));
-    return new KeyValueStore(opts.name, opts.partition, await openLevel(opts.backend, path), opts.changelog);
+    if (opts.backend === 'memory') return new KeyValueStore(opts.name, opts.partition, await openLevel('memory', ''), opts.changelog);
+    const path = storesPath(opts.dir, opts.backend);
+    const entry = await acquire(opts.backend, path);
+    try {
+      const db = entry.db.sublevel(`${opts.stage}.${opts.name}.${opts.partition}`, { keyEncoding: 'utf8', valueEncoding: 'utf8' });
+      await db.open();
+      return new KeyValueStore(opts.name, opts.partition, db, opts.changelog, () => release(path, entry));
+    } catch (err) {
+      await release(path, entry);
+      throw err;
+    }
   }
 
   /**
@@ -121,8 +183,13 @@ export class KeyValueStore {
     for await (const [k, v] of this.db.iterator({ gte, lt, ...(limit ? { limit } : {}) })) yield [k, unwrap(v)];
   }
 
+  private closed = false;
+
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     await this.db.close();
+    await this.onClose?.();
   }
 }
 

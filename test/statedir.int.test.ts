@@ -24,7 +24,7 @@ describe('state directory ownership', () => {
     writeFileSync(join(stateDir, 'CLUSTER_ID'), 'embedded:another-journal');
     await expect(startTestHerald({ stateDir, stages: ['dedupe'], api: false })).rejects.toMatchObject({ code: 'HRL_STATE_MISMATCH', message: expect.stringContaining('reset') });
     expect(readdirSync(stateDir).sort()).toEqual(before);
-    expect(existsSync(join(stateDir, 'dedupe'))).toBe(true);
+    expect(existsSync(join(stateDir, 'rocksdb', 'CURRENT'))).toBe(true);
   }, 60_000);
 
   it('names a state directory it cannot create', async () => {

@@ -2,7 +2,7 @@
  * The keyed store on each backend: buffered batch writes, changelog records, checkpoints,
  * restore, and expiry by range scan over the time index.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -114,5 +114,39 @@ describe.each<Backend>(['rocksdb', 'level', 'memory'])('KeyValueStore on %s', (b
     await s1.flush(null);
     expect(await store.view().getMany(['k0', 'k3', 'k4'])).toEqual([undefined, undefined, 4]);
     await store.close();
+  });
+});
+
+describe.each<'rocksdb' | 'level'>(['rocksdb', 'level'])('store partitions of one state directory on %s', (backend) => {
+  it('share one database, each seeing only its own keys, which outlives any one of them and reopens', async () => {
+    const stateDir = mkdtempSync(join(dir, 'shared-'));
+    const open = (stage: string, partition: number) => KeyValueStore.open({ backend, dir: stateDir, stage, name: 'seen', partition, changelog: null });
+    const [a0, a1, b0] = await Promise.all([open('dedupe', 0), open('dedupe', 1), open('throttle', 0)]);
+    for (const [s, v] of [[a0, 'a0'], [a1, 'a1'], [b0, 'b0']] as const) {
+      const view = s.view();
+      view.put('k', v);
+      view.putUntil(`w-${v}`, v, 100);
+      await view.flush(BigInt(v === 'a0' ? 1 : v === 'a1' ? 2 : 3));
+    }
+    expect(readdirSync(stateDir)).toEqual([backend === 'rocksdb' ? 'rocksdb' : 'leveldb']);
+    expect(await a0.view().get('k')).toBe('a0');
+    expect(await a1.view().get('k')).toBe('a1');
+    expect([await a0.checkpoint(), await a1.checkpoint(), await b0.checkpoint()]).toEqual([1n, 2n, 3n]);
+    // Scans and sweeps stay inside their own prefix.
+    const keys: string[] = [];
+    for await (const [k] of a1.range('', '\uffff')) keys.push(k);
+    expect(keys.filter((k) => !k.startsWith('\u0000'))).toEqual(['k', 'w-a1']);
+    const sweep = a0.view();
+    expect(await sweep.expire(1000)).toBe(1);
+    await sweep.flush(null);
+    expect(await a1.view().get('w-a1')).toBe('a1');
+    // Closing some store partitions leaves the others working; the last one closes the database.
+    await Promise.all([a0.close(), a1.close()]);
+    expect(await b0.view().get('k')).toBe('b0');
+    await b0.close();
+    const again = await open('dedupe', 1);
+    expect(await again.view().get('k')).toBe('a1');
+    expect(await again.checkpoint()).toBe(2n);
+    await again.close();
   });
 });

@@ -27,7 +27,7 @@
  * with --soak, BENCH_SOAK_RATE / BENCH_SOAK_SECONDS (default 1,000/s for 300 s).
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { fork } from 'node:child_process';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -498,6 +498,15 @@ async function stageFigures(herald: Herald): Promise<Record<string, { batches: n
   return stages;
 }
 
+/** Bytes allocated on disk under `dir` (st_blocks, so preallocated space counts, as `du` shows it). */
+function allocatedBytes(dir: string): number {
+  let total = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) total += statSync(join(e.parentPath, e.name)).blocks * 512;
+  }
+  return total;
+}
+
 /** Runs the HTTP clients (bench/clients.ts) in a child process and returns their report. */
 function runClients(job: WireJob): Promise<ClientReport> {
   const child = fork(join(import.meta.dirname, 'clients.ts'), [], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
@@ -537,12 +546,15 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
   const key = 'hk_bench_http_0123456789abcdef';
   const tuning = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('HERALD_') && !k.startsWith('HERALD_BENCH')));
   const herald = await startHerald({ config: loadConfig({ ...tuning, HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'silent', HERALD_DEV_KEY: key, HERALD_API_RATE: '1000000', HERALD_API_BURST: '1000000', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' }), log });
+  // Disk the state directory takes once Herald is ready, before any event: allocated blocks, as `du` counts them.
+  const diskAtStartMb = round(allocatedBytes(stateDir) / 1048576);
   // --soak: Herald's memory (this process: Herald runs in it; the clients and the receiver do not) every 5 s while the clients publish.
-  const rss: { at: number; rssMb: number; heapMb: number }[] = [];
+  const rss: { at: number; rssMb: number; heapMb: number; heapTotalMb: number; externalMb: number; rssAnonMb: number }[] = [];
+  const rssAnon = () => Number(/RssAnon:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 0) / 1024;
   const t0 = Date.now();
   const sampler = o.sampleRss ? setInterval(() => {
     const m = process.memoryUsage();
-    rss.push({ at: Math.round((Date.now() - t0) / 1000), rssMb: round(m.rss / 1048576), heapMb: round(m.heapUsed / 1048576) });
+    rss.push({ at: Math.round((Date.now() - t0) / 1000), rssMb: round(m.rss / 1048576), heapMb: round(m.heapUsed / 1048576), heapTotalMb: round(m.heapTotal / 1048576), externalMb: round(m.external / 1048576), rssAnonMb: round(rssAnon()) });
   }, 5000) : null;
   // The clients run in their own process, as users' clients do.
   const hang = o.noisy?.hang ?? 0;
@@ -587,7 +599,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     ...(repeated.length ? [`${repeated.length} deliveries reached the receiver twice`] : []),
   ];
   return {
-    events: o.events, clients: o.clients, users: o.users, offeredPerSecond: o.perSecond ?? 'as fast as answered', retriedAfter429or503: waits, herald: 'embedded default (npm start): its own broker, journal and back-pressure',
+    events: o.events, clients: o.clients, users: o.users, offeredPerSecond: o.perSecond ?? 'as fast as answered', retriedAfter429or503: waits, herald: 'embedded default (npm start): its own broker, journal and back-pressure', diskAtStartMb,
     publishSeconds: +((published - firstPost) / 1000).toFixed(3), publishPerSecond: round(o.events / ((published - firstPost) / 1000)),
     endToEndSeconds: +((last - firstPost) / 1000).toFixed(3), endToEndEventsPerSecond: round(sent.size / ((last - firstPost) / 1000)),
     ...(o.noisy ? { noisyNeighbours: { hangingUsers: hang, hangingNotifications: sentList.filter(([id]) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users < hang).length, retryAfter100000Users: o.noisy.retryAfter, latencyOf: 'healthy users only' } } : {}),
@@ -632,7 +644,7 @@ async function main() {
         offeredPerSecond: rate, seconds, events: rate * seconds, rssMbAt60s: at60?.rssMb ?? null, rssMbAtEnd: end?.rssMb ?? null, endAtSecond: end?.at ?? null,
         growthPercent: growth, target: 'RSS at the end within 10% of RSS at 1 minute', publishSeconds: run.publishSeconds, publishPerSecond: run.publishPerSecond,
         endToEndEventsPerSecond: run.endToEndEventsPerSecond, retriedAfter429or503: run.retriedAfter429or503, latency: run.latency, correctness: run.correctness,
-        rssEvery30s: samples.filter((x) => x.at % 30 === 0),
+        stages: run.stages, rssEvery30s: samples.filter((x) => x.at % 30 === 0),
       };
       process.stdout.write(`${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', node: process.version }, soak, totalSeconds: round((Date.now() - started) / 1000) }, null, 2)}\n`);
       if (!run.correctness.ok) process.exitCode = 1;
@@ -691,6 +703,7 @@ async function main() {
       restore: restored,
       embeddedRestart: restart,
       lifecycleRebuild: rebuilt,
+      diskAtStartMb: latency?.diskAtStartMb ?? null,
       peakRssMb: round(process.resourceUsage().maxRSS / 1024),
       totalSeconds: round((Date.now() - started) / 1000),
     };

@@ -2,7 +2,8 @@
  * Runs one stage as a member of consumer group `herald.<stage>` (Kafka Streams'
  * StreamThread, kafkajs' runner): joins the group with the co-partitioned assigner, hands
  * assigned partitions to the task manager, feeds each fetched batch through the decode
- * phase to its partition task, commits marked offsets on the commit interval, restarts a
+ * phase to its partition's input queue (fetching ahead while the task handles what is
+ * queued, runtime/input-buffer.ts), commits marked offsets on the commit interval, restarts a
  * member kafkajs gave up on, and stops cleanly (in-flight batches finish and commit).
  * The batch cycle (decode, process, produce acks=-1, write state, mark, commit on the
  * interval) is the partition task's; see partition-task.ts.
@@ -24,7 +25,8 @@ import { RecordCollector } from './record-collector.ts';
 import { StageHealth, type StageReport } from './stage-health.ts';
 import { TaskManager } from './task-manager.ts';
 import type { BatchSender } from './coalescing-producer.ts';
-import type { Forward } from './partition-task.ts';
+import type { Forward, PartitionTask } from './partition-task.ts';
+import { InputBuffer } from './input-buffer.ts';
 import { FusedInput } from './fused-input.ts';
 import type { Produced } from './record-collector.ts';
 
@@ -88,6 +90,8 @@ export class StageRunner {
   private readonly o: StageRunnerOptions;
   /** Fused successor: the records handed over by the stage before (null for a stage that fetches). */
   private readonly fused: FusedInput | null;
+  /** A fetching stage's queued batches, per input topic and partition. */
+  private readonly inputBuffers = new Map<string, { task: PartitionTask; buffer: InputBuffer; lag: number }>();
 
   constructor(o: StageRunnerOptions) {
     this.o = o;
@@ -128,6 +132,9 @@ export class StageRunner {
       // A fused stage takes no more records until it knows what it holds (feeds wait for the join).
       if (this.o.fed) this.assigned = new Set();
       void this.tasks.stopTimers();
+      // Queued batches are not handled while partitions may move: whoever holds them next
+      // fetches them again from the committed offset (the batch being handled finishes).
+      for (const e of this.inputBuffers.values()) void e.buffer.drop();
     });
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
       const assigned = new Set<number>();
@@ -138,6 +145,10 @@ export class StageRunner {
       this.fused?.joined(consumer, assigned);
       for (const p of this.tasks.partitions()) if (!assigned.has(p)) void this.tasks.close(p);
       this.offsets.retain(assigned);
+      for (const [key, e] of this.inputBuffers) {
+        if (assigned.has(e.task.partition)) e.buffer.reopen();
+        else this.inputBuffers.delete(key);
+      }
       // Open (and restore) partitions as soon as they arrive, not at their first new record:
       // a projection taken over from a dead instance must answer queries, and timers must run.
       this.assigned = assigned;
@@ -192,6 +203,8 @@ export class StageRunner {
         await new Promise((r) => setTimeout(r, Math.min(30_000, 1000 * attempt)));
         if (this.stopped) return;
         try {
+          await this.dropInputs();
+          this.inputBuffers.clear();
           for (const p of this.tasks.partitions()) await this.tasks.close(p);
           await this.start();
           return;
@@ -216,6 +229,10 @@ export class StageRunner {
     }
   }
 
+  /**
+   * A fetched batch: decoded and queued for its partition's task (runtime/input-buffer.ts),
+   * so the next fetch goes out while it is handled. It waits only while the queue is full.
+   */
   private async consume({ batch, heartbeat, isRunning, isStale }: EachBatchPayload): Promise<void> {
     // A fused successor's records come through `feed` (a fetch before the pause took hold is ignored).
     if (this.o.fed || batch.messages.length === 0 || !isRunning() || isStale()) return;
@@ -225,17 +242,53 @@ export class StageRunner {
     if (this.o.room) await heartbeating(this.o.room(), heartbeat, () => this.stopped);
     const task = await heartbeating(this.tasks.task(batch.partition, heartbeat), heartbeat, () => this.stopped);
     if (!isRunning() || isStale()) return; // the partition moved while it was being opened
-    metrics.records.inc({ stage, result: 'in' }, batch.messages.length);
-    // Records below the resume offset were processed before the restart (and a fetch may begin before the seek lands).
+    const input = this.inputFor(batch.topic, task);
+    // Records below the resume offset were processed before the restart (and a fetch may
+    // begin before the seek lands); records queued already come again after a rejoin.
     const resumeAt = this.o.resumeAt?.get(batch.topic)?.get(batch.partition);
-    const messages = resumeAt === undefined ? batch.messages : batch.messages.filter((m) => BigInt(m.offset) >= resumeAt);
+    const messages = input.buffer.fresh(resumeAt === undefined ? batch.messages : batch.messages.filter((m) => BigInt(m.offset) >= resumeAt));
+    if (messages.length === 0) return;
+    metrics.records.inc({ stage, result: 'in' }, messages.length);
     const decoded = await decodeBatch(this.o.codec, stage, this.inputs.get(batch.topic)!, batch.topic, batch.partition, messages);
-    this.health.batchStarted();
-    await heartbeating(task.handle(batch.topic, decoded, batch.messages.at(-1)!.offset), heartbeat, () => false);
-    await this.offsets.maybeCommit(this.consumer);
-    metrics.lag.set({ stage, topic: batch.topic, partition: String(batch.partition) }, Number(batch.offsetLag()));
-    this.health.batchDone(batch.topic, batch.partition, Number(batch.offsetLag()));
-    await heartbeat();
+    await heartbeating(input.buffer.space(), heartbeat, () => this.stopped);
+    if (!isRunning() || isStale() || this.stopped) return;
+    input.lag = Number(batch.offsetLag());
+    input.buffer.push(decoded, messages.at(-1)!.offset, messages.length);
+  }
+
+  /** The input queue of `topic` for `task` (a new one when the partition's task changed). */
+  private inputFor(topic: string, task: PartitionTask): { task: PartitionTask; buffer: InputBuffer; lag: number } {
+    const key = `${topic}\u0000${task.partition}`;
+    const current = this.inputBuffers.get(key);
+    if (current?.task === task) return current;
+    void current?.buffer.drop();
+    const { stage, metrics } = this.o;
+    const entry = {
+      task,
+      lag: 0,
+      buffer: new InputBuffer({
+        handle: async (decoded, lastOffset, count) => {
+          this.health.batchStarted();
+          await task.handle(topic, decoded, lastOffset);
+          await this.offsets.maybeCommit(this.consumer);
+          const lag = entry.lag + Math.max(0, entry.buffer.size - count);
+          metrics.lag.set({ stage, topic, partition: String(task.partition) }, lag);
+          this.health.batchDone(topic, task.partition, lag);
+        },
+        room: this.o.room,
+        failed: (err, attempt, backoffMs) => {
+          this.health.batchFailed(err as Error & { code?: string });
+          this.log.warn({ err, partition: task.partition, attempt, backoffMs }, 'batch failed; its records are handled again after a pause');
+        },
+      }),
+    };
+    this.inputBuffers.set(key, entry);
+    return entry;
+  }
+
+  /** Drops every queued batch (none is committed) and waits for the ones being handled. */
+  private async dropInputs(): Promise<void> {
+    await Promise.all([...this.inputBuffers.values()].map((e) => e.buffer.drop()));
   }
 
   /** Resolves once every assigned partition is open (stores restored, processors created). */
@@ -269,6 +322,7 @@ export class StageRunner {
     await this.tasks.stopTimers();
     if (c) {
       c.pause([...this.inputs.keys()].map((topic) => ({ topic })));
+      await this.dropInputs();
       for (const task of await this.tasks.all()) await task.idle();
       await this.offsets.commit(c);
       this.consumer = null;

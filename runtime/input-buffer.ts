@@ -1,0 +1,132 @@
+/**
+ * Fetch-ahead for one input partition of a stage that fetches (Kafka Streams' record
+ * buffer, `buffered.records.per.partition`): a fetched batch is decoded and queued here,
+ * and the fetch returns at once, so the consumer fetches the next batch while this one is
+ * processed. The partition's task then takes everything queued as one batch.
+ *
+ * Why: a fetch from the embedded broker returns one message set per partition, and at a
+ * steady rate producers write sets of one or two records. Fetching only after each batch
+ * is handled kept every batch that small, however long the backlog: the cost per batch
+ * (produce round trip, state write, commit bookkeeping) set the throughput.
+ *
+ * Nothing queued is committed before it is handled: a queue that is dropped (the task
+ * closed, a rebalance began, the stage stops) is fetched again from the committed offset
+ * by whichever member holds the partition. A failure the policy leaves to a retry (the
+ * broker or the registry unwell) keeps the batch at the head of the queue and handles it
+ * again after a pause, without fetching it again.
+ */
+import type { KafkaMessage } from 'kafkajs';
+import type { HeraldError } from '../errors.ts';
+import type { Decoded } from './failure-policy.ts';
+
+/** Records queued per partition before a fetch waits (Kafka Streams' default is 1,000). */
+export const MAX_BUFFERED_RECORDS = 1000;
+
+interface Queued { decoded: Decoded; lastOffset: string; count: number }
+
+export interface InputBufferOptions {
+  /** Handles the merged batch whose last offset is `lastOffset` (decoded records and rejects of `count` fetched records). */
+  handle: (decoded: Decoded, lastOffset: string, count: number) => Promise<void>;
+  /** Waits until there is room downstream (back-pressure), before each merged batch. */
+  room?: () => Promise<void>;
+  /** A failed attempt: reported, then the same records are tried again after `backoffMs`. */
+  failed: (err: Error, attempt: number, backoffMs: number) => void;
+  maxRecords?: number;
+}
+
+export class InputBuffer {
+  private queue: Queued[] = [];
+  private records = 0;
+  private draining: Promise<void> | null = null;
+  private dropped = false;
+  private spaceWaiters: (() => void)[] = [];
+  /** Offsets up to this one are queued or handled: a fetch of them again (a member rejoined from the committed offset) is skipped. */
+  private fetchedUpTo: bigint | null = null;
+  /** The last offset handled. */
+  private handledUpTo: bigint | null = null;
+  private readonly o: InputBufferOptions;
+  private readonly max: number;
+
+  constructor(o: InputBufferOptions) {
+    this.o = o;
+    this.max = o.maxRecords ?? MAX_BUFFERED_RECORDS;
+  }
+
+  /** Records queued and not yet handled. */
+  get size(): number {
+    return this.records;
+  }
+
+  /** The messages of a fetched batch that are not queued or handled already. */
+  fresh(messages: KafkaMessage[]): KafkaMessage[] {
+    const upTo = this.fetchedUpTo;
+    return upTo === null ? messages : messages.filter((m) => BigInt(m.offset) > upTo);
+  }
+
+  /** Resolves once there is room for another batch (or the queue was dropped). */
+  async space(): Promise<void> {
+    while (this.records >= this.max && !this.dropped) await new Promise<void>((r) => this.spaceWaiters.push(r));
+  }
+
+  /** Queues a decoded batch (`count` fetched records ending at `lastOffset`) and makes sure it is being handled. */
+  push(decoded: Decoded, lastOffset: string, count: number): void {
+    if (this.dropped) return;
+    this.queue.push({ decoded, lastOffset, count });
+    this.records += count;
+    this.fetchedUpTo = BigInt(lastOffset);
+    this.draining ??= this.drain().finally(() => (this.draining = null));
+  }
+
+  /**
+   * Drops what is queued (nothing of it was committed) and takes no more: the partition
+   * is closing or may move. A batch being handled finishes. Resolves when it has.
+   */
+  async drop(): Promise<void> {
+    this.clear();
+    await this.draining;
+  }
+
+  private clear(): void {
+    this.dropped = true;
+    this.queue = [];
+    this.records = 0;
+    this.fetchedUpTo = this.handledUpTo;
+    for (const w of this.spaceWaiters.splice(0)) w();
+  }
+
+  /** Takes batches again after a drop (the member rejoined and still holds the partition). */
+  reopen(): void {
+    this.dropped = false;
+  }
+
+  private async drain(): Promise<void> {
+    let attempt = 0;
+    while (this.queue.length && !this.dropped) {
+      await this.o.room?.();
+      if (this.dropped) return;
+      // Everything queued goes as one batch (up to the queue's bound).
+      const take = this.queue.splice(0);
+      const count = take.reduce((n, q) => n + q.count, 0);
+      const decoded: Decoded = take.length === 1 ? take[0]!.decoded : { records: take.flatMap((q) => q.decoded.records), rejected: take.flatMap((q) => q.decoded.rejected) };
+      const lastOffset = take.at(-1)!.lastOffset;
+      try {
+        await this.o.handle(decoded, lastOffset, count);
+        attempt = 0;
+        this.handledUpTo = BigInt(lastOffset);
+        if (!this.dropped) this.records -= count;
+        for (const w of this.spaceWaiters.splice(0)) w();
+      } catch (err) {
+        if ((err as HeraldError).code === 'HRL_SHUTTING_DOWN' || this.dropped) {
+          this.clear();
+          return;
+        }
+        // Not committed: the same records, with whatever arrived meanwhile, are tried again.
+        this.queue.unshift(...take);
+        attempt++;
+        const backoffMs = Math.min(10_000, 200 * 2 ** Math.min(attempt - 1, 6));
+        this.o.failed(err as Error, attempt, backoffMs);
+        await new Promise((r) => setTimeout(r, backoffMs));
+      }
+    }
+  }
+}

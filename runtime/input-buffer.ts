@@ -2,7 +2,8 @@
  * Fetch-ahead for one input partition of a stage that fetches (Kafka Streams' record
  * buffer, `buffered.records.per.partition`): a fetched batch is decoded and queued here,
  * and the fetch returns at once, so the consumer fetches the next batch while this one is
- * processed. The partition's task then takes everything queued as one batch.
+ * processed. The partition's task then takes what is queued as one batch (up to 500
+ * records, the consumer's `max.poll.records` default).
  *
  * Why: a fetch from the embedded broker returns one message set per partition, and at a
  * steady rate producers write sets of one or two records. Fetching only after each batch
@@ -21,6 +22,15 @@ import type { Decoded } from './failure-policy.ts';
 
 /** Records queued per partition before a fetch waits (Kafka Streams' default is 1,000). */
 export const MAX_BUFFERED_RECORDS = 1000;
+/** Records handled as one batch at most (the consumer's `max.poll.records` default). */
+export const MAX_BATCH_RECORDS = 500;
+
+/** A promise and the function that resolves it. */
+function signal(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
 
 interface Queued { decoded: Decoded; lastOffset: string; count: number }
 
@@ -39,6 +49,9 @@ export class InputBuffer {
   private records = 0;
   private draining: Promise<void> | null = null;
   private dropped = false;
+  /** Moves on every drop: a batch handled across a drop no longer counts against the new queue. */
+  private epoch = 0;
+  private dropSignal = signal();
   private spaceWaiters: (() => void)[] = [];
   /** Offsets up to this one are queued or handled: a fetch of them again (a member rejoined from the committed offset) is skipped. */
   private fetchedUpTo: bigint | null = null;
@@ -63,9 +76,20 @@ export class InputBuffer {
     return upTo === null ? messages : messages.filter((m) => BigInt(m.offset) > upTo);
   }
 
-  /** Resolves once there is room for another batch (or the queue was dropped). */
-  async space(): Promise<void> {
-    while (this.records >= this.max && !this.dropped) await new Promise<void>((r) => this.spaceWaiters.push(r));
+  /**
+   * Resolves true once there is room for another batch (or the queue was dropped), false
+   * if there is none after `timeoutMs` or after a failed attempt: the fetch then leaves
+   * its batch to be fetched again, so the member keeps polling and sees a rebalance.
+   */
+  async space(timeoutMs: number): Promise<boolean> {
+    if (this.records < this.max || this.dropped) return true;
+    let timer: NodeJS.Timeout | undefined;
+    await new Promise<void>((r) => {
+      this.spaceWaiters.push(r);
+      timer = setTimeout(r, timeoutMs);
+    });
+    clearTimeout(timer);
+    return this.records < this.max || this.dropped;
   }
 
   /** Queues a decoded batch (`count` fetched records ending at `lastOffset`) and makes sure it is being handled. */
@@ -74,7 +98,8 @@ export class InputBuffer {
     this.queue.push({ decoded, lastOffset, count });
     this.records += count;
     this.fetchedUpTo = BigInt(lastOffset);
-    this.draining ??= this.drain().finally(() => (this.draining = null));
+    // Started on a later tick, so `draining` is set before the loop can call back into `push`.
+    this.draining ??= Promise.resolve().then(() => this.drain()).finally(() => (this.draining = null));
   }
 
   /**
@@ -88,44 +113,66 @@ export class InputBuffer {
 
   private clear(): void {
     this.dropped = true;
+    this.epoch++;
     this.queue = [];
     this.records = 0;
     this.fetchedUpTo = this.handledUpTo;
+    this.wake();
+    this.dropSignal.resolve();
+  }
+
+  private wake(): void {
     for (const w of this.spaceWaiters.splice(0)) w();
   }
 
   /** Takes batches again after a drop (the member rejoined and still holds the partition). */
   reopen(): void {
+    if (!this.dropped) return;
     this.dropped = false;
+    this.dropSignal = signal();
   }
 
   private async drain(): Promise<void> {
     let attempt = 0;
     while (this.queue.length && !this.dropped) {
-      await this.o.room?.();
-      if (this.dropped) return;
-      // Everything queued goes as one batch (up to the queue's bound).
-      const take = this.queue.splice(0);
+      const epoch = this.epoch;
+      if (this.o.room) await Promise.race([this.o.room(), this.dropSignal.promise]);
+      if (this.dropped || epoch !== this.epoch) continue;
+      // What is queued goes as one batch (up to MAX_BATCH_RECORDS, whole fetched batches),
+      // less any record handled already (fetched again while a batch ran across a drop).
+      let n = 0;
+      let upTo = 0;
+      while (upTo < this.queue.length && (upTo === 0 || n + this.queue[upTo]!.count <= MAX_BATCH_RECORDS)) n += this.queue[upTo++]!.count;
+      const take = this.queue.splice(0, upTo);
       const count = take.reduce((n, q) => n + q.count, 0);
-      const decoded: Decoded = take.length === 1 ? take[0]!.decoded : { records: take.flatMap((q) => q.decoded.records), rejected: take.flatMap((q) => q.decoded.rejected) };
+      const done = this.handledUpTo;
+      const fresh = (offset: string) => done === null || BigInt(offset) > done;
+      const decoded: Decoded = take.length === 1 && done === null ? take[0]!.decoded : {
+        records: take.flatMap((q) => q.decoded.records).filter((r) => fresh(r.offset)),
+        rejected: take.flatMap((q) => q.decoded.rejected).filter((r) => fresh(r.rec.offset)),
+      };
       const lastOffset = take.at(-1)!.lastOffset;
       try {
         await this.o.handle(decoded, lastOffset, count);
         attempt = 0;
-        this.handledUpTo = BigInt(lastOffset);
-        if (!this.dropped) this.records -= count;
-        for (const w of this.spaceWaiters.splice(0)) w();
+        const last = BigInt(lastOffset);
+        if (this.handledUpTo === null || last > this.handledUpTo) this.handledUpTo = last;
+        if (this.fetchedUpTo === null || last > this.fetchedUpTo) this.fetchedUpTo = last;
+        if (epoch === this.epoch) this.records -= count;
+        this.wake();
       } catch (err) {
-        if ((err as HeraldError).code === 'HRL_SHUTTING_DOWN' || this.dropped) {
+        if ((err as HeraldError).code === 'HRL_SHUTTING_DOWN') {
           this.clear();
           return;
         }
-        // Not committed: the same records, with whatever arrived meanwhile, are tried again.
-        this.queue.unshift(...take);
+        // Not committed: the same records, with whatever arrived meanwhile, are tried again
+        // (after a drop they are fetched again instead).
+        if (epoch === this.epoch) this.queue.unshift(...take);
         attempt++;
         const backoffMs = Math.min(10_000, 200 * 2 ** Math.min(attempt - 1, 6));
         this.o.failed(err as Error, attempt, backoffMs);
-        await new Promise((r) => setTimeout(r, backoffMs));
+        this.wake();
+        await Promise.race([new Promise((r) => setTimeout(r, backoffMs)), this.dropSignal.promise]);
       }
     }
   }

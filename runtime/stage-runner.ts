@@ -166,6 +166,7 @@ export class StageRunner {
     for (const topic of this.inputs.keys()) await consumer.subscribe({ topic, fromBeginning: true });
     await consumer.run({
       autoCommit: false,
+      eachBatchAutoResolve: false,
       partitionsConsumedConcurrently: Math.max(1, Math.min(config.partitions * this.inputs.size, 8)),
       eachBatch: (payload) => this.onBatch(payload),
     });
@@ -233,27 +234,36 @@ export class StageRunner {
    * A fetched batch: decoded and queued for its partition's task (runtime/input-buffer.ts),
    * so the next fetch goes out while it is handled. It waits only while the queue is full.
    */
-  private async consume({ batch, heartbeat, isRunning, isStale }: EachBatchPayload): Promise<void> {
+  private async consume(payload: EachBatchPayload): Promise<void> {
+    // kafkajs moves its position past a batch only when it is queued (or needs no work).
+    if (await this.enqueue(payload)) payload.resolveOffset(payload.batch.lastOffset());
+  }
+
+  /** Queues a fetched batch; false when the queue stayed full, so the batch is fetched again later. */
+  private async enqueue({ batch, heartbeat, isRunning, isStale }: EachBatchPayload): Promise<boolean> {
     // A fused successor's records come through `feed` (a fetch before the pause took hold is ignored).
-    if (this.o.fed || batch.messages.length === 0 || !isRunning() || isStale()) return;
+    if (this.o.fed || batch.messages.length === 0 || !isRunning() || isStale()) return true;
     const { stage, metrics } = this.o;
     // Never join a record with a table still loading.
     if (this.o.gate) await heartbeating(this.o.gate, heartbeat, () => this.stopped);
     if (this.o.room) await heartbeating(this.o.room(), heartbeat, () => this.stopped);
     const task = await heartbeating(this.tasks.task(batch.partition, heartbeat), heartbeat, () => this.stopped);
-    if (!isRunning() || isStale()) return; // the partition moved while it was being opened
+    if (!isRunning() || isStale()) return true; // the partition moved while it was being opened
     const input = this.inputFor(batch.topic, task);
     // Records below the resume offset were processed before the restart (and a fetch may
     // begin before the seek lands); records queued already come again after a rejoin.
     const resumeAt = this.o.resumeAt?.get(batch.topic)?.get(batch.partition);
     const messages = input.buffer.fresh(resumeAt === undefined ? batch.messages : batch.messages.filter((m) => BigInt(m.offset) >= resumeAt));
-    if (messages.length === 0) return;
-    metrics.records.inc({ stage, result: 'in' }, messages.length);
+    if (messages.length === 0) return true;
+    // A full queue: wait a moment, then leave the batch to a later fetch (the member goes
+    // on polling, so it hears of a rebalance even while a partition keeps failing).
+    if (!(await heartbeating(input.buffer.space(1000), heartbeat, () => this.stopped))) return false;
     const decoded = await decodeBatch(this.o.codec, stage, this.inputs.get(batch.topic)!, batch.topic, batch.partition, messages);
-    await heartbeating(input.buffer.space(), heartbeat, () => this.stopped);
-    if (!isRunning() || isStale() || this.stopped) return;
+    if (!isRunning() || isStale() || this.stopped) return true;
+    metrics.records.inc({ stage, result: 'in' }, messages.length);
     input.lag = Number(batch.offsetLag());
     input.buffer.push(decoded, messages.at(-1)!.offset, messages.length);
+    return true;
   }
 
   /** The input queue of `topic` for `task` (a new one when the partition's task changed). */

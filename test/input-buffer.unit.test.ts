@@ -85,6 +85,8 @@ describe('input buffer', () => {
     await dropped;
     expect(handled).toEqual([[0, 1]]);
     expect(buffer.size).toBe(0);
+    // The batch handled across the drop is not taken again when the member fetches from the committed offset.
+    expect(buffer.fresh([0, 1, 2, 3].map(msg)).map((m) => Number(m.offset))).toEqual([2, 3]);
     // Dropped records were never handled: fetched again, they are taken again.
     expect(buffer.fresh([2, 3].map(msg)).map((m) => Number(m.offset))).toEqual([2, 3]);
     buffer.push(batch(9), '9', 1);
@@ -113,7 +115,7 @@ describe('input buffer', () => {
     buffer.push(batch(0, 1, 2), '2', 3);
     await until(() => calls === 1);
     let spaced = false;
-    const space = buffer.space().then(() => (spaced = true));
+    const space = buffer.space(60_000).then(() => (spaced = true));
     buffer.push(batch(3), '3', 1);
     await new Promise((r) => setTimeout(r, 30));
     expect(spaced).toBe(false);
@@ -124,5 +126,29 @@ describe('input buffer', () => {
     buffer.push(batch(4), '4', 1);
     await new Promise((r) => setTimeout(r, 30));
     expect(calls).toBe(2);
+  });
+
+  it('never handles a record twice when the partition stays across a rebalance that began while a batch ran', async () => {
+    const handled: number[][] = [];
+    let release!: () => void;
+    const running = new Promise<void>((r) => (release = r));
+    const buffer = new InputBuffer({
+      handle: async (d) => {
+        handled.push(offsetsOf(d));
+        if (handled.length === 1) await running;
+      },
+      failed: () => undefined,
+    });
+    buffer.push(batch(0, 1), '1', 2);
+    await until(() => handled.length === 1);
+    const dropped = buffer.drop(); // REBALANCING
+    buffer.reopen(); // GROUP_JOIN: still ours; the member fetches again from the committed offset 0
+    const again = buffer.fresh([0, 1, 2, 3].map(msg));
+    buffer.push(batch(...again.map((m) => Number(m.offset))), '3', again.length);
+    release();
+    await dropped;
+    await until(() => handled.length === 2);
+    expect(handled).toEqual([[0, 1], [2, 3]]);
+    await until(() => buffer.size === 0);
   });
 });

@@ -92,6 +92,19 @@ export class InputBuffer {
     return this.records < this.max || this.dropped;
   }
 
+  /**
+   * Resolves once everything queued is handled (or dropped), or after `timeoutMs`. A fetch
+   * that leaves nothing behind on the broker waits for it, so the next fetch goes out when
+   * there may be something new to read: fetching ahead pays only with a backlog, and a
+   * fetch sent at once would wait out fetch.max.wait.ms on an empty partition.
+   */
+  async handled(timeoutMs: number): Promise<void> {
+    if (!this.draining) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.draining, new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
+  }
+
   /** Queues a decoded batch (`count` fetched records ending at `lastOffset`) and makes sure it is being handled. */
   push(decoded: Decoded, lastOffset: string, count: number): void {
     if (this.dropped) return;

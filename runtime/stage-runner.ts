@@ -263,6 +263,8 @@ export class StageRunner {
     metrics.records.inc({ stage, result: 'in' }, messages.length);
     input.lag = Number(batch.offsetLag());
     input.buffer.push(decoded, messages.at(-1)!.offset, messages.length);
+    // Caught up: the next fetch waits for this batch (bounded, so the member keeps polling).
+    if (input.lag === 0) await heartbeating(input.buffer.handled(1000), heartbeat, () => this.stopped);
     return true;
   }
 

@@ -19,18 +19,24 @@ const until = async (cond: () => boolean) => {
   expect(cond()).toBe(true);
 };
 
+/** A buffer whose first handled batch waits for `release`; `handled` lists each batch's offsets. */
+function firstBlocks() {
+  const handled: number[][] = [];
+  let release!: () => void;
+  const running = new Promise<void>((r) => (release = r));
+  const buffer = new InputBuffer({
+    handle: async (d) => {
+      handled.push(offsetsOf(d));
+      if (handled.length === 1) await running;
+    },
+    failed: () => undefined,
+  });
+  return { buffer, handled, release };
+}
+
 describe('input buffer', () => {
   it('handles what was queued while a batch ran as one batch, in offset order', async () => {
-    const handled: number[][] = [];
-    let release!: () => void;
-    const first = new Promise<void>((r) => (release = r));
-    const buffer = new InputBuffer({
-      handle: async (d) => {
-        handled.push(offsetsOf(d));
-        if (handled.length === 1) await first;
-      },
-      failed: () => undefined,
-    });
+    const { buffer, handled, release } = firstBlocks();
     buffer.push(batch(0), '0', 1);
     await until(() => handled.length === 1);
     buffer.push(batch(1, 2), '2', 2);
@@ -65,16 +71,7 @@ describe('input buffer', () => {
   });
 
   it('drops what is queued but not what is being handled, skips queued offsets fetched again, and takes the dropped ones again', async () => {
-    const handled: number[][] = [];
-    let release!: () => void;
-    const running = new Promise<void>((r) => (release = r));
-    const buffer = new InputBuffer({
-      handle: async (d) => {
-        handled.push(offsetsOf(d));
-        if (handled.length === 1) await running;
-      },
-      failed: () => undefined,
-    });
+    const { buffer, handled, release } = firstBlocks();
     buffer.push(batch(0, 1), '1', 2);
     await until(() => handled.length === 1);
     buffer.push(batch(2, 3), '3', 2);
@@ -129,16 +126,7 @@ describe('input buffer', () => {
   });
 
   it('never handles a record twice when the partition stays across a rebalance that began while a batch ran', async () => {
-    const handled: number[][] = [];
-    let release!: () => void;
-    const running = new Promise<void>((r) => (release = r));
-    const buffer = new InputBuffer({
-      handle: async (d) => {
-        handled.push(offsetsOf(d));
-        if (handled.length === 1) await running;
-      },
-      failed: () => undefined,
-    });
+    const { buffer, handled, release } = firstBlocks();
     buffer.push(batch(0, 1), '1', 2);
     await until(() => handled.length === 1);
     const dropped = buffer.drop(); // REBALANCING

@@ -207,6 +207,18 @@ async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: strin
   const stages = await stageFigures(herald);
   const throughput = { events: n, seconds: +seconds.toFixed(3), eventsPerSecond: round(n / seconds), stages };
 
+  // Fixed offered load, on an idle Herald: the burst's aftermath (the outcome stage catching
+  // up on its lifecycle records, deliver settling detached calls) would otherwise be measured
+  // as latency. Idle: no stage took in a record for a second.
+  const takenIn = async () => {
+    let sum = 0;
+    for (const st of ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome']) sum += await metricValue(herald.metrics.registry, 'herald_stage_records_total', { stage: st, result: 'in' });
+    return sum;
+  };
+  for (let last = -1, now = await takenIn(), waited = 0; now !== last && waited < 60_000; waited += 1000) {
+    await sleep(1000);
+    [last, now] = [now, await takenIn()];
+  }
   // Fixed offered load: publish times against webhook arrival times.
   const producer = createProducer(kafka);
   await producer.connect();

@@ -1,11 +1,14 @@
 /**
  * The bench's HTTP clients, in a process of their own (users' clients never run inside
  * Herald's process; they still share the machine's two cores). Started with a job on IPC:
- * PUT `users` users, then POST `events` events from `clients` concurrent clients, as fast
- * as they are answered or at `perSecond` (an open-loop schedule: event i is due at
- * start + i / perSecond). Every client retries 429 and 503 after Retry-After, as users'
+ * PUT `users` users, then POST `events` events: from `clients` concurrent clients, each as
+ * fast as it is answered, or at `perSecond` (an open-loop schedule: event i is sent at
+ * start + i / perSecond whatever became of the ones before, up to 512 in flight, and its
+ * latency counts from then). Every client retries 429 and 503 after Retry-After, as users'
  * clients do. Answers with when each event was sent (epoch ms) and the counts.
  */
+import pLimit from 'p-limit';
+
 export interface WireJob {
   url: string;
   key: string;
@@ -20,6 +23,8 @@ export interface WireJob {
 export interface ClientReport { sent: [string, number][]; waits: number; refused: number; firstPost: number; published: number }
 
 const now = () => performance.timeOrigin + performance.now();
+/** Requests the open-loop schedule keeps in flight at most. */
+const MAX_IN_FLIGHT = 512;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function run(job: WireJob): Promise<ClientReport> {
@@ -50,18 +55,33 @@ async function run(job: WireJob): Promise<ClientReport> {
   let next = 0;
   let refused = 0;
   const firstPost = now();
-  await Promise.all(Array.from({ length: job.clients }, async () => {
-    for (let i = next++; i < job.events; i = next++) {
-      if (job.perSecond) {
-        const due = firstPost + (i * 1000) / job.perSecond;
-        if (due > now()) await sleep(due - now());
-      }
-      const id = `${job.idPrefix ?? 'h'}-${i}`;
-      const body = JSON.stringify({ id, type: 'comment.created', recipients: [`user-${i % job.users}`], actor: 'bench', data: { commentId: id, documentTitle: 'Doc', excerpt: 'hello' } });
-      sent.push([id, now()]);
-      if ((await request('POST', '/v1/events', body)) !== 202) refused++;
+  const post = async (i: number) => {
+    const id = `${job.idPrefix ?? 'h'}-${i}`;
+    const body = JSON.stringify({ id, type: 'comment.created', recipients: [`user-${i % job.users}`], actor: 'bench', data: { commentId: id, documentTitle: 'Doc', excerpt: 'hello' } });
+    if ((await request('POST', '/v1/events', body)) !== 202) refused++;
+  };
+  if (job.perSecond) {
+    // Open loop: event i is sent at its due time whether or not earlier ones were answered
+    // (at most MAX_IN_FLIGHT at once), and its latency counts from that due time, so a slow
+    // answer or a retry after 503 is measured, not hidden (coordinated omission).
+    const limit = pLimit(MAX_IN_FLIGHT);
+    const posts: Promise<void>[] = [];
+    for (let i = 0; i < job.events; i++) {
+      const due = firstPost + (i * 1000) / job.perSecond;
+      if (due > now()) await sleep(due - now());
+      sent.push([`${job.idPrefix ?? 'h'}-${i}`, due]);
+      posts.push(limit(() => post(i)));
     }
-  }));
+    await Promise.all(posts);
+  } else {
+    // Closed loop: `clients` clients, each sending its next event once the last is answered.
+    await Promise.all(Array.from({ length: job.clients }, async () => {
+      for (let i = next++; i < job.events; i = next++) {
+        sent.push([`${job.idPrefix ?? 'h'}-${i}`, now()]);
+        await post(i);
+      }
+    }));
+  }
   return { sent, waits, refused, firstPost, published: now() };
 }
 

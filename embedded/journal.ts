@@ -32,21 +32,22 @@ export type GroupOffsets = Record<string, Record<string, Record<string, string>>
 const enc = (s: string) => encodeURIComponent(s);
 
 export function encodeRecord(r: JournalRecord): Buffer {
-  const headers = Object.keys(r.headers).length ? Buffer.from(JSON.stringify(r.headers)) : Buffer.alloc(0);
-  const body = Buffer.alloc(8 + 8 + 4 + (r.key?.length ?? 0) + 4 + (r.value?.length ?? 0) + 4 + headers.length);
-  let o = 0;
-  o = body.writeBigInt64BE(r.offset, o);
-  o = body.writeBigInt64BE(BigInt(r.timestamp), o);
-  o = body.writeInt32BE(r.key ? r.key.length : -1, o);
-  if (r.key) o += r.key.copy(body, o);
-  o = body.writeInt32BE(r.value ? r.value.length : -1, o);
-  if (r.value) o += r.value.copy(body, o);
-  o = body.writeInt32BE(headers.length, o);
-  headers.copy(body, o);
-  const head = Buffer.alloc(8);
-  head.writeUInt32BE(body.length, 0);
-  head.writeUInt32BE(crc32(body), 4);
-  return Buffer.concat([head, body]);
+  const headers = Object.keys(r.headers).length ? Buffer.from(JSON.stringify(r.headers)) : null;
+  const bodyLength = 8 + 8 + 4 + (r.key?.length ?? 0) + 4 + (r.value?.length ?? 0) + 4 + (headers?.length ?? 0);
+  // One buffer for the frame and its body; every byte of it is written below.
+  const frame = Buffer.allocUnsafe(8 + bodyLength);
+  let o = 8;
+  o = frame.writeBigInt64BE(r.offset, o);
+  o = frame.writeBigInt64BE(BigInt(r.timestamp), o);
+  o = frame.writeInt32BE(r.key ? r.key.length : -1, o);
+  if (r.key) o += r.key.copy(frame, o);
+  o = frame.writeInt32BE(r.value ? r.value.length : -1, o);
+  if (r.value) o += r.value.copy(frame, o);
+  o = frame.writeInt32BE(headers?.length ?? 0, o);
+  if (headers) headers.copy(frame, o);
+  frame.writeUInt32BE(bodyLength, 0);
+  frame.writeUInt32BE(crc32(frame.subarray(8)), 4);
+  return frame;
 }
 
 /** Decodes a partition file; `valid` is the length of its intact prefix. */

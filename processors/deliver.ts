@@ -410,10 +410,13 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       nextDue = undefined; // more may be due; the next run scans again
       const release: Item[] = [];
       for (const d of due) {
-        // A lease whose call is still running here: look again shortly (the call's own
-        // timeout ends it). A lease with no call here (the instance that made it died, or
-        // the partition moved): the attempt is made again.
-        if (d.value.lease && detached.has(d.key)) hold(retries, d.key, wallClock + 1000, d.value);
+        // A lease whose call is still here (running, or waiting for a slot of a busy host):
+        // renewed for another call's timeout; its answer deletes it, so the renewal only
+        // matters if this instance dies. (Renewing every second rewrote every waiting
+        // call's lease, and its changelog record, each second under load.) A lease with no
+        // call here (the instance that made it died, or the partition moved): the attempt
+        // is made again.
+        if (d.value.lease && detached.has(d.key)) hold(retries, d.key, wallClock + config.deliveryTimeoutMs + LEASE_MARGIN_MS, d.value);
         else {
           retries.delete(d.key);
           release.push({ cause: d.value.cause, task: d.value.task });

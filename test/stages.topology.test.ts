@@ -520,6 +520,34 @@ describe('deliver: a slow endpoint never holds back the others', () => {
   });
 });
 
+describe('deliver: the lease of a call that runs past it', () => {
+  it('is renewed once for another call\'s timeout, not every timer run, and deleted by the answer', async () => {
+    const { loadConfig } = await import('../config.ts');
+    const config = loadConfig({}, { stateBackend: 'memory', logLevel: 'silent', deliveryBatchWaitMs: 50, deliveryTimeoutMs: 2000 });
+    let answer!: (r: SendResult) => void;
+    let calls = 0;
+    const channel: ChannelProvider = { name: 'webhook', send: () => { calls++; return new Promise<SendResult>((r) => (answer = r)); } };
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1), { config });
+    const task = (await driver('route', route).pipe([{ value: { request: (await requestsFor(event({ id: 'e-w', recipients: ['w'] })))[0]!, user: user({ userId: 'w', webhookUrl: 'https://wait.example/hook' }), preferences: null }, timestamp: T0 }])).emitted[0]!.value as DeliveryTask;
+    await d.pipe([{ value: task, timestamp: T0 }]);
+    const leases = async () => (await d.stores.get('retries')!.view().due<unknown>(Number.MAX_SAFE_INTEGER)).map((l) => l.dueAt);
+    const first = await leases();
+    expect(first).toEqual([d.now + 2000 + 5000]);
+    // The lease comes due while the call is still here (a host's slots all busy): renewed,
+    // not made again.
+    expect((await d.advance(7000)).outcomes).toEqual([]);
+    expect(await leases()).toEqual([d.now + 2000 + 5000]);
+    const renewed = await leases();
+    for (let i = 0; i < 3; i++) expect((await d.advance(1000)).outcomes).toEqual([]);
+    expect(await leases()).toEqual(renewed);
+    expect(calls).toBe(1);
+    answer({ ok: true, providerMessageId: null, detail: 'HTTP 200' });
+    await new Promise((r) => setImmediate(r));
+    expect((await d.advance(100)).outcomes.map((o) => o.status)).toEqual(['DELIVERED']);
+    expect(await leases()).toEqual([]);
+  });
+});
+
 describe('deliver: a hanging URL gets a slow lane of its own', () => {
   it('runs its later calls one at a time outside the host\'s slots, so a healthy URL on the same host is called at once', async () => {
     const { loadConfig } = await import('../config.ts');

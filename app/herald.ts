@@ -10,7 +10,8 @@ import type { Admin, Kafka, Producer, ProducerRecord } from 'kafkajs';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../api/server.ts';
 import { Journal, type GroupOffsets } from '../embedded/journal.ts';
-import { BrokerJournal } from '../embedded/persistence.ts';
+import { BrokerJournal, type Pressure } from '../embedded/persistence.ts';
+import { type AttachJob, type RelayedPressure, WorkerPool } from './workers.ts';
 import { InstanceDirectory } from './instances.ts';
 import { KeyDirectory, writeKeyRecord } from './keys.ts';
 import { SigningSecrets, signingPort } from './signing-secrets.ts';
@@ -50,6 +51,13 @@ export interface StartOptions {
   metrics?: Metrics;
   /** Extra or replacement channel providers (tests, demo). */
   channels?: ChannelProvider[];
+  /**
+   * Runs as a worker of another process's embedded default (`--workers`): its broker,
+   * registry, journal offsets, SMTP sink and back-pressure, no development key.
+   */
+  attach?: AttachJob & { pressure: RelayedPressure };
+  /** Config values given on the command line, passed on to workers (the environment carries the rest). */
+  overrides?: Record<string, string | number | boolean>;
 }
 
 export interface Herald {
@@ -73,6 +81,10 @@ export interface Herald {
   /** The development API key (tenant acme, admin), when one is configured or kept in the state dir. */
   devKey: string | null;
   isReady(): boolean;
+  /** /readyz's answer: ready, or the reasons not (every worker's included). */
+  readiness(): { ready: boolean; reasons: string[] };
+  /** The worker processes (`--workers`), when there are any. */
+  workers: WorkerPool | null;
   stop(): Promise<void>;
 }
 
@@ -181,20 +193,27 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     writeFileSync(pidFile, String(process.pid));
     cleanups.push(async () => rmSync(pidFile, { force: true }));
     let journal: Journal | null = null;
-    if (config.embedded) {
+    const attach = opts.attach ?? null;
+    // Whose stores the state directory holds: the embedded journal's, or a real cluster's.
+    let identity = attach?.identity ?? '';
+    if (attach) {
+      guardStateDir(config.stateDir, attach.identity);
+      brokers = attach.brokers;
+    } else if (config.embedded) {
       journal = Journal.open(join(config.stateDir, 'journal'));
-      guardStateDir(config.stateDir, `embedded:${journal.id}`);
+      identity = `embedded:${journal.id}`;
+      guardStateDir(config.stateDir, identity);
       broker = await EmbeddedBroker.start({ brokers: config.embeddedBrokers });
       cleanups.push(() => broker!.stop());
       for (const t of topicPlan(config.topicPrefix, config.partitions)) await broker.createTopic(t.name, t.partitions, Math.min(config.embeddedBrokers, 3));
       brokers = broker.bootstraps;
       log.info({ brokers, partitions: config.partitions }, 'embedded broker started (librdkafka mock cluster)');
     }
-    let registryUrl = config.schemaRegistryUrl;
+    let registryUrl = attach ? attach.registryUrl : config.schemaRegistryUrl;
     if (config.embeddedRegistry && !config.embedded) {
       log.warn('KAFKA_BROKERS is set but SCHEMA_REGISTRY_URL is not: the embedded registry numbers schemas per process, so records written now may not decode after a restart or on another instance; set SCHEMA_REGISTRY_URL for real deployments');
     }
-    if (config.embeddedRegistry) {
+    if (config.embeddedRegistry && !attach) {
       const registry = new EmbeddedSchemaRegistry(config.embedded ? join(config.stateDir, 'registry.json') : null);
       registryUrl = await registry.start();
       cleanups.push(() => registry.stop());
@@ -222,7 +241,10 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         throw new HeraldError('HRL_CONFIG_INVALID', `KAFKA_BROKERS: the cluster lacks ${missing.length} Herald topic(s) (${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}); run \`herald topics create\` first`);
       }
     }
-    if (!config.embedded) guardStateDir(config.stateDir, `kafka:${(await admin.describeCluster()).clusterId}`);
+    if (!config.embedded && !attach) {
+      identity = `kafka:${(await admin.describeCluster()).clusterId}`;
+      guardStateDir(config.stateDir, identity);
+    }
     const producer = createProducer(kafka);
     await producer.connect();
     cleanups.push(() => producer.disconnect());
@@ -231,7 +253,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const groups = stages.map((s) => ({ groupId: groupId(config.topicPrefix, s), topics: STAGES[s].inputs.map((t) => topicName(config.topicPrefix, t)) }));
     let durable: BrokerJournal | null = null;
     let following: Promise<void> = Promise.resolve();
-    let resume: GroupOffsets = {};
+    let resume: GroupOffsets = attach?.resume ?? {};
     if (journal) {
       durable = new BrokerJournal(journal, kafka, admin, producer, log.child({ component: 'journal' }));
       const replayed = await durable.replay();
@@ -254,7 +276,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
      * Back-pressure for a stage: before each batch, it waits while a reader of a topic it
      * writes to (its outputs, its changelogs) is close to losing records at the embedded broker.
      */
-    const roomFor = (d: BrokerJournal, stage: StageName, fused: readonly StageName[]) => {
+    const roomFor = (d: { holding(writes: ReadonlySet<string>, self: string): Pressure | null }, stage: StageName, fused: readonly StageName[]) => {
       // A fused run's first stage waits for room for everything the run writes.
       const run = fused.length ? fused : [stage];
       const writes = new Set(run.flatMap((st) => [...STAGES[st].outputs.map((t) => topicName(config.topicPrefix, t)), ...STAGES[st].stores.filter((s) => s.changelog === true).map((s) => changelogTopic(config.topicPrefix, st, s.name))]));
@@ -270,7 +292,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       return meta;
     };
 
-    if (config.webhookSecret === DEFAULT_WEBHOOK_SECRET) {
+    if (config.webhookSecret === DEFAULT_WEBHOOK_SECRET && !attach) {
       log.warn('HERALD_WEBHOOK_SECRET is the public development default: anyone can forge webhooks that verify; set your own before sending to real receivers (Herald refuses it against real Kafka)');
     }
     const outbound: OutboundPolicy = { requireHttps: !config.embedded, allow: parseAllowList(config.outboundAllow) };
@@ -288,13 +310,13 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const inbox = new InboxHub();
     // Email: the configured SMTP server; on the embedded default without one, a local sink.
     let sink: SmtpSink | null = null;
-    if (!config.smtpUrl && config.embedded) {
+    if (!config.smtpUrl && config.embedded && !attach) {
       sink = new SmtpSink();
       await sink.start();
       const s = sink;
       cleanups.push(() => s.stop());
     }
-    const smtpUrl = config.smtpUrl || sink?.url;
+    const smtpUrl = config.smtpUrl || sink?.url || attach?.smtpUrl;
     if (smtpUrl) channelMap.set('email', new EmailChannel({ url: smtpUrl, from: config.smtpFrom, timeoutMs: config.deliveryTimeoutMs }));
     for (const c of opts.channels ?? []) channelMap.set(c.name, c);
     cleanups.push(async () => {
@@ -347,6 +369,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         resumeAt: new Map(Object.entries(resume[groupId(config.topicPrefix, stage)] ?? {}).map(([t, parts]) => [t, new Map(Object.entries(parts).map(([p, o]) => [Number(p), BigInt(o)]))])),
         advertisedUrl: () => advertised,
         ...(durable && !fused.fed ? { room: roomFor(durable, stage, run) } : {}),
+        ...(attach && !fused.fed ? { room: roomFor(attach.pressure, stage, run) } : {}),
         onAssignment: (partitions, memberId) => directory.assigned(stage, partitions, memberId),
       }));
     }
@@ -363,10 +386,19 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         stopping.set(stage, p);
         return p;
       };
-      await Promise.all([...runners.keys()].map(stop));
+      // The workers stop with the primary's stages, so no partition moves in between.
+      await Promise.all([workers?.stop(), ...[...runners.keys()].map(stop)]);
     });
+    // --workers: N-1 more members of every group, in processes of their own.
+    const workers = !attach && config.workers > 1 ? new WorkerPool({
+      count: config.workers - 1,
+      job: { instanceId: config.instanceId, stateDir: config.stateDir, brokers, registryUrl, identity, resume, smtpUrl: smtpUrl ?? null, overrides: opts.overrides ?? {} },
+      hot: () => durable?.hotReaders() ?? [],
+      log: log.child({ component: 'workers' }),
+    }) : null;
     let ready = false;
     await Promise.all([
+      workers?.start(),
       tablesReady,
       following,
       directoryReady,
@@ -378,12 +410,14 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         await r.settled();
       }),
     ]);
-    const devKey = wantApi ? await devKeyOf(config, keys, send, log) : null;
+    const devKey = wantApi && !attach ? await devKeyOf(config, keys, send, log) : null;
     ready = true;
 
+    const health = processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, workers, warnings: () => { const p = pressure(); return [...(p ? [`back-pressure: ${p}`] : []), ...(config.webhookSecret === DEFAULT_WEBHOOK_SECRET ? ['HERALD_WEBHOOK_SECRET is the public development default'] : [])]; } });
     const herald: Herald = {
-      config, brokers, registryUrl, httpUrl: null, broker, kafka, admin, producer, serde, rules, tables, runners, directory, metrics, log, api: null, devKey,
+      config, brokers, registryUrl, httpUrl: null, broker, kafka, admin, producer, serde, rules, tables, runners, directory, metrics, log, api: null, devKey, workers,
       isReady: () => ready,
+      readiness: () => { const r = health.readiness(); return { ready: r.ready, reasons: (r.reasons as string[] | undefined) ?? [] }; },
       stop: async () => {
         ready = false;
         closed = true;
@@ -398,7 +432,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
           local: () => runners.get('outcome')?.stores('lifecycle') ?? new Map(),
           directory, partitions: config.partitions, timeoutMs: config.queryTimeoutMs, log: log.child({ component: 'queries' }), inbox,
         }),
-        health: processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, warnings: () => { const p = pressure(); return [...(p ? [`back-pressure: ${p}`] : []), ...(config.webhookSecret === DEFAULT_WEBHOOK_SECRET ? ['HERALD_WEBHOOK_SECRET is the public development default'] : [])]; } }),
+        health,
         keys: keys.authenticator, outbound, signing: signingPort(signing, { send }), ...(sink ? { mailbox: sink } : {}), rate: { perSecond: config.apiRate, burst: config.apiBurst },
         rules, maxPayloadBytes: config.maxPayloadBytes, idempotencyCacheBytes: config.idempotencyCacheBytes, log: log.child({ component: 'api' }),
       });

@@ -10,6 +10,7 @@ import { HeraldError } from '../errors.ts';
 import { CoalescingSender } from './coalesce.ts';
 import { audienceKey } from '../processors/ingest.ts';
 import type { Metrics } from '../runtime/metrics.ts';
+import type { WorkerPool } from './workers.ts';
 import type { StageRunner } from '../runtime/stage-runner.ts';
 import type { GlobalTables } from '../runtime/tables.ts';
 import type { Serde } from '../schemas/index.ts';
@@ -72,7 +73,7 @@ export function kafkaProfiles(producer: { send: Send }, serde: Serde, tables: Gl
   };
 }
 
-export function processHealth(o: { runners: ReadonlyMap<StageName, StageRunner>; tables: GlobalTables; metrics: Metrics; started: () => boolean; endpoints: { brokers: string; registry: string }; warnings?: () => string[] }): Health {
+export function processHealth(o: { runners: ReadonlyMap<StageName, StageRunner>; tables: GlobalTables; metrics: Metrics; started: () => boolean; endpoints: { brokers: string; registry: string }; warnings?: () => string[]; workers?: WorkerPool | null }): Health {
   return {
     readiness() {
       const reports = [...o.runners].map(([name, r]) => [name, r.report()] as const);
@@ -82,12 +83,14 @@ export function processHealth(o: { runners: ReadonlyMap<StageName, StageRunner>;
         ...(o.started() ? [] : ['starting']),
         ...reports.flatMap(([name, r]) => r.reasons.map((why) => `${name}: ${why}`)),
         ...Object.entries(tables).filter(([, caught]) => !caught).map(([t]) => `table ${t} is catching up`),
+        ...(o.workers?.reasons() ?? []),
       ];
       const detail = Object.fromEntries(reports.filter(([, r]) => r.restoring.length || r.lastError).map(([name, r]) => [name, { restoring: r.restoring, lastError: r.lastError }]));
       const warnings = o.warnings?.() ?? [];
       return { ready: reasons.length === 0, reasons, ...(warnings.length ? { warnings } : {}), stages, tables, ...(Object.keys(detail).length ? { detail } : {}), endpoints: o.endpoints };
     },
     async metrics() {
+      if (o.workers) return o.workers.aggregate(await o.metrics.registry.getMetricsAsJSON() as never);
       return { contentType: o.metrics.registry.contentType, body: await o.metrics.registry.metrics() };
     },
   };

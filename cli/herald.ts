@@ -50,12 +50,13 @@ function fail(err: unknown): never {
   process.exit(1);
 }
 
-async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?: boolean }) {
+async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?: boolean; workers?: string }) {
   // The demo shows rate limits and a digest: its rules unless HERALD_RULES says otherwise.
-  const config = loadConfig(process.env, opts.demo && !process.env.HERALD_RULES ? { rulesFile: 'rules/demo.json' } : {});
+  const overrides = { ...(opts.demo && !process.env.HERALD_RULES ? { rulesFile: 'rules/demo.json' } : {}), ...(opts.workers !== undefined ? { workers: opts.workers } : {}) };
+  const config = loadConfig(process.env, overrides);
   const log = createLogger(config.logLevel);
   const started = performance.now();
-  const herald = await startHerald({ config, stages, log, api: opts.api ?? true });
+  const herald = await startHerald({ config, stages, log, api: opts.api ?? true, overrides });
   const ms = Math.round(performance.now() - started);
   // The development key on a line of its own, before the ready line (scripts read both).
   if (herald.devKey) process.stdout.write(`herald dev key ${herald.devKey}\n`);
@@ -94,7 +95,8 @@ program
   .command('start')
   .description('start every stage and the HTTP API in this process (embedded broker unless KAFKA_BROKERS is set)')
   .option('--demo', 'also publish sample events to a local webhook receiver')
-  .action((o: { demo?: boolean }) => serve(STAGE_NAMES, o).catch(fail));
+  .option('--workers <n>', 'processes that run the stages, each one more member of every group (default: HERALD_WORKERS, else 1)')
+  .action((o: { demo?: boolean; workers?: string }) => serve(STAGE_NAMES, o).catch(fail));
 
 program
   .command('run')

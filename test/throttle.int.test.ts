@@ -9,7 +9,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AUTH, eventually, removeDir } from './support/herald.ts';
+import { callUrl, eventually, removeDir } from './support/herald.ts';
 import { startWithNpm } from './support/processes.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
@@ -38,10 +38,7 @@ afterAll(async () => {
   removeDir(dir);
 });
 
-const call = async (url: string, method: string, path: string, body?: unknown) => {
-  const res = await fetch(`${url}${path}`, { method, headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...AUTH }, ...(body ? { body: JSON.stringify(body) } : {}) });
-  return { status: res.status, body: (await res.json().catch(() => null)) as Record<string, unknown> };
-};
+const call = callUrl;
 
 describe('throttle across kill -9', () => {
   it('delivers each deferred notification once and the open digest once, with every item', async () => {

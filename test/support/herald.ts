@@ -103,3 +103,9 @@ export async function startCluster(partitions: number, brokers = 1): Promise<{ b
   const env = { KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: await registry.start() };
   return { broker, env, stop: async () => { await registry.stop(); await broker.stop(); } };
 }
+
+/** One API call by URL with the test key (for Herald processes started outside this one). */
+export async function callUrl(url: string, method: string, path: string, body?: unknown): Promise<{ status: number; servedBy: string | null; body: Record<string, unknown> }> {
+  const res = await fetch(`${url}${path}`, { method, headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...AUTH }, ...(body ? { body: JSON.stringify(body) } : {}) });
+  return { status: res.status, servedBy: res.headers.get('x-herald-served-by'), body: (await res.json().catch(() => null)) as Record<string, unknown> };
+}

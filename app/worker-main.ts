@@ -1,0 +1,67 @@
+/**
+ * A worker process of `herald start --workers N` (see workers.ts): waits for its job from
+ * the primary, runs one member of every stage group against the primary's broker and
+ * registry, and stops when asked, or when the primary is gone.
+ */
+import { join } from 'node:path';
+import { loadConfig } from '../config.ts';
+import { createLogger } from '../runtime/logger.ts';
+import { startHerald, type Herald } from './herald.ts';
+import { type FromWorker, RelayedPressure, type ToWorker } from './workers.ts';
+
+process.removeAllListeners('warning');
+process.on('warning', (w) => {
+  if (w.name !== 'TimeoutNegativeWarning') process.stderr.write(`(node:${process.pid}) ${w.name}: ${w.message}\n`);
+});
+
+const tell = (m: FromWorker) => {
+  if (process.connected) process.send!(m);
+};
+const pressure = new RelayedPressure();
+let herald: Herald | null = null;
+let stopping: Promise<void> | null = null;
+
+const stop = (why: string, withinMs: number) => {
+  stopping ??= (async () => {
+    const force = setTimeout(() => process.exit(1), withinMs);
+    force.unref();
+    herald?.log.info({ why }, 'worker stopping: finishing in-flight batches');
+    await herald?.stop().catch(() => undefined);
+    herald?.log.flush();
+    process.exit(0);
+  })();
+  return stopping;
+};
+
+process.on('message', (m: ToWorker) => {
+  if (m.type === 'pressure') pressure.update(m.hot);
+  else if (m.type === 'stop') void stop('asked by the primary', 25_000);
+  else if (m.type === 'report') {
+    const h = herald;
+    if (!h) return tell({ type: 'report', id: m.id, metrics: [], reasons: ['starting'] });
+    void h.metrics.registry.getMetricsAsJSON().then((metrics) => {
+      const r = h.readiness();
+      tell({ type: 'report', id: m.id, metrics: metrics as never, reasons: r.ready ? [] : r.reasons });
+    });
+  } else if (m.type === 'start') {
+    const { job } = m;
+    void (async () => {
+      const config = loadConfig(process.env, {
+        ...job.overrides,
+        stateDir: join(job.stateDir, 'workers', String(job.index)),
+        instanceId: `${job.instanceId}-w${job.index}`,
+        httpPort: 0, httpHost: '127.0.0.1', advertisedUrl: '',
+      });
+      const log = createLogger(config.logLevel).child({ worker: job.index });
+      herald = await startHerald({ config, log, attach: { ...job, pressure } });
+      tell({ type: 'ready', url: herald.httpUrl });
+    })().catch((err: Error) => {
+      tell({ type: 'failed', message: err.message });
+      process.exit(1);
+    });
+  }
+});
+// The primary is gone (stopped, or killed with SIGKILL): stop too, quickly (its broker is gone with it).
+process.on('disconnect', () => void stop('the primary is gone', 5_000));
+process.on('SIGTERM', () => void stop('SIGTERM', 25_000));
+process.on('SIGINT', () => undefined); // Ctrl-C reaches the whole process group: the primary decides.

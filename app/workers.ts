@@ -1,0 +1,191 @@
+/**
+ * `herald start --workers N` (HERALD_WORKERS), after Kafka Streams' `num.stream.threads`:
+ * the process a user starts runs the embedded broker, the registry, the journal, the HTTP
+ * API and one member of every stage group; it forks N-1 worker processes that each run one
+ * more member of every group (and an HTTP API on loopback that answers the queries
+ * forwarded to the partitions it holds). Partitions spread across the members as across
+ * instances; each worker keeps its stores in `<state dir>/workers/<i>`, and its instance id
+ * (`<instance id>-w<i>`) sorts after the primary's, so a restart gives every member the
+ * partitions, and the local state, it had.
+ *
+ * Over IPC the primary tells each worker where the broker and registry are, where each
+ * group resumes (the journal's snapshot), which readers are close to losing records
+ * (back-pressure), and asks for its metrics and readiness; `/metrics` and `/readyz` of the
+ * primary cover every worker. A worker whose primary goes away (even by SIGKILL) stops.
+ */
+import { type ChildProcess, fork } from 'node:child_process';
+import { join } from 'node:path';
+import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } from 'prom-client';
+import type { GroupOffsets } from '../embedded/journal.ts';
+import type { Pressure } from '../embedded/persistence.ts';
+import type { Logger } from '../runtime/logger.ts';
+
+/** What a worker needs to join the primary's cluster. */
+export interface AttachJob {
+  index: number;
+  /** The primary's instance id and state directory: the worker's are derived from them. */
+  instanceId: string;
+  stateDir: string;
+  brokers: string;
+  registryUrl: string;
+  /** The state directory's owner (the embedded journal's id): the worker's stores are guarded by it too. */
+  identity: string;
+  resume: GroupOffsets;
+  smtpUrl: string | null;
+  /** Config values the primary was started with that the environment does not carry (e.g. --demo's rules). */
+  overrides: Record<string, string | number | boolean>;
+}
+
+type Metric = MetricObjectWithValues<MetricValue<string>>;
+
+export type ToWorker =
+  | { type: 'start'; job: AttachJob }
+  | { type: 'pressure'; hot: Pressure[] }
+  | { type: 'report'; id: number }
+  | { type: 'stop' };
+
+export type FromWorker =
+  | { type: 'ready'; url: string | null }
+  | { type: 'failed'; message: string }
+  | { type: 'report'; id: number; metrics: Metric[]; reasons: string[] };
+
+/** The back-pressure a worker's stages wait on: the primary's journal, as last relayed. */
+export class RelayedPressure {
+  private hot: Pressure[] = [];
+
+  update(hot: Pressure[]): void {
+    this.hot = hot;
+  }
+
+  holding(writes: ReadonlySet<string>, self: string): Pressure | null {
+    return this.hot.find((h) => writes.has(h.topic) && h.group !== self) ?? null;
+  }
+}
+
+interface Worker { index: number; child: ChildProcess; ready: boolean; url: string | null }
+
+/** How long a worker has to stop after it is asked, before it is killed. */
+const STOP_MS = 20_000;
+/** How long a report (metrics, readiness) may take before the worker is reported unanswering. */
+const REPORT_MS = 2_000;
+
+/** The primary's side: forks the workers, relays what they need, restarts one that dies. */
+export class WorkerPool {
+  private readonly workers = new Map<number, Worker>();
+  private readonly o: { count: number; job: Omit<AttachJob, 'index'>; hot: () => Pressure[]; log: Logger };
+  private stopping = false;
+  private relay: ReturnType<typeof setInterval> | null = null;
+  private lastHot = '[]';
+  private nextId = 0;
+  private polling: ReturnType<typeof setInterval> | null = null;
+  private lastReasons: string[] = [];
+
+  constructor(o: { count: number; job: Omit<AttachJob, 'index'>; hot: () => Pressure[]; log: Logger }) {
+    this.o = o;
+  }
+
+  /** Forks every worker; resolves when all of them are ready (or rejects with the first one's failure). */
+  async start(): Promise<void> {
+    const ready = Array.from({ length: this.o.count }, (_, i) => this.spawn(i + 1));
+    this.relay = setInterval(() => {
+      const hot = JSON.stringify(this.o.hot());
+      if (hot === this.lastHot) return;
+      this.lastHot = hot;
+      for (const w of this.workers.values()) this.send(w, { type: 'pressure', hot: JSON.parse(hot) as Pressure[] });
+    }, 50);
+    this.relay.unref();
+    await Promise.all(ready);
+    // Readiness is answered at once (/readyz): from the workers' last reports, every second.
+    this.polling = setInterval(() => void this.reports().then((r) => (this.lastReasons = r.reasons)), 1000);
+    this.polling.unref();
+  }
+
+  /** Why some worker is not ready, as of its last report (a worker that died is at once). */
+  reasons(): string[] {
+    const down = [...this.workers.values()].filter((w) => !w.ready).map((w) => `worker ${w.index} is not running`);
+    return down.length ? down : this.lastReasons;
+  }
+
+  private send(w: Worker, m: ToWorker): void {
+    if (w.child.connected) w.child.send(m, (err) => err && this.o.log.debug({ err, worker: w.index }, 'a message to a worker was not delivered'));
+  }
+
+  private spawn(index: number): Promise<void> {
+    const child = fork(join(import.meta.dirname, 'worker-main.ts'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: process.env });
+    const w: Worker = { index, child, ready: false, url: null };
+    this.workers.set(index, w);
+    const ready = new Promise<void>((resolve, reject) => {
+      child.on('message', (m: FromWorker) => {
+        if (m.type === 'ready') {
+          w.ready = true;
+          w.url = m.url;
+          this.o.log.info({ worker: index, pid: child.pid, url: m.url }, 'worker ready');
+          resolve();
+        } else if (m.type === 'failed') reject(new Error(`worker ${index}: ${m.message}`));
+      });
+      child.once('exit', (code, signal) => {
+        w.ready = false;
+        reject(new Error(`worker ${index} exited (${signal ?? `code ${code}`}) before it was ready`));
+        if (this.stopping || this.workers.get(index) !== w) return;
+        // Died on its own: its partitions go to the other members at once; a new one takes them back.
+        this.o.log.error({ worker: index, code, signal }, 'a worker exited; starting it again in 1 s');
+        setTimeout(() => {
+          if (!this.stopping) this.spawn(index).catch((err: unknown) => this.o.log.error({ err, worker: index }, 'a worker did not start again'));
+        }, 1000).unref();
+      });
+    });
+    this.send(w, { type: 'start', job: { ...this.o.job, index } });
+    this.send(w, { type: 'pressure', hot: JSON.parse(this.lastHot) as Pressure[] });
+    return ready;
+  }
+
+  /** pids of the running workers (for the bench's memory figures). */
+  pids(): number[] {
+    return [...this.workers.values()].flatMap((w) => (w.child.pid && w.child.exitCode === null && w.child.signalCode === null ? [w.child.pid] : []));
+  }
+
+  /** Every worker's metrics and reasons not to be ready; a worker that is down or does not answer is a reason. */
+  async reports(): Promise<{ metrics: Metric[][]; reasons: string[] }> {
+    const answers = await Promise.all([...this.workers.values()].map((w) => new Promise<{ metrics: Metric[]; reasons: string[] }>((resolve) => {
+      if (!w.ready || !w.child.connected) return resolve({ metrics: [], reasons: [`worker ${w.index} is ${w.ready ? 'gone' : 'starting'}`] });
+      const id = ++this.nextId;
+      const timer = setTimeout(() => {
+        w.child.off('message', on);
+        resolve({ metrics: [], reasons: [`worker ${w.index} did not answer within ${REPORT_MS} ms`] });
+      }, REPORT_MS);
+      const on = (m: FromWorker) => {
+        if (m.type !== 'report' || m.id !== id) return;
+        clearTimeout(timer);
+        w.child.off('message', on);
+        resolve({ metrics: m.metrics, reasons: m.reasons.map((r) => `worker ${w.index}: ${r}`) });
+      };
+      w.child.on('message', on);
+      this.send(w, { type: 'report', id });
+    })));
+    return { metrics: answers.map((a) => a.metrics), reasons: answers.flatMap((a) => a.reasons) };
+  }
+
+  /** The primary's metrics and every worker's, summed as prom-client sums a cluster's. */
+  async aggregate(own: Metric[]): Promise<{ contentType: string; body: string }> {
+    const { metrics } = await this.reports();
+    const registry = AggregatorRegistry.aggregate([own, ...metrics.filter((m) => m.length)]);
+    return { contentType: registry.contentType, body: await registry.metrics() };
+  }
+
+  /** Asks every worker to stop (they finish their batches and commit), killing any that take longer than STOP_MS. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    if (this.relay) clearInterval(this.relay);
+    if (this.polling) clearInterval(this.polling);
+    await Promise.all([...this.workers.values()].map((w) => new Promise<void>((resolve) => {
+      if (w.child.exitCode !== null || w.child.signalCode !== null) return resolve();
+      const kill = setTimeout(() => w.child.kill('SIGKILL'), STOP_MS);
+      w.child.once('exit', () => {
+        clearTimeout(kill);
+        resolve();
+      });
+      if (w.child.connected) this.send(w, { type: 'stop' });
+      else w.child.kill('SIGTERM');
+    })));
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * `npm start` with HERALD_WORKERS=2, the README's way: a worker process runs one more
+ * member of every stage group; partitions spread over both processes, queries to either
+ * answer from the primary, /metrics sums both, a restart keeps each process's stores, and
+ * the worker goes when the primary does (SIGTERM to npm, or SIGKILL to Herald).
+ */
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { callUrl, eventually, removeDir } from './support/herald.ts';
+import { alive, childrenOf, launcherPids, startWithNpm } from './support/processes.ts';
+import { WebhookReceiver } from './support/webhook-receiver.ts';
+
+const hooks = new WebhookReceiver();
+const children: ChildProcess[] = [];
+const dir = mkdtempSync(join(tmpdir(), 'herald-workers-'));
+const env = { HERALD_STATE_DIR: join(dir, 'state'), HERALD_WORKERS: '2', HERALD_PARTITIONS: '4', HERALD_COMMIT_INTERVAL_MS: '200' };
+const USERS = 24;
+
+beforeAll(async () => {
+  await hooks.start();
+});
+afterAll(async () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  await hooks.stop();
+  removeDir(dir);
+});
+
+const call = callUrl;
+/** Herald's worker processes: its children other than the broker. */
+const workersOf = (herald: number) => childrenOf(herald).filter((p) => !launcherPids().includes(p));
+const metric = async (url: string, line: RegExp) => Number(line.exec(await (await fetch(`${url}/metrics`)).text())?.[1] ?? NaN);
+
+describe('herald start with two workers', () => {
+  it('spreads the partitions over both processes, answers for both, and keeps each one\'s state across a restart', async () => {
+    const first = await startWithNpm(env, children);
+    const [worker] = workersOf(first.herald);
+    expect(worker).toBeDefined();
+    for (let u = 0; u < USERS; u++) expect((await call(first.url, 'PUT', `/v1/users/u${u}`, { name: `U${u}`, webhookUrl: `${hooks.url}/u${u}` })).status).toBe(202);
+    await eventually(async () => (await call(first.url, 'GET', `/v1/users/u${USERS - 1}`)).status === 200);
+    const event = (u: number) => ({ id: `ev-${u}`, type: 'comment.created', recipients: [`u${u}`], actor: 'a', data: { commentId: `c-${u}`, documentTitle: 'Doc', excerpt: 'hi' } });
+    const ids: string[] = [];
+    for (let u = 0; u < USERS; u++) {
+      const r = await call(first.url, 'POST', '/v1/events', event(u));
+      expect(r.status).toBe(202);
+      ids.push((r.body.notifications as { notificationId: string }[])[0]!.notificationId);
+    }
+    await eventually(() => hooks.received.length >= USERS, 60_000);
+    // Every notification once; the queries answer through the primary, from both processes.
+    const servedBy = new Set<string>();
+    for (const id of ids) {
+      const r = await eventually(async () => {
+        const a = await call(first.url, 'GET', `/v1/notifications/${id}`);
+        return a.status === 200 && a.body.status === 'DELIVERED' ? a : null;
+      });
+      servedBy.add(r.servedBy!);
+    }
+    expect(servedBy.size, [...servedBy].join(', ')).toBe(2);
+    expect([...servedBy].some((s) => s.endsWith('-w1'))).toBe(true);
+    // /metrics sums the two processes' counters.
+    await eventually(async () => (await metric(first.url, /^herald_deliver_attempts_total\{channel="webhook",result="delivered"\} (\d+)/m)) === USERS);
+    expect((await (await fetch(`${first.url}/readyz`)).json() as { ready: boolean }).ready).toBe(true);
+
+    // SIGTERM to npm, as a process manager sends it: both processes stop, cleanly.
+    first.npm.kill('SIGTERM');
+    await eventually(() => first.npm.exitCode !== null, 20_000);
+    expect(first.npm.exitCode).toBe(0);
+    await eventually(() => !alive(worker!), 5_000);
+
+    // The same comments again (new events) after a restart: every process still has its dedupe windows.
+    const second = await startWithNpm(env, children);
+    const [worker2] = workersOf(second.herald);
+    try {
+      const again: string[] = [];
+      for (let u = 0; u < USERS; u++) {
+        const r = await call(second.url, 'POST', '/v1/events', { ...event(u), id: `ev-again-${u}` });
+        expect(r.status).toBe(202);
+        again.push((r.body.notifications as { notificationId: string }[])[0]!.notificationId);
+      }
+      for (const id of again) await eventually(async () => (await call(second.url, 'GET', `/v1/notifications/${id}`)).body?.status === 'SUPPRESSED_DUPLICATE', 30_000);
+      expect(hooks.received.length).toBe(USERS);
+      // Herald killed outright: its worker does not run on alone.
+      process.kill(second.herald, 'SIGKILL');
+      await eventually(() => !alive(worker2!), 15_000);
+    } finally {
+      if (second.npm.exitCode === null) second.npm.kill('SIGKILL');
+    }
+  }, 150_000);
+});

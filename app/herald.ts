@@ -25,7 +25,7 @@ import type { ChannelProvider } from '../channels/channel.ts';
 import { secretsOf, WebhookChannel } from '../channels/webhook.ts';
 import { EmailChannel } from '../channels/email.ts';
 import { SmtpSink } from '../channels/smtp-sink.ts';
-import { DEFAULT_WEBHOOK_SECRET, type HeraldConfig } from '../config.ts';
+import { CONFIG_KEYS, DEFAULT_WEBHOOK_SECRET, type HeraldConfig } from '../config.ts';
 import { EmbeddedBroker } from '../embedded/broker.ts';
 import { HeraldError } from '../errors.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
@@ -56,8 +56,6 @@ export interface StartOptions {
    * registry, journal offsets, SMTP sink and back-pressure, no development key.
    */
   attach?: AttachJob & { pressure: RelayedPressure };
-  /** Config values given on the command line, passed on to workers (the environment carries the rest). */
-  overrides?: Record<string, string | number | boolean>;
 }
 
 export interface Herald {
@@ -392,7 +390,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     // --workers: N-1 more members of every group, in processes of their own.
     const workers = !attach && config.workers > 1 ? new WorkerPool({
       count: config.workers - 1,
-      job: { instanceId: config.instanceId, stateDir: config.stateDir, brokers, registryUrl, identity, resume, smtpUrl: smtpUrl ?? null, overrides: opts.overrides ?? {} },
+      job: { instanceId: config.instanceId, stateDir: config.stateDir, brokers, registryUrl, identity, resume, smtpUrl: smtpUrl ?? null, overrides: Object.fromEntries(Object.keys(CONFIG_KEYS).map((k) => [k, config[k as keyof typeof CONFIG_KEYS]])) },
       hot: () => durable?.hotReaders() ?? [],
       log: log.child({ component: 'workers' }),
     }) : null;

@@ -32,7 +32,7 @@ export interface AttachJob {
   identity: string;
   resume: GroupOffsets;
   smtpUrl: string | null;
-  /** Config values the primary was started with that the environment does not carry (e.g. --demo's rules). */
+  /** The primary's whole configuration (it may come from the command line or the caller, not only the environment). */
   overrides: Record<string, string | number | boolean>;
 }
 

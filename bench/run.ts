@@ -38,6 +38,7 @@ import { Journal, type JournalRecord } from '../embedded/journal.ts';
 import { BrokerJournal } from '../embedded/persistence.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { notificationId } from '../processors/ids.ts';
+import pLimit from 'p-limit';
 import { type Herald, startHerald } from '../app/herald.ts';
 import type { ClientReport, WireJob } from './clients.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
@@ -590,9 +591,22 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
   // The correctness check reads Herald's own lifecycle projection: outcomes.v1 of 20,000
   // notifications is more than the embedded broker keeps per partition (~5 MB) for a reader
   // started beside it, and the outcome stage reports any record the broker dropped.
-  const check = async () => {
+  // With --workers the other processes' partitions are read through the API, one
+  // notification at a time (their stores are theirs).
+  const viaApi = async () => {
     const events: LifecycleEvent[] = [];
-    for (const store of herald.runners.get('outcome')!.stores('lifecycle').values()) for await (const n of eachNotification(store.view())) events.push(...n.events);
+    const get = pLimit(32);
+    await Promise.all(sentList.map(([id]) => get(async () => {
+      const user = `user-${Number(id.slice(id.lastIndexOf('-') + 1)) % o.users}`;
+      const res = await fetch(`${herald.httpUrl}/v1/notifications/${notificationId('acme', id, user, 'comment-created')}`, { headers: { authorization: `Bearer ${key}` } });
+      if (res.status === 200) events.push(...((await res.json()) as { events: LifecycleEvent[] }).events);
+      else await res.body?.cancel();
+    })));
+    return events;
+  };
+  const check = async () => {
+    const events: LifecycleEvent[] = herald.workers ? await viaApi() : [];
+    if (!herald.workers) for (const store of herald.runners.get('outcome')!.stores('lifecycle').values()) for await (const n of eachNotification(store.view())) events.push(...n.events);
     const accepted = new Set(events.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
     // The noisy neighbours' notifications are still being retried: the check covers everyone else.
     const settled = events.filter((e) => Number(e.recipient.slice('user-'.length)) >= noisyUsers);
@@ -604,8 +618,10 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     return result.accepted.size === o.events && result.accounting.violations.length === 0;
   }, 120_000, 'accounting').catch(() => undefined);
   const { accepted, accounting } = result;
-  const lost = herald.runners.get('outcome')!.report().reasons.filter((r) => r.startsWith('records lost'));
+  const lost = herald.readiness().reasons.filter((r) => r.includes('records lost'));
   const stages = await stageFigures(herald);
+  // --workers: each worker's peak RSS (the bench's own figure covers this process only).
+  const workerPeakRssMb = (herald.workers?.pids() ?? []).map((pid) => round(Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024));
   await herald.stop();
   receiver.disconnect();
   rmSync(stateDir, { recursive: true, force: true });
@@ -617,7 +633,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     ...(repeated.length ? [`${repeated.length} deliveries reached the receiver twice`] : []),
   ];
   return {
-    events: o.events, clients: o.clients, users: o.users, offeredPerSecond: o.perSecond ?? 'as fast as answered', retriedAfter429or503: waits, herald: 'embedded default (npm start): its own broker, journal and back-pressure', diskAtStartMb,
+    events: o.events, clients: o.clients, users: o.users, offeredPerSecond: o.perSecond ?? 'as fast as answered', retriedAfter429or503: waits, herald: 'embedded default (npm start): its own broker, journal and back-pressure', workers: herald.config.workers, ...(workerPeakRssMb.length ? { workerPeakRssMb } : {}), diskAtStartMb,
     publishSeconds: +((published - firstPost) / 1000).toFixed(3), publishPerSecond: round(o.events / ((published - firstPost) / 1000)),
     endToEndSeconds: +((last - firstPost) / 1000).toFixed(3), endToEndEventsPerSecond: round(sent.size / ((last - firstPost) / 1000)),
     ...(o.noisy ? { noisyNeighbours: { hangingUsers: hang, hangingNotifications: sentList.filter(([id]) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users < hang).length, retryAfter100000Users: o.noisy.retryAfter, latencyOf: 'healthy users only' } } : {}),

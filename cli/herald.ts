@@ -56,7 +56,7 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
   const config = loadConfig(process.env, overrides);
   const log = createLogger(config.logLevel);
   const started = performance.now();
-  const herald = await startHerald({ config, stages, log, api: opts.api ?? true, overrides });
+  const herald = await startHerald({ config, stages, log, api: opts.api ?? true });
   const ms = Math.round(performance.now() - started);
   // The development key on a line of its own, before the ready line (scripts read both).
   if (herald.devKey) process.stdout.write(`herald dev key ${herald.devKey}\n`);

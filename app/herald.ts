@@ -344,7 +344,13 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     let advertised = config.advertisedUrl;
     // Fused runs (topology.ts SUB_TOPOLOGY): the first stage fetches; each one hands what it
     // produced for the next to that stage's task of the same partition, in process.
-    const runs = config.fuseStages ? fusedRuns(stages) : [];
+    // Not with --workers: a fused run hands records to the next stage's task of the same
+    // partition in this process, so every group must give partition p to the same process
+    // at every moment; with several members per group, one group's rebalance then waits on
+    // another's (a batch retrying a hand-over cannot rejoin), which the broker only breaks
+    // with its rebalance timeout. Workers run each stage on its own.
+    const runs = config.fuseStages && config.workers === 1 ? fusedRuns(stages) : [];
+    if (config.fuseStages && config.workers > 1 && !attach) log.info({ workers: config.workers }, 'stages not fused: with several workers each stage fetches its own input');
     // Resolves once every runner below exists.
     let created!: () => void;
     const started = new Promise<void>((r) => (created = r));
@@ -390,12 +396,15 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     // --workers: N-1 more members of every group, in processes of their own.
     const workers = !attach && config.workers > 1 ? new WorkerPool({
       count: config.workers - 1,
-      job: { instanceId: config.instanceId, stateDir: config.stateDir, brokers, registryUrl, identity, resume, smtpUrl: smtpUrl ?? null, overrides: Object.fromEntries(Object.keys(CONFIG_KEYS).map((k) => [k, config[k as keyof typeof CONFIG_KEYS]])) },
+      job: { instanceId: config.instanceId, stateDir: config.stateDir, brokers, registryUrl, identity, resume, smtpUrl: smtpUrl ?? null, stages: [...stages], api: wantApi, overrides: Object.fromEntries(Object.keys(CONFIG_KEYS).map((k) => [k, config[k as keyof typeof CONFIG_KEYS]])) },
       hot: () => durable?.hotReaders() ?? [],
       log: log.child({ component: 'workers' }),
     }) : null;
     let ready = false;
     await Promise.all([
+      // The workers join with this process's members: on a fresh group every member gets
+      // in within the broker's initial rebalance delay (3 s); joining a group already up
+      // would make it wait for its members to rejoin, up to the session timeout.
       workers?.start(),
       tablesReady,
       following,

@@ -5,6 +5,7 @@
  */
 import { join } from 'node:path';
 import { loadConfig } from '../config.ts';
+import type { StageName } from '../topology.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { startHerald, type Herald } from './herald.ts';
 import { type FromWorker, RelayedPressure, type ToWorker } from './workers.ts';
@@ -53,7 +54,7 @@ process.on('message', (m: ToWorker) => {
         httpPort: 0, httpHost: '127.0.0.1', advertisedUrl: '',
       });
       const log = createLogger(config.logLevel).child({ worker: job.index });
-      herald = await startHerald({ config, log, attach: { ...job, pressure } });
+      herald = await startHerald({ config, log, stages: job.stages as StageName[], api: job.api, attach: { ...job, pressure } });
       tell({ type: 'ready', url: herald.httpUrl });
     })().catch((err: Error) => {
       tell({ type: 'failed', message: err.message });

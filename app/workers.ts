@@ -32,6 +32,9 @@ export interface AttachJob {
   identity: string;
   resume: GroupOffsets;
   smtpUrl: string | null;
+  /** What the primary runs (`herald run --stages`, `--no-api`): each worker runs the same. */
+  stages: string[];
+  api: boolean;
   /** The primary's whole configuration (it may come from the command line or the caller, not only the environment). */
   overrides: Record<string, string | number | boolean>;
 }

@@ -118,6 +118,8 @@ function env(broker: EmbeddedBroker, registryUrl: string, prefix: string, stateD
     ...extra,
     KAFKA_BROKERS: broker.bootstraps, SCHEMA_REGISTRY_URL: registryUrl, HERALD_TOPIC_PREFIX: prefix, HERALD_PARTITIONS: String(PARTITIONS),
     HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'silent', HERALD_SESSION_TIMEOUT_MS: '10000',
+    // The in-process runs read Herald's stores and metrics directly: one process (--http runs the default).
+    HERALD_WORKERS: '1',
     HERALD_WEBHOOK_SECRET: 'bench-signing-secret', HERALD_OUTBOUND_ALLOW: '127.0.0.1',
   });
 }

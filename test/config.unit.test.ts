@@ -1,5 +1,5 @@
 /** Unit tests of config.ts `loadConfig(env)`: defaults, validation errors, freezing. */
-import { hostname } from 'node:os';
+import { availableParallelism, hostname } from 'node:os';
 import { isAbsolute, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CONFIG_KEYS, loadConfig } from '../config.ts';
@@ -51,6 +51,13 @@ describe('loadConfig defaults', () => {
 
   it('has a value for every declared key, plus embedded and embeddedRegistry', () => {
     expect(Object.keys(config).sort()).toEqual([...Object.keys(CONFIG_KEYS), 'embedded', 'embeddedRegistry'].sort());
+  });
+
+  it('runs one process unless HERALD_WORKERS says otherwise (0: one per core)', () => {
+    expect(config.workers).toBe(1);
+    expect(loadConfig({ HERALD_WORKERS: '0' }).workers).toBe(availableParallelism());
+    expect(loadConfig({ HERALD_WORKERS: '3' }).workers).toBe(3);
+    expect(configError(() => loadConfig({ HERALD_WORKERS: '-1' })).message).toContain('HERALD_WORKERS');
   });
 
   it('names the instance host-pid and resolves the state directory to an absolute path', () => {

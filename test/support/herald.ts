@@ -33,8 +33,8 @@ function webhookRules(): string {
 }
 export const TEST_RULES = webhookRules();
 
-/** Settings every test instance shares: the key, a signing secret of its own, loopback receivers allowed (needed against KAFKA_BROKERS), the test rules. */
-export const TEST_ENV = { HERALD_DEV_KEY: TEST_KEY, HERALD_WEBHOOK_SECRET: 'test-signing-secret', HERALD_OUTBOUND_ALLOW: '127.0.0.1,::1', HERALD_RULES: TEST_RULES } as const;
+/** Settings every test instance shares: the key, a signing secret of its own, loopback receivers allowed (needed against KAFKA_BROKERS), the test rules, one process (tests read its stores and runners directly; test/workers.int.test.ts and the demo run the default, one per core). */
+export const TEST_ENV = { HERALD_DEV_KEY: TEST_KEY, HERALD_WEBHOOK_SECRET: 'test-signing-secret', HERALD_OUTBOUND_ALLOW: '127.0.0.1,::1', HERALD_RULES: TEST_RULES, HERALD_WORKERS: '1' } as const;
 
 export async function startTestHerald(o: TestHeraldOptions = {}): Promise<Herald & { stateDir: string }> {
   const stateDir = o.stateDir ?? mkdtempSync(join(tmpdir(), 'herald-test-'));

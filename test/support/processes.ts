@@ -35,7 +35,7 @@ export const alive = (pid: number) => {
 export interface NpmHerald { npm: ChildProcess; herald: number; broker: number; url: string; stateDir: string; output: () => string }
 
 /** `npm start`, exactly as the README says, with the npm this test runs under. */
-export async function startWithNpm(env: Record<string, string>, track: ChildProcess[]): Promise<NpmHerald> {
+export async function startWithNpm(env: Record<string, string>, track: ChildProcess[], readyMs = 60_000): Promise<NpmHerald> {
   const execPath = process.env.npm_execpath;
   const [cmd, npmArgs] = execPath && execPath.endsWith('.js') ? [process.execPath, [execPath, 'start']] : ['npm', ['start']];
   const stateDir = env.HERALD_STATE_DIR ?? mkdtempSync(join(tmpdir(), 'herald-npm-'));
@@ -47,7 +47,7 @@ export async function startWithNpm(env: Record<string, string>, track: ChildProc
   let out = '';
   npm.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   npm.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  const line = await eventually(() => /herald ready (\S+) brokers=(\S+) registry=(\S+)/.exec(out), 60_000).catch((err: Error) => {
+  const line = await eventually(() => /herald ready (\S+) brokers=(\S+) registry=(\S+)/.exec(out), readyMs).catch((err: Error) => {
     throw new Error(`npm start did not get ready: ${err.message}\n${out.split('\n').slice(-20).join('\n')}`);
   });
   const ready = await fetch(`${line[1]}/readyz`).then((r) => r.json() as Promise<{ endpoints: { brokers: string; registry: string } }>);

@@ -88,7 +88,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     out[name] = parse(spec, raw);
   }
   if (!out.instanceId) out.instanceId = `${hostname()}-${process.pid}`;
-  if (out.workers === 0) out.workers = availableParallelism();
+  if (out.workers === 0) out.workers = Math.min(availableParallelism(), CONFIG_KEYS.workers.max);
   out.stateDir = resolve(String(out.stateDir));
   out.embedded = out.brokers === '';
   out.embeddedRegistry = out.schemaRegistryUrl === '';

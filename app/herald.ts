@@ -378,6 +378,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       }));
     }
     created();
+    // --workers (below): declared here, so the stop step below can see them.
+    let workers: WorkerPool | null = null;
     cleanups.push(async () => {
       // A fused run stops in order: a stage stops after the one that hands it records.
       const stopping = new Map<StageName, Promise<void>>();
@@ -390,13 +392,16 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         stopping.set(stage, p);
         return p;
       };
-      // The workers stop with the primary's stages, so no partition moves in between.
-      await Promise.all([workers?.stop(), ...[...runners.keys()].map(stop)]);
+      // The workers stop with the primary's stages, so no partition moves in between; and
+      // all of them are waited for, even if one fails, before the broker goes.
+      const stopped = await Promise.allSettled([workers?.stop() ?? Promise.resolve(), ...[...runners.keys()].map(stop)]);
+      const failed = stopped.find((r) => r.status === 'rejected');
+      if (failed) throw failed.reason;
     });
     // --workers: N-1 more members of every group, in processes of their own.
-    const workers = !attach && config.workers > 1 ? new WorkerPool({
+    workers = !attach && config.workers > 1 ? new WorkerPool({
       count: config.workers - 1,
-      job: { instanceId: config.instanceId, stateDir: config.stateDir, brokers, registryUrl, identity, resume, smtpUrl: smtpUrl ?? null, stages: [...stages], api: wantApi, overrides: Object.fromEntries(Object.keys(CONFIG_KEYS).map((k) => [k, config[k as keyof typeof CONFIG_KEYS]])) },
+      job: { instanceId: config.instanceId, stateDir: config.stateDir, brokers, registryUrl, identity, resume, smtpUrl: smtpUrl ?? null, stages: [...stages], api: wantApi, advertisedUrl: config.advertisedUrl, overrides: Object.fromEntries(Object.keys(CONFIG_KEYS).map((k) => [k, config[k as keyof typeof CONFIG_KEYS]])) },
       hot: () => durable?.hotReaders() ?? [],
       log: log.child({ component: 'workers' }),
     }) : null;
@@ -447,7 +452,9 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       herald.api = api;
       const address = await api.listen({ port: config.httpPort, host: config.httpHost });
       herald.httpUrl = address;
-      advertised ||= address;
+      // A worker is reached at the primary's advertised host, on its own port.
+      const base = attach?.advertisedUrl;
+      advertised ||= base ? Object.assign(new URL(base), { port: new URL(address).port }).toString().replace(/\/+$/, '') : address;
       directory.setUrl(advertised);
       // Where the CLI (`herald keys`, `herald tail`) finds this instance's broker and API.
       const endpoints = join(config.stateDir, 'endpoints.json');

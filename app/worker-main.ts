@@ -40,10 +40,11 @@ process.on('message', (m: ToWorker) => {
   else if (m.type === 'report') {
     const h = herald;
     if (!h) return tell({ type: 'report', id: m.id, metrics: [], reasons: ['starting'] });
-    void h.metrics.registry.getMetricsAsJSON().then((metrics) => {
+    void (async () => {
+      const metrics = m.withMetrics ? await h.metrics.registry.getMetricsAsJSON() : [];
       const r = h.readiness();
       tell({ type: 'report', id: m.id, metrics: metrics as never, reasons: r.ready ? [] : r.reasons });
-    });
+    })().catch((err: Error) => tell({ type: 'report', id: m.id, metrics: [], reasons: [`its report failed: ${err.message}`] }));
   } else if (m.type === 'start') {
     const { job } = m;
     void (async () => {
@@ -51,7 +52,9 @@ process.on('message', (m: ToWorker) => {
         ...job.overrides,
         stateDir: join(job.stateDir, 'workers', String(job.index)),
         instanceId: `${job.instanceId}-w${job.index}`,
-        httpPort: 0, httpHost: '127.0.0.1', advertisedUrl: '',
+        // Its own port on the primary's interface; other instances reach it at the primary's
+        // advertised host (Kafka Streams' application.server) with that port.
+        httpPort: 0, advertisedUrl: '',
       });
       const log = createLogger(config.logLevel).child({ worker: job.index });
       herald = await startHerald({ config, log, stages: job.stages as StageName[], api: job.api, attach: { ...job, pressure } });

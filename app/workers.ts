@@ -32,6 +32,8 @@ export interface AttachJob {
   identity: string;
   resume: GroupOffsets;
   smtpUrl: string | null;
+  /** The primary's HERALD_ADVERTISED_URL ('' if none): a worker advertises its host with its own port. */
+  advertisedUrl: string;
   /** What the primary runs (`herald run --stages`, `--no-api`): each worker runs the same. */
   stages: string[];
   api: boolean;
@@ -44,7 +46,7 @@ type Metric = MetricObjectWithValues<MetricValue<string>>;
 export type ToWorker =
   | { type: 'start'; job: AttachJob }
   | { type: 'pressure'; hot: Pressure[] }
-  | { type: 'report'; id: number }
+  | { type: 'report'; id: number; withMetrics: boolean }
   | { type: 'stop' };
 
 export type FromWorker =
@@ -65,12 +67,16 @@ export class RelayedPressure {
   }
 }
 
-interface Worker { index: number; child: ChildProcess; ready: boolean; url: string | null }
+interface Worker { index: number; child: ChildProcess; ready: boolean; url: string | null; exited: boolean }
 
 /** How long a worker has to stop after it is asked, before it is killed. */
 const STOP_MS = 20_000;
 /** How long a report (metrics, readiness) may take before the worker is reported unanswering. */
 const REPORT_MS = 2_000;
+/** How long a worker may take to be ready (it joins every group; see the README on the embedded broker). */
+const START_MS = 180_000;
+/** A worker that dies is started again after 1 s, doubling up to 30 s while it keeps dying young. */
+const RESPAWN_MS = [1_000, 30_000] as const;
 
 /** The primary's side: forks the workers, relays what they need, restarts one that dies. */
 export class WorkerPool {
@@ -82,6 +88,7 @@ export class WorkerPool {
   private nextId = 0;
   private polling: ReturnType<typeof setInterval> | null = null;
   private lastReasons: string[] = [];
+  private readonly respawnDelay = new Map<number, number>();
 
   constructor(o: { count: number; job: Omit<AttachJob, 'index'>; hot: () => Pressure[]; log: Logger }) {
     this.o = o;
@@ -89,7 +96,12 @@ export class WorkerPool {
 
   /** Forks every worker; resolves when all of them are ready (or rejects with the first one's failure). */
   async start(): Promise<void> {
-    const ready = Array.from({ length: this.o.count }, (_, i) => this.spawn(i + 1));
+    const ready: Promise<void>[] = [];
+    for (let i = 1; i <= this.o.count; i++) {
+      const r = this.spawn(i);
+      r.catch(() => undefined); // reported through Promise.all below
+      ready.push(r);
+    }
     this.relay = setInterval(() => {
       const hot = JSON.stringify(this.o.hot());
       if (hot === this.lastHot) return;
@@ -98,15 +110,22 @@ export class WorkerPool {
     }, 50);
     this.relay.unref();
     await Promise.all(ready);
+    if (this.stopping) return;
     // Readiness is answered at once (/readyz): from the workers' last reports, every second.
-    this.polling = setInterval(() => void this.reports().then((r) => (this.lastReasons = r.reasons)), 1000);
+    let polled = true;
+    this.polling = setInterval(() => {
+      if (!polled) return; // one poll at a time
+      polled = false;
+      void this.reports(false).then((r) => (this.lastReasons = r.reasons)).finally(() => (polled = true));
+    }, 1000);
     this.polling.unref();
   }
 
-  /** Why some worker is not ready, as of its last report (a worker that died is at once). */
+  /** Why some worker is not ready: one that is down at once, the others as of their last report. */
   reasons(): string[] {
-    const down = [...this.workers.values()].filter((w) => !w.ready).map((w) => `worker ${w.index} is not running`);
-    return down.length ? down : this.lastReasons;
+    const down = [...this.workers.values()].filter((w) => !w.ready).map((w) => `worker ${w.index} is ${w.exited ? 'not running (starting again)' : 'starting'}`);
+    const live = new Set([...this.workers.values()].filter((w) => w.ready).map((w) => `worker ${w.index}:`));
+    return [...down, ...this.lastReasons.filter((r) => live.has(r.slice(0, r.indexOf(':') + 1)))];
   }
 
   private send(w: Worker, m: ToWorker): void {
@@ -115,27 +134,48 @@ export class WorkerPool {
 
   private spawn(index: number): Promise<void> {
     const child = fork(join(import.meta.dirname, 'worker-main.ts'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: process.env });
-    const w: Worker = { index, child, ready: false, url: null };
+    child.setMaxListeners(64); // one listener per report in flight
+    const w: Worker = { index, child, ready: false, url: null, exited: false };
     this.workers.set(index, w);
+    const born = Date.now();
     const ready = new Promise<void>((resolve, reject) => {
+      const late = setTimeout(() => {
+        reject(new Error(`worker ${index} was not ready within ${START_MS / 1000} s`));
+        child.kill('SIGKILL');
+      }, START_MS);
+      late.unref();
       child.on('message', (m: FromWorker) => {
         if (m.type === 'ready') {
+          clearTimeout(late);
           w.ready = true;
           w.url = m.url;
           this.o.log.info({ worker: index, pid: child.pid, url: m.url }, 'worker ready');
           resolve();
         } else if (m.type === 'failed') reject(new Error(`worker ${index}: ${m.message}`));
       });
-      child.once('exit', (code, signal) => {
+      // A fork that fails (EAGAIN, ENOMEM) or a kill that fails: handled as the worker's end.
+      child.on('error', (err) => {
+        this.o.log.error({ err, worker: index }, 'worker process error');
+        reject(err);
+        if (child.exitCode === null && child.signalCode === null && child.pid === undefined) onEnd(null, null);
+      });
+      const onEnd = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (w.exited) return;
+        w.exited = true;
         w.ready = false;
+        clearTimeout(late);
         reject(new Error(`worker ${index} exited (${signal ?? `code ${code}`}) before it was ready`));
         if (this.stopping || this.workers.get(index) !== w) return;
-        // Died on its own: its partitions go to the other members at once; a new one takes them back.
-        this.o.log.error({ worker: index, code, signal }, 'a worker exited; starting it again in 1 s');
+        // Died on its own: a new one takes its partitions back. One that keeps dying young is
+        // started again less and less often.
+        const delay = Date.now() - born > 60_000 ? RESPAWN_MS[0] : Math.min(RESPAWN_MS[1], (this.respawnDelay.get(index) ?? RESPAWN_MS[0] / 2) * 2);
+        this.respawnDelay.set(index, delay);
+        this.o.log.error({ worker: index, code, signal, restartInMs: delay }, 'a worker exited; starting it again');
         setTimeout(() => {
           if (!this.stopping) this.spawn(index).catch((err: unknown) => this.o.log.error({ err, worker: index }, 'a worker did not start again'));
-        }, 1000).unref();
-      });
+        }, delay).unref();
+      };
+      child.once('exit', onEnd);
     });
     this.send(w, { type: 'start', job: { ...this.o.job, index } });
     this.send(w, { type: 'pressure', hot: JSON.parse(this.lastHot) as Pressure[] });
@@ -144,31 +184,33 @@ export class WorkerPool {
 
   /** pids of the running workers (for the bench's memory figures). */
   pids(): number[] {
-    return [...this.workers.values()].flatMap((w) => (w.child.pid && w.child.exitCode === null && w.child.signalCode === null ? [w.child.pid] : []));
+    return [...this.workers.values()].flatMap((w) => (w.child.pid && !w.exited ? [w.child.pid] : []));
   }
 
-  /** Every worker's metrics and reasons not to be ready; a worker that is down or does not answer is a reason. */
-  async reports(): Promise<{ metrics: Metric[][]; reasons: string[] }> {
+  /** Every worker's reasons not to be ready (and its metrics, when asked); a worker that is down or does not answer is a reason. */
+  async reports(withMetrics = true): Promise<{ metrics: Metric[][]; reasons: string[] }> {
     const answers = await Promise.all([...this.workers.values()].map((w) => new Promise<{ metrics: Metric[]; reasons: string[] }>((resolve) => {
-      if (!w.ready || !w.child.connected) return resolve({ metrics: [], reasons: [`worker ${w.index} is ${w.ready ? 'gone' : 'starting'}`] });
+      if (!w.ready || !w.child.connected) return resolve({ metrics: [], reasons: [`worker ${w.index}: ${w.exited ? 'not running' : 'starting'}`] });
       const id = ++this.nextId;
-      const timer = setTimeout(() => {
-        w.child.off('message', on);
-        resolve({ metrics: [], reasons: [`worker ${w.index} did not answer within ${REPORT_MS} ms`] });
-      }, REPORT_MS);
-      const on = (m: FromWorker) => {
-        if (m.type !== 'report' || m.id !== id) return;
+      const done = (r: { metrics: Metric[]; reasons: string[] }) => {
         clearTimeout(timer);
         w.child.off('message', on);
-        resolve({ metrics: m.metrics, reasons: m.reasons.map((r) => `worker ${w.index}: ${r}`) });
+        w.child.off('exit', gone);
+        resolve(r);
+      };
+      const timer = setTimeout(() => done({ metrics: [], reasons: [`worker ${w.index}: did not answer within ${REPORT_MS} ms`] }), REPORT_MS);
+      const gone = () => done({ metrics: [], reasons: [`worker ${w.index}: not running`] });
+      const on = (m: FromWorker) => {
+        if (m.type === 'report' && m.id === id) done({ metrics: m.metrics, reasons: m.reasons.map((r) => `worker ${w.index}: ${r}`) });
       };
       w.child.on('message', on);
-      this.send(w, { type: 'report', id });
+      w.child.once('exit', gone);
+      this.send(w, { type: 'report', id, withMetrics });
     })));
     return { metrics: answers.map((a) => a.metrics), reasons: answers.flatMap((a) => a.reasons) };
   }
 
-  /** The primary's metrics and every worker's, summed as prom-client sums a cluster's. */
+  /** The primary's metrics and every worker's, aggregated as prom-client aggregates a cluster's (summed unless a metric says otherwise). */
   async aggregate(own: Metric[]): Promise<{ contentType: string; body: string }> {
     const { metrics } = await this.reports();
     const registry = AggregatorRegistry.aggregate([own, ...metrics.filter((m) => m.length)]);
@@ -181,7 +223,7 @@ export class WorkerPool {
     if (this.relay) clearInterval(this.relay);
     if (this.polling) clearInterval(this.polling);
     await Promise.all([...this.workers.values()].map((w) => new Promise<void>((resolve) => {
-      if (w.child.exitCode !== null || w.child.signalCode !== null) return resolve();
+      if (w.exited || w.child.exitCode !== null || w.child.signalCode !== null) return resolve();
       const kill = setTimeout(() => w.child.kill('SIGKILL'), STOP_MS);
       w.child.once('exit', () => {
         clearTimeout(kill);

@@ -223,15 +223,15 @@ export class BrokerJournal {
     return this.pressing;
   }
 
-  /**
-   * A reader in danger on one of `writes` that is not `self`: a stage writing to those topics
-   * waits while there is one (it does not wait on itself, or it would never catch up).
-   */
   /** The readers in danger now (relayed to `--workers` processes, whose stages wait on them too). */
   hotReaders(): Pressure[] {
     return this.hot;
   }
 
+  /**
+   * A reader in danger on one of `writes` that is not `self`: a stage writing to those topics
+   * waits while there is one (it does not wait on itself, or it would never catch up).
+   */
   holding(writes: ReadonlySet<string>, self: string): Pressure | null {
     return this.hot.find((h) => writes.has(h.topic) && h.group !== self) ?? null;
   }

@@ -144,6 +144,14 @@ export class StageRunner {
       this.member = 'joined';
       this.fused?.joined(consumer, assigned);
       for (const p of this.tasks.partitions()) if (!assigned.has(p)) void this.tasks.close(p);
+      // Partitions that left: their lag is the new owner's to report (/metrics sums members' across --workers).
+      for (const topic of this.inputs.keys()) {
+        for (let p = 0; p < this.o.config.partitions; p++) {
+          if (assigned.has(p)) continue;
+          this.o.metrics.lag.remove({ stage: this.o.stage, topic, partition: String(p) });
+          this.health.forget(topic, p);
+        }
+      }
       this.offsets.retain(assigned);
       for (const [key, e] of this.inputBuffers) {
         if (assigned.has(e.task.partition)) e.buffer.reopen();
@@ -180,16 +188,43 @@ export class StageRunner {
     return this.fused.feed(partition, produced);
   }
 
-  /** Seeks each assigned partition to its resume offset, once (later rebalances use the commits made since). */
+  /**
+   * Seeks each assigned partition to its resume offset (the embedded journal's snapshot),
+   * once, and only while its group has no commit for it: a broker restored from the journal
+   * knows no commits, but a partition that reaches this member later (from another worker
+   * or instance) has been committed since, and must not be sent back to the snapshot. The
+   * partitions are paused while the commits are looked up, so nothing is fetched first.
+   */
   private seekResumed(consumer: Consumer, assigned: ReadonlySet<number>): void {
+    const todo: { topic: string; partition: number; offset: bigint }[] = [];
     for (const [topic, parts] of this.o.resumeAt ?? []) {
       for (const [partition, offset] of parts) {
         const key = `${topic}\u0000${partition}`;
         if (!assigned.has(partition) || this.resumed.has(key)) continue;
         this.resumed.add(key);
-        consumer.seek({ topic, partition, offset: offset.toString() });
+        todo.push({ topic, partition, offset });
       }
     }
+    if (todo.length === 0) return;
+    const byTopic = [...new Set(todo.map((t) => t.topic))].map((topic) => ({ topic, partitions: todo.filter((t) => t.topic === topic).map((t) => t.partition) }));
+    // A fused successor fetches nothing (its consumer stays paused): it only needs the seeks.
+    const pausing = !this.o.fed;
+    if (pausing) consumer.pause(byTopic);
+    void (async () => {
+      const committed = new Map<string, bigint>();
+      try {
+        for (const t of await this.o.admin.fetchOffsets({ groupId: groupId(this.o.config.topicPrefix, this.o.stage), topics: byTopic.map((b) => b.topic) })) {
+          for (const p of t.partitions) committed.set(`${t.topic}\u0000${p.partition}`, BigInt(p.offset));
+        }
+      } catch (err) {
+        this.log.warn({ err }, 'could not read the group\'s commits; resuming every partition from the journal\'s snapshot');
+      }
+      for (const t of todo) {
+        if ((committed.get(`${t.topic}\u0000${t.partition}`) ?? -1n) < 0n) consumer.seek({ topic: t.topic, partition: t.partition, offset: t.offset.toString() });
+      }
+    })().finally(() => {
+      if (pausing && !this.stopped && this.consumer === consumer) consumer.resume(byTopic);
+    });
   }
 
   private restartMember(consumer: Consumer, error: Error): void {

@@ -59,6 +59,20 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const PARTITIONS = 8;
 const round = (n: number) => Math.round(n);
 
+/**
+ * A condition for `until`: every id in `ids` has arrived. It keeps its place, so each poll
+ * looks only past the ids already seen (polling the whole list every 20 ms cost the process
+ * Herald runs in 2.5 % of its CPU in a 60,000-event run).
+ */
+function allArrived(ids: Iterable<string>, arrivals: ReadonlyMap<string, number>): () => boolean {
+  const list = [...ids];
+  let i = 0;
+  return () => {
+    while (i < list.length && arrivals.has(list[i]!)) i++;
+    return i === list.length;
+  };
+}
+
 async function until(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string) {
   const deadline = Date.now() + timeoutMs;
   while (!(await cond())) {
@@ -244,7 +258,7 @@ async function pipeline(broker: EmbeddedBroker, kafka: Kafka, registryUrl: strin
   }
   // Offered faster than Herald drains, the backlog grows: what has not arrived 60 s after the
   // last send counts as later than everything (a percentile that falls there is reported as null).
-  await until(() => [...sent.keys()].every((id) => arrivals.has(id)), 60_000, 'latency events').catch(() => undefined);
+  await until(allArrived(sent.keys(), arrivals), 60_000, 'latency events').catch(() => undefined);
   await producer.disconnect();
   const lat = [...sent].map(([id, t]) => (arrivals.has(id) ? arrivals.get(id)! - t : Number.POSITIVE_INFINITY)).sort((a, b) => a - b);
   const late = lat.filter((x) => x === Number.POSITIVE_INFINITY).length;
@@ -586,7 +600,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
   const healthy = (id: string) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users >= noisyUsers;
   const sent = new Map(sentList.filter(([id]) => healthy(id)));
   if (refused) throw new Error(`bench --http: ${refused} of ${o.events} POSTs were not accepted`);
-  await until(() => [...sent.keys()].every((id) => arrivals.has(id)), 600_000, 'http deliveries');
+  await until(allArrived(sent.keys(), arrivals), 600_000, 'http deliveries');
   const last = Math.max(...arrivals.values());
   const lat = [...sent].map(([id, t]) => arrivals.get(id)! - t).sort((a, b) => a - b);
   const pct = (p: number) => +lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))]!.toFixed(1);

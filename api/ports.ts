@@ -120,6 +120,8 @@ export interface SigningSecretsPort {
 }
 
 export interface ApiPorts {
+  /** A `--workers` worker (its primary's instance id): answers reads (the queries its primary forwards) and refuses writes. */
+  workerOf?: string;
   publisher: EventPublisher;
   profiles: Profiles;
   lifecycle: LifecycleQueries;

@@ -107,6 +107,14 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   });
   app.setNotFoundHandler((req, reply) => fail(reply, 404, 'HRL_NOT_FOUND', `no route ${req.method} ${clip(req.url.split('?')[0] ?? '', 200)}`));
 
+  // A worker's API is for forwarded queries: a write here would skip the primary's journal
+  // wait and back-pressure, so it is refused before anything else.
+  if (ports.workerOf) {
+    const primary = ports.workerOf;
+    app.addHook('onRequest', async (req, reply) => {
+      if (req.method !== 'GET' && req.method !== 'HEAD' && req.url.startsWith('/v1/')) return fail(reply, 421, 'HRL_WORKER_READ_ONLY', `this is a worker process of Herald instance ${primary}: it answers forwarded queries only; send ${req.method} ${clip(req.url.split('?')[0] ?? '', 200)} to that instance's API`);
+    });
+  }
   // Every /v1 route needs `Authorization: Bearer <API key>`; the tenant comes from the key.
   app.addHook('onRequest', async (req, reply) => {
     if (!req.url.startsWith('/v1/') && req.url !== '/v1') return;

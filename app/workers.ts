@@ -182,6 +182,11 @@ export class WorkerPool {
     return ready;
   }
 
+  /** Each worker as /readyz shows it: its pid, whether it is ready, and where it answers forwarded queries. */
+  describe(): { worker: number; pid: number | null; ready: boolean; url: string | null }[] {
+    return [...this.workers.values()].map((w) => ({ worker: w.index, pid: w.exited ? null : (w.child.pid ?? null), ready: w.ready, url: w.url }));
+  }
+
   /** pids of the running workers (for the bench's memory figures). */
   pids(): number[] {
     return [...this.workers.values()].flatMap((w) => (w.child.pid && !w.exited ? [w.child.pid] : []));

@@ -64,7 +64,15 @@ describe('herald start with two workers', () => {
     expect([...servedBy].some((s) => s.endsWith('-w1'))).toBe(true);
     // /metrics sums the two processes' counters.
     await eventually(async () => (await metric(first.url, /^herald_deliver_attempts_total\{channel="webhook",result="delivered"\} (\d+)/m)) === USERS);
-    expect((await (await fetch(`${first.url}/readyz`)).json() as { ready: boolean }).ready).toBe(true);
+    const ready = await (await fetch(`${first.url}/readyz`)).json() as { ready: boolean; workers: { worker: number; pid: number; ready: boolean; url: string }[] };
+    expect(ready.ready).toBe(true);
+    expect(ready.workers).toEqual([{ worker: 1, pid: worker, ready: true, url: expect.stringMatching(/^http:\/\/127\.0\.0\.1:\d+$/) }]);
+    // The worker's own port answers the queries forwarded to it, and refuses writes: they
+    // belong to the primary, where they are journaled before they are acknowledged.
+    expect((await call(ready.workers[0]!.url, 'GET', `/v1/notifications/${ids[0]}`)).status).not.toBe(421);
+    const write = await call(ready.workers[0]!.url, 'POST', '/v1/events', event(0));
+    expect(write.status).toBe(421);
+    expect(write.body).toMatchObject({ error: 'HRL_WORKER_READ_ONLY' });
 
     // SIGTERM to npm, as a process manager sends it: both processes stop, cleanly.
     first.npm.kill('SIGTERM');

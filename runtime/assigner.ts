@@ -17,11 +17,15 @@ export const CoPartitionedAssigner: PartitionAssigner = coPartitionedAssigner(()
  * (which the broker makes up per group), so every group gives partition p to the same
  * instance: a fused sub-topology's stages (topology.ts) find their partitions together.
  */
-export function coPartitionedAssigner(memberData: () => string, instance = ''): PartitionAssigner {
+export function coPartitionedAssigner(memberData: () => string, instance = '', o: { leaderSyncDelayMs?: number } = {}): PartitionAssigner {
   return ({ cluster }) => ({
   name: 'HeraldCoPartitioned',
   version: 1,
   async assign({ members, topics }) {
+    // The embedded broker's coordinator completes a rebalance as soon as the leader's
+    // SyncGroup arrives (it carries every member's assignment) and then answers a follower's
+    // later SyncGroup with INVALID_REQUEST: the leader lets the followers sync first.
+    if (members.length > 1 && o.leaderSyncDelayMs) await new Promise((r) => setTimeout(r, o.leaderSyncDelayMs));
     const sorted = members.map((m) => ({ id: m.memberId, key: instanceOf(m.memberMetadata) })).sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0)).map((m) => m.id);
     const assignment = new Map<string, Record<string, number[]>>(sorted.map((id) => [id, {}]));
     const partitions = new Set<number>();

@@ -30,6 +30,9 @@ import { InputBuffer } from './input-buffer.ts';
 import { FusedInput } from './fused-input.ts';
 import type { Produced } from './record-collector.ts';
 
+/** On the embedded broker, how long a group's leader waits before it syncs a group of several members (see assigner.ts). */
+const LEADER_SYNC_DELAY_MS = 1000;
+
 export interface StageRunnerOptions {
   stage: StageName;
   factory: StageFactory;
@@ -118,7 +121,7 @@ export class StageRunner {
       minBytes: config.fetchMinBytes,
       maxBytesPerPartition: 1024 * 1024,
       allowAutoTopicCreation: false,
-      partitionAssigners: [coPartitionedAssigner(() => this.o.advertisedUrl?.() ?? '', config.instanceId)],
+      partitionAssigners: [coPartitionedAssigner(() => this.o.advertisedUrl?.() ?? '', config.instanceId, { leaderSyncDelayMs: config.embedded ? LEADER_SYNC_DELAY_MS : 0 })],
     });
     this.consumer = consumer;
     consumer.on(consumer.events.CRASH, (e) => {

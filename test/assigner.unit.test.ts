@@ -1,6 +1,6 @@
 /** The co-partitioned assigner gives partition p of every input topic to one member. */
 import { AssignerProtocol } from 'kafkajs';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { CoPartitionedAssigner, coPartitionedAssigner } from '../runtime/assigner.ts';
 
 const cluster = {
@@ -14,6 +14,23 @@ describe('CoPartitionedAssigner', () => {
     const out = await assigner.assign({ members, topics: ['a', 'b'] } as never);
     const decoded = Object.fromEntries(out.map((o) => [o.memberId, AssignerProtocol.MemberAssignment.decode(o.memberAssignment)!.assignment]));
     expect(decoded).toEqual({ m1: { a: [0, 3], b: [0, 3] }, m2: { a: [1], b: [1] }, m3: { a: [2], b: [2] } });
+  });
+
+  it('lets the followers of a group of several members sync first when asked to (the embedded broker), and a lone member at once', async () => {
+    vi.useFakeTimers();
+    try {
+      const assigner = coPartitionedAssigner(() => '', 'x', { leaderSyncDelayMs: 1000 })({ cluster } as never);
+      const meta = Buffer.alloc(0);
+      let done = false;
+      const two = assigner.assign({ members: [{ memberId: 'm1', memberMetadata: meta }, { memberId: 'm2', memberMetadata: meta }], topics: ['a'] } as never).then((r) => ((done = true), r));
+      await vi.advanceTimersByTimeAsync(900);
+      expect(done).toBe(false);
+      await vi.advanceTimersByTimeAsync(200);
+      expect((await two).map((a) => a.memberId)).toEqual(['m1', 'm2']);
+      expect(await assigner.assign({ members: [{ memberId: 'm1', memberMetadata: meta }], topics: ['a'] } as never)).toHaveLength(1);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('advertises the instance URL in the member metadata of every join', () => {

@@ -39,6 +39,7 @@ import { BrokerJournal } from '../embedded/persistence.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { notificationId } from '../processors/ids.ts';
 import pLimit from 'p-limit';
+import { AggregatorRegistry } from 'prom-client';
 import { type Herald, startHerald } from '../app/herald.ts';
 import type { ClientReport, WireJob } from './clients.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
@@ -118,7 +119,7 @@ async function passthrough(broker: EmbeddedBroker, kafka: Kafka, n: number) {
   return { records: n, seconds: +seconds.toFixed(3), recordsPerSecond: round(n / seconds) };
 }
 
-const metricValue = async (registry: import('prom-client').Registry, name: string, labels: Record<string, string>) => {
+const metricValue = async (registry: { getMetricsAsJSON(): Promise<import('prom-client').MetricObjectWithValues<import('prom-client').MetricValue<string>>[]> }, name: string, labels: Record<string, string>) => {
   const m = (await registry.getMetricsAsJSON()).find((x) => x.name === name);
   const v = (m?.values as { labels: Record<string, string>; value: number }[] | undefined)?.find((x) => Object.entries(labels).every(([k, val]) => x.labels[k] === val));
   return v?.value ?? 0;
@@ -521,13 +522,15 @@ async function lifecycleRebuild(broker: EmbeddedBroker, kafka: Kafka, registryUr
 
 /** Where the time goes: batches per stage, their size and duration. */
 async function stageFigures(herald: Herald): Promise<Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }>> {
-  const json = await herald.metrics.registry.getMetricsAsJSON();
+  // With --workers, every process's batches (summed as /metrics sums them).
+  const registry = herald.workers ? AggregatorRegistry.aggregate([await herald.metrics.registry.getMetricsAsJSON(), ...(await herald.workers.reports()).metrics.filter((m) => m.length)]) : herald.metrics.registry;
+  const json = await registry.getMetricsAsJSON();
   const hist = json.find((m) => m.name === 'herald_stage_batch_duration_seconds')?.values as { metricName?: string; labels: Record<string, string>; value: number }[] | undefined;
   const stages: Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }> = {};
   for (const st of ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome']) {
     const count = hist?.find((v) => v.metricName?.endsWith('_count') && v.labels.stage === st)?.value ?? 0;
     const sum = hist?.find((v) => v.metricName?.endsWith('_sum') && v.labels.stage === st)?.value ?? 0;
-    const records = await metricValue(herald.metrics.registry, 'herald_stage_records_total', { stage: st, result: 'in' });
+    const records = await metricValue(registry, 'herald_stage_records_total', { stage: st, result: 'in' });
     stages[st] = { batches: count, recordsPerBatch: count ? +(records / count).toFixed(1) : 0, msPerBatch: count ? +((sum / count) * 1000).toFixed(2) : 0 };
   }
   return stages;

@@ -704,8 +704,9 @@ async function main() {
       return;
     }
     if (process.argv.includes('--http')) {
-      progress('HTTP API run: 20,000 events, 50 clients, 1,000 users …');
-      const http = await httpRun({ events: Number(process.env.BENCH_HTTP_EVENTS ?? 20_000), clients: 50, users: 1000, ...(process.env.BENCH_HTTP_RATE ? { perSecond: Number(process.env.BENCH_HTTP_RATE) } : {}) });
+      const events = Number(process.env.BENCH_HTTP_EVENTS ?? 20_000);
+      progress(`HTTP API run: ${events.toLocaleString('en-US')} events, 50 clients, 1,000 users …`);
+      const http = await httpRun({ events, clients: 50, users: 1000, ...(process.env.BENCH_HTTP_RATE ? { perSecond: Number(process.env.BENCH_HTTP_RATE) } : {}) });
       process.stdout.write(`${JSON.stringify({ date: new Date().toISOString(), machine: { cpus: cpus().length, cpu: cpus()[0]?.model ?? 'unknown', node: process.version }, broker: 'embedded librdkafka mock cluster (1 broker), loopback', http, peakRssMb: round(process.resourceUsage().maxRSS / 1024), totalSeconds: round((Date.now() - started) / 1000) }, null, 2)}\n`);
       if (!http.correctness.ok) {
         progress(`correctness check failed: ${http.correctness.failures.join('; ')}`);

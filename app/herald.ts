@@ -55,7 +55,11 @@ export interface StartOptions {
    * Runs as a worker of another process's embedded default (`--workers`): its broker,
    * registry, journal offsets, SMTP sink and back-pressure, no development key.
    */
-  attach?: AttachJob & { pressure: RelayedPressure };
+  attach?: AttachJob & {
+    pressure: RelayedPressure;
+    /** Called when every member of this worker is about to join; resolves when they may (the primary's word). */
+    together: () => Promise<void>;
+  };
 }
 
 export interface Herald {
@@ -356,6 +360,16 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const started = new Promise<void>((r) => (created = r));
     const runOf = (stage: StageName) => runs.find((r) => r.includes(stage)) ?? [];
     for (const r of runs) log.info({ stages: r }, 'stages fused: one task per partition runs them together (HERALD_FUSE_STAGES=false runs each on its own)');
+    // With --workers every process's members join together (WorkerPool.joinTogether): each
+    // waits until all of this process's are about to join, then for the other processes'.
+    let atJoin = 0;
+    let allAtJoin!: () => void;
+    const together = new Promise<void>((resolve) => (allAtJoin = resolve)).then(() => (attach ? attach.together() : workers?.joinTogether()));
+    together.catch(() => undefined);
+    const joinAt = () => {
+      if (++atJoin === stages.length) allAtJoin();
+      return together;
+    };
     for (const stage of stages) {
       const run = runOf(stage);
       const own = stage === 'deliver' ? signingReady : STAGES[stage].tables.length ? tablesReady : undefined;
@@ -375,6 +389,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         ...(durable && !fused.fed ? { room: roomFor(durable, stage, run) } : {}),
         ...(attach && !fused.fed ? { room: roomFor(attach.pressure, stage, run) } : {}),
         onAssignment: (partitions, memberId) => directory.assigned(stage, partitions, memberId),
+        ...(config.workers > 1 ? { joinAt } : {}),
       }));
     }
     created();

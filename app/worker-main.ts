@@ -19,6 +19,15 @@ const tell = (m: FromWorker) => {
   if (process.connected) process.send!(m);
 };
 const pressure = new RelayedPressure();
+/** The primary's word that every process's members join now (see WorkerPool.joinTogether). */
+let joinNow!: () => void;
+const joinSignal = new Promise<void>((resolve) => (joinNow = resolve));
+/** Longer than the primary waits for the workers: it answers before this runs out, unless it is stuck. */
+const JOIN_SIGNAL_MS = 90_000;
+const together = () => {
+  tell({ type: 'joining' });
+  return Promise.race([joinSignal, new Promise<void>((resolve) => setTimeout(resolve, JOIN_SIGNAL_MS).unref())]);
+};
 let herald: Herald | null = null;
 let stopping: Promise<void> | null = null;
 
@@ -36,6 +45,7 @@ const stop = (why: string, withinMs: number) => {
 
 process.on('message', (m: ToWorker) => {
   if (m.type === 'pressure') pressure.update(m.hot);
+  else if (m.type === 'join') joinNow();
   else if (m.type === 'stop') void stop('asked by the primary', 25_000);
   else if (m.type === 'report') {
     const h = herald;
@@ -57,7 +67,7 @@ process.on('message', (m: ToWorker) => {
         httpPort: 0, advertisedUrl: '',
       });
       const log = createLogger(config.logLevel).child({ worker: job.index });
-      herald = await startHerald({ config, log, stages: job.stages as StageName[], api: job.api, attach: { ...job, pressure } });
+      herald = await startHerald({ config, log, stages: job.stages as StageName[], api: job.api, attach: { ...job, pressure, together } });
       tell({ type: 'ready', url: herald.httpUrl });
     })().catch((err: Error) => {
       tell({ type: 'failed', message: err.message });

@@ -47,10 +47,13 @@ export type ToWorker =
   | { type: 'start'; job: AttachJob }
   | { type: 'pressure'; hot: Pressure[] }
   | { type: 'report'; id: number; withMetrics: boolean }
+  | { type: 'join' }
   | { type: 'stop' };
 
 export type FromWorker =
   | { type: 'ready'; url: string | null }
+  /** Every member of the worker is about to join its group; it joins on the primary's `join`. */
+  | { type: 'joining' }
   | { type: 'failed'; message: string }
   | { type: 'report'; id: number; metrics: Metric[]; reasons: string[] };
 
@@ -75,6 +78,8 @@ const STOP_MS = 20_000;
 const REPORT_MS = 2_000;
 /** How long a worker may take to be ready (it joins every group; see the README on the embedded broker). */
 const START_MS = 180_000;
+/** How long the primary's members wait for the workers' to be about to join, before they join without them. */
+const JOIN_WAIT_MS = 60_000;
 /** A worker that dies is started again after 1 s, doubling up to 30 s while it keeps dying young. */
 const RESPAWN_MS = [1_000, 30_000] as const;
 
@@ -89,6 +94,10 @@ export class WorkerPool {
   private polling: ReturnType<typeof setInterval> | null = null;
   private lastReasons: string[] = [];
   private readonly respawnDelay = new Map<number, number>();
+  /** Workers whose members are about to join (or that exited before they were); released: every member may join. */
+  private readonly atJoin = new Set<number>();
+  private released = false;
+  private arrived: (() => void) | null = null;
 
   constructor(o: { count: number; job: Omit<AttachJob, 'index'>; hot: () => Pressure[]; log: Logger }) {
     this.o = o;
@@ -151,6 +160,9 @@ export class WorkerPool {
           w.url = m.url;
           this.o.log.info({ worker: index, pid: child.pid, url: m.url }, 'worker ready');
           resolve();
+        } else if (m.type === 'joining') {
+          if (this.released) this.send(w, { type: 'join' });
+          else this.arrive(index);
         } else if (m.type === 'failed') reject(new Error(`worker ${index}: ${m.message}`));
       });
       // A fork that fails (EAGAIN, ENOMEM) or a kill that fails: handled as the worker's end.
@@ -164,6 +176,7 @@ export class WorkerPool {
         w.exited = true;
         w.ready = false;
         clearTimeout(late);
+        this.arrive(index); // nobody waits to join with a worker that is gone
         reject(new Error(`worker ${index} exited (${signal ?? `code ${code}`}) before it was ready`));
         if (this.stopping || this.workers.get(index) !== w) return;
         // Died on its own: a new one takes its partitions back. One that keeps dying young is
@@ -180,6 +193,39 @@ export class WorkerPool {
     this.send(w, { type: 'start', job: { ...this.o.job, index } });
     this.send(w, { type: 'pressure', hot: JSON.parse(this.lastHot) as Pressure[] });
     return ready;
+  }
+
+  private arrive(index: number): void {
+    this.atJoin.add(index);
+    if (this.atJoin.size >= this.o.count) this.arrived?.();
+  }
+
+  /**
+   * Resolves when every worker's members are about to join their groups (at most
+   * JOIN_WAIT_MS), and lets them join: the primary's members join with them, so a fresh
+   * group gets all its members within the broker's initial rebalance delay (3 s) however
+   * long each process took to start. A member that joins a group already up makes the
+   * group wait for its members to rejoin; the embedded broker waits up to the session
+   * timeout for that. A worker started again later joins at once.
+   */
+  async joinTogether(): Promise<void> {
+    if (!this.released && this.atJoin.size < this.o.count) {
+      const t0 = Date.now();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((resolve) => {
+        this.arrived = resolve;
+        timer = setTimeout(() => {
+          this.o.log.warn({ waitedMs: JOIN_WAIT_MS, workers: this.o.count, atJoin: this.atJoin.size }, 'joining the groups without the workers that are still starting');
+          resolve();
+        }, JOIN_WAIT_MS);
+        timer.unref();
+      });
+      clearTimeout(timer);
+      this.o.log.debug({ waitedMs: Date.now() - t0 }, 'every worker is about to join');
+    }
+    this.released = true;
+    this.arrived = null;
+    for (const w of this.workers.values()) if (this.atJoin.has(w.index) && !w.exited) this.send(w, { type: 'join' });
   }
 
   /** Each worker as /readyz shows it: its pid, whether it is ready, and where it answers forwarded queries. */

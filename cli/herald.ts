@@ -95,7 +95,7 @@ program
   .command('start')
   .description('start every stage and the HTTP API in this process (embedded broker unless KAFKA_BROKERS is set)')
   .option('--demo', 'also publish sample events to a local webhook receiver')
-  .option('--workers <n>', 'processes that run the stages, each one more member of every group (default: HERALD_WORKERS, else 1)')
+  .option('--workers <n>', 'processes that run the stages, each one more member of every group (default: HERALD_WORKERS, else one per core; 1: no workers)')
   .action((o: { demo?: boolean; workers?: string }) => serve(STAGE_NAMES, o).catch(fail));
 
 program

@@ -9,6 +9,7 @@ export class Metrics {
   readonly records: Counter<'stage' | 'result'>;
   readonly batchDuration: Histogram<'stage'>;
   readonly lag: Gauge<'stage' | 'topic' | 'partition'>;
+  readonly groupJoins: Counter<'stage'>;
   readonly restored: Counter<'stage' | 'store'>;
   readonly restoreDuration: Histogram<'stage' | 'store'>;
   readonly tableRecords: Counter<'table'>;
@@ -28,6 +29,7 @@ export class Metrics {
     this.records = new Counter({ name: 'herald_stage_records_total', help: 'Records handled per stage, by result (in, out, outcome, dlq).', labelNames: ['stage', 'result'], registers: [r] });
     this.batchDuration = new Histogram({ name: 'herald_stage_batch_duration_seconds', help: 'Time to process, produce and commit one consumed batch.', labelNames: ['stage'], buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [r] });
     this.lag = new Gauge({ name: 'herald_stage_consumer_lag_records', help: 'Records between the last consumed offset and the high watermark.', labelNames: ['stage', 'topic', 'partition'], registers: [r] });
+    this.groupJoins = new Counter({ name: 'herald_stage_group_joins_total', help: 'Rebalances this stage\'s member took part in (each ends with a join; a steady group adds none).', labelNames: ['stage'], registers: [r] });
     this.restored = new Counter({ name: 'herald_state_restore_records_total', help: 'Changelog records applied while restoring stores.', labelNames: ['stage', 'store'], registers: [r] });
     this.restoreDuration = new Histogram({ name: 'herald_state_restore_duration_seconds', help: 'Time to restore one store partition from its changelog.', labelNames: ['stage', 'store'], buckets: [0.01, 0.1, 0.5, 1, 5, 15, 60, 300], registers: [r] });
     this.tableRecords = new Counter({ name: 'herald_table_records_total', help: 'Records applied to global tables.', labelNames: ['table'], registers: [r] });

@@ -49,6 +49,8 @@ export interface StageRunnerOptions {
   clock?: () => number;
   /** Resolves when the stage may process: its global tables are caught up. */
   gate?: Promise<void>;
+  /** Called before the member first joins its group; it joins when the promise resolves (--workers: every process's members join together). */
+  joinAt?: () => Promise<void>;
   /** Called with the partitions this member holds after each rebalance (the instance directory listens). */
   onAssignment?: (partitions: number[], memberId: string) => void;
   /**
@@ -144,6 +146,7 @@ export class StageRunner {
       for (const parts of Object.values(e.payload.memberAssignment)) for (const p of parts) assigned.add(p);
       const sorted = [...assigned].sort((a, b) => a - b);
       this.log.info({ partitions: sorted, memberId: e.payload.memberId }, 'joined group');
+      this.o.metrics.groupJoins.inc({ stage: this.o.stage });
       this.member = 'joined';
       this.fused?.joined(consumer, assigned);
       for (const p of this.tasks.partitions()) if (!assigned.has(p)) void this.tasks.close(p);
@@ -175,6 +178,7 @@ export class StageRunner {
     this.commitTimer.unref();
     await consumer.connect();
     for (const topic of this.inputs.keys()) await consumer.subscribe({ topic, fromBeginning: true });
+    if (this.o.joinAt) await this.o.joinAt();
     await consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,

@@ -53,8 +53,9 @@ describe('loadConfig defaults', () => {
     expect(Object.keys(config).sort()).toEqual([...Object.keys(CONFIG_KEYS), 'embedded', 'embeddedRegistry'].sort());
   });
 
-  it('runs one process unless HERALD_WORKERS says otherwise (0: one per core)', () => {
-    expect(config.workers).toBe(1);
+  it('runs one process per core unless HERALD_WORKERS says otherwise (0: one per core)', () => {
+    expect(config.workers).toBe(availableParallelism());
+    expect(loadConfig({ HERALD_WORKERS: '1' }).workers).toBe(1);
     expect(loadConfig({ HERALD_WORKERS: '0' }).workers).toBe(availableParallelism());
     expect(loadConfig({ HERALD_WORKERS: '3' }).workers).toBe(3);
     expect(configError(() => loadConfig({ HERALD_WORKERS: '-1' })).message).toContain('HERALD_WORKERS');

@@ -64,6 +64,11 @@ describe('herald start with two workers', () => {
     expect([...servedBy].some((s) => s.endsWith('-w1'))).toBe(true);
     // /metrics sums the two processes' counters.
     await eventually(async () => (await metric(first.url, /^herald_deliver_attempts_total\{channel="webhook",result="delivered"\} (\d+)/m)) === USERS);
+    // Both processes' members joined each fresh group together: one rebalance, one join each.
+    // (A member that came late would have made the group rebalance again, joining 3 times or more.)
+    for (const stage of ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome']) {
+      expect(await metric(first.url, new RegExp(`^herald_stage_group_joins_total\\{stage="${stage}"\\} (\\d+)`, 'm')), stage).toBe(2);
+    }
     const ready = await (await fetch(`${first.url}/readyz`)).json() as { ready: boolean; workers: { worker: number; pid: number; ready: boolean; url: string }[] };
     expect(ready.ready).toBe(true);
     expect(ready.workers).toEqual([{ worker: 1, pid: worker, ready: true, url: expect.stringMatching(/^http:\/\/127\.0\.0\.1:\d+$/) }]);

@@ -51,7 +51,7 @@ import { checkAccounting } from '../test/support/accounting.ts';
 import { eachNotification } from '../processors/outcome.ts';
 import { rebuildLifecycle } from '../replay/rebuild.ts';
 import { Serde } from '../schemas/index.ts';
-import { KeyValueStore } from '../state/store.ts';
+import { KeyValueStore, storeMemory } from '../state/store.ts';
 import { SUB_TOPOLOGY, topicName, topicPlan, userKey } from '../topology.ts';
 
 const log = createLogger(process.env.HERALD_BENCH_LOG ?? 'silent');
@@ -587,12 +587,18 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
   // Disk the state directory takes once Herald is ready, before any event: allocated blocks, as `du` counts them.
   const diskAtStartMb = round(allocatedBytes(stateDir) / 1048576);
   // --soak: Herald's memory (this process: Herald runs in it; the clients and the receiver do not) every 5 s while the clients publish.
-  const rss: { at: number; rssMb: number; heapMb: number; heapTotalMb: number; externalMb: number; rssAnonMb: number }[] = [];
+  const rss: { at: number; rssMb: number; heapMb: number; heapTotalMb: number; externalMb: number; rssAnonMb: number; workersRssMb?: number[]; rocksdbMb?: Record<string, number>; workersRocksdbMb?: number[] }[] = [];
+  const vmRss = (pid: number) => { try { return round(Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024); } catch { return 0; } };
   const rssAnon = () => Number(/RssAnon:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 0) / 1024;
   const t0 = Date.now();
-  const sampler = o.sampleRss ? setInterval(() => {
+  // RocksDB's own figures (herald_store_memory_bytes): this process's by kind, each worker's in all.
+  const mb = (bytes: number) => round(bytes / 1048576);
+  const workersRocksdb = async () => (await herald.workers!.reports(true)).metrics.map((ms) => mb(((ms.find((x) => x.name === 'herald_store_memory_bytes')?.values ?? []) as { value: number }[]).reduce((a, v) => a + v.value, 0)));
+  const sampler = o.sampleRss ? setInterval(async () => {
     const m = process.memoryUsage();
-    rss.push({ at: Math.round((Date.now() - t0) / 1000), rssMb: round(m.rss / 1048576), heapMb: round(m.heapUsed / 1048576), heapTotalMb: round(m.heapTotal / 1048576), externalMb: round(m.external / 1048576), rssAnonMb: round(rssAnon()) });
+    const rocks = Object.fromEntries(Object.entries(storeMemory()).map(([k, v]) => [k, mb(v)]));
+    const workersRocksdbMb = herald.workers ? await workersRocksdb() : undefined;
+    rss.push({ rocksdbMb: rocks, ...(workersRocksdbMb ? { workersRocksdbMb } : {}), at: Math.round((Date.now() - t0) / 1000), rssMb: round(m.rss / 1048576), heapMb: round(m.heapUsed / 1048576), heapTotalMb: round(m.heapTotal / 1048576), externalMb: round(m.external / 1048576), rssAnonMb: round(rssAnon()), ...(herald.workers ? { workersRssMb: herald.workers.pids().map(vmRss) } : {}) });
   }, 5000) : null;
   // The clients run in their own process, as users' clients do.
   const hang = o.noisy?.hang ?? 0;

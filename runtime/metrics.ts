@@ -3,6 +3,7 @@
  * (served at /metrics); tests make their own.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { storeMemory } from '../state/store.ts';
 
 export class Metrics {
   readonly registry: Registry;
@@ -30,6 +31,12 @@ export class Metrics {
     this.batchDuration = new Histogram({ name: 'herald_stage_batch_duration_seconds', help: 'Time to process, produce and commit one consumed batch.', labelNames: ['stage'], buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [r] });
     this.lag = new Gauge({ name: 'herald_stage_consumer_lag_records', help: 'Records between the last consumed offset and the high watermark.', labelNames: ['stage', 'topic', 'partition'], registers: [r] });
     this.groupJoins = new Counter({ name: 'herald_stage_group_joins_total', help: 'Rebalances this stage\'s member took part in (each ends with a join; a steady group adds none).', labelNames: ['stage'], registers: [r] });
+    new Gauge({
+      name: 'herald_store_memory_bytes', help: 'RocksDB memory of this process\'s stores (one database per state directory): memtables, table readers (index and filter blocks outside the block cache), block cache, pinned in the block cache.', labelNames: ['kind'], registers: [r],
+      collect() {
+        for (const [kind, bytes] of Object.entries(storeMemory())) this.set({ kind }, bytes);
+      },
+    });
     this.restored = new Counter({ name: 'herald_state_restore_records_total', help: 'Changelog records applied while restoring stores.', labelNames: ['stage', 'store'], registers: [r] });
     this.restoreDuration = new Histogram({ name: 'herald_state_restore_duration_seconds', help: 'Time to restore one store partition from its changelog.', labelNames: ['stage', 'store'], buckets: [0.01, 0.1, 0.5, 1, 5, 15, 60, 300], registers: [r] });
     this.tableRecords = new Counter({ name: 'herald_table_records_total', help: 'Records applied to global tables.', labelNames: ['table'], registers: [r] });

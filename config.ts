@@ -51,7 +51,7 @@ export const CONFIG_KEYS = {
   maxFanout: { env: 'HERALD_MAX_FANOUT', kind: 'int', default: '20000', min: 1, max: 1000000, doc: 'Most notifications one event may fan out to (explicit recipients plus audience members, per rule); larger events are REJECTED and dead-lettered, so one event cannot take the memory of a batch.' },
   logLevel: { env: 'HERALD_LOG_LEVEL', kind: 'enum', default: 'info', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], doc: 'pino log level.' },
   maxPayloadBytes: { env: 'HERALD_MAX_PAYLOAD_BYTES', kind: 'int', default: '262144', min: 1024, max: 16777216, doc: 'Largest accepted event, in bytes; larger ones are dead-lettered.' },
-  workers: { env: 'HERALD_WORKERS', kind: 'int', default: '0', min: 0, max: 64, doc: 'Processes that run the stages (as Kafka Streams\' num.stream.threads); 0: one per core (os.availableParallelism()). `herald start` forks N-1 workers, each one more member of every stage group; partitions spread across them; the HTTP API, /metrics and /readyz cover all. Also `herald start --workers N`.' },
+  workers: { env: 'HERALD_WORKERS', kind: 'int', default: '0', min: 0, max: 64, doc: 'Processes that run the stages (as Kafka Streams\' num.stream.threads); 0: one per core (os.availableParallelism()), at most HERALD_PARTITIONS. `herald start` forks N-1 workers, each one more member of every stage group; partitions spread across them; the HTTP API, /metrics and /readyz cover all. Also `herald start --workers N`.' },
   instanceId: { env: 'HERALD_INSTANCE_ID', kind: 'string', default: '', doc: 'Name of this instance in logs and client ids; default host-pid.' },
   sessionTimeoutMs: { env: 'HERALD_SESSION_TIMEOUT_MS', kind: 'int', default: '30000', min: 3000, max: 300000, doc: 'Consumer group session timeout: how long a dead instance holds its partitions.' },
   dedupeGraceMs: { env: 'HERALD_DEDUPE_GRACE_MS', kind: 'int', default: '3600000', min: 0, max: 604800000, doc: 'How long after its window a dedupe key is kept for late records.' },
@@ -88,7 +88,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
     out[name] = parse(spec, raw);
   }
   if (!out.instanceId) out.instanceId = `${hostname()}-${process.pid}`;
-  if (out.workers === 0) out.workers = Math.min(availableParallelism(), CONFIG_KEYS.workers.max);
+  // One per core, but no more than there are partitions: a member beyond them would hold none (Kafka Streams' threads alike).
+  if (out.workers === 0) out.workers = Math.max(1, Math.min(availableParallelism(), Number(out.partitions), CONFIG_KEYS.workers.max));
   out.stateDir = resolve(String(out.stateDir));
   out.embedded = out.brokers === '';
   out.embeddedRegistry = out.schemaRegistryUrl === '';

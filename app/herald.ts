@@ -178,7 +178,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
   const { config } = opts;
   const log = opts.log ?? createLogger(config.logLevel);
   const metrics = opts.metrics ?? new Metrics({ defaults: true });
-  const stages = opts.stages ?? STAGE_NAMES;
+  const stages = [...new Set(opts.stages ?? STAGE_NAMES)];
   const rules = loadRules(config.rulesFile);
   tuneStores({ writeBufferBytes: config.storeWriteBufferBytes, cacheBytes: config.storeCacheBytes });
   const cleanups: (() => Promise<void>)[] = [];
@@ -367,7 +367,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const together = new Promise<void>((resolve) => (allAtJoin = resolve)).then(() => (attach ? attach.together() : workers?.joinTogether()));
     together.catch(() => undefined);
     const joinAt = () => {
-      if (++atJoin === stages.length) allAtJoin();
+      if (++atJoin === runners.size) allAtJoin();
       return together;
     };
     for (const stage of stages) {

@@ -178,7 +178,14 @@ export class StageRunner {
     this.commitTimer.unref();
     await consumer.connect();
     for (const topic of this.inputs.keys()) await consumer.subscribe({ topic, fromBeginning: true });
-    if (this.o.joinAt) await this.o.joinAt();
+    if (this.o.joinAt) {
+      await this.o.joinAt();
+      // Stopped while it waited (a failed start cleans up): it must not join after all.
+      if (this.stopped || this.consumer !== consumer) {
+        await consumer.disconnect().catch(() => undefined);
+        return;
+      }
+    }
     await consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,

@@ -54,9 +54,11 @@ describe('loadConfig defaults', () => {
   });
 
   it('runs one process per core unless HERALD_WORKERS says otherwise (0: one per core)', () => {
-    expect(config.workers).toBe(availableParallelism());
+    expect(config.workers).toBe(Math.min(availableParallelism(), config.partitions));
     expect(loadConfig({ HERALD_WORKERS: '1' }).workers).toBe(1);
-    expect(loadConfig({ HERALD_WORKERS: '0' }).workers).toBe(availableParallelism());
+    // Never more than the partitions: a member beyond them would hold none.
+    expect(loadConfig({ HERALD_WORKERS: '0', HERALD_PARTITIONS: '1' }).workers).toBe(1);
+    expect(loadConfig({ HERALD_WORKERS: '0', HERALD_PARTITIONS: '64' }).workers).toBe(availableParallelism());
     expect(loadConfig({ HERALD_WORKERS: '3' }).workers).toBe(3);
     expect(configError(() => loadConfig({ HERALD_WORKERS: '-1' })).message).toContain('HERALD_WORKERS');
   });

@@ -43,6 +43,12 @@ const read = (db: Level, key: string) => db.get(key).catch((err: { code?: string
   throw err;
 });
 
+/** The resources the database keeps open until it closes (abstract-level's private set): every batch that never detached. */
+const resources = (db: Level) => {
+  const key = Object.getOwnPropertySymbols(db).find((k) => k.description === 'resources');
+  return (db as unknown as Record<symbol, Set<unknown>>)[key!]!.size;
+};
+
 /** Counts the native batches made while `fn` runs. */
 async function nativeBatches(fn: () => Promise<void>): Promise<number> {
   const original = binding.batch_init;
@@ -67,17 +73,22 @@ describe('@nxtedition/rocksdb batch writes (patched)', () => {
       for (let i = 0; i < 200; i++) await store.batch([{ type: 'put', key: `k${i}`, value: `v${i}` }, { type: 'del', key: `k${i - 1}` }]);
     });
     expect(made).toBeLessThanOrEqual(1);
+    expect(resources(db)).toBeLessThanOrEqual(1);
     // Cleared after each write: a deleted key stays deleted (no operation replayed later).
     expect(await read(store, 'k198')).toBeUndefined();
     expect(await read(store, 'k199')).toBe('v199');
     await db.close();
   });
 
-  it('gives a very large batch a native batch of its own, and writes it whole', async () => {
+  it('gives a batch of many operations, or of many bytes, a native batch of its own, writes it whole and lets it go', async () => {
     const db = await open();
     const ops = Array.from({ length: 5000 }, (_, i) => ({ type: 'put' as const, key: `big${i}`, value: String(i) }));
     expect(await nativeBatches(() => db.batch(ops))).toBe(1);
     expect(await db.get('big4999')).toBe('4999');
+    const large = Array.from({ length: 10 }, (_, i) => ({ type: 'put' as const, key: `large${i}`, value: 'x'.repeat(1024 * 1024) }));
+    await db.batch(large);
+    expect((await db.get('large9')).length).toBe(1024 * 1024);
+    expect(resources(db)).toBe(0);
     await db.batch([{ type: 'put', key: 'after', value: 'x' }]);
     expect(await db.get('after')).toBe('x');
     await db.close();

@@ -87,7 +87,7 @@ export class RecordCollector implements OutcomeSink {
       const topic = view.store.changelog;
       if (!topic) continue;
       changelogs.add(topic);
-      for (const c of view.changes()) {
+      for (const c of view.changelog()) {
         const message: Message = { key: c.key, value: c.value === null ? null : Buffer.from(c.value), partition, timestamp: String(changelogTimestamp) };
         messages.push({ topic, message, bytes: c.key.length + (c.value?.length ?? 0) + 64 });
       }

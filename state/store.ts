@@ -132,9 +132,27 @@ const checkpointKey = (partition?: number) => (partition === undefined ? CHECKPO
 /** Time index of expiring entries: `\u0000exp:<expiresAt, 15 digits>:<key>`, ordered by time. */
 const EXP = '\u0000exp:';
 const expKey = (expiresAt: number, key: string) => `${EXP}${String(Math.max(0, Math.floor(expiresAt))).padStart(15, '0')}:${key}`;
+/** Due-time index of held values: `\u0000due:<dueAt, 15 digits>:<key>`, ordered by time. */
+const DUE = '\u0000due:';
+const dueKey = (dueAt: number, key: string) => `${DUE}${String(Math.max(0, Math.floor(dueAt))).padStart(15, '0')}:${key}`;
 /** Expiring values are stored wrapped with their expiry, so a sweep can tell a stale index entry. */
 interface Expiring { $exp: number; v: unknown }
 const isExpiring = (x: unknown): x is Expiring => typeof x === 'object' && x !== null && '$exp' in x && 'v' in x;
+
+const EXP_HEAD = '{"$exp":';
+const DUE_HEAD = '{"$due":';
+/** The time index entry a stored value needs (expiring and held values lead with their time), or null. */
+function indexKeyOf(key: string, value: string): string | null {
+  if (key.startsWith('\u0000')) return null;
+  const head = value.startsWith(EXP_HEAD) ? EXP_HEAD : value.startsWith(DUE_HEAD) ? DUE_HEAD : null;
+  if (!head) return null;
+  const end = value.indexOf(',', head.length);
+  const at = end < 0 ? Number.NaN : Number(value.slice(head.length, end));
+  if (!Number.isFinite(at)) return null;
+  return head === EXP_HEAD ? expKey(at, key) : dueKey(at, key);
+}
+/** Keys of the time indexes, which a store keeps locally and rebuilds on restore. */
+const isIndexKey = (key: string) => key.startsWith(EXP) || key.startsWith(DUE);
 
 export interface ChangelogRecord {
   key: string;
@@ -187,9 +205,22 @@ export class KeyValueStore {
     return v === undefined ? null : BigInt(v);
   }
 
-  /** Applies changelog (or table) records read from `partition`, then moves its checkpoint. */
+  /**
+   * Applies changelog (or table) records read from `partition`, then moves its checkpoint.
+   * The time indexes of expiring and held values are not in the changelog (see
+   * `BatchView.changelog`): they are rebuilt here from the values, which carry their time.
+   */
   async restore(records: { key: string; value: string | null }[], lastOffset: bigint, partition?: number): Promise<void> {
-    const ops = records.map((r) => (r.value === null ? { type: 'del' as const, key: r.key } : { type: 'put' as const, key: r.key, value: r.value }));
+    const ops: { type: 'put' | 'del'; key: string; value?: string }[] = [];
+    for (const r of records) {
+      if (r.value === null) {
+        ops.push({ type: 'del', key: r.key });
+        continue;
+      }
+      ops.push({ type: 'put', key: r.key, value: r.value });
+      const index = indexKeyOf(r.key, r.value);
+      if (index) ops.push({ type: 'put', key: index, value: '""' });
+    }
     ops.push({ type: 'put', key: checkpointKey(partition), value: lastOffset.toString() });
     await this.db.batch(ops);
   }
@@ -248,8 +279,6 @@ export interface StoreView {
 /** Held values are stored wrapped with their due time, so a stale index entry is told apart. */
 interface Held { $due: number; v: unknown }
 const isHeld = (x: unknown): x is Held => typeof x === 'object' && x !== null && '$due' in x && 'v' in x;
-const DUE = '\u0000due:';
-const dueKey = (dueAt: number, key: string) => `${DUE}${String(Math.max(0, Math.floor(dueAt))).padStart(15, '0')}:${key}`;
 const unwrap = (raw: string): unknown => {
   const parsed: unknown = JSON.parse(raw);
   return isExpiring(parsed) ? parsed.v : isHeld(parsed) ? parsed.v : parsed;
@@ -404,6 +433,18 @@ export class BatchView implements StoreView {
   /** The buffered writes, in the order of first write per key. */
   changes(): ChangelogRecord[] {
     return [...this.writes].map(([key, value]) => ({ key, value }));
+  }
+
+  /**
+   * The buffered changes the changelog carries: all but the time indexes of expiring and
+   * held values. Restoring rebuilds those from the values (each leads with its time), so a
+   * `putUntil` or `hold` costs one changelog record, not two. A stale index entry (its value
+   * since deleted or rewritten) is harmless: `expire` and `due` drop it when they meet it.
+   */
+  changelog(): ChangelogRecord[] {
+    const out: ChangelogRecord[] = [];
+    for (const [key, value] of this.writes) if (!isIndexKey(key)) out.push({ key, value });
+    return out;
   }
 
   /** Writes the buffered changes (and the changelog checkpoint, when known) in one database batch. */

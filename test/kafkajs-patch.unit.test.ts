@@ -73,3 +73,63 @@ describe('kafkajs record batch checksum (patched)', () => {
     expect(src).toContain("require('@node-rs/crc32')");
   });
 });
+
+/**
+ * kafkajs made a zero-filled 512-byte Buffer per record it encoded, a Buffer per varint, and
+ * grouped a send's messages by partition by copying the partition's list for every message
+ * (quadratic). The patch encodes into unfilled buffers (only the bytes written are read),
+ * writes varints in place and groups in place; what goes on the wire must not change.
+ */
+describe('kafkajs encoding (patched)', () => {
+  type Long = { toString(): string };
+  const Encoder = require('kafkajs/src/protocol/encoder.js') as new () => { writeVarInt(v: number): unknown; writeVarLong(v: unknown): unknown; writeInt8(v: number): unknown; buffer: Buffer };
+  const Decoder = require('kafkajs/src/protocol/decoder.js') as new (b: Buffer) => { readVarInt(): number; readVarLong(): Long; readInt8(): number };
+  const LongType = require('kafkajs/src/utils/long.js') as { fromString(s: string): unknown };
+  const Record = require('kafkajs/src/protocol/recordBatch/record/v0/index.js') as (r: object) => unknown;
+  const { RecordBatch } = require('kafkajs/src/protocol/recordBatch/v0/index.js') as { RecordBatch: (b: object) => Promise<{ buffer: Buffer }> };
+  const decodeBatch = require('kafkajs/src/protocol/recordBatch/v0/decoder.js') as (d: unknown) => Promise<{ records: { key: Buffer | null; value: Buffer | null; headers: Record<string, Buffer>; offset: string }[] }>;
+  const group = require('kafkajs/src/producer/groupMessagesPerPartition.js') as (o: object) => Record<string, { n: number }[]>;
+
+  it('writes varints and varlongs as the protocol reads them back, at every width', () => {
+    const ints = [0, 1, -1, 63, -64, 64, 127, 128, -129, 8191, 8192, 1 << 20, 2 ** 31 - 1, -(2 ** 31)];
+    const longs = ['0', '-1', '1700000000000', '-1700000000000', '9223372036854775807', '-9223372036854775808'];
+    const e = new Encoder();
+    for (const v of ints) e.writeVarInt(v);
+    for (const v of longs) e.writeVarLong(LongType.fromString(v));
+    e.writeInt8(42);
+    const d = new Decoder(e.buffer);
+    expect(ints.map(() => d.readVarInt())).toEqual(ints);
+    expect(longs.map(() => d.readVarLong().toString())).toEqual(longs);
+    expect(d.readInt8()).toBe(42);
+  });
+
+  it('encodes a record batch that decodes to the same keys, values and headers, and a checksum that verifies', async () => {
+    const records = Array.from({ length: 300 }, (_, i) => Record({
+      offsetDelta: i,
+      timestampDelta: i * 3,
+      key: i % 7 === 0 ? null : Buffer.from(`key-${i}`),
+      value: Buffer.from('v'.repeat(i * 5)),
+      headers: i % 2 ? { trace: Buffer.from(`t${i}`), 'x-empty': Buffer.alloc(0) } : {},
+    }));
+    const batch = await RecordBatch({ records, firstTimestamp: 1767225600000, maxTimestamp: 1767225600900 });
+    const decoded = await decodeBatch(new Decoder(batch.buffer));
+    expect(decoded.records).toHaveLength(300);
+    decoded.records.forEach((r, i) => {
+      expect(r.key?.toString() ?? null).toBe(i % 7 === 0 ? null : `key-${i}`);
+      expect(r.value?.toString()).toBe('v'.repeat(i * 5));
+      expect(Object.fromEntries(Object.entries(r.headers).map(([k, v]) => [k, v.toString()]))).toEqual(i % 2 ? { trace: `t${i}`, 'x-empty': '' } : {});
+      expect(r.offset).toBe(String(i));
+    });
+    // The stored CRC covers the bytes after it (attributes onwards): offset 8 + length 4 + epoch 4 + magic 1 = 17.
+    const checksum = require('kafkajs/src/protocol/recordBatch/crc32C/index.js') as (b: Buffer) => number;
+    expect(batch.buffer.readUInt32BE(17)).toBe(checksum(batch.buffer.subarray(21)));
+  });
+
+  it('groups a send\'s messages by the partitioner\'s choice, keeping their order', () => {
+    const messages = Array.from({ length: 20_000 }, (_, n) => ({ n }));
+    const byPartition = group({ topic: 't', partitionMetadata: [{ partitionId: 0 }, { partitionId: 1 }, { partitionId: 2 }], messages, partitioner: ({ message }: { message: { n: number } }) => message.n % 3 });
+    expect(Object.keys(byPartition).sort()).toEqual(['0', '1', '2']);
+    for (const p of [0, 1, 2]) expect(byPartition[p]!.map((m) => m.n)).toEqual(messages.filter((m) => m.n % 3 === p).map((m) => m.n));
+    expect(group({ topic: 't', partitionMetadata: [], messages, partitioner: () => 0 })).toEqual({});
+  });
+});

@@ -389,7 +389,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         ...(durable && !fused.fed ? { room: roomFor(durable, stage, run) } : {}),
         ...(attach && !fused.fed ? { room: roomFor(attach.pressure, stage, run) } : {}),
         onAssignment: (partitions, memberId) => directory.assigned(stage, partitions, memberId),
-        ...(config.workers > 1 ? { joinAt } : {}),
+        // With workers, the primary (API, journal, embedded broker) takes a smaller share of the partitions.
+        ...(config.workers > 1 ? { joinAt, assignWeight: attach ? 1 : config.primaryShare / 100 } : {}),
       }));
     }
     created();

@@ -87,7 +87,9 @@ export function processHealth(o: { runners: ReadonlyMap<StageName, StageRunner>;
       ];
       const detail = Object.fromEntries(reports.filter(([, r]) => r.restoring.length || r.lastError).map(([name, r]) => [name, { restoring: r.restoring, lastError: r.lastError }]));
       const warnings = o.warnings?.() ?? [];
-      return { ready: reasons.length === 0, reasons, ...(warnings.length ? { warnings } : {}), stages, tables, ...(o.workers ? { workers: o.workers.describe() } : {}), ...(Object.keys(detail).length ? { detail } : {}), endpoints: o.endpoints };
+      // The partitions this process holds, per stage (with workers, each process its own).
+      const partitions = Object.fromEntries([...o.runners].map(([name, r]) => [name, r.partitions()]));
+      return { ready: reasons.length === 0, reasons, ...(warnings.length ? { warnings } : {}), stages, partitions, tables, ...(o.workers ? { workers: o.workers.describe() } : {}), ...(Object.keys(detail).length ? { detail } : {}), endpoints: o.endpoints };
     },
     async metrics() {
       if (o.workers) return o.workers.aggregate(await o.metrics.registry.getMetricsAsJSON() as never);

@@ -17,7 +17,7 @@ export const CoPartitionedAssigner: PartitionAssigner = coPartitionedAssigner(()
  * (which the broker makes up per group), so every group gives partition p to the same
  * instance: a fused sub-topology's stages (topology.ts) find their partitions together.
  */
-export function coPartitionedAssigner(memberData: () => string, instance = '', o: { leaderSyncDelayMs?: number } = {}): PartitionAssigner {
+export function coPartitionedAssigner(memberData: () => string, instance = '', o: { leaderSyncDelayMs?: number; weight?: number } = {}): PartitionAssigner {
   return ({ cluster }) => ({
   name: 'HeraldCoPartitioned',
   version: 1,
@@ -26,12 +26,15 @@ export function coPartitionedAssigner(memberData: () => string, instance = '', o
     // SyncGroup arrives (it carries every member's assignment) and then answers a follower's
     // later SyncGroup with INVALID_REQUEST: the leader lets the followers sync first.
     if (members.length > 1 && o.leaderSyncDelayMs) await new Promise((r) => setTimeout(r, o.leaderSyncDelayMs));
-    const sorted = members.map((m) => ({ id: m.memberId, key: instanceOf(m.memberMetadata) })).sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0)).map((m) => m.id);
+    const ordered = members.map((m) => ({ id: m.memberId, ...metadataOf(m.memberMetadata) })).sort((a, b) => (a.instance < b.instance ? -1 : a.instance > b.instance ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    const sorted = ordered.map((m) => m.id);
     const assignment = new Map<string, Record<string, number[]>>(sorted.map((id) => [id, {}]));
     const partitions = new Set<number>();
     for (const topic of topics) for (const m of cluster.findTopicPartitionMetadata(topic)) partitions.add(m.partitionId);
-    for (const p of [...partitions].sort((a, b) => a - b)) {
-      const owner = assignment.get(sorted[p % sorted.length]!)!;
+    const list = [...partitions].sort((a, b) => a - b);
+    const owners = ownersByWeight(list.length, ordered.map((m) => m.weight));
+    for (const [i, p] of list.entries()) {
+      const owner = assignment.get(sorted[owners[i]!]!)!;
       for (const topic of topics) {
         if (cluster.findTopicPartitionMetadata(topic).some((m) => m.partitionId === p)) (owner[topic] ??= []).push(p);
       }
@@ -42,18 +45,50 @@ export function coPartitionedAssigner(memberData: () => string, instance = '', o
     }));
   },
   protocol({ topics }) {
-    return { name: 'HeraldCoPartitioned', metadata: AssignerProtocol.MemberMetadata.encode({ version: 1, topics, userData: Buffer.from(JSON.stringify({ instance, url: memberData() })) }) };
+    return { name: 'HeraldCoPartitioned', metadata: AssignerProtocol.MemberMetadata.encode({ version: 1, topics, userData: Buffer.from(JSON.stringify({ instance, url: memberData(), ...(o.weight !== undefined && o.weight !== 1 ? { weight: o.weight } : {}) })) }) };
   },
   });
 }
 
-/** The instance id a member sent in its metadata ('' when none or unreadable: those sort by member id). */
-function instanceOf(metadata: Buffer): string {
+/**
+ * The member (by position in `weights`) that owns each of `count` partitions. Equal weights
+ * (every member of a plain multi-instance group) give partition p to member p mod n. Unequal
+ * ones give each member a share of the partitions in proportion to its weight (largest
+ * remainder, ties to the earlier member), spread: each partition goes to the member with
+ * the largest part of its share still to get. With workers, the primary (which also runs
+ * the HTTP API, the journal and the embedded broker) advertises a lower weight
+ * (`HERALD_PRIMARY_SHARE`), and so holds fewer partitions.
+ */
+export function ownersByWeight(count: number, weights: number[]): number[] {
+  const n = weights.length;
+  const total = weights.reduce((a, w) => a + w, 0);
+  if (n === 0) return [];
+  if (total <= 0 || weights.every((w) => w === weights[0])) return Array.from({ length: count }, (_, p) => p % n);
+  const exact = weights.map((w) => (count * w) / total);
+  const quota = exact.map(Math.floor);
+  const byRemainder = exact.map((x, i) => ({ i, r: x - Math.floor(x) })).sort((a, b) => b.r - a.r || a.i - b.i);
+  for (let left = count - quota.reduce((a, q) => a + q, 0), k = 0; left > 0; left--, k++) quota[byRemainder[k % n]!.i]!++;
+  const given = new Array<number>(n).fill(0);
+  const owners: number[] = [];
+  for (let p = 0; p < count; p++) {
+    let best = -1;
+    // The member with the largest part of its share still to get (compared cross-multiplied).
+    for (let i = 0; i < n; i++) if (given[i]! < quota[i]! && (best < 0 || (quota[i]! - given[i]!) * quota[best]! > (quota[best]! - given[best]!) * quota[i]!)) best = i;
+    given[best]!++;
+    owners.push(best);
+  }
+  return owners;
+}
+
+/** What a member sent in its metadata: its instance id ('' when none or unreadable: those sort by member id) and its weight (1 unless it says otherwise). */
+function metadataOf(metadata: Buffer): { instance: string; weight: number } {
   try {
     const data = AssignerProtocol.MemberMetadata.decode(metadata)?.userData;
     const parsed: unknown = data?.length ? JSON.parse(data.toString()) : null;
-    return parsed && typeof parsed === 'object' && typeof (parsed as { instance?: unknown }).instance === 'string' ? (parsed as { instance: string }).instance : '';
+    const o = parsed && typeof parsed === 'object' ? (parsed as { instance?: unknown; weight?: unknown }) : {};
+    const weight = typeof o.weight === 'number' && Number.isFinite(o.weight) && o.weight >= 0 ? o.weight : 1;
+    return { instance: typeof o.instance === 'string' ? o.instance : '', weight };
   } catch {
-    return '';
+    return { instance: '', weight: 1 };
   }
 }

@@ -51,6 +51,8 @@ export interface StageRunnerOptions {
   gate?: Promise<void>;
   /** Called before the member first joins its group; it joins when the promise resolves (--workers: every process's members join together). */
   joinAt?: () => Promise<void>;
+  /** This member's weight when the group's partitions are shared out (assigner.ts): below 1, fewer than the others. */
+  assignWeight?: number;
   /** Called with the partitions this member holds after each rebalance (the instance directory listens). */
   onAssignment?: (partitions: number[], memberId: string) => void;
   /**
@@ -123,7 +125,7 @@ export class StageRunner {
       minBytes: config.fetchMinBytes,
       maxBytesPerPartition: 1024 * 1024,
       allowAutoTopicCreation: false,
-      partitionAssigners: [coPartitionedAssigner(() => this.o.advertisedUrl?.() ?? '', config.instanceId, { leaderSyncDelayMs: config.embedded ? LEADER_SYNC_DELAY_MS : 0 })],
+      partitionAssigners: [coPartitionedAssigner(() => this.o.advertisedUrl?.() ?? '', config.instanceId, { leaderSyncDelayMs: config.embedded ? LEADER_SYNC_DELAY_MS : 0, ...(this.o.assignWeight !== undefined ? { weight: this.o.assignWeight } : {}) })],
     });
     this.consumer = consumer;
     consumer.on(consumer.events.CRASH, (e) => {
@@ -365,6 +367,11 @@ export class StageRunner {
 
   report(): StageReport {
     return this.health.report(this.member, [...this.assigned], this.tasks.openPartitions());
+  }
+
+  /** The input partitions this member holds now, in order. */
+  partitions(): number[] {
+    return [...this.assigned].sort((a, b) => a - b);
   }
 
   /** The open stores named `name`, by partition this instance holds (for queries). */

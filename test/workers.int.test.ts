@@ -69,9 +69,15 @@ describe('herald start with two workers', () => {
     for (const stage of ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome']) {
       expect(await metric(first.url, new RegExp(`^herald_stage_group_joins_total\\{stage="${stage}"\\} (\\d+)`, 'm')), stage).toBe(2);
     }
-    const ready = await (await fetch(`${first.url}/readyz`)).json() as { ready: boolean; workers: { worker: number; pid: number; ready: boolean; url: string }[] };
+    const ready = await (await fetch(`${first.url}/readyz`)).json() as { ready: boolean; workers: { worker: number; pid: number; ready: boolean; url: string }[]; partitions: Record<string, number[]> };
     expect(ready.ready).toBe(true);
     expect(ready.workers).toEqual([{ worker: 1, pid: worker, ready: true, url: expect.stringMatching(/^http:\/\/127\.0\.0\.1:\d+$/) }]);
+    // The primary also runs the API, the journal and the broker: it holds half a worker's
+    // share (HERALD_PRIMARY_SHARE=50), 1 of the 4 partitions of every stage; the worker the rest.
+    const stages = ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome'];
+    expect(ready.partitions).toEqual(Object.fromEntries(stages.map((s) => [s, [0]])));
+    const workerReady = await (await fetch(`${ready.workers[0]!.url}/readyz`)).json() as { partitions: Record<string, number[]> };
+    expect(workerReady.partitions).toEqual(Object.fromEntries(stages.map((s) => [s, [1, 2, 3]])));
     // The worker's own port answers the queries forwarded to it, and refuses writes: they
     // belong to the primary, where they are journaled before they are acknowledged.
     expect((await call(ready.workers[0]!.url, 'GET', `/v1/notifications/${ids[0]}`)).status).not.toBe(421);

@@ -68,7 +68,8 @@ async function run(job: WireJob): Promise<ClientReport> {
     const posts: Promise<void>[] = [];
     for (let i = 0; i < job.events; i++) {
       const due = firstPost + (i * 1000) / job.perSecond;
-      if (due > now()) await sleep(due - now());
+      const wait = due - now();
+      if (wait > 0) await sleep(wait);
       sent.push([`${job.idPrefix ?? 'h'}-${i}`, due]);
       posts.push(limit(() => post(i)));
     }

@@ -27,7 +27,7 @@
  * with --soak, BENCH_SOAK_RATE / BENCH_SOAK_SECONDS (default 1,000/s for 300 s).
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { fork } from 'node:child_process';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,19 +39,18 @@ import { BrokerJournal } from '../embedded/persistence.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { notificationId } from '../processors/ids.ts';
 import pLimit from 'p-limit';
-import { AggregatorRegistry } from 'prom-client';
 import { type Herald, startHerald } from '../app/herald.ts';
 import type { ClientReport, WireJob } from './clients.ts';
+import { promValue, residentMb, startNpm } from './herald-process.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { restoreFromChangelog } from '../runtime/restore.ts';
 import { TopicReader } from '../runtime/reader.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import { checkAccounting } from '../test/support/accounting.ts';
-import { eachNotification } from '../processors/outcome.ts';
 import { rebuildLifecycle } from '../replay/rebuild.ts';
 import { Serde } from '../schemas/index.ts';
-import { KeyValueStore, storeMemory } from '../state/store.ts';
+import { KeyValueStore } from '../state/store.ts';
 import { SUB_TOPOLOGY, topicName, topicPlan, userKey } from '../topology.ts';
 
 const log = createLogger(process.env.HERALD_BENCH_LOG ?? 'silent');
@@ -522,16 +521,17 @@ async function lifecycleRebuild(broker: EmbeddedBroker, kafka: Kafka, registryUr
 
 /** Where the time goes: batches per stage, their size and duration. */
 async function stageFigures(herald: Herald): Promise<Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }>> {
-  // With --workers, every process's batches (summed as /metrics sums them).
-  const registry = herald.workers ? AggregatorRegistry.aggregate([await herald.metrics.registry.getMetricsAsJSON(), ...(await herald.workers.reports()).metrics.filter((m) => m.length)]) : herald.metrics.registry;
-  const json = await registry.getMetricsAsJSON();
-  const hist = json.find((m) => m.name === 'herald_stage_batch_duration_seconds')?.values as { metricName?: string; labels: Record<string, string>; value: number }[] | undefined;
+  return stageFiguresOf(await herald.metrics.registry.metrics());
+}
+
+/** The per-stage batch figures from a /metrics page (with workers, summed over the processes). */
+function stageFiguresOf(text: string): Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }> {
   const stages: Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }> = {};
-  for (const st of ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome']) {
-    const count = hist?.find((v) => v.metricName?.endsWith('_count') && v.labels.stage === st)?.value ?? 0;
-    const sum = hist?.find((v) => v.metricName?.endsWith('_sum') && v.labels.stage === st)?.value ?? 0;
-    const records = await metricValue(registry, 'herald_stage_records_total', { stage: st, result: 'in' });
-    stages[st] = { batches: count, recordsPerBatch: count ? +(records / count).toFixed(1) : 0, msPerBatch: count ? +((sum / count) * 1000).toFixed(2) : 0 };
+  for (const stage of ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome']) {
+    const count = promValue(text, 'herald_stage_batch_duration_seconds_count', { stage });
+    const sum = promValue(text, 'herald_stage_batch_duration_seconds_sum', { stage });
+    const records = promValue(text, 'herald_stage_records_total', { stage, result: 'in' });
+    stages[stage] = { batches: count, recordsPerBatch: count ? +(records / count).toFixed(1) : 0, msPerBatch: count ? +((sum / count) * 1000).toFixed(2) : 0 };
   }
   return stages;
 }
@@ -579,31 +579,28 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
       repeated.push(...(m.repeated ?? []));
     });
   });
-  // The embedded default, as `npm start` runs it: its own broker, journal and back-pressure.
+  // The embedded default started as users start it (`npm start`, in a process of its own,
+  // with its workers, broker, journal and back-pressure), so its memory is measured apart
+  // from the bench's.
   const stateDir = mkdtempSync(join(tmpdir(), 'herald-bench-http-'));
   const key = 'hk_bench_http_0123456789abcdef';
-  const tuning = Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('HERALD_') && !k.startsWith('HERALD_BENCH')));
-  const herald = await startHerald({ config: loadConfig({ ...tuning, HERALD_STATE_DIR: stateDir, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'silent', HERALD_DEV_KEY: key, HERALD_API_RATE: '1000000', HERALD_API_BURST: '1000000', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' }), log });
+  const herald = await startNpm({ HERALD_STATE_DIR: stateDir, HERALD_DEV_KEY: key, HERALD_API_RATE: '1000000', HERALD_API_BURST: '1000000', HERALD_WEBHOOK_SECRET: 'bench-signing-secret' });
   // Disk the state directory takes once Herald is ready, before any event: allocated blocks, as `du` counts them.
   const diskAtStartMb = round(allocatedBytes(stateDir) / 1048576);
-  // --soak: Herald's memory (this process: Herald runs in it; the clients and the receiver do not) every 5 s while the clients publish.
-  const rss: { at: number; rssMb: number; heapMb: number; heapTotalMb: number; externalMb: number; rssAnonMb: number; workersRssMb?: number[]; rocksdbMb?: Record<string, number>; workersRocksdbMb?: number[] }[] = [];
-  const vmRss = (pid: number) => { try { return round(Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024); } catch { return 0; } };
-  const rssAnon = () => Number(/RssAnon:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1] ?? 0) / 1024;
+  // --soak: Herald's memory every 5 s while the clients publish: each process's RSS, and from
+  // /metrics (summed over the processes) RocksDB's own figures and the V8 heaps.
+  const rss: { at: number; rssMb: number; rssAnonMb: number; workersRssMb: number[]; heapMb: number; rocksdbMb: Record<string, number> }[] = [];
   const t0 = Date.now();
-  // RocksDB's own figures (herald_store_memory_bytes): this process's by kind, each worker's in all.
   const mb = (bytes: number) => round(bytes / 1048576);
-  const workersRocksdb = async () => (await herald.workers!.reports(true)).metrics.map((ms) => mb(((ms.find((x) => x.name === 'herald_store_memory_bytes')?.values ?? []) as { value: number }[]).reduce((a, v) => a + v.value, 0)));
   const sampler = o.sampleRss ? setInterval(async () => {
-    const m = process.memoryUsage();
-    const rocks = Object.fromEntries(Object.entries(storeMemory()).map(([k, v]) => [k, mb(v)]));
-    const workersRocksdbMb = herald.workers ? await workersRocksdb() : undefined;
-    rss.push({ rocksdbMb: rocks, ...(workersRocksdbMb ? { workersRocksdbMb } : {}), at: Math.round((Date.now() - t0) / 1000), rssMb: round(m.rss / 1048576), heapMb: round(m.heapUsed / 1048576), heapTotalMb: round(m.heapTotal / 1048576), externalMb: round(m.external / 1048576), rssAnonMb: round(rssAnon()), ...(herald.workers ? { workersRssMb: herald.workers.pids().map(vmRss) } : {}) });
+    const text = await herald.metrics().catch(() => '');
+    const rocksdbMb = Object.fromEntries(['memtables', 'tableReaders', 'blockCache', 'pinned'].map((kind) => [kind, mb(promValue(text, 'herald_store_memory_bytes', { kind }))]));
+    rss.push({ at: Math.round((Date.now() - t0) / 1000), rssMb: residentMb(herald.pid), rssAnonMb: residentMb(herald.pid, 'RssAnon'), workersRssMb: herald.workerPids().map((pid) => residentMb(pid)), heapMb: mb(promValue(text, 'nodejs_heap_size_used_bytes')), rocksdbMb });
   }, 5000) : null;
   // The clients run in their own process, as users' clients do.
   const hang = o.noisy?.hang ?? 0;
   const noisyUsers = hang + (o.noisy?.retryAfter ?? 0);
-  const { sent: sentList, waits, refused, firstPost, published } = await runClients({ url: herald.httpUrl!, key, events: o.events, clients: o.clients, users: o.users, ...(o.perSecond ? { perSecond: o.perSecond } : {}), hooks: Array.from({ length: o.users }, (_, i) => `http://127.0.0.1:${port}/${i < hang ? 'hang' : i < noisyUsers ? 'retry-after' : 'hook'}`) });
+  const { sent: sentList, waits, refused, firstPost, published } = await runClients({ url: herald.url, key, events: o.events, clients: o.clients, users: o.users, ...(o.perSecond ? { perSecond: o.perSecond } : {}), hooks: Array.from({ length: o.users }, (_, i) => `http://127.0.0.1:${port}/${i < hang ? 'hang' : i < noisyUsers ? 'retry-after' : 'hook'}`) });
   if (sampler) clearInterval(sampler);
   // Healthy events: those whose user is not one of the noisy neighbours (event i goes to user i % users).
   const healthy = (id: string) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users >= noisyUsers;
@@ -613,25 +610,23 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
   const last = Math.max(...arrivals.values());
   const lat = [...sent].map(([id, t]) => arrivals.get(id)! - t).sort((a, b) => a - b);
   const pct = (p: number) => +lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))]!.toFixed(1);
-  // The correctness check reads Herald's own lifecycle projection: outcomes.v1 of 20,000
-  // notifications is more than the embedded broker keeps per partition (~5 MB) for a reader
-  // started beside it, and the outcome stage reports any record the broker dropped.
-  // With --workers the other processes' partitions are read through the API, one
-  // notification at a time (their stores are theirs).
+  // The correctness check reads every notification through the API, one at a time, as a
+  // user would (outcomes.v1 of 20,000 notifications is more than the embedded broker keeps
+  // per partition, ~5 MB, for a reader started beside it; the outcome stage reports any
+  // record the broker dropped, in /readyz).
   const viaApi = async () => {
     const events: LifecycleEvent[] = [];
     const get = pLimit(32);
     await Promise.all(sentList.map(([id]) => get(async () => {
       const user = `user-${Number(id.slice(id.lastIndexOf('-') + 1)) % o.users}`;
-      const res = await fetch(`${herald.httpUrl}/v1/notifications/${notificationId('acme', id, user, 'comment-created')}`, { headers: { authorization: `Bearer ${key}` } });
+      const res = await fetch(`${herald.url}/v1/notifications/${notificationId('acme', id, user, 'comment-created')}`, { headers: { authorization: `Bearer ${key}` } });
       if (res.status === 200) events.push(...((await res.json()) as { events: LifecycleEvent[] }).events);
       else await res.body?.cancel();
     })));
     return events;
   };
   const check = async () => {
-    const events: LifecycleEvent[] = herald.workers ? await viaApi() : [];
-    if (!herald.workers) for (const store of herald.runners.get('outcome')!.stores('lifecycle').values()) for await (const n of eachNotification(store.view())) events.push(...n.events);
+    const events = await viaApi();
     const accepted = new Set(events.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
     // The noisy neighbours' notifications are still being retried: the check covers everyone else.
     const settled = events.filter((e) => Number(e.recipient.slice('user-'.length)) >= noisyUsers);
@@ -643,11 +638,14 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     return result.accepted.size === o.events && result.accounting.violations.length === 0;
   }, 120_000, 'accounting').catch(() => undefined);
   const { accepted, accounting } = result;
-  const lost = herald.readiness().reasons.filter((r) => r.includes('records lost'));
-  const stages = await stageFigures(herald);
-  // --workers: each worker's peak RSS (the bench's own figure covers this process only).
-  const workerPeakRssMb = (herald.workers?.pids() ?? []).map((pid) => round(Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) / 1024));
-  await herald.stop();
+  const readiness = await herald.readiness();
+  const lost = readiness.reasons.filter((r) => r.includes('records lost'));
+  const stages = stageFiguresOf(await herald.metrics());
+  // Peak RSS (VmHWM) of Herald's process and of each worker.
+  const heraldPeakRssMb = residentMb(herald.pid, 'VmHWM');
+  const workerPeakRssMb = herald.workerPids().map((pid) => residentMb(pid, 'VmHWM'));
+  const workers = 1 + herald.workerPids().length;
+  const exitCode = await herald.stop();
   receiver.disconnect();
   rmSync(stateDir, { recursive: true, force: true });
   // Failures are reported with the figures, and make the run exit non-zero.
@@ -656,9 +654,10 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     ...(accepted.size !== o.events ? [`${accepted.size} notifications accepted of ${o.events} events`] : []),
     ...(accounting.violations.length ? [`accounting invariant violated for ${accounting.violations.length} notifications (e.g. ${accounting.violations[0]})`] : []),
     ...(repeated.length ? [`${repeated.length} deliveries reached the receiver twice`] : []),
+    ...(exitCode !== 0 ? [`npm start exited with ${exitCode} on SIGTERM`] : []),
   ];
   return {
-    events: o.events, clients: o.clients, users: o.users, offeredPerSecond: o.perSecond ?? 'as fast as answered', retriedAfter429or503: waits, herald: 'embedded default (npm start): its own broker, journal and back-pressure', workers: herald.config.workers, ...(workerPeakRssMb.length ? { workerPeakRssMb } : {}), diskAtStartMb,
+    events: o.events, clients: o.clients, users: o.users, offeredPerSecond: o.perSecond ?? 'as fast as answered', retriedAfter429or503: waits, herald: 'embedded default, started by npm start in its own process: its own broker, journal and back-pressure', workers, heraldPeakRssMb, ...(workerPeakRssMb.length ? { workerPeakRssMb } : {}), diskAtStartMb,
     publishSeconds: +((published - firstPost) / 1000).toFixed(3), publishPerSecond: round(o.events / ((published - firstPost) / 1000)),
     endToEndSeconds: +((last - firstPost) / 1000).toFixed(3), endToEndEventsPerSecond: round(sent.size / ((last - firstPost) / 1000)),
     ...(o.noisy ? { noisyNeighbours: { hangingUsers: hang, hangingNotifications: sentList.filter(([id]) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users < hang).length, retryAfter100000Users: o.noisy.retryAfter, latencyOf: 'healthy users only' } } : {}),
@@ -757,14 +756,18 @@ async function main() {
       pipeline: pipe ? { ...pipe.throughput, ratioToPassthrough: +(pipe.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), hops: 6, fetchedHops: 3, fused: SUB_TOPOLOGY.join('+'), note: 'events/s from the first ingested batch to the last webhook delivered (one recipient per event); the default settings (stages fused)' } : null,
       lightLoadLatency: pipe?.latency ?? null,
       pipelineUnfused: unfused ? { ...unfused.throughput, ratioToPassthrough: +(unfused.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), fetchedHops: 6, lightLoadLatency: unfused.latency, note: 'the same run with HERALD_FUSE_STAGES=false: every stage fetches its input' } : null,
-      latency: latency ? { offeredPerSecond: rate, seconds: latencySeconds, ...latency.latency, publishPerSecond: latency.publishPerSecond, endToEndEventsPerSecond: latency.endToEndEventsPerSecond, retriedAfter429or503: latency.retriedAfter429or503, correctness: latency.correctness, via: latency.herald } : null,
+      latency: latency ? { offeredPerSecond: rate, seconds: latencySeconds, ...latency.latency, publishPerSecond: latency.publishPerSecond, endToEndEventsPerSecond: latency.endToEndEventsPerSecond, retriedAfter429or503: latency.retriedAfter429or503, correctness: latency.correctness, via: latency.herald, heraldPeakRssMb: latency.heraldPeakRssMb, workerPeakRssMb: latency.workerPeakRssMb ?? [] } : null,
       correctness: pipe?.correctness ?? null,
       realisticMix: mixed,
       restore: restored,
       embeddedRestart: restart,
       lifecycleRebuild: rebuilt,
       diskAtStartMb: latency?.diskAtStartMb ?? null,
+      // Herald's own processes in the HTTP run (npm start), and this bench process, which also
+      // ran the in-process parts (pipeline, mix, the 1,000,000-key restore) and their checks.
+      heraldPeakRssMb: latency ? { primary: latency.heraldPeakRssMb, workers: latency.workerPeakRssMb ?? [] } : null,
       peakRssMb: round(process.resourceUsage().maxRSS / 1024),
+      peakRssMbOf: 'this bench process: the in-process runs, their checks, the broker client',
       totalSeconds: round((Date.now() - started) / 1000),
     };
     process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);

@@ -1,0 +1,100 @@
+/**
+ * Herald as users start it, for the bench's HTTP modes: `npm start` in a process of its
+ * own (with its workers and its embedded broker), so the memory and CPU it is measured by
+ * are its own, not the bench's. The bench talks to it as a user's tools would: the ready
+ * line, `/readyz`, `/metrics`, `/proc/<pid>/status`, and SIGTERM to stop it.
+ */
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface Readiness {
+  ready: boolean;
+  reasons: string[];
+  workers?: { worker: number; pid: number; ready: boolean; url: string }[];
+}
+
+export interface HeraldProcess {
+  url: string;
+  /** Herald's own process (npm execs it), and its workers'. */
+  pid: number;
+  workerPids(): number[];
+  readiness(): Promise<Readiness>;
+  metrics(): Promise<string>;
+  /** SIGTERM to npm, as a process manager stops it; resolves once it has exited. */
+  stop(): Promise<number | null>;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function startNpm(env: Record<string, string>, readyMs = 180_000): Promise<HeraldProcess> {
+  const execPath = process.env.npm_execpath;
+  const [cmd, args] = execPath && execPath.endsWith('.js') ? [process.execPath, [execPath, 'start']] : ['npm', ['start']];
+  const npm: ChildProcess = spawn(cmd, args, { cwd: join(import.meta.dirname, '..'), env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const keep = (d: Buffer) => {
+    out = (out + d.toString()).slice(-65536);
+  };
+  npm.stdout!.on('data', keep);
+  npm.stderr!.on('data', keep);
+  const exited = new Promise<number | null>((resolve) => npm.once('exit', (code) => resolve(code)));
+  const deadline = Date.now() + readyMs;
+  let url = '';
+  for (;;) {
+    const m = /herald ready (\S+) /.exec(out);
+    if (m) {
+      url = m[1]!;
+      break;
+    }
+    if (npm.exitCode !== null || Date.now() > deadline) {
+      npm.kill('SIGKILL');
+      throw new Error(`bench: npm start did not get ready\n${out.split('\n').slice(-20).join('\n')}`);
+    }
+    await sleep(100);
+  }
+  const pid = Number(execFileSync('pgrep', ['-P', String(npm.pid)], { encoding: 'utf8' }).split('\n').find(Boolean));
+  const readiness = async () => (await (await fetch(`${url}/readyz`)).json()) as Readiness;
+  let workers: number[] = [];
+  for (; Date.now() < deadline; await sleep(200)) {
+    const r = await readiness();
+    workers = (r.workers ?? []).map((w) => w.pid);
+    if (r.ready) break;
+  }
+  return {
+    url,
+    pid,
+    workerPids: () => workers,
+    readiness,
+    metrics: async () => (await fetch(`${url}/metrics`)).text(),
+    async stop() {
+      npm.kill('SIGTERM');
+      const code = await Promise.race([exited, sleep(60_000).then(() => 'late' as const)]);
+      if (code !== 'late') return code;
+      npm.kill('SIGKILL');
+      return exited;
+    },
+  };
+}
+
+/** A process's resident set (VmRSS) or its peak (VmHWM), in MB; 0 once it is gone. */
+export function residentMb(pid: number, field: 'VmRSS' | 'VmHWM' | 'RssAnon' = 'VmRSS'): number {
+  try {
+    const kb = Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+    return Math.round(kb / 1024);
+  } catch {
+    return 0;
+  }
+}
+
+/** The value of one series in Prometheus text (labels matched as given, in any order), or 0. */
+export function promValue(text: string, name: string, labels: Record<string, string> = {}): number {
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    const brace = line.indexOf('{');
+    const labelText = brace >= 0 && brace < line.indexOf(' ') ? line.slice(brace + 1, line.indexOf('}')) : '';
+    const have = Object.fromEntries([...labelText.matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((m) => [m[1]!, m[2]!]));
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) total += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return total;
+}

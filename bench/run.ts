@@ -595,7 +595,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
   const sampler = o.sampleRss ? setInterval(async () => {
     const text = await herald.metrics().catch(() => '');
     const rocksdbMb = Object.fromEntries(['memtables', 'tableReaders', 'blockCache', 'pinned'].map((kind) => [kind, mb(promValue(text, 'herald_store_memory_bytes', { kind }))]));
-    rss.push({ at: Math.round((Date.now() - t0) / 1000), rssMb: residentMb(herald.pid), rssAnonMb: residentMb(herald.pid, 'RssAnon'), workersRssMb: herald.workerPids().map((pid) => residentMb(pid)), heapMb: mb(promValue(text, 'nodejs_heap_size_used_bytes')), rocksdbMb });
+    rss.push({ at: Math.round((Date.now() - t0) / 1000), rssMb: residentMb(herald.pid), rssAnonMb: residentMb(herald.pid, 'RssAnon'), workersRssMb: herald.workerPids().map((pid) => residentMb(pid)), heapMb: mb(promValue(text, 'herald_process_nodejs_heap_size_used_bytes')), rocksdbMb });
   }, 5000) : null;
   // The clients run in their own process, as users' clients do.
   const hang = o.noisy?.hang ?? 0;

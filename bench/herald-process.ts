@@ -4,7 +4,7 @@
  * are its own, not the bench's. The bench talks to it as a user's tools would: the ready
  * line, `/readyz`, `/metrics`, `/proc/<pid>/status`, and SIGTERM to stop it.
  */
-import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -19,6 +19,8 @@ export interface HeraldProcess {
   /** Herald's own process (npm execs it), and its workers'. */
   pid: number;
   workerPids(): number[];
+  /** Reads the workers' pids again from /readyz (a worker that died is started again under another pid). */
+  refreshWorkers(): Promise<number[]>;
   readiness(): Promise<Readiness>;
   metrics(): Promise<string>;
   /** SIGTERM to npm, as a process manager stops it; resolves once it has exited. */
@@ -30,7 +32,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export async function startNpm(env: Record<string, string>, readyMs = 180_000): Promise<HeraldProcess> {
   const execPath = process.env.npm_execpath;
   const [cmd, args] = execPath && execPath.endsWith('.js') ? [process.execPath, [execPath, 'start']] : ['npm', ['start']];
-  const npm: ChildProcess = spawn(cmd, args, { cwd: join(import.meta.dirname, '..'), env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  // The embedded default: whatever points this shell at a real cluster is left out.
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KAFKA_') && k !== 'SCHEMA_REGISTRY_URL'));
+  const npm: ChildProcess = spawn(cmd, args, { cwd: join(import.meta.dirname, '..'), env: { ...inherited, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'warn', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const keep = (d: Buffer) => {
     out = (out + d.toString()).slice(-65536);
@@ -46,26 +50,39 @@ export async function startNpm(env: Record<string, string>, readyMs = 180_000): 
       url = m[1]!;
       break;
     }
-    if (npm.exitCode !== null || Date.now() > deadline) {
-      npm.kill('SIGKILL');
+    if (npm.exitCode !== null || npm.signalCode !== null || Date.now() > deadline) {
+      npm.kill('SIGTERM');
       throw new Error(`bench: npm start did not get ready\n${out.split('\n').slice(-20).join('\n')}`);
     }
     await sleep(100);
   }
-  const pid = Number(execFileSync('pgrep', ['-P', String(npm.pid)], { encoding: 'utf8' }).split('\n').find(Boolean));
-  const readiness = async () => (await (await fetch(`${url}/readyz`)).json()) as Readiness;
+  // Herald's own pid, as it writes it beside its endpoints (npm execs it, so it is npm's child).
+  const pid = Number((JSON.parse(readFileSync(join(env.HERALD_STATE_DIR!, 'endpoints.json'), 'utf8')) as { pid: number }).pid);
+  const readiness = async () => (await (await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(10_000) })).json()) as Readiness;
   let workers: number[] = [];
-  for (; Date.now() < deadline; await sleep(200)) {
+  const refresh = async () => {
     const r = await readiness();
     workers = (r.workers ?? []).map((w) => w.pid);
-    if (r.ready) break;
+    return r;
+  };
+  for (;;) {
+    if ((await refresh()).ready) break;
+    if (Date.now() > deadline) {
+      npm.kill('SIGTERM');
+      throw new Error('bench: Herald did not get ready');
+    }
+    await sleep(200);
   }
   return {
     url,
     pid,
     workerPids: () => workers,
+    async refreshWorkers() {
+      await refresh().catch(() => undefined);
+      return workers;
+    },
     readiness,
-    metrics: async () => (await fetch(`${url}/metrics`)).text(),
+    metrics: async () => (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(10_000) })).text(),
     async stop() {
       npm.kill('SIGTERM');
       const code = await Promise.race([exited, sleep(60_000).then(() => 'late' as const)]);

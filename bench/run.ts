@@ -594,57 +594,74 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
   const mb = (bytes: number) => round(bytes / 1048576);
   const sampler = o.sampleRss ? setInterval(async () => {
     const text = await herald.metrics().catch(() => '');
-    const rocksdbMb = Object.fromEntries(['memtables', 'tableReaders', 'blockCache', 'pinned'].map((kind) => [kind, mb(promValue(text, 'herald_store_memory_bytes', { kind }))]));
-    rss.push({ at: Math.round((Date.now() - t0) / 1000), rssMb: residentMb(herald.pid), rssAnonMb: residentMb(herald.pid, 'RssAnon'), workersRssMb: herald.workerPids().map((pid) => residentMb(pid)), heapMb: mb(promValue(text, 'herald_process_nodejs_heap_size_used_bytes')), rocksdbMb });
+    const rocksdbMb = Object.fromEntries(['memtables', 'tableReaders', 'blockCache', 'blockCachePinned'].map((kind) => [kind, mb(promValue(text, 'herald_store_memory_bytes', { kind }))]));
+    const workerPids = await herald.refreshWorkers();
+    rss.push({ at: Math.round((Date.now() - t0) / 1000), rssMb: residentMb(herald.pid), rssAnonMb: residentMb(herald.pid, 'RssAnon'), workersRssMb: workerPids.map((pid) => residentMb(pid)), heapMb: mb(promValue(text, 'herald_process_nodejs_heap_size_used_bytes')), rocksdbMb });
   }, 5000) : null;
-  // The clients run in their own process, as users' clients do.
-  const hang = o.noisy?.hang ?? 0;
-  const noisyUsers = hang + (o.noisy?.retryAfter ?? 0);
-  const { sent: sentList, waits, refused, firstPost, published } = await runClients({ url: herald.url, key, events: o.events, clients: o.clients, users: o.users, ...(o.perSecond ? { perSecond: o.perSecond } : {}), hooks: Array.from({ length: o.users }, (_, i) => `http://127.0.0.1:${port}/${i < hang ? 'hang' : i < noisyUsers ? 'retry-after' : 'hook'}`) });
-  if (sampler) clearInterval(sampler);
-  // Healthy events: those whose user is not one of the noisy neighbours (event i goes to user i % users).
-  const healthy = (id: string) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users >= noisyUsers;
-  const sent = new Map(sentList.filter(([id]) => healthy(id)));
-  if (refused) throw new Error(`bench --http: ${refused} of ${o.events} POSTs were not accepted`);
-  await until(allArrived(sent.keys(), arrivals), 600_000, 'http deliveries');
-  const last = Math.max(...arrivals.values());
-  const lat = [...sent].map(([id, t]) => arrivals.get(id)! - t).sort((a, b) => a - b);
-  const pct = (p: number) => +lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))]!.toFixed(1);
-  // The correctness check reads every notification through the API, one at a time, as a
-  // user would (outcomes.v1 of 20,000 notifications is more than the embedded broker keeps
-  // per partition, ~5 MB, for a reader started beside it; the outcome stage reports any
-  // record the broker dropped, in /readyz).
-  const viaApi = async () => {
-    const events: LifecycleEvent[] = [];
-    const get = pLimit(32);
-    await Promise.all(sentList.map(([id]) => get(async () => {
-      const user = `user-${Number(id.slice(id.lastIndexOf('-') + 1)) % o.users}`;
-      const res = await fetch(`${herald.url}/v1/notifications/${notificationId('acme', id, user, 'comment-created')}`, { headers: { authorization: `Bearer ${key}` } });
-      if (res.status === 200) events.push(...((await res.json()) as { events: LifecycleEvent[] }).events);
-      else await res.body?.cancel();
-    })));
-    return events;
+  // Herald is stopped whatever happens below: a failed run leaves no process behind.
+  const measure = async () => {
+    // The clients run in their own process, as users' clients do.
+    const hang = o.noisy?.hang ?? 0;
+    const noisyUsers = hang + (o.noisy?.retryAfter ?? 0);
+    const { sent: sentList, waits, refused, firstPost, published } = await runClients({ url: herald.url, key, events: o.events, clients: o.clients, users: o.users, ...(o.perSecond ? { perSecond: o.perSecond } : {}), hooks: Array.from({ length: o.users }, (_, i) => `http://127.0.0.1:${port}/${i < hang ? 'hang' : i < noisyUsers ? 'retry-after' : 'hook'}`) });
+    if (sampler) clearInterval(sampler);
+    // Healthy events: those whose user is not one of the noisy neighbours (event i goes to user i % users).
+    const healthy = (id: string) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users >= noisyUsers;
+    const sent = new Map(sentList.filter(([id]) => healthy(id)));
+    if (refused) throw new Error(`bench --http: ${refused} of ${o.events} POSTs were not accepted`);
+    await until(allArrived(sent.keys(), arrivals), 600_000, 'http deliveries');
+    // Peak RSS (VmHWM) of Herald's process and of each worker, before the check's reads add to it.
+    const workerPids = await herald.refreshWorkers();
+    const heraldPeakRssMb = residentMb(herald.pid, 'VmHWM');
+    const workerPeakRssMb = workerPids.map((pid) => residentMb(pid, 'VmHWM'));
+    const last = Math.max(...arrivals.values());
+    const lat = [...sent].map(([id, t]) => arrivals.get(id)! - t).sort((a, b) => a - b);
+    const pct = (p: number) => +lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))]!.toFixed(1);
+    // The correctness check reads every notification through the API, one at a time, as a
+    // user would (outcomes.v1 of 20,000 notifications is more than the embedded broker keeps
+    // per partition, ~5 MB, for a reader started beside it; the outcome stage reports any
+    // record the broker dropped, in /readyz).
+    const viaApi = async () => {
+      const events: LifecycleEvent[] = [];
+      const get = pLimit(32);
+      await Promise.all(sentList.map(([id]) => get(async () => {
+        const user = `user-${Number(id.slice(id.lastIndexOf('-') + 1)) % o.users}`;
+        const res = await fetch(`${herald.url}/v1/notifications/${notificationId('acme', id, user, 'comment-created')}`, { headers: { authorization: `Bearer ${key}` } });
+        if (res.status === 200) events.push(...((await res.json()) as { events: LifecycleEvent[] }).events);
+        else await res.body?.cancel();
+      })));
+      return events;
+    };
+    const check = async () => {
+      const events = await viaApi();
+      const accepted = new Set(events.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
+      // The noisy neighbours' notifications are still being retried: the check covers everyone else.
+      const settled = events.filter((e) => Number(e.recipient.slice('user-'.length)) >= noisyUsers);
+      return { accepted, accounting: checkAccounting(settled, new Set(settled.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId))) };
+    };
+    let result = await check();
+    await until(async () => {
+      result = await check();
+      return result.accepted.size === o.events && result.accounting.violations.length === 0;
+    }, 120_000, 'accounting').catch(() => undefined);
+    const { accepted, accounting } = result;
+    const readiness = await herald.readiness();
+    const lost = readiness.reasons.filter((r) => r.includes('records lost'));
+    const stages = stageFiguresOf(await herald.metrics());
+    const workers = 1 + workerPids.length;
+    return { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers };
   };
-  const check = async () => {
-    const events = await viaApi();
-    const accepted = new Set(events.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
-    // The noisy neighbours' notifications are still being retried: the check covers everyone else.
-    const settled = events.filter((e) => Number(e.recipient.slice('user-'.length)) >= noisyUsers);
-    return { accepted, accounting: checkAccounting(settled, new Set(settled.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId))) };
-  };
-  let result = await check();
-  await until(async () => {
-    result = await check();
-    return result.accepted.size === o.events && result.accounting.violations.length === 0;
-  }, 120_000, 'accounting').catch(() => undefined);
-  const { accepted, accounting } = result;
-  const readiness = await herald.readiness();
-  const lost = readiness.reasons.filter((r) => r.includes('records lost'));
-  const stages = stageFiguresOf(await herald.metrics());
-  // Peak RSS (VmHWM) of Herald's process and of each worker.
-  const heraldPeakRssMb = residentMb(herald.pid, 'VmHWM');
-  const workerPeakRssMb = herald.workerPids().map((pid) => residentMb(pid, 'VmHWM'));
-  const workers = 1 + herald.workerPids().length;
+  let m: Awaited<ReturnType<typeof measure>>;
+  try {
+    m = await measure();
+  } catch (err) {
+    if (sampler) clearInterval(sampler);
+    await herald.stop().catch(() => null);
+    receiver.disconnect();
+    rmSync(stateDir, { recursive: true, force: true });
+    throw err;
+  }
+  const { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers } = m;
   const exitCode = await herald.stop();
   receiver.disconnect();
   rmSync(stateDir, { recursive: true, force: true });

@@ -2,12 +2,11 @@
  * Derived ids (DESIGN section 3): replaying the same input gives the same ids, which is
  * what makes every stage idempotent downstream.
  */
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
+/** SHA-256 of the parts, each followed by a NUL, in hex (one-shot: no Hash object per id). */
 function digest(parts: readonly string[], length = 32): string {
-  const h = createHash('sha256');
-  for (const p of parts) h.update(p).update('\u0000');
-  return h.digest('hex').slice(0, length);
+  return hash('sha256', `${parts.join('\u0000')}\u0000`, 'hex').slice(0, length);
 }
 
 /** Stable hash of (tenant, event id, recipient, rule id). */

@@ -6,6 +6,15 @@
  */
 import { AssignerProtocol, type PartitionAssigner } from 'kafkajs';
 
+/**
+ * The protocol that shares partitions by the members' weights. A member offers it first and
+ * the unweighted one (the name earlier versions know) second: the group coordinator picks
+ * one every member supports, so during a rolling upgrade every group falls back to the
+ * unweighted one together, and partition p still goes to the same process in every group.
+ */
+export const WEIGHTED = 'HeraldCoPartitionedWeighted';
+const UNWEIGHTED = 'HeraldCoPartitioned';
+
 export const CoPartitionedAssigner: PartitionAssigner = coPartitionedAssigner(() => '');
 
 /**
@@ -17,9 +26,10 @@ export const CoPartitionedAssigner: PartitionAssigner = coPartitionedAssigner(()
  * (which the broker makes up per group), so every group gives partition p to the same
  * instance: a fused sub-topology's stages (topology.ts) find their partitions together.
  */
-export function coPartitionedAssigner(memberData: () => string, instance = '', o: { leaderSyncDelayMs?: number; weight?: number } = {}): PartitionAssigner {
+export function coPartitionedAssigner(memberData: () => string, instance = '', o: { leaderSyncDelayMs?: number; weight?: number; weighted?: boolean } = {}): PartitionAssigner {
+  const name = o.weighted ? WEIGHTED : UNWEIGHTED;
   return ({ cluster }) => ({
-  name: 'HeraldCoPartitioned',
+  name,
   version: 1,
   async assign({ members, topics }) {
     // The embedded broker's coordinator completes a rebalance as soon as the leader's
@@ -32,7 +42,7 @@ export function coPartitionedAssigner(memberData: () => string, instance = '', o
     const partitions = new Set<number>();
     for (const topic of topics) for (const m of cluster.findTopicPartitionMetadata(topic)) partitions.add(m.partitionId);
     const list = [...partitions].sort((a, b) => a - b);
-    const owners = ownersByWeight(list.length, ordered.map((m) => m.weight));
+    const owners = ownersByWeight(list.length, ordered.map((m) => (o.weighted ? m.weight : 1)));
     for (const [i, p] of list.entries()) {
       const owner = assignment.get(sorted[owners[i]!]!)!;
       for (const topic of topics) {
@@ -45,7 +55,7 @@ export function coPartitionedAssigner(memberData: () => string, instance = '', o
     }));
   },
   protocol({ topics }) {
-    return { name: 'HeraldCoPartitioned', metadata: AssignerProtocol.MemberMetadata.encode({ version: 1, topics, userData: Buffer.from(JSON.stringify({ instance, url: memberData(), ...(o.weight !== undefined && o.weight !== 1 ? { weight: o.weight } : {}) })) }) };
+    return { name, metadata: AssignerProtocol.MemberMetadata.encode({ version: 1, topics, userData: Buffer.from(JSON.stringify({ instance, url: memberData(), ...(o.weight !== undefined && o.weight !== 1 ? { weight: o.weight } : {}) })) }) };
   },
   });
 }

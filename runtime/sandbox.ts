@@ -119,7 +119,9 @@ export class SandboxStage {
     for (const [name, store] of old) {
       const fresh = await KeyValueStore.open({ backend: 'memory', dir: '', stage: this.stage, name, partition: 0, changelog: null });
       const rows: { key: string; value: string }[] = [];
-      for await (const [key, value] of store.db.iterator({})) rows.push({ key, value });
+      // What a changelog holds: the values, without the local time indexes and metadata
+      // (a restore rebuilds the indexes from the values).
+      for await (const [key, value] of store.db.iterator({})) if (!key.startsWith('\u0000')) rows.push({ key, value });
       await fresh.restore(rows, 0n);
       await store.close();
       this.stores.set(name, fresh);

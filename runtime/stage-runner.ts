@@ -125,7 +125,8 @@ export class StageRunner {
       minBytes: config.fetchMinBytes,
       maxBytesPerPartition: 1024 * 1024,
       allowAutoTopicCreation: false,
-      partitionAssigners: [coPartitionedAssigner(() => this.o.advertisedUrl?.() ?? '', config.instanceId, { leaderSyncDelayMs: config.embedded ? LEADER_SYNC_DELAY_MS : 0, ...(this.o.assignWeight !== undefined ? { weight: this.o.assignWeight } : {}) })],
+      // Weighted first; the unweighted protocol for groups with members of earlier versions.
+      partitionAssigners: [true, false].map((weighted) => coPartitionedAssigner(() => this.o.advertisedUrl?.() ?? '', config.instanceId, { weighted, leaderSyncDelayMs: config.embedded ? LEADER_SYNC_DELAY_MS : 0, ...(this.o.assignWeight !== undefined ? { weight: this.o.assignWeight } : {}) })),
     });
     this.consumer = consumer;
     consumer.on(consumer.events.CRASH, (e) => {

@@ -9,7 +9,7 @@
  * status, or one per routed channel.
  */
 
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 
 export const STATUSES = {
   ACCEPTED: { terminal: false, doc: 'ingest matched a rule and derived the notification for a recipient' },
@@ -101,9 +101,8 @@ export type ReasonCode = keyof typeof REASON_CODES;
  * Reprocessing or redelivery records the same decision with the same id.
  */
 export function decisionIdOf(d: { notificationId: string; stage: string; status: string; deliveryId: string | null; attempt: number | null }): string {
-  const h = createHash('sha256');
-  for (const part of [d.notificationId, d.stage, d.status, d.deliveryId ?? '', d.attempt === null ? '' : String(d.attempt)]) h.update(part).update('\u0000');
-  return `dec_${h.digest('hex').slice(0, 32)}`;
+  const parts = [d.notificationId, d.stage, d.status, d.deliveryId ?? '', d.attempt === null ? '' : String(d.attempt)];
+  return `dec_${hash('sha256', `${parts.join('\u0000')}\u0000`, 'hex').slice(0, 32)}`;
 }
 
 export function isTerminal(status: Status): boolean {

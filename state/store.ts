@@ -128,6 +128,8 @@ export const storesPath = (stateDir: string, backend: 'rocksdb' | 'level') => jo
 
 const META = '\u0000meta:';
 const CHECKPOINT = `${META}changelog-checkpoint`;
+/** Present (`2`) once this store's time indexes are known to be built from its values, not taken from the changelog. */
+const INDEX_FORMAT = `${META}index-format`;
 const checkpointKey = (partition?: number) => (partition === undefined ? CHECKPOINT : `${CHECKPOINT}:${partition}`);
 /** Time index of expiring entries: `\u0000exp:<expiresAt, 15 digits>:<key>`, ordered by time. */
 const EXP = '\u0000exp:';
@@ -183,13 +185,19 @@ export class KeyValueStore {
    * state directory's one database; in memory, a database of its own.
    */
   static async open(opts: { backend: Backend; dir: string; stage: string; name: string; partition: number; changelog: string | null }): Promise<KeyValueStore> {
-    if (opts.backend === 'memory') return new KeyValueStore(opts.name, opts.partition, await openLevel('memory', ''), opts.changelog);
+    if (opts.backend === 'memory') {
+      const store = new KeyValueStore(opts.name, opts.partition, await openLevel('memory', ''), opts.changelog);
+      await store.ensureIndexes();
+      return store;
+    }
     const path = storesPath(opts.dir, opts.backend);
     const entry = await acquire(opts.backend, path);
     try {
       const db = entry.db.sublevel(`${opts.stage}.${opts.name}.${opts.partition}`, { keyEncoding: 'utf8', valueEncoding: 'utf8' });
       await db.open();
-      return new KeyValueStore(opts.name, opts.partition, db, opts.changelog, () => release(path, entry));
+      const store = new KeyValueStore(opts.name, opts.partition, db, opts.changelog, () => release(path, entry));
+      await store.ensureIndexes();
+      return store;
     } catch (err) {
       await release(path, entry);
       throw err;
@@ -208,20 +216,45 @@ export class KeyValueStore {
   /**
    * Applies changelog (or table) records read from `partition`, then moves its checkpoint.
    * The time indexes of expiring and held values are not in the changelog (see
-   * `BatchView.changelog`): they are rebuilt here from the values, which carry their time.
+   * `BatchView.changelog`): they are rebuilt here from each key's last value, which carries
+   * its time. Index records a changelog of an earlier version holds are skipped: the values
+   * they index carry the same time.
    */
   async restore(records: { key: string; value: string | null }[], lastOffset: bigint, partition?: number): Promise<void> {
     const ops: { type: 'put' | 'del'; key: string; value?: string }[] = [];
+    const last = new Map<string, string | null>();
     for (const r of records) {
-      if (r.value === null) {
-        ops.push({ type: 'del', key: r.key });
-        continue;
-      }
-      ops.push({ type: 'put', key: r.key, value: r.value });
-      const index = indexKeyOf(r.key, r.value);
+      if (isIndexKey(r.key)) continue;
+      ops.push(r.value === null ? { type: 'del', key: r.key } : { type: 'put', key: r.key, value: r.value });
+      last.set(r.key, r.value);
+    }
+    for (const [key, value] of last) {
+      const index = value === null ? null : indexKeyOf(key, value);
       if (index) ops.push({ type: 'put', key: index, value: '""' });
     }
     ops.push({ type: 'put', key: checkpointKey(partition), value: lastOffset.toString() });
+    await this.db.batch(ops);
+  }
+
+  /**
+   * Stores written by a version whose changelog carried the index records may lack index
+   * entries for values restored from a changelog without them (a partition that moved to
+   * such an instance during a rolling upgrade): the first open by this version rebuilds the
+   * index from every value, once, and marks the store.
+   */
+  private async ensureIndexes(): Promise<void> {
+    const [format] = await this.db.getMany([INDEX_FORMAT]);
+    if (format === '2') return;
+    let ops: { type: 'put'; key: string; value: string }[] = [];
+    for await (const [key, value] of this.db.iterator({ gte: '\u0001' })) {
+      const index = indexKeyOf(key, value);
+      if (index) ops.push({ type: 'put', key: index, value: '""' });
+      if (ops.length >= 1000) {
+        await this.db.batch(ops);
+        ops = [];
+      }
+    }
+    ops.push({ type: 'put', key: INDEX_FORMAT, value: '2' });
     await this.db.batch(ops);
   }
 

@@ -59,7 +59,7 @@ describe('CoPartitionedAssigner', () => {
 
   it('gives a member that advertises a lower weight fewer partitions, the same in every group', async () => {
     const meta = (instance: string, weight?: number) => AssignerProtocol.MemberMetadata.encode({ version: 1, topics: ['a', 'b'], userData: Buffer.from(JSON.stringify({ instance, url: '', ...(weight !== undefined ? { weight } : {}) })) });
-    const assigner = coPartitionedAssigner(() => '', 'x')({ cluster } as never);
+    const assigner = coPartitionedAssigner(() => '', 'x', { weighted: true })({ cluster } as never);
     const owners = async (members: { memberId: string; instance: string; weight?: number }[]) => {
       const out = await assigner.assign({ members: members.map((m) => ({ memberId: m.memberId, memberMetadata: meta(m.instance, m.weight) })), topics: ['a', 'b'] } as never);
       const byMember = new Map(members.map((m) => [m.memberId, m.instance]));
@@ -74,6 +74,17 @@ describe('CoPartitionedAssigner', () => {
     expect(await owners([{ memberId: 'm-1', instance: 'h', weight: 0 }])).toEqual({ h: { a: [0, 1, 2, 3], b: [0, 1, 2, 3] } });
     // A weight that is not a non-negative number counts as 1.
     expect(await owners([{ memberId: 'm-1', instance: 'h', weight: -3 }, { memberId: 'm-2', instance: 'h-w1' }])).toEqual({ h: { a: [0, 2], b: [0, 2] }, 'h-w1': { a: [1, 3], b: [1, 3] } });
+  });
+
+  it('ignores the weights under the unweighted protocol, which members of earlier versions share', async () => {
+    const meta = (instance: string, weight?: number) => AssignerProtocol.MemberMetadata.encode({ version: 1, topics: ['a'], userData: Buffer.from(JSON.stringify({ instance, url: '', ...(weight !== undefined ? { weight } : {}) })) });
+    const members = [{ memberId: 'm-1', memberMetadata: meta('h', 0.5) }, { memberId: 'm-2', memberMetadata: meta('h-w1') }];
+    const plain = coPartitionedAssigner(() => '', 'h', { weight: 0.5 })({ cluster } as never);
+    const weighted = coPartitionedAssigner(() => '', 'h', { weight: 0.5, weighted: true })({ cluster } as never);
+    expect([plain.name, weighted.name]).toEqual(['HeraldCoPartitioned', 'HeraldCoPartitionedWeighted']);
+    const decode = (out: { memberId: string; memberAssignment: Buffer }[]) => Object.fromEntries(out.map((x) => [x.memberId, AssignerProtocol.MemberAssignment.decode(x.memberAssignment)!.assignment.a]));
+    expect(decode(await plain.assign({ members, topics: ['a'] } as never))).toEqual({ 'm-1': [0, 2], 'm-2': [1, 3] });
+    expect(decode(await weighted.assign({ members, topics: ['a'] } as never))).toEqual({ 'm-1': [0], 'm-2': [1, 2, 3] });
   });
 
   it('advertises its weight in the member metadata only when it is not 1', () => {

@@ -84,3 +84,17 @@ describe('other derived ids', () => {
     expect(traceIdFor('acme', 'evt-1')).not.toBe(hashKey(['acme', 'evt-1']).slice(0, 32));
   });
 });
+
+describe('derived ids across versions', () => {
+  // A replay after an upgrade must derive the ids the first run did: these are pinned to
+  // the construction (SHA-256 of the parts, each followed by a NUL, in hex), computed apart.
+  it('stay the same for the same inputs', async () => {
+    const { decisionIdOf } = await import('../schemas/lifecycle.ts');
+    expect(notificationId('acme', 'ev-1', 'ada', 'comment-created')).toBe('ntf_af76bf52154614093b7c26e3c7f2652c');
+    expect(notificationId('acme', 'ev-ü', 'ädä', 'r')).toBe('ntf_61ae1a94eb59b71303bf10b067501158');
+    expect(traceIdFor('acme', 'ev-1')).toBe('5d6cbca44e2be080021f3bc6c65f4908');
+    expect(eventIdFromIdempotencyKey('acme', 'req-1')).toBe('evt_1f12cebbd2d15d60e10865f3');
+    expect(decisionIdOf({ notificationId: 'ntf_x', stage: 'deliver', status: 'DELIVERED', deliveryId: 'ntf_x:webhook', attempt: 2 })).toBe('dec_aff6c9bc731cd5c70ed35bc2ecd11de2');
+    expect(decisionIdOf({ notificationId: 'ntf_x', stage: 'ingest', status: 'ACCEPTED', deliveryId: null, attempt: null })).toBe('dec_a594bfd1c7b48e5a25686a9211e0dddf');
+  });
+});

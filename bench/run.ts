@@ -637,7 +637,23 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
       const accepted = new Set(events.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
       // The noisy neighbours' notifications are still being retried: the check covers everyone else.
       const settled = events.filter((e) => Number(e.recipient.slice('user-'.length)) >= noisyUsers);
-      return { accepted, accounting: checkAccounting(settled, new Set(settled.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId))) };
+      return { accepted, accounting: checkAccounting(settled, new Set(settled.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId))), timeline: timelineOf(settled) };
+    };
+    // Where the latency goes: for each lifecycle status (and channel), the median time from
+    // the event's due time to the decision, over the healthy users' notifications.
+    const dueOf = new Map(sentList);
+    const timelineOf = (events: LifecycleEvent[]) => {
+      const by = new Map<string, number[]>();
+      for (const e of events) {
+        const due = dueOf.get(e.eventId);
+        if (due === undefined || e.timestamp == null) continue;
+        const k = `${e.stage} ${e.status}${e.channel ? ` ${e.channel}` : ''}`;
+        const list = by.get(k) ?? [];
+        list.push(Number(e.timestamp) - due);
+        by.set(k, list);
+      }
+      const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+      return Object.fromEntries([...by].map(([k, xs]) => [k, +median(xs).toFixed(1)] as const).sort((a, b) => a[1] - b[1]));
     };
     let result = await check();
     await until(async () => {
@@ -649,7 +665,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     const lost = readiness.reasons.filter((r) => r.includes('records lost'));
     const stages = stageFiguresOf(await herald.metrics());
     const workers = 1 + workerPids.length;
-    return { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers };
+    return { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline: result.timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers };
   };
   let m: Awaited<ReturnType<typeof measure>>;
   try {
@@ -661,7 +677,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     rmSync(stateDir, { recursive: true, force: true });
     throw err;
   }
-  const { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers } = m;
+  const { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers } = m;
   const exitCode = await herald.stop();
   receiver.disconnect();
   rmSync(stateDir, { recursive: true, force: true });
@@ -678,7 +694,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     publishSeconds: +((published - firstPost) / 1000).toFixed(3), publishPerSecond: round(o.events / ((published - firstPost) / 1000)),
     endToEndSeconds: +((last - firstPost) / 1000).toFixed(3), endToEndEventsPerSecond: round(sent.size / ((last - firstPost) / 1000)),
     ...(o.noisy ? { noisyNeighbours: { hangingUsers: hang, hangingNotifications: sentList.filter(([id]) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users < hang).length, retryAfter100000Users: o.noisy.retryAfter, latencyOf: 'healthy users only' } } : {}),
-    latency: { p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) }, stages,
+    latency: { p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) }, medianMsFromDueToDecision: timeline, stages,
     ...(o.sampleRss ? { rss } : {}),
     correctness: { ok: failures.length === 0, failures, notifications: accounting.notifications, terminal: accounting.terminal, violations: accounting.violations.length, deliveredTwice: repeated.length },
   };

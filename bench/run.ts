@@ -520,18 +520,21 @@ async function lifecycleRebuild(broker: EmbeddedBroker, kafka: Kafka, registryUr
 }
 
 /** Where the time goes: batches per stage, their size and duration. */
-async function stageFigures(herald: Herald): Promise<Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }>> {
+async function stageFigures(herald: Herald): Promise<Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number; meanMsSincePublish: number }>> {
   return stageFiguresOf(await herald.metrics.registry.metrics());
 }
 
 /** The per-stage batch figures from a /metrics page (with workers, summed over the processes). */
-function stageFiguresOf(text: string): Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }> {
-  const stages: Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number }> = {};
+function stageFiguresOf(text: string): Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number; meanMsSincePublish: number }> {
+  const stages: Record<string, { batches: number; recordsPerBatch: number; msPerBatch: number; meanMsSincePublish: number }> = {};
   for (const stage of ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome']) {
     const count = promValue(text, 'herald_stage_batch_duration_seconds_count', { stage });
     const sum = promValue(text, 'herald_stage_batch_duration_seconds_sum', { stage });
     const records = promValue(text, 'herald_stage_records_total', { stage, result: 'in' });
-    stages[stage] = { batches: count, recordsPerBatch: count ? +(records / count).toFixed(1) : 0, msPerBatch: count ? +((sum / count) * 1000).toFixed(2) : 0 };
+    // Mean of (handled at - record timestamp): since publish, cumulative along the chain.
+    const seen = promValue(text, 'herald_stage_record_e2e_latency_seconds_count', { stage });
+    const e2e = promValue(text, 'herald_stage_record_e2e_latency_seconds_sum', { stage });
+    stages[stage] = { batches: count, recordsPerBatch: count ? +(records / count).toFixed(1) : 0, msPerBatch: count ? +((sum / count) * 1000).toFixed(2) : 0, meanMsSincePublish: seen ? +((e2e / seen) * 1000).toFixed(1) : 0 };
   }
   return stages;
 }

@@ -9,6 +9,7 @@ export class Metrics {
   readonly registry: Registry;
   readonly records: Counter<'stage' | 'result'>;
   readonly batchDuration: Histogram<'stage'>;
+  readonly recordLatency: Histogram<'stage'>;
   readonly lag: Gauge<'stage' | 'topic' | 'partition'>;
   readonly groupJoins: Counter<'stage'>;
   readonly restored: Counter<'stage' | 'store'>;
@@ -29,6 +30,7 @@ export class Metrics {
     if (opts.defaults) collectDefaultMetrics({ register: r, prefix: 'herald_process_' });
     this.records = new Counter({ name: 'herald_stage_records_total', help: 'Records handled per stage, by result (in, out, outcome, dlq).', labelNames: ['stage', 'result'], registers: [r] });
     this.batchDuration = new Histogram({ name: 'herald_stage_batch_duration_seconds', help: 'Time to process, produce and commit one consumed batch.', labelNames: ['stage'], buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [r] });
+    this.recordLatency = new Histogram({ name: 'herald_stage_record_e2e_latency_seconds', help: 'Wall-clock time when a stage has handled a record minus the record\'s timestamp (Kafka Streams\' record-e2e-latency): stream time flows downstream, so at each stage it is the time since the event was published.', labelNames: ['stage'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers: [r] });
     this.lag = new Gauge({ name: 'herald_stage_consumer_lag_records', help: 'Records between the last consumed offset and the high watermark.', labelNames: ['stage', 'topic', 'partition'], registers: [r] });
     this.groupJoins = new Counter({ name: 'herald_stage_group_joins_total', help: 'Rebalances this stage\'s member took part in (each ends with a join; a steady group adds none).', labelNames: ['stage'], registers: [r] });
     new Gauge({

@@ -62,9 +62,11 @@ export class PartitionTask {
   private resumeAt = 0;
   private readonly o: PartitionTaskOptions;
   private readonly log: Logger;
+  private readonly recordLatency: ReturnType<Metrics['recordLatency']['labels']>;
 
   constructor(o: PartitionTaskOptions) {
     this.o = o;
+    this.recordLatency = o.metrics.recordLatency.labels(o.stage);
     this.partition = o.partition;
     this.processor = o.processor;
     this.stores = o.stores;
@@ -140,7 +142,12 @@ export class PartitionTask {
       } finally {
         endTimer();
       }
-      for (const r of decoded.records) if (r.timestamp > this.streamTime) this.streamTime = r.timestamp;
+      const handledAt = Date.now();
+      const latency = this.recordLatency;
+      for (const r of decoded.records) {
+        if (r.timestamp > this.streamTime) this.streamTime = r.timestamp;
+        latency.observe(Math.max(0, handledAt - r.timestamp) / 1000);
+      }
       for (const r of decoded.rejected) if (r.rec.timestamp > this.streamTime) this.streamTime = r.rec.timestamp;
       const p = this.processor.punctuation;
       if (p?.type === 'stream-time' && this.streamTime >= this.nextStreamPunctuation) {

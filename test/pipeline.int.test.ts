@@ -258,5 +258,16 @@ describe('end-to-end through the HTTP API', () => {
     const metrics = await fetch(`${h.httpUrl}/metrics`).then((r) => r.text());
     expect(metrics).toMatch(/herald_stage_records_total\{stage="deliver",result="in"\} [1-9]/);
     expect(metrics).toContain('herald_stage_batch_duration_seconds_bucket');
+    // Kafka Streams' record-e2e-latency: per stage, the time since the event was published,
+    // growing along the chain (stream time flows downstream with each record's timestamp).
+    const e2e = (stage: string) => {
+      const sum = Number(new RegExp(`herald_stage_record_e2e_latency_seconds_sum\\{stage="${stage}"\\} (\\S+)`).exec(metrics)?.[1]);
+      const count = Number(new RegExp(`herald_stage_record_e2e_latency_seconds_count\\{stage="${stage}"\\} (\\S+)`).exec(metrics)?.[1]);
+      return { count, mean: sum / count };
+    };
+    const [ingest, deliver] = [e2e('ingest'), e2e('deliver')];
+    expect(ingest.count).toBeGreaterThan(0);
+    expect(deliver.count).toBeGreaterThan(0);
+    expect(deliver.mean).toBeGreaterThan(ingest.mean);
   });
 });

@@ -207,6 +207,8 @@ describe.each<'rocksdb' | 'level'>(['rocksdb', 'level'])('store partitions of on
     await Promise.all([a0.close(), a1.close()]);
     expect(await b0.view().get('k')).toBe('b0');
     await b0.close();
+    // A read after the database closed is an error (RocksDB's in-place reads fall back to abstract-level's).
+    await expect(b0.view().get('k')).rejects.toThrow(/not open/i);
     const again = await open('dedupe', 1);
     expect(await again.view().get('k')).toBe('a1');
     expect(await again.checkpoint()).toBe(2n);

@@ -41,6 +41,9 @@ export async function startOffsets(admin: Admin, topic: string): Promise<Map<num
   return new Map(offs.map((o) => [o.partition, BigInt(o.low)]));
 }
 
+/** fetch.max.wait.ms of a reader that follows its topic (no `until`). */
+const FOLLOW_WAIT_MS = 250;
+
 export interface ReaderOptions {
   topic: string;
   /** Partitions to read with their first offset; absent = every partition from the earliest offset. */
@@ -96,7 +99,13 @@ export class TopicReader {
       groupId: `${this.opts.groupPrefix}reader.${randomUUID()}`,
       sessionTimeout: 30000,
       heartbeatInterval: 3000,
-      maxWaitTimeInMs: 50,
+      // A bounded read has records waiting and never waits long. A follower (global tables,
+      // keys, signing secrets, instance claims) is idle nearly always, and every empty fetch
+      // costs about 1 ms of CPU in kafkajs: at 50 ms, six of them took a tenth of a core per
+      // process doing nothing. Real Kafka answers a waiting fetch as soon as a record arrives;
+      // the embedded broker answers after the wait, so there a table update is seen up to
+      // FOLLOW_WAIT_MS later.
+      maxWaitTimeInMs: follow ? FOLLOW_WAIT_MS : 50,
       minBytes: 1,
       maxBytes: 16 * 1024 * 1024,
       allowAutoTopicCreation: false,

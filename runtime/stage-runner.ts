@@ -122,6 +122,7 @@ export class StageRunner {
       rebalanceTimeout: Math.max(60000, config.sessionTimeoutMs),
       heartbeatInterval: Math.max(300, Math.floor(config.sessionTimeoutMs / 10)),
       maxWaitTimeInMs: config.fetchMaxWaitMs,
+      idleMaxWaitTimeInMs: config.fetchIdleWaitMs,
       minBytes: config.fetchMinBytes,
       maxBytesPerPartition: 1024 * 1024,
       allowAutoTopicCreation: false,

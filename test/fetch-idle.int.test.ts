@@ -1,7 +1,8 @@
 /**
  * The idle fetch wait (HERALD_FETCH_IDLE_WAIT_MS, kafkajs patched): after three empty
- * fetches in a row a consumer asks the broker to wait `idleMaxWaitTimeInMs` instead of
- * `maxWaitTimeInMs`, and goes back to the short wait as soon as a fetch brings records. The
+ * fetches in a row a consumer asks the broker to wait twice as long as before, then twice
+ * that, up to `idleMaxWaitTimeInMs`, and goes back to `maxWaitTimeInMs` as soon as a fetch
+ * brings records. The
  * embedded broker holds a fetch with no records for the whole wait it was asked for, so
  * the wait each fetch asked for shows in how long the fetch took (kafkajs' FETCH event).
  */
@@ -48,9 +49,11 @@ describe('idle fetch wait', () => {
   it('waits longer once a consumer is idle, and still gets the next record', async () => {
     const idle = await follow('fetch-idle', 400);
     const plain = await follow('fetch-plain');
-    await eventually(() => idle.fetches.length >= 8 && plain.fetches.length >= 8, 30_000);
-    // After the first three empty fetches, every fetch waited the idle wait (the broker holds it whole).
-    expect(Math.min(...idle.fetches.slice(3, 8))).toBeGreaterThanOrEqual(380);
+    await eventually(() => idle.fetches.length >= 10 && plain.fetches.length >= 10, 30_000);
+    // After three empty fetches of 20 ms the waits double (40, 80, 160, 320 ms), then stay at
+    // the idle wait (the broker holds each whole, so each lasts at least that long).
+    expect(idle.fetches.slice(3, 7).map((d, i) => d >= 20 * 2 ** (i + 1) - 5)).toEqual([true, true, true, true]);
+    expect(Math.min(...idle.fetches.slice(7, 10))).toBeGreaterThanOrEqual(395);
     // Without an idle wait, an idle consumer keeps asking for 20 ms.
     expect(median(plain.fetches.slice(3))).toBeLessThan(380);
 

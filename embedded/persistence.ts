@@ -31,14 +31,16 @@ export interface Pressure { group: string; topic: string; partition: number; byt
 /** What the embedded broker adds per record in small message sets (batch header and bookkeeping), in bytes. */
 const SET_OVERHEAD = 256;
 /**
- * How often the unread records are measured. One measure asks the broker for every group's
- * commits and every topic's ends (about 75 requests with 7 groups and 20 topics): every
- * 250 ms that was the largest share of an idle Herald's CPU, and of the broker's. A second
- * between measures is far inside the margin the limit leaves: 2 MB per partition between
- * HERALD_EMBEDDED_MAX_UNREAD_BYTES' default and what the broker holds, which even 2,000
- * events/s through the API fill at about 250 KB/s.
+ * How often the unread records are measured: every 250 ms while some reader is past half
+ * the limit, every second otherwise. One measure asks the broker for every group's commits
+ * and every topic's ends (about 75 requests with 7 groups and 20 topics); every 250 ms
+ * that was a large share of an idle Herald's CPU, and of the broker's. A reader below half
+ * the limit is at least 1.5 MB (with the 3 MiB default) from losing records, which the
+ * fastest-filling topic (outcomes.v1, ~0.5 MB/s a partition at the ~500 events/s the
+ * machine drains) takes three seconds to cross.
  */
-const PRESSURE_INTERVAL_MS = 1000;
+const PRESSURE_TICK_MS = 250;
+const PRESSURE_QUIET_MS = 1000;
 
 export interface ReplayResult { records: number; partitions: number; gaps: number; seconds: number }
 
@@ -172,10 +174,14 @@ export class BrokerJournal {
    */
   watchPressure(groups: { groupId: string; topics: string[] }[], maxUnread: number, resume: GroupOffsets): void {
     const topics = [...new Set([...this.topics, ...groups.flatMap((g) => g.topics)])];
+    let warm = false;
+    let last = 0;
     this.pressureTimer = setInterval(() => {
-      if (this.measuring) return;
+      if (this.measuring || (!warm && Date.now() - last < PRESSURE_QUIET_MS)) return;
       this.measuring = true;
+      last = Date.now();
       void (async () => {
+        let warming = false;
         const readers: { reader: string; topic: string; partition: number; at: bigint }[] = [];
         for (const g of groups) {
           for (const t of await this.admin.fetchOffsets({ groupId: g.groupId, topics: g.topics })) {
@@ -198,6 +204,7 @@ export class BrokerJournal {
               const records = Number(high - r.at);
               if (records <= 0) continue;
               const bytes = this.estimate(topic, o.partition, r.at, journaled, high);
+              if (bytes > maxUnread / 2 || (held !== null && records > held / 4)) warming = true;
               if (bytes > maxUnread || (held !== null && records > held / 2)) hot.push({ group: r.reader, topic, partition: o.partition, bytes, records, ...(held !== null ? { held } : {}) });
             }
           }
@@ -210,8 +217,9 @@ export class BrokerJournal {
         }
         this.pressing = worst;
         this.hot = hot;
+        warm = warming;
       })().catch((err: unknown) => this.log.warn({ err }, 'measuring unread records failed')).finally(() => (this.measuring = false));
-    }, PRESSURE_INTERVAL_MS);
+    }, PRESSURE_TICK_MS);
     this.pressureTimer.unref();
   }
 

@@ -122,7 +122,8 @@ export class StageRunner {
       rebalanceTimeout: Math.max(60000, config.sessionTimeoutMs),
       heartbeatInterval: Math.max(300, Math.floor(config.sessionTimeoutMs / 10)),
       maxWaitTimeInMs: config.fetchMaxWaitMs,
-      idleMaxWaitTimeInMs: config.fetchIdleWaitMs,
+      // kafkajs heartbeats between fetches: an idle fetch stays well inside the session.
+      idleMaxWaitTimeInMs: Math.min(config.fetchIdleWaitMs, Math.floor(config.sessionTimeoutMs / 3)),
       minBytes: config.fetchMinBytes,
       maxBytesPerPartition: 1024 * 1024,
       allowAutoTopicCreation: false,

@@ -206,6 +206,8 @@ describe.each<'rocksdb' | 'level'>(['rocksdb', 'level'])('store partitions of on
     // Closing some store partitions leaves the others working; the last one closes the database.
     await Promise.all([a0.close(), a1.close()]);
     expect(await b0.view().get('k')).toBe('b0');
+    // A closed partition answers no more reads, though the database is open for the others.
+    await expect(a0.view().get('k')).rejects.toThrow(/not open/i);
     await b0.close();
     // A read after the database closed is an error (RocksDB's in-place reads fall back to abstract-level's).
     await expect(b0.view().get('k')).rejects.toThrow(/not open/i);

@@ -14,4 +14,6 @@ RUN npm ci --omit=dev --ignore-scripts && npx patch-package && npm rebuild @nxte
 COPY . .
 ENV NODE_ENV=production
 EXPOSE 8080
-CMD ["node", "cli/herald.ts", "start"]
+# As `npm start` does: the V8 heap sized by HERALD_HEAP_MB (README, State: Memory); exec keeps
+# node as PID 1, so it gets the container's SIGTERM.
+CMD exec node --max-old-space-size=${HERALD_HEAP_MB:-256} --max-semi-space-size=16 cli/herald.ts start

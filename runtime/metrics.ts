@@ -3,6 +3,7 @@
  * (served at /metrics); tests make their own.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { getHeapStatistics } from 'node:v8';
 import { storeMemory } from '../state/store.ts';
 
 export class Metrics {
@@ -39,6 +40,14 @@ export class Metrics {
         for (const [kind, bytes] of Object.entries(storeMemory())) this.set({ kind }, bytes);
       },
     });
+    if (opts.defaults) {
+      new Gauge({
+        name: 'herald_process_heap_limit_bytes', help: 'V8 heap limit of the process: HERALD_HEAP_MB and the young generation (with workers, the smallest of the processes\' limits).', aggregator: 'min', registers: [r],
+        collect() {
+          this.set(getHeapStatistics().heap_size_limit);
+        },
+      });
+    }
     this.restored = new Counter({ name: 'herald_state_restore_records_total', help: 'Changelog records applied while restoring stores.', labelNames: ['stage', 'store'], registers: [r] });
     this.restoreDuration = new Histogram({ name: 'herald_state_restore_duration_seconds', help: 'Time to restore one store partition from its changelog.', labelNames: ['stage', 'store'], buckets: [0.01, 0.1, 0.5, 1, 5, 15, 60, 300], registers: [r] });
     this.tableRecords = new Counter({ name: 'herald_table_records_total', help: 'Records applied to global tables.', labelNames: ['table'], registers: [r] });

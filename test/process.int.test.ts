@@ -54,7 +54,12 @@ describe('herald start as a process', () => {
   });
 
   it('stops within 10 s with exit 0 when SIGTERM goes to `npm start`, as a process manager sends it', async () => {
-    const { npm, herald, broker } = await startWithNpm({}, children);
+    const { npm, herald, broker, url } = await startWithNpm({ HERALD_HEAP_MB: '200' }, children);
+    // npm start sizes the V8 heap by HERALD_HEAP_MB: 200 MB of old space and 3 semi-spaces of
+    // 16 MB (Node's default on this machine is over 4 GB).
+    const limit = Number(/^herald_process_heap_limit_bytes (\S+)$/m.exec(await (await fetch(`${url}/metrics`)).text())?.[1]);
+    expect(limit / 1048576).toBeGreaterThanOrEqual(200);
+    expect(limit / 1048576).toBeLessThanOrEqual(200 + 3 * 16);
     const exited = new Promise<number | null>((r) => npm.once('exit', (code) => r(code)));
     npm.kill('SIGTERM');
     expect(await exited).toBe(0);

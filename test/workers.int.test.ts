@@ -16,7 +16,7 @@ import { WebhookReceiver } from './support/webhook-receiver.ts';
 const hooks = new WebhookReceiver();
 const children: ChildProcess[] = [];
 const dir = mkdtempSync(join(tmpdir(), 'herald-workers-'));
-const env = { HERALD_STATE_DIR: join(dir, 'state'), HERALD_WORKERS: '2', HERALD_PARTITIONS: '4', HERALD_COMMIT_INTERVAL_MS: '200' };
+const env = { HERALD_STATE_DIR: join(dir, 'state'), HERALD_WORKERS: '2', HERALD_PARTITIONS: '4', HERALD_COMMIT_INTERVAL_MS: '200', HERALD_HEAP_MB: '160' };
 const USERS = 24;
 const JOIN_MS = 150_000;
 
@@ -77,6 +77,12 @@ describe('herald start with two workers', () => {
     const stages = ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome'];
     expect(ready.partitions).toEqual(Object.fromEntries(stages.map((s) => [s, [0]])));
     const workerReady = await (await fetch(`${ready.workers[0]!.url}/readyz`)).json() as { partitions: Record<string, number[]> };
+    // The worker's heap is sized like the primary's (HERALD_HEAP_MB, passed on by the primary).
+    const heapLimitMb = async (url: string) => (await metric(url, /^herald_process_heap_limit_bytes (\S+)$/m)) / 1048576;
+    for (const url of [first.url, ready.workers[0]!.url]) {
+      expect(await heapLimitMb(url), url).toBeGreaterThanOrEqual(160);
+      expect(await heapLimitMb(url), url).toBeLessThanOrEqual(160 + 3 * 16);
+    }
     expect(workerReady.partitions).toEqual(Object.fromEntries(stages.map((s) => [s, [1, 2, 3]])));
     // The worker's own port answers the queries forwarded to it, and refuses writes: they
     // belong to the primary, where they are journaled before they are acknowledged.

@@ -25,6 +25,8 @@ export interface HeraldProcess {
   metrics(): Promise<string>;
   /** SIGTERM to npm, as a process manager stops it; resolves once it has exited. */
   stop(): Promise<number | null>;
+  /** The last 64 KB Herald printed (stdout and stderr). */
+  output(): string;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -83,6 +85,7 @@ export async function startNpm(env: Record<string, string>, readyMs = 180_000): 
     },
     readiness,
     metrics: async () => (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(10_000) })).text(),
+    output: () => out,
     async stop() {
       npm.kill('SIGTERM');
       const code = await Promise.race([exited, sleep(60_000).then(() => 'late' as const)]);

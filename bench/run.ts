@@ -96,7 +96,10 @@ async function passthrough(broker: EmbeddedBroker, kafka: Kafka, n: number) {
   await produceAll(kafka, src, Array.from({ length: n }, (_, i) => ({ key: `user-${i % 5000}`, value })));
   const producer = createProducer(kafka);
   await producer.connect();
-  const consumer = kafka.consumer({ groupId: `bp.${randomUUID()}`, maxWaitTimeInMs: 20, minBytes: 1, maxBytesPerPartition: 1024 * 1024 });
+  // The stages' own fetch settings (their defaults, or what HERALD_* in the environment sets).
+  const config = loadConfig(process.env);
+  const settings = { maxWaitTimeInMs: config.fetchMaxWaitMs, minBytes: config.fetchMinBytes, maxBytesPerPartition: config.fetchMaxPartitionBytes, acks: -1, partitionsConsumedConcurrently: PARTITIONS, commit: 'after each batch' };
+  const consumer = kafka.consumer({ groupId: `bp.${randomUUID()}`, maxWaitTimeInMs: settings.maxWaitTimeInMs, minBytes: settings.minBytes, maxBytesPerPartition: settings.maxBytesPerPartition });
   await consumer.connect();
   await consumer.subscribe({ topic: src, fromBeginning: true });
   let done = 0;
@@ -115,7 +118,7 @@ async function passthrough(broker: EmbeddedBroker, kafka: Kafka, n: number) {
   const seconds = (performance.now() - first) / 1000;
   await consumer.disconnect();
   await producer.disconnect();
-  return { records: n, seconds: +seconds.toFixed(3), recordsPerSecond: round(n / seconds) };
+  return { records: n, seconds: +seconds.toFixed(3), recordsPerSecond: round(n / seconds), settings };
 }
 
 const metricValue = async (registry: { getMetricsAsJSON(): Promise<import('prom-client').MetricObjectWithValues<import('prom-client').MetricValue<string>>[]> }, name: string, labels: Record<string, string>) => {
@@ -682,6 +685,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
   }
   const { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers } = m;
   const exitCode = await herald.stop();
+  if (exitCode !== 0) progress(`npm start exited with ${exitCode} on SIGTERM; the end of its output:\n${herald.output().split('\n').slice(-40).join('\n')}`);
   receiver.disconnect();
   rmSync(stateDir, { recursive: true, force: true });
   // Failures are reported with the figures, and make the run exit non-zero.

@@ -125,7 +125,7 @@ export class StageRunner {
       // kafkajs heartbeats between fetches: an idle fetch stays well inside the session.
       idleMaxWaitTimeInMs: Math.min(config.fetchIdleWaitMs, Math.floor(config.sessionTimeoutMs / 3)),
       minBytes: config.fetchMinBytes,
-      maxBytesPerPartition: 1024 * 1024,
+      maxBytesPerPartition: config.fetchMaxPartitionBytes,
       allowAutoTopicCreation: false,
       // Weighted first; the unweighted protocol for groups with members of earlier versions.
       partitionAssigners: [true, false].map((weighted) => coPartitionedAssigner(() => this.o.advertisedUrl?.() ?? '', config.instanceId, { weighted, leaderSyncDelayMs: config.embedded ? LEADER_SYNC_DELAY_MS : 0, ...(this.o.assignWeight !== undefined ? { weight: this.o.assignWeight } : {}) })),

@@ -43,7 +43,7 @@ export interface StoreTuning {
   /** The block cache shared by every store of the state directory. */
   cacheBytes: number;
 }
-let tuning: StoreTuning = { writeBufferBytes: 8 * 1024 * 1024, cacheBytes: 32 * 1024 * 1024 };
+let tuning: StoreTuning = { writeBufferBytes: 4 * 1024 * 1024, cacheBytes: 16 * 1024 * 1024 };
 
 /** Sets the sizing of databases opened from now on (HERALD_STORE_WRITE_BUFFER_BYTES, HERALD_STORE_CACHE_BYTES). */
 export function tuneStores(t: StoreTuning): void {

@@ -130,9 +130,41 @@ export function validate<T>(name: SchemaName, value: unknown): T {
  * Encodes and decodes topic values in the Confluent wire format (magic byte, schema id,
  * Avro body). `register` must run once at start-up for every topic the process writes.
  */
+/** Where values are serialised before the copy each record keeps (grows to the largest value seen). */
+let scratch = Buffer.allocUnsafe(64 * 1024);
+
+/**
+ * The Confluent wire format of `value`: magic byte 0, the schema id (4 bytes, big-endian),
+ * the Avro body. The same bytes as the registry client's `encode`, which serialises into a
+ * zero-filled buffer of its own and then concatenates three: one allocation here, not four
+ * (those were ~3 % of a stage process's CPU, and garbage to collect).
+ */
+function wireFormat(topic: string, id: number, type: avro.Type, value: unknown): Buffer {
+  for (;;) {
+    let end: number;
+    try {
+      end = type.encode(value, scratch, 5);
+    } catch (err) {
+      const paths: string[] = [];
+      type.isValid(value, { errorHook: (path) => paths.push(path.join('.') || '(the value)') });
+      throw new HeraldError('HRL_PROCESSING_FAILED', `a ${topic} value does not match its schema${paths.length ? ` at ${paths.join(', ')}` : ''}: ${(err as Error).message}`, { cause: err });
+    }
+    if (end < 0) {
+      // avsc answers how many bytes were missing.
+      scratch = Buffer.allocUnsafe(2 ** Math.ceil(Math.log2(scratch.length - end)));
+      continue;
+    }
+    scratch[0] = 0;
+    scratch.writeInt32BE(id, 1);
+    const out = Buffer.allocUnsafe(end);
+    scratch.copy(out, 0, 0, end);
+    return out;
+  }
+}
+
 export class Serde {
   readonly registry: SchemaRegistry;
-  private readonly ids = new Map<string, number>();
+  private readonly writers = new Map<string, { id: number; type: avro.Type }>();
 
   constructor(registryUrl: string) {
     this.registry = new SchemaRegistry({ host: registryUrl }, { AVRO: {} } as never);
@@ -144,14 +176,15 @@ export class Serde {
       { type: 'AVRO' as never, schema: JSON.stringify(selfContained(name)) },
       { subject: `${topic}-value` },
     );
-    this.ids.set(topic, id);
+    // The registry client's own Avro type for the id (its options, its cache).
+    this.writers.set(topic, { id, type: (await this.registry.getSchema(id)) as unknown as avro.Type });
     return id;
   }
 
   async encode(topic: string, value: unknown): Promise<Buffer> {
-    const id = this.ids.get(topic);
-    if (id === undefined) throw new HeraldError('HRL_CONFIG_INVALID', `no schema registered for topic ${topic}`);
-    return this.registry.encode(id, value);
+    const writer = this.writers.get(topic);
+    if (writer === undefined) throw new HeraldError('HRL_CONFIG_INVALID', `no schema registered for topic ${topic}`);
+    return wireFormat(topic, writer.id, writer.type, value);
   }
 
   /** Decodes a wire-format buffer; throws HRL_DECODE_FAILED with the reason. */

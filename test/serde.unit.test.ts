@@ -1,0 +1,57 @@
+/**
+ * Serde writes the Confluent wire format itself (one buffer per value): the bytes must be
+ * exactly the registry client's, for every schema, and a value that does not fit its
+ * schema must say where.
+ */
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
+import { HeraldError } from '../errors.ts';
+import { SCHEMA_NAMES, type SchemaName, Serde } from '../schemas/index.ts';
+
+const fixture = (name: SchemaName) => JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'schemas', 'fixtures', `${name}.json`), 'utf8')) as Record<string, unknown>;
+
+const registry = new EmbeddedSchemaRegistry();
+let serde: Serde;
+const ids = new Map<SchemaName, number>();
+
+beforeAll(async () => {
+  serde = new Serde(await registry.start());
+  for (const name of SCHEMA_NAMES) ids.set(name, await serde.register(`t.${name}`, name));
+});
+afterAll(() => registry.stop());
+
+describe('Serde.encode', () => {
+  it.each(SCHEMA_NAMES)('writes %s exactly as the registry client does, and decodes back', async (name) => {
+    const value = fixture(name);
+    const ours = await serde.encode(`t.${name}`, value);
+    const theirs = await serde.registry.encode(ids.get(name)!, value);
+    expect(ours.equals(theirs)).toBe(true);
+    expect(ours[0]).toBe(0);
+    expect(ours.readInt32BE(1)).toBe(ids.get(name));
+    expect(JSON.parse(JSON.stringify(await serde.decode(ours)))).toEqual(value);
+  });
+
+  it('encodes a value larger than its buffer, and the ones after it, intact', async () => {
+    const small = fixture('LifecycleEvent');
+    const large = { ...small, content: 'x'.repeat(200_000) };
+    const [a, b, c] = [await serde.encode('t.LifecycleEvent', small), await serde.encode('t.LifecycleEvent', large), await serde.encode('t.LifecycleEvent', small)];
+    expect(b.equals(await serde.registry.encode(ids.get('LifecycleEvent')!, large))).toBe(true);
+    expect(a.equals(c)).toBe(true);
+    // Each record keeps its own bytes: encoding the next value does not change the last.
+    expect((await serde.decode<{ content: string }>(b)).content).toHaveLength(200_000);
+  });
+
+  it('names the field a value gets wrong', async () => {
+    const bad = { ...fixture('LifecycleEvent'), timestamp: 'yesterday' };
+    const err = await serde.encode('t.LifecycleEvent', bad).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(HeraldError);
+    expect((err as HeraldError).message).toMatch(/t\.LifecycleEvent value does not match its schema at timestamp/);
+  });
+
+  it('refuses a topic whose schema was never registered', async () => {
+    await expect(serde.encode('t.unknown', {})).rejects.toThrow(/no schema registered for topic t\.unknown/);
+  });
+});

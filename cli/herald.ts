@@ -69,13 +69,21 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stopping: finishing in-flight batches');
-    const force = setTimeout(() => process.exit(1), 30_000);
+    const force = setTimeout(() => {
+      log.error({ signal }, 'not stopped within 30 s; exiting with in-flight work left to the restart');
+      log.flush();
+      process.exit(1);
+    }, 30_000);
     force.unref();
+    let failed = false;
     await stopDemo?.();
-    await herald.stop();
+    await herald.stop().catch((err: unknown) => {
+      failed = true;
+      log.error({ err }, 'stop failed; what was not committed runs again after the restart');
+    });
     log.info('stopped');
     log.flush();
-    process.exit(0);
+    process.exit(failed ? 1 : 0);
   };
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGTERM', () => void shutdown('SIGTERM'));

@@ -16,7 +16,7 @@ import { WebhookReceiver } from './support/webhook-receiver.ts';
 const hooks = new WebhookReceiver();
 const children: ChildProcess[] = [];
 const dir = mkdtempSync(join(tmpdir(), 'herald-workers-'));
-const env = { HERALD_STATE_DIR: join(dir, 'state'), HERALD_WORKERS: '2', HERALD_PARTITIONS: '4', HERALD_COMMIT_INTERVAL_MS: '200', HERALD_HEAP_MB: '160' };
+const env = { HERALD_STATE_DIR: join(dir, 'state'), HERALD_WORKERS: '2', HERALD_PARTITIONS: '4', HERALD_COMMIT_INTERVAL_MS: '200', HERALD_HEAP_MB: '200' };
 const USERS = 24;
 const JOIN_MS = 150_000;
 
@@ -80,8 +80,8 @@ describe('herald start with two workers', () => {
     // The worker's heap is sized like the primary's (HERALD_HEAP_MB, passed on by the primary).
     const heapLimitMb = async (url: string) => (await metric(url, /^herald_process_heap_limit_bytes (\S+)$/m)) / 1048576;
     for (const url of [first.url, ready.workers[0]!.url]) {
-      expect(await heapLimitMb(url), url).toBeGreaterThanOrEqual(160);
-      expect(await heapLimitMb(url), url).toBeLessThanOrEqual(160 + 3 * 16);
+      expect(await heapLimitMb(url), url).toBeGreaterThanOrEqual(200);
+      expect(await heapLimitMb(url), url).toBeLessThanOrEqual(200 + 3 * 16);
     }
     expect(workerReady.partitions).toEqual(Object.fromEntries(stages.map((s) => [s, [1, 2, 3]])));
     // The worker's own port answers the queries forwarded to it, and refuses writes: they
@@ -93,7 +93,9 @@ describe('herald start with two workers', () => {
 
     // SIGTERM to npm, as a process manager sends it: both processes stop, cleanly.
     first.npm.kill('SIGTERM');
-    await eventually(() => first.npm.exitCode !== null, 20_000);
+    await eventually(() => first.npm.exitCode !== null, 20_000).catch((err: Error) => {
+      throw new Error(`${err.message}: npm start still running 20 s after SIGTERM; the end of its output:\n${first.output().slice(-4000)}`);
+    });
     expect(first.npm.exitCode).toBe(0);
     await eventually(() => !alive(worker!), 5_000);
 

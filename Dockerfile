@@ -16,4 +16,4 @@ ENV NODE_ENV=production
 EXPOSE 8080
 # As `npm start` does: the V8 heap sized by HERALD_HEAP_MB (README, State: Memory); exec keeps
 # node as PID 1, so it gets the container's SIGTERM.
-CMD exec node --max-old-space-size=${HERALD_HEAP_MB:-256} --max-semi-space-size=16 cli/herald.ts start
+CMD exec node --max-old-space-size="${HERALD_HEAP_MB:-256}" --max-semi-space-size=16 cli/herald.ts start

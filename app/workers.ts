@@ -41,21 +41,6 @@ export interface AttachJob {
   overrides: Record<string, string | number | boolean>;
 }
 
-/** The V8 young generation's semi-space, in MB, of every process `npm start` runs (with HERALD_HEAP_MB). */
-export const SEMI_SPACE_MB = 16;
-
-/**
- * A worker's Node flags: the primary's, with its heap sized by HERALD_HEAP_MB (the primary's
- * own came from `npm start`, which passes the same variable). A young generation left to
- * V8's default grows to ~130 MB under Herald's allocation rate and an old space sized for
- * the machine keeps up to four times the live heap before it collects: most of a process's
- * resident memory was garbage (a heap snapshot under load holds ~60 MB).
- */
-export function workerExecArgv(execArgv: readonly string[], heapMb: number): string[] {
-  const kept = execArgv.filter((a) => !/^--max-(old|semi)-space-size(=|$)/.test(a));
-  return [...kept, `--max-old-space-size=${heapMb}`, `--max-semi-space-size=${SEMI_SPACE_MB}`];
-}
-
 type Metric = MetricObjectWithValues<MetricValue<string>>;
 
 export type ToWorker =
@@ -157,7 +142,7 @@ export class WorkerPool {
   }
 
   private spawn(index: number): Promise<void> {
-    const child = fork(join(import.meta.dirname, 'worker-main.ts'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: process.env, execArgv: workerExecArgv(process.execArgv, Number(this.o.job.overrides.heapMb)) });
+    const child = fork(join(import.meta.dirname, 'worker-main.ts'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: process.env });
     child.setMaxListeners(64); // one listener per report in flight
     const w: Worker = { index, child, ready: false, url: null, exited: false };
     this.workers.set(index, w);

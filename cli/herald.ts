@@ -76,7 +76,7 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
     }, 30_000);
     force.unref();
     let failed = false;
-    await stopDemo?.();
+    await stopDemo?.().catch((err: unknown) => log.warn({ err }, 'the demo did not stop cleanly'));
     await herald.stop().catch((err: unknown) => {
       failed = true;
       log.error({ err }, 'stop failed; what was not committed runs again after the restart');

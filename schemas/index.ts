@@ -130,8 +130,8 @@ export function validate<T>(name: SchemaName, value: unknown): T {
  * Encodes and decodes topic values in the Confluent wire format (magic byte, schema id,
  * Avro body). `register` must run once at start-up for every topic the process writes.
  */
-/** Where values are serialised before the copy each record keeps (grows to the largest value seen). */
-let scratch = Buffer.allocUnsafe(64 * 1024);
+/** Where values up to 64 KB are serialised before the copy each record keeps. */
+const scratch = Buffer.allocUnsafe(64 * 1024);
 
 /**
  * The Confluent wire format of `value`: magic byte 0, the schema id (4 bytes, big-endian),
@@ -140,26 +140,29 @@ let scratch = Buffer.allocUnsafe(64 * 1024);
  * (those were ~3 % of a stage process's CPU, and garbage to collect).
  */
 function wireFormat(topic: string, id: number, type: avro.Type, value: unknown): Buffer {
-  for (;;) {
-    let end: number;
+  const into = (buf: Buffer): number => {
     try {
-      end = type.encode(value, scratch, 5);
+      return type.encode(value, buf, 5);
     } catch (err) {
       const paths: string[] = [];
       type.isValid(value, { errorHook: (path) => paths.push(path.join('.') || '(the value)') });
       throw new HeraldError('HRL_PROCESSING_FAILED', `a ${topic} value does not match its schema${paths.length ? ` at ${paths.join(', ')}` : ''}: ${(err as Error).message}`, { cause: err });
     }
-    if (end < 0) {
-      // avsc answers how many bytes were missing.
-      scratch = Buffer.allocUnsafe(2 ** Math.ceil(Math.log2(scratch.length - end)));
-      continue;
-    }
-    scratch[0] = 0;
-    scratch.writeInt32BE(id, 1);
-    const out = Buffer.allocUnsafe(end);
-    scratch.copy(out, 0, 0, end);
-    return out;
+  };
+  const end = into(scratch);
+  let out: Buffer;
+  if (end >= 0) {
+    out = Buffer.allocUnsafe(end);
+    scratch.copy(out, 5, 5, end);
+  } else {
+    // Larger than the shared buffer (avsc answers how many bytes were missing): a buffer of
+    // its own, so one large value does not keep a large buffer alive.
+    out = Buffer.allocUnsafe(scratch.length - end);
+    into(out);
   }
+  out[0] = 0;
+  out.writeInt32BE(id, 1);
+  return out;
 }
 
 export class Serde {

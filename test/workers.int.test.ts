@@ -77,7 +77,7 @@ describe('herald start with two workers', () => {
     const stages = ['ingest', 'enrich', 'dedupe', 'throttle', 'route', 'deliver', 'outcome'];
     expect(ready.partitions).toEqual(Object.fromEntries(stages.map((s) => [s, [0]])));
     const workerReady = await (await fetch(`${ready.workers[0]!.url}/readyz`)).json() as { partitions: Record<string, number[]> };
-    // The worker's heap is sized like the primary's (HERALD_HEAP_MB, passed on by the primary).
+    // The worker's heap is sized like the primary's: it inherits the flags npm start gave the primary.
     const heapLimitMb = async (url: string) => (await metric(url, /^herald_process_heap_limit_bytes (\S+)$/m)) / 1048576;
     for (const url of [first.url, ready.workers[0]!.url]) {
       expect(await heapLimitMb(url), url).toBeGreaterThanOrEqual(200);

@@ -386,6 +386,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         stage, factory: factories[stage] as StageFactory, deps, kafka, admin, producer: stageProducer, codec, config, log, metrics, ...(gate ? { gate } : {}),
         resumeAt: new Map(Object.entries(resume[groupId(config.topicPrefix, stage)] ?? {}).map(([t, parts]) => [t, new Map(Object.entries(parts).map(([p, o]) => [Number(p), BigInt(o)]))])),
         advertisedUrl: () => advertised,
+        // The projection is not on the delivery path: fewer, larger batches cost less CPU per decision.
+        ...(stage === 'outcome' ? { lingerMs: config.projectionLingerMs } : {}),
         ...(durable && !fused.fed ? { room: roomFor(durable, stage, run) } : {}),
         ...(attach && !fused.fed ? { room: roomFor(attach.pressure, stage, run) } : {}),
         onAssignment: (partitions, memberId) => directory.assigned(stage, partitions, memberId),

@@ -5,7 +5,7 @@
  * line, `/readyz`, `/metrics`, `/proc/<pid>/status`, and SIGTERM to stop it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export interface Readiness {
@@ -104,6 +104,37 @@ export function residentMb(pid: number, field: 'VmRSS' | 'VmHWM' | 'RssAnon' = '
   } catch {
     return 0;
   }
+}
+
+/**
+ * CPU time (user + system, ms) of `pid` and of every process under it, by role: the
+ * process itself, the workers it forked and the embedded broker. Read from /proc.
+ */
+export function treeCpuMs(pid: number): { herald: number; workers: number; broker: number } {
+  const tick = 1000 / 100; // USER_HZ, 100 on Linux
+  const procs = new Map<number, { ppid: number; ms: number; cmd: string }>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const cmd = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+      procs.set(Number(entry), { ppid: Number(fields[1]), ms: (Number(fields[11]) + Number(fields[12])) * tick, cmd });
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out = { herald: procs.get(pid)?.ms ?? 0, workers: 0, broker: 0 };
+  const under = (parent: number): void => {
+    for (const [child, p] of procs) {
+      if (p.ppid !== parent) continue;
+      if (p.cmd.includes('mock-cluster')) out.broker += p.ms;
+      else out.workers += p.ms;
+      under(child);
+    }
+  };
+  under(pid);
+  return out;
 }
 
 /** The value of one series in Prometheus text (labels matched as given, in any order), or 0. */

@@ -41,7 +41,7 @@ import { notificationId } from '../processors/ids.ts';
 import pLimit from 'p-limit';
 import { type Herald, startHerald } from '../app/herald.ts';
 import type { ClientReport, WireJob } from './clients.ts';
-import { promValue, residentMb, startNpm } from './herald-process.ts';
+import { promValue, residentMb, startNpm, treeCpuMs } from './herald-process.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { restoreFromChangelog } from '../runtime/restore.ts';
@@ -609,6 +609,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     // The clients run in their own process, as users' clients do.
     const hang = o.noisy?.hang ?? 0;
     const noisyUsers = hang + (o.noisy?.retryAfter ?? 0);
+    const cpuBefore = treeCpuMs(herald.pid);
     const { sent: sentList, waits, refused, firstPost, published } = await runClients({ url: herald.url, key, events: o.events, clients: o.clients, users: o.users, ...(o.perSecond ? { perSecond: o.perSecond } : {}), hooks: Array.from({ length: o.users }, (_, i) => `http://127.0.0.1:${port}/${i < hang ? 'hang' : i < noisyUsers ? 'retry-after' : 'hook'}`) });
     if (sampler) clearInterval(sampler);
     // Healthy events: those whose user is not one of the noisy neighbours (event i goes to user i % users).
@@ -616,6 +617,9 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     const sent = new Map(sentList.filter(([id]) => healthy(id)));
     if (refused) throw new Error(`bench --http: ${refused} of ${o.events} POSTs were not accepted`);
     await until(allArrived(sent.keys(), arrivals), 600_000, 'http deliveries');
+    // CPU Herald spent (its process, its workers, its broker) from the first POST to the last delivery.
+    const cpuAfter = treeCpuMs(herald.pid);
+    const cpuSeconds = Object.fromEntries((['herald', 'workers', 'broker'] as const).map((k) => [k, round((cpuAfter[k] - cpuBefore[k]) / 1000)])) as Record<'herald' | 'workers' | 'broker', number>;
     // Peak RSS (VmHWM) of Herald's process and of each worker, before the check's reads add to it.
     const workerPids = await herald.refreshWorkers();
     const heraldPeakRssMb = residentMb(herald.pid, 'VmHWM');
@@ -671,7 +675,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     const lost = readiness.reasons.filter((r) => r.includes('records lost'));
     const stages = stageFiguresOf(await herald.metrics());
     const workers = 1 + workerPids.length;
-    return { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline: result.timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers };
+    return { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline: result.timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers, cpuSeconds };
   };
   let m: Awaited<ReturnType<typeof measure>>;
   try {
@@ -683,7 +687,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     rmSync(stateDir, { recursive: true, force: true });
     throw err;
   }
-  const { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers } = m;
+  const { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers, cpuSeconds } = m;
   const exitCode = await herald.stop();
   if (exitCode !== 0) progress(`npm start exited with ${exitCode} on SIGTERM; the end of its output:\n${herald.output().split('\n').slice(-40).join('\n')}`);
   receiver.disconnect();
@@ -701,7 +705,10 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     publishSeconds: +((published - firstPost) / 1000).toFixed(3), publishPerSecond: round(o.events / ((published - firstPost) / 1000)),
     endToEndSeconds: +((last - firstPost) / 1000).toFixed(3), endToEndEventsPerSecond: round(sent.size / ((last - firstPost) / 1000)),
     ...(o.noisy ? { noisyNeighbours: { hangingUsers: hang, hangingNotifications: sentList.filter(([id]) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users < hang).length, retryAfter100000Users: o.noisy.retryAfter, latencyOf: 'healthy users only' } } : {}),
-    latency: { p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) }, medianMsFromDueToDecision: timeline, stages,
+    latency: { p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) },
+    // On a saturated machine the rate follows the CPU an event costs: this varies far less between runs than the rate.
+    cpu: { seconds: cpuSeconds, msPerEvent: +((cpuSeconds.herald + cpuSeconds.workers + cpuSeconds.broker) * 1000 / o.events).toFixed(2) },
+    medianMsFromDueToDecision: timeline, stages,
     ...(o.sampleRss ? { rss } : {}),
     correctness: { ok: failures.length === 0, failures, notifications: accounting.notifications, terminal: accounting.terminal, violations: accounting.violations.length, deliveredTwice: repeated.length },
   };

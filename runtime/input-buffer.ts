@@ -42,12 +42,20 @@ export interface InputBufferOptions {
   /** A failed attempt: reported, then the same records are tried again after `backoffMs`. */
   failed: (err: Error, attempt: number, backoffMs: number) => void;
   maxRecords?: number;
+  /**
+   * Records reaching an idle queue wait up to this long for more before they are handled
+   * (fetch.min.bytes and fetch.max.wait.ms, applied here: the embedded broker ignores
+   * min bytes). Fetching goes on meanwhile; MAX_BATCH_RECORDS queued starts the batch at once.
+   */
+  lingerMs?: number;
 }
 
 export class InputBuffer {
   private queue: Queued[] = [];
   private records = 0;
   private draining: Promise<void> | null = null;
+  /** Queued records waiting out `lingerMs` before the drain starts. */
+  private lingering: NodeJS.Timeout | null = null;
   private dropped = false;
   /** Moves on every drop: a batch handled across a drop no longer counts against the new queue. */
   private epoch = 0;
@@ -111,6 +119,21 @@ export class InputBuffer {
     this.queue.push({ decoded, lastOffset, count });
     this.records += count;
     this.fetchedUpTo = BigInt(lastOffset);
+    if (this.draining) return;
+    if (this.o.lingerMs && this.records < MAX_BATCH_RECORDS) {
+      if (!this.lingering) {
+        this.lingering = setTimeout(() => this.start(), this.o.lingerMs);
+        this.lingering.unref();
+      }
+      return;
+    }
+    this.start();
+  }
+
+  /** Makes sure what is queued is being handled. */
+  private start(): void {
+    if (this.lingering) clearTimeout(this.lingering);
+    this.lingering = null;
     // Started on a later tick, so `draining` is set before the loop can call back into `push`.
     this.draining ??= Promise.resolve().then(() => this.drain()).finally(() => (this.draining = null));
   }
@@ -125,6 +148,8 @@ export class InputBuffer {
   }
 
   private clear(): void {
+    if (this.lingering) clearTimeout(this.lingering);
+    this.lingering = null;
     this.dropped = true;
     this.epoch++;
     this.queue = [];

@@ -71,6 +71,8 @@ export interface StageRunnerOptions {
    * /readyz as ever) but fetches nothing; its records come through `feed`.
    */
   fed?: boolean;
+  /** Records reaching an idle partition wait up to this long for more, to be handled as one batch (runtime/input-buffer.ts). */
+  lingerMs?: number;
 }
 
 export class StageRunner {
@@ -342,6 +344,7 @@ export class StageRunner {
           this.health.batchDone(topic, task.partition, lag);
         },
         room: this.o.room,
+        ...(this.o.lingerMs ? { lingerMs: this.o.lingerMs } : {}),
         failed: (err, attempt, backoffMs) => {
           this.health.batchFailed(err as Error & { code?: string });
           this.log.warn({ err, partition: task.partition, attempt, backoffMs }, 'batch failed; its records are handled again after a pause');

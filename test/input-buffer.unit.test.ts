@@ -139,4 +139,50 @@ describe('input buffer', () => {
     expect(handled).toEqual([[0, 1], [2, 3]]);
     await until(() => buffer.size === 0);
   });
+
+  describe('with a linger', () => {
+    const lingering = (lingerMs: number) => {
+      const handled: number[][] = [];
+      const buffer = new InputBuffer({ handle: async (d) => void handled.push(offsetsOf(d)), failed: () => undefined, lingerMs });
+      return { buffer, handled };
+    };
+
+    it('waits for more records before handling a batch, and handles what came meanwhile as one', async () => {
+      const { buffer, handled } = lingering(150);
+      buffer.push(batch(0), '0', 1);
+      await new Promise((r) => setTimeout(r, 50));
+      buffer.push(batch(1, 2), '2', 2);
+      await new Promise((r) => setTimeout(r, 30));
+      expect(handled).toEqual([]);
+      // The next fetch is not held back while the records linger.
+      let done = false;
+      void buffer.handled(1000).then(() => (done = true));
+      await new Promise((r) => setTimeout(r, 10));
+      expect(done).toBe(true);
+      await until(() => handled.length === 1);
+      expect(handled).toEqual([[0, 1, 2]]);
+      expect(buffer.size).toBe(0);
+    });
+
+    it('starts at once when a full batch is queued', async () => {
+      const { buffer, handled } = lingering(60_000);
+      buffer.push(batch(...Array.from({ length: 300 }, (_, i) => i)), '299', 300);
+      buffer.push(batch(...Array.from({ length: 200 }, (_, i) => 300 + i)), '499', 200);
+      await until(() => handled.length === 1);
+      expect(handled[0]).toHaveLength(500);
+    });
+
+    it('handles nothing that lingered when the queue is dropped', async () => {
+      const { buffer, handled } = lingering(50);
+      buffer.push(batch(0), '0', 1);
+      await buffer.drop();
+      await new Promise((r) => setTimeout(r, 120));
+      expect(handled).toEqual([]);
+      // Reopened, it lingers again.
+      buffer.reopen();
+      buffer.push(batch(0, 1), '1', 2);
+      await until(() => handled.length === 1);
+      expect(handled).toEqual([[0, 1]]);
+    });
+  });
 });

@@ -803,7 +803,7 @@ async function main() {
       pipeline: pipe ? { ...pipe.throughput, ratioToPassthrough: +(pipe.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), hops: 6, fetchedHops: 3, fused: SUB_TOPOLOGY.join('+'), note: 'events/s from the first ingested batch to the last webhook delivered (one recipient per event); the default settings (stages fused)' } : null,
       lightLoadLatency: pipe?.latency ?? null,
       pipelineUnfused: unfused ? { ...unfused.throughput, ratioToPassthrough: +(unfused.throughput.eventsPerSecond / ceiling.recordsPerSecond).toFixed(3), fetchedHops: 6, lightLoadLatency: unfused.latency, note: 'the same run with HERALD_FUSE_STAGES=false: every stage fetches its input' } : null,
-      latency: latency ? { offeredPerSecond: rate, seconds: latencySeconds, ...latency.latency, publishPerSecond: latency.publishPerSecond, endToEndEventsPerSecond: latency.endToEndEventsPerSecond, retriedAfter429or503: latency.retriedAfter429or503, correctness: latency.correctness, via: latency.herald, heraldPeakRssMb: latency.heraldPeakRssMb, workerPeakRssMb: latency.workerPeakRssMb ?? [] } : null,
+      latency: latency ? { offeredPerSecond: rate, seconds: latencySeconds, ...latency.latency, publishPerSecond: latency.publishPerSecond, endToEndEventsPerSecond: latency.endToEndEventsPerSecond, retriedAfter429or503: latency.retriedAfter429or503, correctness: latency.correctness, via: latency.herald, heraldPeakRssMb: latency.heraldPeakRssMb, workerPeakRssMb: latency.workerPeakRssMb ?? [], cpu: latency.cpu } : null,
       correctness: pipe?.correctness ?? null,
       realisticMix: mixed,
       restore: restored,

@@ -120,7 +120,7 @@ export class InputBuffer {
     this.records += count;
     this.fetchedUpTo = BigInt(lastOffset);
     if (this.draining) return;
-    if (this.o.lingerMs && this.records < MAX_BATCH_RECORDS) {
+    if (this.o.lingerMs && this.records < Math.min(MAX_BATCH_RECORDS, this.max)) {
       if (!this.lingering) {
         this.lingering = setTimeout(() => this.start(), this.o.lingerMs);
         this.lingering.unref();
@@ -135,7 +135,11 @@ export class InputBuffer {
     if (this.lingering) clearTimeout(this.lingering);
     this.lingering = null;
     // Started on a later tick, so `draining` is set before the loop can call back into `push`.
-    this.draining ??= Promise.resolve().then(() => this.drain()).finally(() => (this.draining = null));
+    // Records pushed between the loop's last look at the queue and its end start it again.
+    this.draining ??= Promise.resolve().then(() => this.drain()).finally(() => {
+      this.draining = null;
+      if (this.queue.length && !this.dropped) this.start();
+    });
   }
 
   /**

@@ -33,6 +33,10 @@ import type { Produced } from './record-collector.ts';
 /** On the embedded broker, how long a group's leader waits before it syncs a group of several members (see assigner.ts). */
 const LEADER_SYNC_DELAY_MS = 1000;
 
+/** How long a stop waits for its member to leave the group, and for one the broker holds in a rebalance. */
+const LEAVE_WAIT_MS = 10_000;
+const REJOINING_LEAVE_WAIT_MS = 500;
+
 export interface StageRunnerOptions {
   stage: StageName;
   factory: StageFactory;
@@ -87,6 +91,8 @@ export class StageRunner {
   private assigned = new Set<number>();
   /** Group membership, as /readyz reports it. */
   member: 'starting' | 'joined' | 'restarting' | 'stopped' = 'starting';
+  /** Between a rebalance's start and this member's next join. */
+  private rejoining = false;
   private readonly inputs = new Map<string, TopicKey>();
   private readonly offsets: OffsetManager;
   /** What /readyz reports about this stage. */
@@ -141,6 +147,7 @@ export class StageRunner {
     });
     // A rebalance begins: no timer may fire for a partition that could be moving.
     consumer.on(consumer.events.REBALANCING, () => {
+      this.rejoining = true;
       // A fused stage takes no more records until it knows what it holds (feeds wait for the join).
       if (this.o.fed) this.assigned = new Set();
       void this.tasks.stopTimers();
@@ -149,6 +156,7 @@ export class StageRunner {
       for (const e of this.inputBuffers.values()) void e.buffer.drop();
     });
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
+      this.rejoining = false;
       const assigned = new Set<number>();
       for (const parts of Object.values(e.payload.memberAssignment)) for (const p of parts) assigned.add(p);
       const sorted = [...assigned].sort((a, b) => a - b);
@@ -390,18 +398,51 @@ export class StageRunner {
     this.stopped = true;
     this.member = 'stopped';
     if (this.commitTimer) clearInterval(this.commitTimer);
-    await this.fused?.stop();
-    await this.restarting;
+    // Each step of a stop that takes long is reported, so a slow stop says where it waited.
+    const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
+      const t0 = Date.now();
+      try {
+        return await fn();
+      } finally {
+        const ms = Date.now() - t0;
+        if (ms >= 1000) this.log.warn({ step: name, ms }, 'a step of stopping the stage took long');
+      }
+    };
+    await step('fused hand-overs', async () => this.fused?.stop());
+    await step('consumer restart', () => this.restarting);
     const c = this.consumer;
-    await this.tasks.stopTimers();
+    await step('timers', () => this.tasks.stopTimers());
     if (c) {
       c.pause([...this.inputs.keys()].map((topic) => ({ topic })));
-      await this.dropInputs();
-      for (const task of await this.tasks.all()) await task.idle();
-      await this.offsets.commit(c);
+      await step('queued batches', () => this.dropInputs());
+      await step('batches in flight', async () => {
+        for (const task of await this.tasks.all()) await task.idle();
+      });
+      await step('offset commit', () => this.offsets.commit(c));
       this.consumer = null;
-      await c.disconnect();
+      // A member told to rejoin (another member left: the other processes stop too) waits
+      // in JoinGroup until the rebalance completes, and kafkajs leaves only after that; the
+      // embedded broker holds a JoinGroup for the session timeout less a second, whoever has
+      // rejoined. Such a member holds no partitions and can commit nothing, so the stop
+      // waits for it only briefly; the broker drops it when its connection closes or its
+      // session times out. A member that is not rejoining leaves at once.
+      // kafkajs rejoins when a heartbeat says so even while it is being stopped, so the wait
+      // is cut short whenever the member is rejoining, before or during the leave.
+      let done = false;
+      const leaving = c.disconnect().catch((err: unknown) => this.log.warn({ err }, 'leaving the group failed')).finally(() => (done = true));
+      const left = await step('leaving the group', async () => {
+        let rejoiningSince: number | null = null;
+        for (const deadline = Date.now() + LEAVE_WAIT_MS; !done && Date.now() < deadline;) {
+          if (this.rejoining) rejoiningSince ??= Date.now();
+          if (rejoiningSince !== null && Date.now() - rejoiningSince >= REJOINING_LEAVE_WAIT_MS) break;
+          await Promise.race([leaving, new Promise((r) => setTimeout(r, 50))]);
+        }
+        return done;
+      });
+      if (!left) this.log.info({ rejoining: this.rejoining }, 'stopped without waiting for the group to let this member go');
     }
-    for (const p of this.tasks.partitions()) await this.tasks.close(p);
+    await step('closing partitions', async () => {
+      for (const p of this.tasks.partitions()) await this.tasks.close(p);
+    });
   }
 }

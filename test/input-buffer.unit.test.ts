@@ -146,22 +146,33 @@ describe('input buffer', () => {
       const buffer = new InputBuffer({ handle: async (d) => void handled.push(offsetsOf(d)), failed: () => undefined, lingerMs });
       return { buffer, handled };
     };
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
     it('waits for more records before handling a batch, and handles what came meanwhile as one', async () => {
-      const { buffer, handled } = lingering(150);
+      const { buffer, handled } = lingering(600);
       buffer.push(batch(0), '0', 1);
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(100);
       buffer.push(batch(1, 2), '2', 2);
-      await new Promise((r) => setTimeout(r, 30));
+      await sleep(100);
       expect(handled).toEqual([]);
       // The next fetch is not held back while the records linger.
       let done = false;
       void buffer.handled(1000).then(() => (done = true));
-      await new Promise((r) => setTimeout(r, 10));
+      await sleep(20);
       expect(done).toBe(true);
       await until(() => handled.length === 1);
       expect(handled).toEqual([[0, 1, 2]]);
       expect(buffer.size).toBe(0);
+    });
+
+    it('counts the wait from the first record, not from the latest', async () => {
+      const { buffer, handled } = lingering(800);
+      buffer.push(batch(0), '0', 1);
+      await sleep(500);
+      buffer.push(batch(1), '1', 1);
+      // A wait started again by the second push would end at 1,300 ms.
+      await sleep(600);
+      expect(handled).toEqual([[0, 1]]);
     });
 
     it('starts at once when a full batch is queued', async () => {
@@ -172,15 +183,16 @@ describe('input buffer', () => {
       expect(handled[0]).toHaveLength(500);
     });
 
-    it('handles nothing that lingered when the queue is dropped', async () => {
-      const { buffer, handled } = lingering(50);
+    it('handles nothing that lingered when the queue is dropped, and lingers afresh once reopened', async () => {
+      const { buffer, handled } = lingering(1500);
       buffer.push(batch(0), '0', 1);
+      await sleep(400);
       await buffer.drop();
-      await new Promise((r) => setTimeout(r, 120));
-      expect(handled).toEqual([]);
-      // Reopened, it lingers again.
       buffer.reopen();
       buffer.push(batch(0, 1), '1', 2);
+      // The dropped wait would have ended at 1,500 ms; the new one ends at 1,900 ms.
+      await sleep(1300);
+      expect(handled).toEqual([]);
       await until(() => handled.length === 1);
       expect(handled).toEqual([[0, 1]]);
     });

@@ -127,6 +127,8 @@ export class StageRunner {
     const consumer = this.o.kafka.consumer({
       groupId: groupId(config.topicPrefix, stage),
       sessionTimeout: config.sessionTimeoutMs,
+      // kafkajs restarts a consumer that crashed on a retriable error; not one being stopped.
+      retry: { retries: 5, restartOnFailure: async () => !this.stopped },
       rebalanceTimeout: Math.max(60000, config.sessionTimeoutMs),
       heartbeatInterval: Math.max(300, Math.floor(config.sessionTimeoutMs / 10)),
       maxWaitTimeInMs: config.fetchMaxWaitMs,
@@ -159,6 +161,13 @@ export class StageRunner {
       this.rejoining = false;
       const assigned = new Set<number>();
       for (const parts of Object.values(e.payload.memberAssignment)) for (const p of parts) assigned.add(p);
+      // A join that completes while or after the stage stops (its leave was not waited for):
+      // nothing starts again and no claim is published; partitions it lost are let go.
+      if (this.stopped) {
+        this.offsets.retain(assigned);
+        for (const p of this.tasks.partitions()) if (!assigned.has(p)) void this.tasks.close(p);
+        return;
+      }
       const sorted = [...assigned].sort((a, b) => a - b);
       this.log.info({ partitions: sorted, memberId: e.payload.memberId }, 'joined group');
       this.o.metrics.groupJoins.inc({ stage: this.o.stage });
@@ -254,6 +263,15 @@ export class StageRunner {
     })().finally(() => {
       if (pausing && !this.stopped && this.consumer === consumer) consumer.resume(byTopic);
     });
+  }
+
+  /** Whether the cluster is librdkafka's mock (the embedded broker), by its cluster id; false if it cannot tell within a second. */
+  private async brokerIsMock(): Promise<boolean> {
+    const id = await Promise.race([
+      this.o.admin.describeCluster().then((d) => d.clusterId, () => ''),
+      new Promise<string>((r) => setTimeout(() => r(''), 1000).unref()),
+    ]);
+    return id.startsWith('mockCluster');
   }
 
   private restartMember(consumer: Consumer, error: Error): void {
@@ -401,9 +419,11 @@ export class StageRunner {
     // Each step of a stop that takes long is reported, so a slow stop says where it waited.
     const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
       const t0 = Date.now();
+      const waiting = setTimeout(() => this.log.warn({ step: name }, 'stopping the stage: still waiting after 1 s'), 1000).unref();
       try {
         return await fn();
       } finally {
+        clearTimeout(waiting);
         const ms = Date.now() - t0;
         if (ms >= 1000) this.log.warn({ step: name, ms }, 'a step of stopping the stage took long');
       }
@@ -423,23 +443,28 @@ export class StageRunner {
       // A member told to rejoin (another member left: the other processes stop too) waits
       // in JoinGroup until the rebalance completes, and kafkajs leaves only after that; the
       // embedded broker holds a JoinGroup for the session timeout less a second, whoever has
-      // rejoined. Such a member holds no partitions and can commit nothing, so the stop
-      // waits for it only briefly; the broker drops it when its connection closes or its
+      // rejoined. Such a member holds no partitions and can commit nothing, so against the
+      // embedded broker the stop waits for it only briefly; the broker drops it when its
       // session times out. A member that is not rejoining leaves at once.
       // kafkajs rejoins when a heartbeat says so even while it is being stopped, so the wait
       // is cut short whenever the member is rejoining, before or during the leave.
+      // Real Kafka answers a JoinGroup once the members still in the group have rejoined,
+      // so there the leave is waited for (up to LEAVE_WAIT_MS): a member abandoned in a
+      // rejoin would be given partitions it never takes, and the others would wait out its
+      // session timeout. Only the embedded broker holds a rejoin whoever is back.
+      const mock = await this.brokerIsMock();
       let done = false;
       const leaving = c.disconnect().catch((err: unknown) => this.log.warn({ err }, 'leaving the group failed')).finally(() => (done = true));
       const left = await step('leaving the group', async () => {
         let rejoiningSince: number | null = null;
         for (const deadline = Date.now() + LEAVE_WAIT_MS; !done && Date.now() < deadline;) {
-          if (this.rejoining) rejoiningSince ??= Date.now();
+          rejoiningSince = mock && this.rejoining ? (rejoiningSince ?? Date.now()) : null;
           if (rejoiningSince !== null && Date.now() - rejoiningSince >= REJOINING_LEAVE_WAIT_MS) break;
           await Promise.race([leaving, new Promise((r) => setTimeout(r, 50))]);
         }
         return done;
       });
-      if (!left) this.log.info({ rejoining: this.rejoining }, 'stopped without waiting for the group to let this member go');
+      if (!left) this.log.info({ rejoining: this.rejoining }, 'stopped without waiting for the group to let this member go (the broker drops it when its session times out)');
     }
     await step('closing partitions', async () => {
       for (const p of this.tasks.partitions()) await this.tasks.close(p);

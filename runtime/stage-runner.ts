@@ -469,5 +469,6 @@ export class StageRunner {
     await step('closing partitions', async () => {
       for (const p of this.tasks.partitions()) await this.tasks.close(p);
     });
+    this.assigned = new Set();
   }
 }

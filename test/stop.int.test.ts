@@ -34,10 +34,16 @@ describe('stopping during a rebalance', () => {
     await eventually(() => member(a!).member === 'joined' && !member(a!).rejoining && member(b!).member === 'joined' && !member(b!).rejoining, 60_000);
     // b leaves: a hears of the rebalance at its next heartbeat (every 3 s) and rejoins.
     await b!.stop();
+    const leftAt = Date.now();
     await eventually(() => member(a!).rejoining, 20_000);
     const t0 = Date.now();
     await a!.stop();
     // Waiting for the rebalance would take until the broker's timer ends, ~29 s after b left.
     expect(Date.now() - t0).toBeLessThan(10_000);
+    // The join it was not waited for completes when that timer ends: it must not bring the
+    // stopped member back (joined again, partitions reopened, a claim published).
+    await new Promise((r) => setTimeout(r, Math.max(0, leftAt + 33_000 - Date.now())));
+    expect(member(a!).member).toBe('stopped');
+    expect(a!.runners.get('dedupe')!.partitions()).toEqual([]);
   }, 120_000);
 });

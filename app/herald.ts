@@ -180,7 +180,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
   const metrics = opts.metrics ?? new Metrics({ defaults: true });
   const stages = [...new Set(opts.stages ?? STAGE_NAMES)];
   const rules = loadRules(config.rulesFile);
-  tuneStores({ writeBufferBytes: config.storeWriteBufferBytes, cacheBytes: config.storeCacheBytes });
+  tuneStores({ writeBufferBytes: config.storeWriteBufferBytes, cacheBytes: config.storeCacheBytes, compression: config.storeCompression });
   const cleanups: (() => Promise<void>)[] = [];
   const cleanup = async () => {
     for (const c of cleanups.splice(0).reverse()) await c().catch((err: unknown) => log.warn({ err }, 'shutdown step failed'));

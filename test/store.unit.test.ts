@@ -2,11 +2,11 @@
  * The keyed store on each backend: buffered batch writes, changelog records, checkpoints,
  * restore, and expiry by range scan over the time index.
  */
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type Backend, KeyValueStore } from '../state/store.ts';
+import { type Backend, KeyValueStore, storesPath, tuneStores } from '../state/store.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'herald-store-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -215,5 +215,36 @@ describe.each<'rocksdb' | 'level'>(['rocksdb', 'level'])('store partitions of on
     expect(await again.view().get('k')).toBe('a1');
     expect(await again.checkpoint()).toBe(2n);
     await again.close();
+  });
+});
+
+describe('RocksDB compression (HERALD_STORE_COMPRESSION)', () => {
+  afterAll(() => tuneStores({ writeBufferBytes: 4 * 1024 * 1024, cacheBytes: 16 * 1024 * 1024, compression: false }));
+
+  /** The options RocksDB wrote for the database it opened (its newest OPTIONS file). */
+  const optionsOf = (stateDir: string): string => {
+    const db = storesPath(stateDir, 'rocksdb');
+    const files = readdirSync(db).filter((f) => f.startsWith('OPTIONS-')).sort();
+    return readFileSync(join(db, files.at(-1)!), 'utf8');
+  };
+
+  it.each([false, true])('with compression %s, the database is opened with it and reads back what it wrote', async (compression) => {
+    tuneStores({ writeBufferBytes: 4 * 1024 * 1024, cacheBytes: 16 * 1024 * 1024, compression });
+    const stateDir = mkdtempSync(join(tmpdir(), 'herald-compression-'));
+    try {
+      const store = await KeyValueStore.open({ backend: 'rocksdb', dir: stateDir, stage: 'outcome', name: 'lifecycle', partition: 0, changelog: null });
+      const view = store.view();
+      for (let i = 0; i < 100; i++) view.put(`k${i}`, { i, body: 'x'.repeat(200) });
+      await view.flush(null);
+      const opts = optionsOf(stateDir);
+      expect(opts).toMatch(compression ? /^\s*wal_compression=kZSTD$/m : /^\s*wal_compression=kNoCompression$/m);
+      expect(opts).toMatch(compression ? /^\s*compression_opts=\{[^}]*max_dict_bytes=16384;/m : /^\s*compression_opts=\{[^}]*max_dict_bytes=0;/m);
+      // Levels 0 and 1 stay uncompressed and deeper ones ZSTD either way (level compaction's layout).
+      expect(opts).toMatch(/^\s*compression_per_level=kNoCompression:kNoCompression:kZSTD/m);
+      expect(await store.view().getMany(['k0', 'k99'])).toEqual([{ i: 0, body: 'x'.repeat(200) }, { i: 99, body: 'x'.repeat(200) }]);
+      await store.close();
+    } finally {
+      rmSync(stateDir, { recursive: true, force: true });
+    }
   });
 });

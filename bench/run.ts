@@ -41,7 +41,7 @@ import { notificationId } from '../processors/ids.ts';
 import pLimit from 'p-limit';
 import { type Herald, startHerald } from '../app/herald.ts';
 import type { ClientReport, WireJob } from './clients.ts';
-import { promValue, residentMb, startNpm, treeCpuMs } from './herald-process.ts';
+import { kafkaRequestsOf, promValue, residentMb, startNpm, treeCpuMs } from './herald-process.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger } from '../runtime/logger.ts';
 import { restoreFromChangelog } from '../runtime/restore.ts';
@@ -610,6 +610,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     const hang = o.noisy?.hang ?? 0;
     const noisyUsers = hang + (o.noisy?.retryAfter ?? 0);
     const cpuBefore = treeCpuMs(herald.pid);
+    const requestsBefore = kafkaRequestsOf(await herald.metrics().catch(() => ''));
     const { sent: sentList, waits, refused, firstPost, published } = await runClients({ url: herald.url, key, events: o.events, clients: o.clients, users: o.users, ...(o.perSecond ? { perSecond: o.perSecond } : {}), hooks: Array.from({ length: o.users }, (_, i) => `http://127.0.0.1:${port}/${i < hang ? 'hang' : i < noisyUsers ? 'retry-after' : 'hook'}`) });
     if (sampler) clearInterval(sampler);
     // Healthy events: those whose user is not one of the noisy neighbours (event i goes to user i % users).
@@ -625,26 +626,35 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
       const progress = async () => {
         const text = await herald.metrics().catch(() => '');
         // A failed scrape tells nothing: it neither moves nor settles the window.
-        return text ? `${promValue(text, 'herald_stage_records_total', { stage: 'outcome', result: 'in' })}/${promValue(text, 'herald_stage_batch_duration_seconds_count', { stage: 'outcome' })}` : null;
+        return text ? { text, key: `${promValue(text, 'herald_stage_records_total', { stage: 'outcome', result: 'in' })}/${promValue(text, 'herald_stage_batch_duration_seconds_count', { stage: 'outcome' })}` } : null;
       };
-      let seen = await progress();
+      const first = await progress();
+      let seen = first?.key ?? null;
       let at = treeCpuMs(herald.pid);
+      let requests = kafkaRequestsOf(first?.text ?? '');
       let quietSince = Date.now();
       const deadline = Date.now() + 120_000;
       while (Date.now() < deadline && Date.now() - quietSince < 1000) {
         await new Promise((r) => setTimeout(r, 250));
         const now = await progress();
         if (now === null) continue;
-        if (now !== seen) {
-          seen = now;
+        if (now.key !== seen) {
+          seen = now.key;
           at = treeCpuMs(herald.pid);
+          requests = kafkaRequestsOf(now.text);
           quietSince = Date.now();
         }
       }
-      return { ...at, caughtUp: Date.now() - quietSince >= 1000 };
+      return { ...at, requests, caughtUp: Date.now() - quietSince >= 1000 };
     })();
     const cpuSeconds = Object.fromEntries((['herald', 'workers', 'broker'] as const).map((k) => [k, +((cpuAfter[k] - cpuBefore[k]) / 1000).toFixed(2)])) as Record<'herald' | 'workers' | 'broker', number>;
     const cpuMsPerEvent = +((['herald', 'workers', 'broker'] as const).reduce((sum, k) => sum + cpuAfter[k] - cpuBefore[k], 0) / o.events).toFixed(3);
+    // Requests Herald's Kafka clients sent over the same window, per event: in all, by API and by client and API (most first).
+    const deltas = [...cpuAfter.requests].map(([k, n]) => [k, n - (requestsBefore.get(k) ?? 0)] as const).filter(([, n]) => n > 0);
+    const perEvent = (entries: Iterable<readonly [string, number]>) => Object.fromEntries([...entries].sort((a, b) => b[1] - a[1]).map(([k, n]) => [k, +(n / o.events).toFixed(3)]));
+    const byApi = new Map<string, number>();
+    for (const [k, n] of deltas) byApi.set(k.slice(k.indexOf(' ') + 1), (byApi.get(k.slice(k.indexOf(' ') + 1)) ?? 0) + n);
+    const kafkaRequestsPerEvent = { all: +(deltas.reduce((sum, [, n]) => sum + n, 0) / o.events).toFixed(2), byApi: perEvent(byApi), byClient: perEvent(deltas.filter(([, n]) => n / o.events >= 0.005)) };
     // Peak RSS (VmHWM) of Herald's process and of each worker, before the check's reads add to it.
     const workerPids = await herald.refreshWorkers();
     const heraldPeakRssMb = residentMb(herald.pid, 'VmHWM');
@@ -700,7 +710,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     const lost = readiness.reasons.filter((r) => r.includes('records lost'));
     const stages = stageFiguresOf(await herald.metrics());
     const workers = 1 + workerPids.length;
-    return { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline: result.timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers, cpuSeconds, cpuMsPerEvent, cpuCaughtUp: cpuAfter.caughtUp };
+    return { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline: result.timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers, cpuSeconds, cpuMsPerEvent, kafkaRequestsPerEvent, cpuCaughtUp: cpuAfter.caughtUp };
   };
   let m: Awaited<ReturnType<typeof measure>>;
   try {
@@ -712,7 +722,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     rmSync(stateDir, { recursive: true, force: true });
     throw err;
   }
-  const { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers, cpuSeconds, cpuMsPerEvent, cpuCaughtUp } = m;
+  const { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers, cpuSeconds, cpuMsPerEvent, kafkaRequestsPerEvent, cpuCaughtUp } = m;
   const exitCode = await herald.stop();
   if (exitCode !== 0) progress(`npm start exited with ${exitCode} on SIGTERM; the end of its output:\n${herald.output().split('\n').slice(-40).join('\n')}`);
   receiver.disconnect();
@@ -732,7 +742,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     ...(o.noisy ? { noisyNeighbours: { hangingUsers: hang, hangingNotifications: sentList.filter(([id]) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users < hang).length, retryAfter100000Users: o.noisy.retryAfter, latencyOf: 'healthy users only' } } : {}),
     latency: { p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) },
     // On a saturated machine the rate follows the CPU an event costs: this varies far less between runs than the rate.
-    cpu: { seconds: cpuSeconds, msPerEvent: cpuMsPerEvent, until: cpuCaughtUp ? 'the last delivery and the lifecycle projection caught up' : 'the last delivery and 120 s more: the lifecycle projection was still catching up' },
+    cpu: { seconds: cpuSeconds, msPerEvent: cpuMsPerEvent, kafkaRequestsPerEvent, until: cpuCaughtUp ? 'the last delivery and the lifecycle projection caught up' : 'the last delivery and 120 s more: the lifecycle projection was still catching up' },
     medianMsFromDueToDecision: timeline, stages,
     ...(o.sampleRss ? { rss } : {}),
     correctness: { ok: failures.length === 0, failures, notifications: accounting.notifications, terminal: accounting.terminal, violations: accounting.violations.length, deliveredTwice: repeated.length },

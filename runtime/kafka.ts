@@ -15,12 +15,61 @@ const LEVELS: Record<number, 'error' | 'warn' | 'info' | 'debug'> = {
 /** kafkajs log entries Herald acts on (besides logging them), e.g. an offset found out of range. */
 export type KafkaLogListener = (message: string, extra: Record<string, unknown>) => void;
 
+/** Requests this process's kafkajs clients have sent, by client and API name, for herald_kafka_requests_total. */
+const requests = new Map<string, Map<string, number>>();
+export function kafkaRequests(): ReadonlyMap<string, ReadonlyMap<string, number>> {
+  return requests;
+}
+
+/**
+ * The client a consumer's requests are counted under: its group, with what makes a group id
+ * unique per start left out (a table or topic reader's random suffix, the journal's id and
+ * time), so the label's values stay few.
+ */
+export function requestClient(groupId: string): string {
+  if (/reader\.[0-9a-f-]{36}$/.test(groupId)) return 'reader';
+  if (/(^|\.)journal\./.test(groupId)) return 'journal';
+  return groupId;
+}
+
+const counting = (client: string) => {
+  const byApi = requests.get(client) ?? requests.set(client, new Map()).get(client)!;
+  return ({ payload }: { payload: { apiName: string } }): void => {
+    byApi.set(payload.apiName, (byApi.get(payload.apiName) ?? 0) + 1);
+  };
+};
+
+/**
+ * Every consumer, producer and admin client made from `kafka` counts its requests by API
+ * (kafkajs' request instrumentation event), as Kafka's clients report request totals per
+ * client: consumers under their group (requestClient), producers and admin clients together.
+ */
+function countingRequests(kafka: Kafka): Kafka {
+  const { consumer, producer, admin } = kafka;
+  kafka.consumer = (c) => {
+    const client = consumer.call(kafka, c);
+    client.on(client.events.REQUEST, counting(requestClient(c.groupId)));
+    return client;
+  };
+  kafka.producer = (c) => {
+    const client = producer.call(kafka, c);
+    client.on(client.events.REQUEST, counting('producer'));
+    return client;
+  };
+  kafka.admin = (c) => {
+    const client = admin.call(kafka, c);
+    client.on(client.events.REQUEST, counting('admin'));
+    return client;
+  };
+  return kafka;
+}
+
 export function createKafka(config: HeraldConfig, brokers: string, log: Logger, clientId = `herald-${config.instanceId}`, onLog?: KafkaLogListener): Kafka {
   const sasl = config.saslMechanism
     ? ({ mechanism: config.saslMechanism, username: config.saslUsername, password: config.saslPassword } as SASLOptions)
     : undefined;
   const kl = log.child({ component: 'kafkajs' });
-  return new Kafka({
+  return countingRequests(new Kafka({
     clientId,
     brokers: brokers.split(',').map((b) => b.trim()).filter(Boolean),
     ssl: config.ssl,
@@ -35,7 +84,7 @@ export function createKafka(config: HeraldConfig, brokers: string, log: Logger, 
       kl[LEVELS[level] ?? 'info']({ namespace, ...rest }, message);
       onLog?.(message, rest);
     },
-  });
+  }));
 }
 
 export function createProducer(kafka: Kafka): Producer {

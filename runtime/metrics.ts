@@ -5,6 +5,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { getHeapStatistics } from 'node:v8';
 import { storeMemory } from '../state/store.ts';
+import { kafkaRequests } from './kafka.ts';
 
 export class Metrics {
   readonly registry: Registry;
@@ -48,6 +49,21 @@ export class Metrics {
         },
       });
     }
+    // Counted by the kafkajs clients of the process (runtime/kafka.ts); each registry adds what is new since it last looked.
+    const reported = new Map<string, number>();
+    new Counter({
+      name: 'herald_kafka_requests_total', help: 'Requests this process\'s Kafka clients sent to the brokers, by client (a consumer group, `reader` for table and topic readers, `journal` for the embedded broker\'s journal, `producer`, `admin`) and API (Fetch, Produce, OffsetCommit, ListOffsets, ...).', labelNames: ['client', 'api'], registers: [r],
+      collect() {
+        for (const [client, byApi] of kafkaRequests()) {
+          for (const [api, n] of byApi) {
+            const key = `${client}\u0000${api}`;
+            const delta = n - (reported.get(key) ?? 0);
+            if (delta > 0) this.inc({ client, api }, delta);
+            reported.set(key, n);
+          }
+        }
+      },
+    });
     this.restored = new Counter({ name: 'herald_state_restore_records_total', help: 'Changelog records applied while restoring stores.', labelNames: ['stage', 'store'], registers: [r] });
     this.restoreDuration = new Histogram({ name: 'herald_state_restore_duration_seconds', help: 'Time to restore one store partition from its changelog.', labelNames: ['stage', 'store'], buckets: [0.01, 0.1, 0.5, 1, 5, 15, 60, 300], registers: [r] });
     this.tableRecords = new Counter({ name: 'herald_table_records_total', help: 'Records applied to global tables.', labelNames: ['table'], registers: [r] });

@@ -258,6 +258,10 @@ describe('end-to-end through the HTTP API', () => {
     const metrics = await fetch(`${h.httpUrl}/metrics`).then((r) => r.text());
     expect(metrics).toMatch(/herald_stage_records_total\{stage="deliver",result="in"\} [1-9]/);
     expect(metrics).toContain('herald_stage_batch_duration_seconds_bucket');
+    // Requests to the brokers by client and API, as Kafka's clients count them.
+    const requests = (client: string, api: string) => Number(new RegExp(`^herald_kafka_requests_total\\{client="${client}",api="${api}"\\} (\\d+)$`, 'm').exec(metrics)?.[1] ?? 0);
+    for (const api of ['Fetch', 'JoinGroup', 'OffsetCommit']) expect(requests('herald\\.deliver', api), api).toBeGreaterThan(0);
+    expect(requests('producer', 'Produce')).toBeGreaterThan(0);
     // Kafka Streams' record-e2e-latency: per stage, the time since the event was published,
     // growing along the chain (stream time flows downstream with each record's timestamp).
     const e2e = (stage: string) => {

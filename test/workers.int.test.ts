@@ -84,6 +84,13 @@ describe('herald start with two workers', () => {
       expect(await heapLimitMb(url), url).toBeLessThanOrEqual(200 + 3 * 16);
     }
     expect(workerReady.partitions).toEqual(Object.fromEntries(stages.map((s) => [s, [1, 2, 3]])));
+    // Each process counts its Kafka clients' requests by API; the primary's page sums both.
+    const requests = (url: string, client: string, api: string) => metric(url, new RegExp(`^herald_kafka_requests_total\\{client="${client}",api="${api}"\\} (\\d+)$`, 'm'));
+    const workerFetches = await requests(ready.workers[0]!.url, 'herald\\.deliver', 'Fetch');
+    expect(workerFetches).toBeGreaterThan(0);
+    expect(await requests(first.url, 'herald\\.deliver', 'Fetch')).toBeGreaterThan(workerFetches);
+    expect(await requests(ready.workers[0]!.url, 'producer', 'Produce')).toBeGreaterThan(0);
+    expect(await requests(first.url, 'journal', 'Fetch')).toBeGreaterThan(0);
     // The worker's own port answers the queries forwarded to it, and refuses writes: they
     // belong to the primary, where they are journaled before they are acknowledged.
     expect((await call(ready.workers[0]!.url, 'GET', `/v1/notifications/${ids[0]}`)).status).not.toBe(421);

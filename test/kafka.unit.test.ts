@@ -1,0 +1,21 @@
+/**
+ * The client label of herald_kafka_requests_total: a consumer's group, without what makes a
+ * group id unique per start, so the label has few values however often readers come and go.
+ */
+import { describe, expect, it } from 'vitest';
+import { requestClient } from '../runtime/kafka.ts';
+
+describe('requestClient', () => {
+  it('names a stage consumer by its group', () => {
+    expect(requestClient('herald.deliver')).toBe('herald.deliver');
+    expect(requestClient('acme.herald.outcome')).toBe('acme.herald.outcome');
+  });
+
+  it('folds table and topic readers, and the journal follower, into one value each', () => {
+    expect(requestClient('herald.reader.0b8f4a43-5a7e-4a8e-9a43-6f1d2c3b4a5e')).toBe('reader');
+    expect(requestClient('herald.journal.5f0c.1764700000000')).toBe('journal');
+    // A group that merely mentions the words is a group of its own.
+    expect(requestClient('herald.reader')).toBe('herald.reader');
+    expect(requestClient('journaling')).toBe('journaling');
+  });
+});

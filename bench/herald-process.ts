@@ -137,12 +137,12 @@ export function treeCpuMs(pid: number): { herald: number; workers: number; broke
   return out;
 }
 
-/** The value of one series in Prometheus text (labels matched as given, in any order), or 0. */
 /** herald_kafka_requests_total from a /metrics page (with workers, summed over the processes), keyed `client api`. */
 export function kafkaRequestsOf(text: string): Map<string, number> {
   return new Map([...text.matchAll(/^herald_kafka_requests_total\{client="([^"]*)",api="([^"]+)"\} (\S+)$/gm)].map((m) => [`${m[1]} ${m[2]}`, Number(m[3])]));
 }
 
+/** The value of one series in Prometheus text (labels matched as given, in any order), or 0. */
 export function promValue(text: string, name: string, labels: Record<string, string> = {}): number {
   let total = 0;
   for (const line of text.split('\n')) {

@@ -610,7 +610,12 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     const hang = o.noisy?.hang ?? 0;
     const noisyUsers = hang + (o.noisy?.retryAfter ?? 0);
     const cpuBefore = treeCpuMs(herald.pid);
-    const requestsBefore = kafkaRequestsOf(await herald.metrics().catch(() => ''));
+    // A failed scrape would leave no starting point: try again (a worker may miss one report).
+    let requestsBefore = new Map<string, number>();
+    for (let attempt = 0; attempt < 10 && requestsBefore.size === 0; attempt++) {
+      if (attempt) await new Promise((r) => setTimeout(r, 200));
+      requestsBefore = kafkaRequestsOf(await herald.metrics().catch(() => ''));
+    }
     const { sent: sentList, waits, refused, firstPost, published } = await runClients({ url: herald.url, key, events: o.events, clients: o.clients, users: o.users, ...(o.perSecond ? { perSecond: o.perSecond } : {}), hooks: Array.from({ length: o.users }, (_, i) => `http://127.0.0.1:${port}/${i < hang ? 'hang' : i < noisyUsers ? 'retry-after' : 'hook'}`) });
     if (sampler) clearInterval(sampler);
     // Healthy events: those whose user is not one of the noisy neighbours (event i goes to user i % users).
@@ -650,11 +655,12 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     const cpuSeconds = Object.fromEntries((['herald', 'workers', 'broker'] as const).map((k) => [k, +((cpuAfter[k] - cpuBefore[k]) / 1000).toFixed(2)])) as Record<'herald' | 'workers' | 'broker', number>;
     const cpuMsPerEvent = +((['herald', 'workers', 'broker'] as const).reduce((sum, k) => sum + cpuAfter[k] - cpuBefore[k], 0) / o.events).toFixed(3);
     // Requests Herald's Kafka clients sent over the same window, per event: in all, by API and by client and API (most first).
-    const deltas = [...cpuAfter.requests].map(([k, n]) => [k, n - (requestsBefore.get(k) ?? 0)] as const).filter(([, n]) => n > 0);
+    const deltas = [...cpuAfter.requests].map(([k, n]) => [k, n - (requestsBefore.get(k) ?? 0)] as const).filter(([, n]) => n !== 0);
     const perEvent = (entries: Iterable<readonly [string, number]>) => Object.fromEntries([...entries].sort((a, b) => b[1] - a[1]).map(([k, n]) => [k, +(n / o.events).toFixed(3)]));
     const byApi = new Map<string, number>();
-    for (const [k, n] of deltas) byApi.set(k.slice(k.indexOf(' ') + 1), (byApi.get(k.slice(k.indexOf(' ') + 1)) ?? 0) + n);
-    const kafkaRequestsPerEvent = { all: +(deltas.reduce((sum, [, n]) => sum + n, 0) / o.events).toFixed(2), byApi: perEvent(byApi), byClient: perEvent(deltas.filter(([, n]) => n / o.events >= 0.005)) };
+    for (const [k, n] of deltas) byApi.set(k.slice(k.lastIndexOf(' ') + 1), (byApi.get(k.slice(k.lastIndexOf(' ') + 1)) ?? 0) + n);
+    // A count that went down means a worker missed one of the two scrapes (/metrics leaves out a worker that does not answer in time).
+    const kafkaRequestsPerEvent = requestsBefore.size === 0 || deltas.some(([, n]) => n < 0) ? { unknown: 'a /metrics scrape at either end of the window missed a process' } : { all: +(deltas.reduce((sum, [, n]) => sum + n, 0) / o.events).toFixed(2), byApi: perEvent(byApi), byClient: perEvent(deltas.filter(([, n]) => n / o.events >= 0.005)) };
     // Peak RSS (VmHWM) of Herald's process and of each worker, before the check's reads add to it.
     const workerPids = await herald.refreshWorkers();
     const heraldPeakRssMb = residentMb(herald.pid, 'VmHWM');

@@ -28,7 +28,7 @@ export function kafkaRequests(): ReadonlyMap<string, ReadonlyMap<string, number>
  */
 export function requestClient(groupId: string): string {
   if (/reader\.[0-9a-f-]{36}$/.test(groupId)) return 'reader';
-  if (/(^|\.)journal\./.test(groupId)) return 'journal';
+  if (/^herald\.journal\.[^.]+\.\d+$/.test(groupId)) return 'journal';
   return groupId;
 }
 

@@ -44,7 +44,7 @@ export interface StoreTuning {
   cacheBytes: number;
   /**
    * ZSTD with trained dictionaries for the deeper levels and a ZSTD-compressed write-ahead
-   * log (the library's defaults), or neither. Off by default, as in Kafka Streams, whose
+   * log (the library's defaults), or neither (deeper levels then plain ZSTD). Off by default, as in Kafka Streams, whose
    * RocksDB stores are uncompressed: the stores here are rewritten with every batch and
    * compacted often, and the compression cost more CPU than the bytes it saved.
    */
@@ -68,8 +68,9 @@ export async function openLevel(backend: Backend, path: string): Promise<LevelLi
     db = (backend === 'level'
       ? new ClassicLevel(path, { keyEncoding: 'utf8', valueEncoding: 'utf8' })
       // write_buffer_size is a quarter of the memtable budget under level compaction.
-      // Level compaction keeps levels 0 and 1 uncompressed and ZSTD below; `compression`
-      // adds trained dictionaries there, `walCompression` compresses every logged write.
+      // Level compaction keeps L0 and the level it compacts into uncompressed (with dynamic
+      // level sizes, the base level: while the data is small, the only one), ZSTD below;
+      // `compression` adds trained dictionaries there, `walCompression` compresses every logged write.
       : new RocksLevel(path, { keyEncoding: 'utf8', valueEncoding: 'utf8', compaction: 'level', memtableMemoryBudget: 4 * tuning.writeBufferBytes, cacheSize: tuning.cacheBytes, compression: tuning.compression, walCompression: tuning.compression } as never)) as unknown as LevelLike;
   }
   await db.open();

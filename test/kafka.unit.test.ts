@@ -17,5 +17,8 @@ describe('requestClient', () => {
     // A group that merely mentions the words is a group of its own.
     expect(requestClient('herald.reader')).toBe('herald.reader');
     expect(requestClient('journaling')).toBe('journaling');
+    // A topic prefix that names a journal does not fold the stages into it.
+    expect(requestClient('journal.herald.deliver')).toBe('journal.herald.deliver');
+    expect(requestClient('acme.journal.deliver')).toBe('acme.journal.deliver');
   });
 });

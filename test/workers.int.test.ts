@@ -86,9 +86,12 @@ describe('herald start with two workers', () => {
     expect(workerReady.partitions).toEqual(Object.fromEntries(stages.map((s) => [s, [1, 2, 3]])));
     // Each process counts its Kafka clients' requests by API; the primary's page sums both.
     const requests = (url: string, client: string, api: string) => metric(url, new RegExp(`^herald_kafka_requests_total\\{client="${client}",api="${api}"\\} (\\d+)$`, 'm'));
-    const workerFetches = await requests(ready.workers[0]!.url, 'herald\\.deliver', 'Fetch');
-    expect(workerFetches).toBeGreaterThan(0);
-    expect(await requests(first.url, 'herald\\.deliver', 'Fetch')).toBeGreaterThan(workerFetches);
+    // The group joined once (above) and is settled: its JoinGroup requests no longer move, so
+    // the primary's page holds the worker's and at least one of its own.
+    const workerJoins = await requests(ready.workers[0]!.url, 'herald\\.deliver', 'JoinGroup');
+    expect(workerJoins).toBeGreaterThan(0);
+    expect(await requests(first.url, 'herald\\.deliver', 'JoinGroup')).toBeGreaterThan(workerJoins);
+    expect(await requests(ready.workers[0]!.url, 'herald\\.deliver', 'Fetch')).toBeGreaterThan(0);
     expect(await requests(ready.workers[0]!.url, 'producer', 'Produce')).toBeGreaterThan(0);
     expect(await requests(first.url, 'journal', 'Fetch')).toBeGreaterThan(0);
     // The worker's own port answers the queries forwarded to it, and refuses writes: they

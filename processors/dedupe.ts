@@ -93,6 +93,6 @@ export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
     // Keys whose window closed more than a grace period ago in stream time are swept by a
     // range scan of the time index. The grace keeps them for late, out-of-order records and
     // for a batch replayed after a crash, so both decide as the first run did.
-    await seen.expire(Math.max(...recs.map((r) => r.timestamp)) - config.dedupeGraceMs);
+    await seen.expire(recs.reduce((max, r) => Math.max(max, r.timestamp), Number.NEGATIVE_INFINITY) - config.dedupeGraceMs);
   },
 });

@@ -296,7 +296,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
       }));
       for (const rec of batch) await decide(ctx, counters, rec, rec.value, rec.timestamp, 0);
       // Counters past the longest window and decisions past it (plus grace) are swept, in stream time.
-      await counters.store.expire(Math.max(...batch.map((r) => r.timestamp)));
+      await counters.store.expire(batch.reduce((max, r) => Math.max(max, r.timestamp), Number.NEGATIVE_INFINITY));
     },
 
     async punctuate(ctx, { wallClock }) {

@@ -333,7 +333,9 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       // Transient failures (network, 5xx, timeouts) count against the endpoint; 429 is a
       // request to slow down (Retry-After), not an outage; permanent answers mean it is up.
       if (endpoint) breakers.record(endpoint, !r.ok && r.retriable && r.code !== 'http_429', probe, now);
-      results.put(attemptKey(task.deliveryId), { attempt: task.attempt });
+      // A settled delivery's result says which attempt it took; only an attempt that leaves
+      // the delivery open (a retry follows) needs its own record, so a redelivered retry
+      // task is not called again. One changelog record per delivery, not two.
       if (r.ok) {
         results.put(resultKey(task.deliveryId), { status: 'DELIVERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
         const inbox = task.channel === 'inapp';
@@ -350,6 +352,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         const outage = endpoint !== null && breakers.state(endpoint) !== 'closed' && task.attempt < policy.maxAttempts * 3;
         if (r.retriable && (task.attempt < policy.maxAttempts || outage) && !tooOld) {
           const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
+          results.put(attemptKey(task.deliveryId), { attempt: task.attempt });
           ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
           const of = task.attempt < policy.maxAttempts ? `attempt ${next.attempt} of ${policy.maxAttempts}` : `attempt ${next.attempt} (beyond ${policy.maxAttempts}: the endpoint's circuit is open)`;
           ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); ${of} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });

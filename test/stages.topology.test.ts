@@ -204,6 +204,10 @@ describe('deliver', () => {
     const r1 = await d.pipe([{ value: task, timestamp: T0 }]);
     const r2 = await d.pipe([{ value: task, timestamp: T0 }]);
     expect(r1.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
+    // One row per settled delivery: the result names its attempt; no separate attempt row.
+    const results = d.stores.get('results')!.view();
+    expect(await results.get(task.deliveryId)).toMatchObject({ status: 'DELIVERED', attempt: 1 });
+    expect(await results.get(`a:${task.deliveryId}`)).toBeUndefined();
     // The recorded terminal decision is written again (idempotent in the projection), without a call.
     expect(r2.outcomes.map((o) => [o.status, o.reasonCode, o.attempt])).toEqual([['DELIVERED', 'already_recorded', 1]]);
     expect(channel.calls).toHaveLength(1);
@@ -218,6 +222,8 @@ describe('deliver', () => {
     const task = await taskFor();
     const r1 = await d.pipe([{ value: task, timestamp: T0 }]);
     expect(r1.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'RETRY_SCHEDULED']);
+    // The delivery stays open: the attempt made is recorded, so a redelivered task for it is not called again.
+    expect(await d.stores.get('results')!.view().get(`a:${task.deliveryId}`)).toEqual({ attempt: 1 });
     const retry = r1.emitted[0]!;
     expect(retry.topic).toBe('deliverRetry');
     expect(retry.value).toMatchObject({ attempt: 2, notBefore: d.now + 1000 });

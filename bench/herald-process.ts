@@ -7,6 +7,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Kafka, logLevel } from 'kafkajs';
 
 export interface Readiness {
   ready: boolean;
@@ -23,6 +24,8 @@ export interface HeraldProcess {
   refreshWorkers(): Promise<number[]>;
   readiness(): Promise<Readiness>;
   metrics(): Promise<string>;
+  /** The end offset of every topic on Herald's broker, summed over partitions: how many records were produced to it. */
+  topicEnds(): Promise<Map<string, number>>;
   /** SIGTERM to npm, as a process manager stops it; resolves once it has exited. */
   stop(): Promise<number | null>;
   /** The last 64 KB Herald printed (stdout and stderr). */
@@ -59,7 +62,18 @@ export async function startNpm(env: Record<string, string>, readyMs = 180_000): 
     await sleep(100);
   }
   // Herald's own pid, as it writes it beside its endpoints (npm execs it, so it is npm's child).
-  const pid = Number((JSON.parse(readFileSync(join(env.HERALD_STATE_DIR!, 'endpoints.json'), 'utf8')) as { pid: number }).pid);
+  const endpoints = JSON.parse(readFileSync(join(env.HERALD_STATE_DIR!, 'endpoints.json'), 'utf8')) as { pid: number; brokers: string };
+  const pid = Number(endpoints.pid);
+  const admin = new Kafka({ clientId: 'herald-bench-offsets', brokers: endpoints.brokers.split(','), logLevel: logLevel.NOTHING }).admin();
+  const topicEnds = async () => {
+    await admin.connect();
+    const ends = new Map<string, number>();
+    for (const topic of await admin.listTopics()) {
+      const offsets = await admin.fetchTopicOffsets(topic);
+      ends.set(topic, offsets.reduce((sum, p) => sum + Number(p.high), 0));
+    }
+    return ends;
+  };
   const readiness = async () => (await (await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(10_000) })).json()) as Readiness;
   let workers: number[] = [];
   const refresh = async () => {
@@ -86,7 +100,9 @@ export async function startNpm(env: Record<string, string>, readyMs = 180_000): 
     readiness,
     metrics: async () => (await fetch(`${url}/metrics`, { signal: AbortSignal.timeout(10_000) })).text(),
     output: () => out,
+    topicEnds,
     async stop() {
+      await admin.disconnect().catch(() => undefined);
       npm.kill('SIGTERM');
       const code = await Promise.race([exited, sleep(60_000).then(() => 'late' as const)]);
       if (code !== 'late') return code;

@@ -609,6 +609,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     // The clients run in their own process, as users' clients do.
     const hang = o.noisy?.hang ?? 0;
     const noisyUsers = hang + (o.noisy?.retryAfter ?? 0);
+    const topicsBefore = await herald.topicEnds();
     const cpuBefore = treeCpuMs(herald.pid);
     // A failed scrape would leave no starting point: try again (a worker may miss one report).
     let requestsBefore = new Map<string, number>();
@@ -652,6 +653,10 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
       }
       return { ...at, requests, caughtUp: Date.now() - quietSince >= 1000 };
     })();
+    // Records Herald produced over the same window, per event, by topic (end offsets after minus before).
+    const topicsAfter = await herald.topicEnds();
+    const produced = [...topicsAfter].map(([t, n]) => [t.replace(/^herald\./, ''), n - (topicsBefore.get(t) ?? 0)] as const).filter(([, n]) => n > 0);
+    const recordsPerEvent = { all: +(produced.reduce((sum, [, n]) => sum + n, 0) / o.events).toFixed(2), byTopic: Object.fromEntries(produced.sort((a, b) => b[1] - a[1]).map(([t, n]) => [t, +(n / o.events).toFixed(3)])) };
     const cpuSeconds = Object.fromEntries((['herald', 'workers', 'broker'] as const).map((k) => [k, +((cpuAfter[k] - cpuBefore[k]) / 1000).toFixed(2)])) as Record<'herald' | 'workers' | 'broker', number>;
     const cpuMsPerEvent = +((['herald', 'workers', 'broker'] as const).reduce((sum, k) => sum + cpuAfter[k] - cpuBefore[k], 0) / o.events).toFixed(3);
     // Requests Herald's Kafka clients sent over the same window, per event: in all, by API and by client and API (most first).
@@ -718,7 +723,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     const lost = readiness.reasons.filter((r) => r.includes('records lost'));
     const stages = stageFiguresOf(await herald.metrics());
     const workers = 1 + workerPids.length;
-    return { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline: result.timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers, cpuSeconds, cpuMsPerEvent, kafkaRequestsPerEvent, cpuCaughtUp: cpuAfter.caughtUp };
+    return { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline: result.timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers, cpuSeconds, cpuMsPerEvent, kafkaRequestsPerEvent, recordsPerEvent, cpuCaughtUp: cpuAfter.caughtUp };
   };
   let m: Awaited<ReturnType<typeof measure>>;
   try {
@@ -730,7 +735,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     rmSync(stateDir, { recursive: true, force: true });
     throw err;
   }
-  const { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers, cpuSeconds, cpuMsPerEvent, kafkaRequestsPerEvent, cpuCaughtUp } = m;
+  const { hang, sentList, waits, firstPost, published, sent, last, pct, accepted, accounting, timeline, lost, stages, heraldPeakRssMb, workerPeakRssMb, workers, cpuSeconds, cpuMsPerEvent, kafkaRequestsPerEvent, recordsPerEvent, cpuCaughtUp } = m;
   const exitCode = await herald.stop();
   if (exitCode !== 0) progress(`npm start exited with ${exitCode} on SIGTERM; the end of its output:\n${herald.output().split('\n').slice(-40).join('\n')}`);
   receiver.disconnect();
@@ -750,7 +755,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     ...(o.noisy ? { noisyNeighbours: { hangingUsers: hang, hangingNotifications: sentList.filter(([id]) => Number(id.slice(id.lastIndexOf('-') + 1)) % o.users < hang).length, retryAfter100000Users: o.noisy.retryAfter, latencyOf: 'healthy users only' } } : {}),
     latency: { p50Ms: pct(50), p95Ms: pct(95), p99Ms: pct(99), maxMs: pct(100) },
     // On a saturated machine the rate follows the CPU an event costs: this varies far less between runs than the rate.
-    cpu: { seconds: cpuSeconds, msPerEvent: cpuMsPerEvent, kafkaRequestsPerEvent, until: cpuCaughtUp ? 'the last delivery and the lifecycle projection caught up' : 'the last delivery and 120 s more: the lifecycle projection was still catching up' },
+    cpu: { seconds: cpuSeconds, msPerEvent: cpuMsPerEvent, kafkaRequestsPerEvent, recordsProducedPerEvent: recordsPerEvent, until: cpuCaughtUp ? 'the last delivery and the lifecycle projection caught up' : 'the last delivery and 120 s more: the lifecycle projection was still catching up' },
     medianMsFromDueToDecision: timeline, stages,
     ...(o.sampleRss ? { rss } : {}),
     correctness: { ok: failures.length === 0, failures, notifications: accounting.notifications, terminal: accounting.terminal, violations: accounting.violations.length, deliveredTwice: repeated.length },

@@ -103,6 +103,50 @@ describe('kafkajs encoding (patched)', () => {
     expect(d.readInt8()).toBe(42);
   });
 
+  it('writes a Number varlong (a timestamp delta) byte for byte as the Long path does, and reads it back as a Number up to seven bytes', () => {
+    const Enc = Encoder as unknown as { sizeOfVarLong(v: unknown): number };
+    const values = [0, 1, -1, 63, -64, 64, -65, 127, 128, 2 ** 31, -(2 ** 31), 1767225600000, -1767225600000, 2 ** 48 - 1, -(2 ** 48), 2 ** 48, 2 ** 49, -(2 ** 49), 2 ** 52 - 1, -(2 ** 52 - 1)];
+    for (const v of values) {
+      const viaNumber = new Encoder();
+      viaNumber.writeVarLong(v);
+      const viaLong = new Encoder();
+      viaLong.writeVarLong(LongType.fromString(String(v)));
+      expect(viaNumber.buffer.equals(viaLong.buffer), `varlong ${v}`).toBe(true);
+      expect(Enc.sizeOfVarLong(v)).toBe(viaNumber.buffer.length);
+      expect(Enc.sizeOfVarLong(LongType.fromString(String(v)))).toBe(viaNumber.buffer.length);
+      const d = new Decoder(viaNumber.buffer) as unknown as { readVarLongNumber(): number | Long; offset: number };
+      const n = d.readVarLongNumber();
+      // Seven bytes hold 49 bits: what is longer comes back as a Long, with the same value.
+      expect(typeof n).toBe(viaNumber.buffer.length <= 7 ? 'number' : 'object');
+      expect(String(n)).toBe(String(v));
+      expect(d.offset).toBe(viaNumber.buffer.length);
+      expect(new Decoder(viaNumber.buffer).readVarLong().toString()).toBe(String(v));
+    }
+  });
+
+  it('decodes offsets and timestamps past 2^53 exactly, and headers as own properties (repeats as arrays, "__proto__" and "toString" too)', async () => {
+    const records = [
+      Record({ offsetDelta: 0, timestampDelta: 0, key: null, value: Buffer.from('a'), headers: { trace: Buffer.from('t'), toString: Buffer.from('s'), __proto__x: Buffer.from('p') } }),
+      Record({ offsetDelta: 1, timestampDelta: 7, key: null, value: Buffer.from('b'), headers: { h: [Buffer.from('1'), Buffer.from('2'), Buffer.from('3')] } }),
+    ];
+    const batch = await RecordBatch({ records, firstOffset: '9007199254740990', firstTimestamp: 9007199254740990, maxTimestamp: 9007199254740997 });
+    // The encoder writes firstOffset as given; decode with the batch as a broker returns it.
+    const decoded = await decodeBatch(new Decoder(batch.buffer)) as unknown as { records: { offset: string; timestamp: string; headers: Record<string, Buffer | Buffer[]> }[] };
+    expect(decoded.records.map((r) => [r.offset, r.timestamp])).toEqual([['9007199254740990', '9007199254740990'], ['9007199254740991', '9007199254740997']]);
+    const [first, second] = decoded.records;
+    expect(Object.keys(first!.headers)).toEqual(['trace', 'toString', '__proto__x']);
+    expect(String(first!.headers.toString)).toBe('s');
+    expect((second!.headers.h as Buffer[]).map(String)).toEqual(['1', '2', '3']);
+    // A header named "__proto__" is a header, not the object's prototype.
+    const Header = require('kafkajs/src/protocol/recordBatch/record/v0/decoder.js') as (d: unknown, c: object) => { headers: Record<string, unknown> };
+    const e = new Encoder() as unknown as { writeInt8(v: number): typeof e; writeVarLong(v: number): typeof e; writeVarInt(v: number): typeof e; writeVarIntBytes(b: Buffer | null): typeof e; writeVarIntString(s: string): typeof e; buffer: Buffer };
+    e.writeInt8(0).writeVarLong(0).writeVarInt(0).writeVarIntBytes(null).writeVarIntBytes(Buffer.from('v')).writeVarInt(1).writeVarIntString('__proto__').writeVarIntBytes(Buffer.from('x'));
+    const r = Header(new Decoder(e.buffer), { firstOffset: '0', firstTimestamp: '0' });
+    expect(Object.getPrototypeOf(r.headers)).toBe(Object.prototype);
+    expect(Object.keys(r.headers)).toEqual(['__proto__']);
+    expect(String(Object.getOwnPropertyDescriptor(r.headers, '__proto__')!.value)).toBe('x');
+  });
+
   it('encodes a record batch that decodes to the same keys, values and headers, and a checksum that verifies', async () => {
     const records = Array.from({ length: 300 }, (_, i) => Record({
       offsetDelta: i,

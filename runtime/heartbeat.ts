@@ -13,7 +13,11 @@ export async function heartbeating<T>(p: Promise<T>, heartbeat: () => Promise<vo
   let settled = false;
   const done = p.finally(() => (settled = true));
   while (!settled) {
-    await Promise.race([done.catch(() => undefined), new Promise((r) => setTimeout(r, 1000))]);
+    // The second's timer is cleared once the wait is over: most waits end at once, and a
+    // timer left pending per call would pile up thousands a second under load.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([done.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, 1000)))]);
+    clearTimeout(timer);
     if (settled) break;
     if (stopping()) throw new HeraldError('HRL_SHUTTING_DOWN', 'the stage is stopping', { retriable: true });
     await heartbeat().catch(() => undefined);

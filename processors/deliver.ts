@@ -191,6 +191,8 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
   // Earliest due time held in this partition's `retries` store, when known: the timer then
   // skips the store scan until something can be due (it runs every HERALD_TIMER_INTERVAL_MS).
   let nextDue: number | undefined;
+  // When the timer next sweeps the partition's results past their retention.
+  let sweepAt = 0;
 
   async function callChannel(task: DeliveryTask): Promise<SendResult> {
     const provider = channels.get(task.channel);
@@ -228,6 +230,15 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     }).finally(() => inflight.delete(key));
     inflight.set(key, p);
     return p;
+  }
+
+  /**
+   * Records a result (or an attempt a retry follows) for HERALD_DELIVERY_RESULT_RETENTION_MS:
+   * the timer deletes it after that, so the store and its changelog hold the deliveries of
+   * that long, not of all time.
+   */
+  function remember(results: ReturnType<StageContext<'deliver'>['store']>, key: string, value: DeliveryResult | { attempt: number }, now: number): void {
+    results.putUntil(key, value, now + config.deliveryResultRetentionMs);
   }
 
   /** Sends the items that are not settled yet; records every decision. */
@@ -316,7 +327,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     }
     for (const { cause, task } of expired) {
       const now = ctx.wallClock();
-      results.put(resultKey(task.deliveryId), { status: 'EXPIRED', attempt: task.attempt, at: now } satisfies DeliveryResult);
+      remember(results, resultKey(task.deliveryId), { status: 'EXPIRED', attempt: task.attempt, at: now } satisfies DeliveryResult, now);
       ctx.outcome(cause, { ...baseOf(task), status: 'EXPIRED', reasonCode: 'expired_before_delivery', reason: `expired at ${new Date(task.expiresAt!).toISOString()} before attempt ${task.attempt}`, timestamp: now });
     }
     for (const item of send) if (outcomes.has(item)) settle(ctx, item, outcomes.get(item)!, probes.has(item));
@@ -337,7 +348,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       // the delivery open (a retry follows) needs its own record, so a redelivered retry
       // task is not called again. One changelog record per delivery, not two.
       if (r.ok) {
-        results.put(resultKey(task.deliveryId), { status: 'DELIVERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
+        remember(results, resultKey(task.deliveryId), { status: 'DELIVERED', attempt: task.attempt, at: now } satisfies DeliveryResult, now);
         const inbox = task.channel === 'inapp';
         ctx.outcome(cause, {
           ...base, status: 'DELIVERED', reasonCode: inbox ? 'added_to_inbox' : 'accepted_by_provider', reason: inbox ? 'added to the in-app inbox' : `${task.channel} accepted: ${r.detail}`,
@@ -352,12 +363,12 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         const outage = endpoint !== null && breakers.state(endpoint) !== 'closed' && task.attempt < policy.maxAttempts * 3;
         if (r.retriable && (task.attempt < policy.maxAttempts || outage) && !tooOld) {
           const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
-          results.put(attemptKey(task.deliveryId), { attempt: task.attempt });
+          remember(results, attemptKey(task.deliveryId), { attempt: task.attempt }, now);
           ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
           const of = task.attempt < policy.maxAttempts ? `attempt ${next.attempt} of ${policy.maxAttempts}` : `attempt ${next.attempt} (beyond ${policy.maxAttempts}: the endpoint's circuit is open)`;
           ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); ${of} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });
         } else {
-          results.put(resultKey(task.deliveryId), { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult);
+          remember(results, resultKey(task.deliveryId), { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult, now);
           const gaveUp = tooOld && r.retriable ? `gave up: the rule retries for ${Math.round(policy.maxAgeMs! / 60_000)} min after the event` : `gave up after ${task.attempt} attempts`;
           const why = r.retriable ? `${gaveUp}; last: ${r.detail} (${r.code})` : `permanent failure: ${r.detail} (${r.code})`;
           ctx.outcome(cause, { ...base, status: 'FAILED', reasonCode: r.retriable ? 'transient_failure' : 'permanent_failure', reason: `${r.detail} (${r.code})`, timestamp: now });
@@ -395,6 +406,9 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
 
     async punctuate(ctx, { wallClock }) {
       const retries = ctx.store('retries');
+      // Results past their retention go: a bounded sweep at most once a second (again at
+      // the next run while a sweep finds a full load).
+      if (wallClock >= sweepAt) sweepAt = (await ctx.store('results').expire(wallClock, RELEASE_LIMIT)) >= RELEASE_LIMIT ? wallClock : wallClock + 1000;
       // Detached calls that have answered: their results are recorded and their leases let go.
       for (const [key, d] of detached) {
         if (!d.result) continue;

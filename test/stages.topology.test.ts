@@ -213,6 +213,21 @@ describe('deliver', () => {
     expect(channel.calls).toHaveLength(1);
   });
 
+  it('remembers a settled delivery for HERALD_DELIVERY_RESULT_RETENTION_MS, then the timer deletes it', async () => {
+    const channel = new ScriptedDeliver([]);
+    const d = driver('deliver', deliver(new Map([['webhook', channel]])));
+    const task = await taskFor();
+    await d.pipe([{ value: task, timestamp: T0 }]);
+    const week = 7 * 24 * HOUR;
+    // A day short of the retention: the result is there, and a task read again is not sent.
+    await d.advance(week - 24 * HOUR);
+    expect((await d.pipe([{ value: task, timestamp: T0 }])).outcomes.map((o) => o.reasonCode)).toEqual(['already_recorded']);
+    expect(channel.calls).toHaveLength(1);
+    // Past it: the timer's sweep deletes the row (and, through the changelog, everywhere).
+    await d.advance(24 * HOUR + 1000);
+    expect(await d.stores.get('results')!.view().get(task.deliveryId)).toBeUndefined();
+  });
+
   it('schedules a retry with backoff on a retriable failure and dead-letters a permanent one', async () => {
     const channel = new ScriptedDeliver([
       { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' },

@@ -28,7 +28,7 @@ describe('describe()', () => {
       stage deliver (group herald.deliver): call the channel with an idempotency key; retry on a timer; dead-letter
         in:  herald.deliveries.v1, herald.deliver.retry.v1
         out: herald.deliver.retry.v1, herald.outcomes.v1, herald.dlq.v1
-        store results -> herald.deliver.results.changelog: deliveryId -> recorded result and last attempt, to skip redelivered tasks
+        store results -> herald.deliver.results.changelog: deliveryId -> recorded result (for HERALD_DELIVERY_RESULT_RETENTION_MS) or the last attempt of an open delivery, to skip redelivered tasks
         store retries -> herald.deliver.retries.changelog: retry tasks held until their due time (wall clock), released by a timer
       stage outcome (group herald.outcome): lifecycle projection
         in:  herald.outcomes.v1

@@ -66,13 +66,21 @@ export async function startNpm(env: Record<string, string>, readyMs = 180_000): 
   const pid = Number(endpoints.pid);
   const admin = new Kafka({ clientId: 'herald-bench-offsets', brokers: endpoints.brokers.split(','), logLevel: logLevel.NOTHING }).admin();
   const topicEnds = async () => {
-    await admin.connect();
-    const ends = new Map<string, number>();
-    for (const topic of await admin.listTopics()) {
-      const offsets = await admin.fetchTopicOffsets(topic);
-      ends.set(topic, offsets.reduce((sum, p) => sum + Number(p.high), 0));
+    // A failed request is tried again (a broker busy under load), a few times.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await admin.connect();
+        const ends = new Map<string, number>();
+        for (const topic of await admin.listTopics()) {
+          const offsets = await admin.fetchTopicOffsets(topic);
+          ends.set(topic, offsets.reduce((sum, p) => sum + Number(p.high), 0));
+        }
+        return ends;
+      } catch (err) {
+        if (attempt >= 5) throw err;
+        await sleep(500);
+      }
     }
-    return ends;
   };
   const readiness = async () => (await (await fetch(`${url}/readyz`, { signal: AbortSignal.timeout(10_000) })).json()) as Readiness;
   let workers: number[] = [];

@@ -653,7 +653,8 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
       }
       return { ...at, requests, caughtUp: Date.now() - quietSince >= 1000 };
     })();
-    // Records Herald produced over the same window, per event, by topic (end offsets after minus before).
+    // Records Herald produced, per event, by topic: end offsets from before the first POST to
+    // when the work was done (the window above, plus its quiet second).
     const topicsAfter = await herald.topicEnds();
     const produced = [...topicsAfter].map(([t, n]) => [t.replace(/^herald\./, ''), n - (topicsBefore.get(t) ?? 0)] as const).filter(([, n]) => n > 0);
     const recordsPerEvent = { all: +(produced.reduce((sum, [, n]) => sum + n, 0) / o.events).toFixed(2), byTopic: Object.fromEntries(produced.sort((a, b) => b[1] - a[1]).map(([t, n]) => [t, +(n / o.events).toFixed(3)])) };

@@ -406,9 +406,17 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
 
     async punctuate(ctx, { wallClock }) {
       const retries = ctx.store('retries');
-      // Results past their retention go: a bounded sweep at most once a second (again at
-      // the next run while a sweep finds a full load).
-      if (wallClock >= sweepAt) sweepAt = (await ctx.store('results').expire(wallClock, RELEASE_LIMIT)) >= RELEASE_LIMIT ? wallClock : wallClock + 1000;
+      // Results past their retention go: a bounded sweep, again at the next run while a sweep
+      // finds any (a backlog drains at RELEASE_LIMIT a run), else a second later. A failed
+      // sweep is tried again later; it never holds back the retries below.
+      if (wallClock >= sweepAt) {
+        try {
+          sweepAt = (await ctx.store('results').expire(wallClock, RELEASE_LIMIT)) > 0 ? wallClock : wallClock + 1000;
+        } catch (err) {
+          sweepAt = wallClock + 1000;
+          ctx.log.warn({ err }, 'sweeping results past their retention failed; tried again in a second');
+        }
+      }
       // Detached calls that have answered: their results are recorded and their leases let go.
       for (const [key, d] of detached) {
         if (!d.result) continue;

@@ -228,6 +228,19 @@ describe('deliver', () => {
     expect(await d.stores.get('results')!.view().get(task.deliveryId)).toBeUndefined();
   });
 
+  it('sweeps a backlog of expired results a bounded load per timer run, run after run', async () => {
+    const d = driver('deliver', deliver(new Map([['webhook', new ScriptedDeliver([])]])));
+    const task = await taskFor();
+    const ids = Array.from({ length: 620 }, (_, i) => `${task.deliveryId}-${i}`);
+    await d.pipe(ids.map((deliveryId) => ({ value: { ...task, deliveryId }, timestamp: T0 })));
+    const left = async () => (await d.stores.get('results')!.view().getMany(ids)).filter((r) => r !== undefined).length;
+    expect(await left()).toBe(620);
+    await d.advance(7 * 24 * HOUR + 1000);
+    expect(await left()).toBe(120); // 500 a run
+    await d.advance(100); // the next run, not a second later
+    expect(await left()).toBe(0);
+  });
+
   it('schedules a retry with backoff on a retriable failure and dead-letters a permanent one', async () => {
     const channel = new ScriptedDeliver([
       { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' },

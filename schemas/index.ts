@@ -168,6 +168,8 @@ function wireFormat(topic: string, id: number, type: avro.Type, value: unknown):
 export class Serde {
   readonly registry: SchemaRegistry;
   private readonly writers = new Map<string, { id: number; type: avro.Type }>();
+  /** Avro types by schema id for decoding; null for a schema of another kind. */
+  private readonly readers = new Map<number, avro.Type | null>();
 
   constructor(registryUrl: string) {
     this.registry = new SchemaRegistry({ host: registryUrl }, { AVRO: {} } as never);
@@ -196,7 +198,23 @@ export class Serde {
       throw new HeraldError('HRL_DECODE_FAILED', `expected Confluent wire format (magic byte 0 and a 4-byte schema id), got ${buf.length} bytes starting 0x${buf.subarray(0, 1).toString('hex')}`);
     }
     try {
-      return (await this.registry.decode(buf)) as T;
+      // The writer's Avro type for the id, from the registry client (its cache, its options),
+      // read in place after the 5-byte header. The client's own decode takes the header apart
+      // into three slices and an object, and awaits its cache, for every record.
+      const id = buf.readInt32BE(1);
+      let reader = this.readers.get(id);
+      if (reader === undefined) {
+        const schema = (await this.registry.getSchema(id)) as unknown as Partial<avro.Type>;
+        // A schema of another kind (JSON Schema, Protobuf) goes through the client.
+        reader = typeof schema.decode === 'function' && avro.Type.isType(schema) ? (schema as avro.Type) : null;
+        this.readers.set(id, reader);
+      }
+      if (reader === null) return (await this.registry.decode(buf)) as T;
+      const { value, offset } = reader.decode(buf, 5);
+      // As avsc's fromBuffer: the body must end where the buffer does.
+      if (offset < 0) throw new Error('truncated buffer');
+      if (offset < buf.length) throw new Error('trailing data');
+      return value as T;
     } catch (err) {
       // An unreachable registry is not the record's fault: retry the batch instead of dead-lettering.
       const retriable = isTransient(err);

@@ -55,3 +55,25 @@ describe('Serde.encode', () => {
     await expect(serde.encode('t.unknown', {})).rejects.toThrow(/no schema registered for topic t\.unknown/);
   });
 });
+
+describe('Serde.decode', () => {
+  it.each(SCHEMA_NAMES)('reads %s as the registry client does', async (name) => {
+    const bytes = await serde.encode(`t.${name}`, fixture(name));
+    expect(await serde.decode(bytes)).toEqual(await serde.registry.decode(bytes));
+  });
+
+  it('refuses a body cut short or followed by more bytes, naming which', async () => {
+    const bytes = await serde.encode('t.LifecycleEvent', fixture('LifecycleEvent'));
+    const cut = await serde.decode(bytes.subarray(0, bytes.length - 3)).then(() => null, (e: unknown) => e);
+    expect(cut).toBeInstanceOf(HeraldError);
+    expect((cut as HeraldError).code).toBe('HRL_DECODE_FAILED');
+    expect((cut as HeraldError).message).toMatch(/schema id \d+\): truncated buffer/);
+    await expect(serde.decode(Buffer.concat([bytes, Buffer.from([1, 2])]))).rejects.toThrow(/trailing data/);
+  });
+
+  it('names the schema id it cannot find', async () => {
+    const unknown = Buffer.from([0, 0x7f, 0, 0, 1, 2]);
+    await expect(serde.decode(unknown)).rejects.toThrow(/schema id 2130706433/);
+  });
+});
+

@@ -326,7 +326,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     });
     const codec = new Codec(serde, config);
     // One produce pipe for every stage: batches handed over while a request is out go together in the next.
-    const stageProducer = new CoalescingProducer(producer);
+    const stageProducer = new CoalescingProducer(producer, 1, config.producerLingerMs);
     const deps = { config, rules, log, metrics, tables, availableChannels: new Set(channelMap.keys()), inbox };
     const factories = processors(channelMap);
     const neededTables = [...new Set(stages.flatMap((s) => STAGES[s].tables))] as TableName[];

@@ -33,23 +33,40 @@ const MAX_REQUEST_BYTES = 900 * 1024;
 
 export class CoalescingProducer implements BatchSender {
   private readonly waiting: Pending[] = [];
+  private waitingBytes = 0;
   private inFlight = 0;
   private readonly producer: Pick<Producer, 'sendBatch'>;
   private readonly maxInFlight: number;
+  private readonly lingerMs: number;
+  private linger: ReturnType<typeof setTimeout> | null = null;
 
-  constructor(producer: Pick<Producer, 'sendBatch'>, maxInFlight = 1) {
+  /**
+   * `lingerMs` is Kafka's linger.ms: a batch handed over while no request is outstanding
+   * waits up to that long for others to share its request (a full request goes at once).
+   */
+  constructor(producer: Pick<Producer, 'sendBatch'>, maxInFlight = 1, lingerMs = 0) {
     this.producer = producer;
     this.maxInFlight = maxInFlight;
+    this.lingerMs = lingerMs;
   }
 
   sendBatch(batch: { acks: -1; topicMessages: { topic: string; messages: Message[] }[] }, bytes = 0): Promise<RecordMetadata[]> {
     return new Promise((resolve, reject) => {
       this.waiting.push({ topicMessages: batch.topicMessages, bytes, resolve, reject });
+      this.waitingBytes += bytes;
+      if (this.lingerMs > 0 && this.waitingBytes < MAX_REQUEST_BYTES) {
+        this.linger ??= setTimeout(() => {
+          this.linger = null;
+          this.pump();
+        }, this.lingerMs);
+        return;
+      }
       this.pump();
     });
   }
 
   private pump(): void {
+    if (this.linger && this.waitingBytes < MAX_REQUEST_BYTES) return;
     while (this.inFlight < this.maxInFlight && this.waiting.length > 0) {
       const taken: Pending[] = [];
       let bytes = 0;
@@ -58,6 +75,7 @@ export class CoalescingProducer implements BatchSender {
         bytes += p.bytes;
         taken.push(p);
       }
+      this.waitingBytes -= bytes;
       this.inFlight++;
       void this.produce(taken).finally(() => {
         this.inFlight--;

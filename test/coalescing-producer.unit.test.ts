@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { Message, RecordMetadata } from 'kafkajs';
 import { CoalescingProducer } from '../runtime/coalescing-producer.ts';
 
@@ -83,5 +83,31 @@ describe('CoalescingProducer (stages share one produce pipe)', () => {
     expect(requests[2]!.batch.topicMessages![0]!.messages.map((m) => m.value)).toEqual(['big3']);
     requests[2]!.ack();
     await Promise.all(big);
+  });
+
+  it('with a linger, holds a batch handed over while nothing is outstanding until the linger ends, and sends the batches of that time in one request', async () => {
+    vi.useFakeTimers();
+    try {
+      const { requests, producer } = fakeBroker();
+      const c = new CoalescingProducer(producer, 1, 20);
+      const a = c.sendBatch({ acks: -1, topicMessages: [{ topic: 'cl', messages: msgs(0, 'a') }] }, 10);
+      await vi.advanceTimersByTimeAsync(10);
+      expect(requests).toHaveLength(0);
+      const b = c.sendBatch({ acks: -1, topicMessages: [{ topic: 'cl', messages: msgs(0, 'b') }] }, 10);
+      await vi.advanceTimersByTimeAsync(10);
+      expect(requests).toHaveLength(1);
+      expect(requests[0]!.batch.topicMessages![0]!.messages.map((m) => m.value)).toEqual(['a', 'b']);
+      requests[0]!.ack();
+      expect((await a)[0]!.baseOffset).toBe('100');
+      expect((await b)[0]!.baseOffset).toBe('101');
+      // A request's worth goes at once, linger or not.
+      const big = c.sendBatch({ acks: -1, topicMessages: [{ topic: 'cl', messages: msgs(0, 'c') }] }, 1024 * 1024);
+      await vi.advanceTimersByTimeAsync(0);
+      expect(requests).toHaveLength(2);
+      requests[1]!.ack();
+      await big;
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

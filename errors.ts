@@ -87,7 +87,10 @@ export function isTransient(err: unknown): boolean {
     if (name.startsWith('KafkaJS')) return true;
     if (typeof e.code === 'string' && (e.code.startsWith('LEVEL_') || NETWORK.has(e.code))) return true;
     if (name.startsWith('ConfluentSchemaRegistry') && !/not found/i.test(e.message ?? '')) return true;
-    if (typeof e.status === 'number' && e.status >= 500) return true;
+    // The registry client's HTTP layer answers a network failure or a timeout with status 400
+    // and the socket's message: an unreachable registry, not a bad record.
+    if (name === 'ResponseError' && /\b(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EPIPE|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN|ENOTFOUND)\b|socket hang up|timeout/i.test(e.message ?? '')) return true;
+    if (typeof e.status === 'number' && (e.status >= 500 || e.status === 408 || e.status === 429)) return true;
   }
   return false;
 }

@@ -42,7 +42,8 @@ export class CoalescingProducer implements BatchSender {
 
   /**
    * `lingerMs` is Kafka's linger.ms: a batch handed over while no request is outstanding
-   * waits up to that long for others to share its request (a full request goes at once).
+   * waits up to that long for others to share its request (a request's worth goes at once);
+   * batches that arrive while one is outstanding go as soon as it is answered.
    */
   constructor(producer: Pick<Producer, 'sendBatch'>, maxInFlight = 1, lingerMs = 0) {
     this.producer = producer;
@@ -54,7 +55,9 @@ export class CoalescingProducer implements BatchSender {
     return new Promise((resolve, reject) => {
       this.waiting.push({ topicMessages: batch.topicMessages, bytes, resolve, reject });
       this.waitingBytes += bytes;
-      if (this.lingerMs > 0 && this.waitingBytes < MAX_REQUEST_BYTES) {
+      // Only a batch that would go out at once lingers: one that arrives while a request is
+      // outstanding goes with the next request, as soon as that one is answered.
+      if (this.lingerMs > 0 && this.inFlight === 0 && this.waitingBytes < MAX_REQUEST_BYTES) {
         this.linger ??= setTimeout(() => {
           this.linger = null;
           this.pump();
@@ -66,7 +69,12 @@ export class CoalescingProducer implements BatchSender {
   }
 
   private pump(): void {
-    if (this.linger && this.waitingBytes < MAX_REQUEST_BYTES) return;
+    // Lingering: nothing outstanding, and not a request's worth waiting yet.
+    if (this.linger && this.inFlight === 0 && this.waitingBytes < MAX_REQUEST_BYTES) return;
+    if (this.linger && this.waiting.length > 0 && this.inFlight < this.maxInFlight) {
+      clearTimeout(this.linger);
+      this.linger = null;
+    }
     while (this.inFlight < this.maxInFlight && this.waiting.length > 0) {
       const taken: Pending[] = [];
       let bytes = 0;

@@ -104,8 +104,29 @@ describe('CoalescingProducer (stages share one produce pipe)', () => {
       const big = c.sendBatch({ acks: -1, topicMessages: [{ topic: 'cl', messages: msgs(0, 'c') }] }, 1024 * 1024);
       await vi.advanceTimersByTimeAsync(0);
       expect(requests).toHaveLength(2);
+      // A batch handed over while a request is outstanding does not linger: it goes as soon as that one is answered.
+      const queued = c.sendBatch({ acks: -1, topicMessages: [{ topic: 'cl', messages: msgs(0, 'd') }] }, 10);
+      await vi.advanceTimersByTimeAsync(5);
+      expect(requests).toHaveLength(2);
       requests[1]!.ack();
       await big;
+      await vi.advanceTimersByTimeAsync(0);
+      expect(requests).toHaveLength(3);
+      requests[2]!.ack();
+      await queued;
+      // A failed request leaves nothing counted as waiting: after it, and after more than a
+      // request's worth of traffic in all, a small batch still lingers.
+      const failing = c.sendBatch({ acks: -1, topicMessages: [{ topic: 'cl', messages: msgs(0, 'e') }] }, 10);
+      await vi.advanceTimersByTimeAsync(20);
+      requests[3]!.fail(new Error('broker down'));
+      await expect(failing).rejects.toThrow('broker down');
+      const later = c.sendBatch({ acks: -1, topicMessages: [{ topic: 'cl', messages: msgs(0, 'f') }] }, 10);
+      await vi.advanceTimersByTimeAsync(19);
+      expect(requests).toHaveLength(4);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(requests).toHaveLength(5);
+      requests[4]!.ack();
+      await later;
     } finally {
       vi.useRealTimers();
     }

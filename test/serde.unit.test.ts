@@ -71,9 +71,20 @@ describe('Serde.decode', () => {
     await expect(serde.decode(Buffer.concat([bytes, Buffer.from([1, 2])]))).rejects.toThrow(/trailing data/);
   });
 
+  it('fails a decode as retriable while the registry cannot be reached (the batch waits; the record is not dead-lettered)', async () => {
+    const unreachable = new Serde('http://127.0.0.1:1');
+    const err = await unreachable.decode(Buffer.from([0, 0, 0, 0, 7, 2])).then(() => null, (e: unknown) => e);
+    expect(err).toBeInstanceOf(HeraldError);
+    expect((err as HeraldError).code).toBe('HRL_DECODE_FAILED');
+    expect((err as HeraldError).retriable).toBe(true);
+    expect((err as HeraldError).message).toMatch(/schema id 7\).*ECONNREFUSED/);
+  });
+
   it('names the schema id it cannot find', async () => {
     const unknown = Buffer.from([0, 0x7f, 0, 0, 1, 2]);
     await expect(serde.decode(unknown)).rejects.toThrow(/schema id 2130706433/);
+    // A schema the registry does not have is the record's fault: not retried, dead-lettered.
+    await expect(serde.decode(unknown)).rejects.toMatchObject({ code: 'HRL_DECODE_FAILED', retriable: false });
   });
 });
 

@@ -104,13 +104,22 @@ describe('kill -9 mid-stream', () => {
     for (let round = 0; round < 2; round++) {
       const child = await herald();
       const before = new Set(outcomes.filter((e) => e.status === 'DELIVERED').map((e) => e.notificationId)).size;
-      await send(400);
+      // A stream, not one burst: 400 events over about two seconds, so that however large
+      // the batches Herald makes, some events are on their way when it is killed.
+      const streaming = (async () => {
+        for (let k = 0; k < 20; k++) {
+          await send(20);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      })();
       // Kill it while the stream is in flight: some deliveries are done, some not.
       await eventually(() => new Set(outcomes.filter((e) => e.status === 'DELIVERED').map((e) => e.notificationId)).size > before + 30, 30_000, 10);
+      const sentAtKill = sent;
       const exited = new Promise<void>((r) => child.once('exit', () => r()));
       child.kill('SIGKILL');
       await exited;
-      inFlightAtKill.push(sent - new Set(hooks.for('/hook').map((r) => String(r.headers['idempotency-key']))).size);
+      inFlightAtKill.push(sentAtKill - new Set(hooks.for('/hook').map((r) => String(r.headers['idempotency-key']))).size);
+      await streaming;
     }
     // The kills landed mid-stream: events were still on their way each time.
     expect(Math.max(...inFlightAtKill)).toBeGreaterThan(0);

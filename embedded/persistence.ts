@@ -192,8 +192,9 @@ export class BrokerJournal {
           }
         }
         const hot: Pressure[] = [];
-        for (const topic of this.topics.length ? this.topics : topics) {
-          for (const o of await this.admin.fetchTopicOffsets(topic)) {
+        // Every topic's offsets in one pair of requests (not two per topic).
+        for (const { topic, partitions } of await this.admin.fetchTopicsOffsets(this.topics.length ? this.topics : topics)) {
+          for (const o of partitions) {
             const low = BigInt(o.low);
             const high = BigInt(o.high);
             const journaled = this.journal.highWater(topic, o.partition);
@@ -281,7 +282,7 @@ export class BrokerJournal {
           }
         }
         const topics = this.topics.length ? this.topics : [...new Set(groups.flatMap((g) => g.topics))];
-        const ends = await Promise.all(topics.map(async (topic) => ({ topic, offsets: await this.admin.fetchTopicOffsets(topic) })));
+        const ends = (await this.admin.fetchTopicsOffsets(topics)).map(({ topic, partitions }) => ({ topic, offsets: partitions }));
         const waits = ends.flatMap(({ topic, offsets: o }) => o.filter((x) => BigInt(x.high) > 0n).map((x) => this.journal.waitFor(topic, x.partition, BigInt(x.high) - 1n)));
         const timeout = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), waitMs).unref());
         if ((await Promise.race([Promise.all(waits), timeout])) === 'timeout') {

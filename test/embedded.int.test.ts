@@ -51,6 +51,34 @@ describe('embedded broker', () => {
     expect(total).toBe(600);
   });
 
+  it('answers every topic\'s offsets in one pair of ListOffsets requests (the kafkajs patch\'s fetchTopicsOffsets), as fetchTopicOffsets does one topic at a time', async () => {
+    const broker = await EmbeddedBroker.start({ brokers: 3 });
+    brokers.push(broker);
+    const topics = [`a-${randomUUID()}`, `b-${randomUUID()}`];
+    await broker.createTopic(topics[0]!, 3, 3);
+    await broker.createTopic(topics[1]!, 2, 3);
+    const kafka = new Kafka({ clientId: 'test', brokers: broker.bootstraps.split(','), logLevel: logLevel.NOTHING, retry: { retries: 20, initialRetryTime: 100 } });
+    const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
+    await producer.connect();
+    await producer.send({ topic: topics[0]!, acks: -1, messages: Array.from({ length: 30 }, (_, i) => ({ key: `k${i}`, value: 'v' })) });
+    await producer.send({ topic: topics[1]!, acks: -1, messages: Array.from({ length: 7 }, (_, i) => ({ key: `k${i}`, value: 'v' })) });
+    await producer.disconnect();
+    const admin = kafka.admin();
+    await admin.connect();
+    const one = await Promise.all(topics.map(async (topic) => ({ topic, partitions: await admin.fetchTopicOffsets(topic) })));
+    let listOffsets = 0;
+    admin.on(admin.events.REQUEST, (e) => void (e.payload.apiName === 'ListOffsets' && listOffsets++));
+    const all = await admin.fetchTopicsOffsets(topics);
+    await admin.disconnect();
+    const sorted = (xs: { topic: string; partitions: { partition: number; high: string; low: string }[] }[]) =>
+      xs.map(({ topic, partitions }) => ({ topic, partitions: partitions.map(({ partition, high, low }) => ({ partition, high, low })).sort((x, y) => x.partition - y.partition) }));
+    expect(sorted(all)).toEqual(sorted(one));
+    expect(sorted(all).map(({ partitions }) => partitions.reduce((n, p) => n + Number(p.high), 0))).toEqual([30, 7]);
+    // Ends and starts: one request per broker that leads a partition, for both topics at once.
+    expect(listOffsets).toBeLessThanOrEqual(2 * 3);
+    expect(await kafka.admin().fetchTopicsOffsets([])).toEqual([]);
+  });
+
   it('refuses a bad command with the broker\'s reason', async () => {
     const broker = await EmbeddedBroker.start();
     brokers.push(broker);

@@ -91,6 +91,7 @@ describe('kill -9 mid-stream', () => {
     await reader.start();
 
     let sent = 0;
+    let acked = 0;
     const send = async (n: number) => {
       const messages = Array.from({ length: n }, (_, k) => {
         const i = sent + k;
@@ -98,6 +99,7 @@ describe('kill -9 mid-stream', () => {
       });
       sent += n;
       await producer.send({ topic: topicName('herald.', 'events'), acks: -1, messages });
+      acked += n;
     };
     const TOTAL = 1000;
     const inFlightAtKill: number[] = [];
@@ -112,9 +114,12 @@ describe('kill -9 mid-stream', () => {
           await new Promise((r) => setTimeout(r, 100));
         }
       })();
+      streaming.catch(() => undefined); // awaited below; a failure is reported there, once
+
       // Kill it while the stream is in flight: some deliveries are done, some not.
       await eventually(() => new Set(outcomes.filter((e) => e.status === 'DELIVERED').map((e) => e.notificationId)).size > before + 30, 30_000, 10);
-      const sentAtKill = sent;
+      // Events the broker had acknowledged when Herald was killed (in Kafka, so Herald's to handle).
+      const sentAtKill = acked;
       const exited = new Promise<void>((r) => child.once('exit', () => r()));
       child.kill('SIGKILL');
       await exited;
@@ -122,7 +127,7 @@ describe('kill -9 mid-stream', () => {
       await streaming;
     }
     // The kills landed mid-stream: events were still on their way each time.
-    expect(Math.max(...inFlightAtKill)).toBeGreaterThan(0);
+    expect(Math.min(...inFlightAtKill)).toBeGreaterThan(0);
     await herald(true);
     await send(TOTAL - sent);
 

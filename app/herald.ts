@@ -257,7 +257,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     let following: Promise<void> = Promise.resolve();
     let resume: GroupOffsets = attach?.resume ?? {};
     if (journal) {
-      durable = new BrokerJournal(journal, kafka, admin, producer, log.child({ component: 'journal' }));
+      durable = new BrokerJournal(journal, broker, admin, producer, log.child({ component: 'journal' }));
       const replayed = await durable.replay();
       if (replayed.records) log.info({ ...replayed, seconds: Number(replayed.seconds.toFixed(3)) }, 'embedded broker restored from its journal');
       resume = durable.resumeOffsets();

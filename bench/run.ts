@@ -474,7 +474,7 @@ async function journalRestart(records: number) {
   const producer = createProducer(kafka);
   await Promise.all([admin.connect(), producer.connect()]);
   const started = performance.now();
-  const replayed = await new BrokerJournal(Journal.open(dir), kafka, admin, producer, log).replay();
+  const replayed = await new BrokerJournal(Journal.open(dir), null, admin, producer, log).replay();
   const seconds = (performance.now() - started) / 1000;
   const ends = await admin.fetchTopicOffsets(topic);
   await Promise.all([admin.disconnect(), producer.disconnect()]);

@@ -14,7 +14,8 @@
  *   const broker = await EmbeddedBroker.start({ brokers: 1 });
  *   await broker.createTopic('herald.events.v1', 4);
  */
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
 import { createInterface } from 'node:readline';
 import { randomUUID } from 'node:crypto';
 import { HeraldError } from '../errors.ts';
@@ -24,14 +25,17 @@ export class EmbeddedBroker {
   readonly bootstraps: string;
   /** A fresh id per start: local state built against another cluster is discarded. */
   readonly clusterId = randomUUID();
-  private readonly proc: ChildProcessWithoutNullStreams;
+  private readonly proc: ChildProcess & { stdin: Writable; stdout: Readable; stderr: Readable };
+  private journalListener: ((line: string) => void) | null = null;
   private readonly pending: ((line: string) => void)[] = [];
   private queue: Promise<unknown> = Promise.resolve();
   private exited = false;
 
-  private constructor(proc: ChildProcessWithoutNullStreams, bootstraps: string, lines: AsyncIterable<string>) {
+  private constructor(proc: EmbeddedBroker['proc'], bootstraps: string, lines: AsyncIterable<string>) {
     this.proc = proc;
     this.bootstraps = bootstraps;
+    const reports = proc.stdio[3] as Readable | null | undefined;
+    if (reports) createInterface({ input: reports }).on('line', (line) => this.journalListener?.(line));
     proc.on('exit', () => {
       this.exited = true;
       for (const p of this.pending.splice(0)) p('err launcher exited');
@@ -46,14 +50,16 @@ export class EmbeddedBroker {
     if (!built.ok || !built.path) {
       throw new HeraldError('HRL_EMBEDDED_BROKER', `embedded broker unavailable: ${built.reason}`);
     }
-    const proc = spawn(built.path, [String(opts.brokers ?? 1)], { stdio: ['pipe', 'pipe', 'pipe'] });
-    const stderr: string[] = [];
-    proc.stderr.on('data', (d: Buffer) => stderr.push(d.toString()));
+    // fd 3 carries the journal's reports (see mock-cluster.c).
+    const proc = spawn(built.path, [String(opts.brokers ?? 1)], { stdio: ['pipe', 'pipe', 'pipe', 'pipe'] }) as EmbeddedBroker['proc'];
+    // What it printed last (for a start that fails), not all it ever printed.
+    let stderr = '';
+    proc.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-8192)));
     const rl = createInterface({ input: proc.stdout });
     const it = rl[Symbol.asyncIterator]();
     const first = await Promise.race([
       it.next(),
-      new Promise<never>((_, reject) => proc.once('exit', (code) => reject(new HeraldError('HRL_EMBEDDED_BROKER', `embedded broker exited with ${code}: ${stderr.join('').trim()}`)))),
+      new Promise<never>((_, reject) => proc.once('exit', (code) => reject(new HeraldError('HRL_EMBEDDED_BROKER', `embedded broker exited with ${code}: ${stderr.trim()}`)))),
     ]);
     const line = first.done ? '' : first.value;
     if (!line.startsWith('bootstraps ')) {
@@ -92,6 +98,23 @@ export class EmbeddedBroker {
   /** Sets a broker's round-trip time in milliseconds. */
   setRtt(id: number, ms: number): Promise<void> {
     return this.command(`rtt ${id} ${ms}`);
+  }
+
+  /**
+   * Starts the broker's journal writer on `dir` (embedded/journal.ts's format): a librdkafka
+   * consumer inside the broker's process appends what it reads of each followed partition,
+   * and `listener` hears one line per write ("j <topic> <partition> <first> <next> <bytes>")
+   * or failure ("e <reason>").
+   */
+  async startJournal(dir: string, listener: (line: string) => void): Promise<void> {
+    if (!this.proc.stdio[3]) throw new HeraldError('HRL_EMBEDDED_BROKER', 'the embedded broker has no report channel for its journal');
+    this.journalListener = listener;
+    await this.command(`journal ${dir}`);
+  }
+
+  /** The journal writer reads `topic`[`partition`] from offset `from` on. */
+  follow(topic: string, partition: number, from: bigint): Promise<void> {
+    return this.command(`follow ${topic} ${partition} ${from}`);
   }
 
   async stop(): Promise<void> {

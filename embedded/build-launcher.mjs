@@ -37,7 +37,7 @@ export function buildLauncher({ quiet = false } = {}) {
   }
   mkdirSync(dirname(out), { recursive: true });
   try {
-    execFileSync('cc', ['-O2', '-Wall', '-o', out, src, '-lrdkafka'], { stdio: quiet ? 'pipe' : 'inherit' });
+    execFileSync('cc', ['-O2', '-Wall', '-pthread', '-o', out, src, '-lrdkafka'], { stdio: quiet ? 'pipe' : 'inherit' });
   } catch (e) {
     return { ok: false, reason: `compiling ${src} failed (${e.message}); check that librdkafka-dev is installed: ${INSTALL_HINT}` };
   }

@@ -220,11 +220,22 @@ export class Journal {
     // One write per batch: in the page cache when it returns, so it survives a SIGKILL.
     const buf = Buffer.concat(fresh.map(encodeRecord));
     for (let written = 0; written < buf.length;) written += writeSync(fd, buf, written);
-    const next = fresh.at(-1)!.offset + 1n;
+    this.written(topic, partition, fresh[0]!.offset, fresh.at(-1)!.offset + 1n, buf.length);
+  }
+
+  /**
+   * Records that the partition's records from `first` up to `next` (exclusive) were appended
+   * to its file, `bytes` in all, by `append` or by the embedded broker's own writer: waits for
+   * them resolve, and waits for offsets the broker dropped before they were read (between
+   * what was journaled and `first`) reject.
+   */
+  written(topic: string, partition: number, first: bigint, next: bigint, bytes: number): void {
+    const key = `${topic}\u0000${partition}`;
+    const from = this.next.get(key) ?? 0n;
+    if (next <= from) return;
     this.next.set(key, next);
-    this.grow(key, next, buf.length);
-    // Offsets between what was journaled and the first record read were dropped by the broker first.
-    const gapEnd = fresh[0]!.offset;
+    this.grow(key, next, bytes);
+    const gapEnd = first;
     const waiting = this.waiters.get(key);
     if (waiting) {
       const still = waiting.filter((w) => {

@@ -23,12 +23,11 @@ export function kafkaRequests(): ReadonlyMap<string, ReadonlyMap<string, number>
 
 /**
  * The client a consumer's requests are counted under: its group, with what makes a group id
- * unique per start left out (a table or topic reader's random suffix, the journal's id and
- * time), so the label's values stay few.
+ * unique per start left out (a table or topic reader's random suffix), so the label's values
+ * stay few.
  */
 export function requestClient(groupId: string): string {
   if (/reader\.[0-9a-f-]{36}$/.test(groupId)) return 'reader';
-  if (/^herald\.journal\.[^.]+\.\d+$/.test(groupId)) return 'journal';
   return groupId;
 }
 

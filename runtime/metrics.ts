@@ -52,7 +52,7 @@ export class Metrics {
     // Counted by the kafkajs clients of the process (runtime/kafka.ts); each registry adds what is new since it last looked.
     const reported = new Map<string, number>();
     new Counter({
-      name: 'herald_kafka_requests_total', help: 'Requests this process\'s Kafka clients completed with the brokers (answered, or sent where no answer is expected), by client (a consumer group, `reader` for table and topic readers, `journal` for the embedded broker\'s journal, `producer`, `admin`) and API (Fetch, Produce, OffsetCommit, ListOffsets, ...).', labelNames: ['client', 'api'], registers: [r],
+      name: 'herald_kafka_requests_total', help: 'Requests this process\'s Kafka clients completed with the brokers (answered, or sent where no answer is expected), by client (a consumer group, `reader` for table and topic readers, `producer`, `admin`; the embedded broker\'s journal writer is not a kafkajs client and not counted) and API (Fetch, Produce, OffsetCommit, ListOffsets, ...).', labelNames: ['client', 'api'], registers: [r],
       collect() {
         for (const [client, byApi] of kafkaRequests()) {
           for (const [api, n] of byApi) {

@@ -4,10 +4,16 @@
  * through @kafkajs/confluent-schema-registry.
  */
 import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { SchemaRegistry } from '@kafkajs/confluent-schema-registry';
 import { Kafka, logLevel, Partitioners } from 'kafkajs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { EmbeddedBroker } from '../embedded/broker.ts';
+import { Journal } from '../embedded/journal.ts';
+import { BrokerJournal } from '../embedded/persistence.ts';
+import { createLogger } from '../runtime/logger.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { HeraldError } from '../errors.ts';
 
@@ -80,6 +86,52 @@ describe('embedded broker', () => {
     expect(leaders.size).toBeGreaterThan(0);
     expect(listOffsets).toBe(2 * leaders.size);
     expect(await kafka.admin().fetchTopicsOffsets([])).toEqual([]);
+  });
+
+  it('journals what its own writer reads: every record with its offset, timestamp, key, value and headers, from where the journal ended', async () => {
+    const broker = await EmbeddedBroker.start();
+    brokers.push(broker);
+    const topic = `j-${randomUUID()}`;
+    await broker.createTopic(topic, 2);
+    const kafka = new Kafka({ clientId: 'test', brokers: broker.bootstraps.split(','), logLevel: logLevel.NOTHING, retry: { retries: 20, initialRetryTime: 100 } });
+    const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
+    const admin = kafka.admin();
+    await Promise.all([producer.connect(), admin.connect()]);
+    const dir = mkdtempSync(join(tmpdir(), 'herald-brokerjournal-'));
+    try {
+      // Partition 0 was journaled up to offset 1 before (a restart): the writer starts after it.
+      const early = await producer.send({ topic, acks: -1, messages: [{ partition: 0, key: 'old', value: 'old' }] });
+      expect(early[0]!.baseOffset).toBe('0');
+      const journal = Journal.open(dir);
+      journal.append(topic, 0, [{ offset: 0n, timestamp: 1, key: Buffer.from('old'), value: Buffer.from('old'), headers: {} }]);
+      const durable = new BrokerJournal(journal, broker, admin, producer, createLogger('silent'));
+      await durable.follow([topic]);
+      const sent = [
+        { partition: 0, key: 'k1', value: Buffer.from([0, 255, 7]), timestamp: '1700000000123', headers: { 'herald.trace': 't-1', quote: 'a"b\\c\n\u0001é', twice: ['first', 'second'] } },
+        { partition: 0, key: null, value: null, timestamp: '1700000000124' },
+        { partition: 1, key: 'k3', value: 'v3', timestamp: '1700000000125', headers: { empty: '' } },
+      ];
+      const acks = await producer.send({ topic, acks: -1, messages: sent });
+      await Promise.all(acks.map((a) => journal.waitFor(topic, a.partition, BigInt(a.baseOffset!) + (a.partition === 0 ? 1n : 0n), 10_000)));
+      expect(journal.highWater(topic, 0)).toBe(3n);
+      expect(journal.highWater(topic, 1)).toBe(1n);
+      // Its reports size the partitions as the files are.
+      expect(journal.bytesAfter(topic, 0, 0n)).toBe(statSync(join(dir, topic, '0.log')).size);
+      journal.close();
+      const back = Object.fromEntries([...Journal.open(dir).read()].map((p) => [p.partition, [...p.records]]));
+      expect(back[0]).toEqual([
+        { offset: 0n, timestamp: 1, key: Buffer.from('old'), value: Buffer.from('old'), headers: {} },
+        // A repeated header keeps its first value, as Herald reads headers.
+        { offset: 1n, timestamp: 1700000000123, key: Buffer.from('k1'), value: Buffer.from([0, 255, 7]), headers: { 'herald.trace': 't-1', quote: 'a"b\\c\n\u0001é', twice: 'first' } },
+        { offset: 2n, timestamp: 1700000000124, key: null, value: null, headers: {} },
+      ]);
+      expect(back[1]).toEqual([{ offset: 0n, timestamp: 1700000000125, key: Buffer.from('k3'), value: Buffer.from('v3'), headers: { empty: '' } }]);
+      await expect(broker.follow(topic, 1, 0n)).rejects.toThrow(/followed already/);
+      await expect(broker.follow('bad/topic', 0, 0n)).rejects.toThrow(/a topic name holds only/);
+    } finally {
+      await Promise.all([producer.disconnect(), admin.disconnect()]);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('refuses a bad command with the broker\'s reason', async () => {

@@ -11,9 +11,8 @@ describe('requestClient', () => {
     expect(requestClient('acme.herald.outcome')).toBe('acme.herald.outcome');
   });
 
-  it('folds table and topic readers, and the journal follower, into one value each', () => {
+  it('folds table and topic readers into one value', () => {
     expect(requestClient('herald.reader.0b8f4a43-5a7e-4a8e-9a43-6f1d2c3b4a5e')).toBe('reader');
-    expect(requestClient('herald.journal.5f0c.1764700000000')).toBe('journal');
     // A group that merely mentions the words is a group of its own.
     expect(requestClient('herald.reader')).toBe('herald.reader');
     expect(requestClient('journaling')).toBe('journaling');

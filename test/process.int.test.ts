@@ -16,8 +16,9 @@ afterEach(() => {
   for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
 });
 
-async function startHeraldProcess(): Promise<{ child: ChildProcess; url: string; output: () => string }> {
+async function startHeraldProcess(o: { detached?: boolean } = {}): Promise<{ child: ChildProcess; url: string; output: () => string }> {
   const child = spawn(process.execPath, ['cli/herald.ts', 'start'], {
+    detached: o.detached ?? false,
     env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: mkdtempSync(join(tmpdir(), 'herald-proc-')), HERALD_LOG_LEVEL: 'warn', KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '', ...TEST_ENV },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -41,6 +42,23 @@ describe('herald start as a process', () => {
     expect(await exited).toBe(0);
     await eventually(() => !alive(brokers[0]!), 5000);
   });
+
+  // Ctrl-C in a terminal, and systemd's default stop (KillMode=control-group), signal every
+  // process of the group: the broker must outlive Herald's stop, which ends with a snapshot.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    it(`stops cleanly with exit 0 when ${signal} reaches its whole process group, broker included`, async () => {
+      const { child, output } = await startHeraldProcess({ detached: true });
+      const brokers = childrenOf(child.pid!).filter((p) => launcherPids().includes(p));
+      expect(brokers).toHaveLength(1);
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      const t0 = Date.now();
+      process.kill(-child.pid!, signal);
+      expect(await exited).toBe(0);
+      expect(Date.now() - t0).toBeLessThan(15_000);
+      expect(output()).not.toMatch(/not stopped within|ECONNREFUSED|snapshot failed/);
+      await eventually(() => !alive(brokers[0]!), 5000);
+    });
+  }
 
   it('leaves no broker process behind when killed with SIGKILL', async () => {
     const { child } = await startHeraldProcess();

@@ -18,7 +18,9 @@
  * 3 (when the owner opened it), one line per partition written:
  *   "j <topic> <partition> <first offset> <next offset> <bytes>"
  * and "e <reason>" when a write fails (it is retried every 500 ms until it
- * succeeds; a failed write is cut off first, so the file stays intact).
+ * succeeds; the file is cut back to its last whole record first, so it stays
+ * intact). Each report covers consecutive offsets: records the broker dropped
+ * before they were read start a new report at the next offset it has.
  */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
@@ -88,6 +90,8 @@ typedef struct {
   char *topic;
   int32_t partition;
   int fd;
+  off_t size;    /* the file's length up to its last whole record written */
+  int dead;      /* its assignment failed: not followed */
   int64_t next;  /* the next offset to journal */
   int64_t first; /* first offset in `out`, -1 when empty */
   buf_t out;
@@ -100,8 +104,8 @@ static struct {
   pthread_t thread;
   int running;
   volatile int stop;
-  pthread_mutex_t lock; /* guards parts while `follow` adds one */
-  part_t *parts;
+  pthread_mutex_t lock; /* guards the list of parts while `follow` adds one */
+  part_t **parts;      /* pointers: a part never moves, so the loop writes outside the lock */
   int nparts, capparts;
   FILE *report;
   buf_t headers;
@@ -118,7 +122,7 @@ static void report(const char *fmt, ...) {
 
 static part_t *find_part(const char *topic, int32_t partition) {
   for (int i = 0; i < J.nparts; i++)
-    if (J.parts[i].partition == partition && strcmp(J.parts[i].topic, topic) == 0) return &J.parts[i];
+    if (!J.parts[i]->dead && J.parts[i]->partition == partition && strcmp(J.parts[i]->topic, topic) == 0) return J.parts[i];
   return NULL;
 }
 
@@ -169,29 +173,34 @@ static void frame(part_t *pt, const rd_kafka_message_t *m) {
   put_u32(b->p + start + 4, crc32_of(b->p + start + 8, body));
 }
 
-/* Writes a partition's framed records; on failure cuts the file back and retries. */
+/*
+ * Writes a partition's framed records, then reports them. On a failure the file is cut back
+ * to its last whole record (retried until that succeeds too) before the next try, so no
+ * torn record is ever left between whole ones.
+ */
 static void flush_part(part_t *pt) {
   if (pt->out.len == 0) return;
   int warned = 0;
   for (;;) {
-    off_t before = lseek(pt->fd, 0, SEEK_END);
-    size_t done = 0;
     int err = 0;
-    while (done < pt->out.len) {
+    if (lseek(pt->fd, 0, SEEK_END) != pt->size && ftruncate(pt->fd, pt->size) != 0) err = errno;
+    size_t done = 0;
+    while (!err && done < pt->out.len) {
       ssize_t w = write(pt->fd, pt->out.p + done, pt->out.len - done);
       if (w < 0) {
         if (errno == EINTR) continue;
         err = errno;
-        break;
-      }
-      done += (size_t)w;
+      } else done += (size_t)w;
     }
     if (!err) break;
-    if (before >= 0 && ftruncate(pt->fd, before) != 0) { /* the torn tail is cut when the journal is read */ }
-    if (!warned++) report("e writing %s[%d] of the journal failed: %s; retrying every 500 ms\n", pt->topic, pt->partition, strerror(err));
+    if (!warned++) {
+      report("e writing %s[%d] of the journal failed: %s; retrying every 500 ms\n", pt->topic, pt->partition, strerror(err));
+      if (J.report) fflush(J.report);
+    }
     if (J.stop) return;
     usleep(500 * 1000);
   }
+  pt->size += (off_t)pt->out.len;
   report("j %s %d %lld %lld %zu\n", pt->topic, pt->partition, (long long)pt->first, (long long)pt->next, pt->out.len);
   pt->out.len = 0;
   pt->first = -1;
@@ -208,13 +217,22 @@ static void *journal_loop(void *arg) {
     msgs[0] = first;
     ssize_t more = rd_kafka_consume_batch_queue(J.queue, 0, msgs + 1, 2047);
     ssize_t n = 1 + (more > 0 ? more : 0);
+    /* Only this thread frames and writes; the lock covers looking parts up. */
     pthread_mutex_lock(&J.lock);
+    int nparts = J.nparts;
     for (ssize_t i = 0; i < n; i++) {
       rd_kafka_message_t *m = msgs[i];
       if (!m->err) {
         part_t *pt = find_part(rd_kafka_topic_name(m->rkt), m->partition);
-        /* Records it has (a refetch) are skipped. */
+        /* Records it has (a refetch) are skipped. After a gap (the broker dropped records
+           before they were read), what was framed is written and reported first: a report
+           covers consecutive offsets, and the next one starts after the gap. */
         if (pt && m->offset >= pt->next) {
+          if (pt->out.len && m->offset != pt->next) {
+            pthread_mutex_unlock(&J.lock);
+            flush_part(pt);
+            pthread_mutex_lock(&J.lock);
+          }
           if (pt->first < 0) pt->first = m->offset;
           frame(pt, m);
           pt->next = m->offset + 1;
@@ -222,8 +240,9 @@ static void *journal_loop(void *arg) {
       }
       rd_kafka_message_destroy(m);
     }
-    for (int i = 0; i < J.nparts; i++) flush_part(&J.parts[i]);
+    nparts = J.nparts;
     pthread_mutex_unlock(&J.lock);
+    for (int i = 0; i < nparts; i++) flush_part(J.parts[i]);
     if (J.report) fflush(J.report);
   }
   return NULL;
@@ -265,14 +284,27 @@ static const char *journal_start(const char *bootstraps, const char *dir) {
     snprintf(why, sizeof(why), "%s", errstr);
     return why;
   }
-  J.rk = rk;
+  const char *why = NULL;
   rd_kafka_poll_set_consumer(rk);
-  J.queue = rd_kafka_queue_get_consumer(rk);
-  if (!J.queue) return "the journal's consumer has no queue";
-  J.dir = strdup(dir);
-  if (mkdir(dir, 0777) != 0 && errno != EEXIST) return strerror(errno);
-  J.running = pthread_create(&J.thread, NULL, journal_loop, NULL) == 0;
-  return J.running ? NULL : "starting the journal thread failed";
+  rd_kafka_queue_t *queue = rd_kafka_queue_get_consumer(rk);
+  if (!queue) why = "the journal's consumer has no queue";
+  else if (mkdir(dir, 0777) != 0 && errno != EEXIST) why = strerror(errno);
+  else {
+    J.rk = rk;
+    J.queue = queue;
+    J.dir = strdup(dir);
+    J.running = pthread_create(&J.thread, NULL, journal_loop, NULL) == 0;
+    if (J.running) return NULL;
+    why = "starting the journal thread failed";
+  }
+  /* Nothing half-made stays behind: `journal` may be sent again. */
+  if (queue) rd_kafka_queue_destroy(queue);
+  rd_kafka_destroy(rk);
+  J.rk = NULL;
+  J.queue = NULL;
+  free(J.dir);
+  J.dir = NULL;
+  return why;
 }
 
 static const char *journal_follow(const char *topic, int32_t partition, int64_t from) {
@@ -297,18 +329,26 @@ static const char *journal_follow(const char *topic, int32_t partition, int64_t 
     pthread_mutex_unlock(&J.lock);
     return strerror(errno);
   }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    close(fd);
+    pthread_mutex_unlock(&J.lock);
+    return strerror(errno);
+  }
   if (J.nparts == J.capparts) {
     J.capparts = J.capparts ? J.capparts * 2 : 64;
-    J.parts = realloc(J.parts, sizeof(part_t) * (size_t)J.capparts);
+    J.parts = realloc(J.parts, sizeof(part_t *) * (size_t)J.capparts);
     if (!J.parts) { fprintf(stderr, "out of memory\n"); exit(1); }
   }
-  part_t *pt = &J.parts[J.nparts++];
-  memset(pt, 0, sizeof(*pt));
+  part_t *pt = calloc(1, sizeof(part_t));
+  if (!pt) { fprintf(stderr, "out of memory\n"); exit(1); }
   pt->topic = strdup(topic);
   pt->partition = partition;
   pt->fd = fd;
+  pt->size = st.st_size;
   pt->next = from;
   pt->first = -1;
+  J.parts[J.nparts++] = pt;
   pthread_mutex_unlock(&J.lock);
   rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
   rd_kafka_topic_partition_list_add(list, topic, partition)->offset = from;
@@ -318,6 +358,10 @@ static const char *journal_follow(const char *topic, int32_t partition, int64_t 
     static char why[600];
     snprintf(why, sizeof(why), "%s", rd_kafka_error_string(error));
     rd_kafka_error_destroy(error);
+    /* Not followed: `follow` may be sent again for it. */
+    pthread_mutex_lock(&J.lock);
+    pt->dead = 1;
+    pthread_mutex_unlock(&J.lock);
     return why;
   }
   return NULL;
@@ -329,7 +373,7 @@ static void journal_stop(void) {
   if (J.running) pthread_join(J.thread, NULL);
   rd_kafka_queue_destroy(J.queue);
   rd_kafka_destroy(J.rk);
-  for (int i = 0; i < J.nparts; i++) close(J.parts[i].fd);
+  for (int i = 0; i < J.nparts; i++) close(J.parts[i]->fd);
   if (J.report) fflush(J.report);
 }
 

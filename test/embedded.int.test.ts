@@ -134,6 +134,39 @@ describe('embedded broker', () => {
     }
   });
 
+  it('rejects the waits for records the broker dropped before its journal writer read them, and journals on from the first one it holds', async () => {
+    const broker = await EmbeddedBroker.start();
+    brokers.push(broker);
+    const topic = `g-${randomUUID()}`;
+    await broker.createTopic(topic, 1);
+    const kafka = new Kafka({ clientId: 'test', brokers: broker.bootstraps.split(','), logLevel: logLevel.NOTHING, retry: { retries: 20, initialRetryTime: 100 } });
+    const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
+    const admin = kafka.admin();
+    await Promise.all([producer.connect(), admin.connect()]);
+    const dir = mkdtempSync(join(tmpdir(), 'herald-brokerjournal-'));
+    try {
+      // 6.4 MB into one partition: the broker keeps about 5 MB and drops the oldest records.
+      const value = Buffer.alloc(64 * 1024, 1);
+      for (let i = 0; i < 100; i++) await producer.send({ topic, acks: -1, messages: [{ partition: 0, key: `k${i}`, value }] });
+      const { low, high } = (await admin.fetchTopicOffsets(topic))[0]!;
+      expect(Number(low)).toBeGreaterThan(0);
+      const journal = Journal.open(dir);
+      const dropped = journal.waitFor(topic, 0, 0n, 10_000);
+      const lastDropped = journal.waitFor(topic, 0, BigInt(low) - 1n, 10_000);
+      const kept = journal.waitFor(topic, 0, BigInt(high) - 1n, 10_000);
+      await new BrokerJournal(journal, broker, admin, producer, createLogger('silent')).follow([topic]);
+      await expect(dropped).rejects.toMatchObject({ code: 'HRL_JOURNAL_BEHIND', message: expect.stringContaining('dropped the record before it was journaled') });
+      await expect(lastDropped).rejects.toMatchObject({ code: 'HRL_JOURNAL_BEHIND' });
+      await kept;
+      journal.close();
+      const [part] = [...Journal.open(dir).read()];
+      expect([...part!.records].map((r) => [Number(r.offset), r.key?.toString()])).toEqual(Array.from({ length: Number(high) - Number(low) }, (_, i) => [Number(low) + i, `k${Number(low) + i}`]));
+    } finally {
+      await Promise.all([producer.disconnect(), admin.disconnect()]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('refuses a bad command with the broker\'s reason', async () => {
     const broker = await EmbeddedBroker.start();
     brokers.push(broker);

@@ -4,7 +4,7 @@
  * even when killed with SIGKILL.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -16,10 +16,11 @@ afterEach(() => {
   for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
 });
 
-async function startHeraldProcess(o: { detached?: boolean } = {}): Promise<{ child: ChildProcess; url: string; output: () => string }> {
+async function startHeraldProcess(o: { detached?: boolean } = {}): Promise<{ child: ChildProcess; url: string; stateDir: string; output: () => string }> {
+  const stateDir = mkdtempSync(join(tmpdir(), 'herald-proc-'));
   const child = spawn(process.execPath, ['cli/herald.ts', 'start'], {
     detached: o.detached ?? false,
-    env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: mkdtempSync(join(tmpdir(), 'herald-proc-')), HERALD_LOG_LEVEL: 'warn', KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '', ...TEST_ENV },
+    env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: stateDir, HERALD_LOG_LEVEL: 'warn', KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '', ...TEST_ENV },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.push(child);
@@ -27,7 +28,7 @@ async function startHeraldProcess(o: { detached?: boolean } = {}): Promise<{ chi
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const url = await eventually(() => /herald ready (\S+)/.exec(out)?.[1], 30_000);
-  return { child, url, output: () => out };
+  return { child, url, stateDir, output: () => out };
 }
 
 describe('herald start as a process', () => {
@@ -47,15 +48,19 @@ describe('herald start as a process', () => {
   // process of the group: the broker must outlive Herald's stop, which ends with a snapshot.
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     it(`stops cleanly with exit 0 when ${signal} reaches its whole process group, broker included`, async () => {
-      const { child, output } = await startHeraldProcess({ detached: true });
+      const { child, stateDir, output } = await startHeraldProcess({ detached: true });
       const brokers = childrenOf(child.pid!).filter((p) => launcherPids().includes(p));
       expect(brokers).toHaveLength(1);
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
       const t0 = Date.now();
+      // (file times are coarser than the clock: a second of slack)
+      const signalledAt = t0 - 1000;
       process.kill(-child.pid!, signal);
       expect(await exited).toBe(0);
       expect(Date.now() - t0).toBeLessThan(15_000);
-      expect(output()).not.toMatch(/not stopped within|ECONNREFUSED|snapshot failed/);
+      expect(output()).not.toMatch(/not stopped within|ECONNREFUSED|snapshot failed|snapshot skipped/);
+      // Its last offset snapshot was taken after the signal (the broker was still there for it).
+      expect(statSync(join(stateDir, 'journal', 'offsets.json')).mtimeMs).toBeGreaterThanOrEqual(signalledAt);
       await eventually(() => !alive(brokers[0]!), 5000);
     });
   }

@@ -5,7 +5,7 @@
  * the worker goes when the primary does (SIGTERM to npm, or SIGKILL to Herald).
  */
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -95,6 +95,10 @@ describe('herald start with two workers', () => {
     expect(await requests(ready.workers[0]!.url, 'producer', 'Produce')).toBeGreaterThan(0);
     // The embedded broker's back-pressure measure runs in the primary only.
     expect(await requests(first.url, 'admin', 'ListOffsets')).toBeGreaterThan(0);
+    // The broker's journal writer has journaled what the worker produced (its partitions 1-3 of outcomes.v1).
+    const journalDir = join(first.stateDir, 'journal');
+    const outcomesDir = join(journalDir, readdirSync(journalDir).find((t) => t.endsWith('outcomes.v1'))!);
+    await eventually(() => [1, 2, 3].every((p) => existsSync(join(outcomesDir, `${p}.log`)) && statSync(join(outcomesDir, `${p}.log`)).size > 0));
     // The worker's own port answers the queries forwarded to it, and refuses writes: they
     // belong to the primary, where they are journaled before they are acknowledged.
     expect((await call(ready.workers[0]!.url, 'GET', `/v1/notifications/${ids[0]}`)).status).not.toBe(421);

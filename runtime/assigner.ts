@@ -66,7 +66,7 @@ export function coPartitionedAssigner(memberData: () => string, instance = '', o
  * ones give each member a share of the partitions in proportion to its weight (largest
  * remainder, ties to the earlier member), spread: each partition goes to the member with
  * the largest part of its share still to get. With workers, the primary (which also runs
- * the HTTP API, the journal and the embedded broker) advertises a lower weight
+ * the HTTP API) may advertise a lower weight
  * (`HERALD_PRIMARY_SHARE`), and so holds fewer partitions.
  */
 export function ownersByWeight(count: number, weights: number[]): number[] {

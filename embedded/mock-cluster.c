@@ -263,7 +263,12 @@ static const char *journal_start(const char *bootstraps, const char *dir) {
     {"enable.auto.commit", "false"},
     {"enable.auto.offset.store", "false"},
     {"auto.offset.reset", "earliest"},
+    /* The mock answers a fetch at once when it has fetch.min.bytes, else after the wait:
+       with 1 byte, any record made the writer fetch again at once (hundreds of small
+       fetches a second at a moderate load); with 64 KB it fetches at most every 20 ms
+       unless that much is waiting. */
     {"fetch.wait.max.ms", "20"},
+    {"fetch.min.bytes", "65536"},
     {"fetch.error.backoff.ms", "10"},
     {"queued.max.messages.kbytes", "16384"},
     {"enable.partition.eof", "false"},

@@ -88,16 +88,21 @@ describe('embedded broker', () => {
     expect(await kafka.admin().fetchTopicsOffsets([])).toEqual([]);
   });
 
-  it('journals what its own writer reads: every record with its offset, timestamp, key, value and headers, from where the journal ended', async () => {
+  /** A broker with a fresh topic of `partitions`, a producer and an admin client on it, and an empty journal directory. */
+  async function journalFixture(partitions: number) {
     const broker = await EmbeddedBroker.start();
     brokers.push(broker);
     const topic = `j-${randomUUID()}`;
-    await broker.createTopic(topic, 2);
+    await broker.createTopic(topic, partitions);
     const kafka = new Kafka({ clientId: 'test', brokers: broker.bootstraps.split(','), logLevel: logLevel.NOTHING, retry: { retries: 20, initialRetryTime: 100 } });
     const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
     const admin = kafka.admin();
     await Promise.all([producer.connect(), admin.connect()]);
-    const dir = mkdtempSync(join(tmpdir(), 'herald-brokerjournal-'));
+    return { broker, topic, producer, admin, dir: mkdtempSync(join(tmpdir(), 'herald-brokerjournal-')) };
+  }
+
+  it('journals what its own writer reads: every record with its offset, timestamp, key, value and headers, from where the journal ended', async () => {
+    const { broker, topic, producer, admin, dir } = await journalFixture(2);
     try {
       // Partition 0 was journaled up to offset 1 before (a restart): the writer starts after it.
       const early = await producer.send({ topic, acks: -1, messages: [{ partition: 0, key: 'old', value: 'old' }] });
@@ -135,15 +140,7 @@ describe('embedded broker', () => {
   });
 
   it('rejects the waits for records the broker dropped before its journal writer read them, and journals on from the first one it holds', async () => {
-    const broker = await EmbeddedBroker.start();
-    brokers.push(broker);
-    const topic = `g-${randomUUID()}`;
-    await broker.createTopic(topic, 1);
-    const kafka = new Kafka({ clientId: 'test', brokers: broker.bootstraps.split(','), logLevel: logLevel.NOTHING, retry: { retries: 20, initialRetryTime: 100 } });
-    const producer = kafka.producer({ createPartitioner: Partitioners.DefaultPartitioner });
-    const admin = kafka.admin();
-    await Promise.all([producer.connect(), admin.connect()]);
-    const dir = mkdtempSync(join(tmpdir(), 'herald-brokerjournal-'));
+    const { broker, topic, producer, admin, dir } = await journalFixture(1);
     try {
       // 6.4 MB into one partition: the broker keeps about 5 MB and drops the oldest records.
       const value = Buffer.alloc(64 * 1024, 1);

@@ -4,6 +4,12 @@
  * wait (they are rescheduled without a call and without using an attempt); after `openMs`
  * one probe goes through (half-open): success closes the circuit, failure opens it again.
  * Shared by every deliver partition of the process, so one endpoint's outage is learned once.
+ *
+ * A failure counts only if no call to the endpoint succeeded since the failing call began:
+ * many users' URLs share a host, and one URL that hangs or fails while the host answers the
+ * others is that URL's problem (its slow lane and its retries handle it), not an outage of
+ * the host. Timeouts of hanging calls all settle at once, back to back; counted, they opened
+ * the circuit for every user of the host for HERALD_BREAKER_OPEN_MS.
  */
 export type CircuitState = 'closed' | 'open' | 'half-open';
 
@@ -13,6 +19,8 @@ export type Admission = { call: true; probe: boolean } | { call: false; openSinc
 
 export class CircuitBreakers {
   private readonly circuits = new Map<string, Circuit>();
+  /** Per endpoint, when a call to it last succeeded (wall clock). */
+  private readonly lastAnswer = new Map<string, number>();
   private readonly o: { failures: number; openMs: number; onChange?: (endpoint: string, from: CircuitState, to: CircuitState, failures: number) => void };
 
   constructor(o: CircuitBreakers['o']) {
@@ -37,8 +45,14 @@ export class CircuitBreakers {
     return { call: false, openSince: c.openedAt, retryInMs: Math.max(c.openedAt + this.o.openMs - now, Math.min(1000, this.o.openMs)) };
   }
 
-  /** The outcome of a call admitted by `admit`: `failed` for transient failures (network, 5xx, timeouts). */
-  record(endpoint: string, failed: boolean, probe: boolean, now: number): void {
+  /**
+   * The outcome of a call admitted by `admit`, made at `startedAt`: `failed` for transient
+   * failures (network, 5xx, timeouts). A failure does not count while the endpoint has
+   * answered another call since `startedAt` (a probe's always counts).
+   */
+  record(endpoint: string, failed: boolean, probe: boolean, now: number, startedAt = now): void {
+    if (!failed) this.answered(endpoint, now);
+    else if (!probe && (this.lastAnswer.get(endpoint) ?? Number.NEGATIVE_INFINITY) >= startedAt) return;
     let c = this.circuits.get(endpoint);
     if (!c) {
       if (!failed) return;
@@ -56,6 +70,19 @@ export class CircuitBreakers {
     if (probe || (c.state === 'closed' && c.failures >= this.o.failures)) {
       c.openedAt = now;
       this.set(endpoint, c, 'open');
+    }
+  }
+
+  /** A call to `endpoint` succeeded at `now` (`record` notes it too; a batch notes its successes before it settles its failures). */
+  answered(endpoint: string, now: number): void {
+    this.lastAnswer.delete(endpoint);
+    this.lastAnswer.set(endpoint, now);
+    // Kept for the endpoints answered in the last ten minutes (insertion order is oldest first).
+    if (this.lastAnswer.size > 10_000) {
+      for (const [e, at] of this.lastAnswer) {
+        if (at >= now - 600_000) break;
+        this.lastAnswer.delete(e);
+      }
     }
   }
 

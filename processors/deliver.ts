@@ -217,7 +217,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
   // Calls under way, by delivery and attempt: a batch run again while one is in flight joins it.
   const inflight = new Map<string, Promise<SendResult>>();
   // Calls that outlived their batch's wait (a slow or hanging endpoint): settled by the timer.
-  const detached = new Map<string, { item: Item; probe: boolean; result: SendResult | null }>();
+  const detached = new Map<string, { item: Item; probe: boolean; startedAt: number; result: SendResult | null }>();
 
   async function call(task: DeliveryTask): Promise<SendResult> {
     const key = `${task.deliveryId}#${task.attempt}`;
@@ -320,7 +320,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     const retries = ctx.store('retries');
     for (const item of send.filter((i) => !outcomes.has(i))) {
       const key = retryKey(item.task);
-      const entry = { item, probe: probes.has(item), result: null as SendResult | null };
+      const entry = { item, probe: probes.has(item), startedAt: now0, result: null as SendResult | null };
       detached.set(key, entry);
       void call(item.task).then((r) => (entry.result = r));
       hold(retries, key, now0 + config.deliveryTimeoutMs + LEASE_MARGIN_MS, { task: item.task, cause: item.cause, lease: true } satisfies HeldRetry);
@@ -330,11 +330,20 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       remember(results, resultKey(task.deliveryId), { status: 'EXPIRED', attempt: task.attempt, at: now } satisfies DeliveryResult, now);
       ctx.outcome(cause, { ...baseOf(task), status: 'EXPIRED', reasonCode: 'expired_before_delivery', reason: `expired at ${new Date(task.expiresAt!).toISOString()} before attempt ${task.attempt}`, timestamp: now });
     }
-    for (const item of send) if (outcomes.has(item)) settle(ctx, item, outcomes.get(item)!, probes.has(item));
+    noteAnswers(send.map((item) => [item, outcomes.get(item)]), ctx.wallClock());
+    for (const item of send) if (outcomes.has(item)) settle(ctx, item, outcomes.get(item)!, probes.has(item), now0);
+  }
+
+  /** The hosts that answered some of these calls are up: their failures among them are the URLs' (breaker.ts), whatever order they settle in. */
+  function noteAnswers(results: [Item, SendResult | null | undefined][], now: number): void {
+    for (const [item, r] of results) {
+      const endpoint = r?.ok ? endpointOf(item.task.channel, item.task.address) : null;
+      if (endpoint) breakers.answered(endpoint, now);
+    }
   }
 
   /** Records the result of one call: DELIVERED, a retry, or FAILED and DEAD_LETTERED (with a fallback). */
-  function settle(ctx: StageContext<'deliver'>, item: Item, r: SendResult, probe: boolean): void {
+  function settle(ctx: StageContext<'deliver'>, item: Item, r: SendResult, probe: boolean, startedAt: number): void {
     const results = ctx.store('results');
     {
       const { cause, task } = item;
@@ -343,7 +352,8 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       const endpoint = endpointOf(task.channel, task.address);
       // Transient failures (network, 5xx, timeouts) count against the endpoint; 429 is a
       // request to slow down (Retry-After), not an outage; permanent answers mean it is up.
-      if (endpoint) breakers.record(endpoint, !r.ok && r.retriable && r.code !== 'http_429', probe, now);
+      // A failure while the host answers other calls is the URL's, not the host's (breaker.ts).
+      if (endpoint) breakers.record(endpoint, !r.ok && r.retriable && r.code !== 'http_429', probe, now, startedAt);
       // A settled delivery's result says which attempt it took; only an attempt that leaves
       // the delivery open (a retry follows) needs its own record, so a redelivered retry
       // task is not called again. One changelog record per delivery, not two.
@@ -418,11 +428,12 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         }
       }
       // Detached calls that have answered: their results are recorded and their leases let go.
+      noteAnswers([...detached.values()].map((d) => [d.item, d.result]), wallClock);
       for (const [key, d] of detached) {
         if (!d.result) continue;
         detached.delete(key);
         retries.delete(key);
-        settle(ctx, d.item, d.result, d.probe);
+        settle(ctx, d.item, d.result, d.probe, d.startedAt);
       }
       if (nextDue !== undefined && nextDue > wallClock) return;
       const due = await retries.due<HeldRetry>(wallClock, RELEASE_LIMIT);

@@ -516,6 +516,48 @@ describe('deliver: circuit breaker per endpoint', () => {
   });
 });
 
+describe('deliver: one URL failing on a shared host is not an outage of the host', () => {
+  const ok: SendResult = { ok: true, providerMessageId: null, detail: 'HTTP 200' };
+  const fail503: SendResult = { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' };
+  const taskTo = async (recipient: string, address: string) => (await driver('route', route).pipe([{ value: { request: (await requestsFor(event({ id: `e-${recipient}`, recipients: [recipient] })))[0]!, user: user({ userId: recipient, webhookUrl: address }), preferences: null }, timestamp: T0 }])).emitted[0]!.value as DeliveryTask;
+
+  it('keeps the circuit closed when the host answered another call of the same batch', async () => {
+    const channel = new ScriptedDeliver([]);
+    channel.send = async (task: DeliveryTask) => {
+      channel.calls.push(task);
+      return task.address.includes('/bad/') ? fail503 : ok;
+    };
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1));
+    // One success, then six failures (more than HERALD_BREAKER_FAILURES) of other URLs on the host.
+    const tasks = [await taskTo('good', 'https://shared.example/good'), ...(await Promise.all(Array.from({ length: 6 }, (_, i) => taskTo(`bad${i}`, `https://shared.example/bad/${i}`))))];
+    const r1 = await d.pipe(tasks.map((value) => ({ value, timestamp: T0 })));
+    expect(r1.outcomes.filter((o) => o.status === 'RETRY_SCHEDULED' && o.reasonCode === 'transient_failure')).toHaveLength(6);
+    const later = await taskTo('later', 'https://shared.example/good2');
+    expect((await d.pipe([{ value: later, timestamp: T0 }])).outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['ATTEMPTED', 'channel_called'], ['DELIVERED', expect.any(String)]]);
+  });
+
+  it('keeps it closed when hanging calls time out together after the host answered others meanwhile', async () => {
+    const { loadConfig } = await import('../config.ts');
+    const config = loadConfig({}, { stateBackend: 'memory', logLevel: 'silent', deliveryBatchWaitMs: 50, deliveryTimeoutMs: 2000 });
+    const answers: ((r: SendResult) => void)[] = [];
+    const channel: ChannelProvider = { name: 'webhook', send: (task) => (task.address.includes('/hang/') ? new Promise<SendResult>((r) => answers.push(r)) : Promise.resolve(ok)) };
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1), { config });
+    const hanging = await Promise.all(Array.from({ length: 6 }, (_, i) => taskTo(`hang${i}`, `https://shared.example/hang/${i}`)));
+    await d.pipe(hanging.map((value) => ({ value, timestamp: T0 })));
+    // The host answers another user's call while those hang.
+    d.now += 10;
+    expect((await d.pipe([{ value: await taskTo('fine', 'https://shared.example/fine'), timestamp: T0 }])).outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
+    // Then all six time out at once and settle back to back from the timer.
+    for (const answer of answers) answer({ ok: false, retriable: true, code: 'timeout', detail: 'no answer within 2000 ms' });
+    await new Promise((r) => setImmediate(r));
+    const timedOut = await d.advance(100);
+    expect(timedOut.outcomes.filter((o) => o.status === 'RETRY_SCHEDULED')).toHaveLength(6);
+    // The circuit stayed closed: the next user of the host is called, not held.
+    const next = await d.pipe([{ value: await taskTo('next', 'https://shared.example/next'), timestamp: T0 }]);
+    expect(next.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['ATTEMPTED', 'channel_called'], ['DELIVERED', expect.any(String)]]);
+  });
+});
+
 describe('deliver: a slow endpoint never holds back the others', () => {
   it('detaches a call that outlives the batch wait, records its result from the timer, and remakes it from the lease after a move', async () => {
     const { loadConfig } = await import('../config.ts');

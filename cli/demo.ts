@@ -78,8 +78,10 @@ export async function runDemo(httpUrl: string, secret: string, apiKey: string, p
     for (const id of [...pending]) {
       const res = await fetch(`${httpUrl}/v1/notifications/${id}`, { headers: { authorization: `Bearer ${apiKey}` } });
       if (!res.ok) continue;
-      const n = (await res.json()) as { status: string; terminal: string[]; events: { stage: string; status: string; reason: string; timestamp: number }[] };
-      if (n.terminal.length) {
+      const n = (await res.json()) as { status: string; channels: Record<string, string>; terminal: string[]; events: { stage: string; status: string; reason: string; timestamp: number }[] };
+      // Done once every channel it was routed to has its result (the in-app one is quick; a
+      // webhook may still be on its way), or once it ended without a channel.
+      if (n.terminal.length && Object.keys(n.channels ?? {}).every((ch) => n.terminal.some((t) => t.startsWith(`${ch}:`)))) {
         pending.delete(id);
         const published = n.events[0]!.timestamp;
         const ended = n.events.at(-1)!.timestamp;

@@ -4,6 +4,7 @@
  * idempotent producer, which the embedded mock cluster cannot serve).
  */
 import { Kafka, logLevel, type Producer, type SASLOptions } from 'kafkajs';
+import { type FetchSharing, fetchCoalescer } from './fetch-coalescer.ts';
 import { KafkaDefaultPartitioner } from './partitioner.ts';
 import type { HeraldConfig } from '../config.ts';
 import type { Logger } from './logger.ts';
@@ -19,6 +20,12 @@ export type KafkaLogListener = (message: string, extra: Record<string, unknown>)
 const requests = new Map<string, Map<string, number>>();
 export function kafkaRequests(): ReadonlyMap<string, ReadonlyMap<string, number>> {
   return requests;
+}
+
+/** Consumer fetches and the Fetch requests sent for them, in this process (herald_kafka_fetch_sharing_total). */
+const sharing: FetchSharing = { fetches: 0, requests: 0, split: 0 };
+export function fetchSharing(): Readonly<FetchSharing> {
+  return sharing;
 }
 
 /**
@@ -42,11 +49,15 @@ const counting = (client: string) => {
  * Every consumer, producer and admin client made from `kafka` counts its requests by API
  * (kafkajs' request instrumentation event), as Kafka's clients report request totals per
  * client: consumers under their group (requestClient), producers and admin clients together.
+ * With `shareFetches`, its consumers share Fetch requests (runtime/fetch-coalescer.ts); a
+ * shared request is counted once, under the consumer whose connection sent it.
  */
-function countingRequests(kafka: Kafka): Kafka {
+function countingRequests(kafka: Kafka, shareFetches: boolean): Kafka {
   const { consumer, producer, admin } = kafka;
+  // One per client: its consumers' fetches to a broker in the same turn share a request.
+  const coalescer = shareFetches ? fetchCoalescer(sharing) : undefined;
   kafka.consumer = (c) => {
-    const client = consumer.call(kafka, c);
+    const client = consumer.call(kafka, coalescer ? { fetchCoalescer: coalescer, ...c } : c);
     client.on(client.events.REQUEST, counting(requestClient(c.groupId)));
     return client;
   };
@@ -83,7 +94,7 @@ export function createKafka(config: HeraldConfig, brokers: string, log: Logger, 
       kl[LEVELS[level] ?? 'info']({ namespace, ...rest }, message);
       onLog?.(message, rest);
     },
-  }));
+  }), config.shareFetches);
 }
 
 export function createProducer(kafka: Kafka): Producer {

@@ -5,7 +5,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { getHeapStatistics } from 'node:v8';
 import { storeMemory } from '../state/store.ts';
-import { kafkaRequests } from './kafka.ts';
+import { fetchSharing, kafkaRequests } from './kafka.ts';
 
 export class Metrics {
   readonly registry: Registry;
@@ -61,6 +61,18 @@ export class Metrics {
             if (delta > 0) this.inc({ client, api }, delta);
             reported.set(key, n);
           }
+        }
+      },
+    });
+    const sharedReported = { fetches: 0, requests: 0, split: 0 };
+    new Counter({
+      name: 'herald_kafka_fetch_sharing_total', help: 'HERALD_SHARE_FETCHES: fetches this process\'s consumers sent (`fetches`), the Fetch requests that carried them to the brokers (`requests`; fewer when consumers shared them), and shared requests that failed and were sent again separately (`split`).', labelNames: ['kind'], registers: [r],
+      collect() {
+        const now = fetchSharing();
+        for (const kind of ['fetches', 'requests', 'split'] as const) {
+          const delta = now[kind] - sharedReported[kind];
+          if (delta > 0) this.inc({ kind }, delta);
+          sharedReported[kind] = now[kind];
         }
       },
     });

@@ -81,7 +81,7 @@ export class Codec {
       if (buf.length > this.config.maxPayloadBytes) {
         throw new HeraldError('HRL_PAYLOAD_TOO_LARGE', `record is ${buf.length} bytes; the limit is ${this.config.maxPayloadBytes} (HERALD_MAX_PAYLOAD_BYTES)`);
       }
-      if (buf[0] === 0) return domainEventFromJson(await this.serde.decode(buf));
+      if (buf[0] === 0) return domainEventFromJson(await this.serde.decode(buf, 'DomainEvent'));
       let parsed: unknown;
       try {
         parsed = JSON.parse(buf.toString('utf8'));
@@ -90,8 +90,9 @@ export class Codec {
       }
       return domainEventFromJson(parsed);
     }
-    if (TOPICS[topicKey].schema === null) return buf;
-    return this.serde.decode(buf);
+    const schema = TOPICS[topicKey].schema;
+    if (schema === null) return buf;
+    return this.serde.decode(buf, schema);
   }
 
   async encode(topicKey: TopicKey, topic: string, value: unknown): Promise<Buffer | null> {

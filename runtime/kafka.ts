@@ -74,6 +74,17 @@ function countingRequests(kafka: Kafka, shareFetches: boolean): Kafka {
   return kafka;
 }
 
+/**
+ * kafkajs logs each response carrying a broker error at ERROR, among them the heartbeat a
+ * coordinator answers with REBALANCE_IN_PROGRESS: the usual sign of a rebalance (a member
+ * joined or left, every stop), which the consumer handles by rejoining. Kafka's Java
+ * client logs it at INFO; so does Herald.
+ */
+export function pinoLevel(level: number, message: string, extra: Record<string, unknown>): 'error' | 'warn' | 'info' | 'debug' {
+  if (level === logLevel.ERROR && message.startsWith('Response Heartbeat') && /rebalanc/i.test(String(extra.error ?? ''))) return 'info';
+  return LEVELS[level] ?? 'info';
+}
+
 export function createKafka(config: HeraldConfig, brokers: string, log: Logger, clientId = `herald-${config.instanceId}`, onLog?: KafkaLogListener): Kafka {
   const sasl = config.saslMechanism
     ? ({ mechanism: config.saslMechanism, username: config.saslUsername, password: config.saslPassword } as SASLOptions)
@@ -91,7 +102,7 @@ export function createKafka(config: HeraldConfig, brokers: string, log: Logger, 
     logLevel: logLevel.WARN,
     logCreator: () => ({ namespace, level, log: entry }) => {
       const { message, timestamp: _t, logger: _l, ...rest } = entry as { message: string } & Record<string, unknown>;
-      kl[LEVELS[level] ?? 'info']({ namespace, ...rest }, message);
+      kl[pinoLevel(level, message, rest)]({ namespace, ...rest }, message);
       onLog?.(message, rest);
     },
   }), config.shareFetches);

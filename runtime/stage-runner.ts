@@ -232,6 +232,7 @@ export class StageRunner {
    * knows no commits, but a partition that reaches this member later (from another worker
    * or instance) has been committed since, and must not be sent back to the snapshot. The
    * partitions are paused while the commits are looked up, so nothing is fetched first.
+   * The snapshot offset is committed again at the next commit interval.
    */
   private seekResumed(consumer: Consumer, assigned: ReadonlySet<number>): void {
     const todo: { topic: string; partition: number; offset: bigint }[] = [];
@@ -258,7 +259,12 @@ export class StageRunner {
         this.log.warn({ err }, 'could not read the group\'s commits; resuming every partition from the journal\'s snapshot');
       }
       for (const t of todo) {
-        if ((committed.get(`${t.topic}\u0000${t.partition}`) ?? -1n) < 0n) consumer.seek({ topic: t.topic, partition: t.partition, offset: t.offset.toString() });
+        if ((committed.get(`${t.topic}\u0000${t.partition}`) ?? -1n) >= 0n) continue;
+        consumer.seek({ topic: t.topic, partition: t.partition, offset: t.offset.toString() });
+        // And commit it at the next interval: the group shows the offsets it had before the
+        // restart (lag tools, a member that takes the partition over), not none at all,
+        // until new records move them.
+        this.offsets.mark(t.topic, t.partition, (t.offset - 1n).toString());
       }
     })().finally(() => {
       if (pausing && !this.stopped && this.consumer === consumer) consumer.resume(byTopic);

@@ -3,14 +3,17 @@
  * in full, in a local store, on every instance that needs them. Each table keeps one
  * checkpoint per source partition, so a restart reads only what arrived since. Start-up
  * waits until every table has caught up to the end offsets captured when it started;
- * `/readyz` reports it. Tombstones delete.
+ * `/readyz` reports it. Tombstones delete. Values are Avro in the Confluent wire format
+ * (read as Herald's schema, through schema resolution) or JSON (validated against it), as
+ * on events.v1; a value that is neither, or does not fit, is skipped, logged and counted.
  */
 import type { Admin, Kafka } from 'kafkajs';
 import type { HeraldConfig } from '../config.ts';
 import type { TableLookup, TableName } from './contract.ts';
-import type { Serde } from '../schemas/index.ts';
+import { type SchemaName, type Serde, validate } from '../schemas/index.ts';
 import { KeyValueStore } from '../state/store.ts';
-import { topicName } from '../topology.ts';
+import { TOPICS, topicName } from '../topology.ts';
+import { HeraldError } from '../errors.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
 import { TopicReader, startOffsets } from './reader.ts';
@@ -45,6 +48,7 @@ export class GlobalTables implements TableLookup {
     const store = await KeyValueStore.open({ backend: this.config.stateBackend, dir: this.config.stateDir, stage: 'global', name: table, partition: 0, changelog: null });
     this.stores.set(table, store);
     const topic = topicName(this.config.topicPrefix, table);
+    const schema = TOPICS[table].schema as SchemaName;
     const from = new Map<number, bigint>();
     for (const [p, low] of await startOffsets(this.admin, topic)) {
       const cp = await store.checkpoint(p);
@@ -63,9 +67,11 @@ export class GlobalTables implements TableLookup {
           if (m.value === null) records.push({ key, value: null });
           else {
             try {
-              records.push({ key, value: JSON.stringify(await this.serde.decode(m.value)) });
+              records.push({ key, value: JSON.stringify(await this.decode(schema, m.value)) });
             } catch (err) {
-              this.log.warn({ table, partition, offset: m.offset, err }, 'table record skipped: undecodable');
+              const code = (err as HeraldError).code ?? 'HRL_DECODE_FAILED';
+              this.log.warn({ table, partition, offset: m.offset, code, reason: (err as Error).message }, 'table record skipped: not a valid value');
+              this.metrics.tableSkipped.inc({ table, code });
             }
           }
         }
@@ -79,6 +85,18 @@ export class GlobalTables implements TableLookup {
     await reader.caughtUp;
     this.caught.add(table);
     this.log.info({ table, applied, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'global table caught up');
+  }
+
+  /** A table value: Avro (magic byte 0) read as `schema`, or JSON validated against it. */
+  private async decode(schema: SchemaName, buf: Buffer): Promise<unknown> {
+    if (buf[0] === 0) return this.serde.decode(buf, schema);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(buf.toString('utf8'));
+    } catch (err) {
+      throw new HeraldError('HRL_DECODE_FAILED', `neither Avro (magic byte 0) nor JSON: ${(err as Error).message}`);
+    }
+    return validate(schema, parsed);
   }
 
   private store(table: TableName): KeyValueStore {

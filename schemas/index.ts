@@ -170,6 +170,8 @@ export class Serde {
   private readonly writers = new Map<string, { id: number; type: avro.Type }>();
   /** Avro types by schema id for decoding; null for a schema of another kind. */
   private readonly readers = new Map<number, avro.Type | null>();
+  /** By writer schema id and reader schema: the type that decodes, and the resolver when they differ. */
+  private readonly resolved = new Map<string, { type: avro.Type; resolver?: avro.Resolver }>();
 
   constructor(registryUrl: string) {
     this.registry = new SchemaRegistry({ host: registryUrl }, { AVRO: {} } as never);
@@ -192,8 +194,15 @@ export class Serde {
     return wireFormat(topic, writer.id, writer.type, value);
   }
 
-  /** Decodes a wire-format buffer; throws HRL_DECODE_FAILED with the reason. */
-  async decode<T>(buf: Buffer): Promise<T> {
+  /**
+   * Decodes a wire-format buffer; throws HRL_DECODE_FAILED with the reason. With `as`, the
+   * value is read as Herald's schema `as` (Avro schema resolution, as Confluent's
+   * deserialisers do with a reader schema): a producer whose schema evolved compatibly (a
+   * field added, an optional one dropped) is read with the writer's schema and resolved to
+   * Herald's, fields Herald does not know are skipped and absent ones take their defaults. A
+   * writer schema that cannot be read as `as` fails, naming both.
+   */
+  async decode<T>(buf: Buffer, as?: SchemaName): Promise<T> {
     if (buf.length < 5 || buf[0] !== 0) {
       throw new HeraldError('HRL_DECODE_FAILED', `expected Confluent wire format (magic byte 0 and a 4-byte schema id), got ${buf.length} bytes starting 0x${buf.subarray(0, 1).toString('hex')}`);
     }
@@ -210,7 +219,26 @@ export class Serde {
         this.readers.set(id, reader);
       }
       if (reader === null) return (await this.registry.decode(buf)) as T;
-      const { value, offset } = reader.decode(buf, 5);
+      let decoder: { type: avro.Type; resolver?: avro.Resolver } = { type: reader };
+      if (as !== undefined) {
+        const key = `${id}\u0000${as}`;
+        let r = this.resolved.get(key);
+        if (r === undefined) {
+          const wanted = avroType(as);
+          // Herald's own writes (the same schema): read as written, no resolution.
+          if (wanted.equals(reader)) r = { type: reader };
+          else {
+            try {
+              r = { type: wanted, resolver: wanted.createResolver(reader) };
+            } catch (err) {
+              throw new Error(`its schema cannot be read as ${as}: ${(err as Error).message}`);
+            }
+          }
+          this.resolved.set(key, r);
+        }
+        decoder = r;
+      }
+      const { value, offset } = decoder.type.decode(buf, 5, decoder.resolver);
       // As avsc's fromBuffer: the body must end where the buffer does.
       if (offset < 0) throw new Error('truncated buffer');
       if (offset < buf.length) throw new Error('trailing data');

@@ -76,6 +76,29 @@ describe('ingest rejections', () => {
   });
 });
 
+describe('Avro from producers whose schema evolved', () => {
+  it('reads an event written with a compatible evolved DomainEvent as Herald\'s schema, and dead-letters one whose schema it cannot read, naming why', async () => {
+    // As a Confluent producer with auto-registration does: its schema, under the topic's subject.
+    const base = JSON.parse((await import('node:fs')).readFileSync(new URL('../schemas/DomainEvent.avsc', import.meta.url), 'utf8')) as { fields: { name: string }[] };
+    const evolved = { ...base, fields: [...base.fields.filter((f) => f.name !== 'traceId'), { name: 'priority', type: ['null', 'string'], default: null }] };
+    const { id } = await h.serde.registry.register({ type: 'AVRO' as never, schema: JSON.stringify(evolved) }, { subject: `${T('events')}-value` });
+    const incompatible = { ...base, fields: base.fields.map((f) => (f.name === 'recipients' ? { name: 'recipients', type: 'string' } : f)) };
+    const { id: badId } = await h.serde.registry.register({ type: 'AVRO' as never, schema: JSON.stringify(incompatible) }, { subject: 'another-topic-value' });
+    const event = { id: 'evolved-1', type: 'comment.created', tenant: 'acme', recipients: ['ada'], audience: null, data: '{"commentId":"ev"}', idempotencyKey: null, occurredAt: null, expiresAt: null, actor: 'linus', priority: 'high' };
+    const dlqBefore = dlq.messages.length;
+    await h.producer.send({ topic: T('events'), acks: -1, messages: [
+      { key: 'evolved-1', value: await h.serde.registry.encode(id, event) },
+      { key: 'evolved-2', value: await h.serde.registry.encode(badId, { ...event, id: 'evolved-2', recipients: 'ada' }) },
+    ] });
+    const req = await eventually(async () => (await decodeAll<NotificationRequest>(requests.messages)).find((r) => r.eventId === 'evolved-1'));
+    expect(req).toMatchObject({ recipient: 'ada', tenant: 'acme' });
+    const dead = await eventually(() => dlq.messages.slice(dlqBefore).find((m) => m.key?.toString() === 'evolved-2'));
+    expect(header(dead, 'herald.error.code')).toBe('HRL_DECODE_FAILED');
+    expect(header(dead, 'herald.error.reason')).toMatch(new RegExp(`schema id ${badId}\\): its schema cannot be read as DomainEvent`));
+    expect(dlq.messages.slice(dlqBefore).some((m) => m.key?.toString() === 'evolved-1')).toBe(false);
+  });
+});
+
 describe('audiences', () => {
   it('fans a 10,000-member audience out to one request per member', async () => {
     const members = Array.from({ length: 10_000 }, (_, i) => `member-${i}`);

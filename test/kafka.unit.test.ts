@@ -3,7 +3,8 @@
  * group id unique per start, so the label has few values however often readers come and go.
  */
 import { describe, expect, it } from 'vitest';
-import { requestClient } from '../runtime/kafka.ts';
+import { logLevel } from 'kafkajs';
+import { pinoLevel, requestClient } from '../runtime/kafka.ts';
 
 describe('requestClient', () => {
   it('names a stage consumer by its group', () => {
@@ -19,5 +20,14 @@ describe('requestClient', () => {
     // A topic prefix that names a journal does not fold the stages into it.
     expect(requestClient('journal.herald.deliver')).toBe('journal.herald.deliver');
     expect(requestClient('acme.journal.deliver')).toBe('acme.journal.deliver');
+  });
+});
+
+describe('pinoLevel (kafkajs log levels in Herald\'s log)', () => {
+  it('logs a heartbeat answered "rebalancing" at info, as Kafka\'s Java client does, and other broker errors at error', () => {
+    expect(pinoLevel(logLevel.ERROR, 'Response Heartbeat(key: 12, version: 3)', { error: 'The group is rebalancing, so a rejoin is needed' })).toBe('info');
+    expect(pinoLevel(logLevel.ERROR, 'Response Heartbeat(key: 12, version: 3)', { error: 'The coordinator is not aware of this member' })).toBe('error');
+    expect(pinoLevel(logLevel.ERROR, 'Response Fetch(key: 1, version: 11)', { error: 'The group is rebalancing, so a rejoin is needed' })).toBe('error');
+    expect(pinoLevel(logLevel.WARN, 'anything', {})).toBe('warn');
   });
 });

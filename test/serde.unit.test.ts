@@ -88,3 +88,38 @@ describe('Serde.decode', () => {
   });
 });
 
+
+/**
+ * A producer outside Herald whose schema evolved (Confluent's clients register the writer's
+ * schema and put its id in every record): the registry accepts a compatible change, so
+ * Herald must read such records as its own schema, as a Confluent deserialiser with a
+ * reader schema does, instead of rejecting fields it does not know.
+ */
+describe('Serde.decode as Herald\'s schema (schema resolution)', () => {
+  const domainEvent = JSON.parse(readFileSync(join(dirname(fileURLToPath(import.meta.url)), '..', 'schemas', 'DomainEvent.avsc'), 'utf8')) as { fields: { name: string }[] } & Record<string, unknown>;
+
+  it('reads a record written with a compatible evolved schema as Herald\'s: new fields skipped, dropped ones defaulted', async () => {
+    const evolved = {
+      ...domainEvent,
+      fields: [...domainEvent.fields.filter((f) => f.name !== 'actor' && f.name !== 'traceId'), { name: 'priority', type: ['null', 'string'], default: null }],
+    };
+    const { id } = await serde.registry.register({ type: 'AVRO' as never, schema: JSON.stringify(evolved) }, { subject: 'evolved.events-value' });
+    const bytes = await serde.registry.encode(id, { id: 'e1', type: 'comment.created', tenant: 'acme', recipients: ['ada'], audience: null, data: '{"x":1}', idempotencyKey: null, occurredAt: null, expiresAt: null, priority: 'high' });
+    // As written: the producer's fields.
+    expect(await serde.decode(bytes)).toMatchObject({ priority: 'high' });
+    // As DomainEvent: Herald's fields only, defaults for the ones the writer dropped.
+    const read = await serde.decode<Record<string, unknown>>(bytes, 'DomainEvent');
+    expect(read).toEqual({ id: 'e1', type: 'comment.created', tenant: 'acme', recipients: ['ada'], audience: null, data: '{"x":1}', idempotencyKey: null, occurredAt: null, expiresAt: null, actor: null, traceId: null });
+  });
+
+  it('reads Herald\'s own records unchanged, and refuses a writer schema that cannot be read as Herald\'s, naming both', async () => {
+    const own = await serde.encode('t.DomainEvent', fixture('DomainEvent'));
+    expect(await serde.decode(own, 'DomainEvent')).toEqual(await serde.decode(own));
+    const incompatible = { ...domainEvent, fields: domainEvent.fields.map((f) => (f.name === 'tenant' ? { name: 'tenant', type: 'int' } : f)) };
+    const { id } = await serde.registry.register({ type: 'AVRO' as never, schema: JSON.stringify(incompatible) }, { subject: 'incompatible.events-value' });
+    const bytes = await serde.registry.encode(id, { ...fixture('DomainEvent'), tenant: 7 });
+    const err = await serde.decode(bytes, 'DomainEvent').then(() => null, (e: unknown) => e);
+    expect(err).toMatchObject({ code: 'HRL_DECODE_FAILED', retriable: false });
+    expect((err as Error).message).toMatch(new RegExp(`schema id ${id}\\): its schema cannot be read as DomainEvent`));
+  });
+});

@@ -87,4 +87,30 @@ describe('global tables', () => {
       removeDir(stateDir);
     }
   });
+
+  it('take JSON values as users.v1 takes Avro (a producer without a registry, such as kcat), and skip and count a value that does not fit', async () => {
+    const kafka = createKafka(loadConfig({ ...TEST_ENV, KAFKA_BROKERS: broker.bootstraps }), broker.bootstraps, createLogger('silent'));
+    const producer = createProducer(kafka);
+    await producer.connect();
+    await producer.send({ topic: USERS, acks: -1, messages: [
+      { key: userKey('acme', 'json-user'), value: JSON.stringify({ userId: 'json-user', tenant: 'acme', name: 'Jay', email: 'jay@example.com' }) },
+      { key: userKey('acme', 'json-bad'), value: JSON.stringify({ userId: 'json-bad', tenant: 'acme', nickname: 'x' }) },
+      { key: userKey('acme', 'not-json'), value: 'hello' },
+    ] });
+    await producer.disconnect();
+    const h = await startTestHerald({ env });
+    try {
+      const user = await api<Record<string, unknown>>(h, 'GET', '/v1/users/json-user');
+      expect(user.status).toBe(200);
+      expect(user.body).toMatchObject({ userId: 'json-user', name: 'Jay', email: 'jay@example.com' });
+      expect((await api(h, 'GET', '/v1/users/json-bad')).status).toBe(404);
+      expect((await api(h, 'GET', '/v1/users/not-json')).status).toBe(404);
+      const skipped = await h.metrics.registry.getSingleMetricAsString('herald_table_records_skipped_total');
+      expect(skipped).toMatch(/table="users",code="HRL_SCHEMA_VIOLATION"\} 1/);
+      expect(skipped).toMatch(/table="users",code="HRL_DECODE_FAILED"\} 1/);
+    } finally {
+      await h.stop();
+      removeDir(h.stateDir);
+    }
+  });
 });

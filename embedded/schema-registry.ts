@@ -1,7 +1,8 @@
 /**
  * A development stand-in for the Confluent Schema Registry: the subset of its REST API
- * that Herald and @kafkajs/confluent-schema-registry use (register, lookup by id and
- * subject, versions, per-subject config, compatibility). State lives in memory, like the
+ * that Herald, @kafkajs/confluent-schema-registry and Confluent's clients and tools use
+ * (register, lookup by id and subject, versions, per-subject config, compatibility with
+ * `?verbose=true`, soft and permanent deletes, `/mode`), with Confluent's error codes. State lives in memory, like the
  * embedded broker's topics. Compatibility checks use avsc's schema resolution:
  * BACKWARD = the new schema can read data written with the previous one.
  * Not for production: point SCHEMA_REGISTRY_URL at a real registry there.
@@ -13,26 +14,41 @@ import avro from 'avsc';
 type Level = 'NONE' | 'BACKWARD' | 'BACKWARD_TRANSITIVE' | 'FORWARD' | 'FORWARD_TRANSITIVE' | 'FULL' | 'FULL_TRANSITIVE';
 interface Version { id: number; version: number; schema: string }
 
-function canRead(reader: string, writer: string): boolean {
+/** Why `reader` cannot read what `writer` wrote (avsc's resolution error), or null if it can. */
+function cannotRead(reader: string, writer: string): string | null {
   try {
     avro.Type.forSchema(JSON.parse(reader)).createResolver(avro.Type.forSchema(JSON.parse(writer)));
-    return true;
-  } catch {
-    return false;
+    return null;
+  } catch (err) {
+    return (err as Error).message;
   }
+}
+
+/**
+ * Why `candidate` may not follow `history` (oldest first) under `level`: one message per
+ * failed check (empty when compatible), as Confluent's `?verbose=true` lists them.
+ */
+export function incompatibilities(level: Level, candidate: string, history: string[]): string[] {
+  if (level === 'NONE' || history.length === 0) return [];
+  const against = level.endsWith('TRANSITIVE') ? history : history.slice(-1);
+  const out: string[] = [];
+  for (const old of against) {
+    const version = history.indexOf(old) + 1;
+    if (!level.startsWith('FORWARD')) {
+      const why = cannotRead(candidate, old);
+      if (why) out.push(`${level}: the new schema cannot read data written with version ${version}: ${why}`);
+    }
+    if (!level.startsWith('BACKWARD')) {
+      const why = cannotRead(old, candidate);
+      if (why) out.push(`${level}: version ${version} cannot read data written with the new schema: ${why}`);
+    }
+  }
+  return out;
 }
 
 /** Whether `candidate` may follow `history` (oldest first) under `level`. */
 export function isCompatible(level: Level, candidate: string, history: string[]): boolean {
-  if (level === 'NONE' || history.length === 0) return true;
-  const against = level.endsWith('TRANSITIVE') ? history : history.slice(-1);
-  return against.every((old) => {
-    const back = canRead(candidate, old);
-    const fwd = canRead(old, candidate);
-    if (level.startsWith('BACKWARD')) return back;
-    if (level.startsWith('FORWARD')) return fwd;
-    return back && fwd;
-  });
+  return incompatibilities(level, candidate, history).length === 0;
 }
 
 /** Sorts object keys at every level; arrays (field order, union branches) keep their order. */
@@ -60,6 +76,8 @@ export class EmbeddedSchemaRegistry {
   private readonly byId = new Map<number, string>();
   private readonly idBySchema = new Map<string, number>();
   private readonly subjects = new Map<string, Version[]>();
+  /** Soft-deleted versions per subject (Confluent's DELETE without `permanent`): hidden, their ids still readable, their numbers not reused. */
+  private readonly deleted = new Map<string, Version[]>();
   private readonly config = new Map<string, Level>();
   private globalLevel: Level = 'BACKWARD';
   url = '';
@@ -69,12 +87,13 @@ export class EmbeddedSchemaRegistry {
   constructor(file: string | null = null) {
     this.file = file;
     if (file && existsSync(file)) {
-      const saved = JSON.parse(readFileSync(file, 'utf8')) as { schemas: [number, string][]; subjects: [string, Version[]][]; config: [string, Level][]; globalLevel: Level };
+      const saved = JSON.parse(readFileSync(file, 'utf8')) as { schemas: [number, string][]; subjects: [string, Version[]][]; deleted?: [string, Version[]][]; config: [string, Level][]; globalLevel: Level };
       for (const [id, schema] of saved.schemas) {
         this.byId.set(id, schema);
         this.idBySchema.set(schema, id);
       }
       for (const [s, versions] of saved.subjects) this.subjects.set(s, versions);
+      for (const [s, versions] of saved.deleted ?? []) this.deleted.set(s, versions);
       for (const [s, level] of saved.config) this.config.set(s, level);
       this.globalLevel = saved.globalLevel;
     }
@@ -86,6 +105,8 @@ export class EmbeddedSchemaRegistry {
         done(err as Error, undefined);
       }
     });
+    // Confluent's shape for a path it does not serve, not Fastify's.
+    this.app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error_code: 404, message: 'HTTP 404 Not Found' }));
     this.routes();
   }
 
@@ -93,7 +114,7 @@ export class EmbeddedSchemaRegistry {
   private save(): void {
     if (!this.file) return;
     const tmp = `${this.file}.tmp`;
-    writeFileSync(tmp, JSON.stringify({ schemas: [...this.byId], subjects: [...this.subjects], config: [...this.config], globalLevel: this.globalLevel }));
+    writeFileSync(tmp, JSON.stringify({ schemas: [...this.byId], subjects: [...this.subjects], deleted: [...this.deleted], config: [...this.config], globalLevel: this.globalLevel }));
     renameSync(tmp, this.file);
   }
 
@@ -128,7 +149,7 @@ export class EmbeddedSchemaRegistry {
 
   private routes() {
     const app = this.app;
-    app.get('/subjects', async () => [...this.subjects.keys()]);
+    app.get<{ Querystring: { deleted?: string } }>('/subjects', async (req) => (req.query.deleted === 'true' ? [...new Set([...this.subjects.keys(), ...this.deleted.keys()])] : [...this.subjects.keys()]));
     app.get('/schemas/types', async () => ['AVRO']);
     app.get<{ Params: { id: string } }>('/schemas/ids/:id', async (req, reply) => {
       const schema = this.byId.get(Number(req.params.id));
@@ -193,12 +214,13 @@ export class EmbeddedSchemaRegistry {
         this.byId.set(id, schema);
         this.idBySchema.set(schema, id);
       }
-      list.push({ id, version: (list.at(-1)?.version ?? 0) + 1, schema });
+      const last = Math.max(list.at(-1)?.version ?? 0, ...(this.deleted.get(subject) ?? []).map((d) => d.version));
+      list.push({ id, version: last + 1, schema });
       this.subjects.set(subject, list);
       this.save();
       return { id };
     });
-    app.post<{ Params: { subject: string; version: string }; Body: { schema: string } }>(
+    app.post<{ Params: { subject: string; version: string }; Body: { schema: string }; Querystring: { verbose?: string } }>(
       '/compatibility/subjects/:subject/versions/:version',
       async (req, reply) => {
         const missing = this.missing(reply, req.params.subject, req.params.version);
@@ -209,18 +231,83 @@ export class EmbeddedSchemaRegistry {
         const level = this.config.get(req.params.subject) ?? this.globalLevel;
         const v = this.version(req.params.subject, req.params.version)!;
         const history = level.endsWith('TRANSITIVE') ? list.map((x) => x.schema) : [v.schema];
-        return { is_compatible: isCompatible(level, canonical(req.body.schema), history) };
+        return this.compatibility(level, canonical(req.body.schema), history, req.query);
       },
     );
     // As registering would check it (Confluent Platform 7+).
-    app.post<{ Params: { subject: string }; Body: { schema: string } }>('/compatibility/subjects/:subject/versions', async (req, reply) => {
+    app.post<{ Params: { subject: string }; Body: { schema: string }; Querystring: { verbose?: string } }>('/compatibility/subjects/:subject/versions', async (req, reply) => {
       const invalid = this.invalid(reply, req.body?.schema);
       if (invalid) return invalid;
       const list = this.subjects.get(req.params.subject) ?? [];
       const level = this.config.get(req.params.subject) ?? this.globalLevel;
       // The same check registering would make, under the subject's level.
-      return { is_compatible: isCompatible(level, canonical(req.body.schema), list.map((x) => x.schema)) };
+      return this.compatibility(level, canonical(req.body.schema), list.map((x) => x.schema), req.query);
     });
+    app.get('/mode', async () => ({ mode: 'READWRITE' }));
+    app.get<{ Params: { id: string } }>('/schemas/ids/:id/schema', async (req, reply) => {
+      const schema = this.byId.get(Number(req.params.id));
+      return schema ? reply.type('application/vnd.schemaregistry.v1+json').send(schema) : this.notFound(reply, 40403, 'Schema not found');
+    });
+    app.get<{ Params: { id: string } }>('/schemas/ids/:id/versions', async (req, reply) => {
+      const id = Number(req.params.id);
+      if (!this.byId.has(id)) return this.notFound(reply, 40403, 'Schema not found');
+      return [...this.subjects].flatMap(([subject, list]) => list.filter((v) => v.id === id).map((v) => ({ subject, version: v.version })));
+    });
+    // Confluent's deletes: soft by default (hidden; the ids stay readable, since records
+    // carry them), `?permanent=true` after a soft delete removes the versions for good.
+    app.delete<{ Params: { subject: string }; Querystring: { permanent?: string } }>('/subjects/:subject', async (req, reply) => {
+      const { subject } = req.params;
+      if (req.query.permanent === 'true') {
+        if (this.subjects.has(subject)) return this.notFound(reply, 40405, `Subject '${subject}' was not deleted first before being permanently deleted`);
+        const gone = this.deleted.get(subject);
+        if (!gone) return this.notFound(reply, 40401, `Subject '${subject}' not found.`);
+        this.deleted.delete(subject);
+        this.config.delete(subject);
+        this.save();
+        return gone.map((v) => v.version).sort((a, b) => a - b);
+      }
+      const list = this.subjects.get(subject);
+      if (!list) return this.deleted.has(subject) ? this.notFound(reply, 40404, `Subject '${subject}' was soft deleted.Set permanent=true to delete permanently`) : this.notFound(reply, 40401, `Subject '${subject}' not found.`);
+      this.subjects.delete(subject);
+      this.deleted.set(subject, [...(this.deleted.get(subject) ?? []), ...list]);
+      this.save();
+      return list.map((v) => v.version);
+    });
+    app.delete<{ Params: { subject: string; version: string }; Querystring: { permanent?: string } }>('/subjects/:subject/versions/:version', async (req, reply) => {
+      const { subject, version } = req.params;
+      if (req.query.permanent === 'true') {
+        const gone = (this.deleted.get(subject) ?? []).find((v) => v.version === Number(version));
+        if (!gone) {
+          const live = this.version(subject, version);
+          return live ? this.notFound(reply, 40407, `Subject '${subject}' Version ${version} was not deleted first before being permanently deleted`) : (this.missing(reply, subject, version) ?? this.notFound(reply, 40402, `Version ${version} not found.`));
+        }
+        this.deleted.set(subject, this.deleted.get(subject)!.filter((v) => v !== gone));
+        this.save();
+        return gone.version;
+      }
+      const missing = this.missing(reply, subject, version);
+      if (missing) return missing;
+      const v = this.version(subject, version)!;
+      const rest = this.subjects.get(subject)!.filter((x) => x !== v);
+      if (rest.length) this.subjects.set(subject, rest);
+      else this.subjects.delete(subject);
+      this.deleted.set(subject, [...(this.deleted.get(subject) ?? []), v]);
+      this.save();
+      return v.version;
+    });
+    app.delete<{ Params: { subject: string } }>('/config/:subject', async (req, reply) => {
+      const level = this.config.get(req.params.subject);
+      if (!level) return this.notFound(reply, 40408, 'Subject does not have subject-level compatibility configured');
+      this.config.delete(req.params.subject);
+      this.save();
+      return { compatibilityLevel: level };
+    });
+  }
+
+  /** A compatibility check's answer; with `?verbose=true`, why not (Confluent's `messages`). */
+  private compatibility(level: Level, candidate: string, history: string[], query: { verbose?: string }): { is_compatible: boolean; messages?: string[] } {
+    const why = incompatibilities(level, candidate, history);
+    return query.verbose === 'true' ? { is_compatible: why.length === 0, messages: why } : { is_compatible: why.length === 0 };
   }
 
   async start(port = 0, host = '127.0.0.1'): Promise<string> {

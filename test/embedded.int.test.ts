@@ -224,6 +224,52 @@ describe('embedded schema registry', () => {
       const breaking = { ...v1, fields: [...v1.fields, { name: 'c', type: 'int' }] };
       expect((await call('POST', '/compatibility/subjects/s-value/versions/latest', { schema: JSON.stringify(added) })).body).toEqual({ is_compatible: true });
       expect((await call('POST', '/compatibility/subjects/s-value/versions', { schema: JSON.stringify(breaking) })).body).toEqual({ is_compatible: false });
+      // ?verbose=true says why, as Confluent's registry does.
+      const verbose = await call('POST', '/compatibility/subjects/s-value/versions?verbose=true', { schema: JSON.stringify(breaking) });
+      expect(verbose.body.is_compatible).toBe(false);
+      expect((verbose.body.messages as string[])[0]).toMatch(/^BACKWARD: the new schema cannot read data written with version 1: .*c/);
+      expect((await call('POST', '/compatibility/subjects/s-value/versions/1?verbose=true', { schema: JSON.stringify(added) })).body).toEqual({ is_compatible: true, messages: [] });
+      expect(await call('GET', '/no/such/path')).toEqual({ status: 404, body: { error_code: 404, message: 'HTTP 404 Not Found' } });
+      expect((await call('GET', '/mode')).body).toEqual({ mode: 'READWRITE' });
+      expect((await call('GET', `/schemas/ids/${first.body.id}/schema`)).body).toEqual(v1);
+      expect((await call('GET', `/schemas/ids/${first.body.id}/versions`)).body).toEqual([{ subject: 's-value', version: 1 }]);
+      // Subject-level config: set, read, deleted (back to the global level).
+      expect((await call('GET', '/config/s-value')).body).toMatchObject({ error_code: 40408 });
+      await call('PUT', '/config/s-value', { compatibility: 'NONE' });
+      expect((await call('DELETE', '/config/s-value')).body).toEqual({ compatibilityLevel: 'NONE' });
+      expect((await call('GET', '/config/s-value')).body).toMatchObject({ error_code: 40408 });
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('deletes as Confluent\'s registry does: soft first (the ids stay readable), permanently after, and never reuses a version number', async () => {
+    const server = new EmbeddedSchemaRegistry();
+    const url = await server.start();
+    const call = async (method: string, path: string, body?: unknown) => {
+      const res = await fetch(`${url}${path}`, { method, headers: { 'content-type': 'application/vnd.schemaregistry.v1+json' }, ...(body ? { body: JSON.stringify(body) } : {}) });
+      return { status: res.status, body: (await res.json()) as unknown };
+    };
+    try {
+      const schema = (n: number) => JSON.stringify({ type: 'record', name: 'D', fields: Array.from({ length: n }, (_, i) => ({ name: `f${i}`, type: 'int', default: 0 })) });
+      const one = (await call('POST', '/subjects/d-value/versions', { schema: schema(1) })).body as { id: number };
+      await call('POST', '/subjects/d-value/versions', { schema: schema(2) });
+      expect(await call('DELETE', '/subjects/d-value?permanent=true')).toMatchObject({ status: 404, body: { error_code: 40405 } });
+      expect(await call('DELETE', '/subjects/d-value/versions/2')).toEqual({ status: 200, body: 2 });
+      expect((await call('GET', '/subjects/d-value/versions')).body).toEqual([1]);
+      // Version numbers are not reused after a delete.
+      await call('POST', '/subjects/d-value/versions', { schema: schema(3) });
+      expect((await call('GET', '/subjects/d-value/versions')).body).toEqual([1, 3]);
+      expect(await call('DELETE', '/subjects/d-value')).toEqual({ status: 200, body: [1, 3] });
+      expect((await call('GET', '/subjects')).body).toEqual([]);
+      expect((await call('GET', '/subjects?deleted=true')).body).toEqual(['d-value']);
+      expect(await call('GET', '/subjects/d-value/versions/1')).toMatchObject({ status: 404, body: { error_code: 40401 } });
+      // Records written with a deleted schema still decode: its id stays readable.
+      expect((await call('GET', `/schemas/ids/${one.id}`)).status).toBe(200);
+      expect(await call('DELETE', '/subjects/d-value')).toMatchObject({ status: 404, body: { error_code: 40404 } });
+      expect(await call('DELETE', '/subjects/d-value?permanent=true')).toEqual({ status: 200, body: [1, 2, 3] });
+      expect((await call('GET', '/subjects?deleted=true')).body).toEqual([]);
+      expect(await call('DELETE', '/subjects/d-value?permanent=true')).toMatchObject({ status: 404, body: { error_code: 40401 } });
     } finally {
       await server.stop();
     }

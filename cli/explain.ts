@@ -53,7 +53,7 @@ export async function scanLifecycles(config: HeraldConfig, pick: (e: LifecycleEv
           const events: LifecycleEvent[] = [];
           for (const m of messages) {
             if (!m.value) continue;
-            const e = await serde.decode<LifecycleEvent>(m.value, 'LifecycleEvent');
+            const e = await serde.decode<LifecycleEvent>(m.value);
             if (pick(e)) events.push(e);
           }
           if (events.length) {
@@ -112,7 +112,7 @@ export async function tail(config: HeraldConfig, opts: { fromBeginning: boolean;
       onBatch: async ({ messages }) => {
         for (const m of messages) {
           if (!m.value) continue;
-          const e = await serde.decode<LifecycleEvent>(m.value, 'LifecycleEvent');
+          const e = await serde.decode<LifecycleEvent>(m.value);
           opts.print(`${e.notificationId}  ${e.recipient}  ${formatDecision(e)}`);
         }
       },

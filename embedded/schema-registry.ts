@@ -17,7 +17,7 @@ interface Version { id: number; version: number; schema: string }
 /** Why `reader` cannot read what `writer` wrote (avsc's resolution error), or null if it can. */
 function cannotRead(reader: string, writer: string): string | null {
   try {
-    avro.Type.forSchema(JSON.parse(reader)).createResolver(avro.Type.forSchema(JSON.parse(writer)));
+    avro.Type.forSchema(JSON.parse(reader)).createResolver(avro.Type.forSchema(JSON.parse(writer)), { ignoreNamespaces: true } as never);
     return null;
   } catch (err) {
     return (err as Error).message;
@@ -28,12 +28,12 @@ function cannotRead(reader: string, writer: string): string | null {
  * Why `candidate` may not follow `history` (oldest first) under `level`: one message per
  * failed check (empty when compatible), as Confluent's `?verbose=true` lists them.
  */
-export function incompatibilities(level: Level, candidate: string, history: string[]): string[] {
+export function incompatibilities(level: Level, candidate: string, history: readonly (string | { schema: string; version: number })[]): string[] {
   if (level === 'NONE' || history.length === 0) return [];
-  const against = level.endsWith('TRANSITIVE') ? history : history.slice(-1);
+  const all = history.map((h, i) => (typeof h === 'string' ? { schema: h, version: i + 1 } : h));
+  const against = level.endsWith('TRANSITIVE') ? all : all.slice(-1);
   const out: string[] = [];
-  for (const old of against) {
-    const version = history.indexOf(old) + 1;
+  for (const { schema: old, version } of against) {
     if (!level.startsWith('FORWARD')) {
       const why = cannotRead(candidate, old);
       if (why) out.push(`${level}: the new schema cannot read data written with version ${version}: ${why}`);
@@ -230,7 +230,7 @@ export class EmbeddedSchemaRegistry {
         const list = this.subjects.get(req.params.subject)!;
         const level = this.config.get(req.params.subject) ?? this.globalLevel;
         const v = this.version(req.params.subject, req.params.version)!;
-        const history = level.endsWith('TRANSITIVE') ? list.map((x) => x.schema) : [v.schema];
+        const history = level.endsWith('TRANSITIVE') ? list : [v];
         return this.compatibility(level, canonical(req.body.schema), history, req.query);
       },
     );
@@ -241,7 +241,7 @@ export class EmbeddedSchemaRegistry {
       const list = this.subjects.get(req.params.subject) ?? [];
       const level = this.config.get(req.params.subject) ?? this.globalLevel;
       // The same check registering would make, under the subject's level.
-      return this.compatibility(level, canonical(req.body.schema), list.map((x) => x.schema), req.query);
+      return this.compatibility(level, canonical(req.body.schema), list, req.query);
     });
     app.get('/mode', async () => ({ mode: 'READWRITE' }));
     app.get<{ Params: { id: string } }>('/schemas/ids/:id/schema', async (req, reply) => {
@@ -305,7 +305,7 @@ export class EmbeddedSchemaRegistry {
   }
 
   /** A compatibility check's answer; with `?verbose=true`, why not (Confluent's `messages`). */
-  private compatibility(level: Level, candidate: string, history: string[], query: { verbose?: string }): { is_compatible: boolean; messages?: string[] } {
+  private compatibility(level: Level, candidate: string, history: readonly Version[], query: { verbose?: string }): { is_compatible: boolean; messages?: string[] } {
     const why = incompatibilities(level, candidate, history);
     return query.verbose === 'true' ? { is_compatible: why.length === 0, messages: why } : { is_compatible: why.length === 0 };
   }

@@ -49,7 +49,7 @@ export async function rebuildLifecycle(c: ClusterClients, config: HeraldConfig, 
           records++;
           if (!m.value) continue;
           try {
-            events.push(await serde.decode<LifecycleEvent>(m.value, 'LifecycleEvent'));
+            events.push(await serde.decode<LifecycleEvent>(m.value));
           } catch {
             undecodable++; // the live stage dead-letters these: they are in no projection
           }

@@ -301,7 +301,7 @@ async function compare(c: ClusterClients, config: HeraldConfig, serde: Serde, o:
         if (!m.value) continue;
         let e: LifecycleEvent;
         try {
-          e = await serde.decode<LifecycleEvent>(m.value, 'LifecycleEvent');
+          e = await serde.decode<LifecycleEvent>(m.value);
         } catch {
           continue;
         }

@@ -10,9 +10,11 @@
  * the answer as if it had sent the request alone. The shared request waits as long as the
  * shortest wait asked for (`maxWaitTime`), so no consumer waits longer than it asked; one
  * answered early returns empty, and the consumer fetches again. Consumers asking for the
- * same partition (a stage and a reader of its input) never share a request. A shared
- * request that fails (a partition's error fails the whole response) is sent again as the
- * separate requests it was made of, so each consumer gets its own answer or error.
+ * same partition (a stage and a reader of its input), or with other settings (minBytes,
+ * isolation level, rack), never share a request. A shared request that fails for a
+ * partition's sake (its error fails the whole response) is sent again as the separate
+ * requests it was made of, so each consumer gets its own answer or error; one that fails
+ * for the request's sake (a connection closed, a timeout) fails every consumer in it.
  */
 import type { FetchBroker, FetchCoalescer, FetchRequest, FetchResponse } from 'kafkajs';
 
@@ -69,7 +71,6 @@ export function fetchCoalescer(counts: FetchSharing = { fetches: 0, requests: 0,
     const shared: FetchRequest = {
       ...first.request,
       maxWaitTime: Math.min(...p.callers.map((c) => c.request.maxWaitTime)),
-      minBytes: Math.min(...p.callers.map((c) => c.request.minBytes)),
       maxBytes: Math.max(...p.callers.map((c) => c.request.maxBytes)),
       topics: [...topics].map(([topic, partitions]) => ({ topic, partitions })),
     };
@@ -77,9 +78,15 @@ export function fetchCoalescer(counts: FetchSharing = { fetches: 0, requests: 0,
       (response) => {
         for (const c of p.callers) c.resolve(own(response, c.partitions));
       },
-      () => {
+      (err: unknown) => {
+        // A connection that closed or a request that timed out is every consumer's error,
+        // as it would have been alone (the consumer whose broker it was drops the connection).
+        if (!partitionError(err)) {
+          for (const c of p.callers) c.reject(err);
+          return;
+        }
         // One partition's error fails the whole response: each consumer asks again alone
-        // and gets its own answer (fetching changes nothing on the broker).
+        // and gets its own answer (fetching changes nothing on the broker: no fetch sessions).
         counts.split++;
         for (const c of p.callers) {
           counts.requests++;
@@ -95,7 +102,8 @@ export function fetchCoalescer(counts: FetchSharing = { fetches: 0, requests: 0,
     for (const t of request.topics) for (const p of t.partitions) partitions.add(partitionKey(t.topic, p.partition));
     return new Promise<FetchResponse>((resolve, reject) => {
       const caller: Caller = { broker, request, partitions, resolve, reject };
-      const key = `${broker.nodeId}\u0000${broker.brokerAddress}\u0000${request.isolationLevel}\u0000${request.rackId}`;
+      // Only fetches with the same settings share: a consumer's minBytes is kept as it asked.
+      const key = `${broker.nodeId}\u0000${broker.brokerAddress}\u0000${request.isolationLevel}\u0000${request.rackId}\u0000${request.minBytes}`;
       const list = gathering.get(key) ?? gathering.set(key, []).get(key)!;
       let p = list.find((g) => ![...partitions].some((k) => g.partitions.has(k)));
       if (!p) {
@@ -109,6 +117,16 @@ export function fetchCoalescer(counts: FetchSharing = { fetches: 0, requests: 0,
     });
   };
   return Object.assign(coalesce, { counts });
+}
+
+/**
+ * Whether a failed Fetch failed for a partition's sake (kafkajs fails the whole response on
+ * the first partition's error code: an offset out of range, a leader moved, a topic gone),
+ * rather than for the request's (a connection closed, a timeout).
+ */
+function partitionError(err: unknown): boolean {
+  const name = (err as { name?: string } | null)?.name;
+  return name === 'KafkaJSOffsetOutOfRange' || name === 'KafkaJSProtocolError';
 }
 
 /** The part of a shared response that answers one consumer: its partitions, nothing else. */

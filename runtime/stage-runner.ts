@@ -251,10 +251,12 @@ export class StageRunner {
     if (pausing) consumer.pause(byTopic);
     void (async () => {
       const committed = new Map<string, bigint>();
+      let known = false;
       try {
         for (const t of await this.o.admin.fetchOffsets({ groupId: groupId(this.o.config.topicPrefix, this.o.stage), topics: byTopic.map((b) => b.topic) })) {
           for (const p of t.partitions) committed.set(`${t.topic}\u0000${p.partition}`, BigInt(p.offset));
         }
+        known = true;
       } catch (err) {
         this.log.warn({ err }, 'could not read the group\'s commits; resuming every partition from the journal\'s snapshot');
       }
@@ -263,8 +265,10 @@ export class StageRunner {
         consumer.seek({ topic: t.topic, partition: t.partition, offset: t.offset.toString() });
         // And commit it at the next interval: the group shows the offsets it had before the
         // restart (lag tools, a member that takes the partition over), not none at all,
-        // until new records move them.
-        this.offsets.mark(t.topic, t.partition, (t.offset - 1n).toString());
+        // until new records move them. Not when the group's commits could not be read: one
+        // may be ahead of the snapshot (a partition another member handled), and a commit
+        // never goes back.
+        if (known) this.offsets.mark(t.topic, t.partition, (t.offset - 1n).toString());
       }
     })().finally(() => {
       if (pausing && !this.stopped && this.consumer === consumer) consumer.resume(byTopic);

@@ -12,8 +12,9 @@ import type { HeraldConfig } from '../config.ts';
 import type { TableLookup, TableName } from './contract.ts';
 import { type SchemaName, type Serde, validate } from '../schemas/index.ts';
 import { KeyValueStore } from '../state/store.ts';
-import { TOPICS, topicName } from '../topology.ts';
-import { HeraldError } from '../errors.ts';
+import { TOPICS, topicName, userKey } from '../topology.ts';
+import { HeraldError, isTransient } from '../errors.ts';
+import { audienceKey } from '../processors/ingest.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
 import { TopicReader, startOffsets } from './reader.ts';
@@ -67,8 +68,10 @@ export class GlobalTables implements TableLookup {
           if (m.value === null) records.push({ key, value: null });
           else {
             try {
-              records.push({ key, value: JSON.stringify(await this.decode(schema, m.value)) });
+              records.push({ key, value: JSON.stringify(keyed(table, key, await this.decode(schema, m.value))) });
             } catch (err) {
+              // The registry unreachable is not the record's fault: the batch is read again, not skipped.
+              if ((err as HeraldError).retriable === true || isTransient(err)) throw err;
               const code = (err as HeraldError).code ?? 'HRL_DECODE_FAILED';
               this.log.warn({ table, partition, offset: m.offset, code, reason: (err as Error).message }, 'table record skipped: not a valid value');
               this.metrics.tableSkipped.inc({ table, code });
@@ -87,7 +90,7 @@ export class GlobalTables implements TableLookup {
     this.log.info({ table, applied, seconds: Number(((performance.now() - started) / 1000).toFixed(3)) }, 'global table caught up');
   }
 
-  /** A table value: Avro (magic byte 0) read as `schema`, or JSON validated against it. */
+  /** A table value: Avro (magic byte 0) read as Herald's `schema`, or JSON validated against it. */
   private async decode(schema: SchemaName, buf: Buffer): Promise<unknown> {
     if (buf[0] === 0) return this.serde.decode(buf, schema);
     let parsed: unknown;
@@ -126,4 +129,22 @@ export class GlobalTables implements TableLookup {
     for (const s of this.stores.values()) await s.close();
     this.stores.clear();
   }
+}
+
+/**
+ * A table value as Herald looks it up: by its key. A value that names another tenant, user
+ * or audience than the key would show up under the wrong user (their inbox address, their
+ * email), so it is refused (HRL_KEY_MISMATCH). A profile or preferences value without a
+ * tenant (the field is optional) belongs to the key's.
+ */
+function keyed(table: TableName, key: string, value: unknown): unknown {
+  const v = value as { tenant?: string | null; userId: string; audience?: string };
+  let expected: string;
+  if (table === 'audiences') expected = audienceKey(v.tenant ?? '', v.audience ?? '', v.userId);
+  else if (v.tenant) expected = userKey(v.tenant, v.userId);
+  else expected = `${key.slice(0, key.indexOf('/'))}/${encodeURIComponent(v.userId)}`;
+  if (expected !== key) {
+    throw new HeraldError('HRL_KEY_MISMATCH', `value is for ${expected}, but its key is ${key}; ${table} values are looked up by key`, { field: 'userId' });
+  }
+  return value;
 }

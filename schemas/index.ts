@@ -171,7 +171,7 @@ export class Serde {
   /** Avro types by schema id for decoding; null for a schema of another kind. */
   private readonly readers = new Map<number, avro.Type | null>();
   /** By writer schema id and reader schema: the type that decodes, and the resolver when they differ. */
-  private readonly resolved = new Map<string, { type: avro.Type; resolver?: avro.Resolver }>();
+  private readonly resolved = new Map<string, { type: avro.Type; resolver?: avro.Resolver } | Error>();
 
   constructor(registryUrl: string) {
     this.registry = new SchemaRegistry({ host: registryUrl }, { AVRO: {} } as never);
@@ -229,13 +229,16 @@ export class Serde {
           if (wanted.equals(reader)) r = { type: reader };
           else {
             try {
-              r = { type: wanted, resolver: wanted.createResolver(reader) };
+              // Records match by name without namespace, as Avro's compatibility rules and
+              // Confluent's registry do (a producer's com.acme.DomainEvent is one).
+              r = { type: wanted, resolver: wanted.createResolver(reader, { ignoreNamespaces: true } as never) };
             } catch (err) {
-              throw new Error(`its schema cannot be read as ${as}: ${(err as Error).message}`);
+              r = new Error(`its schema cannot be read as ${as}: ${(err as Error).message}`);
             }
           }
           this.resolved.set(key, r);
         }
+        if (r instanceof Error) throw r;
         decoder = r;
       }
       const { value, offset } = decoder.type.decode(buf, 5, decoder.resolver);

@@ -19,14 +19,14 @@ const request = (topics: Record<string, number[]>, maxWaitTime = 20): FetchReque
   topics: Object.entries(topics).map(([topic, ps]) => ({ topic, partitions: ps.map((partition) => ({ partition, fetchOffset: '0', maxBytes: 1 << 20 })) })),
 });
 
-/** A broker that answers each partition with its name, or fails a request naming `failOn`. */
-function fakeBroker(nodeId = 0, failOn?: string) {
+/** A broker that answers each partition with its name, or fails a request naming `failOn` (as kafkajs does for a partition's error code, or with `failWith`). */
+function fakeBroker(nodeId = 0, failOn?: string, failWith = 'KafkaJSOffsetOutOfRange') {
   const sent: FetchRequest[] = [];
   const broker: FetchBroker = {
     nodeId, brokerAddress: `localhost:${9092 + nodeId}`,
     fetch: async (r) => {
       sent.push(r);
-      if (failOn && r.topics.some((t) => t.topic === failOn)) throw new Error(`offset out of range on ${failOn}`);
+      if (failOn && r.topics.some((t) => t.topic === failOn)) throw Object.assign(new Error(`${failWith} on ${failOn}`), { name: failWith });
       return { throttleTime: 0, responses: r.topics.map((t) => ({ topicName: t.topic, partitions: t.partitions.map((p) => ({ partition: p.partition, messages: [`${t.topic}/${p.partition}`] })) })) } as FetchResponse;
     },
   };
@@ -77,9 +77,26 @@ describe('fetchCoalescer', () => {
     expect(ok.status).toBe('fulfilled');
     expect(partitionsOf((ok as PromiseFulfilledResult<FetchResponse>).value)).toEqual(['requests.v1/0']);
     expect(failed.status).toBe('rejected');
-    expect(String((failed as PromiseRejectedResult).reason)).toContain('offset out of range on dlq.v1');
+    expect(String((failed as PromiseRejectedResult).reason)).toContain('KafkaJSOffsetOutOfRange on dlq.v1');
     expect(sent).toHaveLength(3);
     expect(share.counts).toEqual({ fetches: 2, requests: 3, split: 1 });
+  });
+
+  it('fails every consumer of a shared request with a connection\'s error, as each would have alone, without sending again', async () => {
+    const share = fetchCoalescer();
+    const { broker, sent } = fakeBroker(0, 'requests.v1', 'KafkaJSConnectionClosedError');
+    const settled = await Promise.allSettled([share(broker, request({ 'requests.v1': [0] })), share(broker, request({ 'enriched.v1': [0] }))]);
+    expect(settled.map((s) => s.status)).toEqual(['rejected', 'rejected']);
+    for (const s of settled) expect((s as PromiseRejectedResult).reason).toMatchObject({ name: 'KafkaJSConnectionClosedError' });
+    expect(sent).toHaveLength(1);
+    expect(share.counts).toEqual({ fetches: 2, requests: 1, split: 0 });
+  });
+
+  it('shares only among fetches with the same minBytes, so a consumer waiting for bytes is not answered at the first one', async () => {
+    const share = fetchCoalescer();
+    const { broker, sent } = fakeBroker();
+    await Promise.all([share(broker, { ...request({ 'requests.v1': [0] }), minBytes: 65536 }), share(broker, request({ 'users.v1': [0] })), share(broker, request({ 'enriched.v1': [0] }))]);
+    expect(sent.map((r) => [r.minBytes, r.topics.map((t) => t.topic).sort().join(',')])).toEqual([[65536, 'requests.v1'], [1, 'enriched.v1,users.v1']]);
   });
 });
 

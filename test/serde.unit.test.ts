@@ -112,6 +112,13 @@ describe('Serde.decode as Herald\'s schema (schema resolution)', () => {
     expect(read).toEqual({ id: 'e1', type: 'comment.created', tenant: 'acme', recipients: ['ada'], audience: null, data: '{"x":1}', idempotencyKey: null, occurredAt: null, expiresAt: null, actor: null, traceId: null });
   });
 
+  it('matches records by name without namespace, as the registry\'s compatibility check does (a producer\'s com.acme.DomainEvent)', async () => {
+    const theirs = { ...domainEvent, namespace: 'com.acme.events' };
+    const { id } = await serde.registry.register({ type: 'AVRO' as never, schema: JSON.stringify(theirs) }, { subject: 'acme.events-value' });
+    const bytes = await serde.registry.encode(id, fixture('DomainEvent'));
+    expect(await serde.decode(bytes, 'DomainEvent')).toEqual(await serde.decode(await serde.encode('t.DomainEvent', fixture('DomainEvent'))));
+  });
+
   it('reads Herald\'s own records unchanged, and refuses a writer schema that cannot be read as Herald\'s, naming both', async () => {
     const own = await serde.encode('t.DomainEvent', fixture('DomainEvent'));
     expect(await serde.decode(own, 'DomainEvent')).toEqual(await serde.decode(own));

@@ -96,6 +96,11 @@ describe('global tables', () => {
       { key: userKey('acme', 'json-user'), value: JSON.stringify({ userId: 'json-user', tenant: 'acme', name: 'Jay', email: 'jay@example.com' }) },
       { key: userKey('acme', 'json-bad'), value: JSON.stringify({ userId: 'json-bad', tenant: 'acme', nickname: 'x' }) },
       { key: userKey('acme', 'not-json'), value: 'hello' },
+      // A value for another user than its key: it would put the key's user's notifications in the other's inbox.
+      { key: userKey('acme', 'victim'), value: JSON.stringify({ userId: 'json-user', tenant: 'acme', email: 'attacker@example.com' }) },
+      { key: userKey('acme', 'other-tenant'), value: JSON.stringify({ userId: 'other-tenant', tenant: 'globex' }) },
+      // No tenant in the value (the field is optional): the key's.
+      { key: userKey('acme', 'no-tenant'), value: JSON.stringify({ userId: 'no-tenant', name: 'Nat' }) },
     ] });
     await producer.disconnect();
     const h = await startTestHerald({ env });
@@ -105,9 +110,14 @@ describe('global tables', () => {
       expect(user.body).toMatchObject({ userId: 'json-user', name: 'Jay', email: 'jay@example.com' });
       expect((await api(h, 'GET', '/v1/users/json-bad')).status).toBe(404);
       expect((await api(h, 'GET', '/v1/users/not-json')).status).toBe(404);
+      expect((await api(h, 'GET', '/v1/users/victim')).status).toBe(404);
+      expect((await api(h, 'GET', '/v1/users/json-user')).body).toMatchObject({ email: 'jay@example.com' });
+      expect((await api(h, 'GET', '/v1/users/other-tenant')).status).toBe(404);
+      expect((await h.tables.getMany<Record<string, unknown>>('users', [userKey('acme', 'no-tenant')]))[0]).toMatchObject({ userId: 'no-tenant', name: 'Nat' });
       const skipped = await h.metrics.registry.getSingleMetricAsString('herald_table_records_skipped_total');
       expect(skipped).toMatch(/table="users",code="HRL_SCHEMA_VIOLATION"\} 1/);
       expect(skipped).toMatch(/table="users",code="HRL_DECODE_FAILED"\} 1/);
+      expect(skipped).toMatch(/table="users",code="HRL_KEY_MISMATCH"\} 2/);
     } finally {
       await h.stop();
       removeDir(h.stateDir);

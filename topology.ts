@@ -121,6 +121,10 @@ export function userKey(tenant: string, userId: string): string {
   return `${encodeURIComponent(tenant)}/${encodeURIComponent(userId)}`;
 }
 
+/** `<tenant>/<audience>/<userId>`: the key of audiences.v1, each part URI-encoded so no name can be a prefix of another. */
+export const audienceKey = (tenant: string, audience: string, userId = '') =>
+  `${encodeURIComponent(tenant)}/${encodeURIComponent(audience)}/${userId && encodeURIComponent(userId)}`;
+
 /** Full topic name with prefix. */
 export function topicName(prefix: string, key: TopicKey): string {
   return `${prefix}${TOPICS[key].name}`;

@@ -6,7 +6,7 @@
  * one message). Unknown event types, events without recipients and undecodable events
  * are REJECTED where an id can be derived, and dead-lettered.
  */
-import { userKey } from '../topology.ts';
+import { audienceKey, userKey } from '../topology.ts';
 import { HeraldError } from '../errors.ts';
 import type { RecordRef, StageContext, StageFactory } from '../runtime/contract.ts';
 import type { ReasonCode } from '../schemas/lifecycle.ts';
@@ -15,9 +15,7 @@ import { notificationId, traceIdFor } from './ids.ts';
 
 export type { AudienceMember };
 
-/** `<tenant>/<audience>/<userId>`, each part URI-encoded so no name can be a prefix of another. */
-export const audienceKey = (tenant: string, audience: string, userId = '') =>
-  `${encodeURIComponent(tenant)}/${encodeURIComponent(audience)}/${userId && encodeURIComponent(userId)}`;
+export { audienceKey };
 
 const REASONS: Record<string, ReasonCode> = {
   HRL_SCHEMA_VIOLATION: 'schema_violation',

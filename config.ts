@@ -115,6 +115,19 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   } catch (err) {
     throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_OUTBOUND_ALLOW: ${(err as Error).message}; expected comma-separated IPs or CIDR ranges such as 127.0.0.1,10.0.0.0/8`);
   }
+  if (out.smtpUrl) {
+    // It carries the SMTP password: the error names what is wrong, never the value.
+    let url: URL | null = null;
+    try {
+      url = new URL(String(out.smtpUrl));
+    } catch {
+      url = null;
+    }
+    if (!url || (url.protocol !== 'smtp:' && url.protocol !== 'smtps:') || !url.hostname) {
+      const scheme = url ? ` (its scheme is "${url.protocol.replace(/:$/, '')}")` : ' (it does not parse as a URL)';
+      throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_SMTP_URL: expected smtp://[user:password@]host[:port] or smtps://…${scheme}; the value is not shown, as it may hold a password`);
+    }
+  }
   if (out.devKey && !/^[A-Za-z0-9_-]{16,256}$/.test(String(out.devKey))) {
     throw new HeraldError('HRL_CONFIG_INVALID', 'HERALD_DEV_KEY: expected 16 to 256 letters, digits, \'_\' or \'-\'');
   }

@@ -108,6 +108,8 @@ export interface SigningSecretsView {
   tenant: string;
   /** True while the tenant has no secret of its own: its webhooks are signed with HERALD_WEBHOOK_SECRET. */
   deploymentSecret: boolean;
+  /** After the tenant's first rotation: until when HERALD_WEBHOOK_SECRET still signs too (its grace period); null when it no longer does. */
+  deploymentSecretUntil: string | null;
   secrets: { id: string; createdAt: string; expiresAt: string | null; status: string }[];
 }
 

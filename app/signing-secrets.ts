@@ -32,7 +32,7 @@ export class SigningSecrets {
 
   /** The secrets a tenant's webhooks are signed with now, newest first. */
   secretsFor(tenant: string, now = Date.now()): readonly string[] {
-    const own = liveSecrets(this.table.get(tenant), now);
+    const own = liveSecrets(this.table.get(tenant), now, this.fallback);
     return own.length ? own : this.fallback;
   }
 
@@ -51,7 +51,7 @@ export async function writeSigningSecrets(producer: Pick<Producer, 'send'>, topi
 export function signingPort(signing: SigningSecrets, producer: Pick<Producer, 'send'>): SigningSecretsPort {
   const view = (tenant: string): SigningSecretsView => {
     const r = signing.get(tenant);
-    return r ? { deploymentSecret: false, ...describeSecrets(r, Date.now()) } : { tenant, deploymentSecret: true, secrets: [] };
+    return r ? { deploymentSecret: false, ...describeSecrets(r, Date.now()) } : { tenant, deploymentSecret: true, deploymentSecretUntil: null, secrets: [] };
   };
   return {
     describe: view,

@@ -79,3 +79,4 @@ process.on('message', (m: ToWorker) => {
 process.on('disconnect', () => void stop('the primary is gone', 5_000));
 process.on('SIGTERM', () => void stop('SIGTERM', 25_000));
 process.on('SIGINT', () => undefined); // Ctrl-C reaches the whole process group: the primary decides.
+process.on('SIGHUP', () => undefined); // So does a terminal's hangup.

@@ -3,7 +3,8 @@
  * a rotation makes a new secret the current one and keeps the previous one signing for a
  * grace period (24 h unless told otherwise), so every request carries one `v1=` signature
  * per live secret and receivers switch at their own pace; `retire` ends the grace period
- * at once. A tenant without a record is signed with HERALD_WEBHOOK_SECRET.
+ * at once. A tenant without a record is signed with HERALD_WEBHOOK_SECRET; its first
+ * rotation keeps that secret signing for the grace period too, as any rotated-out secret.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import type { SigningSecret, SigningSecretRecord } from '../schemas/types.ts';
@@ -22,9 +23,10 @@ export function signingSecretId(secret: string): string {
   return `ss_${createHash('sha256').update(secret).digest('hex').slice(0, 12)}`;
 }
 
-/** The secrets that sign at `now`, newest first. */
-export function liveSecrets(record: SigningSecretRecord | undefined, now: number): string[] {
-  return (record?.secrets ?? []).filter((s) => s.expiresAt === null || s.expiresAt > now).map((s) => s.secret);
+/** The secrets that sign at `now`, newest first; `deployment` (HERALD_WEBHOOK_SECRET's) last, while the first rotation's grace period lasts. */
+export function liveSecrets(record: SigningSecretRecord | undefined, now: number, deployment: readonly string[] = []): string[] {
+  const own = (record?.secrets ?? []).filter((s) => s.expiresAt === null || s.expiresAt > now).map((s) => s.secret);
+  return (record?.deploymentSecretUntil ?? 0) > now ? [...own, ...deployment.filter((d) => !own.includes(d))] : own;
 }
 
 /**
@@ -39,7 +41,9 @@ export function rotate(record: SigningSecretRecord | undefined, tenant: string, 
     .filter((s) => s.expiresAt === null || s.expiresAt > now)
     .map((s) => ({ ...s, expiresAt: Math.min(s.expiresAt ?? Infinity, now + graceMs) }))
     .filter((s) => s.expiresAt > now);
-  return { record: { tenant, secrets: [fresh, ...kept], updatedAt: now }, secret: fresh };
+  // The deployment's secret signed until now (the first rotation) or is still in its grace period.
+  const deploymentUntil = record === undefined ? now + graceMs : Math.min(record.deploymentSecretUntil ?? 0, now + graceMs);
+  return { record: { tenant, secrets: [fresh, ...kept], updatedAt: now, ...(deploymentUntil > now ? { deploymentSecretUntil: deploymentUntil } : {}) }, secret: fresh };
 }
 
 /** Only the current secret signs from now on. */
@@ -54,9 +58,11 @@ export function parseSigningSecretRecord(id: string, value: unknown): SigningSec
 }
 
 /** What may be shown of a record: ids and times, never the secrets. */
-export function describeSecrets(record: SigningSecretRecord, now: number): { tenant: string; secrets: { id: string; createdAt: string; expiresAt: string | null; status: 'current' | 'signing until expiry' | 'expired' }[] } {
+export function describeSecrets(record: SigningSecretRecord, now: number): { tenant: string; deploymentSecretUntil: string | null; secrets: { id: string; createdAt: string; expiresAt: string | null; status: 'current' | 'signing until expiry' | 'expired' }[] } {
+  const until = record.deploymentSecretUntil ?? 0;
   return {
     tenant: record.tenant,
+    deploymentSecretUntil: until > now ? new Date(until).toISOString() : null,
     secrets: record.secrets.map((s, i) => ({
       id: s.id,
       createdAt: new Date(s.createdAt).toISOString(),

@@ -87,6 +87,8 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
   };
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  // A terminal's hangup (to the whole group, as when an ssh session drops): a clean stop too.
+  process.on('SIGHUP', () => void shutdown('SIGHUP'));
   // A process manager (or npm) that dies without signalling leaves Herald re-parented:
   // stop cleanly instead of running on unsupervised.
   const parent = process.ppid;

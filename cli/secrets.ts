@@ -47,7 +47,11 @@ export async function listSecrets(config: HeraldConfig, tenant?: string): Promis
 }
 
 export function formatSecrets(records: SigningSecretRecord[], now = Date.now()): string[] {
-  const rows = records.flatMap((r) => describeSecrets(r, now).secrets.map((s) => [r.tenant, s.id, s.createdAt, s.status, s.expiresAt ?? '']));
+  const rows = records.flatMap((r) => {
+    const d = describeSecrets(r, now);
+    const own = d.secrets.map((s) => [r.tenant, s.id, s.createdAt, s.status, s.expiresAt ?? '']);
+    return d.deploymentSecretUntil ? [...own, [r.tenant, '(HERALD_WEBHOOK_SECRET)', '', 'signing until expiry', d.deploymentSecretUntil]] : own;
+  });
   const head = ['TENANT', 'SECRET ID', 'CREATED', 'STATUS', 'EXPIRES'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   return [head, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());

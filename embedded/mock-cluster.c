@@ -392,11 +392,12 @@ int main(int argc, char **argv) {
   /* Belt and braces: also die with the parent if stdin is inherited elsewhere. */
   prctl(PR_SET_PDEATHSIG, SIGKILL);
 #endif
-  /* Ctrl-C, and a process manager's SIGTERM to the whole group (systemd's default), reach
+  /* Ctrl-C, a terminal's hangup, and a process manager's SIGTERM to the whole group (systemd's default), reach
      this process too: the owner decides when to stop, and closes stdin once its last
      snapshot is taken. */
   signal(SIGINT, SIG_IGN);
   signal(SIGTERM, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
   crc_init();
   pthread_mutex_init(&J.lock, NULL);

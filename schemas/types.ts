@@ -177,4 +177,10 @@ export interface SigningSecretRecord {
   tenant: string;
   secrets: SigningSecret[];
   updatedAt: number;
+  /**
+   * Until when HERALD_WEBHOOK_SECRET (the deployment's secret, which signed the tenant's
+   * webhooks before its first rotation) keeps signing them too: the grace period of that
+   * first rotation. Absent or null: no longer.
+   */
+  deploymentSecretUntil?: number | null;
 }

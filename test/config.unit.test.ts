@@ -184,3 +184,20 @@ describe('loadConfig errors', () => {
     expect(err.message).toContain('"scram-sha-256"');
   });
 });
+
+describe('HERALD_SMTP_URL', () => {
+  it('takes smtp:// and smtps:// URLs, with or without credentials', () => {
+    expect(loadConfig({ HERALD_SMTP_URL: 'smtps://mailer:pw@smtp.example.com:465' }).smtpUrl).toBe('smtps://mailer:pw@smtp.example.com:465');
+    expect(loadConfig({ HERALD_SMTP_URL: 'smtp://127.0.0.1:2525' }).smtpUrl).toBe('smtp://127.0.0.1:2525');
+  });
+
+  it('refuses anything else at start-up, naming what is wrong and never the value (it may hold a password)', () => {
+    for (const bad of ['mailuser:s3cretpw@127.0.0.1:2525', 'notaurl', 'https://user:s3cretpw@smtp.example.com']) {
+      const err = configError(() => loadConfig({ HERALD_SMTP_URL: bad }));
+      expect(err.message).toMatch(/^HERALD_SMTP_URL: expected smtp:\/\/\[user:password@\]host\[:port\] or smtps:\/\//);
+      expect(err.message).not.toContain('s3cretpw');
+      expect(err.message).not.toContain(bad);
+    }
+    expect(configError(() => loadConfig({ HERALD_SMTP_URL: 'https://user:s3cretpw@smtp.example.com' })).message).toContain('its scheme is "https"');
+  });
+});

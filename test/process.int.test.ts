@@ -44,9 +44,10 @@ describe('herald start as a process', () => {
     await eventually(() => !alive(brokers[0]!), 5000);
   });
 
-  // Ctrl-C in a terminal, and systemd's default stop (KillMode=control-group), signal every
-  // process of the group: the broker must outlive Herald's stop, which ends with a snapshot.
-  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  // Ctrl-C in a terminal, a terminal's hangup (an ssh session that drops), and systemd's
+  // default stop (KillMode=control-group) signal every process of the group: the broker must
+  // outlive Herald's stop, which ends with a snapshot.
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     it(`stops cleanly with exit 0 when ${signal} reaches its whole process group, broker included`, async () => {
       const { child, stateDir, output } = await startHeraldProcess({ detached: true });
       const brokers = childrenOf(child.pid!).filter((p) => launcherPids().includes(p));

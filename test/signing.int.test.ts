@@ -55,12 +55,12 @@ describe('per-tenant signing secrets', () => {
   let second = '';
 
   it('signs with the deployment secret until a tenant has its own', async () => {
-    expect((await api(h, 'GET', '/v1/signing-secrets')).body).toEqual({ tenant: 'acme', deploymentSecret: true, secrets: [] });
+    expect((await api(h, 'GET', '/v1/signing-secrets')).body).toEqual({ tenant: 'acme', deploymentSecret: true, deploymentSecretUntil: null, secrets: [] });
     const r = await deliver('/acme-ada', 'ada');
     expect(verifies(DEPLOYMENT, r)).toBe(true);
   }, 60_000);
 
-  it('`herald secrets rotate` gives acme a secret of its own; globex is still signed with the deployment secret', async () => {
+  it('`herald secrets rotate` gives acme a secret of its own, and the deployment secret keeps signing through the grace period; globex is still signed with the deployment secret alone', async () => {
     const made = JSON.parse(await herald('secrets', 'rotate', '--tenant', 'acme', '--json')) as { id: string; secret: string };
     expect(made.secret).toMatch(/^whsec_[A-Za-z0-9_-]{43}$/);
     first = made.secret;
@@ -69,8 +69,9 @@ describe('per-tenant signing secrets', () => {
       const got = await deliver('/acme-ada', 'ada');
       return verifies(first, got) ? got : false;
     }, 30_000);
-    expect(signatures(r)).toHaveLength(1);
-    expect(verifies(DEPLOYMENT, r)).toBe(false);
+    // Receivers still verifying with HERALD_WEBHOOK_SECRET keep working until they switch.
+    expect(signatures(r)).toHaveLength(2);
+    expect(verifies(DEPLOYMENT, r)).toBe(true);
     const g = await deliver('/globex-bob', 'bob', { authorization: `Bearer ${globexKey}` });
     expect(verifies(DEPLOYMENT, g)).toBe(true);
     expect(verifies(first, g)).toBe(false);
@@ -86,23 +87,27 @@ describe('per-tenant signing secrets', () => {
     expect(expires - Date.now()).toBeGreaterThan(55 * 60_000);
     expect(expires - Date.now()).toBeLessThanOrEqual(3600_000);
     const r = await deliver('/acme-ada', 'ada');
-    expect(signatures(r)).toHaveLength(2);
+    // The new secret, the one before, and the deployment secret (its grace period cut to this one's).
+    expect(signatures(r)).toHaveLength(3);
     expect(verifies(second, r)).toBe(true);
     expect(verifies(first, r)).toBe(true);
+    expect(verifies(DEPLOYMENT, r)).toBe(true);
     const listed = await api(h, 'GET', '/v1/signing-secrets');
     const text = JSON.stringify(listed.body);
     expect(text).not.toContain(first);
     expect(text).not.toContain(second);
     expect(listed.body).toMatchObject({ tenant: 'acme', deploymentSecret: false });
+    expect(Date.parse((listed.body as { deploymentSecretUntil: string }).deploymentSecretUntil)).toBe(expires);
     const cli = await herald('secrets', 'list', '--tenant', 'acme');
     expect(cli).toContain(rotated.body.id);
     expect(cli).toContain('signing until expiry');
+    expect(cli).toContain('(HERALD_WEBHOOK_SECRET)');
     expect(cli).not.toContain(first);
     expect(cli).not.toContain(second);
   }, 60_000);
 
   it('another tenant sees only its own secrets, and cannot rotate without admin scope', async () => {
-    expect((await api(h, 'GET', '/v1/signing-secrets', undefined, { authorization: `Bearer ${globexKey}` })).body).toEqual({ tenant: 'globex', deploymentSecret: true, secrets: [] });
+    expect((await api(h, 'GET', '/v1/signing-secrets', undefined, { authorization: `Bearer ${globexKey}` })).body).toEqual({ tenant: 'globex', deploymentSecret: true, deploymentSecretUntil: null, secrets: [] });
     const reader = (JSON.parse(await herald('keys', 'create', '--tenant', 'acme', '--scope', 'read', '--json')) as { key: string }).key;
     const denied = await api(h, 'POST', '/v1/signing-secrets/rotate', {}, { authorization: `Bearer ${reader}` });
     expect(denied.status).toBe(403);
@@ -123,5 +128,6 @@ describe('per-tenant signing secrets', () => {
     expect(signatures(r)).toHaveLength(1);
     expect(verifies(second, r)).toBe(true);
     expect(verifies(first, r)).toBe(false);
+    expect(verifies(DEPLOYMENT, r)).toBe(false);
   }, 60_000);
 });

@@ -25,6 +25,21 @@ describe('signing secret rotation', () => {
     expect(d.record.secrets.map((s) => s.id)).toEqual([d.secret.id, c.secret.id, b.secret.id]);
   });
 
+  it('keeps the deployment secret (HERALD_WEBHOOK_SECRET) signing through the first rotation\'s grace period, as any rotated-out secret', () => {
+    const deployment = ['herald-dev-secret'];
+    const a = rotate(undefined, 'acme', 0, 2 * H);
+    expect(liveSecrets(a.record, H, deployment)).toEqual([a.secret.secret, 'herald-dev-secret']);
+    expect(liveSecrets(a.record, 2 * H, deployment)).toEqual([a.secret.secret]);
+    expect(describeSecrets(a.record, H).deploymentSecretUntil).toBe(new Date(2 * H).toISOString());
+    // A second rotation never extends it; retire ends it at once.
+    const b = rotate(a.record, 'acme', H, 24 * H);
+    expect(b.record.deploymentSecretUntil).toBe(2 * H);
+    expect(liveSecrets(b.record, H, deployment)).toEqual([b.secret.secret, a.secret.secret, 'herald-dev-secret']);
+    expect(liveSecrets(retire(b.record, H), H, deployment)).toEqual([b.secret.secret]);
+    // A first rotation with no grace period switches at once.
+    expect(liveSecrets(rotate(undefined, 'acme', 0, 0).record, 0, deployment)).toHaveLength(1);
+  });
+
   it('retire leaves only the current secret', () => {
     const b = rotate(rotate(undefined, 'acme', 0).record, 'acme', 1, H);
     expect(liveSecrets(retire(b.record, 2), 2)).toEqual([b.secret.secret]);

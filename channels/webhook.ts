@@ -65,13 +65,14 @@ const RETRIABLE = new Set([408, 425, 429]);
 
 /** A network failure in a few words, never the peer's own text. */
 function networkFailure(err: unknown): { code: string; detail: string; retriable: boolean } {
-  const e = err as { code?: string; name?: string; cause?: { code?: string } };
-  const code = e.code ?? e.cause?.code ?? e.name ?? 'error';
+  const e = err as { code?: string | number; name?: string; cause?: { code?: string } };
+  // A DOMException (the timeout's abort) has a numeric legacy code (23); its name says what happened.
+  const code = (typeof e.code === 'string' ? e.code : undefined) ?? e.cause?.code ?? e.name ?? 'error';
   if (code === 'EDESTINATIONREFUSED') return { code: 'destination_refused', detail: 'destination refused: the host resolves to an address Herald may not reach', retriable: false };
   const words: Record<string, string> = {
     ECONNREFUSED: 'connection refused', ECONNRESET: 'connection reset', ENOTFOUND: 'host name not found', EAI_AGAIN: 'host name lookup failed',
     UND_ERR_CONNECT_TIMEOUT: 'connection timed out', ETIMEDOUT: 'connection timed out', UND_ERR_HEADERS_TIMEOUT: 'no response in time', UND_ERR_BODY_TIMEOUT: 'no response in time',
-    AbortError: 'no response in time', UND_ERR_ABORTED: 'no response in time', UND_ERR_SOCKET: 'connection closed', EPIPE: 'connection closed',
+    AbortError: 'no response in time', TimeoutError: 'no response within HERALD_DELIVERY_TIMEOUT_MS', UND_ERR_ABORTED: 'no response in time', UND_ERR_SOCKET: 'connection closed', EPIPE: 'connection closed',
   };
   return { code, detail: `request failed: ${words[code] ?? 'network error'}`, retriable: true };
 }

@@ -188,6 +188,20 @@ describe('WebhookChannel.send against a real HTTP server', () => {
     expect(result).toMatchObject({ ok: false, retriable: true, code: 'http_429', retryAfterMs: 2000 });
   });
 
+  it('a receiver that answers after the timeout is a retriable failure that says so (not "network error (23)")', async () => {
+    const { createServer } = await import('node:http');
+    const slow = createServer((_req, res) => void setTimeout(() => res.end('late'), 2000).unref());
+    await new Promise<void>((r) => slow.listen(0, '127.0.0.1', () => r()));
+    try {
+      const url = `http://127.0.0.1:${(slow.address() as { port: number }).port}/hook`;
+      const result = await new WebhookChannel(SECRET, LOCAL).send(task(url), AbortSignal.timeout(200));
+      expect(result).toMatchObject({ ok: false, retriable: true, code: 'TimeoutError', detail: 'request failed: no response within HERALD_DELIVERY_TIMEOUT_MS' });
+    } finally {
+      slow.closeAllConnections();
+      slow.close();
+    }
+  });
+
   it('a refused connection is retriable', async () => {
     // given a receiver that has gone away
     const r = await start({ status: 200 });

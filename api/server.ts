@@ -90,11 +90,40 @@ function answer<T>(reply: FastifyReply, a: QueryAnswer<T>) {
   return reply.header('retry-after', '1').code(503).send({ error: 'HRL_OWNER_UNAVAILABLE', message: a.detail } satisfies ErrorBody);
 }
 
+/** How long a stop waits for requests in flight before it closes their connections. */
+const CLOSE_GRACE_MS = 10_000;
+/** How long a stop goes on answering (503) the requests already on their way before it closes idle connections. */
+const DRAIN_MS = 300;
+
 export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   const { publisher, profiles, lifecycle, health, rules, log, keys, outbound } = ports;
   // Path ids are checked against LIMITS.idLength by the routes (a clear 400, not a 404).
-  // forceCloseConnections: a stop ends open event streams instead of waiting for them.
-  const app = Fastify({ logger: false, bodyLimit: ports.maxPayloadBytes, forceCloseConnections: true, routerOptions: { maxParamLength: 4 * MAX_ID_LENGTH } });
+  // A stop answers the requests in flight (a publish waits for its journal write) and closes
+  // idle keep-alive connections; new requests meanwhile get 503 with Connection: close. Open
+  // event streams are ended first (preClose below), or the close would wait for them.
+  const app = Fastify({ logger: false, bodyLimit: ports.maxPayloadBytes, forceCloseConnections: false, return503OnClosing: false, routerOptions: { maxParamLength: 4 * MAX_ID_LENGTH } });
+  const streams = new Set<() => void>();
+  let closing = false;
+  app.addHook('preClose', (done) => {
+    closing = true;
+    for (const end of [...streams]) end();
+    // A request that never finishes must not hold the stop for ever.
+    setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS).unref();
+    // Requests already on their way (a connection accepted, its request not read yet) are
+    // answered too, with 503 and Connection: close, before the server closes the idle
+    // connections: a client gets an answer it can act on, never a reset.
+    setTimeout(done, DRAIN_MS);
+  });
+  // A request that arrives while the server closes: Herald's 503, with when to retry.
+  app.addHook('onRequest', (_req, reply, done) => {
+    if (!closing) return done();
+    void fail(reply.header('retry-after', '1'), 503, 'HRL_SHUTTING_DOWN', 'this instance is stopping; retry (with the same Idempotency-Key), here after its restart or at another instance');
+  });
+  // Answers given while closing close their connection, so the close does not wait out keep-alive.
+  app.addHook('onSend', (_req, reply, payload, done) => {
+    if (closing) reply.header('connection', 'close');
+    done(null, payload);
+  });
   // JSON only: a text/plain body is refused with 415, not parsed as something else.
   app.removeContentTypeParser('text/plain');
   app.decorateRequest('principal', null);
@@ -396,6 +425,13 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     if (s.kind === 'unavailable') return answer(reply, { status: 'unavailable', detail: s.detail });
     const ac = new AbortController();
     req.raw.on('close', () => ac.abort());
+    const end = () => {
+      ac.abort();
+      // The stream's connection goes with it (a kept-alive one would hold the close).
+      reply.raw.end(() => req.raw.socket.destroy());
+    };
+    streams.add(end);
+    ac.signal.addEventListener('abort', () => streams.delete(end));
     if (s.kind === 'forward') {
       // One hop to the owner; its stream is passed through as it comes.
       const res = await fetch(s.url, { headers: { authorization: req.headers.authorization ?? '', [FORWARDED_HEADER]: 'stream', ...(last ? { 'last-event-id': last } : {}) }, signal: ac.signal }).catch(() => null);
@@ -418,10 +454,13 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     reply.raw.write(': connected\n\n');
     for (const item of backlog) if (!sent.has(item.id)) write(item, true);
     const ping = setInterval(() => reply.raw.write(': ping\n\n'), 15_000);
-    ac.signal.addEventListener('abort', () => {
+    const stop = () => {
       clearInterval(ping);
       close();
-    });
+    };
+    // Closed while it opened (the client went, or the server stops): nothing may be left running.
+    if (ac.signal.aborted) stop();
+    else ac.signal.addEventListener('abort', stop);
     return reply;
   });
 

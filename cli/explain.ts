@@ -92,14 +92,25 @@ function outcomeOf(n: NotificationView): string {
  */
 export function formatEvent(eventId: string, views: NotificationView[]): string {
   if (!views.length) return `no decision about event ${eventId} on outcomes.v1`;
-  const first = views[0]!;
-  const lines = [`event ${eventId} (${first.eventType}), tenant ${first.tenant}: ${views.length} notification${views.length === 1 ? '' : 's'}`];
+  // Event ids are per tenant: two tenants' events may share one, and each is its own event.
+  const tenants = [...new Set(views.map((v) => v.tenant))].sort();
+  const lines: string[] = [];
+  for (const tenant of tenants) {
+    const mine = views.filter((v) => v.tenant === tenant);
+    lines.push(`event ${eventId} (${mine[0]!.eventType}), tenant ${tenant}: ${mine.length} notification${mine.length === 1 ? '' : 's'}`);
+    lines.push(...recipientLines(mine));
+  }
+  return lines.join('\n');
+}
+
+function recipientLines(views: NotificationView[]): string[] {
+  const lines: string[] = [];
   for (const n of views) {
     // The decision that settled it: the first one that is not a plain step forward, else the last.
     const settled = n.events.find((e) => e.terminal && e.status !== 'DELIVERED') ?? n.events.find((e) => e.status === 'DELIVERED') ?? n.events.at(-1)!;
     lines.push(`  ${pad(n.recipient, 16)} ${pad(n.notificationId, 28)} rule ${pad(n.ruleId ?? '-', 14)} ${pad(outcomeOf(n), 36)} ${settled.stage}: ${settled.reason}`);
   }
-  return lines.join('\n');
+  return lines;
 }
 /** Follows outcomes.v1 and prints each decision; `fromBeginning` replays the topic first. */
 export async function tail(config: HeraldConfig, opts: { fromBeginning: boolean; print: (line: string) => void; signal?: AbortSignal }): Promise<void> {

@@ -137,15 +137,16 @@ schemas.command('check').description('check local schemas for compatibility with
 program
   .command('explain [notificationId]')
   .description("print a notification's timeline (every decision with its stage, reason and the time since the step before), or with --event every notification one event caused and why each recipient did or did not get it")
-  .option('--event <eventId>', 'explain an event: its notifications, one line per recipient')
+  .option('--event <eventId>', 'explain an event: its notifications, one line per recipient (per tenant: event ids are per tenant)')
+  .option('--tenant <tenant>', 'with --event: only this tenant\'s event of that id')
   .option('--url <url>', 'HTTP API of a running instance (default: HERALD_URL, else the running embedded instance; against KAFKA_BROKERS without a URL, outcomes.v1 is read)')
   .option('--json', 'print JSON')
   .option('--key <key>', 'API key with the read scope for --url (default: HERALD_API_KEY, else the embedded development key)')
-  .action(async (id: string | undefined, o: { event?: string; url?: string; json?: boolean; key?: string }) => {
+  .action(async (id: string | undefined, o: { event?: string; tenant?: string; url?: string; json?: boolean; key?: string }) => {
     try {
       const config = loadConfig();
       if (o.event) {
-        const views = await scanLifecycles(config, (e) => e.eventId === o.event);
+        const views = await scanLifecycles(config, (e) => e.eventId === o.event && (o.tenant === undefined || e.tenant === o.tenant));
         console.log(o.json ? JSON.stringify(views, null, 2) : formatEvent(o.event, views));
         return;
       }

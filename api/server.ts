@@ -84,6 +84,21 @@ function clientErrorCode(err: { code?: string; statusCode?: number }): ErrorCode
   return 'HRL_BAD_REQUEST';
 }
 
+/** A request Fastify refused before Herald's handler, in Herald's words: what was wrong and what is expected. */
+function clientErrorMessage(err: { code?: string; statusCode?: number; name?: string; message: string }, bodyLimit: number, contentType: string | undefined): string {
+  if (err.statusCode === 413) return `body: at most ${bodyLimit} bytes on this route${bodyLimit === LIMITS.profileBodyBytes ? '' : ' (HERALD_MAX_PAYLOAD_BYTES)'}; this one is larger`;
+  if (err.statusCode === 415) return `Content-Type: expected application/json, got ${contentType ? `"${clip(contentType, 100)}"` : 'none'}`;
+  if (err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY') return 'body: expected a JSON document, got an empty body with Content-Type application/json (send no Content-Type without a body)';
+  if (err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err.name === 'SyntaxError') return `body: not valid JSON (${clip(err.message, 200)})`;
+  return err.message;
+}
+
+function clientErrorField(err: { code?: string; statusCode?: number; name?: string }): string | undefined {
+  if (err.statusCode === 413 || err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err.name === 'SyntaxError') return 'body';
+  if (err.statusCode === 415) return 'Content-Type';
+  return undefined;
+}
+
 function answer<T>(reply: FastifyReply, a: QueryAnswer<T>) {
   if (a.status === 'ok') return reply.header('x-herald-served-by', a.servedBy).send(a.value);
   if (a.status === 'not_found') return fail(reply, 404, 'HRL_NOT_FOUND', a.detail);
@@ -129,7 +144,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   app.decorateRequest('principal', null);
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
-    if (err.statusCode && err.statusCode < 500) return fail(reply, err.statusCode, clientErrorCode(err), err.message);
+    if (err.statusCode && err.statusCode < 500) return fail(reply, err.statusCode, clientErrorCode(err), clientErrorMessage(err, req.routeOptions.bodyLimit ?? ports.maxPayloadBytes, req.headers['content-type']), clientErrorField(err));
     if (err instanceof HeraldError && (err.code === 'HRL_JOURNAL_BEHIND' || err.code === 'HRL_BACKPRESSURE')) return fail(reply.header('retry-after', '1'), 503, err.code, err.message);
     log.error({ err, method: req.method, url: req.routeOptions.url }, 'api error');
     return fail(reply, 500, 'HRL_INTERNAL', 'internal error');

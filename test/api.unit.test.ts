@@ -123,9 +123,16 @@ describe('HTTP API on ports', () => {
 
   it('maps malformed and oversized bodies to documented codes', async () => {
     const bad = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: '{"id":' });
-    expect([bad.statusCode, bad.json().error]).toEqual([400, 'HRL_BAD_REQUEST']);
+    expect([bad.statusCode, bad.json().error, bad.json().field]).toEqual([400, 'HRL_BAD_REQUEST', 'body']);
+    expect(bad.json().message).toMatch(/^body: not valid JSON/);
+    // Each names the field and the limit, as the README's limits table says.
     const big = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ pad: 'x'.repeat(20_000) }) });
-    expect([big.statusCode, big.json().error]).toEqual([413, 'HRL_PAYLOAD_TOO_LARGE']);
+    expect([big.statusCode, big.json().error, big.json().field]).toEqual([413, 'HRL_PAYLOAD_TOO_LARGE', 'body']);
+    expect(big.json().message).toMatch(/^body: at most \d+ bytes on this route \(HERALD_MAX_PAYLOAD_BYTES\)/);
+    const profile = await inject({ method: 'PUT', url: '/v1/users/ada', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ name: 'x'.repeat(70_000) }) });
+    expect([profile.statusCode, profile.json().message]).toEqual([413, `body: at most ${64 * 1024} bytes on this route; this one is larger`]);
+    const text = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'text/plain' }, payload: 'hi' });
+    expect([text.statusCode, text.json().field, text.json().message]).toEqual([415, 'Content-Type', 'Content-Type: expected application/json, got "text/plain"']);
   });
 
   it('answers 503 with Retry-After when the publisher pushes back, and publishes nothing', async () => {

@@ -14,7 +14,7 @@ import { type ErrorCode, HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
 import { isTimeZone, minutesOf } from '../processors/quiet-hours.ts';
 import { domainEventFromJson, MAX_ID_LENGTH } from '../runtime/codec.ts';
-import { parseDuration } from '../rules/rules.ts';
+import { CHANNELS, parseDuration } from '../rules/rules.ts';
 import { validate } from '../schemas/index.ts';
 import type { Scope, UserPreferences, UserProfile } from '../schemas/types.ts';
 import { Readable } from 'node:stream';
@@ -309,6 +309,9 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     let prefs: UserPreferences;
     try {
       prefs = validate<UserPreferences>('UserPreferences', { ...(req.body ?? {}), userId: req.params.userId, tenant, updatedAt: Date.now() });
+      // A misspelt channel would be stored and never match: an opt-out that silently does nothing.
+      const unknown = Object.keys(prefs.channels).find((c) => !(CHANNELS as readonly string[]).includes(c));
+      if (unknown !== undefined) throw new HeraldError('HRL_SCHEMA_VIOLATION', `channels.${clip(unknown, 40)}: unknown channel; expected one of ${CHANNELS.join(', ')}`, { field: `channels.${clip(unknown, 40)}` });
       for (const k of ['start', 'end'] as const) {
         const v = prefs.quietHours?.[k];
         if (v !== undefined && minutesOf(v) === null) throw new HeraldError('HRL_SCHEMA_VIOLATION', `quietHours.${k}: expected HH:MM (00:00 to 23:59), got "${clip(v, 40)}"`, { field: `quietHours.${k}` });
@@ -356,6 +359,8 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   app.post<{ Body: { gracePeriod?: unknown } | null }>('/v1/signing-secrets/rotate', { preHandler: need('admin') }, async (req, reply) => {
     const s = signing(reply);
     if (!s) return reply;
+    const extra = Object.keys(req.body ?? {}).find((k) => k !== 'gracePeriod');
+    if (extra !== undefined) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${clip(extra, 40)}: unknown field; the body takes gracePeriod (e.g. "24h") or nothing`, clip(extra, 40));
     const grace = req.body?.gracePeriod ?? '24h';
     let graceMs: number;
     try {

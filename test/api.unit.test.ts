@@ -285,6 +285,13 @@ describe('HTTP API on ports', () => {
     }
   });
 
+  it('refuses a preference for a channel that does not exist (a misspelt opt-out would silently do nothing)', async () => {
+    const bad = await inject({ method: 'PUT', url: '/v1/users/ada/preferences', payload: { channels: { pigeon: false } } });
+    expect([bad.statusCode, bad.json().error, bad.json().field]).toEqual([400, 'HRL_SCHEMA_VIOLATION', 'channels.pigeon']);
+    expect(bad.json().message).toBe('channels.pigeon: unknown channel; expected one of webhook, email, inapp, chat');
+    expect((await inject({ method: 'PUT', url: '/v1/users/ada/preferences', payload: { channels: { email: false, chat: true } } })).statusCode).toBe(202);
+  });
+
   it('checks quiet hours and time zones where they are written', async () => {
     const bad = await inject({ method: 'PUT', url: '/v1/users/ada/preferences', payload: { quietHours: { start: '25:00', end: '07:00' } } });
     expect([bad.statusCode, bad.json().field]).toEqual([400, 'quietHours.start']);

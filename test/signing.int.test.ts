@@ -113,6 +113,12 @@ describe('per-tenant signing secrets', () => {
     expect(denied.status).toBe(403);
   }, 60_000);
 
+  it('refuses an unknown field in a rotation (a misspelt gracePeriod would rotate with the default)', async () => {
+    const bad = await api<{ error: string; field: string; message: string }>(h, 'POST', '/v1/signing-secrets/rotate', { grace: '1h' });
+    expect([bad.status, bad.body.error, bad.body.field]).toEqual([400, 'HRL_SCHEMA_VIOLATION', 'grace']);
+    expect(bad.body.message).toContain('gracePeriod');
+  });
+
   it('refuses an unreadable grace period, naming the field', async () => {
     const bad = await api<{ error: string; field: string; message: string }>(h, 'POST', '/v1/signing-secrets/rotate', { gracePeriod: 'tomorrow' });
     expect(bad.status).toBe(400);

@@ -24,7 +24,8 @@ export interface Profiles {
   putPreferences(preferences: UserPreferences): Promise<void>;
   updateAudience(tenant: string, audience: string, add: readonly string[], remove: readonly string[]): Promise<void>;
   /** Members of an audience, or null when this instance does not hold the audiences table. */
-  audienceMembers(tenant: string, audience: string, limit: number): Promise<string[] | null>;
+  /** Up to `limit` members in user-id key order, after the member `after` (a page); null without the audiences table. */
+  audienceMembers(tenant: string, audience: string, limit: number, after?: string): Promise<string[] | null>;
 }
 
 /** The answer of a query that may be served by another instance. */

@@ -342,12 +342,17 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return reply.code(202).send({ audience, added: lists.add.length, removed: lists.remove.length });
   });
 
-  app.get<{ Params: { audience: string }; Querystring: { limit?: string } }>('/v1/audiences/:audience/members', { preHandler: need('read') }, async (req, reply) => {
+  app.get<{ Params: { audience: string }; Querystring: { limit?: string; after?: string } }>('/v1/audiences/:audience/members', { preHandler: need('read') }, async (req, reply) => {
     if (badId(reply, 'audience', req.params.audience)) return reply;
     const limit = Math.min(Math.max(Number(req.query.limit ?? 1000) || 1000, 1), 100_000);
-    const members = await profiles.audienceMembers(tenantOf(req), req.params.audience, limit);
+    const after = req.query.after;
+    if (after !== undefined && badId(reply, 'after', after)) return reply;
+    // One more than asked: whether there is a next page.
+    const members = await profiles.audienceMembers(tenantOf(req), req.params.audience, limit + 1, after);
     if (members === null) return fail(reply, 404, 'HRL_NOT_FOUND', 'this instance does not hold the audiences table (it runs without ingest)');
-    return { audience: req.params.audience, members };
+    const page = members.slice(0, limit);
+    // `next`: pass it as ?after= for the following page; null on the last one.
+    return { audience: req.params.audience, members: page, next: members.length > limit ? page.at(-1)! : null };
   });
 
   // The tenant's webhook signing secrets: listed without the secrets; a rotation shows the new one once.

@@ -61,10 +61,12 @@ export function kafkaProfiles(producer: { send: Send }, serde: Serde, tables: Gl
       ];
       for (let i = 0; i < messages.length; i += 5000) await producer.send({ topic: t('audiences'), acks: -1, messages: messages.slice(i, i + 5000) });
     },
-    async audienceMembers(tenant, audience, limit) {
+    async audienceMembers(tenant, audience, limit, after) {
       if (!tables.has('audiences')) return null;
       const members: string[] = [];
-      for await (const [, m] of tables.scan<AudienceMember>('audiences', audienceKey(tenant, audience))) {
+      const from = after === undefined ? null : audienceKey(tenant, audience, after);
+      for await (const [key, m] of tables.scan<AudienceMember>('audiences', audienceKey(tenant, audience))) {
+        if (from !== null && key <= from) continue;
         members.push(m.userId);
         if (members.length >= limit) break;
       }

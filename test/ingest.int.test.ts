@@ -109,6 +109,20 @@ describe('audiences', () => {
       const r = await api<{ members: string[] }>(h, 'GET', '/v1/audiences/workspace-1/members?limit=100000');
       return r.body.members.length === 9_999 && !r.body.members.includes('member-0');
     }, 30_000);
+    // Read a page at a time: every member once, in order, and the last page says so.
+    const paged: string[] = [];
+    let after: string | null = null;
+    let pages = 0;
+    do {
+      const page: { body: { members: string[]; next: string | null } } = await api<{ members: string[]; next: string | null }>(h, 'GET', `/v1/audiences/workspace-1/members?limit=1000${after ? `&after=${encodeURIComponent(after)}` : ''}`);
+      paged.push(...page.body.members);
+      after = page.body.next;
+      pages++;
+    } while (after !== null && pages < 20);
+    expect(pages).toBe(10);
+    expect(paged).toHaveLength(9_999);
+    expect(new Set(paged).size).toBe(9_999);
+    expect(paged).toEqual([...paged].sort());
     const res = await api<{ eventId: string; audience: string }>(h, 'POST', '/v1/events', { id: 'fanout', type: 'agent.task_completed', tenant: 'acme', audience: 'workspace-1', data: { taskId: 't', summary: 's' } });
     expect(res.status).toBe(202);
     expect(res.body.audience).toBe('workspace-1');

@@ -54,6 +54,8 @@ export interface NotificationLifecycle {
 export interface UserNotifications {
   userId: string;
   notifications: Omit<NotificationLifecycle, 'events'>[];
+  /** The next (older) page's cursor, for `?before=`; null on the last page. */
+  next: string | null;
 }
 
 export interface InboxItemView {
@@ -71,6 +73,8 @@ export interface InboxItemView {
 export interface UserInbox {
   userId: string;
   items: InboxItemView[];
+  /** The next (older) page's cursor, for `?before=`; null on the last page. */
+  next: string | null;
 }
 
 /** A live inbox: here (backlog after the client's last event id, then changes), or at another instance. */
@@ -81,10 +85,10 @@ export type InboxStream =
 
 /** Lifecycle queries, answered by whichever instance holds the partition. */
 export interface LifecycleQueries {
-  inbox(tenant: string, userId: string, o: { unread: boolean; limit: number }, opts: QueryOptions): Promise<QueryAnswer<UserInbox>>;
+  inbox(tenant: string, userId: string, o: { unread: boolean; limit: number; before?: string }, opts: QueryOptions): Promise<QueryAnswer<UserInbox>>;
   inboxStream(tenant: string, userId: string, after: string | null, opts: QueryOptions): Promise<InboxStream>;
   notification(id: string, opts: QueryOptions): Promise<QueryAnswer<NotificationLifecycle>>;
-  userNotifications(tenant: string, userId: string, limit: number, opts: QueryOptions): Promise<QueryAnswer<UserNotifications>>;
+  userNotifications(tenant: string, userId: string, limit: number, opts: QueryOptions & { before?: string }): Promise<QueryAnswer<UserNotifications>>;
   /** The digest of the tenant's lifecycle projection over every partition (forwarded: this instance's partitions only). */
   digest(tenant: string, opts: QueryOptions): Promise<QueryAnswer<LifecycleDigest>>;
 }

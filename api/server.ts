@@ -404,16 +404,20 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   // The tenant's projection digest: equal to `herald lifecycle rebuild`'s when the projection is whole.
   app.get('/v1/lifecycle/digest', { preHandler: need('admin') }, async (req, reply) => answer(reply, await lifecycle.digest(tenantOf(req), forwardedOpts(req))));
 
-  app.get<{ Params: { userId: string }; Querystring: { limit?: string } }>('/v1/users/:userId/notifications', { preHandler: need('read') }, async (req, reply) => {
+  app.get<{ Params: { userId: string }; Querystring: { limit?: string; before?: string } }>('/v1/users/:userId/notifications', { preHandler: need('read') }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const limit = Math.min(Math.max(Number(req.query.limit ?? 50) || 50, 1), 500);
-    return answer(reply, await lifecycle.userNotifications(tenantOf(req), req.params.userId, limit, forwardedOpts(req)));
+    const before = req.query.before;
+    if (before !== undefined && badId(reply, 'before', before)) return reply;
+    return answer(reply, await lifecycle.userNotifications(tenantOf(req), req.params.userId, limit, { ...forwardedOpts(req), ...(before ? { before } : {}) }));
   });
 
-  app.get<{ Params: { userId: string }; Querystring: { limit?: string; unread?: string } }>('/v1/users/:userId/inbox', { preHandler: need('read') }, async (req, reply) => {
+  app.get<{ Params: { userId: string }; Querystring: { limit?: string; unread?: string; before?: string } }>('/v1/users/:userId/inbox', { preHandler: need('read') }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const limit = Math.min(Math.max(Number(req.query.limit ?? 50) || 50, 1), 500);
-    return answer(reply, await lifecycle.inbox(tenantOf(req), req.params.userId, { unread: req.query.unread === 'true', limit }, forwardedOpts(req)));
+    const before = req.query.before;
+    if (before !== undefined && badId(reply, 'before', before)) return reply;
+    return answer(reply, await lifecycle.inbox(tenantOf(req), req.params.userId, { unread: req.query.unread === 'true', limit, ...(before ? { before } : {}) }, forwardedOpts(req)));
   });
 
   // READ and SEEN are lifecycle events like any other: recorded on outcomes.v1, projected by

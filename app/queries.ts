@@ -89,15 +89,15 @@ export class LifecycleRouter implements LifecycleQueries {
     return answers.find((a) => a.status === 'unavailable') ?? notFound;
   }
 
-  async userNotifications(tenant: string, userId: string, limit: number, opts: QueryOptions): Promise<QueryAnswer<UserNotifications>> {
+  async userNotifications(tenant: string, userId: string, limit: number, opts: QueryOptions & { before?: string }): Promise<QueryAnswer<UserNotifications>> {
     const partition = partitionOf(userKey(tenant, userId), this.o.partitions);
     const store = this.o.local().get(partition);
-    if (store) return { status: 'ok', value: { userId, notifications: await readUserNotifications(store.view(), tenant, userId, limit) }, servedBy: this.self };
+    if (store) return { status: 'ok', value: { userId, ...(await readUserNotifications(store.view(), tenant, userId, limit, opts.before)) }, servedBy: this.self };
     if (opts.forwarded) return { status: 'unavailable', detail: `partition ${partition} of the outcome stage is not held by instance ${this.self} (it moved in a rebalance)` };
     const owner = this.o.directory.owner('outcome', partition);
     if (!owner) return { status: 'unavailable', detail: `no instance holds partition ${partition} of the outcome stage yet` };
     if (owner.instanceId === this.self) return { status: 'unavailable', detail: `partition ${partition} of the outcome stage is still being restored on instance ${this.self}` };
-    return this.forward<UserNotifications>(owner, `/v1/users/${encodeURIComponent(userId)}/notifications?limit=${limit}`, opts.authorization);
+    return this.forward<UserNotifications>(owner, `/v1/users/${encodeURIComponent(userId)}/notifications?limit=${limit}${opts.before ? `&before=${encodeURIComponent(opts.before)}` : ''}`, opts.authorization);
   }
 
   /** Where a user's projection partition is: here, at another instance, or nowhere yet. */
@@ -112,11 +112,16 @@ export class LifecycleRouter implements LifecycleQueries {
     return { kind: 'remote', owner };
   }
 
-  async inbox(tenant: string, userId: string, o: { unread: boolean; limit: number }, opts: QueryOptions): Promise<QueryAnswer<UserInbox>> {
+  async inbox(tenant: string, userId: string, o: { unread: boolean; limit: number; before?: string }, opts: QueryOptions): Promise<QueryAnswer<UserInbox>> {
     const where = this.locate(tenant, userId, opts);
-    if (where.kind === 'local') return { status: 'ok', value: { userId, items: await readInbox(where.view(), tenant, userId, o) }, servedBy: this.self };
+    if (where.kind === 'local') {
+      // One more than asked: whether there is a next page (`next`, passed back as `before`).
+      const items = await readInbox(where.view(), tenant, userId, { ...o, limit: o.limit + 1 });
+      const page = items.slice(0, o.limit);
+      return { status: 'ok', value: { userId, items: page, next: items.length > o.limit ? page.at(-1)!.id : null }, servedBy: this.self };
+    }
     if (where.kind === 'unavailable') return { status: 'unavailable', detail: where.detail };
-    return this.forward<UserInbox>(where.owner, `/v1/users/${encodeURIComponent(userId)}/inbox?limit=${o.limit}${o.unread ? '&unread=true' : ''}`, opts.authorization);
+    return this.forward<UserInbox>(where.owner, `/v1/users/${encodeURIComponent(userId)}/inbox?limit=${o.limit}${o.unread ? '&unread=true' : ''}${o.before ? `&before=${encodeURIComponent(o.before)}` : ''}`, opts.authorization);
   }
 
   async inboxStream(tenant: string, userId: string, after: string | null, opts: QueryOptions): Promise<InboxStream> {

@@ -139,11 +139,14 @@ export const outcome: StageFactory<'outcome'> = ({ inbox }) => ({
   },
 });
 
-/** A user's inbox items: newest first, or (with `after`) the ones after an item id, oldest first. */
-export async function readInbox(store: ProjectionReader, tenant: string, recipient: string, o: { unread?: boolean; limit: number; after?: string }): Promise<InboxItem[]> {
+/**
+ * A user's inbox items: newest first (with `before`, the ones older than that item id: the
+ * next page), or (with `after`) the ones after an item id, oldest first.
+ */
+export async function readInbox(store: ProjectionReader, tenant: string, recipient: string, o: { unread?: boolean; limit: number; after?: string; before?: string }): Promise<InboxItem[]> {
   const prefix = inboxPrefix(tenant, recipient);
   const items: InboxItem[] = [];
-  for await (const [, item] of store.range<InboxItem>(o.after ? `${prefix}${o.after}\u0000` : prefix, `${prefix}\uffff`)) {
+  for await (const [, item] of store.range<InboxItem>(o.after ? `${prefix}${o.after}\u0000` : prefix, o.before ? `${prefix}${o.before}` : `${prefix}\uffff`)) {
     if (!o.unread || item.readAt === null) items.push(item);
   }
   return o.after ? items.slice(0, o.limit) : items.reverse().slice(0, o.limit);
@@ -178,22 +181,24 @@ export async function* eachNotification(store: ProjectionReader, tenant?: string
   }
 }
 
-/** A user's notifications (newest first, without their events), from the partition that holds the user. */
-export async function readUserNotifications(store: ProjectionReader, tenant: string, recipient: string, limit: number): Promise<Omit<NotificationView, 'events'>[]> {
+/**
+ * A user's notifications (newest first, without their events), from the partition that holds
+ * the user, with the cursor of the next page (pass it as `before`), or null on the last one.
+ */
+export async function readUserNotifications(store: ProjectionReader, tenant: string, recipient: string, limit: number, before?: string): Promise<{ notifications: Omit<NotificationView, 'events'>[]; next: string | null }> {
   const prefix = userIndexPrefix(tenant, recipient);
-  const ids: { id: string; at: number }[] = [];
-  for await (const [k] of store.range(prefix, `${prefix}\uffff`)) {
-    const [at, id] = k.slice(prefix.length).split(':');
-    ids.push({ id: id!, at: Number(at) });
-  }
-  ids.sort((a, b) => b.at - a.at);
-  const chosen = ids.slice(0, limit);
-  const views = await store.getMany<StoredSummary>(chosen.map((c) => notificationKey(c.id)));
-  return views.flatMap((n) => {
+  const keys: string[] = [];
+  // The index is in time order (`<time, 15 digits>:<id>`): newest first is the range read backwards.
+  for await (const [k] of store.range(prefix, before ? `${prefix}${before}` : `${prefix}\uffff`)) keys.push(k.slice(prefix.length));
+  keys.reverse();
+  const chosen = keys.slice(0, limit);
+  const views = await store.getMany<StoredSummary>(chosen.map((c) => notificationKey(c.slice(c.indexOf(':') + 1))));
+  const notifications = views.flatMap((n) => {
     if (!n) return [];
     const { events: _events, ids: _ids, ...summary } = n;
     return [summary];
   });
+  return { notifications, next: keys.length > limit ? chosen.at(-1)! : null };
 }
 
 /**

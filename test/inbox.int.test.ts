@@ -101,6 +101,30 @@ describe('the in-app inbox', () => {
     again.close();
   });
 
+  it('pages newest first with before and next, each item once, to the last page', async () => {
+    const sent: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      sent.push(await publish(`i-page-${i}`));
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const all = await eventually(async () => {
+      const r = await api<{ items: { id: string; notificationId: string }[]; next: string | null }>(h, 'GET', '/v1/users/ivy/inbox?limit=500');
+      return sent.every((n) => r.body.items.some((i) => i.notificationId === n)) && r.body;
+    }, 20_000);
+    expect(all.next).toBeNull();
+    const seen: string[] = [];
+    let before: string | null = null;
+    for (let page = 0; page < 20; page++) {
+      const r: { body: { items: { id: string; notificationId: string }[]; next: string | null } } = await api<{ items: { id: string; notificationId: string }[]; next: string | null }>(h, 'GET', `/v1/users/ivy/inbox?limit=2${before ? `&before=${encodeURIComponent(before)}` : ''}`);
+      expect(r.body.items.length).toBeLessThanOrEqual(2);
+      seen.push(...r.body.items.map((i) => i.notificationId));
+      before = r.body.next;
+      if (before === null) break;
+    }
+    expect(seen).toEqual(all.items.map((i) => i.notificationId));
+    expect(seen.slice(0, 4)).toEqual([...sent].reverse());
+  });
+
   it('keeps inboxes per tenant: another tenant sees no items and cannot mark them', async () => {
     const id = await publish('i-4');
     await eventually(async () => (await api<{ items: { notificationId: string }[] }>(h, 'GET', '/v1/users/ivy/inbox')).body.items.some((i) => i.notificationId === id));

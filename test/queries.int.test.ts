@@ -74,6 +74,34 @@ describe('queries any instance answers', () => {
       expect(viaA!.body.notifications.map((n) => n.notificationId)).toEqual([ids[USERS.indexOf(u)]]);
       expect(viaB!.body).toEqual(viaA!.body);
     }
+
+    // Pages: five more notifications for each of two users (one held by each instance), read
+    // through both instances two at a time with `before`: newest first, each once, to the end.
+    const paged = USERS.filter((u, i, all) => all.findIndex((x) => a.directory.owner('outcome', partitionOf(userKey('acme', x), PARTITIONS))?.instanceId === a.directory.owner('outcome', partitionOf(userKey('acme', u), PARTITIONS))?.instanceId) === i);
+    expect(paged).toHaveLength(2);
+    const sent = new Map<string, string[]>();
+    for (const u of paged) {
+      for (let i = 0; i < 5; i++) {
+        const res = await api<{ notifications: { notificationId: string }[] }>(a, 'POST', '/v1/events', { id: `qp-${u}-${i}`, type: 'comment.created', tenant: 'acme', recipients: [u], data: { commentId: `p-${i}` } });
+        sent.set(u, [...(sent.get(u) ?? []), res.body.notifications[0]!.notificationId]);
+        await new Promise((r) => setTimeout(r, 5)); // distinct times: the order is the publish order
+      }
+    }
+    for (const u of paged) {
+      await eventually(async () => (await api<{ notifications: unknown[] }>(a, 'GET', `/v1/users/${u}/notifications?limit=100`)).body.notifications?.length === 6, 30_000);
+      for (const h of [a, b]) {
+        const seen: string[] = [];
+        let before: string | null = null;
+        for (let page = 0; page < 10; page++) {
+          const r: { status: number; body: { notifications: { notificationId: string }[]; next: string | null } } = await api<{ notifications: { notificationId: string }[]; next: string | null }>(h, 'GET', `/v1/users/${u}/notifications?limit=2${before ? `&before=${encodeURIComponent(before)}` : ''}`);
+          expect(r.status).toBe(200);
+          seen.push(...r.body.notifications.map((n) => n.notificationId));
+          before = r.body.next;
+          if (before === null) break;
+        }
+        expect(seen).toEqual([...sent.get(u)!].reverse().concat(ids[USERS.indexOf(u)]!));
+      }
+    }
   }, 120_000);
 
   it('answers 404 for an unknown notification after asking the other instance, and never forwards a forwarded query', async () => {

@@ -466,12 +466,13 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
       const res = await fetch(s.url, { headers: { authorization: req.headers.authorization ?? '', [FORWARDED_HEADER]: 'stream', ...(last ? { 'last-event-id': last } : {}) }, signal: ac.signal }).catch(() => null);
       if (!res?.ok || !res.body) return answer(reply, { status: 'unavailable', detail: `the instance that holds this user's inbox did not answer (${res?.status ?? 'no connection'})` });
       reply.hijack();
-      reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', 'x-herald-served-by': res.headers.get('x-herald-served-by') ?? '' });
+      const by = res.headers.get('x-herald-served-by');
+      reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...(by ? { 'x-herald-served-by': by } : {}) });
       Readable.fromWeb(res.body as import('node:stream/web').ReadableStream).on('error', () => reply.raw.end()).pipe(reply.raw);
       return reply;
     }
     reply.hijack();
-    reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+    reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-herald-served-by': s.servedBy });
     // New items carry their id (the client's Last-Event-ID moves forward); changes to items
     // (READ, SEEN) carry none, so a resumed stream never goes back.
     const sent = new Set<string>();

@@ -468,7 +468,11 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       });
       cleanups.push(() => api.close());
       herald.api = api;
-      const address = await api.listen({ port: config.httpPort, host: config.httpHost });
+      const address = await api.listen({ port: config.httpPort, host: config.httpHost }).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EADDRINUSE' && err.code !== 'EACCES') throw err;
+        const why = err.code === 'EADDRINUSE' ? 'is already in use (another Herald, or another server)' : 'may not be opened by this user';
+        throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_HTTP_PORT: ${config.httpHost}:${config.httpPort} ${why}; stop what holds it, or set HERALD_HTTP_PORT to another port (0 picks a free one)`, { cause: err });
+      });
       herald.httpUrl = address;
       // A worker is reached at the primary's advertised host, on its own port.
       const base = attach?.advertisedUrl;

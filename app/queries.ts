@@ -131,6 +131,7 @@ export class LifecycleRouter implements LifecycleQueries {
     const hub = this.o.inbox;
     return {
       kind: 'local',
+      servedBy: this.self,
       // Subscribe first, then read the backlog, so nothing falls between the two.
       open: async (listener: (item: InboxItem) => void) => {
         const unsubscribe = hub ? hub.subscribe(tenant, userId, listener) : () => undefined;

@@ -5,7 +5,7 @@
  * --event: an event's notifications are spread over partitions). tail follows outcomes.v1.
  */
 import type { HeraldConfig } from '../config.ts';
-import { HeraldError } from '../errors.ts';
+import { type ErrorCode, HeraldError } from '../errors.ts';
 import { withCluster } from '../app/cluster.ts';
 import { duration } from '../processors/about.ts';
 import { applyLifecycle, type NotificationView, readNotification } from '../processors/outcome.ts';
@@ -34,7 +34,8 @@ export function formatLifecycle(n: NotificationView): string {
 export async function fetchLifecycle(url: string, id: string, apiKey: string): Promise<NotificationView> {
   const res = await fetch(`${url.replace(/\/$/, '')}/v1/notifications/${encodeURIComponent(id)}`, { headers: { authorization: `Bearer ${apiKey}` } });
   const body = (await res.json()) as NotificationView & { message?: string };
-  if (!res.ok) throw new HeraldError('HRL_CONFIG_INVALID', body.message ?? `HTTP ${res.status} from ${url}`);
+  // The API's own code (HRL_NOT_FOUND for an id it has no decision about), not a config error.
+  if (!res.ok) throw new HeraldError(((body as { error?: string }).error ?? 'HRL_INTERNAL') as ErrorCode, body.message ?? `HTTP ${res.status} from ${url}`);
   return body;
 }
 

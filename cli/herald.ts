@@ -333,7 +333,13 @@ secrets
   .option('--json', 'print the secret and its id as JSON')
   .action(async (o: { tenant: string; grace: string; json?: boolean }) => {
     try {
-      const made = await rotateSecret(loadConfig(), o.tenant, parseDuration(o.grace));
+      let graceMs: number;
+      try {
+        graceMs = parseDuration(o.grace);
+      } catch {
+        return fail(new HeraldError('HRL_BAD_REQUEST', `--grace: expected a duration such as 24h, 30m or 0s, got "${o.grace.slice(0, 40)}"`));
+      }
+      const made = await rotateSecret(loadConfig(), o.tenant, graceMs);
       if (o.json) console.log(JSON.stringify({ tenant: o.tenant, id: made.id, secret: made.secret }));
       else {
         console.log(made.secret);

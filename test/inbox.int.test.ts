@@ -36,6 +36,7 @@ async function stream(lastEventId?: string) {
   const res = await fetch(`${h.httpUrl}/v1/users/ivy/inbox/stream`, { headers: { ...AUTH, ...(lastEventId ? { 'last-event-id': lastEventId } : {}) }, signal: ac.signal });
   expect(res.status).toBe(200);
   expect(res.headers.get('content-type')).toBe('text/event-stream');
+  expect(res.headers.get('x-herald-served-by')).toBe(h.config.instanceId);
   const events: (Sse & { at: number })[] = [];
   const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';

@@ -55,3 +55,19 @@ describe('state directory ownership', () => {
   });
 });
 
+
+describe('the HTTP port', () => {
+  it('names HERALD_HTTP_PORT when the port is taken, and how to choose another', async () => {
+    const { createServer } = await import('node:net');
+    const holder = createServer();
+    await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
+    const port = (holder.address() as { port: number }).port;
+    try {
+      await expect(startTestHerald({ stages: ['ingest'], env: { HERALD_HTTP_PORT: String(port), HERALD_HTTP_HOST: '127.0.0.1' } })).rejects.toMatchObject({
+        code: 'HRL_CONFIG_INVALID', message: expect.stringMatching(new RegExp(`^HERALD_HTTP_PORT: 127\\.0\\.0\\.1:${port} is already in use .*HERALD_HTTP_PORT to another port \\(0 picks a free one\\)`)),
+      });
+    } finally {
+      holder.close();
+    }
+  }, 60_000);
+});

@@ -7,7 +7,7 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type HTTPMethods } from 'fastify';
 import { allows, type Principal } from '../auth/keys.ts';
 import { urlRefusal } from '../channels/outbound.ts';
 import { type ErrorCode, HeraldError } from '../errors.ts';
@@ -149,7 +149,13 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     log.error({ err, method: req.method, url: req.routeOptions.url }, 'api error');
     return fail(reply, 500, 'HRL_INTERNAL', 'internal error');
   });
-  app.setNotFoundHandler((req, reply) => fail(reply, 404, 'HRL_NOT_FOUND', `no route ${req.method} ${clip(req.url.split('?')[0] ?? '', 200)}`));
+  app.setNotFoundHandler((req, reply) => {
+    const path = clip(req.url.split('?')[0] ?? '', 200);
+    // A path that exists with other methods: 405 and the ones it takes (RFC 9110), not 404.
+    const allow = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH'].filter((method) => method !== req.method && app.findRoute({ method: method as HTTPMethods, url: req.url.split('?')[0] ?? '' }) !== null);
+    if (allow.length) return fail(reply.header('allow', allow.join(', ')), 405, 'HRL_METHOD_NOT_ALLOWED', `${req.method} ${path}: this path takes ${allow.join(', ')}`);
+    return fail(reply, 404, 'HRL_NOT_FOUND', `no route ${req.method} ${path}`);
+  });
 
   // A worker's API is for forwarded queries: a write here would skip the primary's journal
   // wait and back-pressure, so it is refused before anything else.

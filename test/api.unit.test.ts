@@ -121,6 +121,15 @@ describe('HTTP API on ports', () => {
     }
   });
 
+  it('answers 405 with Allow for a path that exists under other methods, and 404 for one that does not', async () => {
+    const del = await inject({ method: 'DELETE', url: '/v1/events' });
+    expect([del.statusCode, del.headers.allow, del.json().error]).toEqual([405, 'POST', 'HRL_METHOD_NOT_ALLOWED']);
+    const patch = await inject({ method: 'PATCH', url: '/v1/users/ada' });
+    expect([patch.statusCode, patch.json().error]).toEqual([405, 'HRL_METHOD_NOT_ALLOWED']);
+    expect(String(patch.headers.allow).split(', ').sort()).toEqual(['DELETE', 'GET', 'HEAD', 'PUT']);
+    expect((await inject({ method: 'DELETE', url: '/v1/nowhere' })).statusCode).toBe(404);
+  });
+
   it('maps malformed and oversized bodies to documented codes', async () => {
     const bad = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: '{"id":' });
     expect([bad.statusCode, bad.json().error, bad.json().field]).toEqual([400, 'HRL_BAD_REQUEST', 'body']);

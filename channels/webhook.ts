@@ -1,6 +1,6 @@
 /**
  * Webhook channel: POSTs the notification as JSON over HTTP(S), signed with
- * HMAC-SHA256 (`Herald-Signature: t=<unix ms>,v1=<hex>` over `<t>.<body>`, one v1 per live
+ * HMAC-SHA256 (`Herald-Signature: t=<unix seconds>,v1=<hex>` over `<t>.<body>`, Stripe's layout; one v1 per live
  * secret of the task's tenant), with the
  * delivery id as `Idempotency-Key`. 2xx = delivered; 408, 425, 429, 5xx and network
  * errors are retriable; other 4xx are permanent. Destinations pass the outbound policy
@@ -18,23 +18,32 @@ import { guardedLookup, type OutboundPolicy, urlRefusal } from './outbound.ts';
 const mac = (secret: string, timestamp: number, body: string) => createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex');
 
 /**
- * `t=<unix ms>,v1=<hex>[,v1=<hex>]`: one v1 per secret, the newest first. While a secret
+ * `t=<unix seconds>,v1=<hex>[,v1=<hex>]`: one v1 per secret, the newest first (Stripe's
+ * layout, so receivers' existing Stripe-style verifiers and tolerances apply). `nowMs` is
+ * the signing time in milliseconds; the header carries whole seconds. While a secret
  * is being rotated (a tenant's, or HERALD_WEBHOOK_SECRET=new,old) both are valid and both
  * signatures are sent (as Stripe does), so receivers can switch at their own pace.
  */
-export function signWebhook(secrets: string | readonly string[], timestamp: number, body: string): string {
+export function signWebhook(secrets: string | readonly string[], nowMs: number, body: string): string {
   const list = typeof secrets === 'string' ? secretsOf(secrets) : secrets;
+  const timestamp = Math.floor(nowMs / 1000);
   return [`t=${timestamp}`, ...list.map((s) => `v1=${mac(s, timestamp, body)}`)].join(',');
 }
 
 /** HERALD_WEBHOOK_SECRET: one secret, or `new,old` during a rotation. */
 export const secretsOf = (text: string) => text.split(',').map((s) => s.trim()).filter(Boolean);
 
-/** Checks a `Herald-Signature` header against one secret: any v1 may match; `toleranceMs` bounds replay of old requests. */
+/**
+ * Checks a `Herald-Signature` header against one secret: any v1 may match; `toleranceMs`
+ * bounds how far `t` (unix seconds) may be from `now` (milliseconds), so an old request
+ * cannot be replayed.
+ */
 export function verifyWebhookSignature(secret: string, header: string, body: string, now = Date.now(), toleranceMs = 300_000): boolean {
   const pairs = header.split(',').map((p) => p.split('=', 2) as [string, string | undefined]);
-  const t = Number(pairs.find(([k]) => k === 't')?.[1]);
-  if (!Number.isFinite(t) || Math.abs(now - t) > toleranceMs) return false;
+  const raw = pairs.find(([k]) => k === 't')?.[1] ?? '';
+  if (!/^\d{1,12}$/.test(raw)) return false;
+  const t = Number(raw);
+  if (Math.abs(now - t * 1000) > toleranceMs) return false;
   const expected = Buffer.from(mac(secret, t, body), 'hex');
   return pairs.some(([k, v]) => {
     if (k !== 'v1' || !v) return false;

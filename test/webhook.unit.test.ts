@@ -1,4 +1,5 @@
 /** Unit tests of channels/webhook.ts: signatures, and `WebhookChannel.send` against a local HTTP server. */
+import { createHmac } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -25,12 +26,22 @@ function task(address: string, over: Partial<DeliveryTask> = {}): DeliveryTask {
 describe('signWebhook / verifyWebhookSignature', () => {
   const body = JSON.stringify({ deliveryId: 'ntf_1:webhook', body: 'hello' });
 
-  it('produces t=<ms>,v1=<64 hex> and verifies', () => {
+  it('produces t=<unix seconds>,v1=<64 hex> (Stripe\'s layout) and verifies', () => {
     // given a signature made now
     const header = signWebhook(SECRET, NOW, body);
     // then it has the documented shape and verifies against the same body
-    expect(header).toMatch(/^t=1735787045678,v1=[0-9a-f]{64}$/);
+    expect(header).toMatch(/^t=1735787045,v1=[0-9a-f]{64}$/);
     expect(verifyWebhookSignature(SECRET, header, body, NOW)).toBe(true);
+  });
+
+  it('verifies the way a receiver following Stripe\'s scheme does: HMAC-SHA256 of "<t>.<body>", t in seconds', () => {
+    // given a header, checked with nothing but node:crypto, as a receiver written for Stripe-style signatures would
+    const header = signWebhook(SECRET, NOW, body);
+    const parts = Object.fromEntries(header.split(',').map((p) => p.split('=') as [string, string]));
+    const expected = createHmac('sha256', SECRET).update(`${parts.t}.${body}`).digest('hex');
+    // then its v1 matches, and t is within Stripe's default 300 s tolerance of now in seconds
+    expect(parts.v1).toBe(expected);
+    expect(Math.abs(Math.floor(NOW / 1000) - Number(parts.t))).toBeLessThanOrEqual(300);
   });
 
   it('verifies within the replay tolerance', () => {
@@ -61,12 +72,14 @@ describe('signWebhook / verifyWebhookSignature', () => {
   });
 
   it('fails when the timestamp in the header is changed', () => {
-    // given a valid signature whose t= is moved by one millisecond
-    const header = signWebhook(SECRET, NOW, body).replace(`t=${NOW}`, `t=${NOW + 1}`);
+    // given a valid signature whose t= is moved by one second
+    const t = Math.floor(NOW / 1000);
+    const header = signWebhook(SECRET, NOW, body).replace(`t=${t}`, `t=${t + 1}`);
+    expect(header).toContain(`t=${t + 1},`);
     expect(verifyWebhookSignature(SECRET, header, body, NOW)).toBe(false);
   });
 
-  it.each(['', 'garbage', `t=${NOW}`, `v1=${'a'.repeat(64)}`, `t=abc,v1=${'a'.repeat(64)}`, `t=${NOW},v1=zz`])(
+  it.each(['', 'garbage', `t=${NOW / 1000}`, `v1=${'a'.repeat(64)}`, `t=abc,v1=${'a'.repeat(64)}`, `t=${Math.floor(NOW / 1000)},v1=zz`, `t=1e9,v1=${'a'.repeat(64)}`])(
     'fails for a malformed header %j',
     (header) => {
       expect(verifyWebhookSignature(SECRET, header, body, NOW)).toBe(false);

@@ -23,7 +23,7 @@ import type { Logger } from '../runtime/logger.ts';
 import { Metrics } from '../runtime/metrics.ts';
 import { partitionFor } from '../runtime/partitioner.ts';
 import { TopicReader } from '../runtime/reader.ts';
-import { type Emitted, SandboxStage } from '../runtime/sandbox.ts';
+import { type DeadLetter, type Emitted, SandboxStage } from '../runtime/sandbox.ts';
 import type { Serde } from '../schemas/index.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import { STAGE_NAMES, STAGES, type StageName, type TopicKey, topicName, userKey } from '../topology.ts';
@@ -106,7 +106,10 @@ export interface ReplayReport {
   compared: number;
   reproduced: number;
   changes: Change[];
+  /** Records dead-lettered inside the range (after --key and --event). */
   dlq: { offset: string; code: string; reason: string }[];
+  /** Records dead-lettered inside the range that --key or --event cannot be matched to (for example ingest's, keyed by event id, for --key). */
+  dlqHidden: number;
   seconds: number;
 }
 
@@ -162,10 +165,20 @@ export async function replay(c: ClusterClients, config: HeraldConfig, codec: Cod
     }
     return s;
   };
-  const report: ReplayReport = { stages: o.stages, topic, records: { read: 0, inRange: 0 }, decisions: [], counts: {}, compared: 0, reproduced: 0, changes: [], dlq: [], seconds: 0 };
+  const report: ReplayReport = { stages: o.stages, topic, records: { read: 0, inRange: 0 }, decisions: [], counts: {}, compared: 0, reproduced: 0, changes: [], dlq: [], dlqHidden: 0, seconds: 0 };
   /** First decision per stage and notification, inside the range. */
   const firsts = new Map<string, Decision>();
   const wanted = (d: { tenant: string; recipient: string; eventId: string }) => (!o.key || matchesKey(o.key, d.tenant, d.recipient)) && (!o.event || d.eventId === o.event);
+  /** A dead letter is shown when it is the filtered recipient's (a recipient-keyed input) or the filtered event's (events.v1 is keyed by event id). */
+  const deadLetters = (letters: readonly DeadLetter[], inRange: boolean) => {
+    if (!inRange) return;
+    for (const d of letters) {
+      const key = d.key ?? '';
+      const mine = (!o.key || (key.includes('/') && matchesKey(o.key, ...splitKey(key)))) && (!o.event || key === o.event);
+      if (mine) report.dlq.push({ offset: d.offset, code: d.code, reason: d.reason });
+      else report.dlqHidden++;
+    }
+  };
   const take = (events: LifecycleEvent[], inRange: boolean) => {
     if (!inRange) return;
     for (const e of events) {
@@ -190,7 +203,7 @@ export async function replay(c: ClusterClients, config: HeraldConfig, codec: Cod
     const timed = box.hasTimer ? await box.punctuate() : null;
     take(result.outcomes, inRange);
     if (timed) take(timed.outcomes, inRange);
-    if (inRange) for (const d of result.dlq) report.dlq.push({ offset: d.offset, code: d.code, reason: d.reason });
+    deadLetters(result.dlq, inRange);
     const next = o.stages[i + 1];
     if (!next) return;
     const nextInput = STAGES[next].inputs[0] as TopicKey;
@@ -222,7 +235,7 @@ export async function replay(c: ClusterClients, config: HeraldConfig, codec: Cod
           const box = sandbox(first, partition);
           const r = await box.process({ records: [], rejected: decoded.rejected });
           take(r.outcomes, inRange);
-          if (inRange) for (const d of r.dlq) report.dlq.push({ offset: d.offset, code: d.code, reason: d.reason });
+          deadLetters(r.dlq, inRange);
         }
         if (decoded.records.length) await run(0, partition, decoded.records, inRange);
       }

@@ -12,7 +12,7 @@ import type { Processor, StageDeps } from './contract.ts';
 import { type Decoded, processBatch } from './failure-policy.ts';
 
 export interface Emitted { topic: TopicKey; key: string; value: unknown; timestamp: number; headers: Record<string, string> }
-export interface DeadLetter { offset: string; code: string; reason: string; field?: string; headers: Record<string, string>; value: unknown }
+export interface DeadLetter { offset: string; key: string | null; code: string; reason: string; field?: string; headers: Record<string, string>; value: unknown }
 export interface SandboxResult { emitted: Emitted[]; outcomes: LifecycleEvent[]; dlq: DeadLetter[] }
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -60,7 +60,7 @@ export class SandboxStage {
       const h = o.headers ?? {};
       if (o.topicKey === 'outcomes') result.outcomes.push(o.value as LifecycleEvent);
       else if (o.topicKey === 'dlq') {
-        result.dlq.push({ offset: h['herald.source.offset']!, code: h['herald.error.code']!, reason: h['herald.error.reason']!, ...(h['herald.error.field'] ? { field: h['herald.error.field'] } : {}), headers: h, value: o.value });
+        result.dlq.push({ offset: h['herald.source.offset']!, key: o.key ?? null, code: h['herald.error.code']!, reason: h['herald.error.reason']!, ...(h['herald.error.field'] ? { field: h['herald.error.field'] } : {}), headers: h, value: o.value });
       } else result.emitted.push({ topic: o.topicKey, key: o.key, value: o.value, timestamp: o.timestamp, headers: h });
     }
     for (const v of ctx.views.values()) await v.flush(null);

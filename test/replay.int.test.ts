@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Herald } from '../app/herald.ts';
 import type { NotificationView } from '../processors/outcome.ts';
 import type { ReplayReport } from '../replay/replay.ts';
-import { STAGE_NAMES, groupId, topicPlan } from '../topology.ts';
+import { STAGE_NAMES, groupId, topicName, topicPlan } from '../topology.ts';
 import { api, eventually, removeDir, startTestHerald, TEST_KEY } from './support/herald.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
@@ -175,4 +175,29 @@ describe('a decision a table row explains', () => {
     }
     expect(r.reproduced).toBe(r.compared - 5);
   }, 60_000);
+});
+
+describe('dead letters under a filter', () => {
+  it('--event shows that event\'s dead letter, --key shows none it cannot attribute (and says how many it left out)', async () => {
+    // given an undecodable record on events.v1, keyed by its event id, dead-lettered by the live ingest
+    const dlqEnd = async () => (await h.admin.fetchTopicOffsets(topicName(h.config.topicPrefix, 'dlq'))).reduce((n, o) => n + Number(o.high), 0);
+    const before = await dlqEnd();
+    await h.producer.send({ topic: topicName(h.config.topicPrefix, 'events'), acks: -1, messages: [{ key: 'evt_broken1', value: Buffer.from([0xff, 0x00, 0x13]) }] });
+    await eventually(async () => (await dlqEnd()) > before, 30_000);
+    // when ingest is replayed for that event, for a recipient, and unfiltered
+    const forEvent = JSON.parse(await herald('replay', '--stage', 'ingest', '--event', 'evt_broken1', '--format', 'json')) as ReplayReport;
+    const forAda = JSON.parse(await herald('replay', '--stage', 'ingest', '--key', 'acme/ada', '--format', 'json')) as ReplayReport;
+    const all = JSON.parse(await herald('replay', '--stage', 'ingest', '--format', 'json')) as ReplayReport;
+    // then the event's replay shows its dead letter, ada's shows none and counts it as left out
+    expect(forEvent.dlq.map((d) => d.code)).toEqual(['HRL_DECODE_FAILED']);
+    expect(forEvent.dlqHidden).toBe(0);
+    expect(forAda.dlq).toEqual([]);
+    expect(forAda.dlqHidden).toBe(1);
+    expect(forAda.decisions.length).toBeGreaterThan(0);
+    expect(forAda.decisions.every((d) => d.recipient === 'ada')).toBe(true);
+    expect(all.dlq.map((d) => d.offset)).toEqual(forEvent.dlq.map((d) => d.offset));
+    const table = await herald('replay', '--stage', 'ingest', '--key', 'acme/ada');
+    expect(table).toContain('1 more dead-lettered in range, not shown: they cannot be matched to --key/--event');
+    expect(table).not.toContain('dead-lettered offset');
+  }, 90_000);
 });

@@ -43,6 +43,9 @@ export const ERROR_CODES = {
 
 export type ErrorCode = keyof typeof ERROR_CODES;
 
+/** Whether `code` is one of Herald's error codes (a code that crossed a process boundary as a string). */
+export const isErrorCode = (code: string): code is ErrorCode => Object.hasOwn(ERROR_CODES, code);
+
 export interface ErrorWhere {
   stage?: string;
   topic?: string;

@@ -69,8 +69,8 @@ process.on('message', (m: ToWorker) => {
       const log = createLogger(config.logLevel).child({ worker: job.index });
       herald = await startHerald({ config, log, stages: job.stages as StageName[], api: job.api, attach: { ...job, pressure, together } });
       tell({ type: 'ready', url: herald.httpUrl });
-    })().catch((err: Error) => {
-      tell({ type: 'failed', message: err.message });
+    })().catch((err: Error & { code?: unknown }) => {
+      tell({ type: 'failed', message: err.message, ...(typeof err.code === 'string' ? { code: err.code } : {}) });
       process.exit(1);
     });
   }

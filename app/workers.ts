@@ -19,6 +19,7 @@ import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue } fro
 import type { GroupOffsets } from '../embedded/journal.ts';
 import type { Pressure } from '../embedded/persistence.ts';
 import type { Logger } from '../runtime/logger.ts';
+import { HeraldError, isErrorCode } from '../errors.ts';
 
 /** What a worker needs to join the primary's cluster. */
 export interface AttachJob {
@@ -54,7 +55,7 @@ export type FromWorker =
   | { type: 'ready'; url: string | null }
   /** Every member of the worker is about to join its group; it joins on the primary's `join`. */
   | { type: 'joining' }
-  | { type: 'failed'; message: string }
+  | { type: 'failed'; message: string; code?: string }
   | { type: 'report'; id: number; metrics: Metric[]; reasons: string[] };
 
 /** The back-pressure a worker's stages wait on: the primary's journal, as last relayed. */
@@ -163,7 +164,10 @@ export class WorkerPool {
         } else if (m.type === 'joining') {
           if (this.released) this.send(w, { type: 'join' });
           else this.arrive(index);
-        } else if (m.type === 'failed') reject(new Error(`worker ${index}: ${m.message}`));
+        } else if (m.type === 'failed') {
+          // The worker's own code (HRL_STATE_MISMATCH, HRL_CONFIG_INVALID, …) is the primary's answer too.
+          reject(m.code && isErrorCode(m.code) ? new HeraldError(m.code, `worker ${index}: ${m.message}`) : new Error(`worker ${index}: ${m.message}`));
+        }
       });
       // A fork that fails (EAGAIN, ENOMEM) or a kill that fails: handled as the worker's end.
       child.on('error', (err) => {

@@ -4,12 +4,12 @@
  * answer from the primary, /metrics sums both, a restart keeps each process's stores, and
  * the worker goes when the primary does (SIGTERM to npm, or SIGKILL to Herald).
  */
-import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, statSync } from 'node:fs';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { callUrl, eventually, removeDir } from './support/herald.ts';
+import { callUrl, eventually, removeDir, TEST_ENV } from './support/herald.ts';
 import { alive, childrenOf, launcherPids, startWithNpm } from './support/processes.ts';
 import { WebhookReceiver } from './support/webhook-receiver.ts';
 
@@ -133,4 +133,23 @@ describe('herald start with two workers', () => {
       if (second.npm.exitCode === null) second.npm.kill('SIGKILL');
     }
   }, 420_000);
+
+  it('a worker whose state directory holds another cluster\'s stores stops the start with HRL_STATE_MISMATCH, as the primary would', async () => {
+    // given worker 1's directory claimed by another cluster
+    writeFileSync(join(dir, 'state', 'workers', '1', 'CLUSTER_ID'), 'kafka:another-cluster');
+    // when npm start runs on it
+    const npmJs = process.env.npm_execpath;
+    const [cmd, args] = npmJs && npmJs.endsWith('.js') ? [process.execPath, [npmJs, 'start']] : ['npm', ['start']];
+    const npm = spawn(cmd, args, { env: { ...process.env, ...TEST_ENV, ...env, HERALD_HTTP_PORT: '0', HERALD_LOG_LEVEL: 'warn', KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(npm);
+    let out = '';
+    npm.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    npm.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    const code = await new Promise<number | null>((resolve) => npm.on('exit', resolve));
+    // then it exits 1 naming the code, the worker and the way out, and leaves the directory as it was
+    expect(code).toBe(1);
+    expect(out).toMatch(/herald: HRL_STATE_MISMATCH: worker 1: HERALD_STATE_DIR \S+workers\/1: its stores were built against kafka:another-cluster/);
+    expect(out).toContain('npm run herald -- reset');
+    expect(readFileSync(join(dir, 'state', 'workers', '1', 'CLUSTER_ID'), 'utf8')).toBe('kafka:another-cluster');
+  }, 120_000);
 });

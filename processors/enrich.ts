@@ -1,6 +1,8 @@
 /**
  * enrich: joins each request with the recipient's profile and preferences from the
- * global tables. Unknown recipients and inactive ones are DROPPED.
+ * global tables. Unknown recipients and inactive ones are DROPPED. A recipient not found
+ * is looked up again once the tables have read everything written before the request's
+ * timestamp: a profile PUT just before the publish may still be on its way here.
  */
 import { userKey } from '../topology.ts';
 import type { StageFactory } from '../runtime/contract.ts';
@@ -12,6 +14,12 @@ export const enrich: StageFactory<'enrich'> = ({ tables }) => ({
     const recs = batch;
     const ids = recs.map((r) => userKey(r.value.tenant, r.value.recipient));
     const [users, prefs] = await Promise.all([tables.getMany<UserProfile>('users', ids), tables.getMany<UserPreferences>('preferences', ids)]);
+    const missing = [...users.keys()].filter((i) => !users[i]);
+    if (missing.length && tables.catchUp && (await tables.catchUp(['users', 'preferences'], Math.max(...missing.map((i) => recs[i]!.timestamp))))) {
+      const again = missing.map((i) => ids[i]!);
+      const [u, p] = await Promise.all([tables.getMany<UserProfile>('users', again), tables.getMany<UserPreferences>('preferences', again)]);
+      for (const [j, i] of missing.entries()) [users[i], prefs[i]] = [u[j], p[j]];
+    }
     for (const [i, rec] of recs.entries()) {
       const req = rec.value;
       const user = users[i];

@@ -72,6 +72,8 @@ export const ingest: StageFactory<'ingest'> = ({ rules, tables, config }) => ({
       const most = Math.floor(config.maxFanout / matched.length);
       if (ev.audience) {
         const before = recipients.size;
+        // Members added just before the publish may still be on their way to this process.
+        await tables.catchUp?.(['audiences'], rec.timestamp);
         for await (const [, m] of tables.scan<AudienceMember>('audiences', audienceKey(ev.tenant, ev.audience))) {
           if (m.tenant === ev.tenant && m.audience === ev.audience) recipients.add(m.userId);
           if (recipients.size > most) break;

@@ -170,6 +170,13 @@ export interface TableLookup {
   getMany<T>(table: TableName, keys: string[]): Promise<(T | undefined)[]>;
   /** Rows whose key starts with `prefix`, in key order, streamed. */
   scan<T>(table: TableName, prefix: string): AsyncIterable<[string, T]>;
+  /**
+   * Waits until `tables` hold every record written to them before `stampedAt` (a record's
+   * timestamp), or a bound passes; true when they do. For a lookup that found nothing:
+   * an update written just before the record (PUT a user, then publish) may still be on
+   * its way to this process.
+   */
+  catchUp?(tables: readonly TableName[], stampedAt: number): Promise<boolean>;
 }
 
 export type StageFactory<S extends StageName = StageName> = (deps: StageDeps) => Processor<S>;

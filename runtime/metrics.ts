@@ -18,6 +18,7 @@ export class Metrics {
   readonly restoreDuration: Histogram<'stage' | 'store'>;
   readonly tableRecords: Counter<'table'>;
   readonly tableSkipped: Counter<'table' | 'code'>;
+  readonly tableCatchUps: Counter<'table' | 'result'>;
   readonly deliveries: Counter<'channel' | 'result'>;
   readonly deliveryLatency: Histogram<'channel'>;
   readonly throttleDecisions: Counter<'decision'>;
@@ -80,6 +81,7 @@ export class Metrics {
     this.restored = new Counter({ name: 'herald_state_restore_records_total', help: 'Changelog records applied while restoring stores.', labelNames: ['stage', 'store'], registers: [r] });
     this.restoreDuration = new Histogram({ name: 'herald_state_restore_duration_seconds', help: 'Time to restore one store partition from its changelog.', labelNames: ['stage', 'store'], buckets: [0.01, 0.1, 0.5, 1, 5, 15, 60, 300], registers: [r] });
     this.tableRecords = new Counter({ name: 'herald_table_records_total', help: 'Records applied to global tables.', labelNames: ['table'], registers: [r] });
+    this.tableCatchUps = new Counter({ name: 'herald_table_catch_ups_total', help: 'Lookups that found no row and waited for a global table to read up to its end offsets first (a row written just before the record), by table and result: caught_up or timed_out.', labelNames: ['table', 'result'], registers: [r] });
     this.tableSkipped = new Counter({ name: 'herald_table_records_skipped_total', help: 'Records of global tables skipped because their value is neither Avro nor JSON that fits the table\'s schema (logged with offset and reason), by table and error code.', labelNames: ['table', 'code'], registers: [r] });
     this.deliveries = new Counter({ name: 'herald_deliver_attempts_total', help: 'Channel calls by channel and result.', labelNames: ['channel', 'result'], registers: [r] });
     this.fusedQueued = new Gauge({ name: 'herald_fused_queued_batches', help: 'Fused stages: batches handed over by the stage before and not handled yet.', labelNames: ['stage'], registers: [r] });

@@ -18,10 +18,23 @@ import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
 import { TopicReader, startOffsets } from './reader.ts';
 
+/** How long a lookup waits for a table to catch up (the embedded broker answers a waiting table fetch only after 250 ms). */
+const CATCH_UP_MS = 2_000;
+/** How long catch-ups pause after one timed out. */
+const CATCH_UP_QUIET_MS = 60_000;
+
 export class GlobalTables implements TableLookup {
   private readonly stores = new Map<string, KeyValueStore>();
   private readonly readers: TopicReader[] = [];
   private readonly caught = new Set<string>();
+  /** Per table and partition, the last offset applied to the store. */
+  private readonly applied = new Map<TableName, Map<number, bigint>>();
+  /** Catch-ups waiting for the readers: the last offset each partition must reach. */
+  private waiters: { table: TableName; target: Map<number, bigint>; done: () => void }[] = [];
+  /** Per table, the latest catch-up: when its end offsets were read, and whether it got there. */
+  private readonly syncs = new Map<TableName, { since: number; reached: Promise<boolean> }>();
+  /** After a catch-up that timed out, none is tried until then (a partition whose last offset no reader sees, such as a transaction marker). */
+  private quietUntil = 0;
   private readonly kafka: Kafka;
   private readonly admin: Admin;
   private readonly serde: Serde;
@@ -50,9 +63,12 @@ export class GlobalTables implements TableLookup {
     const topic = topicName(this.config.topicPrefix, table);
     const schema = TOPICS[table].schema as SchemaName;
     const from = new Map<number, bigint>();
+    const positions = new Map<number, bigint>();
+    this.applied.set(table, positions);
     for (const [p, low] of await startOffsets(this.admin, topic)) {
       const cp = await store.checkpoint(p);
       from.set(p, cp === null || cp + 1n < low ? low : cp + 1n);
+      positions.set(p, from.get(p)! - 1n);
     }
     let applied = 0;
     const reader = new TopicReader(this.kafka, this.admin, {
@@ -77,7 +93,10 @@ export class GlobalTables implements TableLookup {
             }
           }
         }
-        await store.restore(records, BigInt(messages.at(-1)!.offset), partition);
+        const last = BigInt(messages.at(-1)!.offset);
+        await store.restore(records, last, partition);
+        positions.set(partition, last);
+        if (this.waiters.length) this.wake();
         applied += messages.length;
         this.metrics.tableRecords.inc({ table }, messages.length);
       },
@@ -99,6 +118,63 @@ export class GlobalTables implements TableLookup {
       throw new HeraldError('HRL_DECODE_FAILED', `neither Avro (magic byte 0) nor JSON: ${(err as Error).message}`);
     }
     return validate(schema, parsed);
+  }
+
+  /**
+   * Waits, at most CATCH_UP_MS, until `tables` hold every record written to them before
+   * `stampedAt`: their end offsets are read (one ListOffsets per table, shared by every
+   * caller stamped before it was sent) and the readers followed up to them. Kafka Streams
+   * bounds the same wait, for a stream joined with a table, with max.task.idle.ms. A
+   * record stamped before the latest catch-up needs no other. Resolves true when the tables
+   * got there, false when the bound passed or the end offsets could not be read.
+   */
+  async catchUp(tables: readonly TableName[], stampedAt: number): Promise<boolean> {
+    if (Date.now() < this.quietUntil) return false;
+    const reached = await Promise.all(tables.map((t) => {
+      const last = this.syncs.get(t);
+      if (last && last.since >= stampedAt) return last.reached;
+      const sync = { since: Date.now(), reached: this.sync(t) };
+      this.syncs.set(t, sync);
+      return sync.reached;
+    }));
+    return reached.every(Boolean);
+  }
+
+  private async sync(table: TableName): Promise<boolean> {
+    const started = performance.now();
+    let ends: Awaited<ReturnType<Admin['fetchTopicOffsets']>>;
+    try {
+      ends = await this.admin.fetchTopicOffsets(topicName(this.config.topicPrefix, table));
+    } catch (err) {
+      this.log.warn({ table, err: (err as Error).message }, 'table catch-up: its end offsets could not be read; looking up as it is');
+      return false;
+    }
+    const target = new Map(ends.filter((o) => BigInt(o.high) > BigInt(o.low)).map((o) => [o.partition, BigInt(o.high) - 1n]));
+    const there = await new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        resolve(false);
+      }, CATCH_UP_MS);
+      const waiter = { table, target, done: () => (clearTimeout(timer), resolve(true)) };
+      this.waiters.push(waiter);
+      this.wake();
+    });
+    this.metrics.tableCatchUps.inc({ table, result: there ? 'caught_up' : 'timed_out' });
+    if (!there) {
+      this.quietUntil = Date.now() + CATCH_UP_QUIET_MS;
+      this.log.warn({ table, waitedMs: CATCH_UP_MS, pausedMs: CATCH_UP_QUIET_MS }, 'table catch-up: the reader did not reach the end offsets in time; lookups go on without waiting for a while');
+    } else this.log.debug({ table, ms: Number((performance.now() - started).toFixed(1)) }, 'table caught up for a lookup');
+    return there;
+  }
+
+  /** Resolves the catch-ups whose tables have reached their targets. */
+  private wake(): void {
+    this.waiters = this.waiters.filter((w) => {
+      const applied = this.applied.get(w.table);
+      const there = [...w.target].every(([p, last]) => (applied?.get(p) ?? -1n) >= last);
+      if (there) w.done();
+      return !there;
+    });
   }
 
   private store(table: TableName): KeyValueStore {
@@ -124,6 +200,7 @@ export class GlobalTables implements TableLookup {
   }
 
   async stop(): Promise<void> {
+    this.quietUntil = Infinity;
     await Promise.all(this.readers.map((r) => r.stop()));
     for (const s of this.stores.values()) await s.close();
     this.stores.clear();

@@ -40,6 +40,38 @@ async function terminal(id: string, count = 1): Promise<NotificationView> {
 }
 
 describe('end-to-end through the HTTP API', () => {
+  it('a profile PUT right before the publish is there when enrich looks the recipient up (it is not dropped as unknown)', async () => {
+    // given users created and, at once, without waiting for GET /v1/users to see them, sent an event
+    const ids: string[] = [];
+    for (const u of ['fresh-1', 'fresh-2', 'fresh-3']) {
+      expect((await api(h, 'PUT', `/v1/users/${u}`, { name: u, webhookUrl: `${hooks.url}/${u}` })).status).toBe(202);
+      const res = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', recipients: [u], actor: 'linus', data: { commentId: `c-${u}`, documentTitle: 'Plan', excerpt: 'hi' } });
+      expect(res.status).toBe(202);
+      ids.push(res.body.notifications[0]!.notificationId);
+    }
+    // then each one is delivered, and enrich says it joined the profile
+    for (const id of ids) {
+      const view = await terminal(id);
+      expect(view.terminal).toEqual(['webhook:DELIVERED']);
+      expect(view.events.find((e) => e.stage === 'enrich')).toMatchObject({ status: 'ENRICHED' });
+    }
+    // and a recipient nobody created is still dropped as unknown
+    const nobody = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', recipients: ['never-created'], actor: 'linus', data: { commentId: 'c-n', documentTitle: 'Plan', excerpt: 'hi' } });
+    const dropped = await eventually(async () => {
+      const r = await lifecycle(nobody.body.notifications[0]!.notificationId);
+      return r.status === 200 && r.body.status === 'DROPPED' ? r.body : false;
+    });
+    expect(dropped.events.find((e) => e.stage === 'enrich')).toMatchObject({ reasonCode: 'unknown_recipient' });
+  });
+
+  it('audience members added right before the publish are all notified', async () => {
+    for (const u of ['aud-1', 'aud-2']) expect((await api(h, 'PUT', `/v1/users/${u}`, { name: u, webhookUrl: `${hooks.url}/${u}` })).status).toBe(202);
+    expect((await api(h, 'PUT', '/v1/audiences/reviewers-now/members', { add: ['aud-1', 'aud-2'] })).status).toBe(202);
+    const res = await api<{ eventId: string }>(h, 'POST', '/v1/events', { type: 'comment.created', audience: 'reviewers-now', actor: 'linus', data: { commentId: 'c-aud', documentTitle: 'Plan', excerpt: 'hi' } });
+    expect(res.status).toBe(202);
+    for (const u of ['aud-1', 'aud-2']) await eventually(() => hooks.received.some((r) => r.path === `/${u}`), 30_000);
+  });
+
   it('delivers email over SMTP to the embedded sink and shows it in the dev mailbox, next to the webhook', async () => {
     expect((await api(h, 'PUT', '/v1/users/mia', { name: 'Mia', email: 'mia@example.com', webhookUrl: `${hooks.url}/mia` })).status).toBe(202);
     await eventually(async () => (await api(h, 'GET', '/v1/users/mia')).status === 200);

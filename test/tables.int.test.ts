@@ -123,4 +123,30 @@ describe('global tables', () => {
       removeDir(h.stateDir);
     }
   });
+
+  it('catch up on demand: a row written just before a record is found once the table has read to its end offsets', async () => {
+    const h = await startTestHerald({ env });
+    try {
+      const kafka = createKafka(loadConfig({ ...TEST_ENV, KAFKA_BROKERS: broker.bootstraps }), broker.bootstraps, createLogger('silent'));
+      const producer = createProducer(kafka);
+      await producer.connect();
+      // given a profile written (acked) just now, and a record stamped after it
+      await producer.send({ topic: USERS, acks: -1, messages: [{ key: userKey('acme', 'just-now'), value: JSON.stringify({ userId: 'just-now', tenant: 'acme', name: 'Now' }) }] });
+      await producer.disconnect();
+      const stamped = Date.now();
+      // when a lookup catches the table up first, then it finds the row
+      expect(await h.tables.catchUp(['users'], stamped)).toBe(true);
+      expect((await h.tables.getMany<Record<string, unknown>>('users', [userKey('acme', 'just-now')]))[0]).toMatchObject({ name: 'Now' });
+      const syncs = async () => Number(/table="users",result="caught_up"\} (\d+)/.exec(await h.metrics.registry.getSingleMetricAsString('herald_table_catch_ups_total'))?.[1] ?? 0);
+      expect(await syncs()).toBe(1);
+      // and a record stamped before that catch-up needs no other (no second ListOffsets); one stamped later does
+      expect(await h.tables.catchUp(['users'], stamped - 1)).toBe(true);
+      expect(await syncs()).toBe(1);
+      expect(await h.tables.catchUp(['users'], Date.now() + 1)).toBe(true);
+      expect(await syncs()).toBe(2);
+    } finally {
+      await h.stop();
+      removeDir(h.stateDir);
+    }
+  });
 });

@@ -47,6 +47,8 @@ export function kafkaProfiles(producer: { send: Send }, serde: Serde, tables: Gl
       await producer.send({ topic: t('users'), acks: -1, messages: [{ key: userKey(tenant, userId), value: null }] });
     },
     async getUser(tenant: string, userId: string) {
+      // Reads see every write acknowledged before them (a PUT, then a GET).
+      await tables.catchUp(['users'], Date.now());
       const [user] = await tables.getMany<UserProfile>('users', [userKey(tenant, userId)]);
       return user && user.tenant === tenant ? user : undefined;
     },
@@ -63,6 +65,7 @@ export function kafkaProfiles(producer: { send: Send }, serde: Serde, tables: Gl
     },
     async audienceMembers(tenant, audience, limit, after) {
       if (!tables.has('audiences')) return null;
+      await tables.catchUp(['audiences'], Date.now());
       const members: string[] = [];
       const from = after === undefined ? null : audienceKey(tenant, audience, after);
       for await (const [key, m] of tables.scan<AudienceMember>('audiences', audienceKey(tenant, audience))) {

@@ -64,6 +64,15 @@ describe('end-to-end through the HTTP API', () => {
     expect(dropped.events.find((e) => e.stage === 'enrich')).toMatchObject({ reasonCode: 'unknown_recipient' });
   });
 
+  it('a GET right after a PUT reads it (profiles and audience members)', async () => {
+    expect((await api(h, 'PUT', '/v1/users/read-after', { name: 'Rae', webhookUrl: `${hooks.url}/read-after` })).status).toBe(202);
+    const user = await api<{ name: string }>(h, 'GET', '/v1/users/read-after');
+    expect(user.status).toBe(200);
+    expect(user.body.name).toBe('Rae');
+    expect((await api(h, 'PUT', '/v1/audiences/read-after/members', { add: ['m1', 'm2'] })).status).toBe(202);
+    expect((await api<{ members: string[] }>(h, 'GET', '/v1/audiences/read-after/members')).body.members).toEqual(['m1', 'm2']);
+  });
+
   it('audience members added right before the publish are all notified', async () => {
     for (const u of ['aud-1', 'aud-2']) expect((await api(h, 'PUT', `/v1/users/${u}`, { name: u, webhookUrl: `${hooks.url}/${u}` })).status).toBe(202);
     expect((await api(h, 'PUT', '/v1/audiences/reviewers-now/members', { add: ['aud-1', 'aud-2'] })).status).toBe(202);

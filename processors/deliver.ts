@@ -39,6 +39,8 @@ export interface HeldRetry {
 
 /** A lease outlives its call's timeout by this much before the attempt is made again. */
 const LEASE_MARGIN_MS = 5000;
+/** How long a clean stop waits for calls that outlived their batch's wait (see `settle`). */
+const SETTLE_ON_STOP_MS = 10_000;
 /** Held retries released per timer run; the rest wait for the next run. */
 const RELEASE_LIMIT = 500;
 
@@ -217,7 +219,19 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
   // Calls under way, by delivery and attempt: a batch run again while one is in flight joins it.
   const inflight = new Map<string, Promise<SendResult>>();
   // Calls that outlived their batch's wait (a slow or hanging endpoint): settled by the timer.
-  const detached = new Map<string, { item: Item; probe: boolean; startedAt: number; result: SendResult | null }>();
+  const detached = new Map<string, { item: Item; probe: boolean; startedAt: number; result: SendResult | null; answered: Promise<void> }>();
+
+  /** Records the answers detached calls have had, and lets their leases go. */
+  function settleAnswered(ctx: StageContext<'deliver'>, wallClock: number): void {
+    const retries = ctx.store('retries');
+    noteAnswers([...detached.values()].map((d) => [d.item, d.result]), wallClock);
+    for (const [key, d] of detached) {
+      if (!d.result) continue;
+      detached.delete(key);
+      retries.delete(key);
+      settle(ctx, d.item, d.result, d.probe, d.startedAt);
+    }
+  }
 
   async function call(task: DeliveryTask): Promise<SendResult> {
     const key = `${task.deliveryId}#${task.attempt}`;
@@ -320,9 +334,9 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     const retries = ctx.store('retries');
     for (const item of send.filter((i) => !outcomes.has(i))) {
       const key = retryKey(item.task);
-      const entry = { item, probe: probes.has(item), startedAt: now0, result: null as SendResult | null };
+      const entry = { item, probe: probes.has(item), startedAt: now0, result: null as SendResult | null, answered: Promise.resolve() };
+      entry.answered = call(item.task).then((r) => void (entry.result = r));
       detached.set(key, entry);
-      void call(item.task).then((r) => (entry.result = r));
       hold(retries, key, now0 + config.deliveryTimeoutMs + LEASE_MARGIN_MS, { task: item.task, cause: item.cause, lease: true } satisfies HeldRetry);
     }
     for (const { cause, task } of expired) {
@@ -414,6 +428,26 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       if (ready.length) await attempt(ready, ctx);
     },
 
+    /**
+     * A clean stop: calls still running past their batch's wait get up to their timeout (at
+     * most SETTLE_ON_STOP_MS) to answer, and their results are recorded, so the restart does
+     * not call again what was delivered. A call that does not answer by then keeps its lease:
+     * the restart makes the attempt again, as after a crash.
+     */
+    async settle(ctx) {
+      if (detached.size === 0) return;
+      let bound: ReturnType<typeof setTimeout> | undefined;
+      const waited = Date.now();
+      await Promise.race([
+        Promise.all([...detached.values()].map((d) => d.answered)),
+        new Promise<void>((r) => (bound = setTimeout(r, Math.min(config.deliveryTimeoutMs, SETTLE_ON_STOP_MS)))),
+      ]);
+      clearTimeout(bound);
+      const open = [...detached.values()].filter((d) => !d.result).length;
+      ctx.log.info({ answered: detached.size - open, unanswered: open, ms: Date.now() - waited }, 'stopping: calls under way answered and recorded; unanswered ones are attempted again after the restart');
+      settleAnswered(ctx, ctx.wallClock());
+    },
+
     async punctuate(ctx, { wallClock }) {
       const retries = ctx.store('retries');
       // Results past their retention go: a bounded sweep, again at the next run while a sweep
@@ -428,13 +462,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         }
       }
       // Detached calls that have answered: their results are recorded and their leases let go.
-      noteAnswers([...detached.values()].map((d) => [d.item, d.result]), wallClock);
-      for (const [key, d] of detached) {
-        if (!d.result) continue;
-        detached.delete(key);
-        retries.delete(key);
-        settle(ctx, d.item, d.result, d.probe, d.startedAt);
-      }
+      settleAnswered(ctx, wallClock);
       if (nextDue !== undefined && nextDue > wallClock) return;
       const due = await retries.due<HeldRetry>(wallClock, RELEASE_LIMIT);
       if (due.length === 0) {

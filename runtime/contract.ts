@@ -145,6 +145,13 @@ export interface Processor<S extends StageName = StageName> {
    * stage can record a REJECTED decision where an id can still be derived.
    */
   rejected?(record: UndecodedRecord, error: DeadLetterError, ctx: StageContext<S>): void;
+  /**
+   * Called once when the process stops cleanly, after the partition's last batch and
+   * before its last commit, under the partition lock: the stage finishes what it started
+   * outside a batch (deliver: calls still running past their batch's wait), within a bound
+   * of its own, and records it; its outputs are produced like a timer's.
+   */
+  settle?(ctx: StageContext<S>, time: { wallClock: number; streamTime: number }): Promise<void>;
   /** Called when the partition is revoked or the process stops. */
   close?(): Promise<void>;
 }

@@ -202,6 +202,16 @@ export class PartitionTask {
     await this.complete(ctx, null, null);
   }
 
+  /** A clean stop: the processor's `settle`, under the lock, completed like a punctuation (see Processor.settle). */
+  async settle(): Promise<void> {
+    if (!this.processor.settle || this.closed) return;
+    await this.run(async () => {
+      const ctx = this.context();
+      await this.processor.settle!(ctx, { wallClock: this.o.clock(), streamTime: this.streamTime });
+      await this.complete(ctx, null, null);
+    });
+  }
+
   /** Stops the timers, waits for the running batch or punctuation, closes the processor and the stores. */
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);

@@ -448,6 +448,12 @@ export class StageRunner {
       await step('batches in flight', async () => {
         for (const task of await this.tasks.all()) await task.idle();
       });
+      // What a stage started outside its batches (deliver's calls past their batch's wait)
+      // is finished and recorded before the last commit, so a clean stop leaves no call for
+      // the restart to make again.
+      await step('work under way', async () => {
+        await Promise.all((await this.tasks.all()).map((task) => task.settle().catch((err: unknown) => this.log.warn({ err, partition: task.partition }, 'settling work under way failed; the restart takes it up'))));
+      });
       await step('offset commit', () => this.offsets.commit(c));
       this.consumer = null;
       // A member told to rejoin (another member left: the other processes stop too) waits

@@ -6,8 +6,10 @@ export interface Received { path: string; headers: IncomingHttpHeaders; body: st
 
 export class WebhookReceiver {
   readonly received: Received[] = [];
-  /** Status codes (or status and headers, or 'hang': never answer) per path, before falling back to 204. */
-  readonly script = new Map<string, (number | [number, Record<string, string>] | 'hang')[]>();
+  /** Status codes (or status and headers, 'hang': never answer, or a 204 after a delay) per path, before falling back to 204. */
+  readonly script = new Map<string, (number | [number, Record<string, string>] | 'hang' | { delayMs: number })[]>();
+  /** Requests answered (their response finished). */
+  answered = 0;
   /** Requests left hanging (answered by nobody until `stop`). */
   hanging = 0;
   /** Arrival time of each request, ms. */
@@ -29,8 +31,12 @@ export class WebhookReceiver {
           res.on('close', () => this.hanging--);
           return;
         }
+        if (typeof next === 'object' && !Array.isArray(next)) {
+          setTimeout(() => res.writeHead(204).end(() => this.answered++), next.delayMs);
+          return;
+        }
         const [status, headers] = Array.isArray(next) ? next : [next, {}];
-        res.writeHead(status, headers).end();
+        res.writeHead(status, headers).end(() => this.answered++);
       });
     });
     await new Promise<void>((r) => this.server!.listen(0, host, r));

@@ -87,6 +87,8 @@ export interface Herald {
   readiness(): { ready: boolean; reasons: string[] };
   /** The worker processes (`--workers`), when there are any. */
   workers: WorkerPool | null;
+  /** The first half of a stop: every stage stops consuming, finishes, settles and commits, and stays in its groups (see StageRunner.quiesce). `stop` does it too. */
+  quiesce(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -270,6 +272,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       cleanups.push(() => d.stop(groups));
     }
     let closed = false;
+    let quiesced: Promise<void> | null = null;
+    let quiesce: () => Promise<void> = async () => undefined;
     const pressure = (): string | null => {
       const p = durable?.pressure();
       return p ? `${p.group} has ${p.records} records (~${Math.round(p.bytes / 1024)} KiB as the broker counts them) unread on ${p.topic}[${p.partition}] (limit ${Math.round(config.embeddedMaxUnreadBytes / 1024)} KiB${p.held !== undefined ? `, or half of the ${p.held} records the broker holds` : ''})` : null;
@@ -398,22 +402,30 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     created();
     // --workers (below): declared here, so the stop step below can see them.
     let workers: WorkerPool | null = null;
-    cleanups.push(async () => {
-      // A fused run stops in order: a stage stops after the one that hands it records.
-      const stopping = new Map<StageName, Promise<void>>();
-      const stop = (stage: StageName): Promise<void> => {
-        const known = stopping.get(stage);
+    /** Runs `fn` on every runner; a fused run in order: a stage after the one that hands it records. */
+    const inOrder = (fn: (r: StageRunner) => Promise<void>) => {
+      const started = new Map<StageName, Promise<void>>();
+      const go = (stage: StageName): Promise<void> => {
+        const known = started.get(stage);
         if (known) return known;
         const run = runOf(stage);
         const before = run[run.indexOf(stage) - 1];
-        const p = (before && runners.has(before) ? stop(before) : Promise.resolve()).then(() => runners.get(stage)!.stop());
-        stopping.set(stage, p);
+        const p = (before && runners.has(before) ? go(before) : Promise.resolve()).then(() => fn(runners.get(stage)!));
+        started.set(stage, p);
         return p;
       };
+      return Promise.allSettled([...runners.keys()].map(go));
+    };
+    // Every process finishes, settles and commits before any member leaves its groups: a
+    // leave starts a rebalance, and a commit made during one is refused (the records since
+    // the last commit would run again after the restart).
+    quiesce = () => (quiesced ??= Promise.allSettled([workers?.quiesce() ?? Promise.resolve(), inOrder((r) => r.quiesce())]).then(() => undefined));
+    cleanups.push(async () => {
+      await quiesce();
       // The workers stop with the primary's stages, so no partition moves in between; and
       // all of them are waited for, even if one fails, before the broker goes.
-      const stopped = await Promise.allSettled([workers?.stop() ?? Promise.resolve(), ...[...runners.keys()].map(stop)]);
-      const failed = stopped.find((r) => r.status === 'rejected');
+      const stopped = await Promise.allSettled([workers?.stop() ?? Promise.resolve(), inOrder((r) => r.stop())]);
+      const failed = [...stopped, ...(stopped[1]?.status === 'fulfilled' ? stopped[1].value : [])].find((r) => r.status === 'rejected');
       if (failed) throw failed.reason;
     });
     // --workers: N-1 more members of every group, in processes of their own.
@@ -448,6 +460,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       config, brokers, registryUrl, httpUrl: null, broker, kafka, admin, producer, serde, rules, tables, runners, directory, metrics, log, api: null, devKey, workers,
       isReady: () => ready,
       readiness: () => { const r = health.readiness(); return { ready: r.ready, reasons: (r.reasons as string[] | undefined) ?? [] }; },
+      quiesce: () => quiesce(),
       stop: async () => {
         ready = false;
         closed = true;

@@ -29,6 +29,8 @@ const together = () => {
   return Promise.race([joinSignal, new Promise<void>((resolve) => setTimeout(resolve, JOIN_SIGNAL_MS).unref())]);
 };
 let herald: Herald | null = null;
+/** How long a worker given SIGTERM waits for the primary's word before it stops by itself. */
+const SIGTERM_ALONE_MS = 10_000;
 let stopping: Promise<void> | null = null;
 
 const stop = (why: string, withinMs: number) => {
@@ -46,7 +48,10 @@ const stop = (why: string, withinMs: number) => {
 process.on('message', (m: ToWorker) => {
   if (m.type === 'pressure') pressure.update(m.hot);
   else if (m.type === 'join') joinNow();
-  else if (m.type === 'stop') void stop('asked by the primary', 25_000);
+  else if (m.type === 'quiesce') {
+    const h = herald;
+    void (h ? h.quiesce() : Promise.resolve()).catch((err: unknown) => h?.log.warn({ err }, 'quiescing failed; stopping anyway')).then(() => tell({ type: 'quiesced' }));
+  } else if (m.type === 'stop') void stop('asked by the primary', 25_000);
   else if (m.type === 'report') {
     const h = herald;
     if (!h) return tell({ type: 'report', id: m.id, metrics: [], reasons: ['starting'] });
@@ -77,6 +82,12 @@ process.on('message', (m: ToWorker) => {
 });
 // The primary is gone (stopped, or killed with SIGKILL): stop too, quickly (its broker is gone with it).
 process.on('disconnect', () => void stop('the primary is gone', 5_000));
-process.on('SIGTERM', () => void stop('SIGTERM', 25_000));
+// SIGTERM to the whole group (systemd's control-group stop) reaches the primary too, and the
+// primary stops its workers in step (every process commits before any member leaves). A
+// SIGTERM to this worker alone stops it if the primary has not begun within a while.
+process.on('SIGTERM', () => {
+  if (!process.connected) return void stop('SIGTERM', 25_000);
+  setTimeout(() => void stop('SIGTERM (the primary did not stop this worker first)', 25_000), SIGTERM_ALONE_MS).unref();
+});
 process.on('SIGINT', () => undefined); // Ctrl-C reaches the whole process group: the primary decides.
 process.on('SIGHUP', () => undefined); // So does a terminal's hangup.

@@ -49,12 +49,15 @@ export type ToWorker =
   | { type: 'pressure'; hot: Pressure[] }
   | { type: 'report'; id: number; withMetrics: boolean }
   | { type: 'join' }
+  /** Finish, settle and commit, staying in the groups; answered with `quiesced`. */
+  | { type: 'quiesce' }
   | { type: 'stop' };
 
 export type FromWorker =
   | { type: 'ready'; url: string | null }
   /** Every member of the worker is about to join its group; it joins on the primary's `join`. */
   | { type: 'joining' }
+  | { type: 'quiesced' }
   | { type: 'failed'; message: string; code?: string }
   | { type: 'report'; id: number; metrics: Metric[]; reasons: string[] };
 
@@ -75,6 +78,8 @@ interface Worker { index: number; child: ChildProcess; ready: boolean; url: stri
 
 /** How long a worker has to stop after it is asked, before it is killed. */
 const STOP_MS = 20_000;
+/** How long the primary waits for a worker to quiesce (its calls under way get up to 10 s). */
+const QUIESCE_MS = 12_000;
 /** How long a report (metrics, readiness) may take before the worker is reported unanswering. */
 const REPORT_MS = 2_000;
 /** How long a worker may take to be ready (it joins every group; see the README on the embedded broker). */
@@ -270,6 +275,33 @@ export class WorkerPool {
     const { metrics } = await this.reports();
     const registry = AggregatorRegistry.aggregate([own, ...metrics.filter((m) => m.length)]);
     return { contentType: registry.contentType, body: await registry.metrics() };
+  }
+
+  /**
+   * Asks every worker to quiesce (finish its batches, settle calls under way and commit,
+   * staying in its groups) and waits for each to say so, or to exit, at most QUIESCE_MS.
+   */
+  async quiesce(): Promise<void> {
+    this.stopping = true;
+    await Promise.all([...this.workers.values()].map((w) => new Promise<void>((resolve) => {
+      if (w.exited || !w.child.connected) return resolve();
+      const finish = () => {
+        clearTimeout(timer);
+        w.child.off('message', on);
+        w.child.off('exit', finish);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.o.log.warn({ worker: w.index, waitedMs: QUIESCE_MS }, 'a worker did not quiesce in time; stopping it anyway');
+        finish();
+      }, QUIESCE_MS);
+      const on = (m: FromWorker) => {
+        if (m.type === 'quiesced') finish();
+      };
+      w.child.on('message', on);
+      w.child.once('exit', finish);
+      this.send(w, { type: 'quiesce' });
+    })));
   }
 
   /** Asks every worker to stop (they finish their batches and commit), killing any that take longer than STOP_MS. */

@@ -421,23 +421,44 @@ export class StageRunner {
     return this.tasks.stores(name);
   }
 
+  private quiescing: Promise<Consumer | null> | null = null;
+
+  /**
+   * The first half of a stop: consuming stops, in-flight batches and punctuations finish,
+   * work under way is settled, and their offsets are committed; the member stays in its
+   * group. Every process of an instance quiesces before any member leaves, so no commit
+   * meets the rebalance another member's leave starts.
+   */
+  quiesce(): Promise<void> {
+    this.quiescing ??= this.quiesceNow();
+    return this.quiescing.then(() => undefined);
+  }
+
   /** Stops consuming: in-flight batches and punctuations finish, their offsets are committed, then stores close. */
   async stop(): Promise<void> {
+    this.quiescing ??= this.quiesceNow();
+    const c = await this.quiescing;
+    await this.leave(c);
+  }
+
+  /** One step of a stop; one that takes long is reported, so a slow stop says where it waited. */
+  private async step<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const t0 = Date.now();
+    const waiting = setTimeout(() => this.log.warn({ step: name }, 'stopping the stage: still waiting after 1 s'), 1000).unref();
+    try {
+      return await fn();
+    } finally {
+      clearTimeout(waiting);
+      const ms = Date.now() - t0;
+      if (ms >= 1000) this.log.warn({ step: name, ms }, 'a step of stopping the stage took long');
+    }
+  }
+
+  private async quiesceNow(): Promise<Consumer | null> {
     this.stopped = true;
     this.member = 'stopped';
     if (this.commitTimer) clearInterval(this.commitTimer);
-    // Each step of a stop that takes long is reported, so a slow stop says where it waited.
-    const step = async <T>(name: string, fn: () => Promise<T>): Promise<T> => {
-      const t0 = Date.now();
-      const waiting = setTimeout(() => this.log.warn({ step: name }, 'stopping the stage: still waiting after 1 s'), 1000).unref();
-      try {
-        return await fn();
-      } finally {
-        clearTimeout(waiting);
-        const ms = Date.now() - t0;
-        if (ms >= 1000) this.log.warn({ step: name, ms }, 'a step of stopping the stage took long');
-      }
-    };
+    const step = this.step.bind(this);
     await step('fused hand-overs', async () => this.fused?.stop());
     await step('consumer restart', () => this.restarting);
     const c = this.consumer;
@@ -456,6 +477,13 @@ export class StageRunner {
       });
       await step('offset commit', () => this.offsets.commit(c));
       this.consumer = null;
+    }
+    return c;
+  }
+
+  private async leave(c: Consumer | null): Promise<void> {
+    const step = this.step.bind(this);
+    if (c) {
       // A member told to rejoin (another member left: the other processes stop too) waits
       // in JoinGroup until the rebalance completes, and kafkajs leaves only after that; the
       // embedded broker holds a JoinGroup for the session timeout less a second, whoever has

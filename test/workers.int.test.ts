@@ -106,12 +106,18 @@ describe('herald start with two workers', () => {
     expect(write.status).toBe(421);
     expect(write.body).toMatchObject({ error: 'HRL_WORKER_READ_ONLY' });
 
-    // SIGTERM to npm, as a process manager sends it: both processes stop, cleanly.
+    // SIGTERM to npm, as a process manager sends it, while both processes have records to
+    // commit (events for nobody: dropped at enrich): both stop, cleanly.
+    const burst = await Promise.all(Array.from({ length: 40 }, (_, i) => call(first.url, 'POST', '/v1/events', { ...event(i % USERS), id: `ev-burst-${i}`, recipients: [`nobody-${i}`] })));
+    expect(burst.every((r) => r.status === 202)).toBe(true);
     first.npm.kill('SIGTERM');
     await eventually(() => first.npm.exitCode !== null, 20_000).catch((err: Error) => {
       throw new Error(`${err.message}: npm start still running 20 s after SIGTERM; the end of its output:\n${first.output().slice(-4000)}`);
     });
     expect(first.npm.exitCode).toBe(0);
+    // Every process committed before any member left: no commit met the rebalance a leave starts, and nothing logged an error.
+    const errors = first.output().split('\n').filter((l) => l.includes('"level":50'));
+    expect(errors).toEqual([]);
     await eventually(() => !alive(worker!), 5_000);
 
     // The same comments again (new events) after a restart: every process still has its dedupe windows.

@@ -7,7 +7,7 @@
 import { Command, Option } from 'commander';
 import { loadConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { runningHerald, startHerald } from '../app/herald.ts';
 import { createLogger } from '../runtime/logger.ts';
@@ -263,14 +263,33 @@ program
     await tail(loadConfig(), { fromBeginning: Boolean(o.fromBeginning), print: (l) => console.log(l), signal: ac.signal }).catch(fail);
   });
 
+/** What Herald writes into a state directory (and `reset` may delete). */
+const STATE_ENTRIES = new Set(['CLUSTER_ID', 'herald.pid', 'dev-key', 'journal', 'registry.json', 'endpoints.json', 'rocksdb', 'leveldb', 'workers']);
+
 program
   .command('reset')
-  .description('delete HERALD_STATE_DIR (stores, and the embedded broker\'s journal and schemas): start over on purpose')
-  .action(() => {
+  .description('delete HERALD_STATE_DIR (stores, and the embedded broker\'s journal and schemas): start over on purpose; refuses a directory holding anything Herald did not write')
+  .option('--dry-run', 'print what would be deleted, and delete nothing')
+  .action((o: { dryRun?: boolean }) => {
     try {
       const { stateDir } = loadConfig();
+      if (!existsSync(stateDir)) {
+        console.log(`HERALD_STATE_DIR ${stateDir} does not exist: nothing to delete`);
+        return;
+      }
+      if (!statSync(stateDir).isDirectory()) fail(new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir} is not a directory: not deleted`));
       const running = runningHerald(stateDir);
       if (running) fail(new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir}: Herald (pid ${running}) is running on it; stop it first`));
+      const entries = readdirSync(stateDir);
+      const foreign = entries.filter((e) => !STATE_ENTRIES.has(e) && !/^registry\.json\.|^endpoints\.json\./.test(e));
+      if (foreign.length) {
+        const shown = foreign.slice(0, 5).join(', ') + (foreign.length > 5 ? `, and ${foreign.length - 5} more` : '');
+        fail(new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir} holds what Herald did not write (${shown}): nothing was deleted. Point HERALD_STATE_DIR at Herald's state directory (the default is .herald/state)`));
+      }
+      if (o.dryRun) {
+        console.log(`would delete ${stateDir}${entries.length ? ` (${entries.sort().join(', ')})` : ' (empty)'}`);
+        return;
+      }
       rmSync(stateDir, { recursive: true, force: true });
       console.log(`deleted ${stateDir}: the next start begins with an empty broker, registry and stores`);
     } catch (err) {

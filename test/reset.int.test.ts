@@ -1,0 +1,64 @@
+/**
+ * `herald reset`, as a user runs it: it deletes a state directory Herald wrote, and refuses
+ * anything else (a directory holding other files, a file), deleting nothing.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, describe, expect, it } from 'vitest';
+import { removeDir } from './support/herald.ts';
+
+const run = promisify(execFile);
+const root = mkdtempSync(join(tmpdir(), 'herald-reset-'));
+afterAll(() => removeDir(root));
+
+async function reset(stateDir: string, ...args: string[]): Promise<{ code: number; out: string }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, ['cli/herald.ts', 'reset', ...args], { env: { ...process.env, HERALD_STATE_DIR: stateDir, HERALD_LOG_LEVEL: 'warn' } });
+    return { code: 0, out: stdout + stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, out: e.stdout + e.stderr };
+  }
+}
+
+describe('herald reset', () => {
+  it('deletes a state directory Herald wrote (and --dry-run only says what it would delete)', async () => {
+    const dir = join(root, 'state');
+    mkdirSync(join(dir, 'journal'), { recursive: true });
+    mkdirSync(join(dir, 'rocksdb'));
+    writeFileSync(join(dir, 'CLUSTER_ID'), 'embedded:x');
+    writeFileSync(join(dir, 'dev-key'), 'hk_x');
+    const dry = await reset(dir, '--dry-run');
+    expect(dry).toEqual({ code: 0, out: `would delete ${dir} (CLUSTER_ID, dev-key, journal, rocksdb)\n` });
+    expect(existsSync(dir)).toBe(true);
+    const done = await reset(dir);
+    expect(done.code).toBe(0);
+    expect(done.out).toContain(`deleted ${dir}`);
+    expect(existsSync(dir)).toBe(false);
+  });
+
+  it('refuses a directory that holds anything Herald did not write, and deletes nothing', async () => {
+    const dir = join(root, 'mine');
+    mkdirSync(join(dir, 'sub'), { recursive: true });
+    writeFileSync(join(dir, 'sub', 'thesis.txt'), 'years of work');
+    writeFileSync(join(dir, 'CLUSTER_ID'), 'embedded:x');
+    const r = await reset(dir);
+    expect(r.code).toBe(1);
+    expect(r.out).toContain(`herald: HRL_STATE_DIR_UNUSABLE: HERALD_STATE_DIR ${dir} holds what Herald did not write (sub): nothing was deleted`);
+    expect(existsSync(join(dir, 'sub', 'thesis.txt'))).toBe(true);
+  });
+
+  it('refuses a file, and says there is nothing to delete for a path that does not exist', async () => {
+    const file = join(root, 'notes.txt');
+    writeFileSync(file, 'keep me');
+    const r = await reset(file);
+    expect(r.code).toBe(1);
+    expect(r.out).toContain('is not a directory: not deleted');
+    expect(existsSync(file)).toBe(true);
+    const none = await reset(join(root, 'nowhere'));
+    expect(none).toEqual({ code: 0, out: `HERALD_STATE_DIR ${join(root, 'nowhere')} does not exist: nothing to delete\n` });
+  });
+});

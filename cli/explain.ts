@@ -119,21 +119,33 @@ export async function tail(config: HeraldConfig, opts: { fromBeginning: boolean;
     const serde = c.serde();
     const topic = topicName(config.topicPrefix, 'outcomes');
     const from = opts.fromBeginning ? undefined : new Map((await c.admin.fetchTopicOffsets(topic)).map((o) => [o.partition, BigInt(o.high)]));
+    let readerCrash: (err: Error) => void = () => undefined;
     const reader = new TopicReader(c.kafka, c.admin, {
       topic, groupPrefix: `${config.topicPrefix}tail.`, ...(from ? { from } : {}),
+      onCrash: (err) => readerCrash(err),
       onBatch: async ({ messages }) => {
         for (const m of messages) {
           if (!m.value) continue;
           const e = await serde.decode<LifecycleEvent>(m.value);
-          opts.print(`${e.notificationId}  ${e.recipient}  ${formatDecision(e)}`);
+          opts.print(`${e.notificationId}  ${e.tenant}/${e.recipient}  ${formatDecision(e)}`);
         }
       },
     });
-    await reader.start();
-    await new Promise<void>((resolve) => {
+    // Ends at the signal, or when the broker is lost (the instance stopped): kafkajs would
+    // otherwise retry for ever, printing a connection error a second.
+    let lost: (err: Error) => void = () => undefined;
+    const ended = new Promise<void>((resolve, reject) => {
+      lost = reject;
       if (opts.signal?.aborted) resolve();
       opts.signal?.addEventListener('abort', () => resolve());
     });
-    await reader.stop();
+    readerCrash = (err) => lost(new HeraldError('HRL_BROKER_UNREACHABLE', `lost the broker while following ${topic}: ${err.message}${c.running ? ' (has the Herald instance stopped?)' : ''}`));
+    await reader.start();
+    try {
+      await ended;
+    } finally {
+      // A broker that is gone would hold a clean leave for kafkajs' retries: a short wait, then go.
+      await Promise.race([reader.stop().catch(() => undefined), new Promise((r) => setTimeout(r, 2000).unref())]);
+    }
   });
 }

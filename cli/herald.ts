@@ -258,9 +258,12 @@ program
   .option('--from-beginning', 'print the whole topic first')
   .action(async (o: { fromBeginning?: boolean }) => {
     const ac = new AbortController();
-    process.on('SIGINT', () => ac.abort());
-    process.on('SIGTERM', () => ac.abort());
+    // The first signal ends it cleanly; a second one at once.
+    const stop = () => (ac.signal.aborted ? process.exit(130) : ac.abort());
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
     await tail(loadConfig(), { fromBeginning: Boolean(o.fromBeginning), print: (l) => console.log(l), signal: ac.signal }).catch(fail);
+    process.exit(0);
   });
 
 /** What Herald writes into a state directory (and `reset` may delete). */

@@ -52,6 +52,8 @@ export interface ReaderOptions {
   until?: Map<number, bigint>;
   groupPrefix: string;
   onBatch: (batch: ReadBatch) => Promise<void>;
+  /** Told of every crash of the reader's consumer (kafkajs restarts it when `restarting`): a follower that must not retry forever can give up. */
+  onCrash?: (err: Error, restarting: boolean) => void;
 }
 
 export class TopicReader {
@@ -113,6 +115,7 @@ export class TopicReader {
     this.consumer = consumer;
     // A reader kafkajs gave up on must fail whoever waits for it, not leave them hanging.
     consumer.on(consumer.events.CRASH, (e) => {
+      if (!this.stopped) this.opts.onCrash?.(e.payload.error, e.payload.restart);
       if (!e.payload.restart && !this.stopped) this.caughtUpReject(new Error(`reading ${topic} failed: ${e.payload.error.message}`));
     });
     await consumer.connect();

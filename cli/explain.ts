@@ -26,7 +26,7 @@ export function formatDecision(e: LifecycleEvent): string {
 export function formatLifecycle(n: NotificationView): string {
   return [
     `${n.notificationId}  tenant ${n.tenant}, recipient ${n.recipient}, event ${n.eventId} (${n.eventType}), rule ${n.ruleId ?? '-'}, trace ${n.traceId}`,
-    `status ${n.status}; terminal: ${n.terminal.length ? n.terminal.join(', ') : 'not yet'}; ${duration(n.updatedAt - n.createdAt)} from first to last decision`,
+    `status ${n.status}; terminal: ${n.terminal.length ? n.terminal.join(', ') : 'not yet'}${pendingOf(n).length ? `; not finished: ${pendingOf(n).join(', ')}` : ''}; ${duration(n.updatedAt - n.createdAt)} from first to last decision`,
     ...n.events.map((e, i) => `  ${pad(i === 0 ? '' : `+${duration(e.timestamp - n.events[i - 1]!.timestamp)}`, 12)}${formatDecision(e)}`),
   ].join('\n');
 }
@@ -80,8 +80,15 @@ export async function scanLifecycle(config: HeraldConfig, id: string): Promise<N
 }
 
 /** Where an explanation ends: the notification's last word on each channel, or on itself. */
+/** Channels whose delivery has not ended yet, as `channel:STATUS` (a retry scheduled, an attempt under way). */
+function pendingOf(n: NotificationView): string[] {
+  const ended = new Set(n.terminal.map((t) => t.split(':')[0]));
+  return Object.entries(n.channels ?? {}).filter(([ch]) => !ended.has(ch)).map(([ch, st]) => `${ch}:${st}`).sort();
+}
+
 function outcomeOf(n: NotificationView): string {
-  if (n.terminal.length) return n.terminal.join(', ');
+  const pending = pendingOf(n);
+  if (n.terminal.length || pending.length) return [...n.terminal, ...pending.map((p) => `${p} (not finished)`)].join(', ');
   const last = n.events.at(-1);
   return last ? `${last.status} (not finished)` : 'no decision yet';
 }

@@ -18,7 +18,7 @@ const topicNameOf = (config: HeraldConfig, key: 'outcomes') => topicName(config.
 import { runDemo } from './demo.ts';
 import { fetchLifecycle, formatEvent, formatLifecycle, scanLifecycle, scanLifecycles, tail } from './explain.ts';
 import { runningEndpoints, withCluster } from '../app/cluster.ts';
-import { parsePosition, parseStages, REPLAYABLE, replay } from '../replay/replay.ts';
+import { checkRange, parsePosition, parseStages, REPLAYABLE, replay } from '../replay/replay.ts';
 import { formatReport } from '../replay/format.ts';
 import { rebuildLifecycle } from '../replay/rebuild.ts';
 import { Codec } from '../runtime/codec.ts';
@@ -148,6 +148,8 @@ program
       if (o.event) {
         const views = await scanLifecycles(config, (e) => e.eventId === o.event && (o.tenant === undefined || e.tenant === o.tenant));
         console.log(o.json ? JSON.stringify(views, null, 2) : formatEvent(o.event, views));
+        // Nothing found is a failure, as for a notification id (scripts test the exit code).
+        if (!views.length) process.exit(1);
         return;
       }
       if (!id) fail(new HeraldError('HRL_CONFIG_INVALID', 'explain: expected a notification id, or --event <eventId>'));
@@ -174,8 +176,9 @@ program
     try {
       const config = loadConfig();
       const stages = parseStages(o.stage);
-      const from = o.from ? parsePosition(o.from, '--from') : undefined;
-      const to = o.to ? parsePosition(o.to, '--to') : undefined;
+      const from = o.from !== undefined ? parsePosition(o.from, '--from') : undefined;
+      const to = o.to !== undefined ? parsePosition(o.to, '--to') : undefined;
+      checkRange(from, to);
       await withCluster(config, 'replay', async (c) => {
         const liveRules = c.running?.rules ?? config.rulesFile;
         const rules = loadRules(o.rules ?? liveRules);

@@ -37,7 +37,7 @@ export function formatReport(r: ReplayReport, o: { whatIf: boolean; rules: strin
   }
   lines.push(`replayed ${r.stages.join(' → ')} over ${r.topic}: ${n(r.records.inRange)} records in range (${n(r.records.read)} read), ${n(r.decisions.length)} decisions in ${r.seconds.toFixed(1)} s`);
   for (const [k, v] of Object.entries(r.counts).sort((a, b) => b[1] - a[1])) lines.push(`  ${pad(k, 44)} ${n(v).padStart(8)}`);
-  for (const d of r.dlq) lines.push(`  dead-lettered offset ${d.offset}: ${d.code} ${d.reason}`);
+  for (const d of r.dlq) lines.push(`  dead-lettered ${r.topic} partition ${d.partition} offset ${d.offset}: ${d.code} ${d.reason}`);
   if (r.dlqHidden) lines.push(`  ${n(r.dlqHidden)} more dead-lettered in range, not shown: they cannot be matched to --key/--event`);
   if (o.whatIf) {
     const notifications = new Set(r.changes.map((c) => c.notificationId)).size;

@@ -36,18 +36,29 @@ export const REPLAYABLE: readonly StageName[] = ['ingest', 'enrich', 'dedupe', '
 /** Where a range starts or ends: an offset (in every partition) or a time. */
 export type Position = { offset: bigint } | { time: number };
 
+/** An ISO 8601 date, or date and time with an optional zone (Date.parse alone takes "-1" or "3.5" as dates). */
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
+
 export function parsePosition(text: string, flag: string): Position {
   if (/^\d+$/.test(text)) return { offset: BigInt(text) };
-  const t = Date.parse(text);
+  const t = ISO_TIME.test(text) ? Date.parse(text) : Number.NaN;
   if (Number.isNaN(t)) throw new HeraldError('HRL_CONFIG_INVALID', `${flag}: expected an offset (digits) or an ISO time such as 2026-12-01T09:00:00Z, got "${text.slice(0, 80)}"`);
   return { time: t };
+}
+
+/** A range whose start is after its end is refused (it would replay nothing and say so as if that were the answer). */
+export function checkRange(from: Position | undefined, to: Position | undefined): void {
+  if (!from || !to) return;
+  const show = (p: Position) => ('offset' in p ? `offset ${p.offset}` : new Date(p.time).toISOString());
+  const after = 'offset' in from && 'offset' in to ? from.offset > to.offset : 'time' in from && 'time' in to ? from.time > to.time : false;
+  if (after) throw new HeraldError('HRL_CONFIG_INVALID', `--from ${show(from)} is after --to ${show(to)}: expected a range that starts before it ends`);
 }
 
 /** `throttle` or `ingest..route`, in pipeline order. */
 export function parseStages(text: string): StageName[] {
   const [a, b] = text.split('..');
   const known = (s: string | undefined) => {
-    if (!s || !(STAGE_NAMES as readonly string[]).includes(s)) throw new HeraldError('HRL_CONFIG_INVALID', `--stage: expected a stage (${STAGE_NAMES.join(', ')}) or a range such as ingest..route, got "${text.slice(0, 80)}"`);
+    if (!s || !(STAGE_NAMES as readonly string[]).includes(s)) throw new HeraldError('HRL_CONFIG_INVALID', `--stage: expected a stage (${REPLAYABLE.join(', ')}) or a range such as ingest..route, got "${text.slice(0, 80)}"`);
     return s as StageName;
   };
   const from = known(a);
@@ -107,7 +118,7 @@ export interface ReplayReport {
   reproduced: number;
   changes: Change[];
   /** Records dead-lettered inside the range (after --key and --event). */
-  dlq: { offset: string; code: string; reason: string }[];
+  dlq: { partition: number; offset: string; code: string; reason: string }[];
   /** Records dead-lettered inside the range that --key or --event cannot be matched to (for example ingest's, keyed by event id, for --key). */
   dlqHidden: number;
   seconds: number;
@@ -175,7 +186,7 @@ export async function replay(c: ClusterClients, config: HeraldConfig, codec: Cod
     for (const d of letters) {
       const key = d.key ?? '';
       const mine = (!o.key || (key.includes('/') && matchesKey(o.key, ...splitKey(key)))) && (!o.event || key === o.event);
-      if (mine) report.dlq.push({ offset: d.offset, code: d.code, reason: d.reason });
+      if (mine) report.dlq.push({ partition: Number(d.headers['herald.source.partition']), offset: d.offset, code: d.code, reason: d.reason });
       else report.dlqHidden++;
     }
   };

@@ -1,6 +1,6 @@
 /** `herald explain --event`: one block per tenant, since event ids are per tenant. */
 import { describe, expect, it } from 'vitest';
-import { formatEvent } from '../cli/explain.ts';
+import { formatEvent, formatLifecycle } from '../cli/explain.ts';
 import type { NotificationView } from '../processors/outcome.ts';
 
 const view = (tenant: string, recipient: string): NotificationView => ({
@@ -16,5 +16,15 @@ describe('formatEvent', () => {
     expect(out.slice(1, 3).map((l) => l.trim().split(/\s+/)[0])).toEqual(['ada', 'mia']);
     expect(out[3]).toBe('event my-event-2 (comment.created), tenant globex: 1 notification');
     expect(out[4]!.trim().split(/\s+/)[0]).toBe('gus');
+  });
+});
+
+describe('a notification with a channel still under way', () => {
+  it('shows that channel as not finished, beside the ones that ended', () => {
+    // given email delivered and the webhook waiting for a retry
+    const v = { ...view('acme', 'grace'), channels: { email: 'DELIVERED', webhook: 'RETRY_SCHEDULED' }, terminal: ['email:DELIVERED'] };
+    // then both views name the webhook
+    expect(formatEvent('my-event-2', [v]).split('\n')[1]).toContain('email:DELIVERED, webhook:RETRY_SCHEDULED (not finished)');
+    expect(formatLifecycle(v).split('\n')[1]).toBe('status DELIVERED; terminal: email:DELIVERED; not finished: webhook:RETRY_SCHEDULED; 1 ms from first to last decision');
   });
 });

@@ -133,6 +133,8 @@ describe('herald replay', () => {
     expect(err).toContain("deliver cannot be replayed: deliver's decisions are the receivers' answers");
     const bad = await herald('replay', '--stage', 'dedupe', '--from', 'yesterday').then(() => '', (e: { stderr: string }) => e.stderr);
     expect(bad).toContain('--from: expected an offset (digits) or an ISO time');
+    const backwards = await herald('replay', '--stage', 'dedupe', '--from', '5', '--to', '2').then(() => '', (e: { stderr: string }) => e.stderr);
+    expect(backwards).toContain('herald: HRL_CONFIG_INVALID: --from offset 5 is after --to offset 2');
   }, 30_000);
 });
 
@@ -190,6 +192,7 @@ describe('dead letters under a filter', () => {
     const all = JSON.parse(await herald('replay', '--stage', 'ingest', '--format', 'json')) as ReplayReport;
     // then the event's replay shows its dead letter, ada's shows none and counts it as left out
     expect(forEvent.dlq.map((d) => d.code)).toEqual(['HRL_DECODE_FAILED']);
+    expect(forEvent.dlq[0]!.partition).toBeGreaterThanOrEqual(0);
     expect(forEvent.dlqHidden).toBe(0);
     expect(forAda.dlq).toEqual([]);
     expect(forAda.dlqHidden).toBe(1);
@@ -198,6 +201,8 @@ describe('dead letters under a filter', () => {
     expect(all.dlq.map((d) => d.offset)).toEqual(forEvent.dlq.map((d) => d.offset));
     const table = await herald('replay', '--stage', 'ingest', '--key', 'acme/ada');
     expect(table).toContain('1 more dead-lettered in range, not shown: they cannot be matched to --key/--event');
-    expect(table).not.toContain('dead-lettered offset');
+    expect(table).not.toContain('dead-lettered herald.events.v1');
+    const eventTable = await herald('replay', '--stage', 'ingest', '--event', 'evt_broken1');
+    expect(eventTable).toMatch(new RegExp(`dead-lettered herald\\.events\\.v1 partition ${forEvent.dlq[0]!.partition} offset ${forEvent.dlq[0]!.offset}: HRL_DECODE_FAILED `));
   }, 90_000);
 });

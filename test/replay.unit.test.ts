@@ -1,6 +1,6 @@
 import type { KafkaMessage } from 'kafkajs';
 import { describe, expect, it } from 'vitest';
-import { mergeByTime, parsePosition, parseStages } from '../replay/replay.ts';
+import { checkRange, mergeByTime, parsePosition, parseStages } from '../replay/replay.ts';
 
 const m = (offset: number, timestamp: number) => ({ offset: String(offset), timestamp: String(timestamp) }) as KafkaMessage;
 
@@ -11,13 +11,24 @@ describe('replay options', () => {
     expect(() => parseStages('route..ingest')).toThrow(/route comes after ingest/);
     expect(() => parseStages('throttle..deliver')).toThrow(/deliver cannot be replayed/);
     expect(() => parseStages('outcome')).toThrow(/lifecycle rebuild/);
-    expect(() => parseStages('dedup')).toThrow(/--stage: expected a stage/);
+    expect(() => parseStages('dedup')).toThrow('--stage: expected a stage (ingest, enrich, dedupe, throttle, route) or a range such as ingest..route, got "dedup"');
   });
 
   it('reads a position as an offset or an ISO time', () => {
     expect(parsePosition('120', '--from')).toEqual({ offset: 120n });
     expect(parsePosition('2026-12-01T09:00:00Z', '--to')).toEqual({ time: Date.parse('2026-12-01T09:00:00Z') });
     expect(() => parsePosition('yesterday', '--from')).toThrow(/--from: expected an offset \(digits\) or an ISO time/);
+    expect(parsePosition('2026-12-01', '--from')).toEqual({ time: Date.parse('2026-12-01') });
+    expect(parsePosition('2026-12-01T09:00:00.123+01:00', '--from')).toEqual({ time: Date.parse('2026-12-01T08:00:00.123Z') });
+    // What Date.parse alone would have taken as dates (2001-01-01, 2001-03-05, …)
+    for (const odd of ['-1', '+5', '3.5', '', 'Dec 1', '1 2 3']) expect(() => parsePosition(odd, '--from'), odd).toThrow(/--from: expected an offset \(digits\) or an ISO time/);
+  });
+
+  it('refuses a range that starts after it ends', () => {
+    expect(() => checkRange({ offset: 5n }, { offset: 2n })).toThrow('--from offset 5 is after --to offset 2: expected a range that starts before it ends');
+    expect(() => checkRange({ time: Date.parse('2026-12-02T00:00:00Z') }, { time: Date.parse('2026-12-01T00:00:00Z') })).toThrow('--from 2026-12-02T00:00:00.000Z is after --to 2026-12-01T00:00:00.000Z');
+    expect(() => checkRange({ offset: 2n }, { offset: 5n })).not.toThrow();
+    expect(() => checkRange({ offset: 2n }, undefined)).not.toThrow();
   });
 });
 

@@ -368,8 +368,13 @@ secrets
       if (o.json) console.log(JSON.stringify({ tenant: o.tenant, id: made.id, secret: made.secret }));
       else {
         console.log(made.secret);
-        const previous = made.record.secrets.slice(1);
-        process.stderr.write(`${made.id} is now tenant ${o.tenant}'s signing secret; it is shown only now: give it to the tenant's receivers${previous.length ? `. ${previous.map((s) => s.id).join(', ')} keep${previous.length === 1 ? 's' : ''} signing until ${new Date(Math.max(...previous.map((s) => s.expiresAt ?? 0))).toISOString()} (\`herald secrets retire --tenant ${o.tenant}\` ends that now)` : ''}\n`);
+        // Each rotated-out secret with its own expiry: a shorter grace shortens the older ones too.
+        const until = (ms: number) => new Date(ms).toISOString();
+        const previous = [
+          ...made.record.secrets.slice(1).map((s) => `${s.id} until ${until(s.expiresAt ?? 0)}`),
+          ...(made.record.deploymentSecretUntil ? [`HERALD_WEBHOOK_SECRET until ${until(made.record.deploymentSecretUntil)}`] : []),
+        ];
+        process.stderr.write(`${made.id} is now tenant ${o.tenant}'s signing secret; it is shown only now: give it to the tenant's receivers${previous.length ? `. Still signing: ${previous.join(', ')} (\`herald secrets retire --tenant ${o.tenant}\` ends that now)` : ''}\n`);
       }
     } catch (err) {
       fail(err);

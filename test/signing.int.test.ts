@@ -136,4 +136,24 @@ describe('per-tenant signing secrets', () => {
     expect(verifies(first, r)).toBe(false);
     expect(verifies(DEPLOYMENT, r)).toBe(false);
   }, 60_000);
+
+  it('`herald secrets rotate` names each secret still signing with its own expiry (a shorter grace shortens the older ones)', async () => {
+    const rotate = async (grace: string) => {
+      const { stdout, stderr } = await run(process.execPath, ['cli/herald.ts', 'secrets', 'rotate', '--tenant', 'initech', '--grace', grace], { env: { ...process.env, HERALD_STATE_DIR: h.stateDir, KAFKA_BROKERS: '', HERALD_LOG_LEVEL: 'warn' } });
+      return { secret: stdout.trim(), said: stderr };
+    };
+    const t0 = Date.now();
+    const a = await rotate('24h');
+    expect(a.said).toMatch(/^ss_\w+ is now tenant initech's signing secret; it is shown only now: give it to the tenant's receivers\. Still signing: HERALD_WEBHOOK_SECRET until (\S+) \(/);
+    const b = await rotate('5m');
+    const m = /Still signing: (ss_\w+) until (\S+), HERALD_WEBHOOK_SECRET until (\S+) \(/.exec(b.said);
+    expect(m).not.toBeNull();
+    const [, id, mine, deployment] = m!;
+    expect(a.said.startsWith(id!)).toBe(true);
+    // both now end 5 minutes after the second rotation, as `secrets list` shows
+    for (const at of [mine!, deployment!]) expect(Math.abs(Date.parse(at) - (t0 + 5 * 60_000))).toBeLessThan(60_000);
+    const list = await herald('secrets', 'list', '--tenant', 'initech');
+    expect(list).toContain(id!);
+    expect(list).toContain(mine!);
+  }, 60_000);
 });

@@ -5,7 +5,7 @@
  * --event: an event's notifications are spread over partitions). tail follows outcomes.v1.
  */
 import type { HeraldConfig } from '../config.ts';
-import { type ErrorCode, HeraldError } from '../errors.ts';
+import { HeraldError, isErrorCode } from '../errors.ts';
 import { withCluster } from '../app/cluster.ts';
 import { duration } from '../processors/about.ts';
 import { applyLifecycle, type NotificationView, readNotification } from '../processors/outcome.ts';
@@ -31,12 +31,36 @@ export function formatLifecycle(n: NotificationView): string {
   ].join('\n');
 }
 
+/**
+ * GET `path` from a Herald API at `url`: the answer, or the API's own error code and message
+ * (HRL_UNAUTHORIZED, HRL_NOT_FOUND, …); an unreachable URL or an answer that is not Herald's
+ * is said as such.
+ */
+export async function getApi<T>(url: string, path: string, apiKey: string): Promise<T> {
+  const base = url.replace(/\/+$/, '');
+  let res: Response;
+  try {
+    res = await fetch(`${base}${path}`, { headers: { authorization: `Bearer ${apiKey}` } });
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
+    throw new HeraldError('HRL_CONFIG_INVALID', `${base}: could not reach a Herald API there (${cause?.code ?? cause?.message ?? (err as Error).message}); check --url/--from or HERALD_URL, and that Herald runs`);
+  }
+  const text = await res.text();
+  let body: (T & { error?: string; message?: string }) | undefined;
+  try {
+    body = JSON.parse(text) as T & { error?: string; message?: string };
+  } catch {
+    throw new HeraldError('HRL_CONFIG_INVALID', `${base}: HTTP ${res.status}, and not a Herald API's answer (not JSON); check --url/--from or HERALD_URL`);
+  }
+  if (!res.ok) {
+    const code = typeof body?.error === 'string' && isErrorCode(body.error) ? body.error : 'HRL_CONFIG_INVALID';
+    throw new HeraldError(code, `${base}: HTTP ${res.status}: ${body?.message ?? 'no message'}`);
+  }
+  return body as T;
+}
+
 export async function fetchLifecycle(url: string, id: string, apiKey: string): Promise<NotificationView> {
-  const res = await fetch(`${url.replace(/\/$/, '')}/v1/notifications/${encodeURIComponent(id)}`, { headers: { authorization: `Bearer ${apiKey}` } });
-  const body = (await res.json()) as NotificationView & { message?: string };
-  // The API's own code (HRL_NOT_FOUND for an id it has no decision about), not a config error.
-  if (!res.ok) throw new HeraldError(((body as { error?: string }).error ?? 'HRL_INTERNAL') as ErrorCode, body.message ?? `HTTP ${res.status} from ${url}`);
-  return body;
+  return getApi<NotificationView>(url, `/v1/notifications/${encodeURIComponent(id)}`, apiKey);
 }
 
 /** Rebuilds the lifecycles of the notifications `pick` chooses by reading outcomes.v1 from the start. */

@@ -16,7 +16,7 @@ import type { HeraldConfig } from '../config.ts';
 
 const topicNameOf = (config: HeraldConfig, key: 'outcomes') => topicName(config.topicPrefix, key);
 import { runDemo } from './demo.ts';
-import { fetchLifecycle, formatEvent, formatLifecycle, scanLifecycle, scanLifecycles, tail } from './explain.ts';
+import { fetchLifecycle, formatEvent, getApi, formatLifecycle, scanLifecycle, scanLifecycles, tail } from './explain.ts';
 import { runningEndpoints, withCluster } from '../app/cluster.ts';
 import { checkRange, parsePosition, parseStages, REPLAYABLE, replay } from '../replay/replay.ts';
 import { formatReport } from '../replay/format.ts';
@@ -246,9 +246,7 @@ lifecycle
     try {
       const config = loadConfig();
       const url = (o.from ?? process.env.HERALD_URL ?? runningEndpoints(config).http).replace(/\/$/, '');
-      const res = await fetch(`${url}/v1/lifecycle/digest`, { headers: { authorization: `Bearer ${o.key ?? process.env.HERALD_API_KEY ?? devKeyFile(config)}` } });
-      const body = (await res.json()) as { tenant: string; notifications: number; digest: string; partitions: number[]; message?: string };
-      if (!res.ok) fail(new HeraldError('HRL_CONFIG_INVALID', `${url}: HTTP ${res.status}: ${body.message ?? ''}`));
+      const body = await getApi<{ tenant: string; notifications: number; digest: string; partitions: number[] }>(url, '/v1/lifecycle/digest', o.key ?? process.env.HERALD_API_KEY ?? devKeyFile(config));
       console.log(o.json ? JSON.stringify(body) : `tenant ${body.tenant}: ${body.digest} (${body.notifications.toLocaleString('en-US')} notifications, partitions ${body.partitions.join(', ')})`);
     } catch (err) {
       fail(err);

@@ -3,6 +3,8 @@
  * the HTTP API, with a real webhook receiver.
  */
 import { execFile } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyWebhookSignature } from '../channels/webhook.ts';
@@ -127,6 +129,17 @@ describe('end-to-end through the HTTP API', () => {
     // (Asynchronously: this process serves the API the command asks.)
     const { stdout: explained } = await promisify(execFile)(process.execPath, ['cli/herald.ts', 'explain', id, '--url', h.httpUrl!], { encoding: 'utf8', env: { ...process.env, HERALD_API_KEY: TEST_KEY } });
     expect(explained).toContain('terminal: webhook:DELIVERED');
+    // A wrong key is the API's own refusal, and a URL nobody answers at is said as such.
+    const failure = (args: string[], key: string) => promisify(execFile)(process.execPath, ['cli/herald.ts', ...args], { encoding: 'utf8', env: { ...process.env, HERALD_API_KEY: key } }).then(() => '', (e: { stderr: string }) => e.stderr);
+    expect(await failure(['explain', id, '--url', h.httpUrl!], 'hk_wrong')).toMatch(/^herald: HRL_UNAUTHORIZED: http:\/\/127\.0\.0\.1:\d+: HTTP 401: /);
+    expect(await failure(['lifecycle', 'digest', '--from', h.httpUrl!], 'hk_wrong')).toMatch(/^herald: HRL_UNAUTHORIZED: /);
+    const closed = await new Promise<number>((resolve) => {
+      const srv = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = srv.address() as AddressInfo;
+        srv.close(() => resolve(port));
+      });
+    });
+    expect(await failure(['explain', id, '--url', `http://127.0.0.1:${closed}`], TEST_KEY)).toContain(`herald: HRL_CONFIG_INVALID: http://127.0.0.1:${closed}: could not reach a Herald API there (ECONNREFUSED)`);
     const steps = explained.split('\n').map((l) => /^\s+(\+\d+(?:\.\d)? (?:ms|s|min|h|d)\S*)?\s*\d{4}-\d\d-\d\dT\S+\s+(\S+)\s+(\S+)/.exec(l)).filter((m) => m !== null);
     // Every step after the first says how long after the one before it came.
     expect(steps.slice(1).every((m) => m[1]?.startsWith('+'))).toBe(true);

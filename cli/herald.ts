@@ -404,4 +404,5 @@ secrets
 
 program.command('describe').description('print the topology').action(() => console.log(describe(loadConfig().topicPrefix)));
 
-await program.parseAsync(process.argv);
+// Whatever a command did not catch itself (a configuration error before its own handling) ends as one line, not a stack trace.
+await program.parseAsync(process.argv).catch(fail);

@@ -1,6 +1,8 @@
 /**
- * `herald reset`, as a user runs it: it deletes a state directory Herald wrote, and refuses
- * anything else (a directory holding other files, a file), deleting nothing.
+ * The CLI as a user runs it, without a running instance: `herald reset` deletes a state
+ * directory Herald wrote and refuses anything else (a directory holding other files, a
+ * file), deleting nothing; a configuration error is one line with its code, in every
+ * command.
  */
 import { execFile } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
@@ -60,5 +62,14 @@ describe('herald reset', () => {
     expect(existsSync(file)).toBe(true);
     const none = await reset(join(root, 'nowhere'));
     expect(none).toEqual({ code: 0, out: `HERALD_STATE_DIR ${join(root, 'nowhere')} does not exist: nothing to delete\n` });
+  });
+});
+
+describe('a configuration error', () => {
+  it.each([['describe'], ['topics', 'create'], ['schemas', 'check'], ['tail'], ['replay', '--stage', 'dedupe']])('is one line with its code in `%s`, not a stack trace', async (...args) => {
+    const r = await run(process.execPath, ['cli/herald.ts', ...args], { env: { ...process.env, HERALD_PARTITIONS: 'abc' } }).then(() => null, (e: { code: number; stdout: string; stderr: string }) => e);
+    expect(r?.code).toBe(1);
+    expect(r?.stdout).toBe('');
+    expect(r?.stderr).toBe('herald: HRL_CONFIG_INVALID: HERALD_PARTITIONS: expected an integer in [1, 256], got "abc"\n');
   });
 });

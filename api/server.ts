@@ -116,7 +116,23 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   // A stop answers the requests in flight (a publish waits for its journal write) and closes
   // idle keep-alive connections; new requests meanwhile get 503 with Connection: close. Open
   // event streams are ended first (preClose below), or the close would wait for them.
-  const app = Fastify({ logger: false, bodyLimit: ports.maxPayloadBytes, forceCloseConnections: false, return503OnClosing: false, routerOptions: { maxParamLength: 4 * MAX_ID_LENGTH } });
+  const app = Fastify({
+    logger: false, bodyLimit: ports.maxPayloadBytes, forceCloseConnections: false, return503OnClosing: false, routerOptions: { maxParamLength: 4 * MAX_ID_LENGTH },
+    // Errors before routing answer with Herald's error body too.
+    frameworkErrors: (error, req, reply) => {
+      if (error.code === 'FST_ERR_BAD_URL') return void fail(reply, 400, 'HRL_BAD_REQUEST', `URL: ${clip(req.url.split('?')[0] ?? '', 200)} is not a valid path: a % must start an escape such as %2F`, 'url');
+      return void fail(reply, error.statusCode && error.statusCode < 500 ? error.statusCode : 400, 'HRL_BAD_REQUEST', clip(error.message, 300));
+    },
+    // Requests Node's HTTP parser refuses before Fastify sees them (headers too large, not HTTP).
+    clientErrorHandler: (err, socket) => {
+      if ((err as NodeJS.ErrnoException).code === 'ECONNRESET' || !socket.writable) return void socket.destroy();
+      const overflow = (err as NodeJS.ErrnoException).code === 'HPE_HEADER_OVERFLOW';
+      const body = JSON.stringify(overflow
+        ? { error: 'HRL_LIMIT_EXCEEDED', field: 'headers', message: 'headers: larger together than the server takes (16 KB); send long values in the body' }
+        : { error: 'HRL_BAD_REQUEST', message: `not a valid HTTP/1.1 request (${(err as NodeJS.ErrnoException).code ?? 'parse error'})` });
+      socket.end(`HTTP/1.1 ${overflow ? '431 Request Header Fields Too Large' : '400 Bad Request'}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    },
+  });
   const streams = new Set<() => void>();
   let closing = false;
   app.addHook('preClose', (done) => {

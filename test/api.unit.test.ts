@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ApiPorts, QueryAnswer, QueryOptions } from '../api/ports.ts';
 import { FORWARDED_HEADER, buildApi } from '../api/server.ts';
@@ -156,6 +157,28 @@ describe('HTTP API on ports', () => {
     const retry = await inject({ method: 'POST', url: '/v1/events', headers: { 'idempotency-key': 'bp-1' }, payload: { type: 'comment.created', tenant: 'acme', recipients: ['ada'], data: {} } });
     expect(retry.statusCode).toBe(202);
     expect(published.length).toBe(before + 1);
+  });
+
+  it('answers what fails before routing (a bad URL, headers too large, not HTTP) with Herald\'s error body', async () => {
+    const bad = await inject({ method: 'GET', url: '/v1/users/%zz' });
+    expect(bad.statusCode).toBe(400);
+    expect(bad.json()).toEqual({ error: 'HRL_BAD_REQUEST', field: 'url', message: 'URL: /v1/users/%zz is not a valid path: a % must start an escape such as %2F' });
+    // Node's parser refuses these before Fastify sees a request: over a real socket
+    const address = await app.listen({ port: 0, host: '127.0.0.1' });
+    const raw = (text: string) => new Promise<string>((resolve, reject) => {
+      const { port } = new URL(address);
+      const socket = connect(Number(port), '127.0.0.1', () => socket.write(text));
+      let got = '';
+      socket.on('data', (d: Buffer) => (got += d.toString()));
+      socket.on('end', () => resolve(got));
+      socket.on('error', reject);
+    });
+    const big = await raw(`GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
+    expect(big).toMatch(/^HTTP\/1\.1 431 Request Header Fields Too Large\r\n/);
+    expect(JSON.parse(big.slice(big.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: 'HRL_LIMIT_EXCEEDED', field: 'headers' });
+    const junk = await raw('HELLO THERE\r\n\r\n');
+    expect(junk).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    expect(JSON.parse(junk.slice(junk.indexOf('\r\n\r\n') + 4))).toMatchObject({ error: 'HRL_BAD_REQUEST' });
   });
 
   it('refuses hostile bodies with a bounded, specific 400 or 415, and publishes nothing', async () => {

@@ -179,7 +179,7 @@ function countsOf(record: ProducerRecord, partitions: number): Map<string, numbe
 export async function startHerald(opts: StartOptions): Promise<Herald> {
   const { config } = opts;
   const log = opts.log ?? createLogger(config.logLevel);
-  const metrics = opts.metrics ?? new Metrics({ defaults: true });
+  const metrics = opts.metrics ?? new Metrics({ defaults: true, process: opts.attach ? `worker-${opts.attach.index}` : 'primary' });
   const stages = [...new Set(opts.stages ?? STAGE_NAMES)];
   const rules = loadRules(config.rulesFile);
   tuneStores({ writeBufferBytes: config.storeWriteBufferBytes, cacheBytes: config.storeCacheBytes, compression: config.storeCompression });

@@ -273,7 +273,10 @@ export class WorkerPool {
   /** The primary's metrics and every worker's, aggregated as prom-client aggregates a cluster's (summed unless a metric says otherwise). */
   async aggregate(own: Metric[]): Promise<{ contentType: string; body: string }> {
     const { metrics } = await this.reports();
-    const registry = AggregatorRegistry.aggregate([own, ...metrics.filter((m) => m.length)]);
+    // The standard process metrics are per process (their `process` label tells them apart):
+    // kept side by side, as prom-client would otherwise sum, average or omit them.
+    const perProcess = (list: Metric[]) => list.map((m) => (/^(process|nodejs)_/.test(m.name) ? { ...m, aggregator: 'sum' as const } : m));
+    const registry = AggregatorRegistry.aggregate([perProcess(own), ...metrics.filter((m) => m.length).map(perProcess)]);
     return { contentType: registry.contentType, body: await registry.metrics() };
   }
 

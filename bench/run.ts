@@ -602,7 +602,7 @@ async function httpRun(o: { events: number; clients: number; users: number; perS
     const text = await herald.metrics().catch(() => '');
     const rocksdbMb = Object.fromEntries(['memtables', 'tableReaders', 'blockCache', 'blockCachePinned'].map((kind) => [kind, mb(promValue(text, 'herald_store_memory_bytes', { kind }))]));
     const workerPids = await herald.refreshWorkers();
-    rss.push({ at: Math.round((Date.now() - t0) / 1000), rssMb: residentMb(herald.pid), rssAnonMb: residentMb(herald.pid, 'RssAnon'), workersRssMb: workerPids.map((pid) => residentMb(pid)), heapMb: mb(promValue(text, 'herald_process_nodejs_heap_size_used_bytes')), rocksdbMb });
+    rss.push({ at: Math.round((Date.now() - t0) / 1000), rssMb: residentMb(herald.pid), rssAnonMb: residentMb(herald.pid, 'RssAnon'), workersRssMb: workerPids.map((pid) => residentMb(pid)), heapMb: mb(promValue(text, 'nodejs_heap_size_used_bytes')), rocksdbMb });
   }, 5000) : null;
   // Herald is stopped whatever happens below: a failed run leaves no process behind.
   const measure = async () => {

@@ -29,9 +29,15 @@ export class Metrics {
   readonly digestSize: Histogram;
   readonly throttleHeld: Gauge<'partition'>;
 
-  constructor(opts: { defaults?: boolean } = {}) {
+  /**
+   * `defaults`: the standard Node.js process metrics (process_cpu_seconds_total,
+   * process_start_time_seconds, nodejs_heap_size_used_bytes, …, under their usual names so
+   * stock dashboards match), labelled `process` ("primary", "worker-1", …): with workers
+   * each process keeps its own series, never a sum of two processes' file limits.
+   */
+  constructor(opts: { defaults?: boolean; process?: string } = {}) {
     const r = (this.registry = new Registry());
-    if (opts.defaults) collectDefaultMetrics({ register: r, prefix: 'herald_process_' });
+    if (opts.defaults) collectDefaultMetrics({ register: r, labels: { process: opts.process ?? 'primary' } });
     this.records = new Counter({ name: 'herald_stage_records_total', help: 'Records handled per stage, by result (in, out, outcome, dlq).', labelNames: ['stage', 'result'], registers: [r] });
     this.batchDuration = new Histogram({ name: 'herald_stage_batch_duration_seconds', help: 'Time to process, produce and commit one consumed batch.', labelNames: ['stage'], buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [r] });
     this.recordLatency = new Histogram({ name: 'herald_stage_record_e2e_latency_seconds', help: 'Wall-clock time when a stage has handled a record minus the record\'s timestamp (Kafka Streams\' record-e2e-latency): stream time flows downstream, so at each stage it is the time since the event was published.', labelNames: ['stage'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers: [r] });

@@ -158,7 +158,7 @@ describe('hostile sizes', () => {
     const huge = 'x'.repeat(10 * 1024 * 1024);
     // Herald's own event-loop delay (prom-client's monitor, reset at each scrape), not the
     // test client's: on a loaded 2-core machine the client's round trips jitter by themselves.
-    const loopLagMax = async () => Number(/^herald_process_nodejs_eventloop_lag_max_seconds (\S+)$/m.exec(await (await fetch(`${herald.url}/metrics`)).text())?.[1]);
+    const loopLagMax = async () => Number(/^nodejs_eventloop_lag_max_seconds\{process="primary"\} (\S+)$/m.exec(await (await fetch(`${herald.url}/metrics`)).text())?.[1]);
     await loopLagMax();
     const latencies: number[] = [];
     let polling = true;

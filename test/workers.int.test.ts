@@ -84,6 +84,16 @@ describe('herald start with two workers', () => {
       expect(await heapLimitMb(url), url).toBeLessThanOrEqual(200 + 3 * 16);
     }
     expect(workerReady.partitions).toEqual(Object.fromEntries(stages.map((s) => [s, [1, 3]])));
+    // The standard process metrics, under their usual names, one series per process (never a sum of two processes' limits)
+    const page = await (await fetch(`${first.url}/metrics`)).text();
+    for (const p of ['primary', 'worker-1']) {
+      expect(page).toMatch(new RegExp(`^process_start_time_seconds\\{process="${p}"\\} \\d+`, 'm'));
+      expect(page).toMatch(new RegExp(`^process_cpu_seconds_total\\{process="${p}"\\} `, 'm'));
+    }
+    const maxFds = [...page.matchAll(/^process_max_fds\{process="[^"]+"\} (\d+)$/gm)].map((m) => Number(m[1]));
+    expect(maxFds).toHaveLength(2);
+    expect(maxFds[0]).toBe(maxFds[1]);
+    expect(page).not.toContain('herald_process_process_');
     // Each process counts its Kafka clients' requests by API; the primary's page sums both.
     const requests = (url: string, client: string, api: string) => metric(url, new RegExp(`^herald_kafka_requests_total\\{client="${client}",api="${api}"\\} (\\d+)$`, 'm'));
     // The group joined once (above) and is settled: its JoinGroup requests no longer move, so

@@ -38,6 +38,7 @@ export const ERROR_CODES = {
   HRL_LIMIT_EXCEEDED: 'A value a caller controls is longer or larger than its documented limit (the field and the limit are named).',
   HRL_DESTINATION_REFUSED: 'A webhook or chat URL points at an address Herald may not reach (loopback, private, link-local...) or uses a refused scheme or credentials.',
   HRL_PARTITION_NOT_HELD: 'A fused stage was handed records of a partition it does not hold (its group is rebalancing); the batch is not committed and runs again.',
+  HRL_STARTING: 'The instance is starting (replaying its journal, catching up tables, restoring stores): only /healthz, /readyz and /metrics answer until it is ready; retry after Retry-After.',
   HRL_SHUTTING_DOWN: 'Work was cut short because the process is stopping; it is not committed and runs again after the restart.',
   HRL_WORKER_READ_ONLY: 'A write reached a --workers worker process, which answers only the queries its primary forwards; writes go to the primary (their journaling and back-pressure are there).',
 } as const;

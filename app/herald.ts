@@ -40,6 +40,7 @@ import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { createLogger, type Logger } from '../runtime/logger.ts';
 import { Metrics } from '../runtime/metrics.ts';
 import { StageRunner } from '../runtime/stage-runner.ts';
+import { StartingServer } from './starting.ts';
 import { CoalescingProducer } from '../runtime/coalescing-producer.ts';
 import { GlobalTables } from '../runtime/tables.ts';
 
@@ -196,6 +197,10 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const pidFile = join(config.stateDir, 'herald.pid');
     writeFileSync(pidFile, String(process.pid));
     cleanups.push(async () => rmSync(pidFile, { force: true }));
+    // The HTTP port, taken now: probes meet a starting instance, not a refused connection.
+    let startDetail = (): string[] => [];
+    const early = (opts.api ?? true) && !opts.attach ? await StartingServer.listen(config.httpHost, config.httpPort, { registry: metrics.registry, detail: () => startDetail() }) : null;
+    if (early) cleanups.push(() => early.close());
     let journal: Journal | null = null;
     const attach = opts.attach ?? null;
     // Whose stores the state directory holds: the embedded journal's, or a real cluster's.
@@ -229,6 +234,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       if (schema) await serde.register(topicName(config.topicPrefix, key), schema);
     }
     const runners = new Map<StageName, StageRunner>();
+    startDetail = () => [...runners].flatMap(([name, r]) => r.report().reasons.map((why) => `${name}: ${why}`));
     // The broker dropped records a group had not read (kafkajs resets the offset): that is lost data, shown on /readyz.
     const kafka = createKafka(config, brokers, log, undefined, (message, extra) => {
       if (!message.startsWith('Offset out of range, resetting')) return;
@@ -260,6 +266,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     let resume: GroupOffsets = attach?.resume ?? {};
     if (journal) {
       durable = new BrokerJournal(journal, broker, admin, producer, log.child({ component: 'journal' }));
+      if (early) early.phase = 'replaying the embedded broker\'s journal';
       const replayed = await durable.replay();
       if (replayed.records) log.info({ ...replayed, seconds: Number(replayed.seconds.toFixed(3)) }, 'embedded broker restored from its journal');
       resume = durable.resumeOffsets();
@@ -436,6 +443,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       log: log.child({ component: 'workers' }),
     }) : null;
     let ready = false;
+    if (early) early.phase = 'catching up the global tables, joining the stage groups and restoring their stores';
     await Promise.all([
       // The workers join with this process's members: on a fresh group every member gets
       // in within the broker's initial rebalance delay (3 s); joining a group already up
@@ -481,7 +489,10 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       });
       cleanups.push(() => api.close());
       herald.api = api;
-      const address = await api.listen({ port: config.httpPort, host: config.httpHost }).catch((err: NodeJS.ErrnoException) => {
+      // The starting answers end; the API takes the port they held.
+      const port = early ? early.port : config.httpPort;
+      await early?.close();
+      const address = await api.listen({ port, host: config.httpHost }).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'EADDRINUSE' && err.code !== 'EACCES') throw err;
         const why = err.code === 'EADDRINUSE' ? 'is already in use (another Herald, or another server)' : 'may not be opened by this user';
         throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_HTTP_PORT: ${config.httpHost}:${config.httpPort} ${why}; stop what holds it, or set HERALD_HTTP_PORT to another port (0 picks a free one)`, { cause: err });

@@ -1,0 +1,67 @@
+/**
+ * The HTTP port while Herald starts: it is taken at once (a port in use is said before a
+ * long start, not after it), and it answers as a starting instance should, so probes see
+ * a process that is alive and not ready yet instead of a refused connection:
+ * `/healthz` 200 (alive), `/readyz` 503 with what the start is doing (the journal replay,
+ * the tables, each stage's restore progress), `/metrics` the process's metrics, and every
+ * other path 503 `HRL_STARTING` with `Retry-After`. When the start is done the API takes
+ * the same port over.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+import { HeraldError } from '../errors.ts';
+
+export class StartingServer {
+  /** What the start is doing now, shown on /readyz. */
+  phase = 'starting';
+  private readonly server: Server;
+  private readonly detail: () => string[];
+
+  private constructor(server: Server, detail: () => string[]) {
+    this.server = server;
+    this.detail = detail;
+  }
+
+  /** Takes `host:port` (0: a free port), or throws HRL_CONFIG_INVALID naming why it cannot. */
+  static async listen(host: string, port: number, o: { registry: Registry; detail: () => string[] }): Promise<StartingServer> {
+    let self: StartingServer | null = null;
+    const server = createServer((req, res) => {
+      const path = (req.url ?? '/').split('?')[0];
+      const json = (status: number, body: unknown, headers: Record<string, string> = {}) => {
+        const text = JSON.stringify(body);
+        res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), ...headers }).end(text);
+      };
+      const reasons = () => [`starting: ${self?.phase ?? 'starting'}`, ...(self?.detail() ?? [])];
+      if (path === '/healthz') return json(200, { status: 'starting' });
+      if (path === '/readyz') return json(503, { ready: false, reasons: reasons() }, { 'retry-after': '1' });
+      if (path === '/metrics') {
+        void o.registry.metrics().then((text) => res.writeHead(200, { 'content-type': o.registry.contentType }).end(text), () => json(500, { error: 'HRL_INTERNAL', message: 'metrics failed' }));
+        return;
+      }
+      json(503, { error: 'HRL_STARTING', message: `this instance is starting (${self?.phase ?? 'starting'}); retry shortly` }, { 'retry-after': '1' });
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EADDRINUSE' && err.code !== 'EACCES') return reject(err);
+        const why = err.code === 'EADDRINUSE' ? 'is already in use (another Herald, or another server)' : 'may not be opened by this user';
+        reject(new HeraldError('HRL_CONFIG_INVALID', `HERALD_HTTP_PORT: ${host}:${port} ${why}; stop what holds it, or set HERALD_HTTP_PORT to another port (0 picks a free one)`, { cause: err }));
+      });
+      server.listen(port, host, () => resolve());
+    });
+    self = new StartingServer(server, o.detail);
+    return self;
+  }
+
+  /** The port taken (the one asked for, or the free one 0 picked). */
+  get port(): number {
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  /** Lets the port go (open connections are closed), so the API can take it. */
+  async close(): Promise<void> {
+    if (!this.server.listening) return;
+    this.server.closeAllConnections();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}

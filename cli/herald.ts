@@ -146,6 +146,9 @@ program
     try {
       const config = loadConfig();
       if (o.event) {
+        // --event reads outcomes.v1 itself: what would only apply to one notification's lookup is refused, not ignored.
+        const unused = [id !== undefined ? `a notification id (${id})` : '', o.url ? '--url' : '', o.key ? '--key' : ''].filter(Boolean);
+        if (unused.length) fail(new HeraldError('HRL_CONFIG_INVALID', `explain --event reads outcomes.v1 through the brokers (the running embedded instance's, or KAFKA_BROKERS), not an API: ${unused.join(', ')} cannot be used with it`));
         const views = await scanLifecycles(config, (e) => e.eventId === o.event && (o.tenant === undefined || e.tenant === o.tenant));
         console.log(o.json ? JSON.stringify(views, null, 2) : formatEvent(o.event, views));
         // Nothing found is a failure, as for a notification id (scripts test the exit code).
@@ -239,13 +242,14 @@ lifecycle
 lifecycle
   .command('digest')
   .description("ask a running instance for the digest of its live projection (your key's tenant); compare with `lifecycle rebuild`")
-  .option('--from <url>', 'HTTP API of a running instance (default: HERALD_URL, else the running embedded instance)')
+  .option('--url <url>', 'HTTP API of a running instance (default: HERALD_URL, else the running embedded instance)')
+  .addOption(new Option('--from <url>', 'the former name of --url').hideHelp())
   .option('--key <key>', 'API key with the admin scope (default: HERALD_API_KEY, else the embedded development key)')
   .option('--json', 'print JSON')
-  .action(async (o: { from?: string; key?: string; json?: boolean }) => {
+  .action(async (o: { url?: string; from?: string; key?: string; json?: boolean }) => {
     try {
       const config = loadConfig();
-      const url = (o.from ?? process.env.HERALD_URL ?? runningEndpoints(config).http).replace(/\/$/, '');
+      const url = (o.url ?? o.from ?? process.env.HERALD_URL ?? runningEndpoints(config).http).replace(/\/$/, '');
       const body = await getApi<{ tenant: string; notifications: number; digest: string; partitions: number[] }>(url, '/v1/lifecycle/digest', o.key ?? process.env.HERALD_API_KEY ?? devKeyFile(config));
       console.log(o.json ? JSON.stringify(body) : `tenant ${body.tenant}: ${body.digest} (${body.notifications.toLocaleString('en-US')} notifications, partitions ${body.partitions.join(', ')})`);
     } catch (err) {

@@ -132,7 +132,8 @@ describe('end-to-end through the HTTP API', () => {
     // A wrong key is the API's own refusal, and a URL nobody answers at is said as such.
     const failure = (args: string[], key: string) => promisify(execFile)(process.execPath, ['cli/herald.ts', ...args], { encoding: 'utf8', env: { ...process.env, HERALD_API_KEY: key } }).then(() => '', (e: { stderr: string }) => e.stderr);
     expect(await failure(['explain', id, '--url', h.httpUrl!], 'hk_wrong')).toMatch(/^herald: HRL_UNAUTHORIZED: http:\/\/127\.0\.0\.1:\d+: HTTP 401: /);
-    expect(await failure(['lifecycle', 'digest', '--from', h.httpUrl!], 'hk_wrong')).toMatch(/^herald: HRL_UNAUTHORIZED: /);
+    expect(await failure(['lifecycle', 'digest', '--url', h.httpUrl!], 'hk_wrong')).toMatch(/^herald: HRL_UNAUTHORIZED: /);
+    expect(await failure(['explain', '--event', 'evt-1', '--url', h.httpUrl!], TEST_KEY)).toContain('herald: HRL_CONFIG_INVALID: explain --event reads outcomes.v1 through the brokers (the running embedded instance\'s, or KAFKA_BROKERS), not an API: --url cannot be used with it');
     const closed = await new Promise<number>((resolve) => {
       const srv = createServer().listen(0, '127.0.0.1', () => {
         const { port } = srv.address() as AddressInfo;

@@ -1,5 +1,7 @@
 /**
- * Circuit breakers per endpoint (a webhook or chat host, the SMTP server): after
+ * Circuit breakers per endpoint (a webhook or chat host, the SMTP server), and per webhook
+ * or chat URL for the failures it answers with itself (HTTP 5xx; the host opens on those
+ * only when they span two URLs or more): after
  * `failures` consecutive transient failures the circuit opens and tasks for the endpoint
  * wait (they are rescheduled without a call and without using an attempt); after `openMs`
  * one probe goes through (half-open): success closes the circuit, failure opens it again.
@@ -11,9 +13,19 @@
  * the host. Timeouts of hanging calls all settle at once, back to back; counted, they opened
  * the circuit for every user of the host for HERALD_BREAKER_OPEN_MS.
  */
+import { createHash } from 'node:crypto';
+
 export type CircuitState = 'closed' | 'open' | 'half-open';
 
-interface Circuit { state: CircuitState; failures: number; openedAt: number; probing: boolean }
+interface Circuit {
+  state: CircuitState;
+  failures: number;
+  openedAt: number;
+  probing: boolean;
+  /** The URLs whose HTTP error answers made the consecutive failures, and whether any failure had no answer at all (refused, reset, timed out). */
+  sources: Set<string>;
+  unanswered: boolean;
+}
 
 export type Admission = { call: true; probe: boolean } | { call: false; openSince: number; retryInMs: number };
 
@@ -50,13 +62,13 @@ export class CircuitBreakers {
    * failures (network, 5xx, timeouts). A failure does not count while the endpoint has
    * answered another call since `startedAt` (a probe's always counts).
    */
-  record(endpoint: string, failed: boolean, probe: boolean, now: number, startedAt = now): void {
+  record(endpoint: string, failed: boolean, probe: boolean, now: number, startedAt = now, source?: string): void {
     if (!failed) this.answered(endpoint, now);
     else if (!probe && (this.lastAnswer.get(endpoint) ?? Number.NEGATIVE_INFINITY) >= startedAt) return;
     let c = this.circuits.get(endpoint);
     if (!c) {
       if (!failed) return;
-      c = { state: 'closed', failures: 0, openedAt: 0, probing: false };
+      c = { state: 'closed', failures: 0, openedAt: 0, probing: false, sources: new Set(), unanswered: false };
       this.circuits.set(endpoint, c);
     }
     if (probe) c.probing = false;
@@ -67,7 +79,12 @@ export class CircuitBreakers {
       return;
     }
     c.failures++;
-    if (probe || (c.state === 'closed' && c.failures >= this.o.failures)) {
+    if (source === undefined) c.unanswered = true;
+    else if (c.sources.size < 16) c.sources.add(source);
+    // HTTP error answers of one URL alone are that URL's (its own circuit): the host, which
+    // answered, opens only when the failures span URLs, or some got no answer at all.
+    const spread = c.unanswered || c.sources.size >= 2;
+    if (probe || (c.state === 'closed' && c.failures >= this.o.failures && spread)) {
       c.openedAt = now;
       this.set(endpoint, c, 'open');
     }
@@ -92,6 +109,22 @@ export class CircuitBreakers {
 }
 
 /** The endpoint a task calls: the host of a webhook or chat URL, the one SMTP server for email. */
+/**
+ * The circuit of one webhook or chat URL (null for other channels): a URL that answers with
+ * an HTTP error is that URL's problem, and its own circuit opens, while the host (which
+ * answered) stays closed for every other URL on it. Named by the host and a hash of the URL,
+ * never the URL itself: its path or query may carry a token, and the name reaches logs and
+ * metric labels.
+ */
+export function urlCircuitOf(channel: string, address: string): string | null {
+  if (channel !== 'webhook' && channel !== 'chat') return null;
+  try {
+    return `${channel}:${new URL(address).host}#${createHash('sha256').update(address).digest('hex').slice(0, 10)}`;
+  } catch {
+    return null;
+  }
+}
+
 export function endpointOf(channel: string, address: string): string | null {
   if (channel === 'inapp') return null;
   if (channel === 'email') return 'email';

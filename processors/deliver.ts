@@ -15,7 +15,7 @@ import { userKey } from '../topology.ts';
 import type { ChannelProvider, SendResult } from '../channels/channel.ts';
 import type { Processor, RecordRef, StageContext, StageDeps, StageFactory } from '../runtime/contract.ts';
 import pLimit, { type LimitFunction } from 'p-limit';
-import { CircuitBreakers, endpointOf } from '../channels/breaker.ts';
+import { type Admission, CircuitBreakers, endpointOf, urlCircuitOf } from '../channels/breaker.ts';
 import type { DeliveryTask } from '../schemas/types.ts';
 import { inboxContent } from '../channels/inapp.ts';
 import { deliveryId } from './ids.ts';
@@ -71,7 +71,9 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: 
   })), (breakers ??= new CircuitBreakers({
     failures: deps.config.breakerFailures, openMs: deps.config.breakerOpenMs,
     onChange: (endpoint, from, to, failures) => {
-      deps.metrics.circuitState.set({ endpoint }, to === 'closed' ? 0 : to === 'open' ? 1 : 2);
+      // A URL's circuit (host#hash) leaves the gauge once closed: failing URLs come and go.
+      if (to === 'closed' && endpoint.includes('#')) deps.metrics.circuitState.remove({ endpoint });
+      else deps.metrics.circuitState.set({ endpoint }, to === 'closed' ? 0 : to === 'open' ? 1 : 2);
       deps.log.warn({ endpoint, from, to, failures }, `circuit ${to}`);
     },
   })));
@@ -173,6 +175,9 @@ export class CallLimits {
   }
 }
 
+/** Whether the endpoint answered the call (it succeeded, or the URL answered with an HTTP status): the host is up. */
+const answeredBy = (task: DeliveryTask, r: SendResult) => r.ok || ((task.channel === 'webhook' || task.channel === 'chat') && r.code.startsWith('http_'));
+
 /** The URL a webhook or chat call goes to (its lane key); null for channels without one. */
 const urlOf = (task: DeliveryTask): string | null => (task.channel === 'webhook' || task.channel === 'chat' ? task.address : null);
 
@@ -219,7 +224,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
   // Calls under way, by delivery and attempt: a batch run again while one is in flight joins it.
   const inflight = new Map<string, Promise<SendResult>>();
   // Calls that outlived their batch's wait (a slow or hanging endpoint): settled by the timer.
-  const detached = new Map<string, { item: Item; probe: boolean; startedAt: number; result: SendResult | null; answered: Promise<void> }>();
+  const detached = new Map<string, { item: Item; probe: string | null; startedAt: number; result: SendResult | null; answered: Promise<void> }>();
 
   /** Records the answers detached calls have had, and lets their leases go. */
   function settleAnswered(ctx: StageContext<'deliver'>, wallClock: number): void {
@@ -291,7 +296,8 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     // call (and without using an attempt); the others are recorded as ATTEMPTED before the call.
     const now0 = ctx.wallClock();
     const expired = todo.filter(({ task }) => task.expiresAt !== null && now0 >= task.expiresAt);
-    const probes = new Set<Item>();
+    /** Items that probe a half-open circuit, and which one (the host's or the URL's). */
+    const probes = new Map<Item, string>();
     const send: Item[] = [];
     // Calls of this batch about to join a slow lane, by URL.
     const joining = new Map<string, number>();
@@ -306,18 +312,26 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'slow_endpoint', reason: `the URL hangs or answers slowly: its calls run one at a time and ${LANE_DEPTH} are queued; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
         continue;
       }
-      const a = endpoint ? breakers.admit(endpoint, now0) : ({ call: true, probe: false } as const);
+      // The host's circuit first (an outage of the host), then the URL's (its own HTTP errors).
+      const urlCircuit = urlCircuitOf(item.task.channel, item.task.address);
+      let a: Admission = endpoint ? breakers.admit(endpoint, now0) : { call: true, probe: false };
+      let probing = a.call && a.probe ? endpoint : null;
+      if (a.call && !a.probe && urlCircuit) {
+        a = breakers.admit(urlCircuit, now0);
+        if (a.call && a.probe) probing = urlCircuit;
+      }
       if (a.call) {
         send.push(item);
         if (url !== null && limits.isSlow(url, now0)) joining.set(url, (joining.get(url) ?? 0) + 1);
-        if (a.probe) probes.add(item);
+        if (probing) probes.set(item, probing);
         continue;
       }
       const { task, cause } = item;
       const next: DeliveryTask = { ...task, notBefore: now0 + a.retryInMs };
       ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
       const host = endpoint!.slice(endpoint!.indexOf(':') + 1);
-      ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', reason: `circuit open for ${host} since ${new Date(a.openSince).toISOString().slice(11, 19)} UTC; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
+      const which = endpoint && breakers.state(endpoint) !== 'closed' ? host : `this URL (on ${host}: it answered with errors)`;
+      ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', reason: `circuit open for ${which} since ${new Date(a.openSince).toISOString().slice(11, 19)} UTC; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
     }
     await ctx.recordNow(send.map(({ cause, task }) => [cause, { ...baseOf(task), status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}`, timestamp: now0 }]));
     // Every call starts now; the batch waits for them at most HERALD_DELIVERY_BATCH_WAIT_MS.
@@ -334,7 +348,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     const retries = ctx.store('retries');
     for (const item of send.filter((i) => !outcomes.has(i))) {
       const key = retryKey(item.task);
-      const entry = { item, probe: probes.has(item), startedAt: now0, result: null as SendResult | null, answered: Promise.resolve() };
+      const entry = { item, probe: probes.get(item) ?? null, startedAt: now0, result: null as SendResult | null, answered: Promise.resolve() };
       entry.answered = call(item.task).then((r) => void (entry.result = r));
       detached.set(key, entry);
       hold(retries, key, now0 + config.deliveryTimeoutMs + LEASE_MARGIN_MS, { task: item.task, cause: item.cause, lease: true } satisfies HeldRetry);
@@ -345,7 +359,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       ctx.outcome(cause, { ...baseOf(task), status: 'EXPIRED', reasonCode: 'expired_before_delivery', reason: `expired at ${new Date(task.expiresAt!).toISOString()} before attempt ${task.attempt}`, timestamp: now });
     }
     noteAnswers(send.map((item) => [item, outcomes.get(item)]), ctx.wallClock());
-    for (const item of send) if (outcomes.has(item)) settle(ctx, item, outcomes.get(item)!, probes.has(item), now0);
+    for (const item of send) if (outcomes.has(item)) settle(ctx, item, outcomes.get(item)!, probes.get(item) ?? null, now0);
   }
 
   /** The hosts that answered some of these calls are up: their failures among them are the URLs' (breaker.ts), whatever order they settle in. */
@@ -357,7 +371,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
   }
 
   /** Records the result of one call: DELIVERED, a retry, or FAILED and DEAD_LETTERED (with a fallback). */
-  function settle(ctx: StageContext<'deliver'>, item: Item, r: SendResult, probe: boolean, startedAt: number): void {
+  function settle(ctx: StageContext<'deliver'>, item: Item, r: SendResult, probe: string | null, startedAt: number): void {
     const results = ctx.store('results');
     {
       const { cause, task } = item;
@@ -367,7 +381,12 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       // Transient failures (network, 5xx, timeouts) count against the endpoint; 429 is a
       // request to slow down (Retry-After), not an outage; permanent answers mean it is up.
       // A failure while the host answers other calls is the URL's, not the host's (breaker.ts).
-      if (endpoint) breakers.record(endpoint, !r.ok && r.retriable && r.code !== 'http_429', probe, now, startedAt);
+      // An HTTP error answer counts against the URL's own circuit, and against the host only
+      // with other URLs' (breaker.ts): one URL answering 500 is not the host's outage.
+      const transient = !r.ok && r.retriable && r.code !== 'http_429';
+      const urlCircuit = urlCircuitOf(task.channel, task.address);
+      if (endpoint) breakers.record(endpoint, transient, probe === endpoint, now, startedAt, urlCircuit && answeredBy(task, r) ? urlCircuit : undefined);
+      if (urlCircuit) breakers.record(urlCircuit, transient, probe === urlCircuit, now, startedAt);
       // A settled delivery's result says which attempt it took; only an attempt that leaves
       // the delivery open (a retry follows) needs its own record, so a redelivered retry
       // task is not called again. One changelog record per delivery, not two.
@@ -384,7 +403,8 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         const tooOld = policy.maxAgeMs !== null && now + delay - task.occurredAt > policy.maxAgeMs;
         // While the endpoint's circuit is open the failure is the endpoint's outage, not the
         // task's: it may go on past its attempts, up to three times as many (and maxAge).
-        const outage = endpoint !== null && breakers.state(endpoint) !== 'closed' && task.attempt < policy.maxAttempts * 3;
+        const urlCircuit = urlCircuitOf(task.channel, task.address);
+        const outage = ((endpoint !== null && breakers.state(endpoint) !== 'closed') || (urlCircuit !== null && breakers.state(urlCircuit) !== 'closed')) && task.attempt < policy.maxAttempts * 3;
         if (r.retriable && (task.attempt < policy.maxAttempts || outage) && !tooOld) {
           const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
           remember(results, attemptKey(task.deliveryId), { attempt: task.attempt }, now);

@@ -558,6 +558,39 @@ describe('deliver: one URL failing on a shared host is not an outage of the host
   });
 });
 
+describe('deliver: one URL answering errors opens its own circuit, not its host\'s', () => {
+  const fail500: SendResult = { ok: false, retriable: true, code: 'http_500', detail: 'HTTP 500' };
+  const taskTo = async (recipient: string, address: string, id = recipient) => (await driver('route', route).pipe([{ value: { request: (await requestsFor(event({ id: `e-${id}`, recipients: [recipient] })))[0]!, user: user({ userId: recipient, webhookUrl: address }), preferences: null }, timestamp: T0 }])).emitted[0]!.value as DeliveryTask;
+
+  it('holds the failing URL\'s tasks, calls the host\'s other URLs at once, and closes with one probe', async () => {
+    const channel = new ScriptedDeliver([]);
+    let broken = true;
+    channel.send = async (task: DeliveryTask) => {
+      channel.calls.push(task);
+      return broken && task.address.endsWith('/broken') ? fail500 : { ok: true, providerMessageId: null, detail: 'HTTP 200' };
+    };
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1));
+    // given one URL answering 500 to five notifications in a row (HERALD_BREAKER_FAILURES), nothing else calling the host meanwhile
+    for (let i = 0; i < 5; i++) await d.pipe([{ value: await taskTo('mallory', 'https://hooks.shared.example/t/broken', `m${i}`), timestamp: T0 }]);
+    expect(channel.calls).toHaveLength(5);
+    // then the next task for that URL waits without a call, naming the URL's circuit, not the host's
+    const held = await d.pipe([{ value: await taskTo('mallory', 'https://hooks.shared.example/t/broken', 'm9'), timestamp: T0 }]);
+    expect(channel.calls).toHaveLength(5);
+    expect(held.outcomes[0]).toMatchObject({ status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open' });
+    expect(held.outcomes[0]!.reason).toMatch(/^circuit open for this URL \(on hooks\.shared\.example: it answered with errors\) since /);
+    expect(held.outcomes[0]!.reason).not.toContain('/t/broken');
+    // and another user's URL on the same host is called at once
+    const other = await d.pipe([{ value: await taskTo('ada', 'https://hooks.shared.example/t/ada'), timestamp: T0 }]);
+    expect(other.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
+    // once the URL is fixed, one probe after the open period closes its circuit
+    broken = false;
+    d.now += 30_000;
+    const task = held.emitted.find((e) => e.topic === 'deliverRetry')!.value as DeliveryTask;
+    expect((await d.pipe([{ value: { ...task, notBefore: null }, timestamp: T0, topicKey: 'deliverRetry' }])).outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
+    expect((await d.pipe([{ value: await taskTo('mallory', 'https://hooks.shared.example/t/broken', 'm10'), timestamp: T0 }])).outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
+  });
+});
+
 describe('deliver: a slow endpoint never holds back the others', () => {
   it('detaches a call that outlives the batch wait, records its result from the timer, and remakes it from the lease after a move', async () => {
     const { loadConfig } = await import('../config.ts');

@@ -25,7 +25,7 @@ export function formatDecision(e: LifecycleEvent): string {
 /** The timeline: each decision with the time since the one before it. */
 export function formatLifecycle(n: NotificationView): string {
   return [
-    `${n.notificationId}  tenant ${n.tenant}, recipient ${n.recipient}, event ${n.eventId} (${n.eventType}), rule ${n.ruleId ?? '-'}, trace ${n.traceId}`,
+    `${n.notificationId}  tenant ${n.tenant}, recipient ${n.recipient || '(none: the event was rejected before its recipients were read)'}, event ${n.eventId} (${n.eventType}), rule ${n.ruleId ?? '-'}, trace ${n.traceId}`,
     `status ${n.status}; terminal: ${n.terminal.length ? n.terminal.join(', ') : 'not yet'}${pendingOf(n).length ? `; not finished: ${pendingOf(n).join(', ')}` : ''}; ${duration(n.updatedAt - n.createdAt)} from first to last decision`,
     ...n.events.map((e, i) => `  ${pad(i === 0 ? '' : `+${duration(e.timestamp - n.events[i - 1]!.timestamp)}`, 12)}${formatDecision(e)}`),
   ].join('\n');

@@ -5,7 +5,7 @@
  * `schemas register|check` provision real clusters; `describe` prints the topology.
  */
 import { Command, Option } from 'commander';
-import { loadConfig } from '../config.ts';
+import { CONFIG_KEYS, loadConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
@@ -51,6 +51,11 @@ function fail(err: unknown): never {
 }
 
 async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?: boolean; workers?: string }) {
+  // A flag's error names the flag, not the variable it stands in for.
+  const { min, max } = CONFIG_KEYS.workers;
+  if (opts.workers !== undefined && (!/^\d+$/.test(opts.workers) || Number(opts.workers) < min || Number(opts.workers) > max)) {
+    fail(new HeraldError('HRL_CONFIG_INVALID', `--workers: expected an integer in [${min}, ${max}], got "${opts.workers.slice(0, 40)}"`));
+  }
   // The demo shows rate limits and a digest: its rules unless HERALD_RULES says otherwise.
   const overrides = { ...(opts.demo && !process.env.HERALD_RULES ? { rulesFile: 'rules/demo.json' } : {}), ...(opts.workers !== undefined ? { workers: opts.workers } : {}) };
   const config = loadConfig(process.env, overrides);

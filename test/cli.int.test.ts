@@ -73,3 +73,12 @@ describe('a configuration error', () => {
     expect(r?.stderr).toBe('herald: HRL_CONFIG_INVALID: HERALD_PARTITIONS: expected an integer in [1, 256], got "abc"\n');
   });
 });
+
+describe('a flag\'s error', () => {
+  it('names the flag: start --workers abc', async () => {
+    const r = await run(process.execPath, ['cli/herald.ts', 'start', '--workers', 'abc'], { env: { ...process.env, HERALD_STATE_DIR: join(root, 'flag') } }).then(() => null, (e: { code: number; stderr: string }) => e);
+    expect(r?.code).toBe(1);
+    expect(r?.stderr).toBe('herald: HRL_CONFIG_INVALID: --workers: expected an integer in [0, 64], got "abc"\n');
+  });
+});
+

@@ -150,7 +150,9 @@ export async function replay(c: ClusterClients, config: HeraldConfig, codec: Cod
   const inputs = STAGES[first].inputs as readonly TopicKey[];
   const inputKey = inputs[0]!;
   const topic = topicName(config.topicPrefix, inputKey);
-  const log: Logger = c.log;
+  // The sandboxed stages' own warnings (a record dead-lettered, a table value skipped) are in
+  // the report; printed as log lines too, they would interleave JSON with the table.
+  const log: Logger = c.log.child({}, { level: 'error' });
   const tables = new GlobalTables(c.kafka, c.admin, serde, { ...config, stateBackend: 'memory' }, log, new Metrics());
   const needed = [...new Set(o.stages.flatMap((s) => STAGES[s].tables))] as TableName[];
   const deps: StageDeps = {

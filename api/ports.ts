@@ -127,6 +127,8 @@ export interface SigningSecretsPort {
 }
 
 export interface ApiPorts {
+  /** The HTTP server to serve on, already listening (the port taken at the start); without it the API makes its own and `listen` is called. */
+  serverFactory?: (handler: (req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse) => void) => import('node:http').Server;
   /** A `--workers` worker (its primary's instance id): answers reads (the queries its primary forwards) and refuses writes. */
   workerOf?: string;
   publisher: EventPublisher;

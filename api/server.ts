@@ -117,6 +117,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   // idle keep-alive connections; new requests meanwhile get 503 with Connection: close. Open
   // event streams are ended first (preClose below), or the close would wait for them.
   const app = Fastify({
+    ...(ports.serverFactory ? { serverFactory: ports.serverFactory } : {}),
     logger: false, bodyLimit: ports.maxPayloadBytes, forceCloseConnections: false, return503OnClosing: false, routerOptions: { maxParamLength: 4 * MAX_ID_LENGTH },
     // Errors before routing answer with Herald's error body too.
     frameworkErrors: (error, req, reply) => {

@@ -107,6 +107,12 @@ function guardStateDir(stateDir: string, identity: string): void {
   writeFileSync(marker, identity);
 }
 
+/** The URL of an HTTP server listening on `host:port`, as Fastify's listen names it (a wildcard host as loopback). */
+function urlOf(host: string, port: number): string {
+  const h = host === '0.0.0.0' || host === '' ? '127.0.0.1' : host === '::' ? '::1' : host;
+  return `http://${h.includes(':') ? `[${h}]` : h}:${port}`;
+}
+
 /** The pid of a live Herald process using `stateDir`, if any. */
 export function runningHerald(stateDir: string): number | null {
   const file = join(stateDir, 'herald.pid');
@@ -477,6 +483,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     };
     if (wantApi) {
       const api = await buildApi({
+        ...(early ? { serverFactory: (handler: Parameters<StartingServer['handOver']>[0]) => early.handOver(handler) } : {}),
         publisher: kafkaPublisher({ send }, serde, config, pressure),
         profiles: kafkaProfiles({ send }, serde, tables, config),
         lifecycle: new LifecycleRouter({
@@ -490,9 +497,9 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       cleanups.push(() => api.close());
       herald.api = api;
       // The starting answers end; the API takes the port they held.
-      const port = early ? early.port : config.httpPort;
-      await early?.close();
-      const address = await api.listen({ port, host: config.httpHost }).catch((err: NodeJS.ErrnoException) => {
+      // The API takes over the server the start has been answering on (no request refused
+      // or reset in between); without one it listens itself.
+      const address = early ? await api.ready().then(() => (early.takeOver(), urlOf(config.httpHost, early.port))) : await api.listen({ port: config.httpPort, host: config.httpHost }).catch((err: NodeJS.ErrnoException) => {
         if (err.code !== 'EADDRINUSE' && err.code !== 'EACCES') throw err;
         const why = err.code === 'EADDRINUSE' ? 'is already in use (another Herald, or another server)' : 'may not be opened by this user';
         throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_HTTP_PORT: ${config.httpHost}:${config.httpPort} ${why}; stop what holds it, or set HERALD_HTTP_PORT to another port (0 picks a free one)`, { cause: err });

@@ -5,9 +5,9 @@
  * `/healthz` 200 (alive), `/readyz` 503 with what the start is doing (the journal replay,
  * the tables, each stage's restore progress), `/metrics` the process's metrics, and every
  * other path 503 `HRL_STARTING` with `Retry-After`. When the start is done the API takes
- * the same port over.
+ * the same listening server over (`handOver`), so no connection is refused or reset.
  */
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
 import { HeraldError } from '../errors.ts';
@@ -15,7 +15,10 @@ import { HeraldError } from '../errors.ts';
 export class StartingServer {
   /** What the start is doing now, shown on /readyz. */
   phase = 'starting';
-  private readonly server: Server;
+  readonly server: Server;
+  /** The API's handler, once it has taken over (the same server: no request is refused or reset in the hand-over). */
+  private api: ((req: IncomingMessage, res: ServerResponse) => void) | null = null;
+  private pending: ((req: IncomingMessage, res: ServerResponse) => void) | null = null;
   private readonly detail: () => string[];
 
   private constructor(server: Server, detail: () => string[]) {
@@ -27,6 +30,7 @@ export class StartingServer {
   static async listen(host: string, port: number, o: { registry: Registry; detail: () => string[] }): Promise<StartingServer> {
     let self: StartingServer | null = null;
     const server = createServer((req, res) => {
+      if (self?.api) return self.api(req, res);
       const path = (req.url ?? '/').split('?')[0];
       const json = (status: number, body: unknown, headers: Record<string, string> = {}) => {
         const text = JSON.stringify(body);
@@ -51,6 +55,20 @@ export class StartingServer {
     });
     self = new StartingServer(server, o.detail);
     return self;
+  }
+
+  /**
+   * The API's server is this one (Fastify's serverFactory): once `takeOver` is called, every
+   * request goes to `handler` on the same listening server, so none is refused or reset.
+   */
+  handOver(handler: (req: IncomingMessage, res: ServerResponse) => void): Server {
+    this.pending = handler;
+    return this.server;
+  }
+
+  /** Requests go to the handler given to `handOver` from now on (call it once the API is ready). */
+  takeOver(): void {
+    this.api = this.pending;
   }
 
   /** The port taken (the one asked for, or the free one 0 picked). */

@@ -47,8 +47,28 @@ describe('the HTTP port while Herald starts', () => {
         await new Promise((r) => setTimeout(r, 20));
       }
     }
+    // From the first answer on, a client polling through the hand-over is never refused or reset
+    let errors = 0;
+    let answered = 0;
+    let polling = true;
+    const poller = Promise.all(Array.from({ length: 8 }, async () => {
+      while (polling) {
+        try {
+          const r = await fetch(`${url}/healthz`);
+          await r.text();
+          answered++;
+        } catch {
+          if (answered > 0) errors++;
+        }
+      }
+    }));
     const h = await starting;
     started.push(h);
+    await new Promise((r) => setTimeout(r, 500));
+    polling = false;
+    await poller;
+    expect(answered).toBeGreaterThan(0);
+    expect(errors).toBe(0);
     // then while it started: alive, not ready (with what it was doing), and the API not yet there
     expect(seen.health).toEqual({ status: 200, body: { status: 'starting' } });
     expect(seen.ready?.status).toBe(503);

@@ -54,6 +54,8 @@ export const partitionOf = (key: string, partitions: number): number => partitio
 
 export class LifecycleRouter implements LifecycleQueries {
   private readonly o: LifecycleRouterOptions;
+  /** When a failed forward to each owner was last logged at warn. */
+  private readonly forwardWarned = new Map<string, number>();
 
   constructor(o: LifecycleRouterOptions) {
     this.o = o;
@@ -180,7 +182,11 @@ export class LifecycleRouter implements LifecycleQueries {
       if (res.status === 404) return { status: 'not_found', detail: body.message ?? 'not found' };
       return { status: 'unavailable', detail: `instance ${owner.instanceId} answered ${res.status}: ${body.message ?? ''}`.trim() };
     } catch (err) {
-      this.o.log.warn({ err, owner: owner.instanceId }, 'forwarding a query failed');
+      // Once per owner and minute at warn (an owner that is down fails every query meanwhile), else at debug.
+      const now = Date.now();
+      const quiet = (this.forwardWarned.get(owner.instanceId) ?? 0) > now - 60_000;
+      if (!quiet) this.forwardWarned.set(owner.instanceId, now);
+      this.o.log[quiet ? 'debug' : 'warn']({ owner: owner.instanceId, reason: (err as Error).message }, quiet ? 'forwarding a query failed' : 'forwarding a query failed (further failures for this owner within a minute are logged at debug)');
       return { status: 'unavailable', detail: `instance ${owner.instanceId}, which holds the partition, did not answer (${(err as Error).name})` };
     }
   }

@@ -81,7 +81,9 @@ function countingRequests(kafka: Kafka, shareFetches: boolean): Kafka {
  * client logs it at INFO; so does Herald.
  */
 export function pinoLevel(level: number, message: string, extra: Record<string, unknown>): 'error' | 'warn' | 'info' | 'debug' {
-  if (level === logLevel.ERROR && message.startsWith('Response Heartbeat') && /rebalanc/i.test(String(extra.error ?? ''))) return 'info';
+  // The same for an offset commit a rebalance refuses (REBALANCE_IN_PROGRESS, or a generation
+  // the rebalance ended): the runtime replays those batches, as Kafka Streams does.
+  if (level === logLevel.ERROR && /^Response (Heartbeat|OffsetCommit)/.test(message) && /rebalanc|generation id is not valid/i.test(String(extra.error ?? ''))) return 'info';
   return LEVELS[level] ?? 'info';
 }
 

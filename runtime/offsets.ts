@@ -59,7 +59,10 @@ export class OffsetManager {
       for (const o of offsets) this.committed.set(k(o.topic, o.partition), BigInt(o.offset));
     } catch (err) {
       // A rebalance moved the partition: its new owner replays from the last commit.
-      this.log.warn({ err, offsets: offsets.length }, 'offset commit failed; the batches will be replayed');
+      // Routine in a rebalance (a member joined or left): said at info, without a stack.
+      const routine = /rebalanc|generation id is not valid|not.*member|unknown member/i.test((err as Error).message ?? '');
+      if (routine) this.log.info({ reason: (err as Error).message, offsets: offsets.length }, 'offset commit refused by a rebalance; the new owner replays those batches');
+      else this.log.warn({ err, offsets: offsets.length }, 'offset commit failed; the batches will be replayed');
       if ((err as { retriable?: boolean }).retriable !== true) return;
       for (const o of offsets) {
         const key = k(o.topic, o.partition);

@@ -29,5 +29,9 @@ describe('pinoLevel (kafkajs log levels in Herald\'s log)', () => {
     expect(pinoLevel(logLevel.ERROR, 'Response Heartbeat(key: 12, version: 3)', { error: 'The coordinator is not aware of this member' })).toBe('error');
     expect(pinoLevel(logLevel.ERROR, 'Response Fetch(key: 1, version: 11)', { error: 'The group is rebalancing, so a rejoin is needed' })).toBe('error');
     expect(pinoLevel(logLevel.WARN, 'anything', {})).toBe('warn');
+    // An offset commit a rebalance refuses is routine too: those batches are replayed.
+    expect(pinoLevel(logLevel.ERROR, 'Response OffsetCommit(key: 8, version: 5)', { error: 'The group is rebalancing, so a rejoin is needed' })).toBe('info');
+    expect(pinoLevel(logLevel.ERROR, 'Response OffsetCommit(key: 8, version: 5)', { error: 'The provided generation id is not valid' })).toBe('info');
+    expect(pinoLevel(logLevel.ERROR, 'Response OffsetCommit(key: 8, version: 5)', { error: 'Not authorized to access group' })).toBe('error');
   });
 });

@@ -142,9 +142,15 @@ export class StageRunner {
     });
     this.consumer = consumer;
     consumer.on(consumer.events.CRASH, (e) => {
-      // kafkajs restarts on retriable errors only. A consumer that gave up (for example on
-      // a protocol error during a rebalance) would leave this stage silently stopped.
-      if (e.payload.restart || this.stopped || this.consumer !== consumer) return;
+      if (this.stopped || this.consumer !== consumer) return;
+      // kafkajs restarts on retriable errors (the brokers gone, a connection lost): the member
+      // is not ready until it has joined again, and /readyz says so instead of "joined".
+      if (e.payload.restart) {
+        this.member = 'restarting';
+        return;
+      }
+      // A consumer that gave up (for example on a protocol error during a rebalance) would
+      // leave this stage silently stopped.
       this.restartMember(consumer, e.payload.error);
     });
     // A rebalance begins: no timer may fire for a partition that could be moving.

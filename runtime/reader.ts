@@ -83,7 +83,8 @@ export class TopicReader {
   /** Starts reading. With `until`, resolves `caughtUp` and stops by itself at the end. */
   async start(): Promise<void> {
     const { topic, from } = this.opts;
-    const offsets = await this.admin.fetchTopicOffsets(topic);
+    // Retried while the client's metadata is incomplete (right after a start, several brokers).
+    const offsets = await topicOffsets(this.admin, topic);
     const ends = this.opts.until ?? new Map(offsets.map((o) => [o.partition, BigInt(o.high)]));
     const starts = new Map(offsets.map((o) => [o.partition, BigInt(o.low)]));
     const wanted = from ? [...from.keys()] : [...ends.keys()];

@@ -38,6 +38,7 @@ export const CONFIG_KEYS = {
   httpHost: { env: 'HERALD_HTTP_HOST', kind: 'string', default: '127.0.0.1', doc: 'Interface the HTTP API listens on.' },
   httpPort: { env: 'HERALD_HTTP_PORT', kind: 'int', default: '8080', min: 0, max: 65535, doc: 'Port of the HTTP API; 0 picks a free one.' },
   advertisedUrl: { env: 'HERALD_ADVERTISED_URL', kind: 'string', default: '', doc: 'Base URL other instances use to reach this one\'s HTTP API (Kafka Streams\' application.server); default http://<host>:<port> as listened on.' },
+  publishTimeoutMs: { env: 'HERALD_PUBLISH_TIMEOUT_MS', kind: 'int', default: '10000', min: 100, max: 120000, doc: 'How long an API write (an event, a profile, preferences, audience members) waits for the brokers to acknowledge it (and, embedded, for the journal); then 503 HRL_BROKER_UNREACHABLE.' },
   queryTimeoutMs: { env: 'HERALD_QUERY_TIMEOUT_MS', kind: 'int', default: '3000', min: 100, max: 60000, doc: 'Timeout of a query forwarded to the instance that holds its partition.' },
   rulesFile: { env: 'HERALD_RULES', kind: 'string', default: 'rules/default.json', doc: 'Notification rules file.' },
   webhookSecret: { env: 'HERALD_WEBHOOK_SECRET', kind: 'string', default: DEFAULT_WEBHOOK_SECRET, doc: 'HMAC-SHA256 key that signs outgoing webhooks (never logged); `new,old` while rotating: both signatures are sent.' },

@@ -28,7 +28,7 @@ export const ERROR_CODES = {
   HRL_UNSUPPORTED_MEDIA_TYPE: 'An HTTP request body has a content type the route does not take.',
   HRL_NOT_FOUND: 'The HTTP route, notification, user or audience does not exist (yet).',
   HRL_METHOD_NOT_ALLOWED: 'The HTTP path exists but not with this method; the Allow header lists the ones it takes (HTTP 405).',
-  HRL_BROKER_UNREACHABLE: 'The Kafka brokers (the running instance\'s embedded broker, or KAFKA_BROKERS) could not be reached, or were lost: a CLI command that follows a topic ends instead of retrying for ever.',
+  HRL_BROKER_UNREACHABLE: 'The Kafka brokers (the running instance\'s embedded broker, or KAFKA_BROKERS) could not be reached, or were lost: a CLI command that follows a topic ends instead of retrying for ever, and an API write they do not acknowledge within HERALD_PUBLISH_TIMEOUT_MS answers 503 with Retry-After (send it again with the same Idempotency-Key).',
   HRL_OWNER_UNAVAILABLE: 'The instance that holds the partition a query needs is unknown or unreachable (a rebalance or restore is under way); retry shortly.',
   HRL_INTERNAL: 'An unexpected server error; the log has the details.',
   HRL_UNAUTHORIZED: 'A /v1 request has no API key, or one that is unknown or revoked (HTTP 401).',

@@ -163,6 +163,12 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
     if (err.statusCode && err.statusCode < 500) return fail(reply, err.statusCode, clientErrorCode(err), clientErrorMessage(err, req.routeOptions.bodyLimit ?? ports.maxPayloadBytes, req.headers['content-type']), clientErrorField(err));
     if (err instanceof HeraldError && (err.code === 'HRL_JOURNAL_BEHIND' || err.code === 'HRL_BACKPRESSURE')) return fail(reply.header('retry-after', '1'), 503, err.code, err.message);
+    if (err instanceof HeraldError && err.code === 'HRL_BROKER_UNREACHABLE') return fail(reply.header('retry-after', '5'), 503, err.code, err.message);
+    // kafkajs gave up on a write (its retries spent, the connection lost): the brokers, not Herald.
+    if (/^KafkaJS(NumberOfRetriesExceeded|Connection|RequestTimeout|BrokerNotFound|Timeout)/.test(err.name ?? '')) {
+      log.warn({ err: { name: err.name, message: err.message } }, 'a write through the API failed at the brokers');
+      return fail(reply.header('retry-after', '5'), 503, 'HRL_BROKER_UNREACHABLE', `the brokers did not take the write (${err.name}); it may still be written: send it again with the same Idempotency-Key (or id)`);
+    }
     log.error({ err, method: req.method, url: req.routeOptions.url }, 'api error');
     return fail(reply, 500, 'HRL_INTERNAL', 'internal error');
   });

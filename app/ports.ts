@@ -7,7 +7,7 @@ import type { ProducerRecord, RecordMetadata } from 'kafkajs';
 import type { EventPublisher, Health, Profiles } from '../api/ports.ts';
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
-import { CoalescingSender } from './coalesce.ts';
+import { CoalescingSender, unacknowledged } from './coalesce.ts';
 import { audienceKey } from '../processors/ingest.ts';
 import type { Metrics } from '../runtime/metrics.ts';
 import type { WorkerPool } from './workers.ts';
@@ -28,7 +28,11 @@ export function kafkaPublisher(producer: { send: Send }, serde: Serde, config: H
     async publish(ev: DomainEvent) {
       const full = pressure();
       if (full) throw new HeraldError('HRL_BACKPRESSURE', `not accepted: ${full}; retry shortly (same Idempotency-Key)`, { retriable: true });
-      await events.produce(topic, { key: ev.id, value: await serde.encode(topic, ev) });
+      // While a produce has waited longer than the timeout (brokers gone), answer at once
+      // rather than queue behind it: nothing of this request is written.
+      const wait = config.publishTimeoutMs;
+      if (events.stalledMs(topic) > wait) throw unacknowledged(`event ${ev.id}`, wait, false);
+      await events.produce(topic, { key: ev.id, value: await serde.encode(topic, ev) }, wait, `event ${ev.id}`);
     },
     async record(ev: LifecycleEvent) {
       const outcomes = topicName(config.topicPrefix, 'outcomes');
@@ -37,8 +41,22 @@ export function kafkaPublisher(producer: { send: Send }, serde: Serde, config: H
   };
 }
 
-export function kafkaProfiles(producer: { send: Send }, serde: Serde, tables: GlobalTables, config: HeraldConfig): Profiles {
+/** `p`, or HRL_BROKER_UNREACHABLE after `ms` (the write itself goes on: it may still land). */
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(unacknowledged(what, ms, true)), ms);
+    timer.unref();
+  });
+  p.catch(() => undefined);
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+export function kafkaProfiles(sender: { send: Send }, serde: Serde, tables: GlobalTables, config: HeraldConfig): Profiles {
   const t = (k: 'users' | 'preferences' | 'audiences') => topicName(config.topicPrefix, k);
+  // A write the brokers do not acknowledge in time answers 503; these writes are
+  // idempotent (a PUT of the same profile, members added again), so sending again is safe.
+  const producer = { send: (record: ProducerRecord) => withTimeout(sender.send(record), config.publishTimeoutMs, `the write to ${record.topic}`) };
   return {
     async putUser(profile: UserProfile) {
       await producer.send({ topic: t('users'), acks: -1, messages: [{ key: userKey(profile.tenant!, profile.userId), value: await serde.encode(t('users'), profile) }] });

@@ -59,4 +59,25 @@ describe('CoalescingSender (group commit for the API)', () => {
     for (const s of sends) s.ack();
     await Promise.all(both);
   });
+
+  it('fails a message not acknowledged within its timeout: taken out of the queue when its produce has not started, left to its produce when it has', async () => {
+    const { sends, send } = gatedSend();
+    const c = new CoalescingSender(send);
+    const inFlight = c.produce('t', { key: 'a', value: 'a' }, 30, 'event a');
+    await tick();
+    const queued = c.produce('t', { key: 'b', value: 'b' }, 30, 'event b');
+    await expect(inFlight).rejects.toMatchObject({ code: 'HRL_BROKER_UNREACHABLE', message: expect.stringContaining('event a: the brokers have not acknowledged it within 30 ms') });
+    await expect(queued).rejects.toMatchObject({ code: 'HRL_BROKER_UNREACHABLE', message: expect.stringContaining('event b: not written') });
+    expect(c.stalledMs('t')).toBeGreaterThanOrEqual(30);
+    sends[0]!.ack();
+    await tick();
+    // b left the queue: the next produce carries only what came after it
+    const next = c.produce('t', { key: 'c', value: 'c' }, 1000);
+    await tick();
+    expect(sends.map((s) => s.record.messages.map((m) => m.key))).toEqual([['a'], ['c']]);
+    expect(c.stalledMs('t')).toBeLessThan(1000);
+    sends[1]!.ack();
+    await expect(next).resolves.toBeUndefined();
+    expect(c.stalledMs('t')).toBe(0);
+  });
 });

@@ -6,6 +6,7 @@
  * buffers all of it, with the stores' writes, until the runtime completes the batch.
  * Tests drive processors through this same class with a capturing sink.
  */
+import type { IHeaders } from 'kafkajs';
 import { decisionIdOf, isTerminal } from '../schemas/lifecycle.ts';
 import type { LifecycleEvent, TopicValues } from '../schemas/types.ts';
 import { BatchView, type KeyValueStore, type StoreView } from '../state/store.ts';
@@ -13,13 +14,21 @@ import { type StageName, type StageOutput, type StoreName, type TopicKey, stageS
 import type { DeadLetterError, Decision, EmitOptions, InRecord, RecordRef, StageContext, UndecodedRecord } from './contract.ts';
 import type { Logger } from './logger.ts';
 
+/** Headers as strings (the first value of a repeated one), for reading rather than forwarding. */
+export function headerStrings(h: IHeaders | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, v] of Object.entries(h ?? {})) if (v !== undefined) out[name] = String(Array.isArray(v) ? v[0] : v);
+  return out;
+}
+
 /** A record the batch will produce, not yet encoded. */
 export interface PendingOutput {
   topicKey: TopicKey;
-  key: string;
+  /** A Buffer or null only on dead letters (the original key's bytes). */
+  key: string | Buffer | null;
   value: unknown;
   timestamp: number;
-  headers?: Record<string, string>;
+  headers?: IHeaders;
 }
 
 /** Where decisions that must be on record at once (`recordNow`) go: the record collector, or a test's capture. */
@@ -81,7 +90,7 @@ export class BatchContext<S extends StageName = StageName> implements StageConte
     return v;
   }
 
-  private push(topicKey: TopicKey, key: string, value: unknown, timestamp: number, headers?: Record<string, string>): void {
+  private push(topicKey: TopicKey, key: string | Buffer | null, value: unknown, timestamp: number, headers?: IHeaders): void {
     if (!(stageSpec(this.stage).outputs as readonly TopicKey[]).includes(topicKey)) throw new Error(`stage ${this.stage} may not write to ${topicKey}; declare it in topology.ts`);
     this.maxTimestamp = Math.max(this.maxTimestamp ?? 0, timestamp);
     this.outputs.push({ topicKey, key, value, timestamp, ...(headers ? { headers } : {}) });
@@ -143,8 +152,13 @@ export class BatchContext<S extends StageName = StageName> implements StageConte
   deadLetter(cause: InRecord | UndecodedRecord, error: DeadLetterError): void {
     const headers = deadLetterHeaders(this.stage, cause, error);
     this.log.warn({ code: headers['herald.error.code'], reason: headers['herald.error.reason'], topic: cause.topic, partition: cause.partition, offset: cause.offset }, 'dead-lettered');
-    // The original bytes, exactly: a tombstone stays a tombstone.
-    this.push('dlq', cause.key ?? '', cause.raw, cause.timestamp, headers);
+    // The original record, exactly (as Kafka Connect's dead-letter queue keeps it): its key's
+    // and value's bytes (a tombstone stays a tombstone, a null key null) and its headers,
+    // with Herald's error headers beside them (replacing any of the same name).
+    const raw = 'rawKey' in cause ? cause : null;
+    const original: IHeaders = {};
+    for (const [name, v] of Object.entries(raw?.rawHeaders ?? cause.headers)) if (v !== undefined && !(name in headers)) original[name] = v;
+    this.push('dlq', raw && raw.rawKey !== undefined ? raw.rawKey : cause.key, cause.raw, cause.timestamp, { ...original, ...headers });
     this.counts.dlq++;
   }
 

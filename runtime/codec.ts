@@ -82,13 +82,7 @@ export class Codec {
         throw new HeraldError('HRL_PAYLOAD_TOO_LARGE', `record is ${buf.length} bytes; the limit is ${this.config.maxPayloadBytes} (HERALD_MAX_PAYLOAD_BYTES)`);
       }
       if (buf[0] === 0) return domainEventFromJson(await this.serde.decode(buf, 'DomainEvent'));
-      let parsed: unknown;
-      try {
-        parsed = JSON.parse(buf.toString('utf8'));
-      } catch (err) {
-        throw new HeraldError('HRL_DECODE_FAILED', `neither Avro (magic byte 0) nor JSON: ${(err as Error).message}`);
-      }
-      return domainEventFromJson(parsed);
+      return domainEventFromJson(parseJson(buf));
     }
     const schema = TOPICS[topicKey].schema;
     if (schema === null) return buf;
@@ -100,4 +94,48 @@ export class Codec {
     if (TOPICS[topicKey].schema === null) return Buffer.isBuffer(value) ? value : Buffer.from(JSON.stringify(value));
     return this.serde.encode(topic, value);
   }
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+/** Bytes that can begin a JSON text (after optional whitespace). */
+const JSON_START = new Set([...'{["-0123456789tfn \t\r\n'].map((c) => c.charCodeAt(0)));
+
+/**
+ * An events.v1 value that is not Avro: JSON, which is UTF-8 (RFC 8259 §8.1), so invalid
+ * bytes are refused rather than replaced; a value that is neither says what it starts with
+ * (in hex: a control byte is never copied into the error header).
+ */
+export function parseJson(buf: Buffer): unknown {
+  if (!JSON_START.has(buf[0]!)) {
+    throw new HeraldError('HRL_DECODE_FAILED', `value: expected JSON (an object) or Avro in Confluent wire format (magic byte 0x00 and a 4-byte schema id), got ${buf.length} bytes starting 0x${buf.subarray(0, 4).toString('hex')}: unknown magic byte`, { field: 'value' });
+  }
+  let text: string;
+  try {
+    text = UTF8.decode(buf);
+  } catch {
+    const at = firstInvalidUtf8(buf);
+    throw new HeraldError('HRL_DECODE_FAILED', `value: JSON must be UTF-8 (RFC 8259), and byte ${at} (0x${buf.subarray(at, at + 1).toString('hex')}) is not valid UTF-8 there`, { field: 'value' });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    // eslint-disable-next-line no-control-regex
+    throw new HeraldError('HRL_DECODE_FAILED', `value: not valid JSON: ${(err as Error).message.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)}`, { field: 'value' });
+  }
+}
+
+/** The offset of the first byte that makes `buf` invalid UTF-8. */
+function firstInvalidUtf8(buf: Buffer): number {
+  let lo = 0;
+  let hi = buf.length;
+  // The longest valid prefix, by halving (a prefix cut inside a character is invalid too, so allow 3 bytes of slack).
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    let ok = false;
+    for (let cut = mid; cut <= Math.min(buf.length, mid + 3) && !ok; cut++) {
+      try { UTF8.decode(buf.subarray(0, cut)); ok = true; } catch { /* not yet */ }
+    }
+    if (ok) lo = mid; else hi = mid - 1;
+  }
+  return lo;
 }

@@ -10,6 +10,7 @@
  *     async process(batch, ctx) { for (const r of batch) ctx.emit(r, 'enriched', r.value.recipient, join(r.value)); },
  *   });
  */
+import type { IHeaders } from 'kafkajs';
 import type { HeraldConfig } from '../config.ts';
 import type { RuleSet } from '../rules/rules.ts';
 import type { ReasonCode, Status } from '../schemas/lifecycle.ts';
@@ -40,6 +41,8 @@ export interface TopicRecord<K extends TopicKey> extends RecordRef {
   readonly headers: Readonly<Record<string, string>>;
   /** Original bytes, for dead-lettering. */
   readonly raw: Buffer | null;
+  readonly rawKey?: Buffer | null;
+  readonly rawHeaders?: IHeaders;
 }
 
 /** A consumed record of any of the topics `K` (a union over them, so `topicKey` narrows `value`). */
@@ -51,6 +54,9 @@ export interface UndecodedRecord extends RecordRef {
   readonly key: string | null;
   readonly headers: Readonly<Record<string, string>>;
   readonly raw: Buffer | null;
+  /** The key's and headers' bytes as consumed, for dead-lettering (absent on records handed over in process). */
+  readonly rawKey?: Buffer | null;
+  readonly rawHeaders?: IHeaders;
 }
 
 /** The fields of a lifecycle event a stage decides; the runtime fills stage, source and `terminal`. */

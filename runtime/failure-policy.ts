@@ -38,9 +38,10 @@ export async function decodeBatch(codec: Codec, stage: string, topicKey: TopicKe
   const records: StageRecord[] = [];
   const rejected: Rejected[] = [];
   for (const m of messages) {
-    // A placeholder the embedded broker's journal wrote to keep offsets aligned: nothing to decode or do.
-    if (m.headers?.['herald.journal.gap'] !== undefined) continue;
-    const base: UndecodedRecord = { topic, topicKey, partition, offset: m.offset, key: m.key?.toString() ?? null, timestamp: Number(m.timestamp), headers: headersOf(m.headers), raw: m.value };
+    // A placeholder the embedded broker's journal wrote to keep offsets aligned (no key, no
+    // value): nothing to decode or do. A record with a value is never one, whatever its headers.
+    if (m.value === null && m.key === null && m.headers?.['herald.journal.gap'] !== undefined) continue;
+    const base: UndecodedRecord = { topic, topicKey, partition, offset: m.offset, key: m.key?.toString() ?? null, timestamp: Number(m.timestamp), headers: headersOf(m.headers), raw: m.value, rawKey: m.key, ...(m.headers ? { rawHeaders: m.headers } : {}) };
     try {
       records.push({ ...base, value: await codec.decode(topicKey, m.value) } as StageRecord);
     } catch (err) {

@@ -10,7 +10,7 @@ import type { BatchSender } from './coalescing-producer.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import type { BatchView } from '../state/store.ts';
 import { type TopicKey, topicName, userKey } from '../topology.ts';
-import type { OutcomeSink, PendingOutput } from './batch-context.ts';
+import { headerStrings, type OutcomeSink, type PendingOutput } from './batch-context.ts';
 import type { Codec } from './codec.ts';
 
 /** Upper bound of one produce request, well under the broker's default message.max.bytes. */
@@ -54,8 +54,8 @@ export class RecordCollector implements OutcomeSink {
     const value = await this.codec.encode(o.topicKey, topic, o.value);
     const fwd = forward?.topicKey === o.topicKey;
     const message: Message = { key: o.key, value, timestamp: String(o.timestamp), ...(o.headers ? { headers: o.headers } : {}), ...(fwd ? { partition: forward.partition } : {}) };
-    const sized: Sized = { topic, message, bytes: (value?.length ?? 0) + Buffer.byteLength(o.key) + 64 };
-    if (fwd) sized.produced = { topic, partition: forward.partition, offset: '', key: o.key, value, timestamp: o.timestamp, headers: o.headers ?? {} };
+    const sized: Sized = { topic, message, bytes: (value?.length ?? 0) + Buffer.byteLength(o.key ?? '') + 64 };
+    if (fwd) sized.produced = { topic, partition: forward.partition, offset: '', key: String(o.key), value, timestamp: o.timestamp, headers: headerStrings(o.headers) };
     return sized;
   }
 

@@ -7,7 +7,7 @@
 import type { LifecycleEvent } from '../schemas/types.ts';
 import { KeyValueStore } from '../state/store.ts';
 import { type StageName, type TopicKey, stageSpec } from '../topology.ts';
-import { BatchContext } from './batch-context.ts';
+import { BatchContext, headerStrings } from './batch-context.ts';
 import type { Processor, StageDeps } from './contract.ts';
 import { type Decoded, processBatch } from './failure-policy.ts';
 
@@ -57,11 +57,12 @@ export class SandboxStage {
   /** What the runtime would produce for `ctx`, and its store writes applied. */
   private async complete(ctx: BatchContext, result: SandboxResult): Promise<void> {
     for (const o of ctx.outputs) {
-      const h = o.headers ?? {};
+      const h = headerStrings(o.headers);
+      const key = o.key === null ? null : o.key.toString();
       if (o.topicKey === 'outcomes') result.outcomes.push(o.value as LifecycleEvent);
       else if (o.topicKey === 'dlq') {
-        result.dlq.push({ offset: h['herald.source.offset']!, key: o.key ?? null, code: h['herald.error.code']!, reason: h['herald.error.reason']!, ...(h['herald.error.field'] ? { field: h['herald.error.field'] } : {}), headers: h, value: o.value });
-      } else result.emitted.push({ topic: o.topicKey, key: o.key, value: o.value, timestamp: o.timestamp, headers: h });
+        result.dlq.push({ offset: h['herald.source.offset']!, key, code: h['herald.error.code']!, reason: h['herald.error.reason']!, ...(h['herald.error.field'] ? { field: h['herald.error.field'] } : {}), headers: h, value: o.value });
+      } else result.emitted.push({ topic: o.topicKey, key: key ?? '', value: o.value, timestamp: o.timestamp, headers: h });
     }
     for (const v of ctx.views.values()) await v.flush(null);
   }

@@ -233,7 +233,8 @@ export class Serde {
               // Confluent's registry do (a producer's com.acme.DomainEvent is one).
               r = { type: wanted, resolver: wanted.createResolver(reader, { ignoreNamespaces: true } as never) };
             } catch (err) {
-              r = new Error(`its schema cannot be read as ${as}: ${(err as Error).message}`);
+              const at = unreadableField(wanted, reader);
+              r = Object.assign(new Error(`its schema cannot be read as ${as}: ${at ? `${at.field}: ${at.why}` : (err as Error).message}`), at ? { field: at.field } : {});
             }
           }
           this.resolved.set(key, r);
@@ -249,7 +250,35 @@ export class Serde {
     } catch (err) {
       // An unreachable registry is not the record's fault: retry the batch instead of dead-lettering.
       const retriable = isTransient(err);
-      throw new HeraldError('HRL_DECODE_FAILED', `Avro decode failed (schema id ${buf.readInt32BE(1)}): ${(err as Error).message}`, { cause: err, retriable });
+      const field = (err as { field?: unknown }).field;
+      throw new HeraldError('HRL_DECODE_FAILED', `Avro decode failed (schema id ${buf.readInt32BE(1)}): ${(err as Error).message}`, { cause: err, retriable, ...(typeof field === 'string' ? { field } : {}) });
     }
   }
 }
+
+/**
+ * The first field of `reader` that a record written with `writer` cannot be read into (by
+ * Avro schema resolution), with why, as a path (`data.count`): avsc's own message names the
+ * two types but not where they are.
+ */
+export function unreadableField(reader: avro.Type, writer: avro.Type, path = ''): { field: string; why: string } | null {
+  if (!(reader instanceof avro.types.RecordType) || !(writer instanceof avro.types.RecordType)) return null;
+  for (const f of reader.fields) {
+    const names = [f.name, ...f.aliases];
+    const w = writer.fields.find((x) => names.includes(x.name));
+    const field = path ? `${path}.${f.name}` : f.name;
+    if (!w) {
+      if (f.defaultValue() === undefined) return { field, why: `missing from the writer's schema, and the reader's has no default for it` };
+      continue;
+    }
+    try {
+      f.type.createResolver(w.type, { ignoreNamespaces: true } as never);
+    } catch (err) {
+      return unreadableField(f.type, w.type, field) ?? { field, why: `the writer's ${typeName(w.type)} cannot be read as ${typeName(f.type)} (${(err as Error).message})` };
+    }
+  }
+  return null;
+}
+
+const typeName = (t: avro.Type): string => t.typeName === 'union' ? `union [${(t as unknown as { types: avro.Type[] }).types.map(typeName).join(', ')}]` : (t.name ?? t.typeName);
+

@@ -33,7 +33,9 @@ const decodeAll = async <T>(ms: KafkaMessage[]) => Promise.all(ms.map((m) => h.s
 
 describe('ingest rejections', () => {
   const cases: { name: string; value: Buffer | string; code: string; field?: string; reason: RegExp; rejected: string | null }[] = [
-    { name: 'undecodable bytes', value: Buffer.from([0xde, 0xad, 0xbe, 0xef]), code: 'HRL_DECODE_FAILED', reason: /neither Avro .* nor JSON/, rejected: null },
+    { name: 'undecodable bytes', value: Buffer.from([0xde, 0xad, 0xbe, 0xef]), code: 'HRL_DECODE_FAILED', field: 'value', reason: /expected JSON \(an object\) or Avro in Confluent wire format .* got 4 bytes starting 0xdeadbeef: unknown magic byte/, rejected: null },
+    { name: 'a wrong magic byte', value: Buffer.from([1, 0, 0, 0, 1, 2, 3]), code: 'HRL_DECODE_FAILED', field: 'value', reason: /got 7 bytes starting 0x01000000: unknown magic byte/, rejected: null },
+    { name: 'JSON that is not UTF-8', value: Buffer.from('{"id":"u8","tenant":"acme","type":"comment.created","recipients":["ada"],"actor":"li\xffnus"}', 'latin1'), code: 'HRL_DECODE_FAILED', field: 'value', reason: /JSON must be UTF-8 \(RFC 8259\), and byte 84 \(0xff\) is not valid UTF-8/, rejected: null },
     { name: 'Avro with an unknown schema id', value: Buffer.from([0, 0, 0, 0x7f, 0x7f, 1, 2]), code: 'HRL_DECODE_FAILED', reason: /schema id 32639/, rejected: null },
     { name: 'a schema violation', value: JSON.stringify({ id: 'sv', tenant: 'acme', type: 'comment.created', recipients: ['ada'], occurredAt: 'yesterday' }), code: 'HRL_SCHEMA_VIOLATION', field: 'occurredAt', reason: /occurredAt: expected/, rejected: 'schema_violation' },
     { name: 'a missing field', value: JSON.stringify({ id: 'mf', tenant: 'acme', recipients: ['ada'] }), code: 'HRL_SCHEMA_VIOLATION', field: 'type', reason: /type: expected a string, got nothing/, rejected: 'schema_violation' },
@@ -74,6 +76,29 @@ describe('ingest rejections', () => {
     const schemaViolation = events.find((e) => e.eventId === 'sv')!;
     expect(schemaViolation).toMatchObject({ recipient: 'ada', notificationId: notificationId('acme', 'sv', 'ada', '') });
   });
+
+  it('dead-letters the original record: its key\'s bytes (null stays null) and its headers beside Herald\'s', async () => {
+    const before = dlq.messages.length;
+    const oddKey = Buffer.from([0x6b, 0xff, 0xfe]);
+    await h.producer.send({ topic: T('events'), acks: -1, messages: [
+      { key: null, value: 'not json', headers: { trace: 'abc', 'herald.error.code': 'forged' } },
+      { key: oddKey, value: '{bad', headers: { trace: Buffer.from([0xff]) } },
+    ] });
+    const dead = await eventually(() => dlq.messages.length >= before + 2 && dlq.messages.slice(before));
+    const nullKeyed = dead.find((m) => header(m, 'trace') === 'abc')!;
+    expect(nullKeyed.key).toBeNull();
+    expect(header(nullKeyed, 'herald.error.code')).toBe('HRL_DECODE_FAILED');
+    const odd = dead.find((m) => m.key !== null && m.key.equals(oddKey))!;
+    expect(odd.headers?.trace).toEqual(Buffer.from([0xff]));
+    expect(header(odd, 'herald.error.reason')).toMatch(/not valid JSON/);
+  });
+
+  it('processes an outside record that carries the journal\'s placeholder header: only a record with neither key nor value is a placeholder', async () => {
+    const ev = { id: 'gap-header', tenant: 'acme', type: 'comment.created', recipients: ['ada'], data: { commentId: 'gh' } };
+    await h.producer.send({ topic: T('events'), acks: -1, messages: [{ key: 'gap-header', value: JSON.stringify(ev), headers: { 'herald.journal.gap': '1' } }] });
+    const req = await eventually(async () => (await decodeAll<NotificationRequest>(requests.messages)).find((r) => r.eventId === 'gap-header'));
+    expect(req.recipient).toBe('ada');
+  });
 });
 
 describe('Avro from producers whose schema evolved', () => {
@@ -94,7 +119,8 @@ describe('Avro from producers whose schema evolved', () => {
     expect(req).toMatchObject({ recipient: 'ada', tenant: 'acme' });
     const dead = await eventually(() => dlq.messages.slice(dlqBefore).find((m) => m.key?.toString() === 'evolved-2'));
     expect(header(dead, 'herald.error.code')).toBe('HRL_DECODE_FAILED');
-    expect(header(dead, 'herald.error.reason')).toMatch(new RegExp(`schema id ${badId}\\): its schema cannot be read as DomainEvent`));
+    expect(header(dead, 'herald.error.reason')).toMatch(new RegExp(`schema id ${badId}\\): its schema cannot be read as DomainEvent: recipients: the writer's string cannot be read as array`));
+    expect(header(dead, 'herald.error.field')).toBe('recipients');
     expect(dlq.messages.slice(dlqBefore).some((m) => m.key?.toString() === 'evolved-1')).toBe(false);
   });
 });

@@ -127,6 +127,12 @@ describe('Serde.decode as Herald\'s schema (schema resolution)', () => {
     const bytes = await serde.registry.encode(id, { ...fixture('DomainEvent'), tenant: 7 });
     const err = await serde.decode(bytes, 'DomainEvent').then(() => null, (e: unknown) => e);
     expect(err).toMatchObject({ code: 'HRL_DECODE_FAILED', retriable: false });
-    expect((err as Error).message).toMatch(new RegExp(`schema id ${id}\\): its schema cannot be read as DomainEvent`));
+    expect((err as Error).message).toMatch(new RegExp(`schema id ${id}\\): its schema cannot be read as DomainEvent: tenant: the writer's int cannot be read as string`));
+    expect(err).toMatchObject({ field: 'tenant' });
+    // a field Herald needs that the writer's schema lacks, with no default
+    const { id: without } = await serde.registry.register({ type: 'AVRO' as never, schema: JSON.stringify({ ...domainEvent, fields: domainEvent.fields.filter((f) => f.name !== 'type') }) }, { subject: 'no-type.events-value' });
+    const { type: _type, ...rest } = fixture('DomainEvent') as Record<string, unknown>;
+    const missing = await serde.decode(await serde.registry.encode(without, rest), 'DomainEvent').then(() => null, (e: unknown) => e);
+    expect(missing).toMatchObject({ code: 'HRL_DECODE_FAILED', field: 'type', message: expect.stringContaining('type: missing from the writer\'s schema, and the reader\'s has no default for it') });
   });
 });

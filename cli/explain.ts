@@ -9,6 +9,7 @@ import { HeraldError, isErrorCode } from '../errors.ts';
 import { withCluster } from '../app/cluster.ts';
 import { duration } from '../processors/about.ts';
 import { applyLifecycle, type NotificationView, readNotification } from '../processors/outcome.ts';
+import type { Serde } from '../schemas/index.ts';
 import type { LifecycleEvent } from '../schemas/types.ts';
 import { TopicReader } from '../runtime/reader.ts';
 import { KeyValueStore } from '../state/store.ts';
@@ -63,8 +64,25 @@ export async function fetchLifecycle(url: string, id: string, apiKey: string): P
   return getApi<NotificationView>(url, `/v1/notifications/${encodeURIComponent(id)}`, apiKey);
 }
 
-/** Rebuilds the lifecycles of the notifications `pick` chooses by reading outcomes.v1 from the start. */
-export async function scanLifecycles(config: HeraldConfig, pick: (e: LifecycleEvent) => boolean): Promise<NotificationView[]> {
+/**
+ * An outcome record that cannot be decoded (written by someone else, or damaged): the
+ * readers skip it and say so, as the live outcome stage (which dead-letters it) and
+ * `lifecycle rebuild` do; a registry that cannot be reached still fails the read.
+ */
+async function decodeOutcome(serde: Serde, value: Buffer, skipped: (why: string) => void): Promise<LifecycleEvent | null> {
+  try {
+    return await serde.decode<LifecycleEvent>(value);
+  } catch (err) {
+    if (err instanceof HeraldError && !err.retriable) {
+      skipped(err.message);
+      return null;
+    }
+    throw err;
+  }
+}
+
+/** Rebuilds the lifecycles of the notifications `pick` chooses by reading outcomes.v1 from the start; `onSkipped` hears of each undecodable record. */
+export async function scanLifecycles(config: HeraldConfig, pick: (e: LifecycleEvent) => boolean, onSkipped: (where: string, why: string) => void = () => undefined): Promise<NotificationView[]> {
   return withCluster(config, 'explain', async (c) => {
     const serde = c.serde();
     const store = await KeyValueStore.open({ backend: 'memory', dir: '', stage: 'explain', name: 'lifecycle', partition: 0, changelog: null });
@@ -74,12 +92,12 @@ export async function scanLifecycles(config: HeraldConfig, pick: (e: LifecycleEv
       const until = new Map((await c.admin.fetchTopicOffsets(topic)).map((o) => [o.partition, BigInt(o.high)]));
       const reader = new TopicReader(c.kafka, c.admin, {
         topic, groupPrefix: `${config.topicPrefix}explain.`, until,
-        onBatch: async ({ messages }) => {
+        onBatch: async ({ partition, messages }) => {
           const events: LifecycleEvent[] = [];
           for (const m of messages) {
             if (!m.value) continue;
-            const e = await serde.decode<LifecycleEvent>(m.value);
-            if (pick(e)) events.push(e);
+            const e = await decodeOutcome(serde, m.value, (why) => onSkipped(`${topic}[${partition}]@${m.offset}`, why));
+            if (e && pick(e)) events.push(e);
           }
           if (events.length) {
             for (const e of events) ids.add(e.notificationId);
@@ -99,8 +117,8 @@ export async function scanLifecycles(config: HeraldConfig, pick: (e: LifecycleEv
 }
 
 /** Rebuilds one notification's lifecycle by reading outcomes.v1 from the start. */
-export async function scanLifecycle(config: HeraldConfig, id: string): Promise<NotificationView | null> {
-  return (await scanLifecycles(config, (e) => e.notificationId === id))[0] ?? null;
+export async function scanLifecycle(config: HeraldConfig, id: string, onSkipped?: (where: string, why: string) => void): Promise<NotificationView | null> {
+  return (await scanLifecycles(config, (e) => e.notificationId === id, onSkipped))[0] ?? null;
 }
 
 /** Where an explanation ends: the notification's last word on each channel, or on itself. */
@@ -154,11 +172,11 @@ export async function tail(config: HeraldConfig, opts: { fromBeginning: boolean;
     const reader = new TopicReader(c.kafka, c.admin, {
       topic, groupPrefix: `${config.topicPrefix}tail.`, ...(from ? { from } : {}),
       onCrash: (err) => readerCrash(err),
-      onBatch: async ({ messages }) => {
+      onBatch: async ({ partition, messages }) => {
         for (const m of messages) {
           if (!m.value) continue;
-          const e = await serde.decode<LifecycleEvent>(m.value);
-          opts.print(`${e.notificationId}  ${e.tenant}/${e.recipient}  ${formatDecision(e)}`);
+          const e = await decodeOutcome(serde, m.value, (why) => opts.print(`(skipped ${topic}[${partition}]@${m.offset}: not a lifecycle event: ${why})`));
+          if (e) opts.print(`${e.notificationId}  ${e.tenant}/${e.recipient}  ${formatDecision(e)}`);
         }
       },
     });

@@ -154,7 +154,7 @@ program
         // --event reads outcomes.v1 itself: what would only apply to one notification's lookup is refused, not ignored.
         const unused = [id !== undefined ? `a notification id (${id})` : '', o.url ? '--url' : '', o.key ? '--key' : ''].filter(Boolean);
         if (unused.length) fail(new HeraldError('HRL_CONFIG_INVALID', `explain --event reads outcomes.v1 through the brokers (the running embedded instance's, or KAFKA_BROKERS), not an API: ${unused.join(', ')} cannot be used with it`));
-        const views = await scanLifecycles(config, (e) => e.eventId === o.event && (o.tenant === undefined || e.tenant === o.tenant));
+        const views = await scanLifecycles(config, (e) => e.eventId === o.event && (o.tenant === undefined || e.tenant === o.tenant), skippedNotice());
         console.log(o.json ? JSON.stringify(views, null, 2) : formatEvent(o.event, views));
         // Nothing found is a failure, as for a notification id (scripts test the exit code).
         if (!views.length) process.exit(1);
@@ -162,13 +162,23 @@ program
       }
       if (!id) fail(new HeraldError('HRL_CONFIG_INVALID', 'explain: expected a notification id, or --event <eventId>'));
       const url = o.url ?? process.env.HERALD_URL ?? (config.embedded ? runningEndpoints(config).http : undefined);
-      const view = url ? await fetchLifecycle(url, id, o.key ?? process.env.HERALD_API_KEY ?? devKeyFile(config)) : await scanLifecycle(config, id);
+      const view = url ? await fetchLifecycle(url, id, o.key ?? process.env.HERALD_API_KEY ?? devKeyFile(config)) : await scanLifecycle(config, id, skippedNotice());
       if (!view) fail(new Error(`no decision about ${id} on outcomes.v1`));
       console.log(o.json ? JSON.stringify(view, null, 2) : formatLifecycle(view));
     } catch (err) {
       fail(err);
     }
   });
+
+/** Tells on stderr of outcome records a scan skipped as undecodable (the first three, then a count). */
+function skippedNotice(): (where: string, why: string) => void {
+  let n = 0;
+  return (where, why) => {
+    n++;
+    if (n <= 3) console.error(`skipped ${where}: not a lifecycle event (${why}); the outcome stage dead-letters such records`);
+    else if (n === 4) console.error('skipped more undecodable outcome records');
+  };
+}
 
 program
   .command('replay')

@@ -46,17 +46,24 @@ describe('dedupe state across restarts', () => {
     await eventually(async () => (await api(first, 'GET', '/v1/users/ada')).status === 200);
     const original = await post(first, 'before-restart', 'key-1');
     expect(original.terminal).toEqual(['webhook:DELIVERED']);
+    // A record on outcomes.v1 that is not a lifecycle event (framed with its schema id, then garbage), as a stray producer can write.
+    const outcomesTopic = topicName('herald.', 'outcomes');
+    const framed = await first.serde.encode(outcomesTopic, original.events[0]!);
+    await first.producer.send({ topic: outcomesTopic, acks: -1, messages: [{ key: 'acme/ada', value: Buffer.concat([framed.subarray(0, 5), Buffer.from('garbage')]) }] });
     await first.stop();
     removeDir(first.stateDir);
 
-    // Without any instance: the lifecycle rebuilt from outcomes.v1, and the decisions tailed.
+    // Without any instance: the lifecycle rebuilt from outcomes.v1, and the decisions tailed,
+    // each reader skipping the stray record and saying so.
     const config = loadConfig({ ...TEST_ENV, ...env });
-    const rebuilt = await scanLifecycle(config, original.notificationId);
+    const skipped: string[] = [];
+    const rebuilt = await scanLifecycle(config, original.notificationId, (where, why) => skipped.push(`${where}: ${why}`));
     expect(rebuilt!.events.map((e) => e.status)).toEqual(original.events.map((e) => e.status));
+    expect(skipped).toEqual([expect.stringMatching(/^herald\.outcomes\.v1\[\d\]@\d+: Avro decode failed/)]);
     const ac = new AbortController();
     const lines: string[] = [];
     const tailing = tail(config, { fromBeginning: true, print: (l) => lines.push(l), signal: ac.signal });
-    await eventually(() => lines.some((l) => l.startsWith(original.notificationId) && l.includes('DELIVERED')));
+    await eventually(() => lines.some((l) => l.startsWith(original.notificationId) && l.includes('DELIVERED')) && lines.some((l) => l.startsWith('(skipped herald.outcomes.v1[')));
     ac.abort();
     await tailing;
 

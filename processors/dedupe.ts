@@ -2,9 +2,11 @@
  * dedupe: a notification whose dedupe key was first seen by another notification less
  * than the rule's window ago, in stream time, is SUPPRESSED_DUPLICATE. The key is the
  * event's idempotencyKey where given, else the rule's key fields, hashed with the
- * tenant and rule. A record of the same notification seen again (a replay) passes, so
- * reprocessing is idempotent. Each key is stored until its window closes and then swept
- * by a range scan over the store's time index.
+ * tenant and rule. A rule without `dedupe`, or an event missing a data field of the key,
+ * has no key: the notification passes unchecked (UNIQUE, not_deduplicated). A platform
+ * dedupes only what it was told to, and all the events lacking a field must not count as one. A record of the same
+ * notification seen again (a replay) passes, so reprocessing is idempotent. Each key is
+ * stored until its window closes and then swept by a range scan over the store's time index.
  */
 import { userKey } from '../topology.ts';
 import type { Rule, RuleSet } from '../rules/rules.ts';
@@ -29,12 +31,20 @@ export function field(req: NotificationRequest, data: Record<string, unknown>, p
   return String(Object.entries(req).find(([k]) => k === path)?.[1] ?? '');
 }
 
-/** The dedupe key of a request under its rule. */
-export function dedupeKey(req: NotificationRequest, rule: Rule | undefined): string {
+const MISSING = '\u0001missing';
+
+/**
+ * The dedupe key of a request under its rule, or why it has none: the rule sets no key
+ * fields, or a data field of the key is missing from the event.
+ */
+export function dedupeKey(req: NotificationRequest, rule: Rule | undefined): string | { none: string } {
   if (req.idempotencyKey) return `idem:${hashKey([req.tenant, req.ruleId, req.recipient, req.idempotencyKey])}`;
+  if (!rule?.dedupe) return { none: `rule ${req.ruleId} sets no dedupe key and the event has no idempotencyKey` };
   const data = JSON.parse(req.data) as Record<string, unknown>;
-  const fields = rule?.dedupe.keyFields ?? ['recipient', 'eventType', 'data.id'];
-  return `fld:${hashKey([req.tenant, req.ruleId, ...fields.map((f) => `${f}=${field(req, data, f)}`)])}`;
+  const values = rule.dedupe.keyFields.map((f) => [f, field(req, data, f)] as const);
+  const missing = values.filter(([, v]) => v === MISSING).map(([f]) => f);
+  if (missing.length) return { none: `the event has no ${missing.join(', ')}, a field of rule ${req.ruleId}'s dedupe key, and no idempotencyKey` };
+  return `fld:${hashKey([req.tenant, req.ruleId, ...values.map(([f, v]) => `${f}=${v}`)])}`;
 }
 
 /** The dedupe key in words: its fields and their values (each clipped), or the idempotency key. */
@@ -42,16 +52,16 @@ export function keyText(req: NotificationRequest, rule: Rule | undefined): strin
   const clip = (v: string) => (v.length > 40 ? `${v.slice(0, 40)}…` : v);
   if (req.idempotencyKey) return `idempotency key ${clip(req.idempotencyKey)}`;
   const data = JSON.parse(req.data) as Record<string, unknown>;
-  const fields = rule?.dedupe.keyFields ?? ['recipient', 'eventType', 'data.id'];
-  return fields.map((f) => {
+  return (rule?.dedupe?.keyFields ?? []).map((f) => {
     const v = field(req, data, f);
-    if (v === '\u0001missing') return `${f} missing`;
+    if (v === MISSING) return `${f} missing`;
     return f === 'recipient' || f === 'eventType' ? f : `${f}=${clip(v.startsWith('"') ? (JSON.parse(v) as string) : v)}`;
   }).join(', ');
 }
 
+/** How long a key is remembered: the rule's window (an idempotencyKey under a rule without one: 24 h). */
 function windowOf(rules: RuleSet, ruleId: string): number {
-  return rules.byId(ruleId)?.dedupe.windowMs ?? 86_400_000;
+  return rules.byId(ruleId)?.dedupe?.windowMs ?? 86_400_000;
 }
 
 export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
@@ -59,12 +69,19 @@ export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
     const seen = ctx.store('seen');
     const recs = batch;
     const keys = recs.map((r) => dedupeKey(r.value.request, rules.byId(r.value.request.ruleId)));
-    const found = await seen.getMany<SeenEntry>(keys);
+    const keyed = keys.filter((k): k is string => typeof k === 'string');
+    const got = await seen.getMany<SeenEntry>(keyed);
+    const stored = new Map(keyed.map((k, j) => [k, got[j]]));
     const local = new Map<string, SeenEntry>();
     recs.forEach((rec, i) => {
       const req = rec.value.request;
       const key = keys[i]!;
-      const prior = local.get(key) ?? found[i];
+      if (typeof key !== 'string') {
+        ctx.emit(rec, 'deduped', userKey(req.tenant, req.recipient), rec.value);
+        ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode: 'not_deduplicated', reason: `${key.none}: not deduplicated` });
+        return;
+      }
+      const prior = local.get(key) ?? stored.get(key);
       const now = rec.timestamp; // stream time
       const replay = prior?.notificationId === req.notificationId;
       // Records reach dedupe from several events.v1 partitions, so stream time is not

@@ -53,7 +53,8 @@ export interface Rule {
   channels: Channel[];
   /** channel -> locale -> template; locale "en" is the fallback. */
   templates: Partial<Record<Channel, Record<string, Template>>>;
-  dedupe: { keyFields: string[]; windowMs: number };
+  /** null: the rule dedupes nothing but repeats of an event's idempotencyKey (for 24 h). */
+  dedupe: { keyFields: string[]; windowMs: number } | null;
   expiresInMs: number | null;
   throttle: Throttle;
   /** `all` sends on every reachable channel; `first` tries them in order and falls back on a permanent failure. */
@@ -243,7 +244,7 @@ export function parseRules(doc: unknown, source: string): RuleSet {
       priority,
       channels: r.channels,
       templates: r.templates,
-      dedupe: { keyFields: r.dedupe?.keyFields ?? ['recipient', 'eventType', 'data.id'], windowMs: parseDuration(r.dedupe?.window ?? '24h') },
+      dedupe: r.dedupe ? { keyFields: r.dedupe.keyFields ?? ['recipient', 'eventType', 'data.id'], windowMs: parseDuration(r.dedupe.window ?? '24h') } : null,
       expiresInMs: r.expiresIn ? parseDuration(r.expiresIn) : null,
       strategy: r.strategy ?? 'all',
       retry: { maxAttempts: r.retry?.maxAttempts ?? null, maxAgeMs: r.retry?.maxAge ? parseDuration(r.retry.maxAge) : null },

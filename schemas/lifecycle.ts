@@ -58,6 +58,7 @@ export const REASON_CODES = {
   first_seen: 'the dedupe key was not seen inside the window',
   window_expired: 'the dedupe key was seen before, outside the window',
   replayed: 'the same notification seen again (redelivery or replay); passed through',
+  not_deduplicated: 'the rule sets no dedupe key, or a field of its key is missing from the event, and the event has no idempotencyKey: passed without a dedupe check',
   duplicate_key: 'another notification with the same dedupe key fields is inside the window',
   duplicate_idempotency_key: 'another notification with the same idempotency key is inside the window',
   // throttle

@@ -118,17 +118,18 @@ describe('loadRules errors', () => {
 });
 
 describe('parseRules', () => {
-  it('applies defaults: priority NORMAL, dedupe key and 24h window, no expiry', () => {
+  it('applies defaults: priority NORMAL, no dedupe, no expiry; a dedupe block without keyFields keys on recipient, event type and data.id for 24 h', () => {
     // given a rule that sets only the required fields
     const set = parseRules(doc(rule()), SOURCE);
     // then the defaults are filled in
     expect(set.rules).toEqual([{
       id: 'comment-created', eventType: 'comment.created', category: 'collaboration', priority: 'NORMAL',
       channels: ['webhook'], templates: { webhook: { en: { subject: 'New comment', body: '{{actor}} commented' } } },
-      dedupe: { keyFields: ['recipient', 'eventType', 'data.id'], windowMs: 86_400_000 }, expiresInMs: null,
+      dedupe: null, expiresInMs: null,
       throttle: { limits: [], onExceed: 'defer', digest: null }, strategy: 'all', retry: { maxAttempts: null, maxAgeMs: null },
     }]);
     expect(set.source).toBe(SOURCE);
+    expect(parseRules(doc(rule({ dedupe: {} })), SOURCE).rules[0]!.dedupe).toEqual({ keyFields: ['recipient', 'eventType', 'data.id'], windowMs: 86_400_000 });
   });
 
   it('keeps several rules for one event type in file order', () => {

@@ -147,6 +147,32 @@ describe('dedupe', () => {
     expect((await d.pipe([{ value: c, timestamp: T0 + 24 * HOUR }])).outcomes[0]!.status).toBe('UNIQUE');
   });
 
+  it('dedupes nothing a rule did not ask for: a rule without dedupe, or an event missing a field of the key, passes unchecked; an idempotencyKey still dedupes', async () => {
+    // given the default rules, with comment-created's dedupe block removed, and the default rule as it is
+    const doc = JSON.parse(readFileSync('rules/default.json', 'utf8')) as { rules: { id: string; dedupe?: unknown }[] };
+    const plain = { ...doc, rules: doc.rules.map((r) => (r.id === 'comment-created' ? { ...r, dedupe: undefined } : r)) };
+    const noKey = driver('dedupe', dedupe, { rules: parseRules(plain, 'no-dedupe.json') });
+    const keyed = driver('dedupe', dedupe);
+    const a = await enriched(event({ id: 'a', recipients: ['ada'] }));
+    const b = await enriched(event({ id: 'b', recipients: ['ada'] }));
+    // then two events with the same data pass a rule without dedupe
+    const r = await noKey.pipe([{ value: a, timestamp: T0 }, { value: b, timestamp: T0 + 1 }]);
+    expect(r.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['UNIQUE', 'not_deduplicated'], ['UNIQUE', 'not_deduplicated']]);
+    expect(r.outcomes[0]!.reason).toBe('rule comment-created sets no dedupe key and the event has no idempotencyKey: not deduplicated');
+    expect(r.emitted).toHaveLength(2);
+    // and events without the key's data field are not one key under the default rule (recipient + data.commentId)
+    const m1 = await enriched(event({ id: 'm1', recipients: ['ada'], data: { documentTitle: 'Plan' } }));
+    const m2 = await enriched(event({ id: 'm2', recipients: ['ada'], data: { documentTitle: 'Other' } }));
+    const missing = await keyed.pipe([{ value: m1, timestamp: T0 }, { value: m2, timestamp: T0 + 1 }]);
+    expect(missing.outcomes.map((o) => o.reasonCode)).toEqual(['not_deduplicated', 'not_deduplicated']);
+    expect(missing.outcomes[0]!.reason).toContain('the event has no data.commentId');
+    // while an idempotencyKey dedupes under a rule without dedupe too
+    const i1 = await enriched(event({ id: 'i1', recipients: ['ada'], idempotencyKey: 'same' }));
+    const i2 = await enriched(event({ id: 'i2', recipients: ['ada'], idempotencyKey: 'same' }));
+    const idem = await noKey.pipe([{ value: i1, timestamp: T0 }, { value: i2, timestamp: T0 + 1 }]);
+    expect(idem.outcomes.map((o) => o.status)).toEqual(['UNIQUE', 'SUPPRESSED_DUPLICATE']);
+  });
+
   it('passes the same notification again (a replay) instead of suppressing it', async () => {
     const d = driver('dedupe', dedupe);
     const a = await enriched(event({ id: 'a', recipients: ['ada'] }));

@@ -9,6 +9,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type HTTPMethods } from 'fastify';
 import { allows, type Principal } from '../auth/keys.ts';
+import { isMailbox } from '../channels/email.ts';
 import { urlRefusal } from '../channels/outbound.ts';
 import { type ErrorCode, HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
@@ -311,7 +312,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
         if (why) throw new HeraldError('HRL_DESTINATION_REFUSED', `${k}: ${why}`, { field: k });
       }
       if (!isTimeZone(profile.timezone)) throw new HeraldError('HRL_SCHEMA_VIOLATION', `timezone: expected an IANA time zone such as Europe/Berlin, got "${clip(profile.timezone, 60)}"`, { field: 'timezone' });
-      if (profile.email !== null && !/^[^@\s]+@[^@\s]+$/.test(profile.email)) throw new HeraldError('HRL_SCHEMA_VIOLATION', 'email: expected an e-mail address', { field: 'email' });
+      if (profile.email !== null && !isMailbox(profile.email)) throw new HeraldError('HRL_SCHEMA_VIOLATION', 'email: expected one plain e-mail address (local@domain: no name, list, spaces or line breaks)', { field: 'email' });
     } catch (err) {
       return badRequest(reply, err);
     }

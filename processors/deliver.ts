@@ -177,6 +177,8 @@ export class CallLimits {
 
 /** Whether the endpoint answered the call (it succeeded, or the URL answered with an HTTP status): the host is up. */
 const answeredBy = (task: DeliveryTask, r: SendResult) => r.ok || ((task.channel === 'webhook' || task.channel === 'chat') && r.code.startsWith('http_'));
+/** An SMTP reply (a 4xx or 5xx about this message or recipient): the mail server is up and talking. */
+const smtpReplied = (task: DeliveryTask, r: SendResult) => task.channel === 'email' && !r.ok && r.code.startsWith('smtp_');
 
 /** The URL a webhook or chat call goes to (its lane key); null for channels without one. */
 const urlOf = (task: DeliveryTask): string | null => (task.channel === 'webhook' || task.channel === 'chat' ? task.address : null);
@@ -365,7 +367,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
   /** The hosts that answered some of these calls are up: their failures among them are the URLs' (breaker.ts), whatever order they settle in. */
   function noteAnswers(results: [Item, SendResult | null | undefined][], now: number): void {
     for (const [item, r] of results) {
-      const endpoint = r?.ok ? endpointOf(item.task.channel, item.task.address) : null;
+      const endpoint = r && (r.ok || smtpReplied(item.task, r)) ? endpointOf(item.task.channel, item.task.address) : null;
       if (endpoint) breakers.answered(endpoint, now);
     }
   }
@@ -383,7 +385,9 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       // A failure while the host answers other calls is the URL's, not the host's (breaker.ts).
       // An HTTP error answer counts against the URL's own circuit, and against the host only
       // with other URLs' (breaker.ts): one URL answering 500 is not the host's outage.
-      const transient = !r.ok && r.retriable && r.code !== 'http_429';
+      // An SMTP 4xx is the server answering about one recipient or message (greylisting, a
+      // full mailbox): it never opens the circuit every other user's mail goes through.
+      const transient = !r.ok && r.retriable && r.code !== 'http_429' && !smtpReplied(task, r);
       const urlCircuit = urlCircuitOf(task.channel, task.address);
       if (endpoint) breakers.record(endpoint, transient, probe === endpoint, now, startedAt, urlCircuit && answeredBy(task, r) ? urlCircuit : undefined);
       if (urlCircuit) breakers.record(urlCircuit, transient, probe === urlCircuit, now, startedAt);

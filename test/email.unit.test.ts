@@ -6,7 +6,7 @@
 import type { AddressInfo } from 'node:net';
 import { SMTPServer } from 'smtp-server';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { EmailChannel, htmlOf, messageIdOf } from '../channels/email.ts';
+import { EmailChannel, htmlOf, isMailbox, messageIdOf } from '../channels/email.ts';
 import { SmtpSink } from '../channels/smtp-sink.ts';
 import type { DeliveryTask } from '../schemas/types.ts';
 
@@ -52,10 +52,26 @@ describe('email channel', () => {
   it('treats an SMTP 4xx as transient and a 5xx as permanent', async () => {
     const email = new EmailChannel({ url: refusingUrl, from: 'n@herald.test' });
     reply = { code: 450, message: 'mailbox busy' };
-    expect(await email.send(task(), AbortSignal.timeout(5000))).toMatchObject({ ok: false, retriable: true, code: 'smtp_450' });
+    expect(await email.send(task(), AbortSignal.timeout(5000))).toMatchObject({ ok: false, retriable: true, code: 'smtp_450', retryAfterMs: 60_000 });
+    // as a mail server's queue backs off: the third attempt waits four minutes
+    expect(await email.send(task({ attempt: 3 }), AbortSignal.timeout(5000))).toMatchObject({ ok: false, retriable: true, code: 'smtp_450', retryAfterMs: 240_000 });
     reply = { code: 550, message: 'no such user' };
     expect(await email.send(task(), AbortSignal.timeout(5000))).toMatchObject({ ok: false, retriable: false, code: 'smtp_550', detail: 'SMTP 550' });
     await email.close();
+  });
+
+  it('sends only to one plain address: one with a header or a second recipient smuggled in (a profile written straight to users.v1) fails for good, and nothing reaches the server', async () => {
+    const email = new EmailChannel({ url: sink.url, from: 'n@herald.test' });
+    const before = sink.list({ tenant: 'smuggled' }).length;
+    for (const address of ['x@y.test\r\nBcc: evil@evil.test', 'x@y.test, evil@evil.test', '"x" <evil@evil.test>', 'not-an-email']) {
+      const r = await email.send(task({ tenant: 'smuggled', address }), AbortSignal.timeout(5000));
+      expect(r, address).toMatchObject({ ok: false, retriable: false, code: 'invalid_address' });
+      expect((r as { detail: string }).detail).not.toContain('evil');
+    }
+    await email.close();
+    expect(sink.list({ tenant: 'smuggled' }).length).toBe(before);
+    expect(['ada@example.com', 'o\'brien+tag@mail.example.co.uk', 'josé@exämple.test'].every(isMailbox)).toBe(true);
+    expect(['a@b@c', '@b.test', 'a@', 'a@.b', 'a b@c.test', 'a@b..c'].some(isMailbox)).toBe(false);
   });
 
   it('treats an unreachable server as transient', async () => {

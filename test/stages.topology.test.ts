@@ -617,6 +617,35 @@ describe('deliver: one URL answering errors opens its own circuit, not its host\
   });
 });
 
+describe('deliver: an SMTP server answering 4xx about some recipients is up', () => {
+  it('retries those recipients after minutes, and never opens the circuit every other user\'s mail goes through', async () => {
+    const emailTo = async (recipient: string, email: string) => {
+      const r = await driver('route', route, { availableChannels: new Set(['email']) }).pipe([{ value: { request: (await requestsFor(event({ id: `e-${recipient}`, recipients: [recipient] })))[0]!, user: user({ userId: recipient, email, webhookUrl: null }), preferences: null }, timestamp: T0 }]);
+      return r.emitted.map((e) => e.value as DeliveryTask).find((t) => t.channel === 'email')!;
+    };
+    const calls: string[] = [];
+    const channel: ChannelProvider = {
+      name: 'email',
+      send: async (task) => {
+        calls.push(task.recipient);
+        return task.address.startsWith('grey') ? { ok: false, retriable: true, code: 'smtp_451', detail: 'SMTP 451', retryAfterMs: 60_000 } : { ok: true, providerMessageId: null, detail: 'SMTP 250' };
+      },
+    };
+    const d = driver('deliver', deliver(new Map([['email', channel]]), () => 1));
+    // given eight recipients greylisted, one batch each (more than HERALD_BREAKER_FAILURES in a row)
+    for (let i = 0; i < 8; i++) {
+      const r = await d.pipe([{ value: await emailTo(`g${i}`, `grey${i}@example.test`), timestamp: T0 }]);
+      const retry = r.emitted.find((e) => e.topic === 'deliverRetry')!.value as DeliveryTask;
+      // then each waits the minute the reply asks for
+      expect(retry.notBefore! - d.now).toBeGreaterThanOrEqual(60_000);
+    }
+    // and the next user's mail is sent at once, not held behind an open circuit
+    const next = await d.pipe([{ value: await emailTo('ok', 'ok@example.test'), timestamp: T0 }]);
+    expect(next.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['ATTEMPTED', 'channel_called'], ['DELIVERED', expect.any(String)]]);
+    expect(calls).toHaveLength(9);
+  });
+});
+
 describe('deliver: a slow endpoint never holds back the others', () => {
   it('detaches a call that outlives the batch wait, records its result from the timer, and remakes it from the lease after a move', async () => {
     const { loadConfig } = await import('../config.ts');

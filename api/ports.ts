@@ -79,7 +79,7 @@ export interface UserInbox {
 
 /** A live inbox: here (backlog after the client's last event id, then changes), or at another instance. */
 export type InboxStream =
-  | { kind: 'local'; servedBy: string; open(listener: (item: InboxItemView) => void): Promise<{ backlog: InboxItemView[]; close(): void }> }
+  | { kind: 'local'; servedBy: string; open(listener: (item: InboxItemView) => void): Promise<{ backlog: AsyncIterable<InboxItemView>; close(): void }> }
   | { kind: 'forward'; url: string }
   | { kind: 'unavailable'; detail: string };
 

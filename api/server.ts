@@ -22,6 +22,7 @@ import { Readable } from 'node:stream';
 import { decisionIdOf } from '../schemas/lifecycle.ts';
 import type { ApiPorts, InboxItemView, QueryAnswer } from './ports.ts';
 import { TenantRateLimiter } from './rate-limit.ts';
+import { INBOX_STREAM_PATH, retryLaterStream, wantsEventStream } from './sse.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -148,9 +149,14 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     setTimeout(done, DRAIN_MS);
   });
   // A request that arrives while the server closes: Herald's 503, with when to retry.
-  app.addHook('onRequest', (_req, reply, done) => {
+  app.addHook('onRequest', (req, reply, done) => {
     if (!closing) return done();
-    void fail(reply.header('retry-after', '1'), 503, 'HRL_SHUTTING_DOWN', 'this instance is stopping; retry (with the same Idempotency-Key), here after its restart or at another instance');
+    const message = 'this instance is stopping; retry (with the same Idempotency-Key), here after its restart or at another instance';
+    if (INBOX_STREAM_PATH.test(req.url.split('?')[0] ?? '') && wantsEventStream(req.headers.accept)) {
+      reply.hijack();
+      return retryLaterStream(reply.raw, 1000, 'HRL_SHUTTING_DOWN', message);
+    }
+    void fail(reply.header('retry-after', '1'), 503, 'HRL_SHUTTING_DOWN', message);
   });
   // Answers given while closing close their connection, so the close does not wait out keep-alive.
   app.addHook('onSend', (_req, reply, payload, done) => {
@@ -481,7 +487,15 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const lastHeader = req.headers['last-event-id'];
     const last = (typeof lastHeader === 'string' ? lastHeader : null) ?? req.query.lastEventId ?? null;
     const s = await lifecycle.inboxStream(tenantOf(req), req.params.userId, last && last.length <= 2 * MAX_ID_LENGTH ? last : null, forwardedOpts(req));
-    if (s.kind === 'unavailable') return answer(reply, { status: 'unavailable', detail: s.detail });
+    // An EventSource takes any answer but 200 as the end: while the owner is unknown it is told to come back.
+    const eventSource = wantsEventStream(req.headers.accept);
+    const unavailable = (detail: string) => {
+      if (!eventSource) return answer(reply, { status: 'unavailable', detail });
+      reply.hijack();
+      retryLaterStream(reply.raw, 1000, 'HRL_OWNER_UNAVAILABLE', detail);
+      return reply;
+    };
+    if (s.kind === 'unavailable') return unavailable(s.detail);
     const ac = new AbortController();
     req.raw.on('close', () => ac.abort());
     const end = () => {
@@ -494,7 +508,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     if (s.kind === 'forward') {
       // One hop to the owner; its stream is passed through as it comes.
       const res = await fetch(s.url, { headers: { authorization: req.headers.authorization ?? '', [FORWARDED_HEADER]: 'stream', ...(last ? { 'last-event-id': last } : {}) }, signal: ac.signal }).catch(() => null);
-      if (!res?.ok || !res.body) return answer(reply, { status: 'unavailable', detail: `the instance that holds this user's inbox did not answer (${res?.status ?? 'no connection'})` });
+      if (!res?.ok || !res.body) return unavailable(`the instance that holds this user's inbox did not answer (${res?.status ?? 'no connection'})`);
       reply.hijack();
       const by = res.headers.get('x-herald-served-by');
       reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...(by ? { 'x-herald-served-by': by } : {}) });
@@ -506,13 +520,27 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     // New items carry their id (the client's Last-Event-ID moves forward); changes to items
     // (READ, SEEN) carry none, so a resumed stream never goes back.
     const sent = new Set<string>();
-    const write = (item: InboxItemView, isNew: boolean) => {
+    const write = (item: InboxItemView, isNew: boolean): boolean => {
       sent.add(item.id);
-      reply.raw.write(`${isNew ? `id: ${item.id}\nevent: item` : 'event: update'}\ndata: ${JSON.stringify(item)}\n\n`);
+      return reply.raw.write(`${isNew ? `id: ${item.id}\nevent: item` : 'event: update'}\ndata: ${JSON.stringify(item)}\n\n`);
     };
-    const { backlog, close } = await s.open((item) => write(item, !sent.has(item.id) && item.readAt === null && item.seenAt === null));
+    const live = (item: InboxItemView) => write(item, !sent.has(item.id) && item.readAt === null && item.seenAt === null);
+    // Items that arrive while the backlog is written wait for it, so ids go out in order
+    // and the client's Last-Event-ID never passes an item it has not had.
+    let queued: InboxItemView[] | null = [];
+    const { backlog, close } = await s.open((item) => (queued ? queued.push(item) : live(item)));
     reply.raw.write(': connected\n\n');
-    for (const item of backlog) if (!sent.has(item.id)) write(item, true);
+    try {
+      for await (const item of backlog) {
+        if (ac.signal.aborted) break;
+        if (!sent.has(item.id) && !write(item, true)) await new Promise((r) => reply.raw.once('drain', r).once('close', r));
+      }
+    } catch (err) {
+      log.warn({ err }, 'inbox stream: reading the backlog failed; the stream ends and the client resumes');
+      reply.raw.end();
+    }
+    for (const item of queued) live(item);
+    queued = null;
     const ping = setInterval(() => reply.raw.write(': ping\n\n'), 15_000);
     const stop = () => {
       clearInterval(ping);

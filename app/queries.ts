@@ -18,6 +18,9 @@ import type { Logger } from '../runtime/logger.ts';
 import type { InstanceClaim } from '../schemas/types.ts';
 import type { InstanceDirectory } from './instances.ts';
 
+
+/** Inbox items a resumed stream reads at a time. */
+const BACKLOG_PAGE = 500;
 export interface LifecycleRouterOptions {
   /** The projection partitions this instance holds now, by partition. */
   local: () => ReadonlyMap<number, { view(): ProjectionReader }>;
@@ -131,14 +134,22 @@ export class LifecycleRouter implements LifecycleQueries {
     if (where.kind === 'unavailable') return where;
     if (where.kind === 'remote') return { kind: 'forward', url: `${where.owner.url}/v1/users/${encodeURIComponent(userId)}/inbox/stream` };
     const hub = this.o.inbox;
+    const view = where.view;
     return {
       kind: 'local',
       servedBy: this.self,
       // Subscribe first, then read the backlog, so nothing falls between the two.
       open: async (listener: (item: InboxItem) => void) => {
         const unsubscribe = hub ? hub.subscribe(tenant, userId, listener) : () => undefined;
-        const backlog = after !== null ? await readInbox(where.view(), tenant, userId, { after, limit: 1000 }) : [];
-        return { backlog, close: unsubscribe };
+        // Everything after the client's last event id, however much, a page at a time.
+        async function* backlog(): AsyncGenerator<InboxItem> {
+          for (let cursor = after; cursor !== null;) {
+            const page = await readInbox(view(), tenant, userId, { after: cursor, limit: BACKLOG_PAGE });
+            yield* page;
+            cursor = page.length === BACKLOG_PAGE ? page.at(-1)!.id : null;
+          }
+        }
+        return { backlog: backlog(), close: unsubscribe };
       },
     };
   }

@@ -10,6 +10,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import { INBOX_STREAM_PATH, retryLaterStream, wantsEventStream } from '../api/sse.ts';
 import { HeraldError } from '../errors.ts';
 
 export class StartingServer {
@@ -43,7 +44,10 @@ export class StartingServer {
         void o.registry.metrics().then((text) => res.writeHead(200, { 'content-type': o.registry.contentType }).end(text), () => json(500, { error: 'HRL_INTERNAL', message: 'metrics failed' }));
         return;
       }
-      json(503, { error: 'HRL_STARTING', message: `this instance is starting (${self?.phase ?? 'starting'}); retry shortly` }, { 'retry-after': '1' });
+      const message = `this instance is starting (${self?.phase ?? 'starting'}); retry shortly`;
+      // An EventSource (the inbox stream) would take a 503 as the end: it is told to come back.
+      if (INBOX_STREAM_PATH.test(path ?? '') && wantsEventStream(req.headers.accept)) return retryLaterStream(res, 1000, 'HRL_STARTING', message);
+      json(503, { error: 'HRL_STARTING', message }, { 'retry-after': '1' });
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) => {

@@ -146,7 +146,8 @@ export const outcome: StageFactory<'outcome'> = ({ inbox }) => ({
 export async function readInbox(store: ProjectionReader, tenant: string, recipient: string, o: { unread?: boolean; limit: number; after?: string; before?: string }): Promise<InboxItem[]> {
   const prefix = inboxPrefix(tenant, recipient);
   const items: InboxItem[] = [];
-  for await (const [, item] of store.range<InboxItem>(o.after ? `${prefix}${o.after}\u0000` : prefix, o.before ? `${prefix}${o.before}` : `${prefix}\uffff`)) {
+  // Oldest first after a cursor: only the page is read (unread filters as it goes, so reads on).
+  for await (const [, item] of store.range<InboxItem>(o.after ? `${prefix}${o.after}\u0000` : prefix, o.before ? `${prefix}${o.before}` : `${prefix}\uffff`, o.after && !o.unread ? o.limit : undefined)) {
     if (!o.unread || item.readAt === null) items.push(item);
   }
   return o.after ? items.slice(0, o.limit) : items.reverse().slice(0, o.limit);

@@ -57,10 +57,18 @@ async function stream(lastEventId?: string) {
   return { events, close: () => ac.abort() };
 }
 
+/** Publishes as a client should: a 503 (back-pressure) is sent again after its Retry-After, with the same Idempotency-Key. */
 const publish = async (commentId: string) => {
-  const r = await api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', recipients: ['ivy'], actor: 'linus', data: { commentId, documentTitle: 'Plan', excerpt: `note ${commentId}` } });
-  expect(r.status).toBe(202);
-  return r.body.notifications[0]!.notificationId;
+  for (let attempt = 0; ; attempt++) {
+    const r = await api<{ notifications: { notificationId: string }[]; error?: string }>(h, 'POST', '/v1/events', { type: 'comment.created', recipients: ['ivy'], actor: 'linus', data: { commentId, documentTitle: 'Plan', excerpt: `note ${commentId}` } }, { 'idempotency-key': `inbox-${commentId}` });
+    if (r.status === 503 && attempt < 30) {
+      console.info(`[inbox] publish answered 503 ${r.body.error}; sending it again`);
+      await new Promise((res) => setTimeout(res, 1000));
+      continue;
+    }
+    expect(r.status).toBe(202);
+    return r.body.notifications[0]!.notificationId;
+  }
 };
 
 describe('the in-app inbox', () => {
@@ -138,4 +146,38 @@ describe('the in-app inbox', () => {
     expect(mark.status).toBe(404);
     expect((await api(h, 'POST', '/v1/users/ivy/inbox/ntf_nope/seen')).status).toBe(404);
   });
+
+  it('resumes past more items than one page of the backlog: every missed item once, in order, then live ones', async () => {
+    const first = await stream();
+    const mark = await publish('bulk-mark');
+    const seen = await eventually(() => first.events.find((e) => e.data.notificationId === mark && e.id), 20_000);
+    first.close();
+    // 1,050 items while the client is away (the stream reads its backlog 500 at a time; it used to stop at 1,000)
+    const missed = await Promise.all(Array.from({ length: 1050 }, (_, i) => publish(`bulk-${i}`)));
+    await eventually(async () => {
+      const r = await api<{ items: { notificationId: string }[] }>(h, 'GET', '/v1/users/ivy/inbox?limit=500');
+      return r.body.items.some((i) => i.notificationId === missed.at(-1)) && new Set(missed).size === 1050 && r;
+    }, 60_000);
+    const inboxAfterMark = async () => {
+      const ids: string[] = [];
+      let before: string | null = null;
+      do {
+        const r: { body: { items: { id: string; notificationId: string }[]; next: string | null } } = await api<{ items: { id: string; notificationId: string }[]; next: string | null }>(h, 'GET', `/v1/users/ivy/inbox?limit=500${before ? `&before=${encodeURIComponent(before)}` : ''}`);
+        ids.push(...r.body.items.filter((i) => i.id > seen.id!).map((i) => i.notificationId));
+        before = r.body.next;
+      } while (before !== null);
+      return ids.reverse();
+    };
+    const expected = await eventually(async () => {
+      const ids = await inboxAfterMark();
+      return missed.every((m) => ids.includes(m)) && ids;
+    }, 60_000);
+    const again = await stream(seen.id!);
+    const live = await publish('bulk-live');
+    await eventually(() => again.events.some((e) => e.data.notificationId === live), 20_000);
+    const items = again.events.filter((e) => e.event === 'item');
+    expect(items.map((e) => e.data.notificationId)).toEqual([...expected, live]);
+    expect(items.map((e) => e.id)).toEqual(items.map((e) => e.id).sort());
+    again.close();
+  }, 120_000);
 });

@@ -30,7 +30,7 @@ describe('the HTTP port while Herald starts', () => {
     const url = `http://127.0.0.1:${port}`;
     const starting = startTestHerald({ env: { HERALD_HTTP_PORT: String(port) } });
     // given the start under way: poll until the port answers
-    const seen: { health?: unknown; ready?: { status: number; body: { ready: boolean; reasons: string[] } }; api?: { status: number; retryAfter: string | null; body: unknown } } = {};
+    const seen: { health?: unknown; ready?: { status: number; body: { ready: boolean; reasons: string[] } }; api?: { status: number; retryAfter: string | null; body: unknown }; stream?: { status: number; type: string | null; body: string } } = {};
     let done = false;
     void starting.then(() => (done = true), () => (done = true));
     while (!done && !seen.api) {
@@ -41,6 +41,9 @@ describe('the HTTP port while Herald starts', () => {
         seen.health = { status: health.status, body };
         const ready = await fetch(`${url}/readyz`);
         seen.ready = { status: ready.status, body: await ready.json() as { ready: boolean; reasons: string[] } };
+        // An EventSource (Accept: text/event-stream) is told to come back, as a 503 would end it for good
+        const stream = await fetch(`${url}/v1/users/ada/inbox/stream`, { headers: { ...AUTH, accept: 'text/event-stream' }, signal: AbortSignal.timeout(3000) });
+        seen.stream = { status: stream.status, type: stream.headers.get('content-type'), body: await stream.text() };
         const api = await fetch(`${url}/v1/users/ada`, { headers: AUTH });
         seen.api = { status: api.status, retryAfter: api.headers.get('retry-after'), body: await api.json() };
       } catch {
@@ -75,6 +78,7 @@ describe('the HTTP port while Herald starts', () => {
     expect(seen.ready?.body.ready).toBe(false);
     expect(seen.ready?.body.reasons[0]).toMatch(/^starting: /);
     expect(seen.api).toMatchObject({ status: 503, retryAfter: '1', body: { error: 'HRL_STARTING' } });
+    expect(seen.stream).toMatchObject({ status: 200, type: 'text/event-stream', body: expect.stringMatching(/^retry: 1000\nevent: unavailable\ndata: \{"error":"HRL_STARTING",/) });
     // and once started, the API answers on that port
     expect(h.httpUrl).toBe(url);
     expect((await fetch(`${url}/readyz`)).status).toBe(200);

@@ -211,6 +211,22 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     if (!allows(p.scopes, scope)) return fail(reply, 403, 'HRL_FORBIDDEN', `API key ${p.keyId} has scope ${p.scopes.join(', ')}; this route needs ${scope}`, 'Authorization');
   };
   const tenantOf = (req: FastifyRequest) => req.principal!.tenant;
+  /** A body naming another tenant than the key's: 403, as the tenant always comes from the key (true: answered). */
+  const tenantMismatch = (reply: FastifyReply, body: unknown, tenant: string): boolean => {
+    const named = body && typeof body === 'object' ? (body as { tenant?: unknown }).tenant : undefined;
+    if (named === undefined || named === null || named === tenant) return false;
+    void fail(reply, 403, 'HRL_TENANT_MISMATCH', `tenant: this API key belongs to tenant "${tenant}"; omit the field or send that tenant`, 'tenant');
+    return true;
+  };
+  /** `?limit=`: absent, the default; an integer from 1 to `max`, that; anything else 400 naming it (null: answered). */
+  const queryLimit = (reply: FastifyReply, raw: unknown, fallback: number, max: number): number | null => {
+    if (raw === undefined) return fallback;
+    const text = String(raw);
+    const n = /^\d{1,9}$/.test(text) ? Number(text) : NaN;
+    if (n >= 1 && n <= max) return n;
+    void fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `limit: expected an integer from 1 to ${max}, got "${clip(text, 40)}"`, 'limit');
+    return null;
+  };
   /** A path id over the limit: 400 naming it (before any lookup or key is made of it). */
   const badId = (reply: FastifyReply, field: string, v: string) =>
     v.length > MAX_ID_LENGTH ? fail(reply, 400, 'HRL_LIMIT_EXCEEDED', `${field}: expected at most ${MAX_ID_LENGTH} characters, got ${v.length}`, field) : null;
@@ -306,7 +322,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId', { ...profileRoute, preHandler: need('admin') }, async (req, reply) => {
     const tenant = tenantOf(req);
     if (badId(reply, 'userId', req.params.userId)) return reply;
-    if (req.body?.tenant !== undefined && req.body.tenant !== null && req.body.tenant !== tenant) return fail(reply, 403, 'HRL_TENANT_MISMATCH', `tenant: this API key belongs to tenant "${tenant}"; omit the field or send that tenant`, 'tenant');
+    if (tenantMismatch(reply, req.body, tenant)) return reply;
     let profile: UserProfile;
     try {
       profile = validate<UserProfile>('UserProfile', { ...(req.body ?? {}), userId: req.params.userId, tenant, updatedAt: Date.now() });
@@ -342,6 +358,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const tenant = tenantOf(req);
     if (badId(reply, 'userId', req.params.userId)) return reply;
     if (nestedDeeperThan(req.body, MAX_DEPTH)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `body: nested deeper than ${MAX_DEPTH} levels`, '');
+    if (tenantMismatch(reply, req.body, tenant)) return reply;
     let prefs: UserPreferences;
     try {
       prefs = validate<UserPreferences>('UserPreferences', { ...(req.body ?? {}), userId: req.params.userId, tenant, updatedAt: Date.now() });
@@ -363,6 +380,9 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const tenant = tenantOf(req);
     const { audience } = req.params;
     if (badId(reply, 'audience', audience)) return reply;
+    if (tenantMismatch(reply, req.body, tenant)) return reply;
+    const extra = Object.keys(req.body ?? {}).find((k) => k !== 'add' && k !== 'remove' && k !== 'tenant');
+    if (extra !== undefined) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${clip(extra, 40)}: unknown field; expected add and/or remove`, clip(extra, 40));
     const lists: Record<'add' | 'remove', string[]> = { add: [], remove: [] };
     for (const k of ['add', 'remove'] as const) {
       const v = req.body?.[k] ?? [];
@@ -380,7 +400,8 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
 
   app.get<{ Params: { audience: string }; Querystring: { limit?: string; after?: string } }>('/v1/audiences/:audience/members', { preHandler: need('read') }, async (req, reply) => {
     if (badId(reply, 'audience', req.params.audience)) return reply;
-    const limit = Math.min(Math.max(Number(req.query.limit ?? 1000) || 1000, 1), 100_000);
+    const limit = queryLimit(reply, req.query.limit, 1000, 100_000);
+    if (limit === null) return reply;
     const after = req.query.after;
     if (after !== undefined && badId(reply, 'after', after)) return reply;
     // One more than asked: whether there is a next page.
@@ -422,7 +443,8 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
 
   app.get<{ Querystring: { to?: string; limit?: string } }>('/v1/dev/mailbox', { preHandler: need('read') }, async (req, reply) => {
     if (!ports.mailbox) return fail(reply, 404, 'HRL_NOT_FOUND', 'the dev mailbox runs only on the embedded default without HERALD_SMTP_URL');
-    const limit = Math.min(Math.max(Number(req.query.limit ?? 50) || 50, 1), 500);
+    const limit = queryLimit(reply, req.query.limit, 50, 500);
+    if (limit === null) return reply;
     return { mails: ports.mailbox.list({ tenant: tenantOf(req), ...(req.query.to ? { to: req.query.to } : {}), limit }) };
   });
 
@@ -442,7 +464,8 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
 
   app.get<{ Params: { userId: string }; Querystring: { limit?: string; before?: string } }>('/v1/users/:userId/notifications', { preHandler: need('read') }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
-    const limit = Math.min(Math.max(Number(req.query.limit ?? 50) || 50, 1), 500);
+    const limit = queryLimit(reply, req.query.limit, 50, 500);
+    if (limit === null) return reply;
     const before = req.query.before;
     if (before !== undefined && badId(reply, 'before', before)) return reply;
     return answer(reply, await lifecycle.userNotifications(tenantOf(req), req.params.userId, limit, { ...forwardedOpts(req), ...(before ? { before } : {}) }));
@@ -450,9 +473,11 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
 
   app.get<{ Params: { userId: string }; Querystring: { limit?: string; unread?: string; before?: string } }>('/v1/users/:userId/inbox', { preHandler: need('read') }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
-    const limit = Math.min(Math.max(Number(req.query.limit ?? 50) || 50, 1), 500);
+    const limit = queryLimit(reply, req.query.limit, 50, 500);
+    if (limit === null) return reply;
     const before = req.query.before;
     if (before !== undefined && badId(reply, 'before', before)) return reply;
+    if (req.query.unread !== undefined && req.query.unread !== 'true' && req.query.unread !== 'false') return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `unread: expected true or false, got "${clip(String(req.query.unread), 40)}"`, 'unread');
     return answer(reply, await lifecycle.inbox(tenantOf(req), req.params.userId, { unread: req.query.unread === 'true', limit, ...(before ? { before } : {}) }, forwardedOpts(req)));
   });
 

@@ -241,6 +241,32 @@ describe('HTTP API on ports', () => {
     expect(published.length).toBe(before);
   });
 
+  it('refuses another tenant in every body that can name one (preferences and audiences too), and unknown audience fields', async () => {
+    const globex = { authorization: `Bearer ${KEYS.globex}` };
+    for (const [url, payload] of [['/v1/users/carol', { tenant: 'acme', name: 'C' }], ['/v1/users/carol/preferences', { tenant: 'acme', channels: { email: false } }], ['/v1/audiences/team/members', { tenant: 'acme', add: ['carol'] }]] as const) {
+      const r = await inject({ method: 'PUT', url, headers: globex, payload });
+      expect([url, r.statusCode, r.json().error, r.json().field]).toEqual([url, 403, 'HRL_TENANT_MISMATCH', 'tenant']);
+    }
+    const bogus = await inject({ method: 'PUT', url: '/v1/audiences/team/members', payload: { bogus: 1 } });
+    expect([bogus.statusCode, bogus.json().error, bogus.json().field, bogus.json().message]).toEqual([400, 'HRL_SCHEMA_VIOLATION', 'bogus', 'bogus: unknown field; expected add and/or remove']);
+    expect((await inject({ method: 'PUT', url: '/v1/audiences/team/members', payload: { tenant: 'acme', add: ['carol'] } })).statusCode).toBe(202);
+  });
+
+  it('refuses query parameters it cannot use, naming them, instead of guessing', async () => {
+    for (const [url, field, message] of [
+      ['/v1/users/ada/inbox?limit=abc', 'limit', 'limit: expected an integer from 1 to 500, got "abc"'],
+      ['/v1/users/ada/inbox?limit=0', 'limit', 'limit: expected an integer from 1 to 500, got "0"'],
+      ['/v1/users/ada/notifications?limit=-1', 'limit', 'limit: expected an integer from 1 to 500, got "-1"'],
+      ['/v1/users/ada/notifications?limit=501', 'limit', 'limit: expected an integer from 1 to 500, got "501"'],
+      ['/v1/audiences/team/members?limit=1.5', 'limit', 'limit: expected an integer from 1 to 100000, got "1.5"'],
+      ['/v1/users/ada/inbox?unread=yes', 'unread', 'unread: expected true or false, got "yes"'],
+    ] as const) {
+      const r = await inject({ method: 'GET', url });
+      expect([url, r.statusCode, r.json()]).toEqual([url, 400, { error: 'HRL_SCHEMA_VIOLATION', field, message }]);
+    }
+    expect((await inject({ method: 'GET', url: '/v1/users/ada/inbox?limit=500&unread=false' })).statusCode).not.toBe(400);
+  });
+
   it('keeps user ids per tenant: another tenant\'s key neither sees nor overwrites acme\'s carol', async () => {
     await inject({ method: 'PUT', url: '/v1/users/carol', payload: { email: 'carol@acme.example', webhookUrl: 'https://hooks.acme.example/carol' } });
     const globex = { authorization: `Bearer ${KEYS.globex}` };

@@ -333,7 +333,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
       const host = endpoint!.slice(endpoint!.indexOf(':') + 1);
       const which = endpoint && breakers.state(endpoint) !== 'closed' ? host : `this URL (on ${host}: it answered with errors)`;
-      ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', reason: `circuit open for ${which} since ${new Date(a.openSince).toISOString().slice(11, 19)} UTC; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
+      ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', repeat: `held at ${now0}`, reason: `circuit open for ${which} since ${new Date(a.openSince).toISOString().slice(11, 19)} UTC; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
     }
     await ctx.recordNow(send.map(({ cause, task }) => [cause, { ...baseOf(task), status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}`, timestamp: now0 }]));
     // Every call starts now; the batch waits for them at most HERALD_DELIVERY_BATCH_WAIT_MS.

@@ -54,9 +54,14 @@ const inboxPointer = (notificationId: string) => `ib:${notificationId}`;
 /** Called with each inbox item an applied event added or changed. */
 export type InboxListener = (tenant: string, recipient: string, item: InboxItem) => void;
 
-/** Two events with the same identity are the same decision seen twice (redelivery or replay). */
+/**
+ * Two events with the same identity are the same decision seen twice (redelivery or replay).
+ * A task held behind an open circuit is held again at the same attempt: each hold is a
+ * decision of its own (its decisionId carries the new due time), so none hides the next.
+ */
 function identity(e: LifecycleEvent): string {
-  return [e.stage, e.status, e.deliveryId ?? '', e.attempt ?? ''].join('|');
+  const base = [e.stage, e.status, e.deliveryId ?? '', e.attempt ?? ''].join('|');
+  return e.reasonCode === 'circuit_open' && e.decisionId ? `${base}|${e.decisionId}` : base;
 }
 
 /**

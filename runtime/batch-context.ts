@@ -124,7 +124,7 @@ export class BatchContext<S extends StageName = StageName> implements StageConte
   lifecycle(cause: RecordRef, d: Decision): LifecycleEvent {
     const ids = { notificationId: d.notificationId, stage: this.stage, status: d.status, deliveryId: d.deliveryId ?? null, attempt: d.attempt ?? null };
     return {
-      decisionId: decisionIdOf(ids),
+      decisionId: decisionIdOf({ ...ids, repeat: d.repeat ?? null }),
       notificationId: d.notificationId,
       deliveryId: d.deliveryId ?? null,
       tenant: d.tenant,

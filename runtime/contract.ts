@@ -74,6 +74,12 @@ export interface Decision {
   reason: string;
   channel?: string | null;
   attempt?: number | null;
+  /**
+   * Tells apart decisions that repeat the same status at the same attempt (a task held again
+   * behind an open circuit: when it was held), so each has its own decisionId and shows in
+   * the lifecycle; an at-least-once repeat of one decision keeps its id.
+   */
+  repeat?: string;
   providerMessageId?: string | null;
   traceId: string;
   /** Defaults to the causing record's timestamp (stream time). */

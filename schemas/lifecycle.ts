@@ -101,8 +101,8 @@ export type ReasonCode = keyof typeof REASON_CODES;
  * The id of a decision: a hash of (notificationId, stage, status, deliveryId, attempt).
  * Reprocessing or redelivery records the same decision with the same id.
  */
-export function decisionIdOf(d: { notificationId: string; stage: string; status: string; deliveryId: string | null; attempt: number | null }): string {
-  const parts = [d.notificationId, d.stage, d.status, d.deliveryId ?? '', d.attempt === null ? '' : String(d.attempt)];
+export function decisionIdOf(d: { notificationId: string; stage: string; status: string; deliveryId: string | null; attempt: number | null; repeat?: string | null }): string {
+  const parts = [d.notificationId, d.stage, d.status, d.deliveryId ?? '', d.attempt === null ? '' : String(d.attempt), ...(d.repeat ? [d.repeat] : [])];
   return `dec_${hash('sha256', `${parts.join('\u0000')}\u0000`, 'hex').slice(0, 32)}`;
 }
 

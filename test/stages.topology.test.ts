@@ -532,6 +532,17 @@ describe('deliver: circuit breaker per endpoint', () => {
     expect(r2.outcomes.find((o) => o.recipient === 'ok')!.status).toBe('ATTEMPTED');
     const held = r2.emitted.find((e) => (e.value as DeliveryTask).recipient === 'u9')!.value as DeliveryTask;
     expect(held.attempt).toBe(1);
+    // Held again while the circuit stays open: a decision of its own, which the lifecycle shows
+    // (same status, same attempt: it used to be taken for a repeat of the first hold and hidden).
+    d.now += 5_000;
+    const r2b = await d.pipe([{ value: { ...held, notBefore: null }, timestamp: T0, topicKey: 'deliverRetry' }]);
+    const heldAgain = r2b.outcomes[0]!;
+    expect(heldAgain).toMatchObject({ status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', attempt: 1 });
+    expect(heldAgain.decisionId).not.toBe(waiting.decisionId);
+    const projection = driver('outcome', outcome);
+    await projection.pipe([waiting, heldAgain, heldAgain].map((value) => ({ value, timestamp: value.timestamp })));
+    const lifecycle = await readNotification(projection.stores.get('lifecycle')!.view(), waiting.notificationId);
+    expect(lifecycle!.events.map((e) => e.reason)).toEqual([waiting.reason, heldAgain.reason]);
     // The host recovers; after the open period one probe goes through and closes the circuit.
     down = false;
     d.now += 30_000;

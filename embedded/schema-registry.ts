@@ -11,7 +11,10 @@ import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import Fastify, { type FastifyInstance, type FastifyReply } from 'fastify';
 import avro from 'avsc';
 
-type Level = 'NONE' | 'BACKWARD' | 'BACKWARD_TRANSITIVE' | 'FORWARD' | 'FORWARD_TRANSITIVE' | 'FULL' | 'FULL_TRANSITIVE';
+const LEVELS = ['NONE', 'BACKWARD', 'BACKWARD_TRANSITIVE', 'FORWARD', 'FORWARD_TRANSITIVE', 'FULL', 'FULL_TRANSITIVE'] as const;
+type Level = (typeof LEVELS)[number];
+/** Confluent's content type: every JSON answer carries it (clients accept it as JSON). */
+const CONTENT_TYPE = 'application/vnd.schemaregistry.v1+json';
 interface Version { id: number; version: number; schema: string }
 
 /** Why `reader` cannot read what `writer` wrote (avsc's resolution error), or null if it can. */
@@ -102,11 +105,23 @@ export class EmbeddedSchemaRegistry {
       try {
         done(null, body === '' ? {} : JSON.parse(body as string));
       } catch (err) {
-        done(err as Error, undefined);
+        done(Object.assign(new Error(`Unexpected character in the request body: ${(err as Error).message}`), { statusCode: 400 }), undefined);
       }
     });
     // Confluent's shape for a path it does not serve, not Fastify's.
     this.app.setNotFoundHandler((_req, reply) => reply.code(404).send({ error_code: 404, message: 'HTTP 404 Not Found' }));
+    // A body it cannot read (malformed JSON, a content type it does not take) in Confluent's
+    // shape too: {error_code, message}, the HTTP status as the code.
+    this.app.removeContentTypeParser('text/plain');
+    this.app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
+      const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+      const message = status === 415 ? 'HTTP 415 Unsupported Media Type' : status === 500 ? 'Internal Server Error' : err.message;
+      return reply.code(status).send({ error_code: status === 500 ? 50001 : status, message });
+    });
+    this.app.addHook('onSend', async (_req, reply, payload) => {
+      if (String(reply.getHeader('content-type') ?? '').startsWith('application/json')) reply.header('content-type', CONTENT_TYPE);
+      return payload;
+    });
     this.routes();
   }
 
@@ -156,16 +171,18 @@ export class EmbeddedSchemaRegistry {
       return schema ? { schema } : this.notFound(reply, 40403, 'Schema not found');
     });
     app.get('/config', async () => ({ compatibilityLevel: this.globalLevel }));
-    app.put<{ Body: { compatibility?: Level } }>('/config', async (req) => {
-      this.globalLevel = req.body.compatibility ?? this.globalLevel;
+    app.put<{ Body: { compatibility?: Level } }>('/config', async (req, reply) => {
+      if (!isLevel(req.body?.compatibility)) return invalidLevel(reply);
+      this.globalLevel = req.body.compatibility;
       this.save();
       return { compatibility: this.globalLevel };
     });
-    app.get<{ Params: { subject: string } }>('/config/:subject', async (req, reply) => {
-      const level = this.config.get(req.params.subject);
+    app.get<{ Params: { subject: string }; Querystring: { defaultToGlobal?: string } }>('/config/:subject', async (req, reply) => {
+      const level = this.config.get(req.params.subject) ?? (req.query.defaultToGlobal === 'true' ? this.globalLevel : undefined);
       return level ? { compatibilityLevel: level } : this.notFound(reply, 40408, 'Subject does not have subject-level compatibility configured');
     });
-    app.put<{ Params: { subject: string }; Body: { compatibility: Level } }>('/config/:subject', async (req) => {
+    app.put<{ Params: { subject: string }; Body: { compatibility: Level } }>('/config/:subject', async (req, reply) => {
+      if (!isLevel(req.body?.compatibility)) return invalidLevel(reply);
       this.config.set(req.params.subject, req.body.compatibility);
       this.save();
       return { compatibility: req.body.compatibility };
@@ -186,7 +203,9 @@ export class EmbeddedSchemaRegistry {
     });
     app.post<{ Params: { subject: string }; Body: { schema: string } }>('/subjects/:subject', async (req, reply) => {
       const want = canonical(req.body.schema);
-      const v = (this.subjects.get(req.params.subject) ?? []).find((x) => canonical(x.schema) === want);
+      const list = this.subjects.get(req.params.subject);
+      if (!list) return this.notFound(reply, 40401, `Subject '${req.params.subject}' not found.`);
+      const v = list.find((x) => canonical(x.schema) === want);
       return v ? { subject: req.params.subject, ...v } : this.notFound(reply, 40403, 'Schema not found');
     });
     app.post<{ Params: { subject: string }; Body: { schema: string; schemaType?: string } }>('/subjects/:subject/versions', async (req, reply) => {
@@ -319,4 +338,11 @@ export class EmbeddedSchemaRegistry {
   async stop(): Promise<void> {
     await this.app.close();
   }
+}
+
+const isLevel = (v: unknown): v is Level => typeof v === 'string' && (LEVELS as readonly string[]).includes(v);
+
+/** Confluent's answer to a compatibility level it does not know (42203). */
+function invalidLevel(reply: FastifyReply) {
+  return reply.code(422).send({ error_code: 42203, message: `Invalid compatibility level. Valid values are ${LEVELS.join(', ')}` });
 }

@@ -238,6 +238,21 @@ describe('embedded schema registry', () => {
       await call('PUT', '/config/s-value', { compatibility: 'NONE' });
       expect((await call('DELETE', '/config/s-value')).body).toEqual({ compatibilityLevel: 'NONE' });
       expect((await call('GET', '/config/s-value')).body).toMatchObject({ error_code: 40408 });
+      expect((await call('GET', '/config/s-value?defaultToGlobal=true')).body).toEqual({ compatibilityLevel: 'BACKWARD' });
+      // A level Confluent does not know is refused (42203), and changes nothing.
+      expect(await call('PUT', '/config', { compatibility: 'BOGUS' })).toMatchObject({ status: 422, body: { error_code: 42203 } });
+      expect(await call('PUT', '/config/s-value', {})).toMatchObject({ status: 422, body: { error_code: 42203 } });
+      expect((await call('GET', '/config')).body).toEqual({ compatibilityLevel: 'BACKWARD' });
+      // A lookup in a subject that does not exist is 40401 (40403 is a schema missing from one that does).
+      expect(await call('POST', '/subjects/nope', { schema: JSON.stringify(v1) })).toMatchObject({ status: 404, body: { error_code: 40401 } });
+      // Bodies it cannot read, in Confluent's shape and content type.
+      const raw = async (contentType: string, body: string) => {
+        const res = await fetch(`${url}/subjects/s-value/versions`, { method: 'POST', headers: { 'content-type': contentType }, body });
+        return { status: res.status, type: res.headers.get('content-type'), body: (await res.json()) as Record<string, unknown> };
+      };
+      expect(await raw('application/vnd.schemaregistry.v1+json', '{"schema": "{bad')).toMatchObject({ status: 400, type: expect.stringMatching(/^application\/vnd\.schemaregistry\.v1\+json/), body: { error_code: 400 } });
+      expect(await raw('text/plain', '{}')).toMatchObject({ status: 415, body: { error_code: 415, message: 'HTTP 415 Unsupported Media Type' } });
+      expect((await fetch(`${url}/subjects`)).headers.get('content-type')).toMatch(/^application\/vnd\.schemaregistry\.v1\+json/);
     } finally {
       await server.stop();
     }

@@ -159,8 +159,10 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     void fail(reply.header('retry-after', '1'), 503, 'HRL_SHUTTING_DOWN', message);
   });
   // Answers given while closing close their connection, so the close does not wait out keep-alive.
-  app.addHook('onSend', (_req, reply, payload, done) => {
+  app.addHook('onSend', (req, reply, payload, done) => {
     if (closing) reply.header('connection', 'close');
+    // Tenant data and secrets (a rotation answers its new secret once): no cache keeps them, as Stripe's API says.
+    if (req.url.startsWith('/v1/') && !reply.hasHeader('cache-control')) reply.header('cache-control', 'no-store');
     done(null, payload);
   });
   // JSON only: a text/plain body is refused with 415, not parsed as something else.

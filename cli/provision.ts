@@ -1,4 +1,5 @@
 /** Provisioning real clusters: topics through the admin client, schemas in the registry. */
+import { runningEndpoints } from '../app/cluster.ts';
 import type { HeraldConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import { createKafka } from '../runtime/kafka.ts';
@@ -36,9 +37,11 @@ export async function createTopics(config: HeraldConfig): Promise<string[]> {
   }
 }
 
+/** SCHEMA_REGISTRY_URL, or the running embedded instance's registry (found through the state directory, as the other commands find its broker). */
 function registryUrl(config: HeraldConfig): string {
-  if (config.embeddedRegistry) throw new HeraldError('HRL_CONFIG_INVALID', 'SCHEMA_REGISTRY_URL: expected the URL of a schema registry');
-  return config.schemaRegistryUrl;
+  if (!config.embeddedRegistry) return config.schemaRegistryUrl;
+  if (config.embedded) return runningEndpoints(config).registry;
+  throw new HeraldError('HRL_CONFIG_INVALID', 'SCHEMA_REGISTRY_URL: expected the URL of a schema registry (KAFKA_BROKERS is set, so there is no embedded one)');
 }
 
 export async function registerSchemas(config: HeraldConfig): Promise<string[]> {

@@ -252,6 +252,12 @@ describe('HTTP API on ports', () => {
     expect((await inject({ method: 'PUT', url: '/v1/audiences/team/members', payload: { tenant: 'acme', add: ['carol'] } })).statusCode).toBe(202);
   });
 
+  it('lets no cache keep a /v1 answer (tenant data; a rotation answers its secret once), while /healthz may be', async () => {
+    expect((await inject({ method: 'GET', url: '/v1/users/ada/inbox' })).headers['cache-control']).toBe('no-store');
+    expect((await inject({ method: 'GET', url: '/v1/users/nobody' })).headers['cache-control']).toBe('no-store');
+    expect((await inject({ method: 'GET', url: '/healthz' })).headers['cache-control']).toBeUndefined();
+  });
+
   it('refuses query parameters it cannot use, naming them, instead of guessing', async () => {
     for (const [url, field, message] of [
       ['/v1/users/ada/inbox?limit=abc', 'limit', 'limit: expected an integer from 1 to 500, got "abc"'],

@@ -206,3 +206,11 @@ describe('dead letters under a filter', () => {
     expect(eventTable).toMatch(new RegExp(`dead-lettered herald\\.events\\.v1 partition ${forEvent.dlq[0]!.partition} offset ${forEvent.dlq[0]!.offset}: HRL_DECODE_FAILED `));
   }, 90_000);
 });
+
+describe('schemas check against the running embedded instance', () => {
+  it('finds its registry through the state directory, as the other commands find its broker', async () => {
+    const out = await herald('schemas', 'check');
+    expect(out).toMatch(/^compatible herald\.events\.v1-value DomainEvent$/m);
+    expect(out).toMatch(/^compatible herald\.outcomes\.v1-value LifecycleEvent$/m);
+  });
+});

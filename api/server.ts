@@ -18,6 +18,7 @@ import { domainEventFromJson, MAX_ID_LENGTH } from '../runtime/codec.ts';
 import { CHANNELS, parseDuration } from '../rules/rules.ts';
 import { validate } from '../schemas/index.ts';
 import type { Scope, UserPreferences, UserProfile } from '../schemas/types.ts';
+import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { decisionIdOf } from '../schemas/lifecycle.ts';
 import type { ApiPorts, InboxItemView, QueryAnswer } from './ports.ts';
@@ -547,7 +548,10 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     // New items carry their id (the client's Last-Event-ID moves forward); changes to items
     // (READ, SEEN) carry none, so a resumed stream never goes back.
     const sent = new Set<string>();
+    // A write after the stream ended (the client went, a read failed) would be an 'error' with no listener.
+    reply.raw.on('error', () => ac.abort());
     const write = (item: InboxItemView, isNew: boolean): boolean => {
+      if (reply.raw.writableEnded || reply.raw.destroyed) return true;
       sent.add(item.id);
       return reply.raw.write(`${isNew ? `id: ${item.id}\nevent: item` : 'event: update'}\ndata: ${JSON.stringify(item)}\n\n`);
     };
@@ -560,11 +564,14 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     try {
       for await (const item of backlog) {
         if (ac.signal.aborted) break;
-        if (!sent.has(item.id) && !write(item, true)) await new Promise((r) => reply.raw.once('drain', r).once('close', r));
+        if (!sent.has(item.id) && !write(item, true)) await once(reply.raw, 'drain', { signal: ac.signal }).catch(() => undefined);
       }
     } catch (err) {
+      // The partition moved away mid-read, say: the client reconnects and resumes where it got to.
       log.warn({ err }, 'inbox stream: reading the backlog failed; the stream ends and the client resumes');
-      reply.raw.end();
+      close();
+      end();
+      return reply;
     }
     for (const item of queued) live(item);
     queued = null;

@@ -71,7 +71,7 @@ export async function fetchLifecycle(url: string, id: string, apiKey: string): P
  */
 async function decodeOutcome(serde: Serde, value: Buffer, skipped: (why: string) => void): Promise<LifecycleEvent | null> {
   try {
-    return await serde.decode<LifecycleEvent>(value);
+    return await serde.decode<LifecycleEvent>(value, 'LifecycleEvent');
   } catch (err) {
     if (err instanceof HeraldError && !err.retriable) {
       skipped(err.message);

@@ -177,8 +177,12 @@ export class CallLimits {
 
 /** Whether the endpoint answered the call (it succeeded, or the URL answered with an HTTP status): the host is up. */
 const answeredBy = (task: DeliveryTask, r: SendResult) => r.ok || ((task.channel === 'webhook' || task.channel === 'chat') && r.code.startsWith('http_'));
-/** An SMTP reply (a 4xx or 5xx about this message or recipient): the mail server is up and talking. */
-const smtpReplied = (task: DeliveryTask, r: SendResult) => task.channel === 'email' && !r.ok && r.code.startsWith('smtp_');
+/**
+ * An SMTP reply about this message or recipient (450, 451, 452, 5xx …): the mail server is up
+ * and talking. 421 (service not available, closing the channel) and 454 (throttling, TLS not
+ * available) are about the server itself, for everyone: they count toward its circuit.
+ */
+const smtpReplied = (task: DeliveryTask, r: SendResult) => task.channel === 'email' && !r.ok && r.code.startsWith('smtp_') && r.code !== 'smtp_421' && r.code !== 'smtp_454';
 
 /** The URL a webhook or chat call goes to (its lane key); null for channels without one. */
 const urlOf = (task: DeliveryTask): string | null => (task.channel === 'webhook' || task.channel === 'chat' ? task.address : null);
@@ -333,7 +337,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
       const host = endpoint!.slice(endpoint!.indexOf(':') + 1);
       const which = endpoint && breakers.state(endpoint) !== 'closed' ? host : `this URL (on ${host}: it answered with errors)`;
-      ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', repeat: `held at ${now0}`, reason: `circuit open for ${which} since ${new Date(a.openSince).toISOString().slice(11, 19)} UTC; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
+      ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', repeat: `held for ${cause.topic}[${cause.partition}]@${cause.offset}`, reason: `circuit open for ${which} since ${new Date(a.openSince).toISOString().slice(11, 19)} UTC; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
     }
     await ctx.recordNow(send.map(({ cause, task }) => [cause, { ...baseOf(task), status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}`, timestamp: now0 }]));
     // Every call starts now; the batch waits for them at most HERALD_DELIVERY_BATCH_WAIT_MS.

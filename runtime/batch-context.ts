@@ -14,6 +14,9 @@ import { type StageName, type StageOutput, type StoreName, type TopicKey, stageS
 import type { DeadLetterError, Decision, EmitOptions, InRecord, RecordRef, StageContext, UndecodedRecord } from './contract.ts';
 import type { Logger } from './logger.ts';
 
+/** How much of a bad record's own headers its dead letter keeps (a broker refuses produce requests past ~1 MB). */
+const MAX_ORIGINAL_HEADER_BYTES = 65_536;
+
 /** Headers as strings (the first value of a repeated one), for reading rather than forwarding. */
 export function headerStrings(h: IHeaders | undefined): Record<string, string> {
   const out: Record<string, string> = {};
@@ -157,7 +160,18 @@ export class BatchContext<S extends StageName = StageName> implements StageConte
     // with Herald's error headers beside them (replacing any of the same name).
     const raw = 'rawKey' in cause ? cause : null;
     const original: IHeaders = {};
-    for (const [name, v] of Object.entries(raw?.rawHeaders ?? cause.headers)) if (v !== undefined && !(name in headers)) original[name] = v;
+    let room = MAX_ORIGINAL_HEADER_BYTES;
+    for (const [name, v] of Object.entries(raw?.rawHeaders ?? cause.headers)) {
+      // Herald's own headers from an earlier dead-lettering (a record sent back from dlq.v1) never mix with these.
+      if (v === undefined || name.startsWith('herald.error.') || name.startsWith('herald.source.')) continue;
+      const size = name.length + (Array.isArray(v) ? v : [v]).reduce((n, x) => n + x.length, 0);
+      if (size > room) {
+        headers['herald.error.headers'] = 'original headers over 64 KB: the rest were left out';
+        break;
+      }
+      room -= size;
+      original[name] = v;
+    }
     this.push('dlq', raw && raw.rawKey !== undefined ? raw.rawKey : cause.key, cause.raw, cause.timestamp, { ...original, ...headers });
     this.counts.dlq++;
   }

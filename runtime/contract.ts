@@ -76,7 +76,7 @@ export interface Decision {
   attempt?: number | null;
   /**
    * Tells apart decisions that repeat the same status at the same attempt (a task held again
-   * behind an open circuit: when it was held), so each has its own decisionId and shows in
+   * behind an open circuit: the record it was decided on), so each has its own decisionId and shows in
    * the lifecycle; an at-least-once repeat of one decision keeps its id.
    */
   repeat?: string;

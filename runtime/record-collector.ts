@@ -54,7 +54,7 @@ export class RecordCollector implements OutcomeSink {
     const value = await this.codec.encode(o.topicKey, topic, o.value);
     const fwd = forward?.topicKey === o.topicKey;
     const message: Message = { key: o.key, value, timestamp: String(o.timestamp), ...(o.headers ? { headers: o.headers } : {}), ...(fwd ? { partition: forward.partition } : {}) };
-    const sized: Sized = { topic, message, bytes: (value?.length ?? 0) + Buffer.byteLength(o.key ?? '') + 64 };
+    const sized: Sized = { topic, message, bytes: (value?.length ?? 0) + Buffer.byteLength(o.key ?? '') + headerBytes(o.headers) + 64 };
     if (fwd) sized.produced = { topic, partition: forward.partition, offset: '', key: String(o.key), value, timestamp: o.timestamp, headers: headerStrings(o.headers) };
     return sized;
   }
@@ -134,4 +134,15 @@ function placeProduced(sent: readonly Sized[], meta: readonly { topicName: strin
     if (base === undefined) throw new Error(`no offset came back for ${m.topic}[${m.produced.partition}]`);
     m.produced.offset = (BigInt(base) + n).toString();
   }
+}
+
+/** The bytes of a record's headers, for sizing produce requests. */
+function headerBytes(h: PendingOutput['headers']): number {
+  let n = 0;
+  for (const [name, v] of Object.entries(h ?? {})) {
+    if (v === undefined) continue;
+    n += name.length;
+    for (const x of Array.isArray(v) ? v : [v]) n += typeof x === 'string' ? Buffer.byteLength(x) : x.length;
+  }
+  return n;
 }

@@ -83,8 +83,14 @@ describe('ingest rejections', () => {
     await h.producer.send({ topic: T('events'), acks: -1, messages: [
       { key: null, value: 'not json', headers: { trace: 'abc', 'herald.error.code': 'forged' } },
       { key: oddKey, value: '{bad', headers: { trace: Buffer.from([0xff]) } },
+      // sent back from dlq.v1: its old error headers must not mix with the new ones (this error names no field)
+      { key: 'resent', value: Buffer.from([0, 0, 0, 0x7f, 0x7f, 1]), headers: { 'herald.error.field': 'stale', 'herald.source.offset': '999', baggage: 'b' } },
     ] });
-    const dead = await eventually(() => dlq.messages.length >= before + 2 && dlq.messages.slice(before));
+    const dead = await eventually(() => dlq.messages.length >= before + 3 && dlq.messages.slice(before));
+    const resent = dead.find((m) => m.key?.toString() === 'resent')!;
+    expect(header(resent, 'herald.error.field')).toBeUndefined();
+    expect(header(resent, 'herald.source.offset')).not.toBe('999');
+    expect(header(resent, 'baggage')).toBe('b');
     const nullKeyed = dead.find((m) => header(m, 'trace') === 'abc')!;
     expect(nullKeyed.key).toBeNull();
     expect(header(nullKeyed, 'herald.error.code')).toBe('HRL_DECODE_FAILED');

@@ -654,6 +654,12 @@ describe('deliver: an SMTP server answering 4xx about some recipients is up', ()
     const next = await d.pipe([{ value: await emailTo('ok', 'ok@example.test'), timestamp: T0 }]);
     expect(next.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['ATTEMPTED', 'channel_called'], ['DELIVERED', expect.any(String)]]);
     expect(calls).toHaveLength(9);
+    // while 421 (service not available, for everyone) is the server's outage: it opens the circuit
+    const down: ChannelProvider = { name: 'email', send: async () => ({ ok: false, retriable: true, code: 'smtp_421', detail: 'SMTP 421', retryAfterMs: 60_000 }) };
+    const d421 = driver('deliver', deliver(new Map([['email', down]]), () => 1));
+    for (let i = 0; i < 5; i++) await d421.pipe([{ value: await emailTo(`x${i}`, `x${i}@example.test`), timestamp: T0 }]);
+    const held = await d421.pipe([{ value: await emailTo('y', 'y@example.test'), timestamp: T0 }]);
+    expect(held.outcomes[0]).toMatchObject({ status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open' });
   });
 });
 

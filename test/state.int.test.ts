@@ -49,7 +49,9 @@ describe('dedupe state across restarts', () => {
     // A record on outcomes.v1 that is not a lifecycle event (framed with its schema id, then garbage), as a stray producer can write.
     const outcomesTopic = topicName('herald.', 'outcomes');
     const framed = await first.serde.encode(outcomesTopic, original.events[0]!);
-    await first.producer.send({ topic: outcomesTopic, acks: -1, messages: [{ key: 'acme/ada', value: Buffer.concat([framed.subarray(0, 5), Buffer.from('garbage')]) }] });
+    // and a well-formed Avro record of another schema (a DomainEvent written to the wrong topic)
+    const stranger = await first.serde.encode(topicName('herald.', 'events'), { id: 'stray', type: 'comment.created', tenant: 'acme', recipients: ['ada'], audience: null, data: '{}', idempotencyKey: null, occurredAt: null, expiresAt: null, actor: null, traceId: null });
+    await first.producer.send({ topic: outcomesTopic, acks: -1, messages: [{ key: 'acme/ada', value: Buffer.concat([framed.subarray(0, 5), Buffer.from('garbage')]) }, { key: 'acme/ada', value: stranger }] });
     await first.stop();
     removeDir(first.stateDir);
 
@@ -59,11 +61,11 @@ describe('dedupe state across restarts', () => {
     const skipped: string[] = [];
     const rebuilt = await scanLifecycle(config, original.notificationId, (where, why) => skipped.push(`${where}: ${why}`));
     expect(rebuilt!.events.map((e) => e.status)).toEqual(original.events.map((e) => e.status));
-    expect(skipped).toEqual([expect.stringMatching(/^herald\.outcomes\.v1\[\d\]@\d+: Avro decode failed/)]);
+    expect(skipped).toEqual([expect.stringMatching(/^herald\.outcomes\.v1\[\d\]@\d+: Avro decode failed/), expect.stringMatching(/cannot be read as LifecycleEvent/)]);
     const ac = new AbortController();
     const lines: string[] = [];
     const tailing = tail(config, { fromBeginning: true, print: (l) => lines.push(l), signal: ac.signal });
-    await eventually(() => lines.some((l) => l.startsWith(original.notificationId) && l.includes('DELIVERED')) && lines.some((l) => l.startsWith('(skipped herald.outcomes.v1[')));
+    await eventually(() => lines.some((l) => l.startsWith(original.notificationId) && l.includes('DELIVERED')) && lines.filter((l) => l.startsWith('(skipped herald.outcomes.v1[')).length === 2);
     ac.abort();
     await tailing;
 

@@ -93,7 +93,7 @@ export class EmbeddedSchemaRegistry {
       const saved = JSON.parse(readFileSync(file, 'utf8')) as { schemas: [number, string][]; subjects: [string, Version[]][]; deleted?: [string, Version[]][]; config: [string, Level][]; globalLevel: Level };
       for (const [id, schema] of saved.schemas) {
         this.byId.set(id, schema);
-        this.idBySchema.set(schema, id);
+        this.idBySchema.set(canonical(schema), id);
       }
       for (const [s, versions] of saved.subjects) this.subjects.set(s, versions);
       for (const [s, versions] of saved.deleted ?? []) this.deleted.set(s, versions);
@@ -219,6 +219,8 @@ export class EmbeddedSchemaRegistry {
         return reply.code(422).send({ error_code: 42201, message: `Invalid schema: ${(err as Error).message}` });
       }
       const schema = canonical(req.body.schema);
+      // Kept as registered (compact, its keys in their order), as Confluent's registry answers it; compared canonically.
+      const registered = JSON.stringify(JSON.parse(req.body.schema));
       const list = this.subjects.get(subject) ?? [];
       // The same schema again (even with its keys reordered) is the same version, not a new one.
       const existing = list.find((x) => canonical(x.schema) === schema);
@@ -230,11 +232,11 @@ export class EmbeddedSchemaRegistry {
       let id = this.idBySchema.get(schema);
       if (id === undefined) {
         id = this.byId.size + 1;
-        this.byId.set(id, schema);
+        this.byId.set(id, registered);
         this.idBySchema.set(schema, id);
       }
       const last = Math.max(list.at(-1)?.version ?? 0, ...(this.deleted.get(subject) ?? []).map((d) => d.version));
-      list.push({ id, version: last + 1, schema });
+      list.push({ id, version: last + 1, schema: this.byId.get(id)! });
       this.subjects.set(subject, list);
       this.save();
       return { id };

@@ -187,9 +187,12 @@ export class EmbeddedSchemaRegistry {
       this.save();
       return { compatibility: req.body.compatibility };
     });
-    app.get<{ Params: { subject: string } }>('/subjects/:subject/versions', async (req, reply) => {
+    app.get<{ Params: { subject: string }; Querystring: { deleted?: string } }>('/subjects/:subject/versions', async (req, reply) => {
       const list = this.subjects.get(req.params.subject);
-      return list ? list.map((v) => v.version) : this.notFound(reply, 40401, 'Subject not found');
+      // ?deleted=true: the soft-deleted versions too, as Confluent's registry lists them.
+      const gone = req.query.deleted === 'true' ? (this.deleted.get(req.params.subject) ?? []) : [];
+      if (!list && !gone.length) return this.notFound(reply, 40401, `Subject '${req.params.subject}' not found.`);
+      return [...(list ?? []), ...gone].map((v) => v.version).sort((a, b) => a - b);
     });
     app.get<{ Params: { subject: string; version: string } }>('/subjects/:subject/versions/:version', async (req, reply) => {
       const missing = this.missing(reply, req.params.subject, req.params.version);

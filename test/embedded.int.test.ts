@@ -278,7 +278,9 @@ describe('embedded schema registry', () => {
       // Version numbers are not reused after a delete.
       await call('POST', '/subjects/d-value/versions', { schema: schema(3) });
       expect((await call('GET', '/subjects/d-value/versions')).body).toEqual([1, 3]);
+      expect((await call('GET', '/subjects/d-value/versions?deleted=true')).body).toEqual([1, 2, 3]);
       expect(await call('DELETE', '/subjects/d-value')).toEqual({ status: 200, body: [1, 3] });
+      expect((await call('GET', '/subjects/d-value/versions?deleted=true')).body).toEqual([1, 2, 3]);
       expect((await call('GET', '/subjects')).body).toEqual([]);
       expect((await call('GET', '/subjects?deleted=true')).body).toEqual(['d-value']);
       expect(await call('GET', '/subjects/d-value/versions/1')).toMatchObject({ status: 404, body: { error_code: 40401 } });

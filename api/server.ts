@@ -203,7 +203,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     if (!req.url.startsWith('/v1/') && req.url !== '/v1') return;
     const m = /^Bearer +(\S+)$/i.exec(req.headers.authorization ?? '');
     if (!m) {
-      return fail(reply.header('www-authenticate', 'Bearer realm="herald"'), 401, 'HRL_UNAUTHORIZED', 'Authorization: expected "Bearer <API key>"; create a key with `herald keys create --tenant <tenant>`', 'Authorization');
+      return fail(reply.header('www-authenticate', 'Bearer realm="herald"'), 401, 'HRL_UNAUTHORIZED', 'Authorization: expected "Bearer <API key>"; create a key with `npm run herald -- keys create --tenant <tenant>`', 'Authorization');
     }
     const r = await keys.authenticate(m[1]!);
     if (!r.ok) return fail(reply.header('www-authenticate', 'Bearer realm="herald", error="invalid_token"'), 401, 'HRL_UNAUTHORIZED', `Authorization: ${r.why}`, 'Authorization');
@@ -539,12 +539,12 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
       if (!res?.ok || !res.body) return unavailable(`the instance that holds this user's inbox did not answer (${res?.status ?? 'no connection'})`);
       reply.hijack();
       const by = res.headers.get('x-herald-served-by');
-      reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...(by ? { 'x-herald-served-by': by } : {}) });
+      reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache, no-transform', 'x-accel-buffering': 'no', ...(by ? { 'x-herald-served-by': by } : {}) });
       Readable.fromWeb(res.body as import('node:stream/web').ReadableStream).on('error', () => reply.raw.end()).pipe(reply.raw);
       return reply;
     }
     reply.hijack();
-    reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive', 'x-herald-served-by': s.servedBy });
+    reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache, no-transform', 'x-accel-buffering': 'no', connection: 'keep-alive', 'x-herald-served-by': s.servedBy });
     // New items carry their id (the client's Last-Event-ID moves forward); changes to items
     // (READ, SEEN) carry none, so a resumed stream never goes back.
     const sent = new Set<string>();
@@ -560,7 +560,8 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     // and the client's Last-Event-ID never passes an item it has not had.
     let queued: InboxItemView[] | null = [];
     const { backlog, close } = await s.open((item) => (queued ? queued.push(item) : live(item)));
-    reply.raw.write(': connected\n\n');
+    // retry: reconnect a second after the stream ends (a stop), not the browsers' default 3 s.
+    reply.raw.write('retry: 1000\n: connected\n\n');
     try {
       for await (const item of backlog) {
         if (ac.signal.aborted) break;

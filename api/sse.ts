@@ -11,11 +11,15 @@ import type { ServerResponse } from 'node:http';
 /** The route of the inbox stream, as a path test (before routing: the starting server has none). */
 export const INBOX_STREAM_PATH = /^\/v1\/users\/[^/]+\/inbox\/stream$/;
 
-/** Whether the request is an EventSource's (it asks for text/event-stream). */
-export const wantsEventStream = (accept: string | string[] | undefined): boolean => /\btext\/event-stream\b/i.test(String(accept ?? ''));
+/**
+ * Whether a request to the stream may be answered as a stream: it asks for
+ * text/event-stream, or does not ask for JSON (a proxy in front of a browser may not pass the
+ * browser's Accept on, and the stream answers as a stream whatever Accept says).
+ */
+export const wantsEventStream = (accept: string | string[] | undefined): boolean => /\btext\/event-stream\b/i.test(String(accept ?? '')) || !/\bjson\b/i.test(String(accept ?? ''));
 
 /** Answers an event-stream request with "come back in `retryMs`", naming the error. */
 export function retryLaterStream(res: ServerResponse, retryMs: number, error: string, message: string): void {
-  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'close' });
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache, no-transform', 'x-accel-buffering': 'no', connection: 'close' });
   res.end(`retry: ${retryMs}\nevent: unavailable\ndata: ${JSON.stringify({ error, message })}\n\n`);
 }

@@ -102,7 +102,7 @@ function guardStateDir(stateDir: string, identity: string): void {
   const marker = join(stateDir, 'CLUSTER_ID');
   const previous = existsSync(marker) ? readFileSync(marker, 'utf8').trim() : null;
   if (previous !== null && previous !== identity) {
-    throw new HeraldError('HRL_STATE_MISMATCH', `HERALD_STATE_DIR ${stateDir}: its stores were built against ${previous.startsWith('embedded:') || previous.startsWith('kafka:') ? previous : `an earlier embedded broker (${previous})`}, not ${identity}; nothing was changed. Run \`npm run herald -- reset\` to delete it and start over, or set HERALD_STATE_DIR to another directory`);
+    throw new HeraldError('HRL_STATE_MISMATCH', `HERALD_STATE_DIR ${stateDir}: its stores were built against ${previous.startsWith('embedded:') || previous.startsWith('kafka:') ? previous : `an earlier embedded broker (${previous})`}, not ${identity}; nothing was changed. Run \`HERALD_STATE_DIR=${stateDir.replace(/[\\/]workers[\\/]\d+$/, '')} npm run herald -- reset\` to delete it and start over, or set HERALD_STATE_DIR to another directory`);
   }
   writeFileSync(marker, identity);
 }
@@ -254,7 +254,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       const existing = new Set(await admin.listTopics());
       const missing = topicPlan(config.topicPrefix, config.partitions).filter((t) => !existing.has(t.name)).map((t) => t.name);
       if (missing.length) {
-        throw new HeraldError('HRL_CONFIG_INVALID', `KAFKA_BROKERS: the cluster lacks ${missing.length} Herald topic(s) (${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}); run \`herald topics create\` first`);
+        throw new HeraldError('HRL_CONFIG_INVALID', `KAFKA_BROKERS: the cluster lacks ${missing.length} Herald topic(s) (${missing.slice(0, 3).join(', ')}${missing.length > 3 ? ', …' : ''}); run \`npm run herald -- topics create\` first`);
       }
     }
     if (!config.embedded && !attach) {

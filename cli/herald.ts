@@ -45,7 +45,12 @@ function devKeyFile(config: ReturnType<typeof loadConfig>): string {
 }
 
 function fail(err: unknown): never {
-  const e = err as Error & { code?: string };
+  let e = err as Error & { code?: string };
+  // kafkajs giving up on the brokers: say which brokers, and what to check.
+  if (/^KafkaJS(NumberOfRetriesExceeded|Connection|BrokerNotFound|RequestTimeout)/.test(e?.name ?? '')) {
+    const brokers = process.env.KAFKA_BROKERS ? `KAFKA_BROKERS ${process.env.KAFKA_BROKERS}` : 'the running instance\'s embedded broker';
+    e = new HeraldError('HRL_BROKER_UNREACHABLE', `${brokers} could not be reached (${e.message}); check the address and that the brokers are up`);
+  }
   process.stderr.write(`herald: ${e instanceof HeraldError ? `${e.code}: ` : ''}${e.message}\n`);
   process.exit(1);
 }
@@ -391,7 +396,7 @@ secrets
           ...made.record.secrets.slice(1).map((s) => `${s.id} until ${until(s.expiresAt ?? 0)}`),
           ...(made.record.deploymentSecretUntil ? [`HERALD_WEBHOOK_SECRET until ${until(made.record.deploymentSecretUntil)}`] : []),
         ];
-        process.stderr.write(`${made.id} is now tenant ${o.tenant}'s signing secret; it is shown only now: give it to the tenant's receivers${previous.length ? `. Still signing: ${previous.join(', ')} (\`herald secrets retire --tenant ${o.tenant}\` ends that now)` : ''}\n`);
+        process.stderr.write(`${made.id} is now tenant ${o.tenant}'s signing secret; it is shown only now: give it to the tenant's receivers${previous.length ? `. Still signing: ${previous.join(', ')} (\`npm run herald -- secrets retire --tenant ${o.tenant}\` ends that now)` : ''}\n`);
       }
     } catch (err) {
       fail(err);

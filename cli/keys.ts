@@ -44,7 +44,7 @@ export async function listKeys(config: HeraldConfig, tenant?: string): Promise<A
 export async function revokeKey(config: HeraldConfig, keyId: string): Promise<ApiKeyRecord> {
   return withKeys(config, async ({ directory, write }) => {
     const r = directory.get(keyId);
-    if (!r) throw new HeraldError('HRL_NOT_FOUND', `no API key ${keyId}; \`herald keys list\` shows the ids`);
+    if (!r) throw new HeraldError('HRL_NOT_FOUND', `no API key ${keyId}; \`npm run herald -- keys list\` shows the ids`);
     if (r.revokedAt !== null) return r;
     const revoked = { ...r, revokedAt: Date.now() };
     await write(revoked);

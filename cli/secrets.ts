@@ -35,7 +35,7 @@ export async function rotateSecret(config: HeraldConfig, tenant: string, graceMs
 export async function retireSecrets(config: HeraldConfig, tenant: string): Promise<SigningSecretRecord> {
   return withSecrets(config, async (signing, write) => {
     const r = signing.get(tenant);
-    if (!r) throw new HeraldError('HRL_NOT_FOUND', `tenant ${tenant} has no signing secret of its own (its webhooks are signed with HERALD_WEBHOOK_SECRET); \`herald secrets rotate --tenant ${tenant}\` makes one`);
+    if (!r) throw new HeraldError('HRL_NOT_FOUND', `tenant ${tenant} has no signing secret of its own (its webhooks are signed with HERALD_WEBHOOK_SECRET); \`npm run herald -- secrets rotate --tenant ${tenant}\` makes one`);
     const retired = retire(r, Math.max(Date.now(), r.updatedAt + 1));
     await write(retired);
     return retired;

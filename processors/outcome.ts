@@ -80,13 +80,17 @@ const eventPrefix = (id: string) => `e:${id}:`;
 const eventKey = (id: string, seq: number) => `${eventPrefix(id)}${String(seq).padStart(6, '0')}`;
 
 /** Applies lifecycle events to the projection held in `view` (pure apart from the store). */
-export async function applyLifecycle(view: StoreView, events: LifecycleEvent[], onInbox?: InboxListener): Promise<LifecycleEvent[]> {
+/**
+ * `offsets`, aligned with `events`: each event's offset on outcomes.v1, which orders inbox
+ * item ids as the items are applied (and sent live) within a millisecond.
+ */
+export async function applyLifecycle(view: StoreView, events: LifecycleEvent[], onInbox?: InboxListener, offsets?: readonly string[]): Promise<LifecycleEvent[]> {
   const ids = [...new Set(events.map((e) => e.notificationId))];
   const current = await view.getMany<StoredSummary>(ids.map(notificationKey));
   const byId = new Map<string, StoredSummary | undefined>(ids.map((id, i) => [id, current[i]]));
   const changed = new Set<string>();
   const applied: LifecycleEvent[] = [];
-  for (const e of events) {
+  for (const [i, e] of events.entries()) {
     let n = byId.get(e.notificationId);
     if (!n) {
       n = { notificationId: e.notificationId, tenant: e.tenant, recipient: e.recipient, eventId: e.eventId, eventType: e.eventType, ruleId: e.ruleId, traceId: e.traceId, status: e.status, channels: {}, terminal: [], createdAt: e.timestamp, updatedAt: e.timestamp, ids: [] };
@@ -110,16 +114,20 @@ export async function applyLifecycle(view: StoreView, events: LifecycleEvent[], 
     byId.set(e.notificationId, n);
     changed.add(e.notificationId);
     applied.push(e);
-    if (e.channel === 'inapp') await applyInbox(view, e, onInbox);
+    if (e.channel === 'inapp') await applyInbox(view, e, onInbox, offsets?.[i]);
   }
   for (const id of changed) view.put(notificationKey(id), byId.get(id));
   return applied;
 }
 
-async function applyInbox(view: StoreView, e: LifecycleEvent, onInbox?: InboxListener): Promise<void> {
+async function applyInbox(view: StoreView, e: LifecycleEvent, onInbox?: InboxListener, offset?: string): Promise<void> {
   if (e.status === 'DELIVERED' && e.content) {
     const c = JSON.parse(e.content) as { subject: string | null; body: string; category?: string; eventType?: string };
-    const id = `${String(e.timestamp).padStart(15, '0')}:${e.notificationId}`;
+    // Ids sort as the items were applied, which is the order the live stream sends them: by
+    // time, then (many items land in one millisecond) by their offset on outcomes.v1, so a
+    // client's Last-Event-ID never sorts past an item it has not had. (Items of earlier
+    // versions have no offset in their id: `<ms>:<notificationId>`.)
+    const id = offset === undefined ? `${String(e.timestamp).padStart(15, '0')}:${e.notificationId}` : `${String(e.timestamp).padStart(15, '0')}:${offset.padStart(19, '0')}:${e.notificationId}`;
     const item: InboxItem = { id, notificationId: e.notificationId, subject: c.subject, body: c.body, category: c.category ?? '', eventType: c.eventType ?? e.eventType, createdAt: e.timestamp, seenAt: null, readAt: null };
     view.put(`${inboxPrefix(e.tenant, e.recipient)}${id}`, item);
     view.put(inboxPointer(e.notificationId), `${inboxPrefix(e.tenant, e.recipient)}${id}`);
@@ -139,7 +147,7 @@ export const outcome: StageFactory<'outcome'> = ({ inbox }) => ({
     // Live inbox listeners hear of an item once its batch is processed (a retried batch may
     // tell them again: items carry ids, and clients keep the newest state per id).
     const changed: [string, string, InboxItem][] = [];
-    await applyLifecycle(ctx.store('lifecycle'), batch.map((r) => r.value), inbox ? (t, u, item) => changed.push([t, u, item]) : undefined);
+    await applyLifecycle(ctx.store('lifecycle'), batch.map((r) => r.value), inbox ? (t, u, item) => changed.push([t, u, item]) : undefined, batch.map((r) => r.offset));
     for (const [t, u, item] of changed) inbox?.publish(t, u, item);
   },
 });

@@ -263,7 +263,7 @@ export function loadRules(file: string): RuleSet {
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new HeraldError('HRL_RULES_INVALID', `${file}: cannot read the rules file (${(err as Error).message}); set HERALD_RULES`, { cause: err });
+    throw new HeraldError('HRL_RULES_INVALID', `${file}: cannot read the rules file (${(err as Error).message}); point HERALD_RULES (or --rules) at a rules file such as rules/default.json`, { cause: err });
   }
   let doc: unknown;
   try {

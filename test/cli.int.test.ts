@@ -82,3 +82,12 @@ describe('a flag\'s error', () => {
   });
 });
 
+
+describe('brokers that cannot be reached', () => {
+  it('names KAFKA_BROKERS and the code, not only kafkajs\' connection error', async () => {
+    const env = { ...process.env, KAFKA_BROKERS: '127.0.0.1:1', SCHEMA_REGISTRY_URL: 'http://127.0.0.1:2', HERALD_WEBHOOK_SECRET: 'a-secret-of-our-own', HERALD_LOG_LEVEL: 'silent', HERALD_STATE_DIR: join(root, 'unreachable') };
+    const r = await run(process.execPath, ['cli/herald.ts', 'topics', 'create'], { env }).then(() => null, (e: { code: number; stderr: string }) => e);
+    expect(r?.code).toBe(1);
+    expect(r?.stderr).toMatch(/^herald: HRL_BROKER_UNREACHABLE: KAFKA_BROKERS 127\.0\.0\.1:1 could not be reached \(.*ECONNREFUSED.*\); check the address and that the brokers are up$/m);
+  }, 60_000);
+});

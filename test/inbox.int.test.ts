@@ -147,6 +147,25 @@ describe('the in-app inbox', () => {
     expect((await api(h, 'POST', '/v1/users/ivy/inbox/ntf_nope/seen')).status).toBe(404);
   });
 
+  it('sends live items in the order of their ids, so Last-Event-ID never passes one it has not had (many land in one millisecond)', async () => {
+    const s = await stream();
+    const ids = await Promise.all(Array.from({ length: 200 }, (_, i) => publish(`burst-${i}`)));
+    const got = await eventually(() => {
+      const items = s.events.filter((e) => e.event === 'item' && ids.includes(e.data.notificationId as string));
+      return items.length === 200 && items;
+    }, 60_000);
+    const sent = got.map((e) => e.id!);
+    expect(sent).toEqual([...sent].sort());
+    // and a resume from any of them sends exactly the ones after it
+    const from = sent[99]!;
+    const again = await stream(from);
+    await eventually(() => again.events.filter((e) => e.event === 'item' && ids.includes(e.data.notificationId as string)).length >= 100, 20_000);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(again.events.filter((e) => e.event === 'item' && ids.includes(e.data.notificationId as string)).map((e) => e.id)).toEqual(sent.slice(100));
+    s.close();
+    again.close();
+  }, 90_000);
+
   it('resumes past more items than one page of the backlog: every missed item once, in order, then live ones', async () => {
     const first = await stream();
     const mark = await publish('bulk-mark');

@@ -165,7 +165,7 @@ describe('herald start with two workers', () => {
     // then it exits 1 naming the code, the worker and the way out, and leaves the directory as it was
     expect(code).toBe(1);
     expect(out).toMatch(/herald: HRL_STATE_MISMATCH: worker 1: HERALD_STATE_DIR \S+workers\/1: its stores were built against kafka:another-cluster/);
-    expect(out).toContain('npm run herald -- reset');
+    expect(out).toContain(`HERALD_STATE_DIR=${join(dir, 'state')} npm run herald -- reset`);
     expect(readFileSync(join(dir, 'state', 'workers', '1', 'CLUSTER_ID'), 'utf8')).toBe('kafka:another-cluster');
   }, 120_000);
 });

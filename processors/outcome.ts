@@ -159,17 +159,19 @@ export const outcome: StageFactory<'outcome'> = ({ inbox }) => ({
 export async function readInbox(store: ProjectionReader, tenant: string, recipient: string, o: { unread?: boolean; limit: number; after?: string; before?: string }): Promise<InboxItem[]> {
   const prefix = inboxPrefix(tenant, recipient);
   const items: InboxItem[] = [];
-  // Oldest first after a cursor: only the page is read (unread filters as it goes, so reads on).
-  for await (const [, item] of store.range<InboxItem>(o.after ? `${prefix}${o.after}\u0000` : prefix, o.before ? `${prefix}${o.before}` : `${prefix}\uffff`, o.after && !o.unread ? o.limit : undefined)) {
+  // Oldest first after a cursor, else newest first (the range read backwards): only the page
+  // is read, and with the unread filter only until the page is full.
+  for await (const [, item] of store.range<InboxItem>(o.after ? `${prefix}${o.after}\u0000` : prefix, o.before ? `${prefix}${o.before}` : `${prefix}\uffff`, o.unread ? undefined : o.limit, !o.after)) {
     if (!o.unread || item.readAt === null) items.push(item);
+    if (items.length >= o.limit) break;
   }
-  return o.after ? items.slice(0, o.limit) : items.reverse().slice(0, o.limit);
+  return items;
 }
 
 /** Read-only access to a projection partition, for queries (a store view or a rebuilt store). */
 export interface ProjectionReader {
   getMany<T>(keys: string[]): Promise<(T | undefined)[]>;
-  range<T>(gte: string, lt: string, limit?: number): AsyncIterable<[string, T]>;
+  range<T>(gte: string, lt: string, limit?: number, reverse?: boolean): AsyncIterable<[string, T]>;
 }
 
 /** A stored summary and its events as one view. */
@@ -202,9 +204,9 @@ export async function* eachNotification(store: ProjectionReader, tenant?: string
 export async function readUserNotifications(store: ProjectionReader, tenant: string, recipient: string, limit: number, before?: string): Promise<{ notifications: Omit<NotificationView, 'events'>[]; next: string | null }> {
   const prefix = userIndexPrefix(tenant, recipient);
   const keys: string[] = [];
-  // The index is in time order (`<time, 15 digits>:<id>`): newest first is the range read backwards.
-  for await (const [k] of store.range(prefix, before ? `${prefix}${before}` : `${prefix}\uffff`)) keys.push(k.slice(prefix.length));
-  keys.reverse();
+  // The index is in time order (`<time, 15 digits>:<id>`): newest first is the range read
+  // backwards, one more than the page (to know whether there is a next one).
+  for await (const [k] of store.range(prefix, before ? `${prefix}${before}` : `${prefix}\uffff`, limit + 1, true)) keys.push(k.slice(prefix.length));
   const chosen = keys.slice(0, limit);
   const views = await store.getMany<StoredSummary>(chosen.map((c) => notificationKey(c.slice(c.indexOf(':') + 1))));
   const notifications = views.flatMap((n) => {

@@ -359,8 +359,8 @@ export interface StoreView {
   getMany<T>(keys: string[]): Promise<(T | undefined)[]>;
   put(key: string, value: unknown): void;
   delete(key: string): void;
-  /** Keys in [gte, lt), in key order, including this batch's writes. */
-  range<T>(gte: string, lt: string, limit?: number): AsyncIterable<[string, T]>;
+  /** Keys in [gte, lt), in key order (`reverse`: from the last), including this batch's writes. */
+  range<T>(gte: string, lt: string, limit?: number, reverse?: boolean): AsyncIterable<[string, T]>;
   /** Keys starting with `prefix`, in key order, including this batch's writes. */
   prefix<T>(prefix: string, limit?: number): AsyncIterable<[string, T]>;
   /** Puts a value that `expire` deletes once `expiresAt` (stream time for windows) has passed. */
@@ -418,9 +418,11 @@ export class BatchView implements StoreView {
     this.writes.set(key, null);
   }
 
-  async *range<T>(gte: string, lt: string, limit = Number.POSITIVE_INFINITY): AsyncGenerator<[string, T]> {
-    // Merge the committed keys with this batch's writes in the range (writes win).
-    const overlay = [...this.writes].filter(([k]) => k >= gte && k < lt).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  async *range<T>(gte: string, lt: string, limit = Number.POSITIVE_INFINITY, reverse = false): AsyncGenerator<[string, T]> {
+    // Merge the committed keys with this batch's writes in the range (writes win), both in
+    // the direction read: `before(a, b)` is whether a comes first.
+    const before = reverse ? (a: string, b: string) => a > b : (a: string, b: string) => a < b;
+    const overlay = [...this.writes].filter(([k]) => k >= gte && k < lt).sort(([a], [b]) => (before(a, b) ? -1 : before(b, a) ? 1 : 0));
     let i = 0;
     let n = 0;
     const emit = function* (k: string, raw: string | null): Generator<[string, T]> {
@@ -429,9 +431,9 @@ export class BatchView implements StoreView {
         yield [k, unwrap(raw) as T];
       }
     };
-    for await (const [k, v] of this.store.db.iterator({ gte, lt })) {
+    for await (const [k, v] of this.store.db.iterator({ gte, lt, reverse })) {
       if (n >= limit) return;
-      for (; i < overlay.length && overlay[i]![0] < k && n < limit; i++) yield* emit(overlay[i]![0], overlay[i]![1]);
+      for (; i < overlay.length && before(overlay[i]![0], k) && n < limit; i++) yield* emit(overlay[i]![0], overlay[i]![1]);
       if (n >= limit) return;
       if (i < overlay.length && overlay[i]![0] === k) {
         yield* emit(k, overlay[i]![1]);

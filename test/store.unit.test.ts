@@ -31,6 +31,13 @@ describe.each<Backend>(['rocksdb', 'level', 'memory'])('KeyValueStore on %s', (b
     const two: string[] = [];
     for await (const [k] of view.range('p:b', 'p:z', 2)) two.push(k);
     expect(two).toEqual(['p:b', 'p:c']);
+    // read backwards (newest-first pages): the same merge, from the last key, the limit counted from there
+    const back: [string, unknown][] = [];
+    for await (const e of view.range('p:', 'p:\uffff', undefined, true)) back.push(e);
+    expect(back).toEqual([['p:f', 'f'], ['p:c', 'new c'], ['p:b', 'new b'], ['p:a', 'p:a']]);
+    const lastTwo: string[] = [];
+    for await (const [k] of view.range('p:', 'p:e', 2, true)) lastTwo.push(k);
+    expect(lastTwo).toEqual(['p:c', 'p:b']);
     await store.close();
   });
 

@@ -67,7 +67,9 @@ export function quietUntil(t: number, window: { start: string; end: string }, ti
 }
 
 /** `07:00 Europe/Berlin` for a reason sentence. */
+/** `HH:MM <zone>`, or `HH:MM:SS <zone>` when the time is not on a whole minute (a 20 s window releases mid-minute). */
 export function localTime(t: number, timeZone: string): string {
   const p = Object.fromEntries(formatter(timeZone).formatToParts(t).map((x) => [x.type, x.value]));
-  return `${p.hour!.padStart(2, '0')}:${p.minute!.padStart(2, '0')} ${timeZone}`;
+  const seconds = p.second!.padStart(2, '0');
+  return `${p.hour!.padStart(2, '0')}:${p.minute!.padStart(2, '0')}${seconds === '00' ? '' : `:${seconds}`} ${timeZone}`;
 }

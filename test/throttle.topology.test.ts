@@ -5,7 +5,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { throttle } from '../processors/throttle.ts';
-import { quietUntil } from '../processors/quiet-hours.ts';
+import { localTime, quietUntil } from '../processors/quiet-hours.ts';
 import { parseRules } from '../rules/rules.ts';
 import type { EnrichedNotification, NotificationRequest, UserPreferences, UserProfile } from '../schemas/types.ts';
 import { Metrics } from '../runtime/metrics.ts';
@@ -232,5 +232,12 @@ describe('throttle: quiet hours', () => {
   it.each(cases)('%s %s–%s at %s ends at %s', (zone, start, end, at, expected) => {
     const until = quietUntil(Date.parse(at), { start, end }, zone);
     expect(until === null ? null : new Date(until).toISOString().replace('.000Z', 'Z')).toBe(expected);
+  });
+});
+
+describe('release times in reasons', () => {
+  it('give seconds when the time is not on a whole minute (a 20 s window), in the user\'s zone', () => {
+    expect(localTime(Date.parse('2026-03-01T10:00:00Z'), 'Europe/Berlin')).toBe('11:00 Europe/Berlin');
+    expect(localTime(Date.parse('2026-03-01T10:00:20.500Z'), 'Europe/Berlin')).toBe('11:00:20 Europe/Berlin');
   });
 });

@@ -174,6 +174,49 @@ describe.each<Backend>(['rocksdb', 'level', 'memory'])('KeyValueStore on %s', (b
     await second.close();
   });
 
+  it('scans for expired entries only once the earliest is due, without missing one put or restored earlier than that', async () => {
+    const store = await open();
+    let scans = 0;
+    const iterator = store.db.iterator.bind(store.db);
+    store.db.iterator = (opts) => {
+      scans++;
+      return iterator(opts);
+    };
+    const sweep = async (upTo: number) => {
+      const v = store.view();
+      const n = await v.expire(upTo);
+      await v.flush(null);
+      return n;
+    };
+    const v = store.view();
+    v.putUntil('a', 1, 1000);
+    v.putUntil('b', 2, 2000);
+    await v.flush(null);
+    expect(await sweep(100)).toBe(0); // the first scan learns that nothing is due before 1000
+    expect(scans).toBe(1);
+    expect(await sweep(500)).toBe(0);
+    expect(await sweep(999)).toBe(0);
+    expect(scans).toBe(1);
+    expect(await sweep(1000)).toBe(1); // a, and the next is b at 2000
+    expect(scans).toBe(2);
+    // A later batch puts one due earlier than the next known: it is not skipped.
+    const early = store.view();
+    early.putUntil('c', 3, 1500);
+    expect(await early.expire(1200)).toBe(0); // its own write is not in the database yet
+    await early.flush(null);
+    expect(await sweep(1400)).toBe(0);
+    expect(await sweep(1500)).toBe(1);
+    expect(await store.view().getMany(['a', 'b', 'c'])).toEqual([undefined, 2, undefined]);
+    // A restore brings entries the floor knows nothing of: the next sweep scans.
+    await store.restore([{ key: 'd', value: '{"$exp":1600,"v":4}' }], 1n);
+    expect(await sweep(1700)).toBe(1);
+    expect(await sweep(5000)).toBe(1);
+    const scansWhenEmpty = scans;
+    expect(await sweep(9000)).toBe(0); // nothing left to expire: no scan
+    expect(scans).toBe(scansWhenEmpty);
+    await store.close();
+  });
+
   it('sweeps at most `limit` entries per call', async () => {
     const store = await open();
     const v = store.view();

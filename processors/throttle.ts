@@ -209,7 +209,10 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
       return;
     }
     const { limit, count: seen } = v.over;
-    const why = `${seen} of ${limit.max} ${scopeName(limit, req)} in the last ${ago(limit.perMs)}`;
+    // More than the limit can be in a window: CRITICAL ones and other rules' admissions count in shared scopes.
+    const why = seen > limit.max
+      ? `${seen} ${scopeName(limit, req)} in the last ${ago(limit.perMs)}, over the limit of ${limit.max}`
+      : `${seen} of ${limit.max} ${scopeName(limit, req)} in the last ${ago(limit.perMs)}`;
     if (deferrals) {
       // Came back too early (others took the room): held again, quietly, until there is room.
       hold(held, deferKey, v.roomAt, { kind: 'deferred', item: n, cause, deferrals }, true);

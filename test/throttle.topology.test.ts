@@ -146,6 +146,10 @@ describe('throttle: limits', () => {
     const r = await d.pipe([{ value: n('alarm'), timestamp: T0 }, { value: n('alarm'), timestamp: T0 + 1 }]);
     expect(decisions(r).map((x) => x.slice(1))).toEqual([['ADMITTED', 'critical_bypass'], ['ADMITTED', 'critical_bypass']]);
     expect(r.emitted).toHaveLength(2);
+    // They count in the user's scope: past its limit, the reason does not read "6 of 5".
+    await d.pipe(Array.from({ length: 4 }, (_, i) => ({ value: n('alarm'), timestamp: T0 + 2 + i })));
+    const over = await d.pipe([{ value: n('like'), timestamp: T0 + 10 }]);
+    expect(over.outcomes[0]!.reason).toBe('throttled: 6 notifications in the last 1 h, over the limit of 5; the rule drops what exceeds it');
   });
 
   it('expires a deferred notification whose expiry passes while held: never sent', async () => {

@@ -21,6 +21,8 @@ interface KeySpec {
 
 /** The signing secret a fresh clone starts with: refused against real Kafka, warned about on the embedded broker. */
 export const DEFAULT_WEBHOOK_SECRET = 'herald-dev-secret';
+/** Whether HERALD_WEBHOOK_SECRET (one secret, or `new,old` while rotating) still signs with the public default. */
+export const signsWithDefaultSecret = (webhookSecret: string): boolean => webhookSecret.split(',').map((s) => s.trim()).includes(DEFAULT_WEBHOOK_SECRET);
 
 export const CONFIG_KEYS = {
   brokers: { env: 'KAFKA_BROKERS', kind: 'string', default: '', doc: 'Comma-separated Kafka bootstrap servers; empty starts the embedded broker.' },
@@ -132,7 +134,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (out.devKey && !/^[A-Za-z0-9_-]{16,256}$/.test(String(out.devKey))) {
     throw new HeraldError('HRL_CONFIG_INVALID', 'HERALD_DEV_KEY: expected 16 to 256 letters, digits, \'_\' or \'-\'');
   }
-  if (!out.embedded && String(out.webhookSecret).split(',').map((s) => s.trim()).includes(DEFAULT_WEBHOOK_SECRET)) {
+  if (!out.embedded && signsWithDefaultSecret(String(out.webhookSecret))) {
     throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_WEBHOOK_SECRET: the default development secret cannot sign webhooks against a real cluster (KAFKA_BROKERS is set); set a secret of your own, e.g. $(openssl rand -hex 32)`);
   }
   if (out.embedded && out.saslMechanism) {

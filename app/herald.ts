@@ -25,7 +25,7 @@ import type { ChannelProvider } from '../channels/channel.ts';
 import { secretsOf, WebhookChannel } from '../channels/webhook.ts';
 import { EmailChannel } from '../channels/email.ts';
 import { SmtpSink } from '../channels/smtp-sink.ts';
-import { CONFIG_KEYS, DEFAULT_WEBHOOK_SECRET, type HeraldConfig } from '../config.ts';
+import { CONFIG_KEYS, type HeraldConfig, signsWithDefaultSecret } from '../config.ts';
 import { EmbeddedBroker } from '../embedded/broker.ts';
 import { HeraldError } from '../errors.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
@@ -311,8 +311,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       return meta;
     };
 
-    if (config.webhookSecret === DEFAULT_WEBHOOK_SECRET && !attach) {
-      log.warn('HERALD_WEBHOOK_SECRET is the public development default: anyone can forge webhooks that verify; set your own before sending to real receivers (Herald refuses it against real Kafka)');
+    if (signsWithDefaultSecret(config.webhookSecret) && !attach) {
+      log.warn('HERALD_WEBHOOK_SECRET is or includes the public development default: anyone can forge webhooks that verify; set your own before sending to real receivers (Herald refuses it against real Kafka)');
     }
     const outbound: OutboundPolicy = { requireHttps: !config.embedded, allow: parseAllowList(config.outboundAllow) };
     const tables = new GlobalTables(kafka, admin, serde, config, log.child({ component: 'tables' }), metrics);
@@ -469,7 +469,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const devKey = wantApi && !attach ? await devKeyOf(config, keys, send, log) : null;
     ready = true;
 
-    const health = processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, workers, warnings: () => { const p = pressure(); return [...(p ? [`back-pressure: ${p}`] : []), ...(config.webhookSecret === DEFAULT_WEBHOOK_SECRET ? ['HERALD_WEBHOOK_SECRET is the public development default'] : [])]; } });
+    const health = processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, workers, warnings: () => { const p = pressure(); return [...(p ? [`back-pressure: ${p}`] : []), ...(signsWithDefaultSecret(config.webhookSecret) ? ['HERALD_WEBHOOK_SECRET is or includes the public development default'] : [])]; } });
     const herald: Herald = {
       config, brokers, registryUrl, httpUrl: null, broker, kafka, admin, producer, serde, rules, tables, runners, directory, metrics, log, api: null, devKey, workers,
       isReady: () => ready,

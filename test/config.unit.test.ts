@@ -2,7 +2,7 @@
 import { availableParallelism, hostname } from 'node:os';
 import { isAbsolute, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { CONFIG_KEYS, loadConfig } from '../config.ts';
+import { CONFIG_KEYS, loadConfig, signsWithDefaultSecret } from '../config.ts';
 import { HeraldError } from '../errors.ts';
 import { TEST_ENV } from './support/herald.ts';
 
@@ -199,5 +199,14 @@ describe('HERALD_SMTP_URL', () => {
       expect(err.message).not.toContain(bad);
     }
     expect(configError(() => loadConfig({ HERALD_SMTP_URL: 'https://user:s3cretpw@smtp.example.com' })).message).toContain('its scheme is "https"');
+  });
+});
+
+describe('the public development webhook secret', () => {
+  it('is found alone and inside a `new,old` rotation list, where it still signs', () => {
+    expect(signsWithDefaultSecret('herald-dev-secret')).toBe(true);
+    expect(signsWithDefaultSecret('mine-0123456789, herald-dev-secret')).toBe(true);
+    expect(signsWithDefaultSecret('mine-0123456789,older-secret')).toBe(false);
+    expect(signsWithDefaultSecret('herald-dev-secret-not')).toBe(false);
   });
 });

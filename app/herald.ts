@@ -389,7 +389,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     };
     for (const stage of stages) {
       const run = runOf(stage);
-      const own = stage === 'deliver' ? signingReady : STAGES[stage].tables.length ? tablesReady : undefined;
+      const own = stage === 'deliver' ? Promise.all([signingReady, tablesReady]).then(() => undefined) : STAGES[stage].tables.length ? tablesReady : undefined;
       // A fused run's first stage starts once the others hold their partitions and have done their backlog.
       const gate = run[0] === stage ? Promise.all([own, ...run.slice(1).map((s) => started.then(() => runners.get(s)!.joined).then(() => runners.get(s)!.settled()))]).then(() => undefined) : own;
       gate?.catch(() => undefined);

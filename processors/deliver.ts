@@ -16,12 +16,15 @@ import type { ChannelProvider, SendResult } from '../channels/channel.ts';
 import type { Processor, RecordRef, StageContext, StageDeps, StageFactory } from '../runtime/contract.ts';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { type Admission, CircuitBreakers, endpointOf, urlCircuitOf } from '../channels/breaker.ts';
-import type { DeliveryTask } from '../schemas/types.ts';
+import type { Channel } from '../rules/rules.ts';
+import type { ReasonCode } from '../schemas/lifecycle.ts';
+import type { DeliveryTask, UserPreferences, UserProfile } from '../schemas/types.ts';
 import { inboxContent } from '../channels/inapp.ts';
 import { deliveryId } from './ids.ts';
+import { addressFor } from './route.ts';
 
 export interface DeliveryResult {
-  status: 'DELIVERED' | 'DEAD_LETTERED' | 'EXPIRED';
+  status: 'DELIVERED' | 'DEAD_LETTERED' | 'EXPIRED' | 'DROPPED';
   attempt: number;
   at: number;
 }
@@ -54,7 +57,26 @@ const baseOf = (task: DeliveryTask) => ({
   eventType: task.eventType, ruleId: task.ruleId, channel: task.channel, attempt: task.attempt, traceId: task.traceId,
 });
 
-interface Item { cause: RecordRef; task: DeliveryTask }
+/** `readdressed`: sent to the address the profile has now, not the one it was routed with. */
+interface Item { cause: RecordRef; task: DeliveryTask; readdressed?: boolean }
+
+/**
+ * What the recipient's profile and preferences as they are now say of a task routed with
+ * older ones: null (send it as routed), another address to send it to, or why it is not
+ * sent (`channelOnly`: on this channel; a strategy "first" rule's next channel takes over).
+ */
+type Recheck = null | { address: string } | { reasonCode: ReasonCode; reason: string; channelOnly: boolean };
+
+function recheck(task: DeliveryTask, user: UserProfile | undefined, prefs: UserPreferences | undefined): Recheck {
+  if (!user) return { reasonCode: 'unknown_recipient', reason: `user "${task.recipient}" has no profile any more (deleted after routing); not sent`, channelOnly: false };
+  if (!user.active) return { reasonCode: 'recipient_inactive', reason: `user "${task.recipient}" was deactivated after routing; not sent`, channelOnly: false };
+  if (prefs?.categories[task.category] === false) return { reasonCode: 'category_opted_out', reason: `user opted out of category "${task.category}" after routing; not sent`, channelOnly: false };
+  if (prefs?.channels[task.channel] === false) return { reasonCode: 'channel_opted_out', reason: `user opted out of ${task.channel} after routing; not sent on it`, channelOnly: true };
+  if (task.channel === 'inapp') return null;
+  const address = addressFor(task.channel as Channel, user);
+  if (!address) return { reasonCode: 'address_removed', reason: `the profile has no ${task.channel} address any more; not sent on it`, channelOnly: true };
+  return address === task.address ? null : { address };
+}
 
 /** deliver, given the channels: the only stage that may call the outside world. */
 export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: () => number = Math.random): StageFactory<'deliver'> => {
@@ -187,7 +209,7 @@ const smtpReplied = (task: DeliveryTask, r: SendResult) => task.channel === 'ema
 /** The URL a webhook or chat call goes to (its lane key); null for channels without one. */
 const urlOf = (task: DeliveryTask): string | null => (task.channel === 'webhook' || task.channel === 'chat' ? task.address : null);
 
-function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random: () => number, { config, metrics, rules }: StageDeps, limits: CallLimits, breakers: CircuitBreakers): Processor<'deliver'> {
+function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random: () => number, { config, metrics, rules, tables }: StageDeps, limits: CallLimits, breakers: CircuitBreakers): Processor<'deliver'> {
   /** The rule's retry policy, or the configured defaults. */
   const policyOf = (task: DeliveryTask) => {
     const r = rules.byId(task.ruleId)?.retry;
@@ -272,6 +294,62 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     if (nextDue !== undefined) nextDue = Math.min(nextDue, dueAt);
   }
 
+  /**
+   * Tasks as the recipient's profile and preferences have them now. A task carries the
+   * profile its notification was enriched with: seconds old for a fresh one, hours for one
+   * throttle held, longer for a retry. A user deleted or deactivated since gets nothing
+   * more, and one who opted out of the category gets nothing; one who opted out of the
+   * channel, or whose profile lost its address for it, gets nothing on it (the next channel
+   * of a strategy "first" rule takes over: FALLBACK); a changed address is used. The tables
+   * are believed where they differ from the task only once caught up to the task's record:
+   * a process whose table lags never acts on an older profile than routing saw.
+   */
+  async function current(items: Item[], ctx: StageContext<'deliver'>): Promise<Item[]> {
+    if (items.length === 0) return items;
+    const keys = items.map(({ task }) => userKey(task.tenant, task.recipient));
+    const look = async (ks: string[]) => {
+      const [users, prefs] = await Promise.all([tables.getMany<UserProfile>('users', ks), tables.getMany<UserPreferences>('preferences', ks)]);
+      return ks.map((_, i) => [users[i], prefs[i]] as const);
+    };
+    const found = await look(keys);
+    const verdicts = items.map((item, i) => recheck(item.task, ...found[i]!));
+    const differ = [...verdicts.keys()].filter((i) => verdicts[i] !== null);
+    if (differ.length === 0) return items;
+    const caughtUp = tables.catchUp ? await tables.catchUp(['users', 'preferences'], Math.max(...differ.map((i) => items[i]!.cause.timestamp))) : false;
+    if (!caughtUp) {
+      ctx.log.debug({ tasks: differ.length }, 'profiles differ from routing, but the tables could not be caught up: sent as routed');
+      return items;
+    }
+    const again = await look(differ.map((i) => keys[i]!));
+    differ.forEach((i, j) => (verdicts[i] = recheck(items[i]!.task, ...again[j]!)));
+    const results = ctx.store('results');
+    const go: Item[] = [];
+    items.forEach((item, i) => {
+      const v = verdicts[i]!;
+      if (v === null) go.push(item);
+      else if ('address' in v) go.push({ ...item, task: { ...item.task, address: v.address }, readdressed: true });
+      else {
+        const { task, cause } = item;
+        const now = ctx.wallClock();
+        remember(results, resultKey(task.deliveryId), { status: 'DROPPED', attempt: task.attempt, at: now } satisfies DeliveryResult, now);
+        const next = v.channelOnly ? fallBack(ctx, cause, task, `${task.channel}: ${v.reason}`, now) : null;
+        ctx.outcome(cause, { ...baseOf(task), status: 'DROPPED', reasonCode: v.reasonCode, reason: next ? `${v.reason}; fell back to ${next}` : v.reason, timestamp: now });
+      }
+    });
+    return go;
+  }
+
+  /** strategy "first": the task's next channel, in rule order, gets its turn (FALLBACK); its name, or null when there is none. */
+  function fallBack(ctx: StageContext<'deliver'>, cause: RecordRef, task: DeliveryTask, why: string, now: number): string | null {
+    const [nextChannel, ...rest] = task.fallback;
+    if (!nextChannel) return null;
+    const f = JSON.parse(nextChannel) as Pick<DeliveryTask, 'channel' | 'address' | 'locale' | 'subject' | 'body'>;
+    const next: DeliveryTask = { ...task, ...f, deliveryId: deliveryId(task.notificationId, f.channel), attempt: 1, notBefore: null, fallback: rest };
+    ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
+    ctx.outcome(cause, { ...baseOf(task), status: 'FALLBACK', reasonCode: 'fallback', reason: `${why}; falling back to ${f.channel}`, timestamp: now });
+    return f.channel;
+  }
+
   async function attempt(items: Item[], ctx: StageContext<'deliver'>): Promise<void> {
     const results = ctx.store('results');
     const ids = items.map((i) => i.task.deliveryId);
@@ -301,13 +379,14 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     // Expired tasks are not sent; tasks for an endpoint whose circuit is open wait without a
     // call (and without using an attempt); the others are recorded as ATTEMPTED before the call.
     const now0 = ctx.wallClock();
-    const expired = todo.filter(({ task }) => task.expiresAt !== null && now0 >= task.expiresAt);
+    const live = await current(todo, ctx);
+    const expired = live.filter(({ task }) => task.expiresAt !== null && now0 >= task.expiresAt);
     /** Items that probe a half-open circuit, and which one (the host's or the URL's). */
     const probes = new Map<Item, string>();
     const send: Item[] = [];
     // Calls of this batch about to join a slow lane, by URL.
     const joining = new Map<string, number>();
-    for (const item of todo.filter(({ task }) => task.expiresAt === null || now0 < task.expiresAt)) {
+    for (const item of live.filter(({ task }) => task.expiresAt === null || now0 < task.expiresAt)) {
       const endpoint = endpointOf(item.task.channel, item.task.address);
       const url = urlOf(item.task);
       if (limits.laneFull(url, now0, url === null ? 0 : (joining.get(url) ?? 0))) {
@@ -339,7 +418,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       const which = endpoint && breakers.state(endpoint) !== 'closed' ? host : `this URL (on ${host}: it answered with errors)`;
       ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', repeat: `held for ${cause.topic}[${cause.partition}]@${cause.offset}`, reason: `circuit open for ${which} since ${new Date(a.openSince).toISOString().slice(11, 19)} UTC; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
     }
-    await ctx.recordNow(send.map(({ cause, task }) => [cause, { ...baseOf(task), status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}`, timestamp: now0 }]));
+    await ctx.recordNow(send.map(({ cause, task, readdressed }) => [cause, { ...baseOf(task), status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}${readdressed ? ' (to the address the profile has now: it changed after routing)' : ''}`, timestamp: now0 }]));
     // Every call starts now; the batch waits for them at most HERALD_DELIVERY_BATCH_WAIT_MS.
     // A call still running then is detached: the batch goes on (fresh deliveries never wait
     // behind a hanging endpoint), a lease held until the call's timeout brings the attempt
@@ -425,14 +504,8 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
           const why = r.retriable ? `${gaveUp}; last: ${r.detail} (${r.code})` : `permanent failure: ${r.detail} (${r.code})`;
           ctx.outcome(cause, { ...base, status: 'FAILED', reasonCode: r.retriable ? 'transient_failure' : 'permanent_failure', reason: `${r.detail} (${r.code})`, timestamp: now });
           // strategy "first": the next channel in rule order gets its turn.
-          const [nextChannel, ...rest] = task.fallback;
-          if (nextChannel) {
-            const f = JSON.parse(nextChannel) as Pick<DeliveryTask, 'channel' | 'address' | 'locale' | 'subject' | 'body'>;
-            const next: DeliveryTask = { ...task, ...f, deliveryId: deliveryId(task.notificationId, f.channel), attempt: 1, notBefore: null, fallback: rest };
-            ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
-            ctx.outcome(cause, { ...base, status: 'FALLBACK', reasonCode: 'fallback', reason: `${task.channel} failed for good (${r.detail}); falling back to ${f.channel}`, timestamp: now });
-          }
-          ctx.outcome(cause, { ...base, status: 'DEAD_LETTERED', reasonCode: r.retriable ? 'attempts_exhausted' : 'permanent_failure', reason: nextChannel ? `${why}; fell back to ${JSON.parse(nextChannel).channel as string}` : why, timestamp: now });
+          const nextChannel = fallBack(ctx, cause, task, `${task.channel} failed for good (${r.detail})`, now);
+          ctx.outcome(cause, { ...base, status: 'DEAD_LETTERED', reasonCode: r.retriable ? 'attempts_exhausted' : 'permanent_failure', reason: nextChannel ? `${why}; fell back to ${nextChannel}` : why, timestamp: now });
         }
       }
     }

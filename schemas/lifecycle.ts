@@ -51,8 +51,8 @@ export const REASON_CODES = {
   invalid_event: 'the event failed validation for another reason (given in the reason)',
   // enrich
   profile_joined: 'the recipient\'s profile (and preferences, when set) were joined',
-  unknown_recipient: 'no profile for the recipient in users.v1',
-  recipient_inactive: 'the recipient\'s profile is deactivated',
+  unknown_recipient: 'no profile for the recipient in users.v1 (at deliver: the profile was deleted after routing)',
+  recipient_inactive: 'the recipient\'s profile is deactivated (at deliver: since routing)',
   tenant_mismatch: 'the recipient belongs to another tenant than the event',
   // dedupe
   first_seen: 'the dedupe key was not seen inside the window',
@@ -81,6 +81,8 @@ export const REASON_CODES = {
   no_reachable_channel: 'no channel of the rule can reach the recipient',
   // deliver
   channel_called: 'the channel is about to be called (attempt recorded first)',
+  channel_opted_out: 'the recipient opted out of the channel after the notification was routed: not sent on it',
+  address_removed: 'the recipient\'s profile has no address for the channel any more: not sent on it',
   accepted_by_provider: 'the channel\'s provider accepted the message',
   circuit_open: 'the endpoint\'s circuit is open after repeated failures: the task waits without a call and without using an attempt',
   slow_endpoint: 'the URL hangs or answers slowly and already has calls queued in its slow lane: the task waits without a call and without using an attempt',

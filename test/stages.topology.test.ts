@@ -267,6 +267,68 @@ describe('deliver', () => {
     expect(await left()).toBe(0);
   });
 
+  it('sends a retry to the address the profile has now, and nothing more once the user opted out of the channel or was deleted', async () => {
+    const fail503: SendResult = { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' };
+    const channel = new ScriptedDeliver([fail503, fail503, fail503]);
+    const tables = new MemoryTables({ caughtUp: true });
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1), { tables });
+    const task = await taskFor();
+    const key = userKey('acme', 'ada');
+    tables.set('users', key, user());
+    const retryOf = (r: Awaited<ReturnType<typeof d.pipe>>) => d.pipe([{ value: r.emitted.find((e) => e.topic === 'deliverRetry')!.value, timestamp: d.now, topicKey: 'deliverRetry' }]);
+    const r1 = await d.pipe([{ value: task, timestamp: T0 }]);
+    expect(channel.calls.map((c) => c.address)).toEqual(['http://127.0.0.1:9/hook']);
+    // The user moves the webhook: the retry goes to the new one, and says so.
+    tables.set('users', key, user({ webhookUrl: 'http://127.0.0.1:9/moved' }));
+    await retryOf(r1);
+    const r2 = await d.advance(60_000);
+    expect(channel.calls.map((c) => c.address)).toEqual(['http://127.0.0.1:9/hook', 'http://127.0.0.1:9/moved']);
+    expect(r2.outcomes[0]!.reason).toBe('attempt 2 via webhook (to the address the profile has now: it changed after routing)');
+    expect(r2.emitted[0]!.value).toMatchObject({ attempt: 3, address: 'http://127.0.0.1:9/moved' });
+    // The user turns webhooks off: no third call, and the channel ends DROPPED (terminal), recorded.
+    tables.set('preferences', key, { userId: 'ada', tenant: null, channels: { webhook: false }, categories: {}, quietHours: null, updatedAt: null });
+    await d.pipe([{ value: r2.emitted[0]!.value, timestamp: d.now, topicKey: 'deliverRetry' }]);
+    const r3 = await d.advance(60_000);
+    expect(channel.calls).toHaveLength(2);
+    expect(r3.outcomes.map((o) => [o.status, o.reasonCode, o.terminal, o.reason])).toEqual([['DROPPED', 'channel_opted_out', true, 'user opted out of webhook after routing; not sent on it']]);
+    expect(await d.stores.get('results')!.view().get(task.deliveryId)).toMatchObject({ status: 'DROPPED', attempt: 3 });
+
+    // Another notification's retry, after the user was deleted: nothing more either.
+    const other = { ...task, deliveryId: `${task.deliveryId}-2`, notificationId: `${task.notificationId}-2` };
+    tables.delete('preferences', key);
+    const o1 = await d.pipe([{ value: other, timestamp: T0 }]);
+    tables.delete('users', key);
+    await retryOf(o1);
+    const o2 = await d.advance(60_000);
+    expect(channel.calls).toHaveLength(3);
+    expect(o2.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['DROPPED', 'unknown_recipient']]);
+    expect(o2.outcomes[0]!.reason).toBe('user "ada" has no profile any more (deleted after routing); not sent');
+  });
+
+  it('sends as routed while the tables cannot say they are caught up (a lagging table never reverts an address)', async () => {
+    const channel = new ScriptedDeliver([]);
+    const d = driver('deliver', deliver(new Map([['webhook', channel]])), { tables: new MemoryTables().set('users', userKey('acme', 'ada'), user({ webhookUrl: 'http://127.0.0.1:9/older' })) });
+    const r = await d.pipe([{ value: await taskFor(), timestamp: T0 }]);
+    expect(r.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'DELIVERED']);
+    expect(channel.calls.map((c) => c.address)).toEqual(['http://127.0.0.1:9/hook']);
+  });
+
+  it('falls back to the next channel (strategy first) when the user opted out of the first after routing', async () => {
+    const rules = parseRules({ version: 1, rules: [{ id: 'r1', eventType: 'comment.created', category: 'collaboration', priority: 'NORMAL', strategy: 'first', channels: ['webhook', 'email'], templates: { webhook: { en: { body: 'b' } }, email: { en: { subject: 's', body: 'b' } } } }] }, 'inline');
+    const channel = new ScriptedDeliver([]);
+    const tables = new MemoryTables({ caughtUp: true });
+    const key = userKey('acme', 'ada');
+    tables.set('users', key, user({ email: 'ada@example.com' }));
+    const routed = await driver('route', route, { rules, availableChannels: new Set(['webhook', 'email']) }).pipe([{ value: { request: { ...(await requestsFor(event({ recipients: ['ada'] })))[0]!, ruleId: 'r1' }, user: user({ email: 'ada@example.com' }), preferences: null }, timestamp: T0 }]);
+    tables.set('preferences', key, { userId: 'ada', tenant: null, channels: { webhook: false }, categories: {}, quietHours: null, updatedAt: null });
+    const d = driver('deliver', deliver(new Map([['webhook', channel], ['email', channel]])), { rules, tables });
+    const r = await d.pipe([{ value: routed.emitted[0]!.value, timestamp: T0 }]);
+    expect(r.outcomes.map((o) => [o.status, o.channel])).toEqual([['FALLBACK', 'webhook'], ['DROPPED', 'webhook']]);
+    expect(r.outcomes[1]!.reason).toBe('user opted out of webhook after routing; not sent on it; fell back to email');
+    const next = await d.pipe([{ value: r.emitted[0]!.value, timestamp: T0, topicKey: 'deliverRetry' }]);
+    expect(next.outcomes.map((o) => [o.status, o.channel])).toEqual([['ATTEMPTED', 'email'], ['DELIVERED', 'email']]);
+  });
+
   it('schedules a retry with backoff on a retriable failure and dead-letters a permanent one', async () => {
     const channel = new ScriptedDeliver([
       { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' },

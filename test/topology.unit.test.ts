@@ -25,8 +25,9 @@ describe('describe()', () => {
       stage route (group herald.route): pick channels, render templates, drop expired
         in:  herald.admitted.v1
         out: herald.deliveries.v1, herald.outcomes.v1, herald.dlq.v1
-      stage deliver (group herald.deliver): call the channel with an idempotency key; retry on a timer; dead-letter
+      stage deliver (group herald.deliver): call the channel with an idempotency key (at the profile's current address, unless the user was deleted or opted out since routing); retry on a timer; dead-letter
         in:  herald.deliveries.v1, herald.deliver.retry.v1
+        tables: herald.users.v1, herald.preferences.v1
         out: herald.deliver.retry.v1, herald.outcomes.v1, herald.dlq.v1
         store results -> herald.deliver.results.changelog: deliveryId -> recorded result (for HERALD_DELIVERY_RESULT_RETENTION_MS) or the last attempt of an open delivery, to skip redelivered tasks
         store retries -> herald.deliver.retries.changelog: retry tasks held until their due time (wall clock), released by a timer

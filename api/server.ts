@@ -434,7 +434,14 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     } catch {
       return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `gracePeriod: expected a duration such as "24h", "30m" or "0s", got ${clip(JSON.stringify(grace) ?? 'undefined', 80)}`, 'gracePeriod');
     }
-    const made = await s.rotate(tenantOf(req), graceMs);
+    let made: Awaited<ReturnType<typeof s.rotate>>;
+    try {
+      made = await s.rotate(tenantOf(req), graceMs);
+    } catch (err) {
+      // Too many secrets live: a conflict with the tenant's state, not a malformed request.
+      if (err instanceof HeraldError && err.code === 'HRL_LIMIT_EXCEEDED') return fail(reply, 409, err.code, err.message, 'gracePeriod');
+      throw err;
+    }
     return reply.code(201).send({ id: made.id, secret: made.secret, ...made.view });
   });
   app.post('/v1/signing-secrets/retire', { preHandler: need('admin') }, async (req, reply) => {

@@ -7,10 +7,18 @@
  * rotation keeps that secret signing for the grace period too, as any rotated-out secret.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { HeraldError } from '../errors.ts';
 import type { SigningSecret, SigningSecretRecord } from '../schemas/types.ts';
 import { TENANT_PATTERN } from './keys.ts';
 
 export type { SigningSecret, SigningSecretRecord };
+
+/**
+ * Secrets of its own a tenant may have signing at once (the current one and those in their
+ * grace period). Each adds a `v1=` to every Herald-Signature header: unbounded, automated
+ * rotations grew the header past receivers' limits (431), and every delivery failed.
+ */
+export const MAX_LIVE_SECRETS = 5;
 
 /** How long a rotated-out secret keeps signing unless told otherwise. */
 export const DEFAULT_GRACE_MS = 24 * 3600_000;
@@ -41,6 +49,10 @@ export function rotate(record: SigningSecretRecord | undefined, tenant: string, 
     .filter((s) => s.expiresAt === null || s.expiresAt > now)
     .map((s) => ({ ...s, expiresAt: Math.min(s.expiresAt ?? Infinity, now + graceMs) }))
     .filter((s) => s.expiresAt > now);
+  if (kept.length + 1 > MAX_LIVE_SECRETS) {
+    const until = new Date(Math.min(...kept.map((s) => s.expiresAt))).toISOString();
+    throw new HeraldError('HRL_LIMIT_EXCEEDED', `tenant ${tenant} already has ${kept.length} signing secrets live (the current one and ${kept.length - 1} rotated out, still in their grace period), the most it may have is ${MAX_LIVE_SECRETS}: each adds a v1= signature to every webhook. Retire the rotated-out ones first (POST /v1/signing-secrets/retire, or npm run herald -- secrets retire --tenant ${tenant}), rotate with a shorter gracePeriod (it shortens theirs too; "0s" ends it), or wait until ${until}`, { field: 'gracePeriod' });
+  }
   // The deployment's secret signed until now (the first rotation) or is still in its grace period.
   const deploymentUntil = record === undefined ? now + graceMs : Math.min(record.deploymentSecretUntil ?? 0, now + graceMs);
   return { record: { tenant, secrets: [fresh, ...kept], updatedAt: now, ...(deploymentUntil > now ? { deploymentSecretUntil: deploymentUntil } : {}) }, secret: fresh };

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { describeSecrets, liveSecrets, retire, rotate, signingSecretId } from '../auth/signing-secrets.ts';
+import { describeSecrets, liveSecrets, MAX_LIVE_SECRETS, retire, rotate, signingSecretId } from '../auth/signing-secrets.ts';
 import { signWebhook, verifyWebhookSignature } from '../channels/webhook.ts';
 
 const H = 3600_000;
@@ -14,6 +14,23 @@ describe('signing secret rotation', () => {
     expect(liveSecrets(b.record, 12 * H - 1)).toEqual([b.secret.secret, a.secret.secret]);
     expect(liveSecrets(b.record, 12 * H)).toEqual([b.secret.secret]);
     expect(describeSecrets(b.record, 13 * H).secrets.map((s) => s.status)).toEqual(['current', 'expired']);
+  });
+
+  it('refuses a rotation that would have more than five secrets signing, saying how to get out of it', () => {
+    let r = rotate(undefined, 'acme', 0).record;
+    for (let i = 1; i < MAX_LIVE_SECRETS; i++) r = rotate(r, 'acme', i * 60_000).record;
+    expect(liveSecrets(r, 5 * 60_000)).toHaveLength(5);
+    let refused: unknown;
+    try {
+      rotate(r, 'acme', 5 * 60_000);
+    } catch (err) {
+      refused = err;
+    }
+    expect(refused).toMatchObject({ code: 'HRL_LIMIT_EXCEEDED' });
+    expect((refused as Error).message).toMatch(/^tenant acme already has 5 signing secrets live .* the most it may have is 5: .*\(POST \/v1\/signing-secrets\/retire.* "0s" ends it\), or wait until 1970-01-02T00:01:00.000Z$/);
+    // A shorter grace period shortens the older ones' too: with none, the rotation goes through.
+    expect(liveSecrets(rotate(r, 'acme', 5 * 60_000, 0).record, 5 * 60_000)).toHaveLength(1);
+    expect(liveSecrets(rotate(retire(r, 5 * 60_000), 'acme', 5 * 60_000).record, 5 * 60_000)).toHaveLength(2);
   });
 
   it('never extends an earlier expiry, and drops expired secrets at the next rotation', () => {

@@ -137,6 +137,19 @@ describe('per-tenant signing secrets', () => {
     expect(verifies(DEPLOYMENT, r)).toBe(false);
   }, 60_000);
 
+  it('refuses a sixth live secret through the API with 409, and rotates again once the old ones are retired', async () => {
+    // Another tenant's admin key, so the secrets of the tests above stay as they are.
+    const key = { authorization: `Bearer ${(JSON.parse(await herald('keys', 'create', '--tenant', 'umbrella', '--json')) as { key: string }).key}` };
+    const rotate = () => api<{ error?: string; message?: string; secrets?: unknown[] }>(h, 'POST', '/v1/signing-secrets/rotate', {}, key);
+    for (let i = 0; i < 5; i++) expect((await rotate()).status).toBe(201);
+    const refused = await rotate();
+    expect(refused.status).toBe(409);
+    expect(refused.body).toMatchObject({ error: 'HRL_LIMIT_EXCEEDED' });
+    expect(refused.body.message).toMatch(/^tenant umbrella already has 5 signing secrets live/);
+    expect((await api(h, 'POST', '/v1/signing-secrets/retire', undefined, key)).status).toBe(200);
+    expect((await rotate()).body.secrets).toHaveLength(2);
+  }, 60_000);
+
   it('`herald secrets rotate` names each secret still signing with its own expiry (a shorter grace shortens the older ones)', async () => {
     const rotate = async (grace: string) => {
       const { stdout, stderr } = await run(process.execPath, ['cli/herald.ts', 'secrets', 'rotate', '--tenant', 'initech', '--grace', grace], { env: { ...process.env, HERALD_STATE_DIR: h.stateDir, KAFKA_BROKERS: '', HERALD_LOG_LEVEL: 'warn' } });

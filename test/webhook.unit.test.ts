@@ -274,6 +274,33 @@ describe('chat channel (Slack-compatible incoming webhook)', () => {
     }
   });
 
+  it('keeps within Slack\'s Block Kit limits: long bodies in several sections of at most 3,000 characters, entities never cut, empty text never sent', async () => {
+    const { chatBody, SLACK_LIMITS } = await import('../channels/chat.ts');
+    type Message = { text: string; blocks?: { type: string; text: { type: string; text: string } }[] };
+    const body = (subject: string | null, text: string) => JSON.parse(chatBody({ ...task('http://x/'), channel: 'chat', subject, body: text })) as Message;
+    // 800 '<' escape to 3,200 characters: two sections, each whole entities only.
+    const angles = body('xy', '<'.repeat(800));
+    expect(angles.blocks!.map((b) => b.text.text.length)).toEqual([2997, 208]); // 3,000 would cut an entity
+    for (const b of angles.blocks!) expect(b.text.text.replace(/^\*xy\*\n/, '')).toMatch(/^(&lt;)+$/);
+    expect(angles.blocks!.map((b) => b.text.text).join('').replace('*xy*\n', '')).toBe('&lt;'.repeat(800));
+    // Paragraphs are split at a line break, not mid-word.
+    const para = `${'word '.repeat(500).trim()}\n${'next '.repeat(200).trim()}`;
+    const split = body(null, para);
+    expect(split.blocks!.map((b) => b.text.text)).toEqual(['word '.repeat(500).trim(), 'next '.repeat(200).trim()]);
+    // A digest far past 50 sections: 50 blocks, the last clipped with an ellipsis; the text clipped at 40,000.
+    const huge = body('Digest', 'item text '.repeat(20_000));
+    expect(huge.blocks).toHaveLength(SLACK_LIMITS.blocks);
+    expect(huge.blocks!.every((b) => b.text.text.length >= 1 && b.text.text.length <= SLACK_LIMITS.sectionText)).toBe(true);
+    expect(huge.blocks!.at(-1)!.text.text.endsWith('…')).toBe(true);
+    expect(huge.text.length).toBeLessThanOrEqual(SLACK_LIMITS.text);
+    // An emoji at a cut is never split into half a surrogate pair.
+    const emoji = body(null, `${'a'.repeat(2999)}😀${'b'.repeat(10)}`);
+    expect(emoji.blocks!.map((b) => b.text.text)).toEqual(['a'.repeat(2999), `😀${'b'.repeat(10)}`]);
+    // Nothing to say: no empty section (Slack answers invalid_blocks), and a text that is not empty.
+    expect(body(null, '')).toEqual({ text: '(no text)' });
+    expect(body('Only a subject', '')).toEqual({ text: 'Only a subject: ', blocks: [{ type: 'section', text: { type: 'mrkdwn', text: '*Only a subject*' } }] });
+  });
+
   it('honours 429 with Retry-After', async () => {
     const { chatChannel } = await import('../channels/chat.ts');
     const r = await receiver({ status: 429, headers: { 'retry-after': '30' } });

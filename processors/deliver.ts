@@ -486,17 +486,24 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         });
       } else {
         const policy = policyOf(task);
-        const delay = Math.min(config.maxRetryDelayMs, Math.max(r.retryAfterMs ?? 0, backoff(task.attempt)));
+        // 429 is the receiver's flow control, not a failure: the retry waits what Retry-After
+        // asks plus up to half as much again (a burst's retries spread out instead of meeting
+        // again), and may go past the attempts as during an outage (up to three times as many,
+        // within maxAge): a chat webhook limited to 1 message a second lost a burst's tail.
+        const slowDown = r.code === 'http_429';
+        const wait = slowDown && r.retryAfterMs !== undefined ? Math.round(r.retryAfterMs * (1 + random() / 2)) : Math.max(r.retryAfterMs ?? 0, backoff(task.attempt));
+        const delay = Math.min(config.maxRetryDelayMs, wait);
         const tooOld = policy.maxAgeMs !== null && now + delay - task.occurredAt > policy.maxAgeMs;
         // While the endpoint's circuit is open the failure is the endpoint's outage, not the
         // task's: it may go on past its attempts, up to three times as many (and maxAge).
         const urlCircuit = urlCircuitOf(task.channel, task.address);
         const outage = ((endpoint !== null && breakers.state(endpoint) !== 'closed') || (urlCircuit !== null && breakers.state(urlCircuit) !== 'closed')) && task.attempt < policy.maxAttempts * 3;
-        if (r.retriable && (task.attempt < policy.maxAttempts || outage) && !tooOld) {
+        const asked = slowDown && task.attempt < policy.maxAttempts * 3;
+        if (r.retriable && (task.attempt < policy.maxAttempts || outage || asked) && !tooOld) {
           const next: DeliveryTask = { ...task, attempt: task.attempt + 1, notBefore: now + delay };
           remember(results, attemptKey(task.deliveryId), { attempt: task.attempt }, now);
           ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
-          const of = task.attempt < policy.maxAttempts ? `attempt ${next.attempt} of ${policy.maxAttempts}` : `attempt ${next.attempt} (beyond ${policy.maxAttempts}: the endpoint's circuit is open)`;
+          const of = task.attempt < policy.maxAttempts ? `attempt ${next.attempt} of ${policy.maxAttempts}` : `attempt ${next.attempt} (beyond ${policy.maxAttempts}: ${outage ? 'the endpoint\'s circuit is open' : 'the endpoint asked to slow down'})`;
           ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); ${of} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });
         } else {
           remember(results, resultKey(task.deliveryId), { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult, now);

@@ -305,6 +305,25 @@ describe('deliver', () => {
     expect(o2.outcomes[0]!.reason).toBe('user "ada" has no profile any more (deleted after routing); not sent');
   });
 
+  it('treats 429 as flow control: waits Retry-After plus jitter, and goes past the attempts (up to three times as many)', async () => {
+    const slowDown: SendResult = { ok: false, retriable: true, code: 'http_429', detail: 'HTTP 429', retryAfterMs: 1000 };
+    const channel = new ScriptedDeliver(Array.from({ length: 20 }, () => slowDown));
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1)); // jitter at its top: half as much again
+    let r = await d.pipe([{ value: await taskFor(), timestamp: T0 }]);
+    const reasons: string[] = [];
+    for (;;) {
+      const retry = r.emitted.find((e) => e.topic === 'deliverRetry');
+      reasons.push(r.outcomes.at(-1)!.reason);
+      if (!retry) break;
+      expect((retry.value as DeliveryTask).notBefore! - d.now).toBe(1500);
+      await d.pipe([{ value: retry.value, timestamp: d.now, topicKey: 'deliverRetry' }]);
+      r = await d.advance(1500);
+    }
+    expect(channel.calls).toHaveLength(15);
+    expect(reasons[4]).toMatch(/^HTTP 429 \(http_429\); attempt 6 \(beyond 5: the endpoint asked to slow down\) at /);
+    expect(r.outcomes.at(-1)).toMatchObject({ status: 'DEAD_LETTERED', reasonCode: 'attempts_exhausted', attempt: 15 });
+  });
+
   it('sends as routed while the tables cannot say they are caught up (a lagging table never reverts an address)', async () => {
     const channel = new ScriptedDeliver([]);
     const d = driver('deliver', deliver(new Map([['webhook', channel]])), { tables: new MemoryTables().set('users', userKey('acme', 'ada'), user({ webhookUrl: 'http://127.0.0.1:9/older' })) });

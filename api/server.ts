@@ -14,7 +14,7 @@ import { urlRefusal } from '../channels/outbound.ts';
 import { type ErrorCode, HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
 import { isTimeZone, minutesOf } from '../processors/quiet-hours.ts';
-import { domainEventFromJson, MAX_ID_LENGTH } from '../runtime/codec.ts';
+import { domainEventFromJson, illFormedText, MAX_ID_LENGTH } from '../runtime/codec.ts';
 import { CHANNELS, parseDuration } from '../rules/rules.ts';
 import { validate } from '../schemas/index.ts';
 import type { Scope, UserPreferences, UserProfile } from '../schemas/types.ts';
@@ -208,6 +208,13 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const r = await keys.authenticate(m[1]!);
     if (!r.ok) return fail(reply.header('www-authenticate', 'Bearer realm="herald", error="invalid_token"'), 401, 'HRL_UNAUTHORIZED', `Authorization: ${r.why}`, 'Authorization');
     req.principal = r.principal;
+  });
+  // Text no UTF-8 can carry (a lone surrogate, "\ud800" alone in JSON) is refused in every
+  // body, naming where: Avro would write it as replacement characters, altered silently.
+  app.addHook('preValidation', async (req, reply) => {
+    if (req.body === null || typeof req.body !== 'object') return;
+    const bad = illFormedText(req.body);
+    if (bad) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', clip(bad, 500), clip(bad.slice(0, bad.indexOf(':')), 200));
   });
   const need = (scope: Scope) => async (req: FastifyRequest, reply: FastifyReply) => {
     const p = req.principal!;

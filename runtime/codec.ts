@@ -26,7 +26,46 @@ export const shown = (v: unknown, max = 80): string => {
 const ISO_WITH_OFFSET = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})$/;
 
 /** Turns the JSON form of a domain event (data as an object) into its Avro form and validates it. */
+const parsedOrNull = (text: string): unknown => {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return null;
+  }
+};
+
+/**
+ * Where the first string in `v` that is not well-formed Unicode is (a lone surrogate, such
+ * as JSON's "\ud800" alone: no UTF-8 encodes it), and which code unit; null when there is none.
+ */
+export function illFormedText(v: unknown, path = ''): string | null {
+  if (typeof v === 'string') {
+    if (v.isWellFormed()) return null;
+    const at = [...v].findIndex((c) => !c.isWellFormed());
+    const unit = [...v][at]!.charCodeAt(0).toString(16).toUpperCase();
+    return `${path || '(value)'}: expected well-formed Unicode text, got a lone surrogate (U+${unit}) at character ${at + 1}`;
+  }
+  if (Array.isArray(v)) {
+    for (const [i, x] of v.entries()) {
+      const bad = illFormedText(x, `${path}[${i}]`);
+      if (bad) return bad;
+    }
+  } else if (v && typeof v === 'object') {
+    for (const [k, x] of Object.entries(v)) {
+      const at = path ? `${path}.${k.toWellFormed()}` : k.toWellFormed();
+      if (!k.isWellFormed()) return `${at}: expected a well-formed Unicode field name, got a lone surrogate`;
+      const bad = illFormedText(x, at);
+      if (bad) return bad;
+    }
+  }
+  return null;
+}
+
 export function domainEventFromJson(input: unknown): DomainEvent {
+  // Text that no UTF-8 can carry is refused, not altered: Avro would write each lone
+  // surrogate as replacement characters while `data` kept it escaped.
+  const bad = illFormedText(input) ?? (input && typeof input === 'object' && typeof (input as { data?: unknown }).data === 'string' ? illFormedText(parsedOrNull((input as { data: string }).data), 'data') : null);
+  if (bad) throw new HeraldError('HRL_SCHEMA_VIOLATION', bad, { field: bad.slice(0, bad.indexOf(':')) });
   if (input && typeof input === 'object' && !Array.isArray(input)) {
     const obj = { ...(input as Record<string, unknown>) };
     if (obj.data !== undefined && typeof obj.data === 'object' && obj.data !== null && !Array.isArray(obj.data)) obj.data = JSON.stringify(obj.data);

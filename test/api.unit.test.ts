@@ -97,6 +97,19 @@ describe('HTTP API on ports', () => {
     expect(published.length).toBe(before);
   });
 
+  it('refuses a lone surrogate anywhere in a body (an event, a profile), naming where, and writes nothing', async () => {
+    const before = published.length;
+    const event = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: '{"id":"e3","type":"comment.created","tenant":"acme","recipients":["ada"],"data":{"text":"lone \\ud800 x"}}' });
+    expect(event.statusCode).toBe(400);
+    expect(event.json()).toMatchObject({ error: 'HRL_SCHEMA_VIOLATION', field: 'data.text', message: 'data.text: expected well-formed Unicode text, got a lone surrogate (U+D800) at character 6' });
+    expect(published.length).toBe(before);
+    const profile = await inject({ method: 'PUT', url: '/v1/users/ada', headers: { 'content-type': 'application/json' }, payload: '{"name":"Ada \\udfff"}' });
+    expect(profile.statusCode).toBe(400);
+    expect(profile.json()).toMatchObject({ field: 'name' });
+    // A pair written as escapes is one emoji: fine.
+    expect((await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: '{"id":"e4","type":"comment.created","tenant":"acme","recipients":["ada"],"data":{"text":"\\ud83d\\ude00"}}' })).statusCode).toBe(202);
+  });
+
   it('answers a query the owner cannot serve yet with 503, Retry-After and HRL_OWNER_UNAVAILABLE', async () => {
     nextAnswer = { status: 'unavailable', detail: 'no instance holds partition 3 of the outcome stage yet' };
     const res = await inject({ method: 'GET', url: '/v1/users/ada/notifications' });

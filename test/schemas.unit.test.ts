@@ -174,6 +174,26 @@ describe('domainEventFromJson', () => {
     expect(JSON.parse(ev.data)).toEqual({ commentId: 'c-1', n: 2 });
   });
 
+  it('refuses text with a lone surrogate (no UTF-8 carries it), naming where, in data given as an object, as JSON text, or anywhere else', () => {
+    const refused = (over: Record<string, unknown>) => {
+      try {
+        domainEventFromJson({ ...minimalEvent, ...over });
+      } catch (err) {
+        return err as HeraldError;
+      }
+      throw new Error('accepted');
+    };
+    // JSON.parse('"lone \\ud800 x"') is how such text arrives from a client.
+    const lone = JSON.parse('"lone \\ud800 x \\udfff y \\ud83d\\ude00"') as string;
+    const a = refused({ data: { text: lone } });
+    expect(a).toMatchObject({ code: 'HRL_SCHEMA_VIOLATION', field: 'data.text' });
+    expect(a.message).toBe('data.text: expected well-formed Unicode text, got a lone surrogate (U+D800) at character 6');
+    expect(refused({ data: JSON.stringify({ items: ['ok', lone] }) })).toMatchObject({ field: 'data.items[1]' });
+    expect(refused({ actor: lone })).toMatchObject({ field: 'actor' });
+    // A pair (an emoji) is well formed.
+    expect(JSON.parse(domainEventFromJson({ ...minimalEvent, data: { text: 'y \ud83d\ude00' } }).data)).toEqual({ text: 'y 😀' });
+  });
+
   it('accepts data as JSON text of an object', () => {
     // when data is already JSON text
     const ev = domainEventFromJson({ ...minimalEvent, data: '{"commentId":"c-1"}' });

@@ -1,8 +1,8 @@
 /**
  * dedupe: a notification whose dedupe key was first seen by another notification less
- * than the rule's window ago, in stream time, is SUPPRESSED_DUPLICATE. The key is the
- * event's idempotencyKey where given, else the rule's key fields, hashed with the
- * tenant and rule. A rule without `dedupe`, or an event missing a data field of the key,
+ * than the rule's window ago, in stream time, is SUPPRESSED_DUPLICATE. The keys are the
+ * rule's key fields and, where the event has one, its idempotencyKey (either repeated is a
+ * duplicate), each hashed with the tenant and rule. A rule without `dedupe`, or an event missing a data field of the key,
  * has no key: the notification passes unchecked (UNIQUE, not_deduplicated). A platform
  * dedupes only what it was told to, and all the events lacking a field must not count as one. A record of the same
  * notification seen again (a replay) passes, so reprocessing is idempotent. Each key is
@@ -33,30 +33,33 @@ export function field(req: NotificationRequest, data: Record<string, unknown>, p
 
 const MISSING = '\u0001missing';
 
-/**
- * The dedupe key of a request under its rule, or why it has none: the rule sets no key
- * fields, or a data field of the key is missing from the event.
- */
-export function dedupeKey(req: NotificationRequest, rule: Rule | undefined): string | { none: string } {
-  if (req.idempotencyKey) return `idem:${hashKey([req.tenant, req.ruleId, req.recipient, req.idempotencyKey])}`;
-  if (!rule?.dedupe) return { none: `rule ${req.ruleId} sets no dedupe key and the event has no idempotencyKey` };
-  const data = JSON.parse(req.data) as Record<string, unknown>;
-  const values = rule.dedupe.keyFields.map((f) => [f, field(req, data, f)] as const);
-  const missing = values.filter(([, v]) => v === MISSING).map(([f]) => f);
-  if (missing.length) return { none: `the event has no ${missing.join(', ')}, a field of rule ${req.ruleId}'s dedupe key, and no idempotencyKey` };
-  return `fld:${hashKey([req.tenant, req.ruleId, ...values.map(([f, v]) => `${f}=${v}`)])}`;
-}
+/** One key a notification is deduplicated on, and how the reasons name it. */
+interface DedupeKey { key: string; kind: 'idempotency' | 'fields'; text: string }
 
-/** The dedupe key in words: its fields and their values (each clipped), or the idempotency key. */
-export function keyText(req: NotificationRequest, rule: Rule | undefined): string {
-  const clip = (v: string) => (v.length > 40 ? `${v.slice(0, 40)}…` : v);
-  if (req.idempotencyKey) return `idempotency key ${clip(req.idempotencyKey)}`;
-  const data = JSON.parse(req.data) as Record<string, unknown>;
-  return (rule?.dedupe?.keyFields ?? []).map((f) => {
-    const v = field(req, data, f);
-    if (v === MISSING) return `${f} missing`;
-    return f === 'recipient' || f === 'eventType' ? f : `${f}=${clip(v.startsWith('"') ? (JSON.parse(v) as string) : v)}`;
-  }).join(', ');
+const clip = (v: string) => (v.length > 40 ? `${v.slice(0, 40)}…` : v);
+
+/**
+ * The keys a request is deduplicated on under its rule: the rule's key fields, and the
+ * event's own idempotencyKey where it has one (a repeat of either inside the window is a
+ * duplicate: an idempotency key never switches the rule's dedupe off). None, and why, when
+ * the rule sets no key fields (or the event lacks one of them) and there is no idempotencyKey.
+ */
+export function dedupeKeys(req: NotificationRequest, rule: Rule | undefined): DedupeKey[] | { none: string } {
+  const keys: DedupeKey[] = [];
+  let missing: string[] = [];
+  if (rule?.dedupe) {
+    const data = JSON.parse(req.data) as Record<string, unknown>;
+    const values = rule.dedupe.keyFields.map((f) => [f, field(req, data, f)] as const);
+    missing = values.filter(([, v]) => v === MISSING).map(([f]) => f);
+    if (!missing.length) {
+      const text = values.map(([f, v]) => (f === 'recipient' || f === 'eventType' ? f : `${f}=${clip(v.startsWith('"') ? (JSON.parse(v) as string) : v)}`)).join(', ');
+      keys.push({ key: `fld:${hashKey([req.tenant, req.ruleId, ...values.map(([f, v]) => `${f}=${v}`)])}`, kind: 'fields', text });
+    }
+  }
+  // The idempotency key first: a repeat of it is named as such, the more specific reason.
+  if (req.idempotencyKey) keys.unshift({ key: `idem:${hashKey([req.tenant, req.ruleId, req.recipient, req.idempotencyKey])}`, kind: 'idempotency', text: `idempotency key ${clip(req.idempotencyKey)}` });
+  if (keys.length) return keys;
+  return { none: rule?.dedupe ? `the event has no ${missing.join(', ')}, a field of rule ${req.ruleId}'s dedupe key, and no idempotencyKey` : `rule ${req.ruleId} sets no dedupe key and the event has no idempotencyKey` };
 }
 
 /** How long a key is remembered: the rule's window (an idempotencyKey under a rule without one: 24 h). */
@@ -68,42 +71,49 @@ export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
   async process(batch, ctx) {
     const seen = ctx.store('seen');
     const recs = batch;
-    const keys = recs.map((r) => dedupeKey(r.value.request, rules.byId(r.value.request.ruleId)));
-    const keyed = keys.filter((k): k is string => typeof k === 'string');
+    const keysOf = recs.map((r) => dedupeKeys(r.value.request, rules.byId(r.value.request.ruleId)));
+    const keyed = [...new Set(keysOf.flatMap((k) => ('none' in k ? [] : k.map((x) => x.key))))];
     const got = await seen.getMany<SeenEntry>(keyed);
     const stored = new Map(keyed.map((k, j) => [k, got[j]]));
     const local = new Map<string, SeenEntry>();
     recs.forEach((rec, i) => {
       const req = rec.value.request;
-      const key = keys[i]!;
-      if (typeof key !== 'string') {
+      const keys = keysOf[i]!;
+      if ('none' in keys) {
         ctx.emit(rec, 'deduped', userKey(req.tenant, req.recipient), rec.value);
-        ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode: 'not_deduplicated', reason: `${key.none}: not deduplicated` });
+        ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode: 'not_deduplicated', reason: `${keys.none}: not deduplicated` });
         return;
       }
-      const prior = local.get(key) ?? stored.get(key);
       const now = rec.timestamp; // stream time
-      const replay = prior?.notificationId === req.notificationId;
       // Records reach dedupe from several events.v1 partitions, so stream time is not
       // monotonic here: a record older than the first one seen is a duplicate too.
-      const inWindow = prior !== undefined && Math.abs(now - prior.firstSeenAt) < prior.expiresAt - prior.firstSeenAt;
-      if (prior && !replay && inWindow) {
+      const inWindow = (p: SeenEntry) => Math.abs(now - p.firstSeenAt) < p.expiresAt - p.firstSeenAt;
+      const priors = keys.map((k) => ({ k, prior: local.get(k.key) ?? stored.get(k.key) }));
+      // The same notification seen again (a replay) is never its own duplicate.
+      const dup = priors.find(({ prior }) => prior !== undefined && prior.notificationId !== req.notificationId && inWindow(prior));
+      if (dup) {
+        const prior = dup.prior!;
         ctx.outcome(rec, {
-          ...about(req), status: 'SUPPRESSED_DUPLICATE', reasonCode: req.idempotencyKey ? 'duplicate_idempotency_key' : 'duplicate_key',
-          reason: `same dedupe key (${keyText(req, rules.byId(req.ruleId))}) as ${prior.notificationId}, seen ${duration(now - prior.firstSeenAt)} ${now >= prior.firstSeenAt ? 'earlier' : 'later'} (${new Date(prior.firstSeenAt).toISOString()}); window ${duration(prior.expiresAt - prior.firstSeenAt)}`,
+          ...about(req), status: 'SUPPRESSED_DUPLICATE', reasonCode: dup.k.kind === 'idempotency' ? 'duplicate_idempotency_key' : 'duplicate_key',
+          reason: `same dedupe key (${dup.k.text}) as ${prior.notificationId}, seen ${duration(now - prior.firstSeenAt)} ${now >= prior.firstSeenAt ? 'earlier' : 'later'} (${new Date(prior.firstSeenAt).toISOString()}); window ${duration(prior.expiresAt - prior.firstSeenAt)}`,
         });
         return;
       }
-      if (!replay) {
+      for (const { k, prior } of priors) {
+        if (prior?.notificationId === req.notificationId) continue;
         const entry: SeenEntry = { notificationId: req.notificationId, firstSeenAt: now, expiresAt: now + windowOf(rules, req.ruleId) };
-        local.set(key, entry);
-        seen.putUntil(key, entry, entry.expiresAt);
+        local.set(k.key, entry);
+        seen.putUntil(k.key, entry, entry.expiresAt);
       }
+      const replay = priors.every(({ prior }) => prior?.notificationId === req.notificationId);
+      const expired = priors.find(({ prior }) => prior !== undefined && prior.notificationId !== req.notificationId);
+      // Named only when the event brought one: the rule's key alone reads as it always did.
+      const also = keys.length > 1 ? ` (${keys.map((k) => k.text).join('; ')})` : keys[0]!.kind === 'idempotency' ? ` (${keys[0]!.text})` : '';
       const [reasonCode, reason] = (replay
         ? ['replayed', 'same notification seen again (redelivery or replay); passed through']
-        : prior
-          ? ['window_expired', `key last seen ${new Date(prior.firstSeenAt).toISOString()}, outside the window`]
-          : ['first_seen', 'dedupe key not seen inside the window']) satisfies [ReasonCode, string];
+        : expired
+          ? ['window_expired', `key last seen ${new Date(expired.prior!.firstSeenAt).toISOString()}, outside the window${also}`]
+          : ['first_seen', `dedupe key not seen inside the window${also}`]) satisfies [ReasonCode, string];
       ctx.emit(rec, 'deduped', userKey(req.tenant, req.recipient), rec.value);
       ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode, reason });
     });

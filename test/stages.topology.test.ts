@@ -134,6 +134,20 @@ describe('dedupe', () => {
     expect(r2.outcomes[0]!.reason).toContain('2026-03-01T12:00:00.000Z');
   });
 
+  it('keeps the rule\'s key when an event brings an idempotency key: a repeat of either is a duplicate', async () => {
+    const d = driver('dedupe', dedupe);
+    // Two requests with their own Idempotency-Key each (as an HTTP client sends them), about the same comment.
+    const first = await enriched(event({ id: 'k-a', recipients: ['ada'], idempotencyKey: 'req-1' }));
+    const again = await enriched(event({ id: 'k-b', recipients: ['ada'], idempotencyKey: 'req-2' }));
+    const r = await d.pipe([{ value: first, timestamp: T0 }, { value: again, timestamp: T0 + 500 }]);
+    expect(r.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['UNIQUE', 'first_seen'], ['SUPPRESSED_DUPLICATE', 'duplicate_key']]);
+    expect(r.outcomes[0]!.reason).toBe('dedupe key not seen inside the window (idempotency key req-1; recipient, data.commentId=c1)');
+    expect(r.outcomes[1]!.reason).toMatch(/^same dedupe key \(recipient, data.commentId=c1\) as ntf_/);
+    // The idempotency key alone still dedupes another comment.
+    const other = await enriched(event({ id: 'k-c', recipients: ['ada'], idempotencyKey: 'req-1', data: { commentId: 'c2', documentTitle: 'Plan', excerpt: 'x' } }));
+    expect((await d.pipe([{ value: other, timestamp: T0 + 1000 }])).outcomes[0]).toMatchObject({ status: 'SUPPRESSED_DUPLICATE', reasonCode: 'duplicate_idempotency_key' });
+  });
+
   it('suppresses duplicates inside one batch and admits the key again after the window, in stream time', async () => {
     const d = driver('dedupe', dedupe);
     const a = await enriched(event({ id: 'a', recipients: ['ada'] }));

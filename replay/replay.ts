@@ -36,11 +36,16 @@ export const REPLAYABLE: readonly StageName[] = ['ingest', 'enrich', 'dedupe', '
 /** Where a range starts or ends: an offset (in every partition) or a time. */
 export type Position = { offset: bigint } | { time: number };
 
-/** An ISO 8601 date, or date and time with an optional zone (Date.parse alone takes "-1" or "3.5" as dates). */
-const ISO_TIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
+/**
+ * An ISO 8601 date (midnight UTC), or a date and time with its zone (Date.parse alone takes
+ * "-1" or "3.5" as dates, and a time without a zone in the CLI machine's own zone).
+ */
+const ISO_TIME = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2}))?$/;
+const ZONELESS = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?$/;
 
 export function parsePosition(text: string, flag: string): Position {
   if (/^\d+$/.test(text)) return { offset: BigInt(text) };
+  if (ZONELESS.test(text)) throw new HeraldError('HRL_CONFIG_INVALID', `${flag}: "${text}" has no zone, and the records' times are UTC: add one, e.g. ${text}Z or ${text}+01:00`);
   const t = ISO_TIME.test(text) ? Date.parse(text) : Number.NaN;
   if (Number.isNaN(t)) throw new HeraldError('HRL_CONFIG_INVALID', `${flag}: expected an offset (digits) or an ISO time such as 2026-12-01T09:00:00Z, got "${text.slice(0, 80)}"`);
   return { time: t };

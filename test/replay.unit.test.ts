@@ -18,7 +18,10 @@ describe('replay options', () => {
     expect(parsePosition('120', '--from')).toEqual({ offset: 120n });
     expect(parsePosition('2026-12-01T09:00:00Z', '--to')).toEqual({ time: Date.parse('2026-12-01T09:00:00Z') });
     expect(() => parsePosition('yesterday', '--from')).toThrow(/--from: expected an offset \(digits\) or an ISO time/);
-    expect(parsePosition('2026-12-01', '--from')).toEqual({ time: Date.parse('2026-12-01') });
+    expect(parsePosition('2026-12-01', '--from')).toEqual({ time: Date.parse('2026-12-01T00:00:00Z') });
+    // A time without a zone would be read in the CLI machine's zone: refused, saying so.
+    expect(() => parsePosition('2026-12-03T16:37:49', '--from')).toThrow('--from: "2026-12-03T16:37:49" has no zone, and the records\' times are UTC: add one, e.g. 2026-12-03T16:37:49Z or 2026-12-03T16:37:49+01:00');
+    expect(parsePosition('2026-12-03T16:37:49+01:00', '--from')).toEqual({ time: Date.parse('2026-12-03T15:37:49Z') });
     expect(parsePosition('2026-12-01T09:00:00.123+01:00', '--from')).toEqual({ time: Date.parse('2026-12-01T08:00:00.123Z') });
     // What Date.parse alone would have taken as dates (2001-01-01, 2001-03-05, …)
     for (const odd of ['-1', '+5', '3.5', '', 'Dec 1', '1 2 3']) expect(() => parsePosition(odd, '--from'), odd).toThrow(/--from: expected an offset \(digits\) or an ISO time/);

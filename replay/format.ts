@@ -44,7 +44,7 @@ export function formatReport(r: ReplayReport, o: { whatIf: boolean; rules: strin
     lines.push(`what-if: rules ${o.rules} instead of ${o.liveRules}`);
     for (const c of r.changes) lines.push(`  ${changeLine(c)}`);
     lines.push(r.changes.length
-      ? `the rules in ${o.rules} would have changed ${n(r.changes.length)} decisions on ${n(notifications)} of ${n(Math.max(r.compared, notifications))} notifications:`
+      ? `the rules in ${o.rules} would have changed ${n(r.changes.length)} of ${n(Math.max(r.compared, r.changes.length))} decisions, on ${n(notifications)} notifications:`
       : `the rules in ${o.rules} would have changed none of ${n(r.compared)} decisions`);
     for (const t of changeTotals(r.changes)) lines.push(`  ${t}`);
   } else {

@@ -197,9 +197,15 @@ export async function replay(c: ClusterClients, config: HeraldConfig, codec: Cod
       else report.dlqHidden++;
     }
   };
+  /** Notifications with a decision before the range: their later ones (a release after it) are not the range's. */
+  const before = new Set<string>();
   const take = (events: LifecycleEvent[], inRange: boolean) => {
-    if (!inRange) return;
+    if (!inRange) {
+      for (const e of events) before.add(e.notificationId);
+      return;
+    }
     for (const e of events) {
+      if (before.has(e.notificationId)) continue;
       if (!wanted(e)) continue;
       const d = decisionOf(e);
       report.decisions.push(d);
@@ -277,6 +283,33 @@ export async function replay(c: ClusterClients, config: HeraldConfig, codec: Cod
     });
     await reader.readToEnd();
     if (merge) for (const [partition, run] of mergeByTime(buffered)) await feed(partition, run);
+    // Live, a wall-clock timer released what throttle held once it was due, also after the
+    // range's last record; the replay's timers run at stream time and never got there. So
+    // each timer runs once more at the time of the replay, stage by stage: releases due by
+    // now, and digests whose window has closed, are made and compared as they were live
+    // (and passed on down the range); what is still held live stays held here.
+    const now = Date.now();
+    for (let i = 0; i < o.stages.length; i++) {
+      for (const [id, box] of [...sandboxes]) {
+        if (!id.startsWith(`${o.stages[i]}/`) || !box.hasTimer) continue;
+        clocks.set(id, Math.max(clocks.get(id) ?? 0, now));
+        // A timer run releases a bounded number: run it until it has nothing more.
+        for (let round = 0; round < 1000; round++) {
+          const timed = await box.punctuate();
+          if (!timed.outcomes.length && !timed.emitted.length) break;
+          take(timed.outcomes, true);
+          const next = o.stages[i + 1];
+          if (!next) continue;
+          const nextInput = STAGES[next].inputs[0] as TopicKey;
+          const byPartition = new Map<number, StageRecord[]>();
+          for (const e of timed.emitted.filter((x) => x.topic === nextInput)) {
+            const p = partitionFor(e.key, partitions);
+            byPartition.set(p, [...(byPartition.get(p) ?? []), asRecord(e, topicName(config.topicPrefix, nextInput), p, String(seq++))]);
+          }
+          for (const [p, recs] of byPartition) await run(i + 1, p, recs, true);
+        }
+      }
+    }
     await compare(c, config, serde, o, firsts, report);
   } finally {
     await tables.stop();
@@ -351,8 +384,9 @@ async function compare(c: ClusterClients, config: HeraldConfig, serde: Serde, o:
     const now = firsts.get(k) ?? null;
     const then = recorded.get(k) ?? null;
     if (now && then) report.compared++;
-    // A what-if reports changed decisions (status); reproducing asks for the same reason code too.
-    if (now && then && now.status === then.status && (o.whatIf || now.reasonCode === then.reasonCode)) {
+    // A what-if reports changed decisions (status, and for route the channels chosen, which its
+    // reason names); reproducing asks for the same reason code too.
+    if (now && then && now.status === then.status && (o.whatIf ? now.stage !== 'route' || now.reason === then.reason : now.reasonCode === then.reasonCode)) {
       report.reproduced++;
       continue;
     }

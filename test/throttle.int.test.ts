@@ -4,7 +4,8 @@
  * digest is open; after the restart on the same state directory each deferred
  * notification is delivered once, and the digest once, with every item in it.
  */
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -99,6 +100,15 @@ describe('throttle across kill -9', () => {
       for (const n of digested) await eventually(async () => (await view(second.url, n))?.status === 'DIGESTED');
       for (const n of heldComments) {
         expect((await view(second.url, n))!.events!.map((e) => e.status)).toEqual(expect.arrayContaining(['DEFERRED', 'RELEASED', 'DELIVERED']));
+      }
+      // Replay reproduces all of it, the releases and the digest too: live, the timer made
+      // them after the last record, where a replay's timers (at stream time) never got.
+      for (const stages of ['throttle', 'ingest..route']) {
+        const { stdout } = await promisify(execFile)(process.execPath, ['cli/herald.ts', 'replay', '--stage', stages], { env: { ...process.env, HERALD_STATE_DIR: stateDir, HERALD_RULES: rulesFile, KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '', HERALD_LOG_LEVEL: 'warn' } });
+        expect(stdout, stdout).not.toContain('not reproduced');
+        const m = /reproduced (\d+) of (\d+) decisions/.exec(stdout);
+        expect(m?.[1], stdout).toBe(m?.[2]);
+        expect(stdout).toContain(stages === 'throttle' ? 'ADMITTED digest_emitted' : 'ROUTED channels_selected');
       }
     } finally {
       second.npm.kill('SIGTERM');

@@ -153,7 +153,11 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
   };
 
   /** Holds a new item (`fresh`) or one already counted. */
-  const hold = (held: StoreView, key: string, dueAt: number, value: Held, fresh: boolean) => {
+  const hold = (held: StoreView, key: string, releaseAt: number, value: Held, fresh: boolean) => {
+    // A notification that expires before its release comes back at its expiry, to be EXPIRED
+    // then: not left DEFERRED, and not-yet-terminal, until the release time.
+    const expiresAt = value.kind === 'deferred' ? value.item.request.expiresAt : null;
+    const dueAt = expiresAt !== null ? Math.min(releaseAt, expiresAt) : releaseAt;
     held.hold(key, dueAt, value);
     if (fresh) track(1);
     if (nextDue !== undefined) nextDue = Math.min(nextDue, dueAt);

@@ -159,9 +159,13 @@ describe('throttle: limits', () => {
     await d.pipe(Array.from({ length: 3 }, () => ({ value: n('comment'), timestamp: T0 })));
     const late = n('comment', { expiresAt: T0 + 30 * MIN });
     expect((await d.pipe([{ value: late, timestamp: T0 }])).outcomes[0]!.status).toBe('DEFERRED');
-    const r = await d.advance(HOUR);
+    // Held until its expiry (before the release at T0 + 1 h), and EXPIRED then, not at the release.
+    expect((await d.advance(30 * MIN - 1)).outcomes).toEqual([]);
+    const r = await d.advance(1);
     expect(decisions(r)).toEqual([[late.request.notificationId, 'EXPIRED', 'expired_while_held']]);
+    expect(r.outcomes[0]!.timestamp).toBe(T0 + 30 * MIN);
     expect(r.emitted).toEqual([]);
+    expect((await d.advance(HOUR)).outcomes).toEqual([]);
   });
 });
 

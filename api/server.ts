@@ -479,12 +479,18 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   // The tenant's projection digest: equal to `herald lifecycle rebuild`'s when the projection is whole.
   app.get('/v1/lifecycle/digest', { preHandler: need('admin') }, async (req, reply) => answer(reply, await lifecycle.digest(tenantOf(req), forwardedOpts(req))));
 
+  /** A page cursor is what a previous page answered as `next` (an inbox item id for the inbox); anything else is refused, not guessed at. */
+  const badCursor = (reply: FastifyReply, before: string, inbox: boolean): boolean => {
+    if ((inbox ? /^\d{15}:(\d{19}:)?[^\s:]+$/ : /^\d{15}:[^\s:]+$/).test(before)) return false;
+    fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `before: expected the "next" of a previous page (${inbox ? 'an inbox item id' : 'a cursor'} such as 001764582892660:ntf_…), got "${clip(before, 80)}"`, 'before');
+    return true;
+  };
   app.get<{ Params: { userId: string }; Querystring: { limit?: string; before?: string } }>('/v1/users/:userId/notifications', { preHandler: need('read') }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const limit = queryLimit(reply, req.query.limit, 50, 500);
     if (limit === null) return reply;
     const before = req.query.before;
-    if (before !== undefined && badId(reply, 'before', before)) return reply;
+    if (before !== undefined && (badId(reply, 'before', before) || badCursor(reply, before, false))) return reply;
     return answer(reply, await lifecycle.userNotifications(tenantOf(req), req.params.userId, limit, { ...forwardedOpts(req), ...(before ? { before } : {}) }));
   });
 
@@ -493,7 +499,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const limit = queryLimit(reply, req.query.limit, 50, 500);
     if (limit === null) return reply;
     const before = req.query.before;
-    if (before !== undefined && badId(reply, 'before', before)) return reply;
+    if (before !== undefined && (badId(reply, 'before', before) || badCursor(reply, before, true))) return reply;
     if (req.query.unread !== undefined && req.query.unread !== 'true' && req.query.unread !== 'false') return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `unread: expected true or false, got "${clip(String(req.query.unread), 40)}"`, 'unread');
     return answer(reply, await lifecycle.inbox(tenantOf(req), req.params.userId, { unread: req.query.unread === 'true', limit, ...(before ? { before } : {}) }, forwardedOpts(req)));
   });

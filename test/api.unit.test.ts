@@ -97,6 +97,15 @@ describe('HTTP API on ports', () => {
     expect(published.length).toBe(before);
   });
 
+  it('refuses a page cursor that no page answered, instead of starting over at the first page', async () => {
+    for (const url of ['/v1/users/ada/notifications?before=garbage', '/v1/users/ada/inbox?before=garbage']) {
+      const res = await inject({ method: 'GET', url });
+      expect(res.statusCode).toBe(400);
+      expect(res.json()).toMatchObject({ error: 'HRL_SCHEMA_VIOLATION', field: 'before' });
+      expect(res.json().message).toMatch(/^before: expected the "next" of a previous page .*, got "garbage"$/);
+    }
+  });
+
   it('refuses a lone surrogate anywhere in a body (an event, a profile), naming where, and writes nothing', async () => {
     const before = published.length;
     const event = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: '{"id":"e3","type":"comment.created","tenant":"acme","recipients":["ada"],"data":{"text":"lone \\ud800 x"}}' });

@@ -61,7 +61,14 @@ export async function getApi<T>(url: string, path: string, apiKey: string): Prom
 }
 
 export async function fetchLifecycle(url: string, id: string, apiKey: string): Promise<NotificationView> {
-  return getApi<NotificationView>(url, `/v1/notifications/${encodeURIComponent(id)}`, apiKey);
+  if (!/^ntf_[0-9a-f]{32}$/.test(id)) throw new HeraldError('HRL_NOT_FOUND', `"${id.slice(0, 80)}" is not a notification id: expected ntf_ and 32 hex digits, as the API's answers and \`tail\` show them (an event's notifications: explain --event <event id>)`);
+  try {
+    return await getApi<NotificationView>(url, `/v1/notifications/${encodeURIComponent(id)}`, apiKey);
+  } catch (err) {
+    // The API answers only the key's tenant: another tenant's notification is "not found" there.
+    if (err instanceof HeraldError && err.code === 'HRL_NOT_FOUND') throw new HeraldError('HRL_NOT_FOUND', `${err.message} (or not this API key's tenant's: the API shows each key only its own tenant's notifications; set HERALD_API_KEY to a key of the notification's tenant)`);
+    throw err;
+  }
 }
 
 /**

@@ -133,6 +133,9 @@ describe('end-to-end through the HTTP API', () => {
     const failure = (args: string[], key: string) => promisify(execFile)(process.execPath, ['cli/herald.ts', ...args], { encoding: 'utf8', env: { ...process.env, HERALD_API_KEY: key } }).then(() => '', (e: { stderr: string }) => e.stderr);
     expect(await failure(['explain', id, '--url', h.httpUrl!], 'hk_wrong')).toMatch(/^herald: HRL_UNAUTHORIZED: http:\/\/127\.0\.0\.1:\d+: HTTP 401: /);
     expect(await failure(['lifecycle', 'digest', '--url', h.httpUrl!], 'hk_wrong')).toMatch(/^herald: HRL_UNAUTHORIZED: /);
+    // Something that is no notification id is said to be one; one the key's tenant has not is "not found", saying why that may be.
+    expect(await failure(['explain', 'hello', '--url', h.httpUrl!], TEST_KEY)).toContain('herald: HRL_NOT_FOUND: "hello" is not a notification id: expected ntf_ and 32 hex digits');
+    expect(await failure(['explain', `ntf_${'0'.repeat(32)}`, '--url', h.httpUrl!], TEST_KEY)).toMatch(/HRL_NOT_FOUND: .*HTTP 404: .* \(or not this API key's tenant's: the API shows each key only its own tenant's notifications; set HERALD_API_KEY/);
     expect(await failure(['explain', '--event', 'evt-1', '--url', h.httpUrl!], TEST_KEY)).toContain('herald: HRL_CONFIG_INVALID: explain --event reads outcomes.v1 through the brokers (the running embedded instance\'s, or KAFKA_BROKERS), not an API: --url cannot be used with it');
     const closed = await new Promise<number>((resolve) => {
       const srv = createServer().listen(0, '127.0.0.1', () => {

@@ -42,7 +42,7 @@ const scopeName = (limit: Limit, req: NotificationRequest) => (limit.scope === '
 const ago = (ms: number) => (ms % 86_400_000 === 0 ? `${ms / 86_400_000} d` : ms % 3_600_000 === 0 ? `${ms / 3_600_000} h` : ms % 60_000 === 0 ? `${ms / 60_000} min` : `${ms / 1000} s`);
 const utc = (t: number) => new Date(t).toISOString().replace('.000Z', 'Z');
 
-interface Verdict { over: { limit: Limit; count: number; times: number[] } | null; roomAt: number; counts: string[] }
+interface Verdict { over: { limit: Limit; count: number } | null; roomAt: number; counts: string[] }
 
 /**
  * The counters store with a read-through cache for one batch or timer run: a batch's keys
@@ -87,36 +87,12 @@ async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: nu
     const inWindow = (times[i] ?? []).filter((x) => x > t - limit.perMs);
     counts.push(`${inWindow.length + 1} of ${limit.max} per ${ago(limit.perMs)} (${limit.scope})`);
     if (inWindow.length >= limit.max) {
-      over ??= { limit, count: inWindow.length, times: [...inWindow].sort((a, b) => a - b) };
+      over ??= { limit, count: inWindow.length };
       // Room once enough of the oldest admissions leave the window.
       roomAt = Math.max(roomAt, inWindow[inWindow.length - limit.max]! + limit.perMs);
     }
   });
   return { over, roomAt, counts };
-}
-
-/**
- * How many notifications of the same scope are held before `req`, deferred by a limit: they
- * are released first, oldest first, each taking room in the window. (At most 1,000 counted.)
- */
-async function waitingAhead(held: StoreView, req: NotificationRequest, limit: Limit): Promise<number> {
-  const scope = scopeKey(limit, req);
-  let n = 0;
-  for await (const [, h] of held.prefix<Held>(`d|${userKey(req.tenant, req.recipient)}|`, 1000)) {
-    if (h.kind === 'deferred' && h.item.request.notificationId !== req.notificationId && h.item.request.occurredAt <= req.occurredAt && scopeKey(limit, h.item.request) === scope) n++;
-  }
-  return n;
-}
-
-/**
- * When the window of `limit` has room for a notification with `ahead` others released before
- * it: each release takes the room the oldest admission (or an earlier release) leaves when it
- * falls out of the window. `times`: the admissions inside the window now, oldest first.
- */
-function releaseAfter(times: readonly number[], limit: Limit, ahead: number): number {
-  const s = [...times];
-  for (let j = 0; j <= ahead; j++) s.push(s[s.length - limit.max]! + limit.perMs);
-  return s.at(-1)!;
 }
 
 /** Records an admission at `t` in every scope the notification counts in (kept while inside the longest window). */
@@ -252,13 +228,9 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
         decided('dropped');
         ctx.outcome(cause, { ...base, status: 'THROTTLED', reasonCode: 'limit_dropped', reason: `throttled: ${why}; the rule drops what exceeds it` });
         return;
-      case 'defer': {
-        // Held ones of the scope go first (oldest first): the release named is after theirs.
-        const ahead = await waitingAhead(held, req, limit);
-        const at = ahead ? releaseAfter(v.over.times, limit, ahead) : v.roomAt;
-        defer(v.roomAt, 'limit_deferred', `deferred: ${why}; released at ${localTime(Math.max(at, v.roomAt), n.user.timezone || 'UTC')}${ahead ? ` (after ${ahead} held before it)` : ''}`);
+      case 'defer':
+        defer(v.roomAt, 'limit_deferred', `deferred: ${why}; released at ${localTime(v.roomAt, n.user.timezone || 'UTC')}`);
         return;
-      }
       case 'digest':
         memo('held');
         await collect(ctx, counters, cause, n, rule, t, why);

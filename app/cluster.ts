@@ -34,12 +34,18 @@ export function runningEndpoints(config: HeraldConfig): Endpoints {
 export interface ClusterClients { kafka: Kafka; admin: Admin; producer: Producer; log: Logger; registry: string; serde: () => Serde; /** The running embedded instance's endpoints, if that is where the cluster is. */ running: Endpoints | null }
 
 /** Clients of the cluster Herald runs on: KAFKA_BROKERS (and SCHEMA_REGISTRY_URL), or the running embedded instance's. */
-export async function withCluster<T>(config: HeraldConfig, name: string, fn: (c: ClusterClients) => Promise<T>): Promise<T> {
+/**
+ * `follows`: a command that follows a topic until stopped (`tail`). When the brokers go (the
+ * instance stopped) it should end within seconds, saying so once, not after kafkajs has
+ * retried for 18 s and printed each failed connection: fewer retries, and the client's own
+ * log lines are left out (the command names the lost broker itself).
+ */
+export async function withCluster<T>(config: HeraldConfig, name: string, fn: (c: ClusterClients) => Promise<T>, opts: { follows?: boolean } = {}): Promise<T> {
   const running = config.embedded ? runningEndpoints(config) : null;
   const brokers = running?.brokers ?? config.brokers;
   const registry = config.embeddedRegistry ? running?.registry : config.schemaRegistryUrl;
   const log = createLogger('warn');
-  const kafka = createKafka(config, brokers, log, `herald-${name}-${process.pid}`);
+  const kafka = createKafka(config, brokers, opts.follows ? createLogger('silent') : log, `herald-${name}-${process.pid}`, undefined, opts.follows ? 4 : 8);
   const admin = kafka.admin();
   const producer = createProducer(kafka);
   await Promise.all([admin.connect(), producer.connect()]);

@@ -203,5 +203,5 @@ export async function tail(config: HeraldConfig, opts: { fromBeginning: boolean;
       // A broker that is gone would hold a clean leave for kafkajs' retries: a short wait, then go.
       await Promise.race([reader.stop().catch(() => undefined), new Promise((r) => setTimeout(r, 2000).unref())]);
     }
-  });
+  }, { follows: true });
 }

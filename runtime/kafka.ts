@@ -87,7 +87,7 @@ export function pinoLevel(level: number, message: string, extra: Record<string, 
   return LEVELS[level] ?? 'info';
 }
 
-export function createKafka(config: HeraldConfig, brokers: string, log: Logger, clientId = `herald-${config.instanceId}`, onLog?: KafkaLogListener): Kafka {
+export function createKafka(config: HeraldConfig, brokers: string, log: Logger, clientId = `herald-${config.instanceId}`, onLog?: KafkaLogListener, retries = 8): Kafka {
   const sasl = config.saslMechanism
     ? ({ mechanism: config.saslMechanism, username: config.saslUsername, password: config.saslPassword } as SASLOptions)
     : undefined;
@@ -99,7 +99,7 @@ export function createKafka(config: HeraldConfig, brokers: string, log: Logger, 
     ...(sasl ? { sasl } : {}),
     connectionTimeout: 3000,
     requestTimeout: 30000,
-    retry: { initialRetryTime: 100, retries: 8, maxRetryTime: 5000 },
+    retry: { initialRetryTime: 100, retries, maxRetryTime: 5000 },
     // kafkajs' own INFO lines (joins, commits) are per-event noise; keep WARN and up.
     logLevel: logLevel.WARN,
     logCreator: () => ({ namespace, level, log: entry }) => {

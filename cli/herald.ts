@@ -202,6 +202,10 @@ program
       const from = o.from !== undefined ? parsePosition(o.from, '--from') : undefined;
       const to = o.to !== undefined ? parsePosition(o.to, '--to') : undefined;
       checkRange(from, to);
+      // An empty filter would filter nothing: refused rather than replaying everything.
+      for (const [flag, v] of [['--key', o.key], ['--event', o.event]] as const) {
+        if (v !== undefined && v.trim() === '') throw new HeraldError('HRL_CONFIG_INVALID', `${flag}: expected ${flag === '--key' ? 'tenant/user or a user id' : 'an event id'}, got an empty value (leave ${flag} out to replay every ${flag === '--key' ? 'recipient' : 'event'})`);
+      }
       await withCluster(config, 'replay', async (c) => {
         const liveRules = c.running?.rules ?? config.rulesFile;
         const rules = loadRules(o.rules ?? liveRules);

@@ -55,8 +55,8 @@ export function parsePosition(text: string, flag: string): Position {
 export function checkRange(from: Position | undefined, to: Position | undefined): void {
   if (!from || !to) return;
   const show = (p: Position) => ('offset' in p ? `offset ${p.offset}` : new Date(p.time).toISOString());
-  const after = 'offset' in from && 'offset' in to ? from.offset > to.offset : 'time' in from && 'time' in to ? from.time > to.time : false;
-  if (after) throw new HeraldError('HRL_CONFIG_INVALID', `--from ${show(from)} is after --to ${show(to)}: expected a range that starts before it ends`);
+  const after = 'offset' in from && 'offset' in to ? from.offset >= to.offset : 'time' in from && 'time' in to ? from.time >= to.time : false;
+  if (after) throw new HeraldError('HRL_CONFIG_INVALID', `--from ${show(from)} is not before --to ${show(to)}: expected a range that starts before it ends (--to is exclusive)`);
 }
 
 /** `throttle` or `ingest..route`, in pipeline order. */

@@ -134,7 +134,9 @@ describe('herald replay', () => {
     const bad = await herald('replay', '--stage', 'dedupe', '--from', 'yesterday').then(() => '', (e: { stderr: string }) => e.stderr);
     expect(bad).toContain('--from: expected an offset (digits) or an ISO time');
     const backwards = await herald('replay', '--stage', 'dedupe', '--from', '5', '--to', '2').then(() => '', (e: { stderr: string }) => e.stderr);
-    expect(backwards).toContain('herald: HRL_CONFIG_INVALID: --from offset 5 is after --to offset 2');
+    expect(backwards).toContain('herald: HRL_CONFIG_INVALID: --from offset 5 is not before --to offset 2');
+    const empty = await herald('replay', '--stage', 'dedupe', '--key', '').then(() => '', (e: { stderr: string }) => e.stderr);
+    expect(empty).toContain('herald: HRL_CONFIG_INVALID: --key: expected tenant/user or a user id, got an empty value (leave --key out to replay every recipient)');
   }, 30_000);
 });
 

@@ -28,8 +28,10 @@ describe('replay options', () => {
   });
 
   it('refuses a range that starts after it ends', () => {
-    expect(() => checkRange({ offset: 5n }, { offset: 2n })).toThrow('--from offset 5 is after --to offset 2: expected a range that starts before it ends');
-    expect(() => checkRange({ time: Date.parse('2026-12-02T00:00:00Z') }, { time: Date.parse('2026-12-01T00:00:00Z') })).toThrow('--from 2026-12-02T00:00:00.000Z is after --to 2026-12-01T00:00:00.000Z');
+    expect(() => checkRange({ offset: 5n }, { offset: 2n })).toThrow('--from offset 5 is not before --to offset 2: expected a range that starts before it ends (--to is exclusive)');
+    expect(() => checkRange({ time: Date.parse('2026-12-02T00:00:00Z') }, { time: Date.parse('2026-12-01T00:00:00Z') })).toThrow('--from 2026-12-02T00:00:00.000Z is not before --to 2026-12-01T00:00:00.000Z');
+    // An empty range (--to is exclusive) would replay nothing and report that as the answer.
+    expect(() => checkRange({ offset: 5n }, { offset: 5n })).toThrow('--from offset 5 is not before --to offset 5');
     expect(() => checkRange({ offset: 2n }, { offset: 5n })).not.toThrow();
     expect(() => checkRange({ offset: 2n }, undefined)).not.toThrow();
   });

@@ -393,7 +393,32 @@ async function compare(c: ClusterClients, config: HeraldConfig, serde: Serde, o:
     const any = (now ?? then)!;
     report.changes.push({ stage: any.stage, notificationId: any.notificationId, tenant: any.tenant, recipient: any.recipient, recorded: then, replayed: now, because: tableChanged(any) });
   }
+  if (o.whatIf) pairRejections(report);
   report.changes.sort((a, b) => (a.recorded?.timestamp ?? a.replayed!.timestamp) - (b.recorded?.timestamp ?? b.replayed!.timestamp) || a.notificationId.localeCompare(b.notificationId));
+}
+
+/**
+ * Under rules without an event type's rule, ingest rejects the event, and a rejection's id is
+ * derived without a rule, so it is not the id the accepted notification had: the what-if
+ * showed each recipient twice ("nothing → REJECTED" and "ACCEPTED → nothing"). Paired by
+ * event and recipient, they are one change of that notification: ACCEPTED → REJECTED.
+ */
+function pairRejections(report: ReplayReport): void {
+  const key = (d: Decision) => `${d.eventId}\u0000${d.tenant}\u0000${d.recipient}`;
+  const gone = new Map<string, Change>();
+  for (const c of report.changes) if (c.stage === 'ingest' && c.recorded && !c.replayed) gone.set(key(c.recorded), c);
+  const paired = new Set<Change>();
+  for (const c of report.changes) {
+    if (c.stage !== 'ingest' || c.recorded || c.replayed?.status !== 'REJECTED') continue;
+    const was = gone.get(key(c.replayed));
+    if (!was) continue;
+    gone.delete(key(c.replayed));
+    paired.add(was);
+    c.recorded = was.recorded;
+    c.notificationId = was.notificationId;
+    report.compared++;
+  }
+  report.changes = report.changes.filter((c) => !paired.has(c));
 }
 
 /** Recorded decisions of the first stage on records inside the range (under other rules, or other table rows, a replay may not make them). */

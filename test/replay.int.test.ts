@@ -8,6 +8,8 @@
  * digest equals the live one's.
  */
 import { execFile } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Herald } from '../app/herald.ts';
@@ -116,6 +118,18 @@ describe('herald replay', () => {
     const table = await herald('replay', '--stage', 'throttle', '--rules', file);
     expect(table).toContain('throttle: ADMITTED → DEFERRED for 6 notifications (3 users)');
     expect(await liveState()).toEqual(before);
+  }, 90_000);
+
+  it('with a rule removed, shows each notification once: ACCEPTED → REJECTED', async () => {
+    const doc = JSON.parse(readFileSync('rules/default.json', 'utf8')) as { rules: { id: string }[] };
+    const file = join(h.stateDir, 'without-comments.json');
+    writeFileSync(file, JSON.stringify({ ...doc, rules: doc.rules.filter((r) => r.id !== 'comment-created') }));
+    const r = JSON.parse(await herald('replay', '--stage', 'ingest', '--rules', file, '--format', 'json')) as ReplayReport;
+    // Every notification of the run was a comment: 17, each one change, under the id it had.
+    expect(r.changes).toHaveLength(17);
+    expect(r.changes.every((c) => c.stage === 'ingest' && c.recorded?.status === 'ACCEPTED' && c.replayed?.status === 'REJECTED' && c.replayed.reasonCode === 'unknown_event_type')).toBe(true);
+    expect(r.changes.map((c) => c.notificationId)).toEqual(expect.arrayContaining([...first.values()]));
+    expect(r.compared).toBe(17);
   }, 90_000);
 
   it('takes a time range (resolved from the records\' timestamps on the embedded broker, which cannot look offsets up by time)', async () => {

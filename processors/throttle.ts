@@ -25,8 +25,12 @@ import { field } from './dedupe.ts';
 import { hashKey } from './ids.ts';
 import { localTime, quietUntil } from './quiet-hours.ts';
 
-/** A deferred notification, held until `dueAt`. `deferrals` numbers its DEFERRED/RELEASED pairs. */
-interface Deferred { kind: 'deferred'; item: EnrichedNotification; cause: RecordRef; deferrals: number }
+/**
+ * A deferred notification, held until `dueAt`. `deferrals` numbers its DEFERRED/RELEASED pairs.
+ * `reservedAt`: the release time it holds a place at in its scopes' queues (deferred over a
+ * limit; absent when held for quiet hours, or written by an older version).
+ */
+interface Deferred { kind: 'deferred'; item: EnrichedNotification; cause: RecordRef; deferrals: number; reservedAt?: number }
 /** An open digest: its items, sent at `closesAt` or when full. */
 interface Digest { kind: 'digest'; digestId: string; ruleId: string; openedAt: number; closesAt: number; items: { item: EnrichedNotification; cause: RecordRef }[] }
 type Held = Deferred | Digest;
@@ -38,11 +42,19 @@ function scopeKey(limit: Limit, req: NotificationRequest): string {
   return limit.scope === 'user' ? `u|${user}` : limit.scope === 'category' ? `c|${user}|${req.category}` : `r|${user}|${req.ruleId}`;
 }
 
+/**
+ * The release times reserved in a scope by the notifications held over its limit, oldest
+ * first: the places they hold in the queue. Fresh notifications count them as admissions to
+ * come, so they neither take the room a held one was promised nor get promised a release
+ * time that those waiting ahead will take.
+ */
+const waitKey = (scope: string) => `w|${scope}`;
+
 const scopeName = (limit: Limit, req: NotificationRequest) => (limit.scope === 'user' ? 'notifications' : limit.scope === 'category' ? `${req.category} notifications` : `notifications of rule ${req.ruleId}`);
 const ago = (ms: number) => (ms % 86_400_000 === 0 ? `${ms / 86_400_000} d` : ms % 3_600_000 === 0 ? `${ms / 3_600_000} h` : ms % 60_000 === 0 ? `${ms / 60_000} min` : `${ms / 1000} s`);
 const utc = (t: number) => new Date(t).toISOString().replace('.000Z', 'Z');
 
-interface Verdict { over: { limit: Limit; count: number } | null; roomAt: number; counts: string[] }
+interface Verdict { over: { limit: Limit; count: number; waiting: number } | null; roomAt: number; counts: string[] }
 
 /**
  * The counters store with a read-through cache for one batch or timer run: a batch's keys
@@ -73,26 +85,87 @@ class Counters {
     this.cache.set(key, value);
     this.store.putUntil(key, value, expiresAt);
   }
+
+  delete(key: string): void {
+    this.cache.set(key, undefined);
+    this.store.delete(key);
+  }
 }
 
-/** The limits a notification is subject to, checked at time `t` against the admission times in `counters`. */
-async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: number, counters: Counters): Promise<Verdict> {
+/**
+ * The limits a notification is subject to, checked at time `t` against the admission times
+ * in `counters` and the release times reserved by the notifications held in the same scopes.
+ * Over a limit (or with others waiting so that admitting it now would take their room),
+ * `roomAt` is the earliest time at which it fits behind all of them: the admissions and
+ * reservations inside the window slide out, and none of those waiting is overtaken.
+ * `reservedAt`: the place of a held notification coming back, whose own reservation is
+ * already given up; only those reserved no later than it are ahead.
+ */
+async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: number, counters: Counters, reservedAt?: number): Promise<Verdict> {
   const limits = rules.limitsFor(rule);
   if (limits.length === 0) return { over: null, roomAt: t, counts: [] };
-  const times = await counters.getMany<number[]>(limits.map((l) => scopeKey(l, req)));
-  let over: Verdict['over'] = null;
-  let roomAt = t;
+  const scopes = limits.map((l) => scopeKey(l, req));
+  const [times, waits] = await Promise.all([counters.getMany<number[]>(scopes), counters.getMany<number[]>(scopes.map(waitKey))]);
   const counts: string[] = [];
-  limits.forEach((limit, i) => {
-    const inWindow = (times[i] ?? []).filter((x) => x > t - limit.perMs);
-    counts.push(`${inWindow.length + 1} of ${limit.max} per ${ago(limit.perMs)} (${limit.scope})`);
-    if (inWindow.length >= limit.max) {
-      over ??= { limit, count: inWindow.length };
-      // Room once enough of the oldest admissions leave the window.
-      roomAt = Math.max(roomAt, inWindow[inWindow.length - limit.max]! + limit.perMs);
-    }
+  const scoped = limits.map((limit, i) => {
+    const admitted = (times[i] ?? []).filter((x) => x > t - limit.perMs);
+    // A held one coming back goes before those queued behind it (their times counted on it).
+    const waiting = (waits[i] ?? []).filter((x) => reservedAt === undefined || x <= reservedAt);
+    const inWindow = admitted.filter((x) => x <= t).length;
+    counts.push(`${inWindow + 1} of ${limit.max} per ${ago(limit.perMs)} (${limit.scope})`);
+    // What the windows holding `t` or a later time hold: the admissions (a release decided at
+    // its due time can come after later ones) and the releases promised to those ahead.
+    const taken = [...admitted, ...waiting.filter((x) => x > t - limit.perMs)].sort((a, b) => a - b);
+    return { limit, taken, inWindow, waiting };
   });
-  return { over, roomAt, counts };
+  // Never before the last one waiting ahead; then the first time at which every window that
+  // would hold it has room: `t`, or when one of those taken leaves a window.
+  const base = Math.max(t, ...scoped.map((s) => s.waiting.at(-1) ?? t));
+  const candidates = [...new Set([base, ...scoped.flatMap((s) => s.taken.map((x) => x + s.limit.perMs))])].filter((c) => c >= base).sort((a, b) => a - b);
+  const roomAt = candidates.find((r) => scoped.every((s) => fits(s.taken, r, s.limit))) ?? candidates.at(-1)!;
+  // Named in the reason: a limit that is full, else one with others waiting to go first.
+  const first = scoped.find((s) => !fits(s.taken, t, s.limit)) ?? scoped.find((s) => s.waiting.some((x) => x > t)) ?? scoped[0]!;
+  return { over: roomAt > t ? { limit: first.limit, count: first.inWindow, waiting: first.waiting.length } : null, roomAt, counts };
+}
+
+/**
+ * Whether one more at `r` keeps every sliding window of `limit` that would hold it (those
+ * ending at `r`, and at each later time taken less than a window after it) within its max.
+ * `taken` is sorted.
+ */
+function fits(taken: number[], r: number, limit: Limit): boolean {
+  let lo = 0;
+  let hi = 0;
+  for (const end of [r, ...taken.filter((x) => x > r && x < r + limit.perMs)]) {
+    while (hi < taken.length && taken[hi]! <= end) hi++;
+    while (lo < taken.length && taken[lo]! <= end - limit.perMs) lo++;
+    if (hi - lo + 1 > limit.max) return false;
+  }
+  return true;
+}
+
+/** Reserves release time `at` in every scope of the notification's limits (a place in their queues). */
+async function reserve(rules: RuleSet, rule: Rule, req: NotificationRequest, at: number, counters: Counters): Promise<void> {
+  const keys = [...new Set(rules.limitsFor(rule).map((l) => waitKey(scopeKey(l, req))))];
+  const waits = await counters.getMany<number[]>(keys);
+  keys.forEach((k, i) => {
+    const kept = [...(waits[i] ?? []), at].sort((a, b) => a - b);
+    counters.putUntil(k, kept, kept.at(-1)! + rules.longestWindowMs);
+  });
+}
+
+/** Gives up a reservation made by `reserve` (the notification is back: released, held again or expired). */
+async function unreserve(rules: RuleSet, rule: Rule, req: NotificationRequest, at: number, counters: Counters): Promise<void> {
+  const keys = [...new Set(rules.limitsFor(rule).map((l) => waitKey(scopeKey(l, req))))];
+  const waits = await counters.getMany<number[]>(keys);
+  keys.forEach((k, i) => {
+    const list = waits[i] ?? [];
+    const at_ = list.indexOf(at);
+    if (at_ < 0) return;
+    const kept = list.filter((_, j) => j !== at_);
+    if (kept.length) counters.putUntil(k, kept, kept.at(-1)! + rules.longestWindowMs);
+    else counters.delete(k);
+  });
 }
 
 /** Records an admission at `t` in every scope the notification counts in (kept while inside the longest window). */
@@ -143,10 +216,12 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     ctx.emit(cause, 'admitted', userKey(n.request.tenant, n.request.recipient), n, { timestamp: t });
 
   /** Decides one notification at time `t`; `deferrals` > 0 when it is a held one coming back. */
-  async function decide(ctx: StageContext<'throttle'>, counters: Counters, cause: RecordRef, n: EnrichedNotification, t: number, deferrals: number): Promise<void> {
+  async function decide(ctx: StageContext<'throttle'>, counters: Counters, cause: RecordRef, n: EnrichedNotification, t: number, deferrals: number, reservedAt?: number): Promise<void> {
     const req = n.request;
     const held = ctx.store('held');
     const rule = rules.byId(req.ruleId);
+    // Back from being held over a limit: its place in the queue is given up, whatever comes next.
+    if (reservedAt !== undefined && rule) await unreserve(rules, rule, req, reservedAt, counters);
     const base = { ...about(req), timestamp: t };
     const memo = (d: Memo['d']) => counters.putUntil(memoKey(req.notificationId), { d, at: t } satisfies Memo, t + rules.longestWindowMs + config.dedupeGraceMs);
     if (!deferrals) {
@@ -176,7 +251,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     }
     const deferKey = `d|${userKey(req.tenant, req.recipient)}|${String(req.occurredAt).padStart(15, '0')}|${req.notificationId}`;
     const defer = (until: number, reasonCode: 'quiet_hours' | 'limit_deferred', reason: string) => {
-      hold(held, deferKey, until, { kind: 'deferred', item: n, cause, deferrals: deferrals + 1 }, true);
+      hold(held, deferKey, until, { kind: 'deferred', item: n, cause, deferrals: deferrals + 1, ...(reasonCode === 'limit_deferred' ? { reservedAt: until } : {}) }, true);
       memo('held');
       decided(reasonCode === 'quiet_hours' ? 'quiet_hours' : 'deferred');
       ctx.outcome(cause, { ...base, status: 'DEFERRED', reasonCode, reason, attempt: deferrals + 1 });
@@ -197,7 +272,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
         return;
       }
     }
-    const v = await check(rules, rule, req, t, counters);
+    const v = await check(rules, rule, req, t, counters, reservedAt);
     if (!v.over) {
       await count(rules, rule, req, t, counters);
       memo('admitted');
@@ -212,14 +287,16 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
       }
       return;
     }
-    const { limit, count: seen } = v.over;
+    const { limit, count: seen, waiting } = v.over;
     // More than the limit can be in a window: CRITICAL ones and other rules' admissions count in shared scopes.
-    const why = seen > limit.max
+    const why = (seen > limit.max
       ? `${seen} ${scopeName(limit, req)} in the last ${ago(limit.perMs)}, over the limit of ${limit.max}`
-      : `${seen} of ${limit.max} ${scopeName(limit, req)} in the last ${ago(limit.perMs)}`;
+      : `${seen} of ${limit.max} ${scopeName(limit, req)} in the last ${ago(limit.perMs)}`) + (waiting ? `, and ${waiting} held to go first` : '');
     if (deferrals) {
-      // Came back too early (others took the room): held again, quietly, until there is room.
-      hold(held, deferKey, v.roomAt, { kind: 'deferred', item: n, cause, deferrals }, true);
+      // Came back too early (CRITICAL ones or other rules took the room): held again, quietly,
+      // at the end of the queue.
+      await reserve(rules, rule, req, v.roomAt, counters);
+      hold(held, deferKey, v.roomAt, { kind: 'deferred', item: n, cause, deferrals, reservedAt: v.roomAt }, true);
       return;
     }
     switch (rule.throttle.onExceed) {
@@ -229,6 +306,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
         ctx.outcome(cause, { ...base, status: 'THROTTLED', reasonCode: 'limit_dropped', reason: `throttled: ${why}; the rule drops what exceeds it` });
         return;
       case 'defer':
+        await reserve(rules, rule, req, v.roomAt, counters);
         defer(v.roomAt, 'limit_deferred', `deferred: ${why}; released at ${localTime(v.roomAt, n.user.timezone || 'UTC')}`);
         return;
       case 'digest':
@@ -299,7 +377,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
       // One read for the batch: earlier decisions and the admission times of every scope.
       await counters.load(batch.flatMap(({ value: { request: req } }) => {
         const rule = rules.byId(req.ruleId);
-        return [memoKey(req.notificationId), ...(rule ? rules.limitsFor(rule).map((l) => scopeKey(l, req)) : [])];
+        return [memoKey(req.notificationId), ...(rule ? rules.limitsFor(rule).flatMap((l) => [scopeKey(l, req), waitKey(scopeKey(l, req))]) : [])];
       }));
       for (const rec of batch) await decide(ctx, counters, rec, rec.value, rec.timestamp, 0);
       // Counters past the longest window and decisions past it (plus grace) are swept, in stream time.
@@ -328,7 +406,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
         track(-1);
         const h = d.value;
         // Released at its due time, so the decision does not depend on when the timer ran.
-        if (h.kind === 'deferred') await decide(ctx, counters, h.cause, h.item, d.dueAt, h.deferrals);
+        if (h.kind === 'deferred') await decide(ctx, counters, h.cause, h.item, d.dueAt, h.deferrals, h.reservedAt);
         else {
           const rule = rules.byId(h.ruleId);
           if (rule?.throttle.digest) await send(ctx, counters, h, rule, d.dueAt);

@@ -78,6 +78,39 @@ describe('throttle: limits', () => {
     expect((await d.advance(HOUR)).outcomes).toEqual([]); // each released once
   });
 
+  it('promises each deferred notification the release time it gets, counting those held ahead of it', async () => {
+    const d = driver();
+    const items = Array.from({ length: 8 }, () => n('comment'));
+    const r = await d.pipe(items.map((value, i) => ({ value, timestamp: T0 + i * MIN })));
+    const deferred = r.outcomes.filter((o) => o.status === 'DEFERRED');
+    expect(deferred).toHaveLength(5);
+    expect(deferred[0]!.reason).toBe('deferred: 3 of 3 collaboration notifications in the last 1 h; released at 11:00 Europe/Berlin');
+    expect(deferred[1]!.reason).toBe('deferred: 3 of 3 collaboration notifications in the last 1 h, and 1 held to go first; released at 11:01 Europe/Berlin');
+    // The fourth held one waits for the first release's hour to pass: 2 h after the first admission.
+    expect(deferred[3]!.reason).toBe('deferred: 3 of 3 collaboration notifications in the last 1 h, and 3 held to go first; released at 12:00 Europe/Berlin');
+    const released: { notificationId: string; timestamp: number }[] = [];
+    for (let k = 0; k < 4 * 60; k++) released.push(...(await d.advance(MIN)).outcomes.filter((o) => o.status === 'RELEASED'));
+    expect(released.map((o) => o.notificationId)).toEqual(deferred.map((o) => o.notificationId));
+    for (const [i, o] of released.entries()) expect(deferred[i]!.reason.endsWith(`released at ${localTime(o.timestamp, 'Europe/Berlin')}`)).toBe(true);
+    const passedAt = [...r.outcomes.filter((o) => o.status === 'ADMITTED'), ...released].map((o) => o.timestamp);
+    for (const t of passedAt) expect(passedAt.filter((x) => x > t - HOUR && x <= t).length).toBeLessThanOrEqual(3);
+  });
+
+  it('does not let a fresh notification take the room promised to a held one, when the timer runs late', async () => {
+    const d = driver();
+    const items = Array.from({ length: 4 }, () => n('comment'));
+    const r = await d.pipe(items.map((value, i) => ({ value, timestamp: T0 + [0, 30, 31, 32][i]! * MIN })));
+    expect(r.outcomes[3]!.reason).toMatch(/released at 11:00 Europe\/Berlin$/);
+    // Stream time passes the held one's release before the wall-clock timer has run: the
+    // window (10:01, 11:01] holds 10:30, 10:31 and the release promised at 11:00.
+    const fresh = await d.pipe([{ value: n('comment'), timestamp: T0 + 61 * MIN }]);
+    expect(fresh.outcomes.map((o) => [o.status, o.reason])).toEqual([['DEFERRED', 'deferred: 2 of 3 collaboration notifications in the last 1 h, and 1 held to go first; released at 11:30 Europe/Berlin']]);
+    const timer = await d.advance(3 * HOUR);
+    // The held one is released at the time it was promised, then the fresh one at its own.
+    expect(timer.outcomes.map((o) => [o.status, (o.timestamp - T0) / MIN])).toEqual([['RELEASED', 60], ['RELEASED', 90]]);
+    expect(timer.outcomes[0]!.notificationId).toBe(items[3]!.request.notificationId);
+  });
+
   it('decides a record read again (redelivery after a crash) the same way, counting it once', async () => {
     const d = driver();
     const items = Array.from({ length: 4 }, () => n('comment'));

@@ -12,6 +12,11 @@
  * others is that URL's problem (its slow lane and its retries handle it), not an outage of
  * the host. Timeouts of hanging calls all settle at once, back to back; counted, they opened
  * the circuit for every user of the host for HERALD_BREAKER_OPEN_MS.
+ *
+ * Webhook and chat circuits are each tenant's own (`<tenant>|webhook:<host>`): receivers
+ * such as Zapier or a shared gateway serve many tenants from one host, and one tenant's
+ * failing URLs there must not hold another tenant's deliveries, nor show it their failures.
+ * The SMTP server is Herald's own, one circuit for all.
  */
 import { createHash } from 'node:crypto';
 
@@ -31,7 +36,7 @@ export type Admission = { call: true; probe: boolean } | { call: false; openSinc
 
 export class CircuitBreakers {
   private readonly circuits = new Map<string, Circuit>();
-  /** Per endpoint, when a call to it last succeeded (wall clock). */
+  /** Per endpoint (without the tenant), when a call to it last succeeded (wall clock). */
   private readonly lastAnswer = new Map<string, number>();
   private readonly o: { failures: number; openMs: number; onChange?: (endpoint: string, from: CircuitState, to: CircuitState, failures: number) => void };
 
@@ -64,7 +69,7 @@ export class CircuitBreakers {
    */
   record(endpoint: string, failed: boolean, probe: boolean, now: number, startedAt = now, source?: string): void {
     if (!failed) this.answered(endpoint, now);
-    else if (!probe && (this.lastAnswer.get(endpoint) ?? Number.NEGATIVE_INFINITY) >= startedAt) return;
+    else if (!probe && (this.lastAnswer.get(circuitName(endpoint)) ?? Number.NEGATIVE_INFINITY) >= startedAt) return;
     let c = this.circuits.get(endpoint);
     if (!c) {
       if (!failed) return;
@@ -92,8 +97,10 @@ export class CircuitBreakers {
 
   /** A call to `endpoint` succeeded at `now` (`record` notes it too; a batch notes its successes before it settles its failures). */
   answered(endpoint: string, now: number): void {
-    this.lastAnswer.delete(endpoint);
-    this.lastAnswer.set(endpoint, now);
+    // Whoever's call it answered, the host is up (tenants' circuits share this, and only this).
+    const host = circuitName(endpoint);
+    this.lastAnswer.delete(host);
+    this.lastAnswer.set(host, now);
     // Kept for the endpoints answered in the last ten minutes (insertion order is oldest first).
     if (this.lastAnswer.size > 10_000) {
       for (const [e, at] of this.lastAnswer) {
@@ -106,9 +113,36 @@ export class CircuitBreakers {
   state(endpoint: string): CircuitState {
     return this.circuits.get(endpoint)?.state ?? 'closed';
   }
+
+  /** The worst state among the tenants' circuits named `name` (what the metric shows, without the tenant). */
+  worst(name: string): CircuitState {
+    let worst: CircuitState = 'closed';
+    for (const [key, c] of this.circuits) {
+      if (key !== name && !key.endsWith(`|${name}`)) continue;
+      if (c.state === 'open') return 'open';
+      if (c.state === 'half-open') worst = 'half-open';
+    }
+    return worst;
+  }
 }
 
-/** The endpoint a task calls: the host of a webhook or chat URL, the one SMTP server for email. */
+/** A circuit's name without its tenant: what logs and the metric label carry. */
+export function circuitName(circuit: string): string {
+  return circuit.slice(circuit.indexOf('|') + 1);
+}
+
+/** The host's circuit for a task of `tenant` (null for inapp): the tenant's own for webhook and chat, the one SMTP server's for email. */
+export function hostCircuitOf(tenant: string, channel: string, address: string): string | null {
+  const endpoint = endpointOf(channel, address);
+  return endpoint === null || endpoint === 'email' ? endpoint : `${tenant}|${endpoint}`;
+}
+
+/** The URL's own circuit for a task of `tenant` (see urlCircuitOf). */
+export function tenantUrlCircuitOf(tenant: string, channel: string, address: string): string | null {
+  const circuit = urlCircuitOf(channel, address);
+  return circuit === null ? null : `${tenant}|${circuit}`;
+}
+
 /**
  * The circuit of one webhook or chat URL (null for other channels): a URL that answers with
  * an HTTP error is that URL's problem, and its own circuit opens, while the host (which
@@ -125,6 +159,7 @@ export function urlCircuitOf(channel: string, address: string): string | null {
   }
 }
 
+/** The endpoint a task calls: the host of a webhook or chat URL, the one SMTP server for email. */
 export function endpointOf(channel: string, address: string): string | null {
   if (channel === 'inapp') return null;
   if (channel === 'email') return 'email';

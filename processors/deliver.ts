@@ -15,7 +15,7 @@ import { userKey } from '../topology.ts';
 import type { ChannelProvider, SendResult } from '../channels/channel.ts';
 import type { Processor, RecordRef, StageContext, StageDeps, StageFactory } from '../runtime/contract.ts';
 import pLimit, { type LimitFunction } from 'p-limit';
-import { type Admission, CircuitBreakers, endpointOf, urlCircuitOf } from '../channels/breaker.ts';
+import { type Admission, CircuitBreakers, circuitName, endpointOf, hostCircuitOf, tenantUrlCircuitOf } from '../channels/breaker.ts';
 import type { Channel } from '../rules/rules.ts';
 import type { ReasonCode } from '../schemas/lifecycle.ts';
 import type { DeliveryTask, UserPreferences, UserProfile } from '../schemas/types.ts';
@@ -92,11 +92,14 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: 
     if (slow) deps.log.warn({ host }, 'a webhook URL outlived its batch wait: its calls now run one at a time in a lane of their own, outside the host\'s slots');
   })), (breakers ??= new CircuitBreakers({
     failures: deps.config.breakerFailures, openMs: deps.config.breakerOpenMs,
-    onChange: (endpoint, from, to, failures) => {
+    onChange: (circuit, from, to, failures) => {
+      // The gauge shows each host's or URL's worst circuit over the tenants, without them.
+      const endpoint = circuitName(circuit);
+      const worst = breakers!.worst(endpoint);
       // A URL's circuit (host#hash) leaves the gauge once closed: failing URLs come and go.
-      if (to === 'closed' && endpoint.includes('#')) deps.metrics.circuitState.remove({ endpoint });
-      else deps.metrics.circuitState.set({ endpoint }, to === 'closed' ? 0 : to === 'open' ? 1 : 2);
-      deps.log.warn({ endpoint, from, to, failures }, `circuit ${to}`);
+      if (worst === 'closed' && endpoint.includes('#')) deps.metrics.circuitState.remove({ endpoint });
+      else deps.metrics.circuitState.set({ endpoint }, worst === 'closed' ? 0 : worst === 'open' ? 1 : 2);
+      deps.log.warn({ endpoint, ...(circuit !== endpoint ? { tenant: circuit.slice(0, circuit.indexOf('|')) } : {}), from, to, failures }, `circuit ${to}`);
     },
   })));
 };
@@ -387,7 +390,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     // Calls of this batch about to join a slow lane, by URL.
     const joining = new Map<string, number>();
     for (const item of live.filter(({ task }) => task.expiresAt === null || now0 < task.expiresAt)) {
-      const endpoint = endpointOf(item.task.channel, item.task.address);
+      const endpoint = hostCircuitOf(item.task.tenant, item.task.channel, item.task.address);
       const url = urlOf(item.task);
       if (limits.laneFull(url, now0, url === null ? 0 : (joining.get(url) ?? 0))) {
         // Its slow lane is full: the task waits a call's timeout, without a call and without an attempt.
@@ -398,7 +401,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         continue;
       }
       // The host's circuit first (an outage of the host), then the URL's (its own HTTP errors).
-      const urlCircuit = urlCircuitOf(item.task.channel, item.task.address);
+      const urlCircuit = tenantUrlCircuitOf(item.task.tenant, item.task.channel, item.task.address);
       let a: Admission = endpoint ? breakers.admit(endpoint, now0) : { call: true, probe: false };
       let probing = a.call && a.probe ? endpoint : null;
       if (a.call && !a.probe && urlCircuit) {
@@ -414,7 +417,8 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       const { task, cause } = item;
       const next: DeliveryTask = { ...task, notBefore: now0 + a.retryInMs };
       ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
-      const host = endpoint!.slice(endpoint!.indexOf(':') + 1);
+      const name = circuitName(endpoint!);
+      const host = name.slice(name.indexOf(':') + 1);
       const which = endpoint && breakers.state(endpoint) !== 'closed' ? host : `this URL (on ${host}: it answered with errors)`;
       ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', repeat: `held for ${cause.topic}[${cause.partition}]@${cause.offset}`, reason: `circuit open for ${which} since ${new Date(a.openSince).toISOString().slice(11, 19)} UTC; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
     }
@@ -450,7 +454,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
   /** The hosts that answered some of these calls are up: their failures among them are the URLs' (breaker.ts), whatever order they settle in. */
   function noteAnswers(results: [Item, SendResult | null | undefined][], now: number): void {
     for (const [item, r] of results) {
-      const endpoint = r && (r.ok || smtpReplied(item.task, r)) ? endpointOf(item.task.channel, item.task.address) : null;
+      const endpoint = r && (r.ok || smtpReplied(item.task, r)) ? hostCircuitOf(item.task.tenant, item.task.channel, item.task.address) : null;
       if (endpoint) breakers.answered(endpoint, now);
     }
   }
@@ -462,7 +466,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       const { cause, task } = item;
       const base = baseOf(task);
       const now = ctx.wallClock();
-      const endpoint = endpointOf(task.channel, task.address);
+      const endpoint = hostCircuitOf(task.tenant, task.channel, task.address);
       // Transient failures (network, 5xx, timeouts) count against the endpoint; 429 is a
       // request to slow down (Retry-After), not an outage; permanent answers mean it is up.
       // A failure while the host answers other calls is the URL's, not the host's (breaker.ts).
@@ -471,7 +475,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       // An SMTP 4xx is the server answering about one recipient or message (greylisting, a
       // full mailbox): it never opens the circuit every other user's mail goes through.
       const transient = !r.ok && r.retriable && r.code !== 'http_429' && !smtpReplied(task, r);
-      const urlCircuit = urlCircuitOf(task.channel, task.address);
+      const urlCircuit = tenantUrlCircuitOf(task.tenant, task.channel, task.address);
       if (endpoint) breakers.record(endpoint, transient, probe === endpoint, now, startedAt, urlCircuit && answeredBy(task, r) ? urlCircuit : undefined);
       if (urlCircuit) breakers.record(urlCircuit, transient, probe === urlCircuit, now, startedAt);
       // A settled delivery's result says which attempt it took; only an attempt that leaves
@@ -496,7 +500,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         const tooOld = policy.maxAgeMs !== null && now + delay - task.occurredAt > policy.maxAgeMs;
         // While the endpoint's circuit is open the failure is the endpoint's outage, not the
         // task's: it may go on past its attempts, up to three times as many (and maxAge).
-        const urlCircuit = urlCircuitOf(task.channel, task.address);
+        const urlCircuit = tenantUrlCircuitOf(task.tenant, task.channel, task.address);
         const outage = ((endpoint !== null && breakers.state(endpoint) !== 'closed') || (urlCircuit !== null && breakers.state(urlCircuit) !== 'closed')) && task.attempt < policy.maxAttempts * 3;
         const asked = slowDown && task.attempt < policy.maxAttempts * 3;
         if (r.retriable && (task.attempt < policy.maxAttempts || outage || asked) && !tooOld) {

@@ -648,6 +648,28 @@ describe('deliver: circuit breaker per endpoint', () => {
   });
 });
 
+describe('deliver: circuits are each tenant\'s own', () => {
+  const fail503: SendResult = { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' };
+  const taskTo = async (tenant: string, recipient: string, address: string) => (await driver('route', route).pipe([{ value: { request: (await requestsFor(event({ id: `e-${tenant}-${recipient}`, tenant, recipients: [recipient] })))[0]!, user: user({ userId: recipient, tenant, webhookUrl: address }), preferences: null }, timestamp: T0 }])).emitted[0]!.value as DeliveryTask;
+
+  it('one tenant\'s failing URLs on a shared host never hold another tenant\'s deliveries there, nor show it their failures', async () => {
+    const channel = new ScriptedDeliver([]);
+    channel.send = async (task: DeliveryTask) => {
+      channel.calls.push(task);
+      return task.tenant === 'globex' ? fail503 : { ok: true, providerMessageId: null, detail: 'HTTP 200' };
+    };
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1));
+    // given globex's URLs on a shared receiver failing, enough (and on enough URLs) to open a circuit of the host
+    const failing = await Promise.all(Array.from({ length: 6 }, (_, i) => taskTo('globex', `f${i}`, `https://hooks.shared.example/globex/f${i}`)));
+    await d.pipe(failing.map((value) => ({ value, timestamp: T0 })));
+    const globexNext = await d.pipe([{ value: await taskTo('globex', 'f9', 'https://hooks.shared.example/globex/f9'), timestamp: T0 }]);
+    expect(globexNext.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['RETRY_SCHEDULED', 'circuit_open']]);
+    // then acme's URL on the same host is called at once
+    const acme = await d.pipe([{ value: await taskTo('acme', 'carol', 'https://hooks.shared.example/acme/carol'), timestamp: T0 }]);
+    expect(acme.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['ATTEMPTED', 'channel_called'], ['DELIVERED', 'accepted_by_provider']]);
+  });
+});
+
 describe('deliver: one URL failing on a shared host is not an outage of the host', () => {
   const ok: SendResult = { ok: true, providerMessageId: null, detail: 'HTTP 200' };
   const fail503: SendResult = { ok: false, retriable: true, code: 'http_503', detail: 'HTTP 503' };

@@ -141,7 +141,7 @@ export interface ApiPorts {
   /** The tenant's webhook signing secrets (admin scope); absent when this instance does not follow them. */
   signing?: SigningSecretsPort;
   /** Checks `Authorization: Bearer` keys. */
-  keys: { authenticate(key: string): Promise<AuthResult> };
+  keys: { authenticate(key: string): Promise<AuthResult>; isLive(keyId: string): boolean };
   /** Where webhook and chat URLs may point. */
   outbound: OutboundPolicy;
   /** Per-tenant publish rate (token bucket). */

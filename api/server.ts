@@ -260,7 +260,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   const answered = new LRUCache<string, Remembered>({ maxSize: ports.idempotencyCacheBytes, sizeCalculation: (v, k) => Math.max(1, k.length + v.bytes + 200), ttl: 86_400_000 });
   const limiter = new TenantRateLimiter(ports.rate.perSecond, ports.rate.burst);
 
-  app.post<{ Body: Record<string, unknown> }>('/v1/events', { preHandler: need('publish') }, async (req, reply) => {
+  app.post<{ Body: Record<string, unknown> }>('/v1/events', { onRequest: need('publish') }, async (req, reply) => {
     const tenant = tenantOf(req);
     const wait = limiter.take(tenant);
     if (wait > 0) return fail(reply.header('retry-after', String(Math.ceil(wait / 1000))), 429, 'HRL_RATE_LIMITED', `tenant ${tenant} publishes faster than ${ports.rate.perSecond} events/s (burst ${ports.rate.burst}); retry in ${Math.ceil(wait / 1000)} s`);
@@ -329,7 +329,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
 
   const profileRoute = { bodyLimit: LIMITS.profileBodyBytes };
 
-  app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId', { ...profileRoute, preHandler: need('admin') }, async (req, reply) => {
+  app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId', { ...profileRoute, onRequest: need('admin') }, async (req, reply) => {
     const tenant = tenantOf(req);
     if (badId(reply, 'userId', req.params.userId)) return reply;
     if (tenantMismatch(reply, req.body, tenant)) return reply;
@@ -352,19 +352,19 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return reply.code(202).send({ userId: profile.userId });
   });
 
-  app.delete<{ Params: { userId: string } }>('/v1/users/:userId', { preHandler: need('admin') }, async (req, reply) => {
+  app.delete<{ Params: { userId: string } }>('/v1/users/:userId', { onRequest: need('admin') }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     await profiles.deleteUser(tenantOf(req), req.params.userId);
     return reply.code(202).send({ userId: req.params.userId, deleted: true });
   });
 
-  app.get<{ Params: { userId: string } }>('/v1/users/:userId', { preHandler: need('read') }, async (req, reply) => {
+  app.get<{ Params: { userId: string } }>('/v1/users/:userId', { onRequest: need('read') }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const user = await profiles.getUser(tenantOf(req), req.params.userId);
     return user ?? fail(reply, 404, 'HRL_NOT_FOUND', `no profile for user "${req.params.userId}"`);
   });
 
-  app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId/preferences', { ...profileRoute, preHandler: need('admin') }, async (req, reply) => {
+  app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId/preferences', { ...profileRoute, onRequest: need('admin') }, async (req, reply) => {
     const tenant = tenantOf(req);
     if (badId(reply, 'userId', req.params.userId)) return reply;
     if (nestedDeeperThan(req.body, MAX_DEPTH)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `body: nested deeper than ${MAX_DEPTH} levels`, '');
@@ -386,7 +386,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return reply.code(202).send({ userId: req.params.userId });
   });
 
-  app.put<{ Params: { audience: string }; Body: { add?: unknown; remove?: unknown } }>('/v1/audiences/:audience/members', { bodyLimit: LIMITS.audienceBodyBytes, preHandler: need('admin') }, async (req, reply) => {
+  app.put<{ Params: { audience: string }; Body: { add?: unknown; remove?: unknown } }>('/v1/audiences/:audience/members', { bodyLimit: LIMITS.audienceBodyBytes, onRequest: need('admin') }, async (req, reply) => {
     const tenant = tenantOf(req);
     const { audience } = req.params;
     if (badId(reply, 'audience', audience)) return reply;
@@ -408,7 +408,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return reply.code(202).send({ audience, added: lists.add.length, removed: lists.remove.length });
   });
 
-  app.get<{ Params: { audience: string }; Querystring: { limit?: string; after?: string } }>('/v1/audiences/:audience/members', { preHandler: need('read') }, async (req, reply) => {
+  app.get<{ Params: { audience: string }; Querystring: { limit?: string; after?: string } }>('/v1/audiences/:audience/members', { onRequest: need('read') }, async (req, reply) => {
     if (badId(reply, 'audience', req.params.audience)) return reply;
     const limit = queryLimit(reply, req.query.limit, 1000, 100_000);
     if (limit === null) return reply;
@@ -424,11 +424,11 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
 
   // The tenant's webhook signing secrets: listed without the secrets; a rotation shows the new one once.
   const signing = (reply: FastifyReply) => ports.signing ?? (fail(reply, 404, 'HRL_NOT_FOUND', 'this instance does not follow the signing secrets'), null);
-  app.get('/v1/signing-secrets', { preHandler: need('admin') }, async (req, reply) => {
+  app.get('/v1/signing-secrets', { onRequest: need('admin') }, async (req, reply) => {
     const s = signing(reply);
     return s ? s.describe(tenantOf(req)) : reply;
   });
-  app.post<{ Body: { gracePeriod?: unknown } | null }>('/v1/signing-secrets/rotate', { preHandler: need('admin') }, async (req, reply) => {
+  app.post<{ Body: { gracePeriod?: unknown } | null }>('/v1/signing-secrets/rotate', { onRequest: need('admin') }, async (req, reply) => {
     const s = signing(reply);
     if (!s) return reply;
     const extra = Object.keys(req.body ?? {}).find((k) => k !== 'gracePeriod');
@@ -451,21 +451,21 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     }
     return reply.code(201).send({ id: made.id, secret: made.secret, ...made.view });
   });
-  app.post('/v1/signing-secrets/retire', { preHandler: need('admin') }, async (req, reply) => {
+  app.post('/v1/signing-secrets/retire', { onRequest: need('admin') }, async (req, reply) => {
     const s = signing(reply);
     if (!s) return reply;
     const v = await s.retire(tenantOf(req));
     return v ?? fail(reply, 404, 'HRL_NOT_FOUND', 'this tenant has no signing secret of its own (its webhooks are signed with the deployment secret); rotate to make one');
   });
 
-  app.get<{ Querystring: { to?: string; limit?: string } }>('/v1/dev/mailbox', { preHandler: need('read') }, async (req, reply) => {
+  app.get<{ Querystring: { to?: string; limit?: string } }>('/v1/dev/mailbox', { onRequest: need('read') }, async (req, reply) => {
     if (!ports.mailbox) return fail(reply, 404, 'HRL_NOT_FOUND', 'the dev mailbox runs only on the embedded default without HERALD_SMTP_URL');
     const limit = queryLimit(reply, req.query.limit, 50, 500);
     if (limit === null) return reply;
     return { mails: ports.mailbox.list({ tenant: tenantOf(req), ...(req.query.to ? { to: req.query.to } : {}), limit }) };
   });
 
-  app.get<{ Params: { id: string } }>('/v1/notifications/:id', { preHandler: need('read') }, async (req, reply) => {
+  app.get<{ Params: { id: string } }>('/v1/notifications/:id', { onRequest: need('read') }, async (req, reply) => {
     if (badId(reply, 'id', req.params.id)) return reply;
     const a = await lifecycle.notification(req.params.id, forwardedOpts(req));
     // Another tenant's notification is answered exactly like one that does not exist.
@@ -477,7 +477,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   });
 
   // The tenant's projection digest: equal to `herald lifecycle rebuild`'s when the projection is whole.
-  app.get('/v1/lifecycle/digest', { preHandler: need('admin') }, async (req, reply) => answer(reply, await lifecycle.digest(tenantOf(req), forwardedOpts(req))));
+  app.get('/v1/lifecycle/digest', { onRequest: need('admin') }, async (req, reply) => answer(reply, await lifecycle.digest(tenantOf(req), forwardedOpts(req))));
 
   /** A page cursor is what a previous page answered as `next` (an inbox item id for the inbox); anything else is refused, not guessed at. */
   const badCursor = (reply: FastifyReply, before: string, inbox: boolean): boolean => {
@@ -485,7 +485,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `before: expected the "next" of a previous page (${inbox ? 'an inbox item id' : 'a cursor'} such as 001764582892660:ntf_…), got "${clip(before, 80)}"`, 'before');
     return true;
   };
-  app.get<{ Params: { userId: string }; Querystring: { limit?: string; before?: string } }>('/v1/users/:userId/notifications', { preHandler: need('read') }, async (req, reply) => {
+  app.get<{ Params: { userId: string }; Querystring: { limit?: string; before?: string } }>('/v1/users/:userId/notifications', { onRequest: need('read') }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const limit = queryLimit(reply, req.query.limit, 50, 500);
     if (limit === null) return reply;
@@ -494,7 +494,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return answer(reply, await lifecycle.userNotifications(tenantOf(req), req.params.userId, limit, { ...forwardedOpts(req), ...(before ? { before } : {}) }));
   });
 
-  app.get<{ Params: { userId: string }; Querystring: { limit?: string; unread?: string; before?: string } }>('/v1/users/:userId/inbox', { preHandler: need('read') }, async (req, reply) => {
+  app.get<{ Params: { userId: string }; Querystring: { limit?: string; unread?: string; before?: string } }>('/v1/users/:userId/inbox', { onRequest: need('read') }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const limit = queryLimit(reply, req.query.limit, 50, 500);
     if (limit === null) return reply;
@@ -507,7 +507,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   // READ and SEEN are lifecycle events like any other: recorded on outcomes.v1, projected by
   // the outcome stage, shown in GET /v1/notifications/:id.
   for (const action of ['read', 'seen'] as const) {
-    app.post<{ Params: { userId: string; notificationId: string } }>(`/v1/users/:userId/inbox/:notificationId/${action}`, { preHandler: need('publish') }, async (req, reply) => {
+    app.post<{ Params: { userId: string; notificationId: string } }>(`/v1/users/:userId/inbox/:notificationId/${action}`, { onRequest: need('publish') }, async (req, reply) => {
       const { userId, notificationId: id } = req.params;
       if (badId(reply, 'userId', userId) || badId(reply, 'notificationId', id)) return reply;
       const tenant = tenantOf(req);
@@ -530,7 +530,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
 
   // Server-sent events: new inbox items (with ids, so EventSource resumes with Last-Event-ID)
   // and changes to items (READ, SEEN; no id). Served by the instance holding the user's partition.
-  app.get<{ Params: { userId: string }; Querystring: { lastEventId?: string } }>('/v1/users/:userId/inbox/stream', { preHandler: need('read') }, async (req, reply) => {
+  app.get<{ Params: { userId: string }; Querystring: { lastEventId?: string } }>('/v1/users/:userId/inbox/stream', { onRequest: need('read') }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const lastHeader = req.headers['last-event-id'];
     const last = (typeof lastHeader === 'string' ? lastHeader : null) ?? req.query.lastEventId ?? null;
@@ -570,8 +570,16 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const sent = new Set<string>();
     // A write after the stream ended (the client went, a read failed) would be an 'error' with no listener.
     reply.raw.on('error', () => ac.abort());
+    // A key revoked while its stream is open ends the stream: at the next item, or within
+    // seconds (the client's reconnect then gets 401, which an EventSource does not retry).
+    const keyId = req.principal!.keyId;
+    const revoked = (): boolean => {
+      if (keys.isLive(keyId)) return false;
+      end();
+      return true;
+    };
     const write = (item: InboxItemView, isNew: boolean): boolean => {
-      if (reply.raw.writableEnded || reply.raw.destroyed) return true;
+      if (reply.raw.writableEnded || reply.raw.destroyed || revoked()) return true;
       sent.add(item.id);
       return reply.raw.write(`${isNew ? `id: ${item.id}\nevent: item` : 'event: update'}\ndata: ${JSON.stringify(item)}\n\n`);
     };
@@ -597,8 +605,10 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     for (const item of queued) live(item);
     queued = null;
     const ping = setInterval(() => reply.raw.write(': ping\n\n'), 15_000);
+    const watch = setInterval(revoked, 2_000);
     const stop = () => {
       clearInterval(ping);
+      clearInterval(watch);
       close();
     };
     // Closed while it opened (the client went, or the server stops): nothing may be left running.

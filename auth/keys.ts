@@ -82,6 +82,12 @@ export class Authenticator {
     this.lookup = lookup;
   }
 
+  /** Whether the key `keyId` (one that authenticated) is still live: not revoked, not gone. Synchronous, for open streams. */
+  isLive(keyId: string): boolean {
+    const record = this.lookup(keyId);
+    return record !== undefined && record.revokedAt === null;
+  }
+
   async authenticate(key: string): Promise<AuthResult> {
     if (key.length > MAX_KEY_LENGTH) return { ok: false, why: `the key is longer than ${MAX_KEY_LENGTH} characters` };
     const keyId = keyIdOf(key);

@@ -80,6 +80,32 @@ describe('tenants and keys', () => {
     expect((await call('GET', '/healthz', { key: null })).status).toBe(200);
   }, 60_000);
 
+  it('ends an inbox stream open with a key once the key is revoked, and sends it nothing after', async () => {
+    const reader = JSON.parse(await cli('keys', 'create', '--tenant', 'acme', '--scope', 'read', '--json')) as { key: string; keyId: string };
+    await eventually(async () => (await call('GET', '/v1/users/nobody', { key: reader.key })).status === 404);
+    expect((await call('PUT', '/v1/users/rita', { body: { name: 'Rita' } })).status).toBe(202);
+    const res = await fetch(`${herald.url}/v1/users/rita/inbox/stream`, { headers: { authorization: `Bearer ${reader.key}`, accept: 'text/event-stream' }, signal: AbortSignal.timeout(30_000) });
+    expect(res.status).toBe(200);
+    let text = '';
+    const ended = (async () => {
+      const decoder = new TextDecoder();
+      for await (const chunk of res.body!) text += decoder.decode(chunk as Uint8Array, { stream: true });
+      return 'ended';
+    })();
+    await eventually(async () => text.includes(': connected'), 10_000);
+    expect(await cli('keys', 'revoke', reader.keyId)).toContain(`revoked ${reader.keyId}`);
+    await eventually(async () => (await call('GET', '/v1/users/nobody', { key: reader.key })).status === 401, 10_000);
+    expect((await call('POST', '/v1/events', { body: { type: 'agent.task_completed', recipients: ['rita'], data: { taskId: 'after-revoke' } } })).status).toBe(202);
+    expect(await ended).toBe('ended');
+    expect(text).not.toContain('after-revoke');
+  }, 60_000);
+
+  it('checks a key\'s scope before the body: a read key writing gets 403 whatever it sent', async () => {
+    await eventually(async () => (await call('GET', '/v1/users/nobody', { key: keys.acmeRead })).status === 404);
+    expect((await call('PUT', '/v1/users/carol', { key: keys.acmeRead, body: '{not json' })).json).toMatchObject({ error: 'HRL_FORBIDDEN' });
+    expect((await call('PUT', '/v1/users/carol', { key: keys.acmeRead, body: 'x', headers: { 'content-type': 'text/plain' } })).status).toBe(403);
+  });
+
   it('keeps one tenant out of another\'s users, notifications and audiences, and their webhooks where they belong', async () => {
     const globex = { key: keys.globex };
     expect((await call('PUT', '/v1/users/carol', { body: { email: 'carol@acme.example', webhookUrl: `${acmeHooks.url}/carol` } })).status).toBe(202);

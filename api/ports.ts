@@ -22,6 +22,8 @@ export interface Profiles {
   /** The profile from this instance's copy of users.v1, or undefined. */
   getUser(tenant: string, userId: string): Promise<UserProfile | undefined>;
   putPreferences(preferences: UserPreferences): Promise<void>;
+  /** The preferences from this instance's copy of preferences.v1: undefined when none, null when it does not hold the table. */
+  getPreferences(tenant: string, userId: string): Promise<UserPreferences | undefined | null>;
   updateAudience(tenant: string, audience: string, add: readonly string[], remove: readonly string[]): Promise<void>;
   /** Members of an audience, or null when this instance does not hold the audiences table. */
   /** Up to `limit` members in user-id key order, after the member `after` (a page); null without the audiences table. */

@@ -14,7 +14,7 @@ import { urlRefusal } from '../channels/outbound.ts';
 import { type ErrorCode, HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
 import { isTimeZone, minutesOf } from '../processors/quiet-hours.ts';
-import { domainEventFromJson, illFormedText, MAX_ID_LENGTH } from '../runtime/codec.ts';
+import { domainEventFromJson, idRefusal, illFormedText, MAX_ID_LENGTH } from '../runtime/codec.ts';
 import { CHANNELS, parseDuration } from '../rules/rules.ts';
 import { validate } from '../schemas/index.ts';
 import type { Scope, UserPreferences, UserProfile } from '../schemas/types.ts';
@@ -31,6 +31,9 @@ declare module 'fastify' {
     principal: Principal | null;
   }
 }
+
+/** An inbox item's id: what the stream sends as an event id and the inbox pages as `next`. */
+const INBOX_ITEM_ID = /^\d{15}:(\d{19}:)?[^\s:]+$/;
 
 /** What a caller controls, and how much of it (the README's limits table is this list). */
 export const LIMITS = {
@@ -212,6 +215,9 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   // Text no UTF-8 can carry (a lone surrogate, "\ud800" alone in JSON) is refused in every
   // body, naming where: Avro would write it as replacement characters, altered silently.
   app.addHook('preValidation', async (req, reply) => {
+    // JSON is UTF-8 (RFC 8259): a body declared in another charset would be read as UTF-8 anyway.
+    const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(String(req.headers['content-type'] ?? ''))?.[1];
+    if (charset !== undefined && !/^utf-?8$/i.test(charset)) return fail(reply, 415, 'HRL_UNSUPPORTED_MEDIA_TYPE', `Content-Type: expected application/json in UTF-8, got charset ${clip(charset, 40)}`, 'Content-Type');
     if (req.body === null || typeof req.body !== 'object') return;
     const bad = illFormedText(req.body);
     if (bad) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', clip(bad, 500), clip(bad.slice(0, bad.indexOf(':')), 200));
@@ -221,6 +227,19 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     if (!allows(p.scopes, scope)) return fail(reply, 403, 'HRL_FORBIDDEN', `API key ${p.keyId} has scope ${p.scopes.join(', ')}; this route needs ${scope}`, 'Authorization');
   };
   const tenantOf = (req: FastifyRequest) => req.principal!.tenant;
+  /** A body that is not a JSON object (none at all, an array, null): 400 saying what the route takes (true: answered). */
+  /** A body naming another user than the path: 400 (true: answered); it used to be overridden silently. */
+  const userMismatch = (reply: FastifyReply, body: unknown, userId: string): boolean => {
+    const named = body && typeof body === 'object' ? (body as { userId?: unknown }).userId : undefined;
+    if (named === undefined || named === null || named === userId) return false;
+    void fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `userId: the path names user "${clip(userId, 80)}"; omit the field or send the same id`, 'userId');
+    return true;
+  };
+  const notAnObject = (reply: FastifyReply, body: unknown, takes: string): boolean => {
+    if (body !== null && typeof body === 'object' && !Array.isArray(body)) return false;
+    void fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `body: expected a JSON object (${takes}), got ${body === undefined ? 'no body' : body === null ? 'null' : Array.isArray(body) ? 'an array' : typeof body}`, 'body');
+    return true;
+  };
   /** A body naming another tenant than the key's: 403, as the tenant always comes from the key (true: answered). */
   const tenantMismatch = (reply: FastifyReply, body: unknown, tenant: string): boolean => {
     const named = body && typeof body === 'object' ? (body as { tenant?: unknown }).tenant : undefined;
@@ -237,9 +256,19 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     void fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `limit: expected an integer from 1 to ${max}, got "${clip(text, 40)}"`, 'limit');
     return null;
   };
-  /** A path id over the limit: 400 naming it (before any lookup or key is made of it). */
-  const badId = (reply: FastifyReply, field: string, v: string) =>
-    v.length > MAX_ID_LENGTH ? fail(reply, 400, 'HRL_LIMIT_EXCEEDED', `${field}: expected at most ${MAX_ID_LENGTH} characters, got ${v.length}`, field) : null;
+  /** Every /v1 route names the query parameters it takes (`config.query`); any other is refused, naming it, not ignored (a paginator sending ?after= to a ?before= list would loop on page one). */
+  app.addHook('preValidation', async (req, reply) => {
+    if (!req.url.startsWith('/v1/')) return;
+    const takes = (req.routeOptions.config as { query?: readonly string[] }).query ?? [];
+    const extra = Object.keys((req.query as Record<string, unknown> | undefined) ?? {}).find((k) => !takes.includes(k));
+    if (extra !== undefined) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${clip(extra, 40)}: unknown query parameter; this route takes ${takes.length ? takes.join(', ') : 'none'}`, clip(extra, 40));
+  });
+  /** A path id over the limit, blank or with control characters: 400 naming it (before any lookup or key is made of it). */
+  const badId = (reply: FastifyReply, field: string, v: string) => {
+    if (v.length > MAX_ID_LENGTH) return fail(reply, 400, 'HRL_LIMIT_EXCEEDED', `${field}: expected at most ${MAX_ID_LENGTH} characters, got ${v.length}`, field);
+    const why = idRefusal(v);
+    return why ? fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${field}: ${why}`, field) : null;
+  };
   const forwardedOpts = (req: FastifyRequest) => ({ forwarded: req.headers[FORWARDED_HEADER] !== undefined, authorization: req.headers.authorization ?? '' });
 
   app.get('/healthz', async () => ({ status: 'ok' }));
@@ -264,8 +293,8 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const tenant = tenantOf(req);
     const wait = limiter.take(tenant);
     if (wait > 0) return fail(reply.header('retry-after', String(Math.ceil(wait / 1000))), 429, 'HRL_RATE_LIMITED', `tenant ${tenant} publishes faster than ${ports.rate.perSecond} events/s (burst ${ports.rate.burst}); retry in ${Math.ceil(wait / 1000)} s`);
-    if (req.body === null || typeof req.body !== 'object' || Array.isArray(req.body)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', 'body: expected a JSON object (a DomainEvent)', '');
-    if (nestedDeeperThan(req.body, MAX_DEPTH)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `body: nested deeper than ${MAX_DEPTH} levels`, 'data');
+    if (notAnObject(reply, req.body, 'a DomainEvent')) return reply;
+    if (nestedDeeperThan(req.body, MAX_DEPTH)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `body: nested deeper than ${MAX_DEPTH} levels`, 'body');
     if (req.body.tenant !== undefined && req.body.tenant !== tenant) return fail(reply, 403, 'HRL_TENANT_MISMATCH', `tenant: this API key belongs to tenant "${tenant}"; omit the field or send that tenant`, 'tenant');
     if (Array.isArray(req.body.recipients) && req.body.recipients.length > LIMITS.recipientsPerEvent) {
       return fail(reply, 400, 'HRL_LIMIT_EXCEEDED', `recipients: at most ${LIMITS.recipientsPerEvent} per event, got ${req.body.recipients.length}; use an audience for more`, 'recipients');
@@ -318,8 +347,11 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     if (ev.recipients.length === 0 && !ev.audience) {
       return { status: 400, body: { error: 'HRL_NO_RECIPIENTS', field: 'recipients', message: 'recipients: expected at least one recipient id, or an audience' } };
     }
-    const blank = ev.recipients.findIndex((r) => r.trim() === '');
-    if (blank >= 0) return { status: 400, body: { error: 'HRL_SCHEMA_VIOLATION', field: `recipients[${blank}]`, message: `recipients[${blank}]: expected a non-empty user id` } };
+    const blank = ev.recipients.findIndex((r) => idRefusal(r) !== null);
+    if (blank >= 0) {
+      const why = ev.recipients[blank]!.trim() === '' ? 'expected a non-empty user id' : idRefusal(ev.recipients[blank]!)!;
+      return { status: 400, body: { error: 'HRL_SCHEMA_VIOLATION', field: `recipients[${blank}]`, message: `recipients[${blank}]: ${why}` } };
+    }
     ev.occurredAt ??= Date.now();
     await publisher.publish(ev);
     // Ids of explicit recipients are known now; an audience is resolved by ingest.
@@ -332,10 +364,11 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId', { ...profileRoute, onRequest: need('admin') }, async (req, reply) => {
     const tenant = tenantOf(req);
     if (badId(reply, 'userId', req.params.userId)) return reply;
-    if (tenantMismatch(reply, req.body, tenant)) return reply;
+    if (notAnObject(reply, req.body, 'a UserProfile: name, email, locale, timezone, webhookUrl, …; {} for none')) return reply;
+    if (tenantMismatch(reply, req.body, tenant) || userMismatch(reply, req.body, req.params.userId)) return reply;
     let profile: UserProfile;
     try {
-      profile = validate<UserProfile>('UserProfile', { ...(req.body ?? {}), userId: req.params.userId, tenant, updatedAt: Date.now() });
+      profile = validate<UserProfile>('UserProfile', { ...req.body, userId: req.params.userId, tenant, updatedAt: Date.now() });
       for (const k of ['webhookUrl', 'chatWebhookUrl'] as const) {
         const u = profile[k];
         if (u === null) continue;
@@ -367,11 +400,12 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   app.put<{ Params: { userId: string }; Body: Record<string, unknown> }>('/v1/users/:userId/preferences', { ...profileRoute, onRequest: need('admin') }, async (req, reply) => {
     const tenant = tenantOf(req);
     if (badId(reply, 'userId', req.params.userId)) return reply;
-    if (nestedDeeperThan(req.body, MAX_DEPTH)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `body: nested deeper than ${MAX_DEPTH} levels`, '');
-    if (tenantMismatch(reply, req.body, tenant)) return reply;
+    if (notAnObject(reply, req.body, 'UserPreferences: channels, categories, quietHours; {} for none')) return reply;
+    if (nestedDeeperThan(req.body, MAX_DEPTH)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `body: nested deeper than ${MAX_DEPTH} levels`, 'body');
+    if (tenantMismatch(reply, req.body, tenant) || userMismatch(reply, req.body, req.params.userId)) return reply;
     let prefs: UserPreferences;
     try {
-      prefs = validate<UserPreferences>('UserPreferences', { ...(req.body ?? {}), userId: req.params.userId, tenant, updatedAt: Date.now() });
+      prefs = validate<UserPreferences>('UserPreferences', { ...req.body, userId: req.params.userId, tenant, updatedAt: Date.now() });
       // A misspelt channel would be stored and never match: an opt-out that silently does nothing.
       const unknown = Object.keys(prefs.channels).find((c) => !(CHANNELS as readonly string[]).includes(c));
       if (unknown !== undefined) throw new HeraldError('HRL_SCHEMA_VIOLATION', `channels.${clip(unknown, 40)}: unknown channel; expected one of ${CHANNELS.join(', ')}`, { field: `channels.${clip(unknown, 40)}` });
@@ -386,10 +420,19 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return reply.code(202).send({ userId: req.params.userId });
   });
 
+  // What a PUT replaces, to read, change and write back.
+  app.get<{ Params: { userId: string } }>('/v1/users/:userId/preferences', { onRequest: need('read') }, async (req, reply) => {
+    if (badId(reply, 'userId', req.params.userId)) return reply;
+    const prefs = await profiles.getPreferences(tenantOf(req), req.params.userId);
+    if (prefs === null) return fail(reply, 404, 'HRL_NOT_FOUND', 'this instance does not hold the preferences table');
+    return prefs ?? fail(reply, 404, 'HRL_NOT_FOUND', `no preferences for user "${req.params.userId}" (every channel and category is on, no quiet hours)`);
+  });
+
   app.put<{ Params: { audience: string }; Body: { add?: unknown; remove?: unknown } }>('/v1/audiences/:audience/members', { bodyLimit: LIMITS.audienceBodyBytes, onRequest: need('admin') }, async (req, reply) => {
     const tenant = tenantOf(req);
     const { audience } = req.params;
     if (badId(reply, 'audience', audience)) return reply;
+    if (notAnObject(reply, req.body, '{ "add": [user ids], "remove": [user ids] }')) return reply;
     if (tenantMismatch(reply, req.body, tenant)) return reply;
     const extra = Object.keys(req.body ?? {}).find((k) => k !== 'add' && k !== 'remove' && k !== 'tenant');
     if (extra !== undefined) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${clip(extra, 40)}: unknown field; expected add and/or remove`, clip(extra, 40));
@@ -397,8 +440,11 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     for (const k of ['add', 'remove'] as const) {
       const v = req.body?.[k] ?? [];
       if (!Array.isArray(v)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${k}: expected an array of user ids`, k);
-      const bad = v.findIndex((x) => typeof x !== 'string' || x.trim() === '' || x.length > MAX_ID_LENGTH);
-      if (bad >= 0) return fail(reply, 400, typeof v[bad] === 'string' && v[bad].length > MAX_ID_LENGTH ? 'HRL_LIMIT_EXCEEDED' : 'HRL_SCHEMA_VIOLATION', `${k}[${bad}]: expected a non-empty user id of at most ${MAX_ID_LENGTH} characters`, `${k}[${bad}]`);
+      const bad = v.findIndex((x) => typeof x !== 'string' || idRefusal(x) !== null || x.length > MAX_ID_LENGTH);
+      if (bad >= 0) {
+        const why = typeof v[bad] === 'string' && v[bad].length <= MAX_ID_LENGTH ? idRefusal(v[bad]) : null;
+        return fail(reply, 400, typeof v[bad] === 'string' && v[bad].length > MAX_ID_LENGTH ? 'HRL_LIMIT_EXCEEDED' : 'HRL_SCHEMA_VIOLATION', `${k}[${bad}]: ${why ?? `expected a non-empty user id of at most ${MAX_ID_LENGTH} characters`}`, `${k}[${bad}]`);
+      }
       lists[k] = v as string[];
     }
     if (lists.add.length + lists.remove.length > LIMITS.membersPerCall) {
@@ -408,7 +454,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return reply.code(202).send({ audience, added: lists.add.length, removed: lists.remove.length });
   });
 
-  app.get<{ Params: { audience: string }; Querystring: { limit?: string; after?: string } }>('/v1/audiences/:audience/members', { onRequest: need('read') }, async (req, reply) => {
+  app.get<{ Params: { audience: string }; Querystring: { limit?: string; after?: string } }>('/v1/audiences/:audience/members', { onRequest: need('read'), config: { query: ['limit', 'after'] } }, async (req, reply) => {
     if (badId(reply, 'audience', req.params.audience)) return reply;
     const limit = queryLimit(reply, req.query.limit, 1000, 100_000);
     if (limit === null) return reply;
@@ -441,15 +487,33 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     } catch {
       return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `gracePeriod: expected a duration such as "24h", "30m" or "0s", got ${clip(JSON.stringify(grace) ?? 'undefined', 80)}`, 'gracePeriod');
     }
-    let made: Awaited<ReturnType<typeof s.rotate>>;
+    // With an Idempotency-Key, a retried rotation (its answer lost to a timeout, say) gets the
+    // first answer, secret included, and makes no second secret; per instance, for 24 h.
+    const key = req.headers['idempotency-key'];
+    if (typeof key === 'string' && key.length > LIMITS.idempotencyKeyLength) {
+      return fail(reply, 400, 'HRL_LIMIT_EXCEEDED', `Idempotency-Key: expected at most ${LIMITS.idempotencyKeyLength} characters, got ${key.length}`, 'Idempotency-Key');
+    }
+    const tenant = tenantOf(req);
+    const cacheKey = typeof key === 'string' && key ? `${tenant}\u0000rotate\u0000${key}` : null;
+    const fingerprint = createHash('sha256').update(JSON.stringify(req.body ?? null)).digest('hex');
+    const previous = cacheKey ? answered.get(cacheKey) : undefined;
+    if (previous) {
+      if (previous.fingerprint !== fingerprint) return fail(reply, 422, 'HRL_IDEMPOTENCY_KEY_REUSED', 'Idempotency-Key: this key was used with a different request body', 'Idempotency-Key');
+      const first = await previous.body;
+      return reply.code(first.status).header('idempotent-replayed', 'true').send(first.body);
+    }
+    const handled = s.rotate(tenant, graceMs).then((made) => ({ status: 201, body: { id: made.id, secret: made.secret, ...made.view } }));
+    if (cacheKey) answered.set(cacheKey, { fingerprint, body: handled, bytes: 1024 });
+    let result: { status: number; body: object };
     try {
-      made = await s.rotate(tenantOf(req), graceMs);
+      result = await handled;
     } catch (err) {
+      if (cacheKey) answered.delete(cacheKey);
       // Too many secrets live: a conflict with the tenant's state, not a malformed request.
       if (err instanceof HeraldError && err.code === 'HRL_LIMIT_EXCEEDED') return fail(reply, 409, err.code, err.message, 'gracePeriod');
       throw err;
     }
-    return reply.code(201).send({ id: made.id, secret: made.secret, ...made.view });
+    return reply.code(result.status).send(result.body);
   });
   app.post('/v1/signing-secrets/retire', { onRequest: need('admin') }, async (req, reply) => {
     const s = signing(reply);
@@ -458,7 +522,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return v ?? fail(reply, 404, 'HRL_NOT_FOUND', 'this tenant has no signing secret of its own (its webhooks are signed with the deployment secret); rotate to make one');
   });
 
-  app.get<{ Querystring: { to?: string; limit?: string } }>('/v1/dev/mailbox', { onRequest: need('read') }, async (req, reply) => {
+  app.get<{ Querystring: { to?: string; limit?: string } }>('/v1/dev/mailbox', { onRequest: need('read'), config: { query: ['to', 'limit'] } }, async (req, reply) => {
     if (!ports.mailbox) return fail(reply, 404, 'HRL_NOT_FOUND', 'the dev mailbox runs only on the embedded default without HERALD_SMTP_URL');
     const limit = queryLimit(reply, req.query.limit, 50, 500);
     if (limit === null) return reply;
@@ -481,11 +545,11 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
 
   /** A page cursor is what a previous page answered as `next` (an inbox item id for the inbox); anything else is refused, not guessed at. */
   const badCursor = (reply: FastifyReply, before: string, inbox: boolean): boolean => {
-    if ((inbox ? /^\d{15}:(\d{19}:)?[^\s:]+$/ : /^\d{15}:[^\s:]+$/).test(before)) return false;
+    if ((inbox ? INBOX_ITEM_ID : /^\d{15}:[^\s:]+$/).test(before)) return false;
     fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `before: expected the "next" of a previous page (${inbox ? 'an inbox item id' : 'a cursor'} such as 001764582892660:ntf_…), got "${clip(before, 80)}"`, 'before');
     return true;
   };
-  app.get<{ Params: { userId: string }; Querystring: { limit?: string; before?: string } }>('/v1/users/:userId/notifications', { onRequest: need('read') }, async (req, reply) => {
+  app.get<{ Params: { userId: string }; Querystring: { limit?: string; before?: string } }>('/v1/users/:userId/notifications', { onRequest: need('read'), config: { query: ['limit', 'before'] } }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const limit = queryLimit(reply, req.query.limit, 50, 500);
     if (limit === null) return reply;
@@ -494,7 +558,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     return answer(reply, await lifecycle.userNotifications(tenantOf(req), req.params.userId, limit, { ...forwardedOpts(req), ...(before ? { before } : {}) }));
   });
 
-  app.get<{ Params: { userId: string }; Querystring: { limit?: string; unread?: string; before?: string } }>('/v1/users/:userId/inbox', { onRequest: need('read') }, async (req, reply) => {
+  app.get<{ Params: { userId: string }; Querystring: { limit?: string; unread?: string; before?: string } }>('/v1/users/:userId/inbox', { onRequest: need('read'), config: { query: ['limit', 'unread', 'before'] } }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const limit = queryLimit(reply, req.query.limit, 50, 500);
     if (limit === null) return reply;
@@ -530,10 +594,16 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
 
   // Server-sent events: new inbox items (with ids, so EventSource resumes with Last-Event-ID)
   // and changes to items (READ, SEEN; no id). Served by the instance holding the user's partition.
-  app.get<{ Params: { userId: string }; Querystring: { lastEventId?: string } }>('/v1/users/:userId/inbox/stream', { onRequest: need('read') }, async (req, reply) => {
+  app.get<{ Params: { userId: string }; Querystring: { lastEventId?: string } }>('/v1/users/:userId/inbox/stream', { onRequest: need('read'), config: { query: ['lastEventId'] } }, async (req, reply) => {
     if (badId(reply, 'userId', req.params.userId)) return reply;
     const lastHeader = req.headers['last-event-id'];
     const last = (typeof lastHeader === 'string' ? lastHeader : null) ?? req.query.lastEventId ?? null;
+    // An id this stream never sent would silently resume from nowhere: refused, naming it.
+    if (last !== null && last !== '' && !INBOX_ITEM_ID.test(last)) {
+      return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${lastHeader !== undefined ? 'Last-Event-ID' : 'lastEventId'}: expected the id of an inbox item this stream sent (such as 001764582892660:0000000000000000021:ntf_…), got "${clip(last, 80)}"`, lastHeader !== undefined ? 'Last-Event-ID' : 'lastEventId');
+    }
+    // HEAD: the headers a GET would answer with, and no stream.
+    if (req.method === 'HEAD') return reply.code(200).header('content-type', 'text/event-stream').header('cache-control', 'no-cache, no-transform').send();
     const s = await lifecycle.inboxStream(tenantOf(req), req.params.userId, last && last.length <= 2 * MAX_ID_LENGTH ? last : null, forwardedOpts(req));
     // An EventSource takes any answer but 200 as the end: while the owner is unknown it is told to come back.
     const eventSource = wantsEventStream(req.headers.accept);

@@ -73,6 +73,12 @@ export function kafkaProfiles(sender: { send: Send }, serde: Serde, tables: Glob
     async putPreferences(prefs: UserPreferences) {
       await producer.send({ topic: t('preferences'), acks: -1, messages: [{ key: userKey(prefs.tenant!, prefs.userId), value: await serde.encode(t('preferences'), prefs) }] });
     },
+    async getPreferences(tenant: string, userId: string) {
+      if (!tables.has('preferences')) return null;
+      await tables.catchUp(['preferences'], Date.now());
+      const [prefs] = await tables.getMany<UserPreferences>('preferences', [userKey(tenant, userId)]);
+      return prefs && prefs.tenant === tenant ? prefs : undefined;
+    },
     async updateAudience(tenant, audience, add, remove) {
       const now = Date.now();
       const messages = [

@@ -12,6 +12,7 @@ import type { RecordRef, StageContext, StageFactory } from '../runtime/contract.
 import type { ReasonCode } from '../schemas/lifecycle.ts';
 import type { AudienceMember, NotificationRequest } from '../schemas/types.ts';
 import { notificationId, traceIdFor } from './ids.ts';
+import { idRefusal } from '../runtime/codec.ts';
 
 export type { AudienceMember };
 
@@ -62,9 +63,12 @@ export const ingest: StageFactory<'ingest'> = ({ rules, tables, config }) => ({
         reject(explicit, 'HRL_UNKNOWN_EVENT_TYPE', 'unknown_event_type', `type: no rule matches event type "${ev.type}" (rules file ${rules.source})`, 'type');
         continue;
       }
-      const blank = explicit.findIndex((r) => r.trim() === '');
+      // A blank recipient, or one with control characters: the event is refused, and the
+      // other recipients' notifications are recorded REJECTED, naming the bad one.
+      const blank = explicit.findIndex((r) => idRefusal(r) !== null);
       if (blank >= 0) {
-        reject(explicit.filter((r) => r.trim() !== ''), 'HRL_NO_RECIPIENTS', 'invalid_recipient', `recipients[${blank}]: expected a non-empty user id`, `recipients[${blank}]`);
+        const why = explicit[blank]!.trim() === '' ? 'expected a non-empty user id' : idRefusal(explicit[blank]!)!;
+        reject(explicit.filter((r) => idRefusal(r) === null), 'HRL_NO_RECIPIENTS', 'invalid_recipient', `recipients[${blank}]: ${why}`, `recipients[${blank}]`);
         continue;
       }
       const recipients = new Set(explicit);

@@ -61,6 +61,22 @@ export function illFormedText(v: unknown, path = ''): string | null {
   return null;
 }
 
+/**
+ * Why `v` cannot be an id (of a user, an audience, a tenant, an event), or null: ids are
+ * keys, path segments, log fields and lines in a terminal, so they are never blank and
+ * carry no control characters (NUL, line breaks, escapes) and no bidirectional controls
+ * (U+202E shows "txt.exe" as "exe.txt").
+ */
+export function idRefusal(v: string): string | null {
+  if (v.trim() === '') return v === '' ? 'expected a non-empty id' : 'expected an id, got only white space';
+  const bad = /[\p{Cc}\u202A-\u202E\u2066-\u2069\u200E\u200F\u061C]/u.exec(v);
+  if (bad) {
+    const code = `U+${bad[0].codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}`;
+    return /\p{Cc}/u.test(bad[0]) ? `expected no control characters, got ${code} at character ${[...v.slice(0, bad.index)].length + 1}` : `expected no bidirectional control characters, got ${code} at character ${[...v.slice(0, bad.index)].length + 1}`;
+  }
+  return null;
+}
+
 export function domainEventFromJson(input: unknown): DomainEvent {
   // Text that no UTF-8 can carry is refused, not altered: Avro would write each lone
   // surrogate as replacement characters while `data` kept it escaped.
@@ -95,6 +111,13 @@ export function domainEventFromJson(input: unknown): DomainEvent {
   const ids: [string, string | null][] = [['id', ev.id], ['type', ev.type], ['tenant', ev.tenant], ['audience', ev.audience], ['idempotencyKey', ev.idempotencyKey], ['actor', ev.actor], ['traceId', ev.traceId], ...ev.recipients.map((r, i): [string, string] => [`recipients[${i}]`, r])];
   const long = ids.find(([, v]) => v !== null && v.length > MAX_ID_LENGTH);
   if (long) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${long[0]}: expected at most ${MAX_ID_LENGTH} characters, got ${long[1]!.length}`, { field: long[0] });
+  // (An actor or trace id may be free text, but never blank-free of meaning or a control sequence.)
+  for (const [field, v] of ids) {
+    // (Recipients are ingest's to refuse: it records the others' notifications REJECTED.)
+    if (v === null || field.startsWith('recipients[') || ((field === 'actor' || field === 'traceId') && v === '')) continue;
+    const why = idRefusal(v);
+    if (why) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${field}: ${why}`, { field });
+  }
   for (const k of ['occurredAt', 'expiresAt'] as const) {
     const t = ev[k];
     if (t !== null && (!Number.isInteger(t) || t < MIN_TIME || t > MAX_TIME)) {

@@ -46,6 +46,7 @@ const ports: ApiPorts = {
     deleteUser: async (tenant, id) => void users.delete(`${tenant}/${id}`),
     getUser: async (tenant, id) => users.get(`${tenant}/${id}`),
     putPreferences: async () => undefined,
+    getPreferences: async () => undefined,
     updateAudience: async () => undefined,
     audienceMembers: async () => null,
   },
@@ -103,6 +104,113 @@ describe('HTTP API on ports', () => {
       expect(res.statusCode).toBe(400);
       expect(res.json()).toMatchObject({ error: 'HRL_SCHEMA_VIOLATION', field: 'before' });
       expect(res.json().message).toMatch(/^before: expected the "next" of a previous page .*, got "garbage"$/);
+    }
+  });
+
+  it('refuses a PUT without a body, or naming another user, instead of wiping the profile', async () => {
+    users.set('acme/kim', { userId: 'kim', tenant: 'acme', name: 'Kim', email: 'kim@example.com', phone: null, locale: 'en', timezone: 'UTC', webhookUrl: null, chatWebhookUrl: null, active: true, updatedAt: 1 });
+    for (const url of ['/v1/users/kim', '/v1/users/kim/preferences', '/v1/audiences/team/members']) {
+      const res = await inject({ method: 'PUT', url });
+      expect(res.statusCode).toBe(400);
+      expect(res.json()).toMatchObject({ error: 'HRL_SCHEMA_VIOLATION', field: 'body' });
+      expect(res.json().message).toMatch(/^body: expected a JSON object \(.*\), got no body$/);
+    }
+    expect((await inject({ method: 'PUT', url: '/v1/users/kim', payload: [] })).json().message).toMatch(/got an array$/);
+    const other = await inject({ method: 'PUT', url: '/v1/users/kim', payload: { userId: 'lee', name: 'Lee' } });
+    expect(other.statusCode).toBe(400);
+    expect(other.json()).toMatchObject({ field: 'userId' });
+    expect(users.get('acme/kim')!.name).toBe('Kim');
+  });
+
+  it('answers GET for preferences, what a PUT replaces, and 404 with the defaults when there are none', async () => {
+    const none = await inject({ method: 'GET', url: '/v1/users/kim/preferences' });
+    expect(none.statusCode).toBe(404);
+    expect(none.json().message).toContain('every channel and category is on');
+    const prefs = { userId: 'kim', tenant: 'acme', channels: { email: false }, categories: {}, quietHours: null, updatedAt: 5 };
+    const withPrefs = await buildApi({ ...ports, profiles: { ...ports.profiles, getPreferences: async (tenant, id) => (tenant === 'acme' && id === 'kim' ? prefs : undefined) } });
+    try {
+      const res = await withPrefs.inject({ method: 'GET', url: '/v1/users/kim/preferences', headers: { authorization: `Bearer ${KEYS.acmeRead}` } });
+      expect(res.statusCode).toBe(200);
+      expect(res.json()).toEqual(prefs);
+      expect((await withPrefs.inject({ method: 'GET', url: '/v1/users/kim/preferences', headers: { authorization: `Bearer ${KEYS.globex}` } })).statusCode).toBe(404);
+    } finally {
+      await withPrefs.close();
+    }
+  });
+
+  it('refuses path ids that are empty, blank or carry control or bidirectional characters, naming the field', async () => {
+    const cases: [string, string, RegExp][] = [
+      ['PUT', '/v1/users/', /^userId: expected a non-empty id$/],
+      ['PUT', '/v1/users/%20%20', /^userId: expected an id, got only white space$/],
+      ['GET', '/v1/users/a%00b', /^userId: expected no control characters, got U\+0000 at character 2$/],
+      ['GET', '/v1/users/a%0Ab/inbox', /^userId: expected no control characters, got U\+000A at character 2$/],
+      ['PUT', '/v1/audiences//members', /^audience: expected a non-empty id$/],
+      ['GET', '/v1/notifications/', /^id: expected a non-empty id$/],
+      ['GET', '/v1/users/txt%E2%80%AEexe.bat', /^userId: expected no bidirectional control characters, got U\+202E at character 4$/],
+    ];
+    for (const [method, url, message] of cases) {
+      const res = await inject({ method: method as 'GET', url, ...(method === 'PUT' ? { payload: {} } : {}) });
+      expect([url, res.statusCode]).toEqual([url, 400]);
+      expect(res.json().message).toMatch(message);
+    }
+    const member = await inject({ method: 'PUT', url: '/v1/audiences/team/members', payload: { add: ['ok', 'bad\nid'] } });
+    expect(member.json()).toMatchObject({ field: 'add[1]', message: 'add[1]: expected no control characters, got U+000A at character 4' });
+    const recipient = await inject({ method: 'POST', url: '/v1/events', payload: { type: 'comment.created', recipients: ['ada', 'x\u001b[31m'], data: { commentId: 'c' } } });
+    expect(recipient.json()).toMatchObject({ field: 'recipients[1]' });
+  });
+
+  it('refuses query parameters a route does not take, naming the ones it does, and a Last-Event-ID it never sent', async () => {
+    const after = await inject({ method: 'GET', url: '/v1/users/ada/notifications?after=001764582892660:ntf_x' });
+    expect(after.statusCode).toBe(400);
+    expect(after.json()).toMatchObject({ error: 'HRL_SCHEMA_VIOLATION', field: 'after', message: 'after: unknown query parameter; this route takes limit, before' });
+    expect((await inject({ method: 'GET', url: '/v1/users/ada?tenant=globex' })).json().message).toBe('tenant: unknown query parameter; this route takes none');
+    for (const headers of [{ 'last-event-id': 'garbage' }, {}]) {
+      const res = await inject({ method: 'GET', url: `/v1/users/ada/inbox/stream${'last-event-id' in headers ? '' : '?lastEventId=garbage'}`, headers: { accept: 'application/json', ...headers } });
+      expect(res.statusCode).toBe(400);
+      expect(res.json().message).toMatch(/^(Last-Event-ID|lastEventId): expected the id of an inbox item this stream sent/);
+    }
+  });
+
+  it('answers HEAD on the inbox stream with its headers, without opening a stream', async () => {
+    let opened = 0;
+    const live = await buildApi({ ...ports, lifecycle: { ...ports.lifecycle, inboxStream: async () => ({ kind: 'local', servedBy: 'test', open: async () => (opened++, { backlog: (async function* () {})(), close: () => undefined }) }) } });
+    try {
+      const res = await live.inject({ method: 'HEAD', url: '/v1/users/ada/inbox/stream', headers: { authorization: `Bearer ${KEYS.acmeRead}` } });
+      expect(res.statusCode).toBe(200);
+      expect(res.headers['content-type']).toMatch(/^text\/event-stream/);
+      expect(opened).toBe(0);
+    } finally {
+      await live.close();
+    }
+  }, 10_000);
+
+  it('refuses a JSON body declared in another charset than UTF-8', async () => {
+    const res = await inject({ method: 'PUT', url: '/v1/users/kim', headers: { 'content-type': 'application/json; charset=iso-8859-1' }, payload: '{"name":"K"}' });
+    expect(res.statusCode).toBe(415);
+    expect(res.json()).toMatchObject({ error: 'HRL_UNSUPPORTED_MEDIA_TYPE', field: 'Content-Type' });
+    expect((await inject({ method: 'PUT', url: '/v1/users/kim', headers: { 'content-type': 'application/json; charset=UTF-8' }, payload: '{"name":"Kim"}' })).statusCode).toBe(202);
+  });
+
+  it('honours Idempotency-Key on a signing secret rotation: the retry gets the first answer, and no second secret is made', async () => {
+    let made = 0;
+    const signing = {
+      describe: () => ({ tenant: 'acme', secrets: [] }) as never,
+      rotate: async () => ({ id: `sec_${++made}`, secret: `whsec_${made}`, view: { tenant: 'acme', secrets: [] } as never }),
+      retire: async () => null,
+    };
+    const withSigning = await buildApi({ ...ports, signing });
+    try {
+      const rotate = (key: string, body: unknown = {}) => withSigning.inject({ method: 'POST', url: '/v1/signing-secrets/rotate', headers: { authorization: `Bearer ${KEYS.acme}`, 'idempotency-key': key }, payload: body as object });
+      const first = await rotate('rot-1');
+      const again = await rotate('rot-1');
+      expect([first.statusCode, again.statusCode]).toEqual([201, 201]);
+      expect(again.json()).toEqual(first.json());
+      expect(again.headers['idempotent-replayed']).toBe('true');
+      expect(made).toBe(1);
+      expect((await rotate('rot-1', { gracePeriod: '1h' })).statusCode).toBe(422);
+      expect((await rotate('rot-2')).json().id).toBe('sec_2');
+    } finally {
+      await withSigning.close();
     }
   });
 
@@ -211,7 +319,7 @@ describe('HTTP API on ports', () => {
     expect([text.statusCode, text.json().error]).toEqual([415, 'HRL_UNSUPPORTED_MEDIA_TYPE']);
     const deep = `${'{"d":'.repeat(600)}{}${'}'.repeat(600)}`; // built as text: too deep for JSON.stringify here
     const nested = await post(`${JSON.stringify(ok).slice(0, -1)},"data":${deep}}`);
-    expect([nested.statusCode, nested.json().error, nested.json().field]).toEqual([400, 'HRL_SCHEMA_VIOLATION', 'data']);
+    expect([nested.statusCode, nested.json().error, nested.json().field]).toEqual([400, 'HRL_SCHEMA_VIOLATION', 'body']);
     const huge = 'x'.repeat(3000);
     for (const [field, body, status] of [['id', { ...ok, id: huge }, 400], ['recipients[1]', { ...ok, recipients: ['ada', huge] }, 400], ['tenant', { ...ok, tenant: huge }, 403]] as const) {
       const r = await post(JSON.stringify(body));

@@ -123,6 +123,8 @@ export class CallLimits {
   private readonly byEndpoint = new Map<string, LimitFunction>();
   private readonly lanes = new Map<string, { until: number; limit: LimitFunction }>();
   private swept = 0;
+  /** Set when the process stops: a call still waiting for its slot (a slow lane's queue) is not started. */
+  stopping = false;
   private readonly perChannel: number;
   private readonly perEndpoint: number;
   private readonly onSlow: ((url: string, slow: boolean) => void) | undefined;
@@ -209,6 +211,9 @@ const answeredBy = (task: DeliveryTask, r: SendResult) => r.ok || ((task.channel
  */
 const smtpReplied = (task: DeliveryTask, r: SendResult) => task.channel === 'email' && !r.ok && r.code.startsWith('smtp_') && r.code !== 'smtp_421' && r.code !== 'smtp_454';
 
+/** What a call waiting for its slot answers once the process stops: it was never made. */
+const NOT_STARTED: SendResult = { ok: false, retriable: true, code: 'not_started', detail: 'not called: the instance stopped first' };
+
 /** The URL a webhook or chat call goes to (its lane key); null for channels without one. */
 const urlOf = (task: DeliveryTask): string | null => (task.channel === 'webhook' || task.channel === 'chat' ? task.address : null);
 
@@ -239,13 +244,16 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     let started = 0;
     let overdue: ReturnType<typeof setTimeout> | undefined;
     const url = urlOf(task);
-    const r = await limits.run(task.channel, endpointOf(task.channel, task.address), url, Date.now(), () => {
+    const r = await limits.run(task.channel, endpointOf(task.channel, task.address), url, Date.now(), async (): Promise<SendResult> => {
+      // Its slot came after the stop began: not called at all, so the restart calls it once.
+      if (limits.stopping) return NOT_STARTED;
       started = performance.now();
       // Running longer than a batch waits: the URL is slow (only the call itself counts, not a wait for a slot).
       overdue = setTimeout(() => limits.markSlow(url, Date.now()), config.deliveryBatchWaitMs);
       return provider.send(task, AbortSignal.timeout(config.deliveryTimeoutMs));
     }).catch((err: Error) => ({ ok: false as const, retriable: true, code: 'provider_error', detail: err.message }));
     clearTimeout(overdue);
+    if (r === NOT_STARTED) return r;
     if (started && performance.now() - started < config.deliveryBatchWaitMs) limits.markFast(url, Date.now());
     metrics.deliveryLatency.observe({ channel: task.channel }, (performance.now() - started) / 1000);
     metrics.deliveries.inc({ channel: task.channel, result: r.ok ? 'delivered' : r.retriable ? 'retriable' : 'permanent' });
@@ -547,6 +555,9 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
      * the restart makes the attempt again, as after a crash.
      */
     async settle(ctx) {
+      // From now on no call starts: one queued behind a slow URL's calls would otherwise start
+      // during the stop, and the process leave before it answers (the restart calling it again).
+      limits.stopping = true;
       if (detached.size === 0) return;
       let bound: ReturnType<typeof setTimeout> | undefined;
       const waited = Date.now();
@@ -555,8 +566,15 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         new Promise<void>((r) => (bound = setTimeout(r, Math.min(config.deliveryTimeoutMs, SETTLE_ON_STOP_MS)))),
       ]);
       clearTimeout(bound);
+      // Calls never started keep their leases, and nothing is recorded of them: the restart makes the attempt.
+      let notStarted = 0;
+      for (const [key, d] of detached) {
+        if (d.result !== NOT_STARTED) continue;
+        detached.delete(key);
+        notStarted++;
+      }
       const open = [...detached.values()].filter((d) => !d.result).length;
-      ctx.log.info({ answered: detached.size - open, unanswered: open, ms: Date.now() - waited }, 'stopping: calls under way answered and recorded; unanswered ones are attempted again after the restart');
+      ctx.log.info({ answered: detached.size - open, unanswered: open, notStarted, ms: Date.now() - waited }, 'stopping: calls under way answered and recorded; unanswered and not started ones are attempted again after the restart');
       settleAnswered(ctx, ctx.wallClock());
     },
 

@@ -58,4 +58,38 @@ describe('a clean stop with webhook calls under way', () => {
       await again.stop();
     }
   }, 120_000);
+
+  it('starts no call after the stop began: calls queued behind a slow URL are made once, after the restart', async () => {
+    // given a URL in its slow lane (each call takes 2.5 s, past the batch wait), with calls queued behind the one running
+    hooks.script.set('/lane', Array.from({ length: 12 }, () => ({ delayMs: 2500 })));
+    const h = await startTestHerald({ env });
+    stateDir = h.stateDir;
+    expect((await api(h, 'PUT', '/v1/users/lane', { webhookUrl: `${hooks.url}/lane` })).status).toBe(202);
+    const publish = (c: string) => api<{ notifications: { notificationId: string }[] }>(h, 'POST', '/v1/events', { type: 'comment.created', recipients: ['lane'], actor: 'linus', data: { commentId: c, documentTitle: 'Plan', excerpt: 'x' } });
+    const ids = [(await publish('l0')).body.notifications[0]!.notificationId];
+    await eventually(() => hooks.for('/lane').length === 1, 30_000);
+    for (const c of ['l1', 'l2', 'l3', 'l4']) ids.push((await publish(c)).body.notifications[0]!.notificationId);
+    await eventually(() => hooks.for('/lane').length === 2, 30_000);
+    // when Herald stops while the second call runs and three wait for their turn
+    await h.stop();
+    const calledBeforeRestart = hooks.for('/lane').length;
+    // then no call was started during the stop (a started call may not get its answer before the process leaves)
+    expect(calledBeforeRestart).toBe(2);
+    const again = await startTestHerald({ env, stateDir });
+    try {
+      for (const id of ids) {
+        const view = await eventually(async () => {
+          const r = await api<NotificationView>(again, 'GET', `/v1/notifications/${id}`);
+          return r.status === 200 && r.body.terminal.length > 0 ? r.body : false;
+        }, 60_000);
+        expect(view.terminal).toEqual(['webhook:DELIVERED']);
+      }
+      await new Promise((r) => setTimeout(r, 6000 + 5000 + 2000)); // past any lease a call made twice would come back on
+      const keys = hooks.for('/lane').map((r) => r.headers['idempotency-key']);
+      expect(keys).toHaveLength(5);
+      expect(new Set(keys).size).toBe(5);
+    } finally {
+      await again.stop();
+    }
+  }, 180_000);
 });

@@ -44,6 +44,9 @@ export interface AttachJob {
 
 type Metric = MetricObjectWithValues<MetricValue<string>>;
 
+/** The counters and histograms of a report (what only grows), without the per-process standard metrics. */
+const countersOf = (list: Metric[]): Metric[] => list.filter((m) => (String(m.type) === 'counter' || String(m.type) === 'histogram') && !/^(process|nodejs)_/.test(m.name));
+
 export type ToWorker =
   | { type: 'start'; job: AttachJob }
   | { type: 'pressure'; hot: Pressure[] }
@@ -97,6 +100,9 @@ export class WorkerPool {
   private relay: ReturnType<typeof setInterval> | null = null;
   private lastHot = '[]';
   private nextId = 0;
+  /** Each worker's last metrics report, and the counters of workers that are gone (see `aggregate`). */
+  private readonly lastMetrics = new Map<number, { at: number; metrics: Metric[] }>();
+  private retired: Metric[][] = [];
   private polling: ReturnType<typeof setInterval> | null = null;
   private lastReasons: string[] = [];
   private readonly respawnDelay = new Map<number, number>();
@@ -184,6 +190,7 @@ export class WorkerPool {
         if (w.exited) return;
         w.exited = true;
         w.ready = false;
+        this.retire(index);
         clearTimeout(late);
         this.arrive(index); // nobody waits to join with a worker that is gone
         reject(new Error(`worker ${index} exited (${signal ?? `code ${code}`}) before it was ready`));
@@ -261,7 +268,9 @@ export class WorkerPool {
       const timer = setTimeout(() => done({ metrics: [], reasons: [`worker ${w.index}: did not answer within ${REPORT_MS} ms`] }), REPORT_MS);
       const gone = () => done({ metrics: [], reasons: [`worker ${w.index}: not running`] });
       const on = (m: FromWorker) => {
-        if (m.type === 'report' && m.id === id) done({ metrics: m.metrics, reasons: m.reasons.map((r) => `worker ${w.index}: ${r}`) });
+        if (m.type !== 'report' || m.id !== id) return;
+        if (m.metrics.length) this.lastMetrics.set(w.index, { at: Date.now(), metrics: m.metrics });
+        done({ metrics: m.metrics, reasons: m.reasons.map((r) => `worker ${w.index}: ${r}`) });
       };
       w.child.on('message', on);
       w.child.once('exit', gone);
@@ -270,14 +279,39 @@ export class WorkerPool {
     return { metrics: answers.map((a) => a.metrics), reasons: answers.flatMap((a) => a.reasons) };
   }
 
-  /** The primary's metrics and every worker's, aggregated as prom-client aggregates a cluster's (summed unless a metric says otherwise). */
+  /**
+   * The primary's metrics and every worker's, aggregated as prom-client aggregates a cluster's
+   * (summed unless a metric says otherwise). Counters never go down, as Prometheus reads any
+   * drop as a reset: a worker that does not answer counts with its last report's counters, and
+   * one that exited keeps its last counters in the sums after its successor starts from zero.
+   */
   async aggregate(own: Metric[]): Promise<{ contentType: string; body: string }> {
-    const { metrics } = await this.reports();
+    const asked = Date.now();
+    await this.reports();
+    const live = [...this.workers.values()].filter((w) => !w.exited).flatMap((w) => {
+      const last = this.lastMetrics.get(w.index);
+      return last ? [last.at >= asked ? last.metrics : countersOf(last.metrics)] : [];
+    });
     // The standard process metrics are per process (their `process` label tells them apart):
     // kept side by side, as prom-client would otherwise sum, average or omit them.
     const perProcess = (list: Metric[]) => list.map((m) => (/^(process|nodejs)_/.test(m.name) ? { ...m, aggregator: 'sum' as const } : m));
-    const registry = AggregatorRegistry.aggregate([perProcess(own), ...metrics.filter((m) => m.length).map(perProcess)]);
+    const registry = AggregatorRegistry.aggregate([perProcess(own), ...live.map(perProcess), ...this.retired]);
     return { contentType: registry.contentType, body: await registry.metrics() };
+  }
+
+  /** A gone worker's counters (its last report's) stay in the sums. */
+  private retire(index: number): void {
+    const last = this.lastMetrics.get(index);
+    this.lastMetrics.delete(index);
+    if (!last) return;
+    this.retired.push(countersOf(last.metrics));
+    // Many restarts: folded into one list now and then.
+    if (this.retired.length > 16) {
+      const n = this.retired.length;
+      void AggregatorRegistry.aggregate(this.retired.slice(0, n)).getMetricsAsJSON().then((list) => {
+        this.retired = [list as unknown as Metric[], ...this.retired.slice(n)];
+      });
+    }
   }
 
   /**

@@ -142,9 +142,24 @@ describe('herald start with two workers', () => {
       }
       for (const id of again) await eventually(async () => (await call(second.url, 'GET', `/v1/notifications/${id}`)).body?.status === 'SUPPRESSED_DUPLICATE', 30_000);
       expect(hooks.received.length).toBe(USERS);
+      // A worker killed outright is started again, and the summed counters never go down
+      // meanwhile (Prometheus would read a drop as a reset): the dead one's stay in the sums.
+      const ingested = () => metric(second.url, /^herald_stage_records_total\{stage="ingest",result="in"\} (\d+)$/m);
+      const before = await ingested();
+      expect(before).toBeGreaterThanOrEqual(USERS);
+      process.kill(worker2!, 'SIGKILL');
+      const samples: number[] = [];
+      await eventually(async () => {
+        samples.push(await ingested());
+        const r = await (await fetch(`${second.url}/readyz`)).json() as { workers: { pid: number | null; ready: boolean }[] };
+        return r.workers[0]!.ready && r.workers[0]!.pid !== worker2;
+      }, 120_000);
+      samples.push(await ingested());
+      expect(samples.filter((n) => !(n >= before))).toEqual([]);
+      const [worker3] = workersOf(second.herald);
       // Herald killed outright: its worker does not run on alone.
       process.kill(second.herald, 'SIGKILL');
-      await eventually(() => !alive(worker2!), 15_000);
+      await eventually(() => !alive(worker3!), 15_000);
     } finally {
       if (second.npm.exitCode === null) second.npm.kill('SIGKILL');
     }

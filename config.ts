@@ -5,6 +5,7 @@
  */
 import { availableParallelism, hostname } from 'node:os';
 import { resolve } from 'node:path';
+import { checkFrom } from './channels/mailbox.ts';
 import { parseAllowList } from './channels/outbound.ts';
 import { HeraldError } from './errors.ts';
 
@@ -131,6 +132,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
       throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_SMTP_URL: expected smtp://[user:password@]host[:port] or smtps://…${scheme}; the value is not shown, as it may hold a password`);
     }
   }
+  const fromProblem = checkFrom(String(out.smtpFrom));
+  if (fromProblem) throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_SMTP_FROM: ${fromProblem}`);
   if (out.devKey && !/^[A-Za-z0-9_-]{16,256}$/.test(String(out.devKey))) {
     throw new HeraldError('HRL_CONFIG_INVALID', 'HERALD_DEV_KEY: expected 16 to 256 letters, digits, \'_\' or \'-\'');
   }

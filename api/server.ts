@@ -9,7 +9,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type HTTPMethods } from 'fastify';
 import { allows, type Principal } from '../auth/keys.ts';
-import { isMailbox } from '../channels/email.ts';
+import { isMailbox } from '../channels/mailbox.ts';
 import { urlRefusal } from '../channels/outbound.ts';
 import { type ErrorCode, HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';

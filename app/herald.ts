@@ -314,6 +314,9 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     if (signsWithDefaultSecret(config.webhookSecret) && !attach) {
       log.warn('HERALD_WEBHOOK_SECRET is or includes the public development default: anyone can forge webhooks that verify; set your own before sending to real receivers (Herald refuses it against real Kafka)');
     }
+    if (config.smtpUrl && /@herald\.invalid>?\s*$/.test(config.smtpFrom) && !attach) {
+      log.warn('HERALD_SMTP_FROM is the default notifications@herald.invalid: mail sent through HERALD_SMTP_URL comes from a domain that does not exist, so bounces go nowhere and receivers may refuse it; set an address of your own domain');
+    }
     const outbound: OutboundPolicy = { requireHttps: !config.embedded, allow: parseAllowList(config.outboundAllow) };
     const tables = new GlobalTables(kafka, admin, serde, config, log.child({ component: 'tables' }), metrics);
     cleanups.push(() => tables.stop());
@@ -336,7 +339,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       cleanups.push(() => s.stop());
     }
     const smtpUrl = config.smtpUrl || sink?.url || attach?.smtpUrl;
-    if (smtpUrl) channelMap.set('email', new EmailChannel({ url: smtpUrl, from: config.smtpFrom, timeoutMs: config.deliveryTimeoutMs }));
+    if (smtpUrl) channelMap.set('email', new EmailChannel({ url: smtpUrl, from: config.smtpFrom, timeoutMs: config.deliveryTimeoutMs, tenantHeader: !config.smtpUrl }));
     for (const c of opts.channels ?? []) channelMap.set(c.name, c);
     cleanups.push(async () => {
       await Promise.all([...channelMap.values()].map((c) => c.close?.()));

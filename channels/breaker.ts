@@ -38,7 +38,8 @@ export class CircuitBreakers {
   private readonly circuits = new Map<string, Circuit>();
   /** Per endpoint (without the tenant), when a call to it last succeeded (wall clock). */
   private readonly lastAnswer = new Map<string, number>();
-  private readonly o: { failures: number; openMs: number; onChange?: (endpoint: string, from: CircuitState, to: CircuitState, failures: number) => void };
+  /** `probeMs`: how long a half-open circuit's probe may take (a call's timeout); tasks wait that long for it, not a second at a time. */
+  private readonly o: { failures: number; openMs: number; probeMs?: number; onChange?: (endpoint: string, from: CircuitState, to: CircuitState, failures: number) => void };
 
   constructor(o: CircuitBreakers['o']) {
     this.o = o;
@@ -59,7 +60,11 @@ export class CircuitBreakers {
       c.probing = true;
       return { call: true, probe: true };
     }
-    return { call: false, openSince: c.openedAt, retryInMs: Math.max(c.openedAt + this.o.openMs - now, Math.min(1000, this.o.openMs)) };
+    // Open: until the open period ends. Half-open with its probe under way: as long as the
+    // probe may take (each wait is a decision on outcomes.v1; a second at a time wrote one a
+    // second per waiting task while a probe hung).
+    const wait = c.state === 'half-open' ? Math.max(this.o.probeMs ?? 1000, 1000) : c.openedAt + this.o.openMs - now;
+    return { call: false, openSince: c.openedAt, retryInMs: Math.max(wait, Math.min(1000, this.o.openMs)) };
   }
 
   /**

@@ -91,7 +91,7 @@ export const deliver = (channels: ReadonlyMap<string, ChannelProvider>, random: 
     const host = (() => { try { return new URL(url).host; } catch { return '?'; } })();
     if (slow) deps.log.warn({ host }, 'a webhook URL outlived its batch wait: its calls now run one at a time in a lane of their own, outside the host\'s slots');
   })), (breakers ??= new CircuitBreakers({
-    failures: deps.config.breakerFailures, openMs: deps.config.breakerOpenMs,
+    failures: deps.config.breakerFailures, openMs: deps.config.breakerOpenMs, probeMs: deps.config.deliveryTimeoutMs,
     onChange: (circuit, from, to, failures) => {
       // The gauge shows each host's or URL's worst circuit over the tenants, without them.
       const endpoint = circuitName(circuit);

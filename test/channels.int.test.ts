@@ -109,7 +109,7 @@ describe('delivery through outages', () => {
     expect(view.terminal.sort()).toEqual(['email:DEAD_LETTERED', 'webhook:DELIVERED']);
     const fallback = view.events.find((e) => e.status === 'FALLBACK')!;
     expect(fallback).toMatchObject({ channel: 'email', reasonCode: 'fallback' });
-    expect(fallback.reason).toBe('email failed for good (SMTP 550); falling back to webhook');
+    expect(fallback.reason).toBe('email failed for good (SMTP 550 no such mailbox at RCPT TO); falling back to webhook');
     expect(view.events.find((e) => e.status === 'ROUTED')!.reason).toContain('email first, then webhook on failure (strategy first)');
     expect(calls.filter((c) => c.path === '/fb')).toHaveLength(1);
   }, 60_000);

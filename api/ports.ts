@@ -142,6 +142,8 @@ export interface ApiPorts {
   mailbox?: { list(o: { tenant: string; to?: string; limit?: number }): unknown[] };
   /** The tenant's webhook signing secrets (admin scope); absent when this instance does not follow them. */
   signing?: SigningSecretsPort;
+  /** Counts each answered request (by route pattern) and its duration; absent in tests that do not look. */
+  httpMetrics?: { observe(method: string, route: string, status: number, seconds: number): void };
   /** Checks `Authorization: Bearer` keys. */
   keys: { authenticate(key: string): Promise<AuthResult>; isLive(keyId: string): boolean };
   /** Where webhook and chat URLs may point. */

@@ -152,6 +152,13 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     // connections: a client gets an answer it can act on, never a reset.
     setTimeout(done, DRAIN_MS);
   });
+  // Every answer counted by route pattern (`/v1/users/:userId`, never the ids), status and time taken.
+  const httpMetrics = ports.httpMetrics;
+  if (httpMetrics) {
+    app.addHook('onResponse', async (req, reply) => {
+      httpMetrics.observe(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
+    });
+  }
   // A request that arrives while the server closes: Herald's 503, with when to retry.
   app.addHook('onRequest', (req, reply, done) => {
     if (!closing) return done();

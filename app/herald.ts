@@ -494,6 +494,10 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
           directory, partitions: config.partitions, timeoutMs: config.queryTimeoutMs, log: log.child({ component: 'queries' }), inbox,
         }),
         health, ...(attach ? { workerOf: attach.instanceId } : {}),
+        httpMetrics: { observe: (method, route, status, seconds) => {
+          metrics.httpRequests.inc({ method, route, status: String(status) });
+          metrics.httpDuration.observe({ method, route }, seconds);
+        } },
         keys: keys.authenticator, outbound, signing: signingPort(signing, { send }), ...(sink ? { mailbox: sink } : {}), rate: { perSecond: config.apiRate, burst: config.apiBurst },
         rules, maxPayloadBytes: config.maxPayloadBytes, idempotencyCacheBytes: config.idempotencyCacheBytes, log: log.child({ component: 'api' }),
       });

@@ -4,6 +4,7 @@
  * default (or against KAFKA_BROKERS); `run` runs chosen stages; `topics create` and
  * `schemas register|check` provision real clusters; `describe` prints the topology.
  */
+import { constants as osConstants } from 'node:os';
 import { Command, Option } from 'commander';
 import { CONFIG_KEYS, loadConfig } from '../config.ts';
 import { HeraldError } from '../errors.ts';
@@ -66,7 +67,16 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
   const config = loadConfig(process.env, overrides);
   const log = createLogger(config.logLevel);
   const started = performance.now();
+  // A signal during the start: said, then the process ends as the signal would end it
+  // (nothing it started is left half-done: the restart takes up whatever was under way).
+  const early = (signal: NodeJS.Signals) => {
+    log.info({ signal, afterMs: Math.round(performance.now() - started) }, 'stopped during the start, before anything was processed');
+    log.flush();
+    process.exit(128 + (osConstants.signals[signal] ?? 15));
+  };
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, early);
   const herald = await startHerald({ config, stages, log, api: opts.api ?? true });
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, early);
   const ms = Math.round(performance.now() - started);
   // The development key on a line of its own, before the ready line (scripts read both).
   if (herald.devKey) process.stdout.write(`herald dev key ${herald.devKey}\n`);
@@ -76,8 +86,12 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
   let stopDemo: (() => Promise<void>) | null = null;
   let stopping = false;
   const shutdown = async (signal: string) => {
-    if (stopping) return;
+    if (stopping) {
+      log.info({ signal }, 'already stopping; another signal changes nothing (SIGKILL ends it at once, leaving in-flight work to the restart)');
+      return;
+    }
     stopping = true;
+    const stopStarted = performance.now();
     log.info({ signal }, 'stopping: finishing in-flight batches');
     const force = setTimeout(() => {
       log.error({ signal }, 'not stopped within 30 s; exiting with in-flight work left to the restart');
@@ -91,7 +105,7 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
       failed = true;
       log.error({ err }, 'stop failed; what was not committed runs again after the restart');
     });
-    log.info('stopped');
+    log.info({ signal, ms: Math.round(performance.now() - stopStarted), upSeconds: Math.round((performance.now() - started) / 1000), exitCode: failed ? 1 : 0 }, 'stopped');
     log.flush();
     process.exit(failed ? 1 : 0);
   };

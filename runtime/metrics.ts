@@ -28,6 +28,8 @@ export class Metrics {
   readonly fusedReadBack: Counter<'stage' | 'reason'>;
   readonly digestSize: Histogram;
   readonly throttleHeld: Gauge<'partition'>;
+  readonly httpRequests: Counter<'method' | 'route' | 'status'>;
+  readonly httpDuration: Histogram<'method' | 'route'>;
 
   /**
    * `defaults`: the standard Node.js process metrics (process_cpu_seconds_total,
@@ -97,6 +99,9 @@ export class Metrics {
     this.throttleDecisions = new Counter({ name: 'herald_throttle_decisions_total', help: 'Throttle decisions: admitted, critical_bypass, deferred, quiet_hours, released, digest_collected, digest_emitted, dropped, expired.', labelNames: ['decision'], registers: [r] });
     this.throttleHeld = new Gauge({ name: 'herald_throttle_held', help: 'Notifications and open digests throttle holds, per partition this instance owns.', labelNames: ['partition'], registers: [r] });
     this.digestSize = new Histogram({ name: 'herald_throttle_digest_items', help: 'Items per digest sent.', buckets: [1, 2, 5, 10, 20, 50, 100, 500], registers: [r] });
+    // The HTTP API's requests by route pattern (never the ids in a path: bounded series), and how long they took.
+    this.httpRequests = new Counter({ name: 'herald_http_requests_total', help: 'HTTP API requests answered, by method, route pattern and status code.', labelNames: ['method', 'route', 'status'], registers: [r] });
+    this.httpDuration = new Histogram({ name: 'herald_http_request_duration_seconds', help: 'Time from an HTTP API request to its answer (inbox streams, served outside the request cycle, are not counted).', labelNames: ['method', 'route'], buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5], registers: [r] });
     this.deliveryLatency = new Histogram({ name: 'herald_deliver_call_duration_seconds', help: 'Duration of one channel call.', labelNames: ['channel'], buckets: [0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10], registers: [r] });
   }
 }

@@ -79,12 +79,19 @@ export interface StageRunnerOptions {
   lingerMs?: number;
 }
 
+/** How often each stage logs what it did, at info. */
+const SUMMARY_MS = 60_000;
+
 export class StageRunner {
   private consumer: Consumer | null = null;
   private stopped = false;
   private restarts = 0;
   private restarting: Promise<void> = Promise.resolve();
   private commitTimer: NodeJS.Timeout | null = null;
+  /** A line a minute at info of what the stage did (Kafka Streams' processing summary), and the counts it last told. */
+  private summaryTimer: NodeJS.Timeout | null = null;
+  private summarized = new Map<string, number>();
+  private summarizedAt = performance.now();
   /** Input partitions already sought to their resume offset. */
   private readonly resumed = new Set<string>();
   /** Partitions of the latest assignment. */
@@ -120,6 +127,18 @@ export class StageRunner {
       stage: o.stage, inputs: this.inputs, codec: o.codec, admin: o.admin, metrics: o.metrics, log: this.log, health: this.health, tasks: this.tasks, offsets: this.offsets,
       consumer: () => this.consumer, assigned: () => this.assigned, stopped: () => this.stopped, checkIntervalMs: Math.max(1000, o.config.commitIntervalMs),
     }) : null;
+  }
+
+  /** Logs, at info, the records the stage took in and wrote since the last summary (nothing when idle). */
+  private async summarize(): Promise<void> {
+    const now = performance.now();
+    const counts = new Map<string, number>();
+    for (const v of (await this.o.metrics.records.get()).values) if (v.labels.stage === this.o.stage) counts.set(String(v.labels.result), v.value);
+    const since = Object.fromEntries([...counts].map(([k, v]) => [k, v - (this.summarized.get(k) ?? 0)]).filter(([, d]) => d !== 0));
+    const seconds = Math.round((now - this.summarizedAt) / 1000);
+    this.summarized = counts;
+    this.summarizedAt = now;
+    if (Object.keys(since).length) this.log.info({ records: since, seconds }, `processed in the last ${seconds} s`);
   }
 
   async start(): Promise<void> {
@@ -206,6 +225,8 @@ export class StageRunner {
     // a quiet partition's last batch must not wait for traffic to be committed.
     this.commitTimer ??= setInterval(() => void this.offsets.maybeCommit(this.consumer), Math.max(100, config.commitIntervalMs));
     this.commitTimer.unref();
+    this.summaryTimer ??= setInterval(() => void this.summarize().catch(() => undefined), SUMMARY_MS);
+    this.summaryTimer.unref();
     await consumer.connect();
     for (const topic of this.inputs.keys()) await consumer.subscribe({ topic, fromBeginning: true });
     if (this.o.joinAt) {
@@ -464,6 +485,7 @@ export class StageRunner {
     this.stopped = true;
     this.member = 'stopped';
     if (this.commitTimer) clearInterval(this.commitTimer);
+    if (this.summaryTimer) clearInterval(this.summaryTimer);
     const step = this.step.bind(this);
     await step('fused hand-overs', async () => this.fused?.stop());
     await step('consumer restart', () => this.restarting);

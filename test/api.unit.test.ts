@@ -171,6 +171,20 @@ describe('HTTP API on ports', () => {
     }
   });
 
+  it('counts every answer by route pattern (never the ids in the path), status and duration', async () => {
+    const seen: [string, string, number, number][] = [];
+    const counted = await buildApi({ ...ports, httpMetrics: { observe: (method, route, status, seconds) => void seen.push([method, route, status, seconds]) } });
+    try {
+      await counted.inject({ method: 'GET', url: '/v1/users/kim-secret-id', headers: { authorization: `Bearer ${KEYS.acme}` } });
+      await counted.inject({ method: 'GET', url: '/v1/users/kim', headers: { authorization: 'Bearer nope' } });
+      await counted.inject({ method: 'GET', url: '/no/such/path' });
+      expect(seen.map(([m, r, s]) => [m, r, s])).toEqual([['GET', '/v1/users/:userId', 404], ['GET', '/v1/users/:userId', 401], ['GET', 'unmatched', 404]]);
+      expect(seen.every(([, , , t]) => t >= 0 && t < 5)).toBe(true);
+    } finally {
+      await counted.close();
+    }
+  });
+
   it('answers HEAD on the inbox stream with its headers, without opening a stream', async () => {
     let opened = 0;
     const live = await buildApi({ ...ports, lifecycle: { ...ports.lifecycle, inboxStream: async () => ({ kind: 'local', servedBy: 'test', open: async () => (opened++, { backlog: (async function* () {})(), close: () => undefined }) }) } });

@@ -66,6 +66,26 @@ describe('herald start as a process', () => {
     });
   }
 
+  it('says so and exits 143 when SIGTERM comes during the start, leaving no broker behind', async () => {
+    const stateDir = mkdtempSync(join(tmpdir(), 'herald-proc-'));
+    const child = spawn(process.execPath, ['cli/herald.ts', 'start'], {
+      env: { ...process.env, HERALD_HTTP_PORT: '0', HERALD_STATE_DIR: stateDir, HERALD_LOG_LEVEL: 'info', KAFKA_BROKERS: '', SCHEMA_REGISTRY_URL: '', ...TEST_ENV },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.push(child);
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    // once the embedded broker is up, before the ready line
+    const broker = await eventually(() => childrenOf(child.pid!).find((p) => launcherPids().includes(p)), 30_000);
+    expect(out).not.toContain('herald ready');
+    child.kill('SIGTERM');
+    const code = await new Promise<number | null>((resolve) => (child.exitCode !== null ? resolve(child.exitCode) : child.once('exit', (c) => resolve(c))));
+    expect(code).toBe(143);
+    expect(out).toMatch(/"signal":"SIGTERM".*"msg":"stopped during the start, before anything was processed"/);
+    await eventually(() => !alive(broker), 10_000);
+  }, 60_000);
+
   it('leaves no broker process behind when killed with SIGKILL', async () => {
     const { child } = await startHeraldProcess();
     const brokers = childrenOf(child.pid!).filter((p) => launcherPids().includes(p));

@@ -34,8 +34,9 @@ export class SmtpSink {
       onData: (stream, session, callback) => {
         simpleParser(stream)
           .then((m) => {
+            // Each header as the mail had it (unfolded), as a stock mail client shows it.
             const headers: Record<string, string> = {};
-            for (const [k, v] of m.headers) headers[k] = typeof v === 'string' ? v : JSON.stringify(v);
+            for (const { key, line } of m.headerLines) headers[key] = line.slice(line.indexOf(':') + 1).replace(/\r?\n[ \t]+/g, ' ').trim();
             this.mails.push({
               receivedAt: new Date().toISOString(),
               from: session.envelope.mailFrom ? session.envelope.mailFrom.address : '',
@@ -63,9 +64,13 @@ export class SmtpSink {
     return this.url;
   }
 
-  /** Newest first, of one tenant (the X-Herald-Tenant header); `to` filters by recipient address. */
-  list(o: { tenant: string; to?: string; limit?: number }): ReceivedMail[] {
-    return this.mails.filter((m) => m.headers['x-herald-tenant'] === o.tenant && (!o.to || m.to.includes(o.to))).slice(-(o.limit ?? 50)).reverse();
+  /**
+   * Newest first, of one tenant (the X-Herald-Tenant header Herald adds for this mailbox),
+   * or of every tenant (`null`: a test's sink standing in for a real server, which gets no
+   * such header); `to` filters by recipient address.
+   */
+  list(o: { tenant: string | null; to?: string; limit?: number }): ReceivedMail[] {
+    return this.mails.filter((m) => (o.tenant === null || m.headers['x-herald-tenant'] === o.tenant) && (!o.to || m.to.includes(o.to))).slice(-(o.limit ?? 50)).reverse();
   }
 
   async stop(): Promise<void> {

@@ -133,7 +133,7 @@ describe('kill -9 mid-stream', () => {
 
     const keys = () => new Set(hooks.for('/hook').map((r) => String(r.headers['idempotency-key'])));
     const chatKeys = () => new Set(hooks.for('/chat').map((r) => String(r.headers['idempotency-key'])));
-    const mailIds = () => new Set(mail.list({ tenant: 'acme', limit: 100_000 }).map((m) => m.messageId));
+    const mailIds = () => new Set(mail.list({ tenant: null, limit: 100_000 }).map((m) => m.messageId));
     await eventually(() => keys().size >= TOTAL && chatKeys().size >= TOTAL && mailIds().size >= TOTAL, 120_000);
     const accepted = () => new Set(outcomes.filter((e) => e.status === 'ACCEPTED').map((e) => e.notificationId));
     await eventually(() => accepted().size === TOTAL && checkAccounting(outcomes, accepted()).violations.length === 0, 60_000).catch(() => undefined);
@@ -147,7 +147,7 @@ describe('kill -9 mid-stream', () => {
     const byKey = new Map<string, Set<string>>();
     for (const r of hooks.for('/hook')) byKey.set(String(r.headers['idempotency-key']), (byKey.get(String(r.headers['idempotency-key'])) ?? new Set()).add((r.json as { eventId: string }).eventId));
     expect([...byKey.values()].every((ids) => ids.size === 1)).toBe(true);
-    console.info(`[crash] in flight at the kills: ${inFlightAtKill.join(', ')}; ${hooks.for('/hook').length} webhook calls for ${TOTAL} deliveries (${hooks.for('/hook').length - TOTAL} repeated with the same Idempotency-Key after a SIGKILL); ${mail.list({ tenant: 'acme', limit: 100_000 }).length} mails for ${TOTAL}`);
+    console.info(`[crash] in flight at the kills: ${inFlightAtKill.join(', ')}; ${hooks.for('/hook').length} webhook calls for ${TOTAL} deliveries (${hooks.for('/hook').length - TOTAL} repeated with the same Idempotency-Key after a SIGKILL); ${mail.list({ tenant: null, limit: 100_000 }).length} mails for ${TOTAL}`);
 
     // The projection rebuilt from outcomes.v1 has the digest of the live one (once it has applied everything).
     const { stdout } = await promisify(execFile)(process.execPath, ['cli/herald.ts', 'lifecycle', 'rebuild', '--json'], { env: env(), maxBuffer: 64 * 1024 * 1024 });

@@ -45,6 +45,9 @@ describe('email channel', () => {
     expect(mail).toMatchObject({ to: ['ada@example.com'], subject: 'New comment on Plan', messageId: messageIdOf('ntf_abc:email', 'herald.test') });
     expect(mail!.messageId).toBe('<ntf_abc.email@herald.test>');
     expect(mail!.headers['auto-submitted']).toBe('auto-generated');
+    // the mailbox shows each header as the mail had it (a string, as a mail client shows it)
+    expect(mail!.headers['from']).toBe('Herald <n@herald.test>');
+    expect(mail!.headers['to']).toBe('ada@example.com');
     expect(mail!.headers['x-herald-notification']).toBe('ntf_abc');
     expect(mail!.headers['x-herald-delivery']).toBe('ntf_abc:email');
     expect(mail!.text.trim()).toBe('Hi Ada,\n\nlinus wrote: <script>alert(1)</script> & more');

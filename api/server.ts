@@ -92,7 +92,7 @@ function clientErrorCode(err: { code?: string; statusCode?: number }): ErrorCode
 
 /** A request Fastify refused before Herald's handler, in Herald's words: what was wrong and what is expected. */
 function clientErrorMessage(err: { code?: string; statusCode?: number; name?: string; message: string }, bodyLimit: number, contentType: string | undefined): string {
-  if (err.statusCode === 413) return `body: at most ${bodyLimit} bytes on this route${bodyLimit === LIMITS.profileBodyBytes ? '' : ' (HERALD_MAX_PAYLOAD_BYTES)'}; this one is larger`;
+  if (err.statusCode === 413) return `body: at most ${bodyLimit} bytes on this route${bodyLimit === LIMITS.profileBodyBytes || bodyLimit === LIMITS.audienceBodyBytes ? '' : ' (HERALD_MAX_PAYLOAD_BYTES)'}; this one is larger`;
   if (err.statusCode === 415) return `Content-Type: expected application/json, got ${contentType ? `"${clip(contentType, 100)}"` : 'none'}`;
   if (err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY') return 'body: expected a JSON document, got an empty body with Content-Type application/json (send no Content-Type without a body)';
   if (err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || err.name === 'SyntaxError') return `body: not valid JSON (${clip(err.message, 200)})`;
@@ -127,7 +127,12 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     logger: false, bodyLimit: ports.maxPayloadBytes, forceCloseConnections: false, return503OnClosing: false, routerOptions: { maxParamLength: 4 * MAX_ID_LENGTH },
     // Errors before routing answer with Herald's error body too.
     frameworkErrors: (error, req, reply) => {
-      if (error.code === 'FST_ERR_BAD_URL') return void fail(reply, 400, 'HRL_BAD_REQUEST', `URL: ${clip(req.url.split('?')[0] ?? '', 200)} is not a valid path: a % must start an escape such as %2F`, 'url');
+      if (error.code === 'FST_ERR_BAD_URL') {
+        // A % not followed by two hex digits, or escapes that are not UTF-8 (%FF alone).
+        const path = req.url.split('?')[0] ?? '';
+        const why = /%(?![0-9A-Fa-f]{2})/.test(path) ? 'a % must start an escape such as %2F' : 'its %-escapes are not UTF-8 (ids are UTF-8 text, such as %C3%A9 for é)';
+        return void fail(reply, 400, 'HRL_BAD_REQUEST', `URL: ${clip(path, 200)} is not a valid path: ${why}`, 'url');
+      }
       return void fail(reply, error.statusCode && error.statusCode < 500 ? error.statusCode : 400, 'HRL_BAD_REQUEST', clip(error.message, 300));
     },
     // Requests Node's HTTP parser refuses before Fastify sees them (headers too large, not HTTP).
@@ -484,7 +489,8 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   app.post<{ Body: { gracePeriod?: unknown } | null }>('/v1/signing-secrets/rotate', { onRequest: need('admin') }, async (req, reply) => {
     const s = signing(reply);
     if (!s) return reply;
-    const extra = Object.keys(req.body ?? {}).find((k) => k !== 'gracePeriod');
+    if (tenantMismatch(reply, req.body, tenantOf(req))) return reply;
+    const extra = Object.keys(req.body ?? {}).find((k) => k !== 'gracePeriod' && k !== 'tenant');
     if (extra !== undefined) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${clip(extra, 40)}: unknown field; the body takes gracePeriod (e.g. "24h") or nothing`, clip(extra, 40));
     const grace = req.body?.gracePeriod ?? '24h';
     let graceMs: number;

@@ -307,6 +307,8 @@ describe('HTTP API on ports', () => {
     const bad = await inject({ method: 'GET', url: '/v1/users/%zz' });
     expect(bad.statusCode).toBe(400);
     expect(bad.json()).toEqual({ error: 'HRL_BAD_REQUEST', field: 'url', message: 'URL: /v1/users/%zz is not a valid path: a % must start an escape such as %2F' });
+    const notUtf8 = await inject({ method: 'GET', url: '/v1/users/%FF' });
+    expect(notUtf8.json()).toMatchObject({ error: 'HRL_BAD_REQUEST', field: 'url', message: 'URL: /v1/users/%FF is not a valid path: its %-escapes are not UTF-8 (ids are UTF-8 text, such as %C3%A9 for é)' });
     // Node's parser refuses these before Fastify sees a request: over a real socket
     const address = await app.listen({ port: 0, host: '127.0.0.1' });
     const raw = (text: string) => new Promise<string>((resolve, reject) => {

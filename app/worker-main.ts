@@ -80,8 +80,17 @@ process.on('message', (m: ToWorker) => {
     });
   }
 });
-// The primary is gone (stopped, or killed with SIGKILL): stop too, quickly (its broker is gone with it).
-process.on('disconnect', () => void stop('the primary is gone', 5_000));
+// The primary is gone (stopped, or killed with SIGKILL): stop too, quickly. On the embedded
+// broker the broker went with it, so nothing can be committed or left: a stop would only
+// log the refused connections for seconds. The worker exits at once, as after a crash (its
+// stores are consistent on disk; the restart takes up what was under way). Against real
+// Kafka it finishes and commits what it can.
+process.on('disconnect', () => {
+  if (herald && !herald.config.embedded) return void stop('the primary is gone', 5_000);
+  herald?.log.warn('the primary is gone, and the embedded broker with it: exiting; the restart takes up what was under way');
+  herald?.log.flush();
+  process.exit(0);
+});
 // SIGTERM to the whole group (systemd's control-group stop) reaches the primary too, and the
 // primary stops its workers in step (every process commits before any member leaves). A
 // SIGTERM to this worker alone stops it if the primary has not begun within a while.

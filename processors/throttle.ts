@@ -64,9 +64,21 @@ interface Verdict { over: { limit: Limit; count: number; waiting: number } | nul
 class Counters {
   private readonly cache = new Map<string, unknown>();
   readonly store: StoreView;
+  /**
+   * How many scopes of the partition have notifications held in their queue (`w|` keys),
+   * counted when the partition opens and kept since (it may only run high: a queue that
+   * expires unseen): while none has, no queue is read (most batches of most users).
+   */
+  readonly queues: { keys: number | undefined };
 
-  constructor(store: StoreView) {
+  constructor(store: StoreView, queues: { keys: number | undefined }) {
     this.store = store;
+    this.queues = queues;
+  }
+
+  /** The queues of `keys` (`w|` keys): nothing read while the partition has none. */
+  async waits(keys: string[]): Promise<(number[] | undefined)[]> {
+    return this.queues.keys === 0 ? keys.map(() => undefined) : this.getMany<number[]>(keys);
   }
 
   async load(keys: string[]): Promise<void> {
@@ -105,7 +117,7 @@ async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: nu
   const limits = rules.limitsFor(rule);
   if (limits.length === 0) return { over: null, roomAt: t, counts: [] };
   const scopes = limits.map((l) => scopeKey(l, req));
-  const [times, waits] = await Promise.all([counters.getMany<number[]>(scopes), counters.getMany<number[]>(scopes.map(waitKey))]);
+  const [times, waits] = await Promise.all([counters.getMany<number[]>(scopes), counters.waits(scopes.map(waitKey))]);
   const counts: string[] = [];
   const scoped = limits.map((limit, i) => {
     const admitted = (times[i] ?? []).filter((x) => x > t - limit.perMs);
@@ -147,8 +159,9 @@ function fits(taken: number[], r: number, limit: Limit): boolean {
 /** Reserves release time `at` in every scope of the notification's limits (a place in their queues). */
 async function reserve(rules: RuleSet, rule: Rule, req: NotificationRequest, at: number, counters: Counters): Promise<void> {
   const keys = [...new Set(rules.limitsFor(rule).map((l) => waitKey(scopeKey(l, req))))];
-  const waits = await counters.getMany<number[]>(keys);
+  const waits = await counters.waits(keys);
   keys.forEach((k, i) => {
+    if (waits[i] === undefined) counters.queues.keys = (counters.queues.keys ?? 0) + 1;
     const kept = [...(waits[i] ?? []), at].sort((a, b) => a - b);
     counters.putUntil(k, kept, kept.at(-1)! + rules.longestWindowMs);
   });
@@ -157,14 +170,17 @@ async function reserve(rules: RuleSet, rule: Rule, req: NotificationRequest, at:
 /** Gives up a reservation made by `reserve` (the notification is back: released, held again or expired). */
 async function unreserve(rules: RuleSet, rule: Rule, req: NotificationRequest, at: number, counters: Counters): Promise<void> {
   const keys = [...new Set(rules.limitsFor(rule).map((l) => waitKey(scopeKey(l, req))))];
-  const waits = await counters.getMany<number[]>(keys);
+  const waits = await counters.waits(keys);
   keys.forEach((k, i) => {
     const list = waits[i] ?? [];
     const at_ = list.indexOf(at);
     if (at_ < 0) return;
     const kept = list.filter((_, j) => j !== at_);
     if (kept.length) counters.putUntil(k, kept, kept.at(-1)! + rules.longestWindowMs);
-    else counters.delete(k);
+    else {
+      counters.delete(k);
+      counters.queues.keys = Math.max(0, (counters.queues.keys ?? 1) - 1);
+    }
   });
 }
 
@@ -195,6 +211,17 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
   // Held items of this partition (the gauge): counted once by the first timer run, then kept.
   let partition = -1;
   let heldCount: number | undefined;
+  /** Scopes with queues in this partition's counters store (see Counters.queues): counted at the first batch or timer run after the partition opens. */
+  const queues: { keys: number | undefined } = { keys: undefined };
+  const countedQueues = async (ctx: StageContext<'throttle'>): Promise<Counters> => {
+    const store = ctx.store('counters');
+    if (queues.keys === undefined) {
+      let n = 0;
+      for await (const _ of store.prefix('w|')) n++;
+      queues.keys = n;
+    }
+    return new Counters(store, queues);
+  };
   const track = (delta: number) => {
     if (heldCount === undefined || delta === 0) return;
     heldCount += delta;
@@ -366,6 +393,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
 
     async init(o) {
       partition = o.partition;
+      queues.keys = undefined; // counted again from the stores: they may have been restored since
     },
 
     async close() {
@@ -373,11 +401,12 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     },
 
     async process(batch, ctx) {
-      const counters = new Counters(ctx.store('counters'));
-      // One read for the batch: earlier decisions and the admission times of every scope.
+      const counters = await countedQueues(ctx);
+      // One read for the batch: earlier decisions, the admission times of every scope, and their queues (if the partition has any).
+      const queued = queues.keys !== 0;
       await counters.load(batch.flatMap(({ value: { request: req } }) => {
         const rule = rules.byId(req.ruleId);
-        return [memoKey(req.notificationId), ...(rule ? rules.limitsFor(rule).flatMap((l) => [scopeKey(l, req), waitKey(scopeKey(l, req))]) : [])];
+        return [memoKey(req.notificationId), ...(rule ? rules.limitsFor(rule).flatMap((l) => (queued ? [scopeKey(l, req), waitKey(scopeKey(l, req))] : [scopeKey(l, req)])) : [])];
       }));
       for (const rec of batch) await decide(ctx, counters, rec, rec.value, rec.timestamp, 0);
       // Counters past the longest window and decisions past it (plus grace) are swept, in stream time.
@@ -400,7 +429,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
         return;
       }
       nextDue = undefined;
-      const counters = new Counters(ctx.store('counters'));
+      const counters = await countedQueues(ctx);
       for (const d of due) {
         held.delete(d.key);
         track(-1);

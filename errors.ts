@@ -13,6 +13,7 @@ export const ERROR_CODES = {
   HRL_DECODE_FAILED: 'A record could not be decoded (not Avro in Confluent wire format, not JSON, or unknown schema id).',
   HRL_TOMBSTONE: 'A record on a stream topic has a null value (a tombstone); only the compacted tables take deletes.',
   HRL_SCHEMA_VIOLATION: 'A record decoded but does not match its Avro schema.',
+  HRL_WRONG_PARTITION: 'A global table record sits on another partition than Kafka\'s default partitioner puts its key on (a producer partitioning otherwise); the table skips it, since its order against the key\'s other records is unknown.',
   HRL_KEY_MISMATCH: 'A global table record\'s value names another tenant, user or audience than its key; the table skips it (the key is where Herald looks the value up).',
   HRL_PAYLOAD_TOO_LARGE: 'A record is larger than the configured limit.',
   HRL_UNKNOWN_EVENT_TYPE: 'No notification rule matches the event type.',

@@ -4,6 +4,7 @@
  * idempotent producer, which the embedded mock cluster cannot serve).
  */
 import { Kafka, logLevel, type Producer, type SASLOptions } from 'kafkajs';
+import { registerCodecs } from './codecs.ts';
 import { type FetchSharing, fetchCoalescer } from './fetch-coalescer.ts';
 import { KafkaDefaultPartitioner } from './partitioner.ts';
 import type { HeraldConfig } from '../config.ts';
@@ -88,6 +89,7 @@ export function pinoLevel(level: number, message: string, extra: Record<string, 
 }
 
 export function createKafka(config: HeraldConfig, brokers: string, log: Logger, clientId = `herald-${config.instanceId}`, onLog?: KafkaLogListener, retries = 8): Kafka {
+  registerCodecs();
   const sasl = config.saslMechanism
     ? ({ mechanism: config.saslMechanism, username: config.saslUsername, password: config.saslPassword } as SASLOptions)
     : undefined;

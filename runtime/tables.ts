@@ -16,6 +16,7 @@ import { TOPICS, audienceKey, topicName, userKey } from '../topology.ts';
 import { HeraldError, isTransient } from '../errors.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
+import { partitionFor } from './partitioner.ts';
 import { TopicReader, startOffsets } from './reader.ts';
 
 /** How long a lookup waits for a table to catch up (the embedded broker answers a waiting table fetch only after 250 ms). */
@@ -65,7 +66,9 @@ export class GlobalTables implements TableLookup {
     const from = new Map<number, bigint>();
     const positions = new Map<number, bigint>();
     this.applied.set(table, positions);
-    for (const [p, low] of await startOffsets(this.admin, topic)) {
+    const starts = await startOffsets(this.admin, topic);
+    const partitionCount = starts.size;
+    for (const [p, low] of starts) {
       const cp = await store.checkpoint(p);
       from.set(p, cp === null || cp + 1n < low ? low : cp + 1n);
       positions.set(p, from.get(p)! - 1n);
@@ -80,6 +83,16 @@ export class GlobalTables implements TableLookup {
         for (const m of messages) {
           const key = m.key?.toString();
           if (!key) continue;
+          // A key's records are ordered only within its partition: one written elsewhere (a
+          // librdkafka producer's consistent_random partitioner, say) would be applied in an
+          // order that differs between the live table and one rebuilt from the topic (a
+          // deleted user came back). Skipped, said and counted, tombstones too.
+          if (partitionFor(m.key!, partitionCount) !== partition) {
+            const code = 'HRL_WRONG_PARTITION';
+            this.log.warn({ table, partition, offset: m.offset, code, expected: partitionFor(m.key!, partitionCount) }, `table record skipped: its key belongs on partition ${partitionFor(m.key!, partitionCount)} (Kafka's default partitioner, murmur2); set the producer's partitioner to murmur2_random`);
+            this.metrics.tableSkipped.inc({ table, code });
+            continue;
+          }
           if (m.value === null) records.push({ key, value: null });
           else {
             try {

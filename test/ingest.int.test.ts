@@ -107,6 +107,25 @@ describe('ingest rejections', () => {
     const req = await eventually(async () => (await decodeAll<NotificationRequest>(requests.messages)).find((r) => r.eventId === 'gap-header'));
     expect(req.recipient).toBe('ada');
   });
+
+  it('reads batches compressed with snappy, lz4 and zstd, as librdkafka, Java and Confluent producers write them, and gzip', async () => {
+    const { CompressionTypes } = await import('kafkajs');
+    const codecs = { snappy: CompressionTypes.Snappy, lz4: CompressionTypes.LZ4, zstd: CompressionTypes.ZSTD, gzip: CompressionTypes.GZIP };
+    for (const [name, compression] of Object.entries(codecs)) {
+      // Several records a batch, repetitive enough that each codec really compresses them.
+      const messages = Array.from({ length: 5 }, (_, i) => ({ key: `${name}-${i}`, value: JSON.stringify({ id: `${name}-${i}`, tenant: 'acme', type: 'comment.created', recipients: ['ada'], data: { commentId: `${name}-${i}`, excerpt: 'the same words again and again '.repeat(20) } }) }));
+      await h.producer.send({ topic: T('events'), acks: -1, compression, messages });
+    }
+    const ids = Object.keys(codecs).flatMap((name) => Array.from({ length: 5 }, (_, i) => `${name}-${i}`));
+    const seen = await eventually(async () => {
+      const got = new Set((await decodeAll<NotificationRequest>(requests.messages)).map((r) => r.eventId));
+      return ids.every((id) => got.has(id)) && got;
+    }, 30_000);
+    expect(ids.filter((id) => !seen.has(id))).toEqual([]);
+    // and ingest's member never restarted over them
+    const restarts = (await h.metrics.records.get()).values.find((v) => v.labels.stage === 'ingest' && v.labels.result === 'consumer_restart')?.value ?? 0;
+    expect(restarts).toBe(0);
+  });
 });
 
 describe('Avro from producers whose schema evolved', () => {

@@ -10,6 +10,10 @@ import { topicName, userKey } from '../topology.ts';
 import { api, eventually, removeDir, startTestHerald, startCluster, TEST_ENV } from './support/herald.ts';
 import { createKafka, createProducer } from '../runtime/kafka.ts';
 import { loadConfig } from '../config.ts';
+import { partitionFor } from '../runtime/partitioner.ts';
+
+/** The partitions of the cluster's topics (startCluster below). */
+const PARTITIONS = 2;
 import { createLogger } from '../runtime/logger.ts';
 
 let cluster: Awaited<ReturnType<typeof startCluster>>;
@@ -18,7 +22,7 @@ let env: Record<string, string>;
 const USERS = topicName('herald.', 'users');
 
 beforeAll(async () => {
-  cluster = await startCluster(2);
+  cluster = await startCluster(PARTITIONS);
   ({ broker, env } = cluster);
 });
 
@@ -101,6 +105,10 @@ describe('global tables', () => {
       { key: userKey('acme', 'other-tenant'), value: JSON.stringify({ userId: 'other-tenant', tenant: 'globex' }) },
       // No tenant in the value (the field is optional): the key's.
       { key: userKey('acme', 'no-tenant'), value: JSON.stringify({ userId: 'no-tenant', name: 'Nat' }) },
+      // Dee, then Dee's tombstone on another partition than her key's (librdkafka's consistent_random):
+      // applied, it would delete her live and bring her back in a table rebuilt in partition order.
+      { key: userKey('acme', 'dee'), value: JSON.stringify({ userId: 'dee', tenant: 'acme', name: 'Dee' }) },
+      { key: userKey('acme', 'dee'), value: null, partition: (partitionFor(userKey('acme', 'dee'), PARTITIONS) + 1) % PARTITIONS },
     ] });
     await producer.disconnect();
     const h = await startTestHerald({ env });
@@ -118,6 +126,8 @@ describe('global tables', () => {
       expect(skipped).toMatch(/table="users",code="HRL_SCHEMA_VIOLATION"\} 1/);
       expect(skipped).toMatch(/table="users",code="HRL_DECODE_FAILED"\} 1/);
       expect(skipped).toMatch(/table="users",code="HRL_KEY_MISMATCH"\} 2/);
+      expect(skipped).toMatch(/table="users",code="HRL_WRONG_PARTITION"\} 1/);
+      expect((await api(h, 'GET', '/v1/users/dee')).body).toMatchObject({ name: 'Dee' });
     } finally {
       await h.stop();
       removeDir(h.stateDir);

@@ -101,7 +101,8 @@ export class EmbeddedSchemaRegistry {
       this.globalLevel = saved.globalLevel;
     }
     this.app = Fastify({ logger: false });
-    this.app.addContentTypeParser(/^application\/.*json$/, { parseAs: 'string' }, (_req, body, done) => {
+    // JSON, and application/octet-stream, which Confluent's registry also takes (some clients send it).
+    this.app.addContentTypeParser(/^application\/(.*json|octet-stream)$/, { parseAs: 'string' }, (_req, body, done) => {
       try {
         done(null, body === '' ? {} : JSON.parse(body as string));
       } catch (err) {
@@ -164,7 +165,10 @@ export class EmbeddedSchemaRegistry {
 
   private routes() {
     const app = this.app;
-    app.get<{ Querystring: { deleted?: string } }>('/subjects', async (req) => (req.query.deleted === 'true' ? [...new Set([...this.subjects.keys(), ...this.deleted.keys()])] : [...this.subjects.keys()]));
+    app.get<{ Querystring: { deleted?: string; subjectPrefix?: string } }>('/subjects', async (req) => {
+      const all = req.query.deleted === 'true' ? [...new Set([...this.subjects.keys(), ...this.deleted.keys()])] : [...this.subjects.keys()];
+      return all.filter((s) => !req.query.subjectPrefix || s.startsWith(req.query.subjectPrefix));
+    });
     app.get('/schemas/types', async () => ['AVRO']);
     app.get<{ Params: { id: string } }>('/schemas/ids/:id', async (req, reply) => {
       const schema = this.byId.get(Number(req.params.id));
@@ -194,7 +198,10 @@ export class EmbeddedSchemaRegistry {
       if (!list && !gone.length) return this.notFound(reply, 40401, `Subject '${req.params.subject}' not found.`);
       return [...(list ?? []), ...gone].map((v) => v.version).sort((a, b) => a - b);
     });
-    app.get<{ Params: { subject: string; version: string } }>('/subjects/:subject/versions/:version', async (req, reply) => {
+    app.get<{ Params: { subject: string; version: string }; Querystring: { deleted?: string } }>('/subjects/:subject/versions/:version', async (req, reply) => {
+      // ?deleted=true: a soft-deleted version too, as Confluent's registry answers it.
+      const gone = req.query.deleted === 'true' ? (this.deleted.get(req.params.subject) ?? []).find((v) => v.version === Number(req.params.version)) : undefined;
+      if (gone) return { subject: req.params.subject, ...gone };
       const missing = this.missing(reply, req.params.subject, req.params.version);
       if (missing) return missing;
       return { subject: req.params.subject, ...this.version(req.params.subject, req.params.version)! };
@@ -271,6 +278,11 @@ export class EmbeddedSchemaRegistry {
     app.get<{ Params: { id: string } }>('/schemas/ids/:id/schema', async (req, reply) => {
       const schema = this.byId.get(Number(req.params.id));
       return schema ? reply.type('application/vnd.schemaregistry.v1+json').send(schema) : this.notFound(reply, 40403, 'Schema not found');
+    });
+    app.get<{ Params: { id: string } }>('/schemas/ids/:id/subjects', async (req, reply) => {
+      const id = Number(req.params.id);
+      if (!this.byId.has(id)) return this.notFound(reply, 40403, 'Schema not found');
+      return [...this.subjects].filter(([, list]) => list.some((v) => v.id === id)).map(([subject]) => subject);
     });
     app.get<{ Params: { id: string } }>('/schemas/ids/:id/versions', async (req, reply) => {
       const id = Number(req.params.id);

@@ -261,6 +261,24 @@ describe('embedded schema registry', () => {
     }
   });
 
+  it('filters subjects by ?subjectPrefix=, names the subjects of a schema id, and takes application/octet-stream bodies, as Confluent\'s registry does', async () => {
+    const server = new EmbeddedSchemaRegistry();
+    const url = await server.start();
+    try {
+      const schema = JSON.stringify({ type: 'record', name: 'P', fields: [{ name: 'a', type: 'int' }] });
+      const post = (subject: string, type = 'application/vnd.schemaregistry.v1+json') => fetch(`${url}/subjects/${subject}/versions`, { method: 'POST', headers: { 'content-type': type }, body: JSON.stringify({ schema }) });
+      const a = await post('herald.out-value', 'application/octet-stream');
+      expect(a.status).toBe(200);
+      const { id } = (await a.json()) as { id: number };
+      await post('other-value');
+      expect(await (await fetch(`${url}/subjects?subjectPrefix=herald.`)).json()).toEqual(['herald.out-value']);
+      expect(((await (await fetch(`${url}/schemas/ids/${id}/subjects`)).json()) as string[]).sort()).toEqual(['herald.out-value', 'other-value']);
+      expect(await (await fetch(`${url}/schemas/ids/999/subjects`)).json()).toMatchObject({ error_code: 40403 });
+    } finally {
+      await server.stop();
+    }
+  });
+
   it('deletes as Confluent\'s registry does: soft first (the ids stay readable), permanently after, and never reuses a version number', async () => {
     const server = new EmbeddedSchemaRegistry();
     const url = await server.start();
@@ -284,6 +302,8 @@ describe('embedded schema registry', () => {
       expect((await call('GET', '/subjects')).body).toEqual([]);
       expect((await call('GET', '/subjects?deleted=true')).body).toEqual(['d-value']);
       expect(await call('GET', '/subjects/d-value/versions/1')).toMatchObject({ status: 404, body: { error_code: 40401 } });
+      // … unless asked for with ?deleted=true, as Confluent's registry answers it
+      expect(await call('GET', '/subjects/d-value/versions/2?deleted=true')).toMatchObject({ status: 200, body: { subject: 'd-value', version: 2 } });
       // Records written with a deleted schema still decode: its id stays readable.
       expect((await call('GET', `/schemas/ids/${one.id}`)).status).toBe(200);
       expect(await call('DELETE', '/subjects/d-value')).toMatchObject({ status: 404, body: { error_code: 40404 } });

@@ -11,9 +11,13 @@
  * - zstd: Node's own zlib (zstdCompressSync / zstdDecompressSync).
  */
 import { zstdCompressSync, zstdDecompressSync } from 'node:zlib';
-import { CompressionCodecs, CompressionTypes } from 'kafkajs';
+// CommonJS modules whose exports Node's ESM loader cannot name: through their default export.
+import kafkajs from 'kafkajs';
 import SnappyCodec from 'kafkajs-snappy';
-import { compressFrameSync, decompressFrameSync } from 'lz4-napi';
+import lz4napi from 'lz4-napi';
+
+const { CompressionCodecs, CompressionTypes } = kafkajs;
+const { compressFrameSync, decompressFrameSync } = lz4napi;
 
 /** kafkajs's codec shape: `compress` gets an encoder holding the batch's bytes. */
 type Codec = { compress(encoder: { buffer: Buffer }): Promise<Buffer>; decompress(buffer: Buffer): Promise<Buffer> };

@@ -271,7 +271,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     let following: Promise<void> = Promise.resolve();
     let resume: GroupOffsets = attach?.resume ?? {};
     if (journal) {
-      durable = new BrokerJournal(journal, broker, admin, producer, log.child({ component: 'journal' }));
+      const compacted = new Set(topicPlan(config.topicPrefix, config.partitions).filter((t) => t.compacted).map((t) => t.name));
+      durable = new BrokerJournal(journal, broker, admin, producer, log.child({ component: 'journal' }), (t) => compacted.has(t));
       if (early) early.phase = 'replaying the embedded broker\'s journal';
       const replayed = await durable.replay();
       if (replayed.records) log.info({ ...replayed, seconds: Number(replayed.seconds.toFixed(3)) }, 'embedded broker restored from its journal');

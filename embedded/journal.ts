@@ -141,7 +141,7 @@ export class Journal {
    * everything ever produced to it, and decoded it took several times its size on the heap
    * (600,000 records of 200 bytes did not fit a 256 MB heap).
    */
-  *read(): Generator<{ topic: string; partition: number; records: Iterable<JournalRecord> }> {
+  *read(): Generator<{ topic: string; partition: number; records: Iterable<JournalRecord>; again: () => Iterable<JournalRecord> }> {
     for (const t of readdirSync(this.dir)) {
       const tdir = join(this.dir, t);
       if (!statSync(tdir).isDirectory()) continue;
@@ -167,7 +167,7 @@ export class Journal {
         if (last !== null && pos > prev) this.grow(`${topic}\u0000${partition}`, last + 1n, pos - prev);
         if (pos < buf.length) truncateSync(path, pos);
         if (last !== null) this.next.set(`${topic}\u0000${partition}`, last + 1n);
-        yield { topic, partition, records: recordsOf(buf, pos) };
+        yield { topic, partition, records: recordsOf(buf, pos), again: () => recordsOf(buf, pos) };
       }
     }
   }

@@ -44,7 +44,8 @@ const SET_OVERHEAD = 256;
 const PRESSURE_TICK_MS = 250;
 const PRESSURE_QUIET_MS = 1000;
 
-export interface ReplayResult { records: number; partitions: number; gaps: number; seconds: number }
+/** `superseded`: records of compacted topics replayed as placeholders, a later record of their key kept instead. */
+export interface ReplayResult { records: number; partitions: number; gaps: number; superseded: number; seconds: number }
 
 export class BrokerJournal {
   private following = false;
@@ -63,8 +64,12 @@ export class BrokerJournal {
   private readonly producer: Producer;
   private readonly log: Logger;
 
+  /** Whether a topic is compacted (changelogs, tables): its replay keeps each key's last record only. */
+  private readonly compacted: (topic: string) => boolean;
+
   /** `broker` writes the journal as it follows; null for a replay only. */
-  constructor(journal: Journal, broker: EmbeddedBroker | null, admin: Admin, producer: Producer, log: Logger) {
+  constructor(journal: Journal, broker: EmbeddedBroker | null, admin: Admin, producer: Producer, log: Logger, compacted: (topic: string) => boolean = () => false) {
+    this.compacted = compacted;
     this.journal = journal;
     this.broker = broker;
     this.admin = admin;
@@ -78,9 +83,20 @@ export class BrokerJournal {
     let records = 0;
     let partitions = 0;
     let gaps = 0;
-    for (const { topic, partition, records: recs } of this.journal.read()) {
+    let superseded = 0;
+    for (const { topic, partition, records: recs, again } of this.journal.read()) {
       partitions++;
       let expected = 0n;
+      // A compacted topic is replayed compacted, as Kafka's log cleaner would keep it: each
+      // key's last record, and a placeholder (which keeps every offset where it was) for the
+      // records it superseded. The mock broker keeps only its last ~5 MB of a partition: a
+      // changelog replayed whole lost its oldest keys, and a store restored from it lost
+      // them too (held notifications never released).
+      let last: Map<string, bigint> | null = null;
+      if (this.compacted(topic)) {
+        last = new Map();
+        for (const r of again()) if (r.key) last.set(r.key.toString('latin1'), r.offset);
+      }
       const batch: { message: Message; bytes: number }[] = [];
       const flush = async () => {
         for (let i = 0; i < batch.length;) {
@@ -102,7 +118,10 @@ export class BrokerJournal {
       for (const r of recs) {
         // A record the journal never saw (the broker dropped it first): a placeholder keeps every later offset where it was.
         for (; expected < r.offset; expected++, gaps++) batch.push({ message: { partition, key: null, value: null, headers: { [GAP_HEADER]: '1' } }, bytes: 64 });
-        batch.push({ message: { partition, key: r.key, value: r.value, timestamp: String(r.timestamp), headers: r.headers }, bytes: (r.key?.length ?? 0) + (r.value?.length ?? 0) + 64 });
+        if (last && r.key && last.get(r.key.toString('latin1')) !== r.offset) {
+          batch.push({ message: { partition, key: null, value: null, headers: { [GAP_HEADER]: '1' } }, bytes: 64 });
+          superseded++;
+        } else batch.push({ message: { partition, key: r.key, value: r.value, timestamp: String(r.timestamp), headers: r.headers }, bytes: (r.key?.length ?? 0) + (r.value?.length ?? 0) + 64 });
         expected = r.offset + 1n;
         records++;
         if (batch.length >= 5000) await flush();
@@ -113,7 +132,7 @@ export class BrokerJournal {
     }
     const seconds = (performance.now() - started) / 1000;
     if (gaps) this.log.warn({ gaps }, 'the journal had gaps (records the broker dropped before they were journaled); placeholders keep offsets aligned');
-    return { records, partitions, gaps, seconds };
+    return { records, partitions, gaps, superseded, seconds };
   }
 
   /** The committed offsets of the last snapshot: where each group resumes. */

@@ -52,7 +52,14 @@ export async function restoreFromChangelog(opts: {
       cp = end0 - 1n;
     }
     checkpoints.set(partition, cp);
-    const start = cp === null ? (low.get(partition) ?? 0n) : cp + 1n > (low.get(partition) ?? 0n) ? cp + 1n : (low.get(partition) ?? 0n);
+    const lowest = low.get(partition) ?? 0n;
+    // Records the store needs are gone from the changelog (a topic with a delete policy, or
+    // a broker that dropped them): the restored store lacks their keys. Said loudly; Kafka's
+    // compaction never does this, and the embedded broker's journal replays changelogs compacted.
+    if (lowest > (cp === null ? 0n : cp + 1n)) {
+      opts.log.error({ topic: opts.topic, partition, checkpoint: cp?.toString() ?? null, logStart: lowest.toString(), missing: (lowest - (cp === null ? 0n : cp + 1n)).toString() }, 'store restore starts past records it needs: the changelog no longer holds them, so keys they wrote are missing from the store');
+    }
+    const start = cp === null ? lowest : cp + 1n > lowest ? cp + 1n : lowest;
     const end = high.get(partition) ?? 0n;
     from.set(partition, start);
     until.set(partition, end);

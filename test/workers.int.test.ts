@@ -161,6 +161,8 @@ describe('herald start with two workers', () => {
       // gone broker's refusals (a stop that can commit nothing): it exits at once.
       process.kill(second.herald, 'SIGKILL');
       await eventually(() => !alive(worker3!), 3_000);
+      // (npm goes with Herald; the next test's start needs the state directory free of both.)
+      await eventually(() => second.npm.exitCode !== null || second.npm.signalCode !== null, 15_000);
     } finally {
       if (second.npm.exitCode === null) second.npm.kill('SIGKILL');
     }

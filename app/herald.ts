@@ -32,7 +32,7 @@ import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
 import { processors } from '../processors/index.ts';
 import { loadRules, type RuleSet } from '../rules/rules.ts';
 import { Serde } from '../schemas/index.ts';
-import { tuneStores } from '../state/store.ts';
+import { checkStoresBuiltAgainst, tuneStores } from '../state/store.ts';
 import { STAGES, type StageName, STAGE_NAMES, TOPICS, type TopicKey, changelogTopic, fusedRuns, groupId, topicName, topicPlan } from '../topology.ts';
 import { Codec } from '../runtime/codec.ts';
 import type { StageFactory, TableName } from '../runtime/contract.ts';
@@ -102,7 +102,7 @@ function guardStateDir(stateDir: string, identity: string): void {
   const marker = join(stateDir, 'CLUSTER_ID');
   const previous = existsSync(marker) ? readFileSync(marker, 'utf8').trim() : null;
   if (previous !== null && previous !== identity) {
-    throw new HeraldError('HRL_STATE_MISMATCH', `HERALD_STATE_DIR ${stateDir}: its stores were built against ${previous.startsWith('embedded:') || previous.startsWith('kafka:') ? previous : `an earlier embedded broker (${previous})`}, not ${identity}; nothing was changed. Run \`HERALD_STATE_DIR=${stateDir.replace(/[\\/]workers[\\/]\d+$/, '')} npm run herald -- reset\` to delete it and start over, or set HERALD_STATE_DIR to another directory`);
+    throw new HeraldError('HRL_STATE_MISMATCH', `HERALD_STATE_DIR ${stateDir}: its stores were built against ${previous.startsWith('embedded:') || previous.startsWith('kafka:') ? previous : `an earlier embedded broker (${previous})`}, not ${identity}${previous.startsWith('embedded:') && identity.startsWith('embedded:') ? ` (the journal, which held their changelogs, was deleted or replaced)` : ''}; the stores were left as they are. Run \`HERALD_STATE_DIR=${stateDir.replace(/[\\/]workers[\\/]\d+$/, '')} npm run herald -- reset\` to delete it and start over, or set HERALD_STATE_DIR to another directory`);
   }
   writeFileSync(marker, identity);
 }
@@ -213,11 +213,13 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     let identity = attach?.identity ?? '';
     if (attach) {
       guardStateDir(config.stateDir, attach.identity);
+      await checkStoresBuiltAgainst(config.stateBackend, config.stateDir, attach.identity);
       brokers = attach.brokers;
     } else if (config.embedded) {
       journal = Journal.open(join(config.stateDir, 'journal'));
       identity = `embedded:${journal.id}`;
       guardStateDir(config.stateDir, identity);
+      await checkStoresBuiltAgainst(config.stateBackend, config.stateDir, identity);
       broker = await EmbeddedBroker.start({ brokers: config.embeddedBrokers });
       cleanups.push(() => broker!.stop());
       for (const t of topicPlan(config.topicPrefix, config.partitions)) await broker.createTopic(t.name, t.partitions, Math.min(config.embeddedBrokers, 3));
@@ -260,6 +262,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     if (!config.embedded && !attach) {
       identity = `kafka:${(await admin.describeCluster()).clusterId}`;
       guardStateDir(config.stateDir, identity);
+      await checkStoresBuiltAgainst(config.stateBackend, config.stateDir, identity);
     }
     const producer = createProducer(kafka);
     await producer.connect();

@@ -314,7 +314,7 @@ const STATE_ENTRIES = new Set(['CLUSTER_ID', 'herald.pid', 'dev-key', 'journal',
 
 program
   .command('reset')
-  .description('delete HERALD_STATE_DIR (stores, and the embedded broker\'s journal and schemas): start over on purpose; refuses a directory holding anything Herald did not write')
+  .description('delete everything in HERALD_STATE_DIR (stores, and the embedded broker\'s journal and schemas), keeping the directory itself: start over on purpose; refuses a directory holding anything Herald did not write')
   .option('--dry-run', 'print what would be deleted, and delete nothing')
   .action((o: { dryRun?: boolean }) => {
     try {
@@ -333,11 +333,13 @@ program
         fail(new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir} holds what Herald did not write (${shown}): nothing was deleted. Point HERALD_STATE_DIR at Herald's state directory (the default is .herald/state)`));
       }
       if (o.dryRun) {
-        console.log(`would delete ${stateDir}${entries.length ? ` (${entries.sort().join(', ')})` : ' (empty)'}`);
+        console.log(entries.length ? `would delete everything in ${stateDir} (${entries.sort().join(', ')})` : `${stateDir} is empty: nothing to delete`);
         return;
       }
-      rmSync(stateDir, { recursive: true, force: true });
-      console.log(`deleted ${stateDir}: the next start begins with an empty broker, registry and stores`);
+      // What is inside goes, the directory stays: it may be a volume's mount point (which
+      // cannot be removed), and its owner and mode were the operator's choice.
+      for (const e of entries) rmSync(join(stateDir, e), { recursive: true, force: true });
+      console.log(`deleted everything in ${stateDir}: the next start begins with an empty broker, registry and stores`);
     } catch (err) {
       fail(err);
     }

@@ -13,7 +13,7 @@
  */
 import { userKey } from '../topology.ts';
 import type { ChannelProvider, SendResult } from '../channels/channel.ts';
-import type { Processor, RecordRef, StageContext, StageDeps, StageFactory } from '../runtime/contract.ts';
+import { recordRef, type Processor, type RecordRef, type StageContext, type StageDeps, type StageFactory } from '../runtime/contract.ts';
 import pLimit, { type LimitFunction } from 'p-limit';
 import { type Admission, CircuitBreakers, circuitName, endpointOf, hostCircuitOf, tenantUrlCircuitOf } from '../channels/breaker.ts';
 import type { Channel } from '../rules/rules.ts';
@@ -448,7 +448,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       const entry = { item, probe: probes.get(item) ?? null, startedAt: now0, result: null as SendResult | null, answered: Promise.resolve() };
       entry.answered = call(item.task).then((r) => void (entry.result = r));
       detached.set(key, entry);
-      hold(retries, key, now0 + config.deliveryTimeoutMs + LEASE_MARGIN_MS, { task: item.task, cause: item.cause, lease: true } satisfies HeldRetry);
+      hold(retries, key, now0 + config.deliveryTimeoutMs + LEASE_MARGIN_MS, { task: item.task, cause: recordRef(item.cause), lease: true } satisfies HeldRetry);
     }
     for (const { cause, task } of expired) {
       const now = ctx.wallClock();
@@ -541,8 +541,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
         const task = rec.value;
         // A retry not due yet is held; the timer releases it. The record is its cause.
         if (rec.topicKey === 'deliverRetry' && task.notBefore !== null && task.notBefore > now) {
-          const cause: RecordRef = { topic: rec.topic, partition: rec.partition, offset: rec.offset, timestamp: rec.timestamp };
-          hold(retries, retryKey(task), task.notBefore, { task, cause } satisfies HeldRetry);
+          hold(retries, retryKey(task), task.notBefore, { task, cause: recordRef(rec) } satisfies HeldRetry);
         } else ready.push({ cause: rec, task });
       }
       if (ready.length) await attempt(ready, ctx);

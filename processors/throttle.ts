@@ -15,7 +15,7 @@
  *   a wall-clock timer releases what is due. A held item whose expiry passes is EXPIRED.
  */
 import type { Limit, Rule, RuleSet } from '../rules/rules.ts';
-import type { RecordRef, StageContext, StageFactory } from '../runtime/contract.ts';
+import { recordRef, type RecordRef, type StageContext, type StageFactory } from '../runtime/contract.ts';
 import type { Metrics } from '../runtime/metrics.ts';
 import type { EnrichedNotification, NotificationRequest } from '../schemas/types.ts';
 import type { StoreView } from '../state/store.ts';
@@ -278,7 +278,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     }
     const deferKey = `d|${userKey(req.tenant, req.recipient)}|${String(req.occurredAt).padStart(15, '0')}|${req.notificationId}`;
     const defer = (until: number, reasonCode: 'quiet_hours' | 'limit_deferred', reason: string) => {
-      hold(held, deferKey, until, { kind: 'deferred', item: n, cause, deferrals: deferrals + 1, ...(reasonCode === 'limit_deferred' ? { reservedAt: until } : {}) }, true);
+      hold(held, deferKey, until, { kind: 'deferred', item: n, cause: recordRef(cause), deferrals: deferrals + 1, ...(reasonCode === 'limit_deferred' ? { reservedAt: until } : {}) }, true);
       memo('held');
       decided(reasonCode === 'quiet_hours' ? 'quiet_hours' : 'deferred');
       ctx.outcome(cause, { ...base, status: 'DEFERRED', reasonCode, reason, attempt: deferrals + 1 });
@@ -323,7 +323,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
       // Came back too early (CRITICAL ones or other rules took the room): held again, quietly,
       // at the end of the queue.
       await reserve(rules, rule, req, v.roomAt, counters);
-      hold(held, deferKey, v.roomAt, { kind: 'deferred', item: n, cause, deferrals, reservedAt: v.roomAt }, true);
+      hold(held, deferKey, v.roomAt, { kind: 'deferred', item: n, cause: recordRef(cause), deferrals, reservedAt: v.roomAt }, true);
       return;
     }
     switch (rule.throttle.onExceed) {
@@ -351,7 +351,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     const [open] = await held.getMany<Digest>([key]);
     const digest: Digest = open ?? { kind: 'digest', digestId: `ntf_${hashKey(['digest', key, String(t)]).slice(0, 32)}`, ruleId: rule.id, openedAt: t, closesAt: t + spec.windowMs, items: [] };
     if (digest.items.some((x) => x.item.request.notificationId === req.notificationId)) return; // seen again (redelivery)
-    digest.items.push({ item: n, cause });
+    digest.items.push({ item: n, cause: recordRef(cause) });
     decided('digest_collected');
     ctx.outcome(cause, { ...about(req), timestamp: t, status: 'DEFERRED', reasonCode: 'digest_collected', attempt: 1, reason: `collected into digest ${digest.digestId} (item ${digest.items.length}; ${why}); sent at ${localTime(digest.closesAt, n.user.timezone || 'UTC')} or at ${spec.maxItems} items` });
     if (digest.items.length >= spec.maxItems) {

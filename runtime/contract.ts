@@ -33,6 +33,14 @@ export interface RecordRef {
   readonly timestamp: number;
 }
 
+/**
+ * Just the reference of a record, to keep in a held value: a consumed record passed where a
+ * RecordRef is expected still carries its value, headers and raw bytes, which JSON would
+ * write into the store and its changelog (the bytes as an array of numbers, about six times
+ * the record).
+ */
+export const recordRef = (r: RecordRef): RecordRef => ({ topic: r.topic, partition: r.partition, offset: r.offset, timestamp: r.timestamp });
+
 /** A consumed record of topic `K`, decoded. */
 export interface TopicRecord<K extends TopicKey> extends RecordRef {
   readonly topicKey: K;

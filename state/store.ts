@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { RocksLevel } from '@nxtedition/rocksdb';
 import { ClassicLevel } from 'classic-level';
 import { MemoryLevel } from 'memory-level';
+import { HeraldError } from '../errors.ts';
 
 export type Backend = 'rocksdb' | 'level' | 'memory';
 
@@ -162,6 +163,33 @@ async function release(path: string, entry: Shared): Promise<void> {
   if (--entry.refs > 0) return;
   entry.closing = entry.db.close().finally(() => shared.delete(path));
   await entry.closing;
+}
+
+/** The root key of a state directory's database that names the cluster its stores were built against. */
+const BUILT_AGAINST = '\u0000herald:built-against';
+
+/**
+ * Checks that the state directory's database was built against `identity` (the cluster
+ * whose changelogs its checkpoints count in: `kafka:<cluster id>`, or `embedded:<journal
+ * id>`), and records it in a database that names none yet. The directory's `CLUSTER_ID`
+ * file says the same of the directory; this says it of the database itself, which can be
+ * copied on its own: a `rocksdb/` taken from another state directory brought stores whose
+ * checkpoints count in another journal's offsets, and notifications were suppressed and
+ * delivered twice. A database that names another cluster is refused, and left as it is.
+ */
+export async function checkStoresBuiltAgainst(backend: Backend, stateDir: string, identity: string): Promise<void> {
+  if (backend === 'memory') return;
+  const path = storesPath(stateDir, backend);
+  const entry = await acquire(backend, path);
+  try {
+    const [built] = await entry.db.getMany([BUILT_AGAINST]);
+    if (built === undefined) await entry.db.batch([{ type: 'put', key: BUILT_AGAINST, value: identity }]);
+    else if (built !== identity) {
+      throw new HeraldError('HRL_STATE_MISMATCH', `HERALD_STATE_DIR ${stateDir}: its store database ${path} was built against ${built}, not ${identity} (this directory's cluster): it was copied from another state directory, and its stores' checkpoints count in another log's offsets. The stores were left as they are: remove ${path} to rebuild them from this cluster's changelogs, or set HERALD_STATE_DIR to the directory they came from`);
+    }
+  } finally {
+    await release(path, entry);
+  }
 }
 
 /** RocksDB's memory, as Kafka Streams' RocksDB metrics name it, summed over this process's open databases. */

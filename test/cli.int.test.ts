@@ -5,7 +5,7 @@
  * command.
  */
 import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -27,19 +27,20 @@ async function reset(stateDir: string, ...args: string[]): Promise<{ code: numbe
 }
 
 describe('herald reset', () => {
-  it('deletes a state directory Herald wrote (and --dry-run only says what it would delete)', async () => {
+  it('deletes what Herald wrote in a state directory, keeping the directory (it may be a mount point), and --dry-run only says what it would delete', async () => {
     const dir = join(root, 'state');
     mkdirSync(join(dir, 'journal'), { recursive: true });
     mkdirSync(join(dir, 'rocksdb'));
     writeFileSync(join(dir, 'CLUSTER_ID'), 'embedded:x');
     writeFileSync(join(dir, 'dev-key'), 'hk_x');
     const dry = await reset(dir, '--dry-run');
-    expect(dry).toEqual({ code: 0, out: `would delete ${dir} (CLUSTER_ID, dev-key, journal, rocksdb)\n` });
+    expect(dry).toEqual({ code: 0, out: `would delete everything in ${dir} (CLUSTER_ID, dev-key, journal, rocksdb)\n` });
     expect(existsSync(dir)).toBe(true);
     const done = await reset(dir);
     expect(done.code).toBe(0);
-    expect(done.out).toContain(`deleted ${dir}`);
-    expect(existsSync(dir)).toBe(false);
+    expect(done.out).toContain(`deleted everything in ${dir}`);
+    expect(readdirSync(dir)).toEqual([]);
+    expect(await reset(dir, '--dry-run')).toEqual({ code: 0, out: `${dir} is empty: nothing to delete\n` });
   });
 
   it('refuses a directory that holds anything Herald did not write, and deletes nothing', async () => {

@@ -3,7 +3,7 @@
  * (or another embedded journal) stop the start with HRL_STATE_MISMATCH and are left as
  * they were; a directory that cannot be used is named, with HRL_STATE_DIR_UNUSABLE.
  */
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -26,6 +26,26 @@ describe('state directory ownership', () => {
     expect(readdirSync(stateDir).sort()).toEqual(before);
     expect(existsSync(join(stateDir, 'rocksdb', 'CURRENT'))).toBe(true);
   }, 60_000);
+
+  it('refuses a store database copied in from another state directory, leaves it as it is, and rebuilds once it is removed', async () => {
+    const [a, b] = [mkdtempSync(join(tmpdir(), 'herald-copy-a-')), mkdtempSync(join(tmpdir(), 'herald-copy-b-'))];
+    dirs.push(a, b);
+    for (const stateDir of [a, b]) await (await startTestHerald({ stateDir, stages: ['dedupe'], api: false })).stop();
+    rmSync(join(b, 'rocksdb'), { recursive: true });
+    cpSync(join(a, 'rocksdb'), join(b, 'rocksdb'), { recursive: true });
+    const refused = startTestHerald({ stateDir: b, stages: ['dedupe'], api: false });
+    await expect(refused).rejects.toMatchObject({ code: 'HRL_STATE_MISMATCH' });
+    const message = await refused.catch((err: Error) => err.message);
+    expect(message).toContain(`its store database ${join(b, 'rocksdb')} was built against embedded:`);
+    expect(message).toContain(`remove ${join(b, 'rocksdb')}`);
+    // Left as it was: taken back to the directory it came from, it opens there.
+    rmSync(join(a, 'rocksdb'), { recursive: true });
+    renameSync(join(b, 'rocksdb'), join(a, 'rocksdb'));
+    await (await startTestHerald({ stateDir: a, stages: ['dedupe'], api: false })).stop();
+    // And without it, b rebuilds its stores.
+    await (await startTestHerald({ stateDir: b, stages: ['dedupe'], api: false })).stop();
+    expect(existsSync(join(b, 'rocksdb', 'CURRENT'))).toBe(true);
+  }, 120_000);
 
   it('names a state directory it cannot create', async () => {
     const file = join(mkdtempSync(join(tmpdir(), 'herald-file-')), 'a-file');

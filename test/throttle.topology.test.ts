@@ -222,6 +222,20 @@ describe('throttle: digests', () => {
     expect((await d.advance(HOUR)).emitted).toEqual([]); // sent once
   });
 
+  it('keeps only the reference of the record that caused a held item, not its value, headers or raw bytes', async () => {
+    const [deferring, collecting] = [driver(), driver()];
+    await deferring.pipe(Array.from({ length: 5 }, (_, i) => ({ value: n('comment'), timestamp: T0 + i })));
+    await collecting.pipe(Array.from({ length: 3 }, (_, i) => ({ value: n('digest'), timestamp: T0 + i })));
+    const held: unknown[] = [];
+    for (const d of [deferring, collecting]) for await (const [key, v] of d.stores.get('held')!.range('\u0001', '\uffff')) if (!key.startsWith('\u0000')) held.push(v);
+    const causes = held.flatMap((v) => {
+      const x = v as { kind: string; cause?: unknown; items?: { cause: unknown }[] };
+      return x.kind === 'digest' ? x.items!.map((i) => i.cause) : [x.cause];
+    });
+    expect(causes).toHaveLength(4); // 2 deferred comments, 2 collected into the digest
+    for (const c of causes) expect(Object.keys(c as object).sort()).toEqual(['offset', 'partition', 'timestamp', 'topic']);
+  });
+
   it('sends a digest at once when it reaches maxItems', async () => {
     const d = driver();
     const r = await d.pipe(Array.from({ length: 4 }, (_, i) => ({ value: n('digest'), timestamp: T0 + i })));

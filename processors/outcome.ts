@@ -50,6 +50,8 @@ export interface InboxItem {
 
 export const inboxPrefix = (tenant: string, recipient: string) => `i:${userKey(tenant, recipient)}:`;
 const inboxPointer = (notificationId: string) => `ib:${notificationId}`;
+/** How many items a user's inbox has had: the number in each new item's id. */
+const inboxCounter = (tenant: string, recipient: string) => `ic:${userKey(tenant, recipient)}`;
 
 /** Called with each inbox item an applied event added or changed. */
 export type InboxListener = (tenant: string, recipient: string, item: InboxItem) => void;
@@ -80,17 +82,13 @@ const eventPrefix = (id: string) => `e:${id}:`;
 const eventKey = (id: string, seq: number) => `${eventPrefix(id)}${String(seq).padStart(6, '0')}`;
 
 /** Applies lifecycle events to the projection held in `view` (pure apart from the store). */
-/**
- * `offsets`, aligned with `events`: each event's offset on outcomes.v1, which orders inbox
- * item ids as the items are applied (and sent live) within a millisecond.
- */
-export async function applyLifecycle(view: StoreView, events: LifecycleEvent[], onInbox?: InboxListener, offsets?: readonly string[]): Promise<LifecycleEvent[]> {
+export async function applyLifecycle(view: StoreView, events: LifecycleEvent[], onInbox?: InboxListener): Promise<LifecycleEvent[]> {
   const ids = [...new Set(events.map((e) => e.notificationId))];
   const current = await view.getMany<StoredSummary>(ids.map(notificationKey));
   const byId = new Map<string, StoredSummary | undefined>(ids.map((id, i) => [id, current[i]]));
   const changed = new Set<string>();
   const applied: LifecycleEvent[] = [];
-  for (const [i, e] of events.entries()) {
+  for (const e of events) {
     let n = byId.get(e.notificationId);
     if (!n) {
       n = { notificationId: e.notificationId, tenant: e.tenant, recipient: e.recipient, eventId: e.eventId, eventType: e.eventType, ruleId: e.ruleId, traceId: e.traceId, status: e.status, channels: {}, terminal: [], createdAt: e.timestamp, updatedAt: e.timestamp, ids: [] };
@@ -114,20 +112,26 @@ export async function applyLifecycle(view: StoreView, events: LifecycleEvent[], 
     byId.set(e.notificationId, n);
     changed.add(e.notificationId);
     applied.push(e);
-    if (e.channel === 'inapp') await applyInbox(view, e, onInbox, offsets?.[i]);
+    if (e.channel === 'inapp') await applyInbox(view, e, onInbox);
   }
   for (const id of changed) view.put(notificationKey(id), byId.get(id));
   return applied;
 }
 
-async function applyInbox(view: StoreView, e: LifecycleEvent, onInbox?: InboxListener, offset?: string): Promise<void> {
+async function applyInbox(view: StoreView, e: LifecycleEvent, onInbox?: InboxListener): Promise<void> {
   if (e.status === 'DELIVERED' && e.content) {
     const c = JSON.parse(e.content) as { subject: string | null; body: string; category?: string; eventType?: string };
     // Ids sort as the items were applied, which is the order the live stream sends them: by
-    // time, then (many items land in one millisecond) by their offset on outcomes.v1, so a
-    // client's Last-Event-ID never sorts past an item it has not had. (Items of earlier
-    // versions have no offset in their id: `<ms>:<notificationId>`.)
-    const id = offset === undefined ? `${String(e.timestamp).padStart(15, '0')}:${e.notificationId}` : `${String(e.timestamp).padStart(15, '0')}:${offset.padStart(19, '0')}:${e.notificationId}`;
+    // time, then (many items land in one millisecond) by the item's number in this inbox, so
+    // a client's Last-Event-ID never sorts past an item it has not had. The number is the
+    // inbox's own: the item's offset on outcomes.v1, used before, showed every tenant how many
+    // decisions the others' users on that partition had between two of its items. (Items of
+    // earlier versions carry that offset, or nothing: `<ms>:<notificationId>`.)
+    const counter = inboxCounter(e.tenant, e.recipient);
+    const [last] = await view.getMany<number>([counter]);
+    const seq = (last ?? 0) + 1;
+    view.put(counter, seq);
+    const id = `${String(e.timestamp).padStart(15, '0')}:${String(seq).padStart(19, '0')}:${e.notificationId}`;
     const item: InboxItem = { id, notificationId: e.notificationId, subject: c.subject, body: c.body, category: c.category ?? '', eventType: c.eventType ?? e.eventType, createdAt: e.timestamp, seenAt: null, readAt: null };
     view.put(`${inboxPrefix(e.tenant, e.recipient)}${id}`, item);
     view.put(inboxPointer(e.notificationId), `${inboxPrefix(e.tenant, e.recipient)}${id}`);
@@ -147,7 +151,7 @@ export const outcome: StageFactory<'outcome'> = ({ inbox }) => ({
     // Live inbox listeners hear of an item once its batch is processed (a retried batch may
     // tell them again: items carry ids, and clients keep the newest state per id).
     const changed: [string, string, InboxItem][] = [];
-    await applyLifecycle(ctx.store('lifecycle'), batch.map((r) => r.value), inbox ? (t, u, item) => changed.push([t, u, item]) : undefined, batch.map((r) => r.offset));
+    await applyLifecycle(ctx.store('lifecycle'), batch.map((r) => r.value), inbox ? (t, u, item) => changed.push([t, u, item]) : undefined);
     for (const [t, u, item] of changed) inbox?.publish(t, u, item);
   },
 });

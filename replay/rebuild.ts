@@ -44,20 +44,18 @@ export async function rebuildLifecycle(c: ClusterClients, config: HeraldConfig, 
       onBatch: async ({ partition, messages }) => {
         const end = until.get(partition)!;
         const events: LifecycleEvent[] = [];
-        const at: string[] = [];
         for (const m of messages) {
           if (BigInt(m.offset) >= end) continue;
           records++;
           if (!m.value) continue;
           try {
             events.push(await serde.decode<LifecycleEvent>(m.value));
-            at.push(m.offset);
           } catch {
             undecodable++; // the live stage dead-letters these: they are in no projection
           }
         }
         const view = stores.get(partition)!.view();
-        await applyLifecycle(view, events, undefined, at);
+        await applyLifecycle(view, events);
         await view.flush(null);
         o.onProgress?.(records, total);
       },

@@ -410,6 +410,22 @@ describe('outcome', () => {
   });
 });
 
+describe('outcome inbox ids', () => {
+  it('number a user\'s items in its own inbox, not by the partition\'s offsets, which count every tenant\'s decisions', async () => {
+    const { readInbox } = await import('../processors/outcome.ts');
+    const d = driver('outcome', outcome);
+    const delivered = (tenant: string, recipient: string, id: string, t: number) => ({ notificationId: id, deliveryId: `${id}:inapp`, tenant, recipient, eventId: 'e', eventType: 'comment.created', ruleId: 'comment-created', stage: 'deliver', status: 'DELIVERED', terminal: true, reasonCode: 'y', reason: 'y', channel: 'inapp', attempt: 1, providerMessageId: null, content: JSON.stringify({ subject: 's', body: 'b' }), sourceTopic: 't', sourcePartition: 0, sourceOffset: '1', timestamp: t, traceId: 'tr' });
+    // Another tenant's user on the same partition gets 50 items between acme's two.
+    await d.pipe([{ value: delivered('acme', 'ada', 'ntf_a1', T0), timestamp: T0 }]);
+    await d.pipe(Array.from({ length: 50 }, (_, i) => ({ value: delivered('globex', 'hal', `ntf_g${i}`, T0), timestamp: T0 })));
+    await d.pipe([{ value: delivered('acme', 'ada', 'ntf_a2', T0), timestamp: T0 }, { value: delivered('acme', 'ada', 'ntf_a2', T0), timestamp: T0 }]);
+    const items = await readInbox(d.stores.get('lifecycle')!.view(), 'acme', 'ada', { limit: 10 });
+    const pad = (n: number) => String(n).padStart(19, '0');
+    expect(items.map((i) => i.id)).toEqual([`${String(T0).padStart(15, '0')}:${pad(2)}:ntf_a2`, `${String(T0).padStart(15, '0')}:${pad(1)}:ntf_a1`]);
+    expect((await readInbox(d.stores.get('lifecycle')!.view(), 'globex', 'hal', { limit: 1 }))[0]!.id).toContain(`:${pad(50)}:`);
+  });
+});
+
 describe('outcome projection layout', () => {
   it('reads a summary an earlier version wrote with its events inline, and moves them to their own keys on the next event', async () => {
     const d = driver('outcome', outcome);

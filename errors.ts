@@ -32,7 +32,7 @@ export const ERROR_CODES = {
   HRL_BROKER_UNREACHABLE: 'The Kafka brokers (the running instance\'s embedded broker, or KAFKA_BROKERS) could not be reached, or were lost: a CLI command that follows a topic ends instead of retrying for ever, and an API write they do not acknowledge within HERALD_PUBLISH_TIMEOUT_MS answers 503 with Retry-After (send it again with the same Idempotency-Key).',
   HRL_OWNER_UNAVAILABLE: 'The instance that holds the partition a query needs is unknown or unreachable (a rebalance or restore is under way); retry shortly.',
   HRL_INTERNAL: 'An unexpected server error; the log has the details.',
-  HRL_UNAUTHORIZED: 'A /v1 request has no API key, or one that is unknown or revoked (HTTP 401).',
+  HRL_UNAUTHORIZED: 'A /v1 request has no API key, or one that is unknown or revoked; or a /metrics request lacks HERALD_METRICS_TOKEN when it is set (HTTP 401).',
   HRL_FORBIDDEN: 'The API key lacks the scope the route needs (publish, read or admin) (HTTP 403).',
   HRL_TENANT_MISMATCH: 'A request body names another tenant than the API key\'s; the tenant always comes from the key (HTTP 403).',
   HRL_RATE_LIMITED: 'The tenant publishes faster than HERALD_API_RATE allows; retry after the Retry-After header (HTTP 429).',

@@ -150,6 +150,8 @@ export interface ApiPorts {
   outbound: OutboundPolicy;
   /** Per-tenant publish rate (token bucket). */
   rate: { perSecond: number; burst: number };
+  /** HERALD_METRICS_TOKEN: the bearer token GET /metrics needs; empty: open. */
+  metricsToken?: string;
   /** Largest accepted event body, in bytes. */
   maxPayloadBytes: number;
   /** Memory for remembered Idempotency-Key answers. */

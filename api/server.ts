@@ -21,6 +21,7 @@ import type { Scope, UserPreferences, UserProfile } from '../schemas/types.ts';
 import { once } from 'node:events';
 import { Readable } from 'node:stream';
 import { decisionIdOf } from '../schemas/lifecycle.ts';
+import { metricsRefusal } from './metrics-auth.ts';
 import type { ApiPorts, InboxItemView, QueryAnswer } from './ports.ts';
 import { TenantRateLimiter } from './rate-limit.ts';
 import { INBOX_STREAM_PATH, retryLaterStream, wantsEventStream } from './sse.ts';
@@ -288,7 +289,9 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const r = health.readiness();
     return reply.code(r.ready ? 200 : 503).send(r);
   });
-  app.get('/metrics', async (_req, reply) => {
+  app.get('/metrics', async (req, reply) => {
+    const refused = metricsRefusal(ports.metricsToken ?? '', req.headers.authorization);
+    if (refused) return reply.code(401).header('www-authenticate', refused.challenge).send(refused.body);
     const m = await health.metrics();
     return reply.header('content-type', m.contentType).send(m.body);
   });

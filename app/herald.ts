@@ -205,7 +205,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     cleanups.push(async () => rmSync(pidFile, { force: true }));
     // The HTTP port, taken now: probes meet a starting instance, not a refused connection.
     let startDetail = (): string[] => [];
-    const early = (opts.api ?? true) && !opts.attach ? await StartingServer.listen(config.httpHost, config.httpPort, { registry: metrics.registry, detail: () => startDetail() }) : null;
+    const early = (opts.api ?? true) && !opts.attach ? await StartingServer.listen(config.httpHost, config.httpPort, { registry: metrics.registry, detail: () => startDetail(), metricsToken: config.metricsToken }) : null;
     if (early) cleanups.push(() => early.close());
     let journal: Journal | null = null;
     const attach = opts.attach ?? null;
@@ -503,7 +503,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
           metrics.httpDuration.observe({ method, route }, seconds);
         } },
         keys: keys.authenticator, outbound, signing: signingPort(signing, { send }), ...(sink ? { mailbox: sink } : {}), rate: { perSecond: config.apiRate, burst: config.apiBurst },
-        rules, maxPayloadBytes: config.maxPayloadBytes, idempotencyCacheBytes: config.idempotencyCacheBytes, log: log.child({ component: 'api' }),
+        rules, maxPayloadBytes: config.maxPayloadBytes, idempotencyCacheBytes: config.idempotencyCacheBytes, metricsToken: config.metricsToken, log: log.child({ component: 'api' }),
       });
       cleanups.push(() => api.close());
       herald.api = api;

@@ -10,6 +10,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import { metricsRefusal } from '../api/metrics-auth.ts';
 import { INBOX_STREAM_PATH, retryLaterStream, wantsEventStream } from '../api/sse.ts';
 import { HeraldError } from '../errors.ts';
 
@@ -28,7 +29,7 @@ export class StartingServer {
   }
 
   /** Takes `host:port` (0: a free port), or throws HRL_CONFIG_INVALID naming why it cannot. */
-  static async listen(host: string, port: number, o: { registry: Registry; detail: () => string[] }): Promise<StartingServer> {
+  static async listen(host: string, port: number, o: { registry: Registry; detail: () => string[]; metricsToken?: string }): Promise<StartingServer> {
     let self: StartingServer | null = null;
     const server = createServer((req, res) => {
       if (self?.api) return self.api(req, res);
@@ -41,6 +42,8 @@ export class StartingServer {
       if (path === '/healthz') return json(200, { status: 'starting' });
       if (path === '/readyz') return json(503, { ready: false, reasons: reasons() }, { 'retry-after': '1' });
       if (path === '/metrics') {
+        const refused = metricsRefusal(o.metricsToken ?? '', req.headers.authorization);
+        if (refused) return json(401, refused.body, { 'www-authenticate': refused.challenge });
         void o.registry.metrics().then((text) => res.writeHead(200, { 'content-type': o.registry.contentType }).end(text), () => json(500, { error: 'HRL_INTERNAL', message: 'metrics failed' }));
         return;
       }

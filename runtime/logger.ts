@@ -8,7 +8,7 @@ export const REDACT_PATHS = [
   'email', '*.email', '*.*.email', 'phone', '*.phone', '*.*.phone',
   'address', '*.address', 'webhookUrl', '*.webhookUrl', '*.*.webhookUrl', 'chatWebhookUrl', '*.chatWebhookUrl',
   'password', '*.password', 'secret', '*.secret', 'token', '*.token',
-  'headers.authorization', '*.headers.authorization', 'saslPassword', 'webhookSecret', '*.saslPassword', '*.webhookSecret',
+  'headers.authorization', '*.headers.authorization', 'saslPassword', 'webhookSecret', '*.saslPassword', '*.webhookSecret', 'metricsToken', '*.metricsToken',
 ];
 
 export function createLogger(level: string, destination?: pino.DestinationStream): Logger {

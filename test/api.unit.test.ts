@@ -367,6 +367,33 @@ describe('HTTP API on ports', () => {
     for (const url of ['/healthz', '/metrics']) expect((await app.inject({ method: 'GET', url })).statusCode).toBe(200);
   });
 
+  it('serves /metrics only with HERALD_METRICS_TOKEN when it is set, as the starting server does', async () => {
+    const { StartingServer } = await import('../app/starting.ts');
+    const { Registry } = await import('prom-client');
+    const token = 'scrape-secret-0123456789';
+    const guarded = await buildApi({ ...ports, metricsToken: token });
+    const starting = await StartingServer.listen('127.0.0.1', 0, { registry: new Registry(), detail: () => [], metricsToken: token });
+    try {
+      const viaApi = (authorization?: string) => guarded.inject({ method: 'GET', url: '/metrics', headers: authorization ? { authorization } : {} });
+      const viaStart = (authorization?: string) => fetch(`http://127.0.0.1:${starting.port}/metrics`, { headers: authorization ? { authorization } : {} });
+      for (const [authorization, challenge] of [[undefined, 'Bearer realm="metrics"'], ['Bearer wrong', 'Bearer realm="metrics", error="invalid_token"'], [`Basic ${Buffer.from(`x:${token}`).toString('base64')}`, 'Bearer realm="metrics", error="invalid_token"']] as const) {
+        const a = await viaApi(authorization);
+        expect([a.statusCode, a.json().error, a.headers['www-authenticate']]).toEqual([401, 'HRL_UNAUTHORIZED', challenge]);
+        expect(a.body).not.toContain('herald_up');
+        const b = await viaStart(authorization);
+        expect([b.status, ((await b.json()) as { error: string }).error, b.headers.get('www-authenticate')]).toEqual([401, 'HRL_UNAUTHORIZED', challenge]);
+      }
+      expect((await viaApi(`Bearer ${token}`)).body).toBe('herald_up 1\n');
+      expect((await viaApi(`bearer  ${token}`)).statusCode).toBe(200);
+      expect((await viaStart(`Bearer ${token}`)).status).toBe(200);
+      // Only /metrics: probes need no token.
+      expect((await guarded.inject({ method: 'GET', url: '/healthz' })).statusCode).toBe(200);
+    } finally {
+      await guarded.close();
+      await starting.close();
+    }
+  });
+
   it('lets each scope do its part only: publish cannot read or write profiles, read cannot publish', async () => {
     const as = (key: string, method: 'GET' | 'PUT' | 'POST', url: string, payload?: object) => inject({ method, url, headers: { authorization: `Bearer ${key}` }, ...(payload ? { payload } : {}) });
     const event = { type: 'comment.created', recipients: ['ada'], data: { commentId: 'c' } };

@@ -23,7 +23,7 @@ export const ERROR_CODES = {
   HRL_STATE_DIR_UNUSABLE: 'The state directory cannot be created, read or written (path and system error in the message).',
   HRL_BACKPRESSURE: 'The embedded broker is close to dropping records a stage has not read yet; the API answers 503 with Retry-After until the stages catch up.',
   HRL_JOURNAL_BEHIND: 'The embedded broker\'s journal could not confirm a record in time (or the broker dropped it first); the API answers 503: retry with the same Idempotency-Key.',
-  HRL_EMBEDDED_BROKER: 'The embedded broker could not be built or started.',
+  HRL_EMBEDDED_BROKER: 'The embedded broker could not be built or started, or died while Herald ran (Herald exits 1; a restart replays the journal).',
   HRL_PROCESSING_FAILED: 'A stage failed to process a record for a reason not classified above.',
   HRL_BAD_REQUEST: 'An HTTP request is malformed (body not parseable, wrong shape).',
   HRL_UNSUPPORTED_MEDIA_TYPE: 'An HTTP request body has a content type the route does not take.',

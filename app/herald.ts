@@ -88,6 +88,12 @@ export interface Herald {
   readiness(): { ready: boolean; reasons: string[] };
   /** The worker processes (`--workers`), when there are any. */
   workers: WorkerPool | null;
+  /**
+   * Settles if this instance can no longer run: its embedded broker died (its topics and
+   * groups lived in that process's memory). The CLI exits with 1 on it; the restart replays
+   * the journal.
+   */
+  failure: Promise<HeraldError>;
   /** The first half of a stop: every stage stops consuming, finishes, settles and commits, and stays in its groups (see StageRunner.quiesce). `stop` does it too. */
   quiesce(): Promise<void>;
   stop(): Promise<void>;
@@ -194,6 +200,9 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
   const cleanup = async () => {
     for (const c of cleanups.splice(0).reverse()) await c().catch((err: unknown) => log.warn({ err }, 'shutdown step failed'));
   };
+  let ready = false;
+  let failed: (err: HeraldError) => void = () => undefined;
+  const failure = new Promise<HeraldError>((resolve) => (failed = resolve));
   try {
     let broker: EmbeddedBroker | null = null;
     let brokers = config.brokers;
@@ -222,6 +231,13 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       await checkStoresBuiltAgainst(config.stateBackend, config.stateDir, identity);
       broker = await EmbeddedBroker.start({ brokers: config.embeddedBrokers });
       cleanups.push(() => broker!.stop());
+      broker.whenDied((d) => {
+        const how = d.signal ? `killed by ${d.signal}` : `exit code ${String(d.code)}`;
+        const err = new HeraldError('HRL_EMBEDDED_BROKER', `the embedded broker died (${how})${d.stderr ? `, saying: ${d.stderr.replace(/\s*\n\s*/g, ' | ').replace(/\.$/, '')}` : ''}. Its topics, offsets and groups lived in its memory, so this process cannot go on; a restart replays them from the journal in ${join(config.stateDir, 'journal')}`);
+        log.fatal({ code: err.code, exitCode: d.code, signal: d.signal, stderr: d.stderr }, 'embedded broker died');
+        ready = false;
+        failed(err);
+      });
       for (const t of topicPlan(config.topicPrefix, config.partitions)) await broker.createTopic(t.name, t.partitions, Math.min(config.embeddedBrokers, 3));
       brokers = broker.bootstraps;
       log.info({ brokers, partitions: config.partitions }, 'embedded broker started (librdkafka mock cluster)');
@@ -455,7 +471,6 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       hot: () => durable?.hotReaders() ?? [],
       log: log.child({ component: 'workers' }),
     }) : null;
-    let ready = false;
     if (early) early.phase = 'catching up the global tables, joining the stage groups and restoring their stores';
     await Promise.all([
       // The workers join with this process's members: on a fresh group every member gets
@@ -480,6 +495,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const herald: Herald = {
       config, brokers, registryUrl, httpUrl: null, broker, kafka, admin, producer, serde, rules, tables, runners, directory, metrics, log, api: null, devKey, workers,
       isReady: () => ready,
+      failure,
       readiness: () => { const r = health.readiness(); return { ready: r.ready, reasons: (r.reasons as string[] | undefined) ?? [] }; },
       quiesce: () => quiesce(),
       stop: async () => {

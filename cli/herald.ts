@@ -109,6 +109,14 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
     log.flush();
     process.exit(failed ? 1 : 0);
   };
+  // The embedded broker died (logged at fatal with what it said): nothing can be read,
+  // written or committed any more, so no stop is attempted; exit 1 at once, for the process
+  // manager to restart (the journal brings back what the broker held). A stop already under
+  // way ends the same way: it could commit nothing.
+  void herald.failure.then((err) => {
+    log.flush();
+    fail(err);
+  });
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   // A terminal's hangup (to the whole group, as when an ssh session drops): a clean stop too.

@@ -21,6 +21,9 @@ import { randomUUID } from 'node:crypto';
 import { HeraldError } from '../errors.ts';
 import { buildLauncher } from './build-launcher.mjs';
 
+/** How the broker's process ended: its exit code or signal, and the last lines it wrote to stderr. */
+export interface BrokerDeath { code: number | null; signal: NodeJS.Signals | null; stderr: string }
+
 export class EmbeddedBroker {
   readonly bootstraps: string;
   /** A fresh id per start: local state built against another cluster is discarded. */
@@ -30,15 +33,20 @@ export class EmbeddedBroker {
   private readonly pending: ((line: string) => void)[] = [];
   private queue: Promise<unknown> = Promise.resolve();
   private exited = false;
+  private stopping = false;
+  private onDeath: ((death: BrokerDeath) => void) | null = null;
 
-  private constructor(proc: EmbeddedBroker['proc'], bootstraps: string, lines: AsyncIterable<string>) {
+  private constructor(proc: EmbeddedBroker['proc'], bootstraps: string, lines: AsyncIterable<string>, stderr: () => string) {
     this.proc = proc;
     this.bootstraps = bootstraps;
     const reports = proc.stdio[3] as Readable | null | undefined;
     if (reports) createInterface({ input: reports }).on('line', (line) => this.journalListener?.(line));
-    proc.on('exit', () => {
+    proc.on('exit', (code, signal) => {
       this.exited = true;
       for (const p of this.pending.splice(0)) p('err launcher exited');
+      // The brokers are gone with it: every topic, offset and group of this run (the journal
+      // on disk has what was written). Not a stop of ours: the owner must hear of it.
+      if (!this.stopping) this.onDeath?.({ code, signal, stderr: stderr().trim().split('\n').slice(-5).join('\n') });
     });
     void (async () => {
       for await (const line of lines) this.pending.shift()?.(line);
@@ -67,7 +75,7 @@ export class EmbeddedBroker {
       throw new HeraldError('HRL_EMBEDDED_BROKER', `embedded broker printed "${line}" instead of its bootstrap list`);
     }
     proc.unref();
-    return new EmbeddedBroker(proc, line.slice('bootstraps '.length).trim(), { [Symbol.asyncIterator]: () => it });
+    return new EmbeddedBroker(proc, line.slice('bootstraps '.length).trim(), { [Symbol.asyncIterator]: () => it }, () => stderr);
   }
 
   private command(cmd: string): Promise<void> {
@@ -117,7 +125,16 @@ export class EmbeddedBroker {
     return this.command(`follow ${topic} ${partition} ${from}`);
   }
 
+  /**
+   * Called if the broker's process ends without `stop` (a crash of the mock cluster, such
+   * as its assertion when a client of another kind joins one of Herald's groups, or a kill).
+   */
+  whenDied(listener: (death: BrokerDeath) => void): void {
+    this.onDeath = listener;
+  }
+
   async stop(): Promise<void> {
+    this.stopping = true;
     if (this.exited) return;
     const done = new Promise<void>((resolve) => this.proc.once('exit', () => resolve()));
     this.proc.stdin.end();

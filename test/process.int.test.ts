@@ -86,6 +86,19 @@ describe('herald start as a process', () => {
     await eventually(() => !alive(broker), 10_000);
   }, 60_000);
 
+  it('says the embedded broker died, with how, and exits 1 at once instead of running on without it', async () => {
+    const { child, url, output } = await startHeraldProcess();
+    const [broker] = childrenOf(child.pid!).filter((p) => launcherPids().includes(p));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const t0 = Date.now();
+    process.kill(broker!, 'SIGKILL');
+    expect(await exited).toBe(1);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect(output()).toMatch(/"level":60,.*"code":"HRL_EMBEDDED_BROKER".*"signal":"SIGKILL".*"msg":"embedded broker died"/);
+    expect(output()).toContain('herald: HRL_EMBEDDED_BROKER: the embedded broker died (killed by SIGKILL). Its topics, offsets and groups lived in its memory');
+    await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+  });
+
   it('leaves no broker process behind when killed with SIGKILL', async () => {
     const { child } = await startHeraldProcess();
     const brokers = childrenOf(child.pid!).filter((p) => launcherPids().includes(p));

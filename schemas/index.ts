@@ -243,15 +243,20 @@ export class Serde {
         decoder = r;
       }
       const { value, offset } = decoder.type.decode(buf, 5, decoder.resolver);
-      // As avsc's fromBuffer: the body must end where the buffer does.
-      if (offset < 0) throw new Error('truncated buffer');
-      if (offset < buf.length) throw new Error('trailing data');
+      // As avsc's fromBuffer: the body must end where the buffer does. (Confluent's Java
+      // deserialiser ignores bytes past the body; they mean the record was not written with
+      // the schema its id names, and what was read from it would be wrong.)
+      if (offset < 0) throw new Error(`truncated buffer: the ${buf.length - 5}-byte body ends before the schema's fields do`);
+      if (offset < buf.length) throw new Error(`trailing data: ${buf.length - offset} bytes past the end of the body the schema reads (was it written with this schema id?)`);
       return value as T;
     } catch (err) {
       // An unreachable registry is not the record's fault: retry the batch instead of dead-lettering.
       const retriable = isTransient(err);
       const field = (err as { field?: unknown }).field;
-      throw new HeraldError('HRL_DECODE_FAILED', `Avro decode failed (schema id ${buf.readInt32BE(1)}): ${(err as Error).message}`, { cause: err, retriable, ...(typeof field === 'string' ? { field } : {}) });
+      const id = buf.readInt32BE(1);
+      // The registry client's words for a 404 ("Confluent_Schema_Registry - Schema not found").
+      const why = !retriable && /schema not found/i.test((err as Error).message) ? `the registry has no schema ${id}: the record was written against another registry, or its first 5 bytes are not Confluent's wire format header` : (err as Error).message;
+      throw new HeraldError('HRL_DECODE_FAILED', `Avro decode failed (schema id ${id}): ${why}`, { cause: err, retriable, field: typeof field === 'string' ? field : 'value' });
     }
   }
 }

@@ -22,6 +22,21 @@ interface KeySpec {
 
 /** The signing secret a fresh clone starts with: refused against real Kafka, warned about on the embedded broker. */
 export const DEFAULT_WEBHOOK_SECRET = 'herald-dev-secret';
+/**
+ * The refusal of the public development signing secret where webhooks go to real receivers:
+ * a process that delivers (the deliver stage) against a real cluster. Read-only commands
+ * (explain, replay, tail, describe) sign nothing and need no secret.
+ */
+export function checkSigningSecret(config: { embedded: boolean; webhookSecret: string }): void {
+  // An empty HMAC key signs, and anyone can compute the signature.
+  if (config.webhookSecret.split(',').some((part) => part.trim() === '')) {
+    throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_WEBHOOK_SECRET: expected a secret (or \`new,old\` while rotating), got ${config.webhookSecret.trim() === '' ? 'an empty value' : 'an empty part'}: anyone could sign with it; set a secret of your own, e.g. $(openssl rand -hex 32)${config.embedded ? ', or unset it for the development default' : ''}`);
+  }
+  if (!config.embedded && signsWithDefaultSecret(config.webhookSecret)) {
+    throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_WEBHOOK_SECRET: the default development secret cannot sign webhooks against a real cluster (KAFKA_BROKERS is set); set a secret of your own, e.g. $(openssl rand -hex 32)`);
+  }
+}
+
 /** Whether HERALD_WEBHOOK_SECRET (one secret, or `new,old` while rotating) still signs with the public default. */
 export const signsWithDefaultSecret = (webhookSecret: string): boolean => webhookSecret.split(',').map((s) => s.trim()).includes(DEFAULT_WEBHOOK_SECRET);
 
@@ -137,9 +152,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   if (fromProblem) throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_SMTP_FROM: ${fromProblem}`);
   if (out.devKey && !/^[A-Za-z0-9_-]{16,256}$/.test(String(out.devKey))) {
     throw new HeraldError('HRL_CONFIG_INVALID', 'HERALD_DEV_KEY: expected 16 to 256 letters, digits, \'_\' or \'-\'');
-  }
-  if (!out.embedded && signsWithDefaultSecret(String(out.webhookSecret))) {
-    throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_WEBHOOK_SECRET: the default development secret cannot sign webhooks against a real cluster (KAFKA_BROKERS is set); set a secret of your own, e.g. $(openssl rand -hex 32)`);
   }
   if (out.embedded && out.saslMechanism) {
     throw new HeraldError('HRL_CONFIG_INVALID', 'KAFKA_SASL_MECHANISM: set KAFKA_BROKERS too; the embedded broker takes no SASL');

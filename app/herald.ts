@@ -25,7 +25,7 @@ import type { ChannelProvider } from '../channels/channel.ts';
 import { secretsOf, WebhookChannel } from '../channels/webhook.ts';
 import { EmailChannel } from '../channels/email.ts';
 import { SmtpSink } from '../channels/smtp-sink.ts';
-import { CONFIG_KEYS, type HeraldConfig, signsWithDefaultSecret } from '../config.ts';
+import { checkSigningSecret, CONFIG_KEYS, type HeraldConfig, signsWithDefaultSecret } from '../config.ts';
 import { EmbeddedBroker } from '../embedded/broker.ts';
 import { HeraldError } from '../errors.ts';
 import { EmbeddedSchemaRegistry } from '../embedded/schema-registry.ts';
@@ -194,6 +194,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
   const log = opts.log ?? createLogger(config.logLevel);
   const metrics = opts.metrics ?? new Metrics({ defaults: true, process: opts.attach ? `worker-${opts.attach.index}` : 'primary' });
   const stages = [...new Set(opts.stages ?? STAGE_NAMES)];
+  if (stages.includes('deliver')) checkSigningSecret(config);
   const rules = loadRules(config.rulesFile);
   tuneStores({ writeBufferBytes: config.storeWriteBufferBytes, cacheBytes: config.storeCacheBytes, compression: config.storeCompression });
   const cleanups: (() => Promise<void>)[] = [];

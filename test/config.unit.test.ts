@@ -161,11 +161,23 @@ describe('loadConfig errors', () => {
     expect(err.message).toContain('true or false');
   });
 
-  it('rejects a SASL mechanism without brokers (the embedded broker takes no SASL)', () => {
+  it('refuses the development signing secret where webhooks go to real receivers only: read-only commands need none', async () => {
     // given real brokers and the public development signing secret
-    const secret = configError(() => loadConfig({ KAFKA_BROKERS: 'kafka-1:9092' }));
-    // then starting is refused, naming the variable
-    expect(secret.message).toMatch(/^HERALD_WEBHOOK_SECRET: the default development secret cannot sign webhooks against a real cluster/);
+    const config = loadConfig({ KAFKA_BROKERS: 'kafka-1:9092' });
+    // then a start that delivers is refused, naming the variable, before it reaches a broker
+    const { startHerald } = await import('../app/herald.ts');
+    await expect(startHerald({ config, stages: ['deliver'], api: false })).rejects.toMatchObject({ code: 'HRL_CONFIG_INVALID', message: expect.stringMatching(/^HERALD_WEBHOOK_SECRET: the default development secret cannot sign webhooks against a real cluster/) });
+    // and an empty secret (or an empty part of `new,old`) is refused too, embedded or not
+    for (const secret of ['', 'mine-0123456789,', ' , old']) {
+      await expect(startHerald({ config: loadConfig({ HERALD_WEBHOOK_SECRET: secret }), stages: ['deliver'], api: false })).rejects.toMatchObject({ code: 'HRL_CONFIG_INVALID', message: expect.stringMatching(/^HERALD_WEBHOOK_SECRET: expected a secret \(or `new,old` while rotating\), got an empty (value|part)/) });
+    }
+    // and a command that signs nothing runs: `describe` prints the topology
+    const { execFileSync } = await import('node:child_process');
+    const out = execFileSync(process.execPath, ['cli/herald.ts', 'describe'], { env: { ...process.env, KAFKA_BROKERS: 'kafka-1:9092', HERALD_WEBHOOK_SECRET: 'herald-dev-secret' }, encoding: 'utf8' });
+    expect(out).toContain('herald.events.v1');
+  });
+
+  it('rejects a SASL mechanism without brokers (the embedded broker takes no SASL)', () => {
     // given SASL settings but no KAFKA_BROKERS
     const err = configError(() => loadConfig({ KAFKA_SASL_MECHANISM: 'plain', KAFKA_SASL_USERNAME: 'herald' }));
     // then the error names the mechanism and asks for brokers

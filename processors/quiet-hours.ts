@@ -66,10 +66,18 @@ export function quietUntil(t: number, window: { start: string; end: string }, ti
   return guess;
 }
 
-/** `07:00 Europe/Berlin` for a reason sentence. */
-/** `HH:MM <zone>`, or `HH:MM:SS <zone>` when the time is not on a whole minute (a 20 s window releases mid-minute). */
-export function localTime(t: number, timeZone: string): string {
-  const p = Object.fromEntries(formatter(timeZone).formatToParts(t).map((x) => [x.type, x.value]));
+/**
+ * `HH:MM <zone>` for a reason sentence, or `HH:MM:SS <zone>` when the time is not on a whole
+ * minute (a 20 s window releases mid-minute); with `from` (the time of the decision), the
+ * local date follows when it is another day than that one's (`22:00 Europe/Berlin on
+ * 2026-12-04`): a release at 22:00 decided at 23:43 is tomorrow's, not a time already past.
+ */
+export function localTime(t: number, timeZone: string, from?: number): string {
+  const parts = (x: number) => Object.fromEntries(formatter(timeZone).formatToParts(x).map((y) => [y.type, y.value]));
+  const p = parts(t);
   const seconds = p.second!.padStart(2, '0');
-  return `${p.hour!.padStart(2, '0')}:${p.minute!.padStart(2, '0')}${seconds === '00' ? '' : `:${seconds}`} ${timeZone}`;
+  const date = `${p.year!}-${p.month!.padStart(2, '0')}-${p.day!.padStart(2, '0')}`;
+  const f = from === undefined ? null : parts(from);
+  const sameDay = f === null || `${f.year!}-${f.month!.padStart(2, '0')}-${f.day!.padStart(2, '0')}` === date;
+  return `${p.hour!.padStart(2, '0')}:${p.minute!.padStart(2, '0')}${seconds === '00' ? '' : `:${seconds}`} ${timeZone}${sameDay ? '' : ` on ${date}`}`;
 }

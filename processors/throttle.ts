@@ -54,7 +54,8 @@ const scopeName = (limit: Limit, req: NotificationRequest) => (limit.scope === '
 const ago = (ms: number) => (ms % 86_400_000 === 0 ? `${ms / 86_400_000} d` : ms % 3_600_000 === 0 ? `${ms / 3_600_000} h` : ms % 60_000 === 0 ? `${ms / 60_000} min` : `${ms / 1000} s`);
 const utc = (t: number) => new Date(t).toISOString().replace('.000Z', 'Z');
 
-interface Verdict { over: { limit: Limit; count: number; waiting: number } | null; roomAt: number; counts: string[] }
+/** `count`: admissions in the busiest window holding `t`, `later` of them stamped after `t` (a record read after a later one of the same user). */
+interface Verdict { over: { limit: Limit; count: number; later: number; waiting: number } | null; roomAt: number; counts: string[] }
 
 /**
  * The counters store with a read-through cache for one batch or timer run: a batch's keys
@@ -128,7 +129,7 @@ async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: nu
     // What the windows holding `t` or a later time hold: the admissions (a release decided at
     // its due time can come after later ones) and the releases promised to those ahead.
     const taken = [...admitted, ...waiting.filter((x) => x > t - limit.perMs)].sort((a, b) => a - b);
-    return { limit, taken, inWindow, waiting };
+    return { limit, taken, inWindow, waiting, admitted };
   });
   // Never before the last one waiting ahead; then the first time at which every window that
   // would hold it has room: `t`, or when one of those taken leaves a window.
@@ -137,7 +138,22 @@ async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: nu
   const roomAt = candidates.find((r) => scoped.every((s) => fits(s.taken, r, s.limit))) ?? candidates.at(-1)!;
   // Named in the reason: a limit that is full, else one with others waiting to go first.
   const first = scoped.find((s) => !fits(s.taken, t, s.limit)) ?? scoped.find((s) => s.waiting.some((x) => x > t)) ?? scoped[0]!;
-  return { over: roomAt > t ? { limit: first.limit, count: first.inWindow, waiting: first.waiting.length } : null, roomAt, counts };
+  const { count: busiestCount, later } = busiest(first.admitted, t, first.limit);
+  return { over: roomAt > t ? { limit: first.limit, count: Math.max(first.inWindow, busiestCount), later: busiestCount > first.inWindow ? later : 0, waiting: first.waiting.length } : null, roomAt, counts };
+}
+
+/**
+ * The most admissions (sorted) in one window of `limit` that holds `t`, and how many of those
+ * came after `t`: records are read in the order they reach the partition, and one stamped
+ * later can take the room first.
+ */
+function busiest(admitted: number[], t: number, limit: Limit): { count: number; later: number } {
+  let best = { count: 0, later: 0 };
+  for (const end of [t, ...admitted.filter((x) => x > t && x < t + limit.perMs)]) {
+    const inside = admitted.filter((x) => x > end - limit.perMs && x <= end);
+    if (inside.length > best.count) best = { count: inside.length, later: inside.filter((x) => x > t).length };
+  }
+  return best;
 }
 
 /**
@@ -295,7 +311,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
       }
       if (until !== null) {
         if (deferrals) released();
-        defer(until, 'quiet_hours', `deferred: quiet hours ${quiet.start}–${quiet.end} ${zone}; released at ${localTime(until, zone)}`);
+        defer(until, 'quiet_hours', `deferred: quiet hours ${quiet.start}–${quiet.end} ${zone}; released at ${localTime(until, zone, t)}`);
         return;
       }
     }
@@ -314,11 +330,12 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
       }
       return;
     }
-    const { limit, count: seen, waiting } = v.over;
+    const { limit, count: seen, later, waiting } = v.over;
     // More than the limit can be in a window: CRITICAL ones and other rules' admissions count in shared scopes.
+    const span = later ? `within ${ago(limit.perMs)} of it (${later} stamped after it, admitted first)` : `in the last ${ago(limit.perMs)}`;
     const why = (seen > limit.max
-      ? `${seen} ${scopeName(limit, req)} in the last ${ago(limit.perMs)}, over the limit of ${limit.max}`
-      : `${seen} of ${limit.max} ${scopeName(limit, req)} in the last ${ago(limit.perMs)}`) + (waiting ? `, and ${waiting} held to go first` : '');
+      ? `${seen} ${scopeName(limit, req)} ${span}, over the limit of ${limit.max}`
+      : `${seen} of ${limit.max} ${scopeName(limit, req)} ${span}`) + (waiting ? `, and ${waiting} held to go first` : '');
     if (deferrals) {
       // Came back too early (CRITICAL ones or other rules took the room): held again, quietly,
       // at the end of the queue.
@@ -334,7 +351,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
         return;
       case 'defer':
         await reserve(rules, rule, req, v.roomAt, counters);
-        defer(v.roomAt, 'limit_deferred', `deferred: ${why}; released at ${localTime(v.roomAt, n.user.timezone || 'UTC')}`);
+        defer(v.roomAt, 'limit_deferred', `deferred: ${why}; released at ${localTime(v.roomAt, n.user.timezone || 'UTC', t)}`);
         return;
       case 'digest':
         memo('held');
@@ -353,7 +370,7 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
     if (digest.items.some((x) => x.item.request.notificationId === req.notificationId)) return; // seen again (redelivery)
     digest.items.push({ item: n, cause: recordRef(cause) });
     decided('digest_collected');
-    ctx.outcome(cause, { ...about(req), timestamp: t, status: 'DEFERRED', reasonCode: 'digest_collected', attempt: 1, reason: `collected into digest ${digest.digestId} (item ${digest.items.length}; ${why}); sent at ${localTime(digest.closesAt, n.user.timezone || 'UTC')} or at ${spec.maxItems} items` });
+    ctx.outcome(cause, { ...about(req), timestamp: t, status: 'DEFERRED', reasonCode: 'digest_collected', attempt: 1, reason: `collected into digest ${digest.digestId} (item ${digest.items.length}; ${why}); sent at ${localTime(digest.closesAt, n.user.timezone || 'UTC', t)} or at ${spec.maxItems} items` });
     if (digest.items.length >= spec.maxItems) {
       held.delete(key);
       if (open) track(-1);

@@ -125,6 +125,17 @@ describe('throttle: limits', () => {
     expect((await d.advance(HOUR)).outcomes.map((o) => o.status)).toEqual(['RELEASED', 'RELEASED']); // the held one (once) and the fresh one
   });
 
+  it('counts what took the room when records stamped later were read first, and says they were', async () => {
+    const d = driver();
+    // Events of one user reach throttle in the order they reached the partition, not by time.
+    const later = Array.from({ length: 3 }, () => n('comment'));
+    const early = n('comment');
+    const r = await d.pipe([...later.map((value, i) => ({ value, timestamp: T0 + (i + 1) * 10 * MIN })), { value: early, timestamp: T0 }]);
+    expect(r.outcomes.map((o) => o.status)).toEqual(['ADMITTED', 'ADMITTED', 'ADMITTED', 'DEFERRED']);
+    // Not "0 of 3 … in the last 1 h", which reads as room.
+    expect(r.outcomes[3]!.reason).toBe('deferred: 3 of 3 collaboration notifications within 1 h of it (3 stamped after it, admitted first); released at 11:10 Europe/Berlin');
+  });
+
   it('counts the user scope across rules, so one noisy rule cannot get around the user\'s limit', async () => {
     const d = driver();
     const r = await d.pipe([...Array.from({ length: 3 }, () => n('comment')), ...Array.from({ length: 3 }, () => n('mention'))].map((value, i) => ({ value, timestamp: T0 + i })));
@@ -254,7 +265,8 @@ describe('throttle: quiet hours', () => {
     const item = n('mention', {}, { quietHours: { start: '22:00', end: '07:00' } });
     const r = await d.pipe([{ value: item, timestamp: night }]);
     expect(decisions(r)).toEqual([[item.request.notificationId, 'DEFERRED', 'quiet_hours']]);
-    expect(r.outcomes[0]!.reason).toBe('deferred: quiet hours 22:00–07:00 Europe/Berlin; released at 07:00 Europe/Berlin');
+    // 07:00 is tomorrow's, in Berlin: the date says so.
+    expect(r.outcomes[0]!.reason).toBe('deferred: quiet hours 22:00–07:00 Europe/Berlin; released at 07:00 Europe/Berlin on 2026-03-03');
     expect((await d.advance(Date.parse('2026-03-03T06:00:00Z') - night - 1)).outcomes).toEqual([]);
     const released = await d.advance(1);
     expect(decisions(released)).toEqual([[item.request.notificationId, 'RELEASED', 'released']]);
@@ -294,5 +306,14 @@ describe('release times in reasons', () => {
   it('give seconds when the time is not on a whole minute (a 20 s window), in the user\'s zone', () => {
     expect(localTime(Date.parse('2026-03-01T10:00:00Z'), 'Europe/Berlin')).toBe('11:00 Europe/Berlin');
     expect(localTime(Date.parse('2026-03-01T10:00:20.500Z'), 'Europe/Berlin')).toBe('11:00:20 Europe/Berlin');
+  });
+
+  it('give the date when it is another day than the decision\'s, in the user\'s zone', () => {
+    const decided = Date.parse('2026-12-03T22:43:00Z'); // 23:43 in Berlin
+    expect(localTime(Date.parse('2026-12-03T22:50:00Z'), 'Europe/Berlin', decided)).toBe('23:50 Europe/Berlin');
+    expect(localTime(Date.parse('2026-12-03T23:10:00Z'), 'Europe/Berlin', decided)).toBe('00:10 Europe/Berlin on 2026-12-04');
+    expect(localTime(Date.parse('2026-12-04T21:00:00Z'), 'Europe/Berlin', decided)).toBe('22:00 Europe/Berlin on 2026-12-04');
+    // The same instants in UTC are still the 3rd.
+    expect(localTime(Date.parse('2026-12-03T23:10:00Z'), 'UTC', decided)).toBe('23:10 UTC');
   });
 });

@@ -95,7 +95,7 @@ export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
         const prior = dup.prior!;
         ctx.outcome(rec, {
           ...about(req), status: 'SUPPRESSED_DUPLICATE', reasonCode: dup.k.kind === 'idempotency' ? 'duplicate_idempotency_key' : 'duplicate_key',
-          reason: `same dedupe key (${dup.k.text}) as ${prior.notificationId}, seen ${duration(now - prior.firstSeenAt)} ${now >= prior.firstSeenAt ? 'earlier' : 'later'} (${new Date(prior.firstSeenAt).toISOString()}); window ${duration(prior.expiresAt - prior.firstSeenAt)}`,
+          reason: `same dedupe key (${dup.k.text}) as ${prior.notificationId}, first seen ${duration(now - prior.firstSeenAt)} ${now >= prior.firstSeenAt ? 'earlier' : 'later'} (${new Date(prior.firstSeenAt).toISOString()}); window ${duration(prior.expiresAt - prior.firstSeenAt)}, open until ${new Date(prior.expiresAt).toISOString()} (suppressed repeats do not extend it)`,
         });
         return;
       }
@@ -112,7 +112,7 @@ export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
       const [reasonCode, reason] = (replay
         ? ['replayed', 'same notification seen again (redelivery or replay); passed through']
         : expired
-          ? ['window_expired', `key last seen ${new Date(expired.prior!.firstSeenAt).toISOString()}, outside the window${also}`]
+          ? ['window_expired', `key first seen ${new Date(expired.prior!.firstSeenAt).toISOString()} by ${expired.prior!.notificationId}; its ${duration(expired.prior!.expiresAt - expired.prior!.firstSeenAt)} window closed at ${new Date(expired.prior!.expiresAt).toISOString()}, ${now >= expired.prior!.expiresAt ? `${duration(now - expired.prior!.expiresAt)} before this one's time` : `and this one is stamped ${duration(expired.prior!.firstSeenAt - now)} before it`}${also}`]
           : ['first_seen', `dedupe key not seen inside the window${also}`]) satisfies [ReasonCode, string];
       ctx.emit(rec, 'deduped', userKey(req.tenant, req.recipient), rec.value);
       ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode, reason });

@@ -90,7 +90,7 @@ describe('herald replay', () => {
     expect(r.changes).toEqual([]);
     expect(r.counts).toEqual({ 'UNIQUE first_seen': 12, 'SUPPRESSED_DUPLICATE duplicate_key': 4 });
     const dup = r.decisions.find((d) => d.status === 'SUPPRESSED_DUPLICATE')!;
-    expect(dup.reason).toMatch(/^same dedupe key \(recipient, data\.commentId=c[12]\) as ntf_\w+, seen \d+(\.\d+)? (ms|s) earlier \(.+\); window 24 h$/);
+    expect(dup.reason).toMatch(/^same dedupe key \(recipient, data\.commentId=c[12]\) as ntf_\w+, first seen \d+(\.\d+)? (ms|s) earlier \((.+)\); window 24 h, open until \S+Z \(suppressed repeats do not extend it\)$/);
     expect([first.get('ada/c1'), first.get('ada/c2'), first.get('bob/c1'), first.get('bob/c2')]).toContain(/as (ntf_\w+)/.exec(dup.reason)![1]);
     expect(await liveState()).toEqual(before);
   }, 60_000);

@@ -157,8 +157,14 @@ describe('dedupe', () => {
     expect(r.outcomes.map((o) => o.status)).toEqual(['UNIQUE', 'SUPPRESSED_DUPLICATE']);
     // The rule's window is 24h: one ms before it ends is still a duplicate; at the end it is new.
     d.now = T0; // wall clock does not matter
-    expect((await d.pipe([{ value: c, timestamp: T0 + 24 * HOUR - 1 }])).outcomes[0]!.status).toBe('SUPPRESSED_DUPLICATE');
-    expect((await d.pipe([{ value: c, timestamp: T0 + 24 * HOUR }])).outcomes[0]!.status).toBe('UNIQUE');
+    const last = (await d.pipe([{ value: c, timestamp: T0 + 24 * HOUR - 1 }])).outcomes[0]!;
+    expect(last.status).toBe('SUPPRESSED_DUPLICATE');
+    // The reason says when the window ends, and that repeats do not move it.
+    expect(last.reason).toBe(`same dedupe key (recipient, data.commentId=c1) as ${a.request.notificationId}, first seen 24 h earlier (${new Date(T0).toISOString()}); window 24 h, open until ${new Date(T0 + 24 * HOUR).toISOString()} (suppressed repeats do not extend it)`);
+    const fresh = (await d.pipe([{ value: c, timestamp: T0 + 24 * HOUR + 101_000 }])).outcomes[0]!;
+    expect(fresh).toMatchObject({ status: 'UNIQUE', reasonCode: 'window_expired' });
+    // First seen, by whom, and how long ago the window closed, to the second.
+    expect(fresh.reason).toBe(`key first seen ${new Date(T0).toISOString()} by ${a.request.notificationId}; its 24 h window closed at ${new Date(T0 + 24 * HOUR).toISOString()}, 1 min 41 s before this one's time`);
   });
 
   it('dedupes nothing a rule did not ask for: a rule without dedupe, or an event missing a field of the key, passes unchecked; an idempotencyKey still dedupes', async () => {

@@ -1,7 +1,8 @@
 /**
  * Circuit breakers per endpoint (a webhook or chat host, the SMTP server), and per webhook
- * or chat URL for the failures it answers with itself (HTTP 5xx; the host opens on those
- * only when they span two URLs or more): after
+ * or chat URL for its own failures (HTTP 5xx, no answer; the host opens on failures only
+ * when they span two URLs or more: one URL that hangs opened the host's circuit and held
+ * every other user's webhook there for 30 s): after
  * `failures` consecutive transient failures the circuit opens and tasks for the endpoint
  * wait (they are rescheduled without a call and without using an attempt); after `openMs`
  * one probe goes through (half-open): success closes the circuit, failure opens it again.
@@ -91,8 +92,9 @@ export class CircuitBreakers {
     c.failures++;
     if (source === undefined) c.unanswered = true;
     else if (c.sources.size < 16) c.sources.add(source);
-    // HTTP error answers of one URL alone are that URL's (its own circuit): the host, which
-    // answered, opens only when the failures span URLs, or some got no answer at all.
+    // Failures of one URL alone are that URL's (its own circuit): a host opens only when they
+    // span URLs. `source` is the URL (webhook, chat); the SMTP server has none, and any of its
+    // failures counts.
     const spread = c.unanswered || c.sources.size >= 2;
     if (probe || (c.state === 'closed' && c.failures >= this.o.failures && spread)) {
       c.openedAt = now;

@@ -202,8 +202,6 @@ export class CallLimits {
   }
 }
 
-/** Whether the endpoint answered the call (it succeeded, or the URL answered with an HTTP status): the host is up. */
-const answeredBy = (task: DeliveryTask, r: SendResult) => r.ok || ((task.channel === 'webhook' || task.channel === 'chat') && r.code.startsWith('http_'));
 /**
  * An SMTP reply about this message or recipient (450, 451, 452, 5xx …): the mail server is up
  * and talking. 421 (service not available, closing the channel) and 454 (throttling, TLS not
@@ -427,7 +425,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
       const name = circuitName(endpoint!);
       const host = name.slice(name.indexOf(':') + 1);
-      const which = endpoint && breakers.state(endpoint) !== 'closed' ? host : `this URL (on ${host}: it answered with errors)`;
+      const which = endpoint && breakers.state(endpoint) !== 'closed' ? host : `this URL (on ${host}; its calls failed in a row, and the host's other URLs are called as usual)`;
       ctx.outcome(cause, { ...baseOf(task), status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open', repeat: `held for ${cause.topic}[${cause.partition}]@${cause.offset}`, reason: `circuit open for ${which} since ${new Date(a.openSince).toISOString().slice(11, 19)} UTC; attempt ${task.attempt} waits until ${new Date(next.notBefore!).toISOString()}`, timestamp: now0 });
     }
     await ctx.recordNow(send.map(({ cause, task, readdressed }) => [cause, { ...baseOf(task), status: 'ATTEMPTED', reasonCode: 'channel_called', reason: `attempt ${task.attempt} via ${task.channel}${readdressed ? ' (to the address the profile has now: it changed after routing)' : ''}`, timestamp: now0 }]));
@@ -484,7 +482,9 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
       // full mailbox): it never opens the circuit every other user's mail goes through.
       const transient = !r.ok && r.retriable && r.code !== 'http_429' && !smtpReplied(task, r);
       const urlCircuit = tenantUrlCircuitOf(task.tenant, task.channel, task.address);
-      if (endpoint) breakers.record(endpoint, transient, probe === endpoint, now, startedAt, urlCircuit && answeredBy(task, r) ? urlCircuit : undefined);
+      // The host's circuit hears which URL failed, answered or not: it opens only on failures
+      // of two URLs or more (one URL that hangs is its own circuit's, and its slow lane's).
+      if (endpoint) breakers.record(endpoint, transient, probe === endpoint, now, startedAt, urlCircuit ?? undefined);
       if (urlCircuit) breakers.record(urlCircuit, transient, probe === urlCircuit, now, startedAt);
       // A settled delivery's result says which attempt it took; only an attempt that leaves
       // the delivery open (a retry follows) needs its own record, so a redelivered retry

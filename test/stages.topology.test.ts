@@ -732,6 +732,26 @@ describe('deliver: one URL failing on a shared host is not an outage of the host
     const next = await d.pipe([{ value: await taskTo('next', 'https://shared.example/next'), timestamp: T0 }]);
     expect(next.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['ATTEMPTED', 'channel_called'], ['DELIVERED', expect.any(String)]]);
   });
+
+  it('opens only the URL\'s own circuit when one URL hangs and nothing else is called: the host\'s other URLs are called at once', async () => {
+    const { loadConfig } = await import('../config.ts');
+    const config = loadConfig({}, { stateBackend: 'memory', logLevel: 'silent', deliveryBatchWaitMs: 50, deliveryTimeoutMs: 2000, breakerFailures: 2 });
+    const channel: ChannelProvider = { name: 'webhook', send: (task) => Promise.resolve(task.address.includes('/hang') ? { ok: false, retriable: true, code: 'timeout', detail: 'no response within 2 s' } : ok) };
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 1), { config });
+    // Two timeouts in a row from one URL (two users' tasks; HERALD_BREAKER_FAILURES 2), and no other call to the host meanwhile.
+    for (let i = 0; i < 2; i++) {
+      d.now += 10;
+      const r = await d.pipe([{ value: await taskTo(`hal${i}`, 'https://shared.example/hang'), timestamp: T0 }]);
+      expect(r.outcomes.map((o) => o.status)).toEqual(['ATTEMPTED', 'RETRY_SCHEDULED']);
+    }
+    d.now += 10;
+    const other = await d.pipe([{ value: await taskTo('ivy', 'https://shared.example/ivy'), timestamp: T0 }]);
+    expect(other.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['ATTEMPTED', 'channel_called'], ['DELIVERED', expect.any(String)]]);
+    d.now += 10;
+    const same = await d.pipe([{ value: await taskTo('hal3', 'https://shared.example/hang'), timestamp: T0 }]);
+    expect(same.outcomes.map((o) => [o.status, o.reasonCode])).toEqual([['RETRY_SCHEDULED', 'circuit_open']]);
+    expect(same.outcomes[0]!.reason).toMatch(/^circuit open for this URL \(on shared\.example; /);
+  });
 });
 
 describe('deliver: one URL answering errors opens its own circuit, not its host\'s', () => {
@@ -753,7 +773,7 @@ describe('deliver: one URL answering errors opens its own circuit, not its host\
     const held = await d.pipe([{ value: await taskTo('mallory', 'https://hooks.shared.example/t/broken', 'm9'), timestamp: T0 }]);
     expect(channel.calls).toHaveLength(5);
     expect(held.outcomes[0]).toMatchObject({ status: 'RETRY_SCHEDULED', reasonCode: 'circuit_open' });
-    expect(held.outcomes[0]!.reason).toMatch(/^circuit open for this URL \(on hooks\.shared\.example: it answered with errors\) since /);
+    expect(held.outcomes[0]!.reason).toMatch(/^circuit open for this URL \(on hooks\.shared\.example; its calls failed in a row, and the host's other URLs are called as usual\) since /);
     expect(held.outcomes[0]!.reason).not.toContain('/t/broken');
     // and another user's URL on the same host is called at once
     const other = await d.pipe([{ value: await taskTo('ada', 'https://hooks.shared.example/t/ada'), timestamp: T0 }]);

@@ -20,6 +20,7 @@ import type { Channel } from '../rules/rules.ts';
 import type { ReasonCode } from '../schemas/lifecycle.ts';
 import type { DeliveryTask, UserPreferences, UserProfile } from '../schemas/types.ts';
 import { inboxContent } from '../channels/inapp.ts';
+import { duration } from './about.ts';
 import { deliveryId } from './ids.ts';
 import { addressFor } from './route.ts';
 
@@ -240,12 +241,15 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     if (!provider) return { ok: false as const, retriable: false, code: 'channel_unavailable', detail: `no provider for channel ${task.channel}` };
     // The timeout starts when the call does, after any wait for a slot.
     let started = 0;
+    let calledAt = 0;
+    const queuedAt = Date.now();
     let overdue: ReturnType<typeof setTimeout> | undefined;
     const url = urlOf(task);
     const r = await limits.run(task.channel, endpointOf(task.channel, task.address), url, Date.now(), async (): Promise<SendResult> => {
       // Its slot came after the stop began: not called at all, so the restart calls it once.
       if (limits.stopping) return NOT_STARTED;
       started = performance.now();
+      calledAt = Date.now();
       // Running longer than a batch waits: the URL is slow (only the call itself counts, not a wait for a slot).
       overdue = setTimeout(() => limits.markSlow(url, Date.now()), config.deliveryBatchWaitMs);
       return provider.send(task, AbortSignal.timeout(config.deliveryTimeoutMs));
@@ -255,7 +259,12 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
     if (started && performance.now() - started < config.deliveryBatchWaitMs) limits.markFast(url, Date.now());
     metrics.deliveryLatency.observe({ channel: task.channel }, (performance.now() - started) / 1000);
     metrics.deliveries.inc({ channel: task.channel, result: r.ok ? 'delivered' : r.retriable ? 'retriable' : 'permanent' });
-    return r;
+    if (r.ok) return r;
+    // A timeout says how long it waited, and, when the call waited for a slot first (its
+    // endpoint's concurrency), when it was made: ATTEMPTED is when it was queued.
+    const waited = calledAt - queuedAt;
+    const detail = r.code === 'TimeoutError' ? `request failed: no response within ${duration(config.deliveryTimeoutMs)} (HERALD_DELIVERY_TIMEOUT_MS)` : r.detail;
+    return detail === r.detail && waited < 1000 ? r : { ...r, detail: `${detail}${waited >= 1000 ? `; called at ${new Date(calledAt).toISOString()}, after ${duration(waited)} waiting for a slot at the endpoint` : ''}` };
   }
 
   // Calls under way, by delivery and attempt: a batch run again while one is in flight joins it.
@@ -516,7 +525,9 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
           remember(results, attemptKey(task.deliveryId), { attempt: task.attempt }, now);
           ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
           const of = task.attempt < policy.maxAttempts ? `attempt ${next.attempt} of ${policy.maxAttempts}` : `attempt ${next.attempt} (beyond ${policy.maxAttempts}: ${outage ? 'the endpoint\'s circuit is open' : 'the endpoint asked to slow down'})`;
-          ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); ${of} at ${new Date(next.notBefore!).toISOString()}`, timestamp: now });
+          // What the receiver asked for, and whether the wait was cut to the longest one allowed.
+          const asks = r.retryAfterMs === undefined ? '' : `; Retry-After asked for ${duration(r.retryAfterMs)}${wait > delay ? `, cut to HERALD_MAX_RETRY_DELAY_MS (${duration(config.maxRetryDelayMs)})` : ''}`;
+          ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); ${of} at ${new Date(next.notBefore!).toISOString()}${asks}`, timestamp: now });
         } else {
           remember(results, resultKey(task.deliveryId), { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult, now);
           const gaveUp = tooOld && r.retriable ? `gave up: the rule retries for ${Math.round(policy.maxAgeMs! / 60_000)} min after the event` : `gave up after ${task.attempt} attempts`;

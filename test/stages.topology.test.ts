@@ -340,8 +340,27 @@ describe('deliver', () => {
       r = await d.advance(1500);
     }
     expect(channel.calls).toHaveLength(15);
-    expect(reasons[4]).toMatch(/^HTTP 429 \(http_429\); attempt 6 \(beyond 5: the endpoint asked to slow down\) at /);
+    expect(reasons[4]).toMatch(/^HTTP 429 \(http_429\); attempt 6 \(beyond 5: the endpoint asked to slow down\) at \S+; Retry-After asked for 1.0 s$/);
     expect(r.outcomes.at(-1)).toMatchObject({ status: 'DEAD_LETTERED', reasonCode: 'attempts_exhausted', attempt: 15 });
+  });
+
+  it('says how long a call that timed out waited for its answer', async () => {
+    const { loadConfig } = await import('../config.ts');
+    const config = loadConfig({}, { stateBackend: 'memory', logLevel: 'silent', deliveryTimeoutMs: 4000 });
+    const channel = new ScriptedDeliver([{ ok: false, retriable: true, code: 'TimeoutError', detail: 'request failed: no response within HERALD_DELIVERY_TIMEOUT_MS' }]);
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 0), { config });
+    const r = await d.pipe([{ value: await taskFor(), timestamp: T0 }]);
+    expect(r.outcomes.find((o) => o.status === 'RETRY_SCHEDULED')!.reason).toMatch(/^request failed: no response within 4.0 s \(HERALD_DELIVERY_TIMEOUT_MS\) \(TimeoutError\); attempt 2 of 5 at /);
+  });
+
+  it('says what Retry-After asked for when the wait is cut to HERALD_MAX_RETRY_DELAY_MS', async () => {
+    const { loadConfig } = await import('../config.ts');
+    const config = loadConfig({}, { stateBackend: 'memory', logLevel: 'silent' });
+    const channel = new ScriptedDeliver([{ ok: false, retriable: true, code: 'http_429', detail: 'HTTP 429', retryAfterMs: 7_200_000 }]);
+    const d = driver('deliver', deliver(new Map([['webhook', channel]]), () => 0), { config });
+    const r = await d.pipe([{ value: await taskFor(), timestamp: T0 }]);
+    const retry = r.outcomes.find((o) => o.status === 'RETRY_SCHEDULED')!;
+    expect(retry.reason).toBe(`HTTP 429 (http_429); attempt 2 of 5 at ${new Date(d.now + config.maxRetryDelayMs).toISOString()}; Retry-After asked for 2 h, cut to HERALD_MAX_RETRY_DELAY_MS (5 min)`);
   });
 
   it('sends as routed while the tables cannot say they are caught up (a lagging table never reverts an address)', async () => {

@@ -177,6 +177,8 @@ program
   .action(async (id: string | undefined, o: { event?: string; tenant?: string; url?: string; json?: boolean; key?: string }) => {
     try {
       const config = loadConfig();
+      if (o.event && id !== undefined) fail(new HeraldError('HRL_CONFIG_INVALID', `explain: pass a notification id (${id}) or --event <eventId>, not both`));
+      if (o.tenant !== undefined && !o.event) fail(new HeraldError('HRL_CONFIG_INVALID', 'explain --tenant: only with --event (event ids are per tenant; a notification id is not)'));
       if (o.event) {
         // --event reads outcomes.v1 itself: what would only apply to one notification's lookup is refused, not ignored.
         const unused = [id !== undefined ? `a notification id (${id})` : '', o.url ? '--url' : '', o.key ? '--key' : ''].filter(Boolean);
@@ -184,7 +186,10 @@ program
         const views = await scanLifecycles(config, (e) => e.eventId === o.event && (o.tenant === undefined || e.tenant === o.tenant), skippedNotice());
         console.log(o.json ? JSON.stringify(views, null, 2) : formatEvent(o.event, views));
         // Nothing found is a failure, as for a notification id (scripts test the exit code).
-        if (!views.length) process.exit(1);
+        if (!views.length) {
+          if (o.tenant !== undefined) console.error(`(only tenant ${o.tenant}'s decisions were looked at: --tenant)`);
+          process.exit(1);
+        }
         return;
       }
       if (!id) fail(new HeraldError('HRL_CONFIG_INVALID', 'explain: expected a notification id, or --event <eventId>'));

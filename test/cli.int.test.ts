@@ -66,6 +66,16 @@ describe('herald reset', () => {
   });
 });
 
+describe('herald explain arguments', () => {
+  it('refuses a notification id with --event, and --tenant without --event, saying which to pass', async () => {
+    const explain = (...args: string[]) => run(process.execPath, ['cli/herald.ts', 'explain', ...args], { env: { ...process.env, HERALD_STATE_DIR: join(root, 'none') } }).then(() => null, (e: { code: number; stderr: string }) => e);
+    const both = await explain('ntf_0123', '--event', 'evt-1');
+    expect([both?.code, both?.stderr.trim()]).toEqual([1, 'herald: HRL_CONFIG_INVALID: explain: pass a notification id (ntf_0123) or --event <eventId>, not both']);
+    const tenant = await explain('ntf_0123', '--tenant', 'acme');
+    expect([tenant?.code, tenant?.stderr.trim()]).toEqual([1, 'herald: HRL_CONFIG_INVALID: explain --tenant: only with --event (event ids are per tenant; a notification id is not)']);
+  });
+});
+
 describe('a configuration error', () => {
   it.each([['describe'], ['topics', 'create'], ['schemas', 'check'], ['tail'], ['replay', '--stage', 'dedupe']])('is one line with its code in `%s`, not a stack trace', async (...args) => {
     const r = await run(process.execPath, ['cli/herald.ts', ...args], { env: { ...process.env, HERALD_PARTITIONS: 'abc' } }).then(() => null, (e: { code: number; stdout: string; stderr: string }) => e);

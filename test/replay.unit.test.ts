@@ -1,6 +1,6 @@
 import type { KafkaMessage } from 'kafkajs';
 import { describe, expect, it } from 'vitest';
-import { checkRange, mergeByTime, parsePosition, parseStages } from '../replay/replay.ts';
+import { type Change, checkRange, explainOrder, mergeByTime, parsePosition, parseStages } from '../replay/replay.ts';
 
 const m = (offset: number, timestamp: number) => ({ offset: String(offset), timestamp: String(timestamp) }) as KafkaMessage;
 
@@ -46,5 +46,29 @@ describe('merging partitions by time', () => {
     const runs = [...mergeByTime(parts)].map(([p, ms]) => `${p}:${ms.map((x) => x.offset).join(',')}`);
     // Partition 1's offset 1 (time 5) stays behind its offset 0 (time 20): offsets never reorder.
     expect(runs).toEqual(['0:0', '1:0,1', '0:1,2', '1:2']);
+  });
+});
+
+describe('replay differences', () => {
+  const d = (id: string, status: string, stage: 'throttle' | 'dedupe' = 'throttle') => ({ stage, notificationId: id, tenant: 'acme', recipient: 'ada', eventId: `e-${id}`, status, reasonCode: status === 'ADMITTED' ? 'within_limits' : 'limit_deferred', reason: '', timestamp: 0 });
+  const changes = (): Change[] => [
+    { stage: 'throttle', notificationId: 'n2', tenant: 'acme', recipient: 'ada', recorded: d('n2', 'DEFERRED'), replayed: d('n2', 'ADMITTED'), because: null },
+    { stage: 'throttle', notificationId: 'n4', tenant: 'acme', recipient: 'ada', recorded: d('n4', 'ADMITTED'), replayed: d('n4', 'DEFERRED'), because: null },
+  ];
+  it('says two of a user\'s throttle decisions came out swapped because a range replay reads events.v1 merged by time', () => {
+    const report = { changes: changes() };
+    explainOrder(report, ['ingest', 'enrich', 'dedupe', 'throttle', 'route']);
+    for (const c of report.changes) expect(c.because).toMatch(/^the same decisions as live, for other notifications of this user: throttle decides by the order .* \(`replay --stage throttle` reads its input as recorded\)$/);
+  });
+  it('leaves unexplained what is not a swap, or a replay that starts at the stage itself', () => {
+    const alone = { changes: changes() };
+    explainOrder(alone, ['throttle']);
+    expect(alone.changes.map((c) => c.because)).toEqual([null, null]);
+    const one = { changes: changes().slice(0, 1) };
+    explainOrder(one, ['ingest', 'enrich', 'dedupe', 'throttle', 'route']);
+    expect(one.changes[0]!.because).toBeNull();
+    const notSwapped = { changes: changes().map((c) => ({ ...c, replayed: d(c.notificationId, 'THROTTLED') })) };
+    explainOrder(notSwapped, ['ingest', 'enrich', 'dedupe', 'throttle', 'route']);
+    expect(notSwapped.changes.map((c) => c.because)).toEqual([null, null]);
   });
 });

@@ -178,6 +178,9 @@ async function devKeyOf(config: HeraldConfig, keys: KeyDirectory, send: Send, lo
   return key;
 }
 
+/** How often the embedded broker's topics are listed for ones a client made by mistake. */
+const STRAY_TOPIC_CHECK_MS = 5_000;
+
 /** How many records of each partition a send carried, keyed as the journal waits for them. */
 function countsOf(record: ProducerRecord, partitions: number): Map<string, number> {
   const counts = new Map<string, number>();
@@ -202,6 +205,8 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     for (const c of cleanups.splice(0).reverse()) await c().catch((err: unknown) => log.warn({ err }, 'shutdown step failed'));
   };
   let ready = false;
+  /** Topics a client made on the embedded broker that no stage reads, and the Herald topic probably meant. */
+  const strayTopics = new Map<string, string | null>();
   let failed: (err: HeraldError) => void = () => undefined;
   const failure = new Promise<HeraldError>((resolve) => (failed = resolve));
   try {
@@ -304,6 +309,22 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       durable.watchPressure(groups, config.embeddedMaxUnreadBytes, resume);
       const d = durable;
       cleanups.push(() => d.stop(groups));
+      // The embedded broker, like Kafka with auto.create.topics.enable, makes a topic on a
+      // client's first write: a record sent to `events.v1` (the prefix forgotten) was accepted
+      // and never read. Such topics are said, once each, with the Herald topic meant.
+      const planned = topicPlan(config.topicPrefix, config.partitions).map((t) => t.name);
+      const watch = setInterval(() => {
+        void admin.listTopics().then((names) => {
+          for (const name of names) {
+            if (planned.includes(name) || name.startsWith('__') || strayTopics.has(name)) continue;
+            const meant = planned.find((p) => p === `${config.topicPrefix}${name}` || p.endsWith(`.${name}`)) ?? null;
+            strayTopics.set(name, meant);
+            log.warn({ topic: name, meant }, `a client wrote to topic ${name} on the embedded broker: no Herald stage reads it${meant ? ` (did you mean ${meant}?)` : ''}`);
+          }
+        }, () => undefined);
+      }, STRAY_TOPIC_CHECK_MS);
+      watch.unref();
+      cleanups.push(async () => clearInterval(watch));
     }
     let closed = false;
     let quiesced: Promise<void> | null = null;
@@ -492,7 +513,14 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     const devKey = wantApi && !attach ? await devKeyOf(config, keys, send, log) : null;
     ready = true;
 
-    const health = processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, workers, warnings: () => { const p = pressure(); return [...(p ? [`back-pressure: ${p}`] : []), ...(signsWithDefaultSecret(config.webhookSecret) ? ['HERALD_WEBHOOK_SECRET is or includes the public development default'] : [])]; } });
+    const health = processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, workers, warnings: () => {
+      const p = pressure();
+      return [
+        ...(p ? [`back-pressure: ${p}`] : []),
+        ...(signsWithDefaultSecret(config.webhookSecret) ? ['HERALD_WEBHOOK_SECRET is or includes the public development default'] : []),
+        ...[...strayTopics].map(([name, meant]) => `topic ${name} is not Herald's: no stage reads it${meant ? ` (did you mean ${meant}?)` : ''}`),
+      ];
+    } });
     const herald: Herald = {
       config, brokers, registryUrl, httpUrl: null, broker, kafka, admin, producer, serde, rules, tables, runners, directory, metrics, log, api: null, devKey, workers,
       isReady: () => ready,

@@ -45,4 +45,13 @@ describe('readiness', () => {
     // The call times out (4 s), the retry is scheduled, the batch ends: ready again.
     await eventually(async () => (await api<Ready>(h, 'GET', '/readyz')).status === 200, 15_000);
   }, 40_000);
+
+  it('warns of a topic a client made on the embedded broker by writing to it, naming the Herald topic it probably meant (a warning: readiness does not depend on it)', async () => {
+    await h.producer.send({ topic: 'events.v1', acks: -1, messages: [{ key: 'e1', value: '{"id":"e1"}' }] });
+    const r = await eventually(async () => {
+      const res = await api<Ready & { warnings?: string[] }>(h, 'GET', '/readyz');
+      return res.body.warnings?.some((w) => w.startsWith('topic events.v1')) ? res : null;
+    }, 20_000);
+    expect(r.body.warnings).toContain('topic events.v1 is not Herald\'s: no stage reads it (did you mean herald.events.v1?)');
+  });
 });

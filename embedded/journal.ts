@@ -13,7 +13,7 @@
  * prefix: it and anything after it are cut off when the file is read.
  */
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, truncateSync, writeFileSync, closeSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { HeraldError } from '../errors.ts';
@@ -103,6 +103,9 @@ function* recordsOf(buf: Buffer, valid: number): Generator<JournalRecord> {
   }
 }
 
+/** A compacted topic's journal file is rewritten only past this size (and with most of it superseded). */
+const COMPACT_MIN_BYTES = 1024 * 1024;
+
 export class Journal {
   readonly dir: string;
   /** Identity of the journaled cluster: the state directory's stores belong to it. */
@@ -141,7 +144,7 @@ export class Journal {
    * everything ever produced to it, and decoded it took several times its size on the heap
    * (600,000 records of 200 bytes did not fit a 256 MB heap).
    */
-  *read(): Generator<{ topic: string; partition: number; records: Iterable<JournalRecord>; again: () => Iterable<JournalRecord> }> {
+  *read(opts: { compacted?: (topic: string) => boolean } = {}): Generator<{ topic: string; partition: number; records: Iterable<JournalRecord>; again: () => Iterable<JournalRecord> }> {
     for (const t of readdirSync(this.dir)) {
       const tdir = join(this.dir, t);
       if (!statSync(tdir).isDirectory()) continue;
@@ -149,10 +152,16 @@ export class Journal {
         const m = /^(\d+)\.log$/.exec(f);
         if (!m) continue;
         const path = join(tdir, f);
-        const buf = readFileSync(path);
+        let buf: Buffer = readFileSync(path);
         const topic = decodeURIComponent(t);
         const partition = Number(m[1]);
-        // A first pass checks the framing and sizes the partition (every 256th record).
+        // The intact prefix: a torn tail is cut off.
+        let valid = 0;
+        for (let end = frameEnd(buf, 0); end > 0; end = frameEnd(buf, valid)) valid = end;
+        if (valid < buf.length) truncateSync(path, valid);
+        if (opts.compacted?.(topic)) buf = this.compactFile(path, buf, valid, topic, partition);
+        else buf = buf.subarray(0, valid);
+        // A second pass sizes the partition (every 256th record).
         let pos = 0;
         let prev = 0;
         let i = 0;
@@ -165,11 +174,53 @@ export class Journal {
           prev = pos;
         }
         if (last !== null && pos > prev) this.grow(`${topic}\u0000${partition}`, last + 1n, pos - prev);
-        if (pos < buf.length) truncateSync(path, pos);
         if (last !== null) this.next.set(`${topic}\u0000${partition}`, last + 1n);
         yield { topic, partition, records: recordsOf(buf, pos), again: () => recordsOf(buf, pos) };
       }
     }
+  }
+
+  /** The files `read` compacted: what each held before and after, in bytes and records. */
+  readonly compactions: { topic: string; partition: number; bytesBefore: number; bytesAfter: number; recordsBefore: number; recordsAfter: number }[] = [];
+
+  /**
+   * A compacted topic's file (a changelog, a table) rewritten as Kafka's log cleaner keeps
+   * the topic: each key's last record, at its offset (a replay puts placeholders at the
+   * others). Done when more than half its records are superseded and it holds over 1 MB;
+   * before, the journal kept every record ever written to the stores' changelogs. The new
+   * file is written beside the old one, synced, then renamed over it: a crash on the way
+   * leaves the old one. Runs at start, before the broker's journal writer appends again.
+   */
+  private compactFile(path: string, buf: Buffer, valid: number, topic: string, partition: number): Buffer {
+    const lastOf = new Map<string, number>();
+    let records = 0;
+    const keyOf = (pos: number): string | null => {
+      const len = buf.readInt32BE(pos + 8 + 16);
+      return len < 0 ? null : buf.toString('latin1', pos + 8 + 20, pos + 8 + 20 + len);
+    };
+    for (let pos = 0, end = frameEnd(buf, 0); end > 0 && end <= valid; pos = end, end = frameEnd(buf, pos)) {
+      records++;
+      const key = keyOf(pos);
+      if (key !== null) lastOf.set(key, pos);
+    }
+    const kept: Buffer[] = [];
+    for (let pos = 0, end = frameEnd(buf, 0); end > 0 && end <= valid; pos = end, end = frameEnd(buf, pos)) {
+      const key = keyOf(pos);
+      if (key === null || lastOf.get(key) === pos) kept.push(buf.subarray(pos, end));
+    }
+    if (valid < COMPACT_MIN_BYTES || kept.length * 2 > records) return buf.subarray(0, valid);
+    const out = Buffer.concat(kept);
+    const tmp = `${path}.compacting`;
+    const fd = openSync(tmp, 'w');
+    try {
+      writeSync(fd, out);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
+    this.compactions.push({ topic, partition, bytesBefore: valid, bytesAfter: out.length, recordsBefore: records, recordsAfter: kept.length });
+    return out;
   }
 
   private grow(key: string, offsetAfter: bigint, bytes: number): void {

@@ -84,7 +84,7 @@ export class BrokerJournal {
     let partitions = 0;
     let gaps = 0;
     let superseded = 0;
-    for (const { topic, partition, records: recs, again } of this.journal.read()) {
+    for (const { topic, partition, records: recs, again } of this.journal.read({ compacted: this.compacted })) {
       partitions++;
       let expected = 0n;
       // A compacted topic is replayed compacted, as Kafka's log cleaner would keep it: each
@@ -116,8 +116,13 @@ export class BrokerJournal {
         batch.length = 0;
       };
       for (const r of recs) {
-        // A record the journal never saw (the broker dropped it first): a placeholder keeps every later offset where it was.
-        for (; expected < r.offset; expected++, gaps++) batch.push({ message: { partition, key: null, value: null, headers: { [GAP_HEADER]: '1' } }, bytes: 64 });
+        // A record the journal never saw (the broker dropped it first), or, in a compacted
+        // topic, one its compaction left out (superseded): a placeholder keeps every later offset where it was.
+        for (; expected < r.offset; expected++) {
+          batch.push({ message: { partition, key: null, value: null, headers: { [GAP_HEADER]: '1' } }, bytes: 64 });
+          if (last) superseded++;
+          else gaps++;
+        }
         if (last && r.key && last.get(r.key.toString('latin1')) !== r.offset) {
           batch.push({ message: { partition, key: null, value: null, headers: { [GAP_HEADER]: '1' } }, bytes: 64 });
           superseded++;
@@ -131,6 +136,7 @@ export class BrokerJournal {
       if (high !== expected) this.log.warn({ topic, partition, expected: expected.toString(), high: high?.toString() }, 'journal replay ended at another offset than journaled; records may be misaligned');
     }
     const seconds = (performance.now() - started) / 1000;
+    for (const c of this.journal.compactions) this.log.info(c, 'journal of a compacted topic compacted on disk: each key\'s last record kept');
     if (gaps) this.log.warn({ gaps }, 'the journal had gaps (records the broker dropped before they were journaled); placeholders keep offsets aligned');
     return { records, partitions, gaps, superseded, seconds };
   }

@@ -173,8 +173,15 @@ describe('embedded broker', () => {
       const history = Array.from({ length: 100 }, (_, i) => ({ offset: BigInt(i), timestamp: 1_700_000_000_000 + i, key: Buffer.from(`k${i % 4}`), value: i === 99 ? null : Buffer.concat([Buffer.from(`v${i}:`), value]), headers: {} }));
       journal.append(topic, 0, history);
       journal.close();
-      const replayed = await new BrokerJournal(Journal.open(dir), null, admin, producer, createLogger('silent'), (t) => t === topic).replay();
-      expect(replayed).toMatchObject({ records: 100, superseded: 96 });
+      const file = join(dir, encodeURIComponent(topic), '0.log');
+      const before = statSync(file).size;
+      const reopened = Journal.open(dir);
+      const replayed = await new BrokerJournal(reopened, null, admin, producer, createLogger('silent'), (t) => t === topic).replay();
+      // The file itself was compacted on the way (over 1 MB, most of it superseded): 4 records left of 100.
+      expect(replayed).toMatchObject({ records: 4, superseded: 96, gaps: 0 });
+      expect(reopened.compactions).toEqual([{ topic, partition: 0, bytesBefore: before, bytesAfter: statSync(file).size, recordsBefore: 100, recordsAfter: 4 }]);
+      expect(statSync(file).size).toBeLessThan(before / 20);
+      expect([...Journal.open(dir).read()].flatMap((p) => [...p.records].map((r) => [Number(r.offset), r.key?.toString()]))).toEqual([[96, 'k0'], [97, 'k1'], [98, 'k2'], [99, 'k3']]);
       const { low, high } = (await admin.fetchTopicOffsets(topic))[0]!;
       expect([Number(low), Number(high)]).toEqual([0, 100]); // nothing dropped, every offset where it was
       const kafka = new Kafka({ clientId: 'test', brokers: (await admin.describeCluster()).brokers.map((b) => `${b.host}:${b.port}`), logLevel: logLevel.NOTHING });

@@ -28,8 +28,8 @@ interface Circuit {
   failures: number;
   openedAt: number;
   probing: boolean;
-  /** The URLs whose HTTP error answers made the consecutive failures, and whether any failure had no answer at all (refused, reset, timed out). */
-  sources: Set<string>;
+  /** The URLs whose failures make up the consecutive failures, with how many each (webhook and chat hosts); and whether a failure came without one (the SMTP server). */
+  sources: Map<string, number>;
   unanswered: boolean;
 }
 
@@ -79,7 +79,7 @@ export class CircuitBreakers {
     let c = this.circuits.get(endpoint);
     if (!c) {
       if (!failed) return;
-      c = { state: 'closed', failures: 0, openedAt: 0, probing: false, sources: new Set(), unanswered: false };
+      c = { state: 'closed', failures: 0, openedAt: 0, probing: false, sources: new Map(), unanswered: false };
       this.circuits.set(endpoint, c);
     }
     if (probe) c.probing = false;
@@ -91,12 +91,14 @@ export class CircuitBreakers {
     }
     c.failures++;
     if (source === undefined) c.unanswered = true;
-    else if (c.sources.size < 16) c.sources.add(source);
+    else if (c.sources.has(source) || c.sources.size < 16) c.sources.set(source, (c.sources.get(source) ?? 0) + 1);
     // Failures of one URL alone are that URL's (its own circuit): a host opens only when they
-    // span URLs. `source` is the URL (webhook, chat); the SMTP server has none, and any of its
-    // failures counts.
-    const spread = c.unanswered || c.sources.size >= 2;
-    if (probe || (c.state === 'closed' && c.failures >= this.o.failures && spread)) {
+    // span URLs, and no URL counts for more than half the threshold (one that hung five times,
+    // then one failure of another, would open it). `source` is the URL (webhook, chat); the
+    // SMTP server has none, and every failure of it counts.
+    const cap = Math.ceil(this.o.failures / 2);
+    const counted = c.unanswered ? c.failures : c.sources.size < 2 ? 0 : [...c.sources.values()].reduce((n, k) => n + Math.min(k, cap), 0);
+    if (probe || (c.state === 'closed' && counted >= this.o.failures)) {
       c.openedAt = now;
       this.set(endpoint, c, 'open');
     }

@@ -38,4 +38,25 @@ describe('circuit breakers', () => {
     b.record(acme!, true, false, t0 + 21, t0 + 5);
     expect(b.state(acme!)).toBe('closed');
   });
+
+  it('opens a host only on failures that span its URLs, no URL counting for more than half the threshold', () => {
+    const b = new CircuitBreakers({ failures: 5, openMs: 30_000 });
+    const host = 'acme|webhook:hooks.example';
+    const t0 = 1_000_000;
+    // One URL hanging five times, alone: its own circuit's business.
+    for (let i = 0; i < 5; i++) b.record(host, true, false, t0 + i, t0 + i, 'acme|webhook:hooks.example#a');
+    expect(b.state(host)).toBe('closed');
+    // One failure of another URL does not make it an outage of the host (3 of a's count, 1 of b's).
+    b.record(host, true, false, t0 + 10, t0 + 10, 'acme|webhook:hooks.example#b');
+    expect(b.state(host)).toBe('closed');
+    // A second one does: 3 + 2.
+    b.record(host, true, false, t0 + 11, t0 + 11, 'acme|webhook:hooks.example#b');
+    expect(b.state(host)).toBe('open');
+  });
+
+  it('opens the SMTP server\'s one circuit on its failures, whichever messages they were', () => {
+    const b = new CircuitBreakers({ failures: 3, openMs: 30_000 });
+    for (let i = 0; i < 3; i++) b.record('email', true, false, 1_000 + i);
+    expect(b.state('email')).toBe('open');
+  });
 });

@@ -150,6 +150,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, overrides: Part
   }
   const fromProblem = checkFrom(String(out.smtpFrom));
   if (fromProblem) throw new HeraldError('HRL_CONFIG_INVALID', `HERALD_SMTP_FROM: ${fromProblem}`);
+  // RFC 6750's b64token: what a bearer credential may hold (a space could never match).
+  if (out.metricsToken && !/^[A-Za-z0-9\-._~+/]+=*$/.test(String(out.metricsToken))) {
+    throw new HeraldError('HRL_CONFIG_INVALID', 'HERALD_METRICS_TOKEN: expected letters, digits and - . _ ~ + / (a bearer token, RFC 6750), with no spaces');
+  }
   if (out.devKey && !/^[A-Za-z0-9_-]{16,256}$/.test(String(out.devKey))) {
     throw new HeraldError('HRL_CONFIG_INVALID', 'HERALD_DEV_KEY: expected 16 to 256 letters, digits, \'_\' or \'-\'');
   }

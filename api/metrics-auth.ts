@@ -15,7 +15,8 @@ export function metricsRefusal(token: string, authorization: string | string[] |
   // Compared as digests: equal lengths, and the time taken says nothing of the token.
   if (m && timingSafeEqual(digest(m[1]!), digest(token))) return null;
   // The 401's WWW-Authenticate as RFC 6750 has it: the realm, and invalid_token for a wrong one.
-  return header === undefined
-    ? { body: { error: 'HRL_UNAUTHORIZED', message: 'Authorization: /metrics needs "Bearer <HERALD_METRICS_TOKEN>"', field: 'Authorization' }, challenge: 'Bearer realm="metrics"' }
+  // No credentials, or another scheme (Basic): the challenge alone (RFC 6750 3.1); a wrong bearer token: invalid_token.
+  return !/^Bearer\s/i.test(header ?? '')
+    ? { body: { error: 'HRL_UNAUTHORIZED', message: `Authorization: /metrics needs "Bearer <HERALD_METRICS_TOKEN>"${header === undefined ? '' : ', got another scheme'}`, field: 'Authorization' }, challenge: 'Bearer realm="metrics"' }
     : { body: { error: 'HRL_UNAUTHORIZED', message: 'Authorization: not the bearer token /metrics is served to (HERALD_METRICS_TOKEN)', field: 'Authorization' }, challenge: 'Bearer realm="metrics", error="invalid_token"' };
 }

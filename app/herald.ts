@@ -53,6 +53,12 @@ export interface StartOptions {
   /** Extra or replacement channel providers (tests, demo). */
   channels?: ChannelProvider[];
   /**
+   * Called at once if the instance can no longer run (its embedded broker died), during the
+   * start too: a start waiting on a broker that is gone would otherwise wait out kafkajs's
+   * retries. The CLI exits 1 on it. (`Herald.failure` settles too.)
+   */
+  onFailure?: (err: HeraldError) => void;
+  /**
    * Runs as a worker of another process's embedded default (`--workers`): its broker,
    * registry, journal offsets, SMTP sink and back-pressure, no development key.
    */
@@ -208,6 +214,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
   /** Topics a client made on the embedded broker that no stage reads, and the Herald topic probably meant. */
   const strayTopics = new Map<string, string | null>();
   let failed: (err: HeraldError) => void = () => undefined;
+  let dead = false;
   const failure = new Promise<HeraldError>((resolve) => (failed = resolve));
   try {
     let broker: EmbeddedBroker | null = null;
@@ -242,7 +249,9 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
         const err = new HeraldError('HRL_EMBEDDED_BROKER', `the embedded broker died (${how})${d.stderr ? `, saying: ${d.stderr.replace(/\s*\n\s*/g, ' | ').replace(/\.$/, '')}` : ''}. Its topics, offsets and groups lived in its memory, so this process cannot go on; a restart replays them from the journal in ${join(config.stateDir, 'journal')}`);
         log.fatal({ code: err.code, exitCode: d.code, signal: d.signal, stderr: d.stderr }, 'embedded broker died');
         ready = false;
+        dead = true;
         failed(err);
+        opts.onFailure?.(err);
       });
       for (const t of topicPlan(config.topicPrefix, config.partitions)) await broker.createTopic(t.name, t.partitions, Math.min(config.embeddedBrokers, 3));
       brokers = broker.bootstraps;
@@ -354,7 +363,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     };
 
     if (signsWithDefaultSecret(config.webhookSecret) && !attach) {
-      log.warn('HERALD_WEBHOOK_SECRET is or includes the public development default: anyone can forge webhooks that verify; set your own before sending to real receivers (Herald refuses it against real Kafka)');
+      log.warn('HERALD_WEBHOOK_SECRET is or includes the public development default: anyone can forge webhooks that verify; set your own before sending to real receivers (Herald refuses it against real Kafka wherever the deliver stage runs)');
     }
     if (config.smtpUrl && /@herald\.invalid>?\s*$/.test(config.smtpFrom) && !attach) {
       log.warn('HERALD_SMTP_FROM is the default notifications@herald.invalid: mail sent through HERALD_SMTP_URL comes from a domain that does not exist, so bounces go nowhere and receivers may refuse it; set an address of your own domain');
@@ -511,7 +520,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       }),
     ]);
     const devKey = wantApi && !attach ? await devKeyOf(config, keys, send, log) : null;
-    ready = true;
+    ready = !dead;
 
     const health = processHealth({ runners, tables, metrics, started: () => ready, endpoints: { brokers, registry: registryUrl }, workers, warnings: () => {
       const p = pressure();

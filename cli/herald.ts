@@ -75,7 +75,15 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
     process.exit(128 + (osConstants.signals[signal] ?? 15));
   };
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(sig, early);
-  const herald = await startHerald({ config, stages, log, api: opts.api ?? true });
+  // The embedded broker died (logged at fatal with what it said), during the start or after:
+  // nothing can be read, written or committed any more, so no stop is attempted; exit 1 at
+  // once, for the process manager to restart (the journal brings back what the broker held).
+  // A stop already under way ends the same way: it could commit nothing.
+  const onFailure = (err: HeraldError) => {
+    log.flush();
+    fail(err);
+  };
+  const herald = await startHerald({ config, stages, log, api: opts.api ?? true, onFailure });
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, early);
   const ms = Math.round(performance.now() - started);
   // The development key on a line of its own, before the ready line (scripts read both).
@@ -109,14 +117,6 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
     log.flush();
     process.exit(failed ? 1 : 0);
   };
-  // The embedded broker died (logged at fatal with what it said): nothing can be read,
-  // written or committed any more, so no stop is attempted; exit 1 at once, for the process
-  // manager to restart (the journal brings back what the broker held). A stop already under
-  // way ends the same way: it could commit nothing.
-  void herald.failure.then((err) => {
-    log.flush();
-    fail(err);
-  });
   process.on('SIGINT', () => void shutdown('SIGINT'));
   process.on('SIGTERM', () => void shutdown('SIGTERM'));
   // A terminal's hangup (to the whole group, as when an ssh session drops): a clean stop too.

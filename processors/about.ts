@@ -8,7 +8,7 @@ export function about(r: NotificationRequest): { notificationId: string; tenant:
 /** Time between two steps, as a person reads it: 40 ms, 1.2 s, 1 min 41 s, 12 min, 2 h 5 min, 24 h, 3 d 2 h. */
 export function duration(ms: number): string {
   const a = Math.abs(ms);
-  if (a < 1000) return `${Math.round(a)} ms`;
+  if (a < 999.5) return `${Math.round(a)} ms`;
   if (a < 59_950) return `${(a / 1000).toFixed(1)} s`;
   // Under ten minutes the seconds matter: "2 min" for 101 s hid whether a repeat was inside a 2 min window.
   if (a < 600_000) {

@@ -101,6 +101,10 @@ export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
       }
       for (const { k, prior } of priors) {
         if (prior?.notificationId === req.notificationId) continue;
+        // A record older than the key's window (out of order by more than it) is new, but the
+        // key keeps the later window: stream time goes on from there, and one taken back
+        // would let a real repeat of the later one through.
+        if (prior && prior.firstSeenAt > now) continue;
         const entry: SeenEntry = { notificationId: req.notificationId, firstSeenAt: now, expiresAt: now + windowOf(rules, req.ruleId) };
         local.set(k.key, entry);
         seen.putUntil(k.key, entry, entry.expiresAt);
@@ -112,7 +116,7 @@ export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
       const [reasonCode, reason] = (replay
         ? ['replayed', 'same notification seen again (redelivery or replay); passed through']
         : expired
-          ? ['window_expired', `key first seen ${new Date(expired.prior!.firstSeenAt).toISOString()} by ${expired.prior!.notificationId}; its ${duration(expired.prior!.expiresAt - expired.prior!.firstSeenAt)} window closed at ${new Date(expired.prior!.expiresAt).toISOString()}, ${now >= expired.prior!.expiresAt ? `${duration(now - expired.prior!.expiresAt)} before this one's time` : `and this one is stamped ${duration(expired.prior!.firstSeenAt - now)} before it`}${also}`]
+          ? ['window_expired', `key first seen ${new Date(expired.prior!.firstSeenAt).toISOString()} by ${expired.prior!.notificationId}; its ${duration(expired.prior!.expiresAt - expired.prior!.firstSeenAt)} window closed at ${new Date(expired.prior!.expiresAt).toISOString()}, ${now >= expired.prior!.expiresAt ? `${duration(now - expired.prior!.expiresAt)} before this one's time` : `and this one is stamped ${duration(expired.prior!.firstSeenAt - now)} before that first one, outside its window`}${also}`]
           : ['first_seen', `dedupe key not seen inside the window${also}`]) satisfies [ReasonCode, string];
       ctx.emit(rec, 'deduped', userKey(req.tenant, req.recipient), rec.value);
       ctx.outcome(rec, { ...about(req), status: 'UNIQUE', reasonCode, reason });

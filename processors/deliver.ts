@@ -526,7 +526,7 @@ function deliverPartition(channels: ReadonlyMap<string, ChannelProvider>, random
           ctx.emit(cause, 'deliverRetry', userKey(task.tenant, task.recipient), next);
           const of = task.attempt < policy.maxAttempts ? `attempt ${next.attempt} of ${policy.maxAttempts}` : `attempt ${next.attempt} (beyond ${policy.maxAttempts}: ${outage ? 'the endpoint\'s circuit is open' : 'the endpoint asked to slow down'})`;
           // What the receiver asked for, and whether the wait was cut to the longest one allowed.
-          const asks = r.retryAfterMs === undefined ? '' : `; Retry-After asked for ${duration(r.retryAfterMs)}${wait > delay ? `, cut to HERALD_MAX_RETRY_DELAY_MS (${duration(config.maxRetryDelayMs)})` : ''}`;
+          const asks = r.retryAfterMs === undefined ? '' : `; Retry-After asked for ${duration(r.retryAfterMs)}${r.retryAfterMs > config.maxRetryDelayMs ? `, cut to HERALD_MAX_RETRY_DELAY_MS (${duration(config.maxRetryDelayMs)})` : ''}`;
           ctx.outcome(cause, { ...base, status: 'RETRY_SCHEDULED', reasonCode: 'transient_failure', reason: `${r.detail} (${r.code}); ${of} at ${new Date(next.notBefore!).toISOString()}${asks}`, timestamp: now });
         } else {
           remember(results, resultKey(task.deliveryId), { status: 'DEAD_LETTERED', attempt: task.attempt, at: now } satisfies DeliveryResult, now);

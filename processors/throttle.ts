@@ -138,8 +138,9 @@ async function check(rules: RuleSet, rule: Rule, req: NotificationRequest, t: nu
   const roomAt = candidates.find((r) => scoped.every((s) => fits(s.taken, r, s.limit))) ?? candidates.at(-1)!;
   // Named in the reason: a limit that is full, else one with others waiting to go first.
   const first = scoped.find((s) => !fits(s.taken, t, s.limit)) ?? scoped.find((s) => s.waiting.some((x) => x > t)) ?? scoped[0]!;
+  if (roomAt <= t) return { over: null, roomAt, counts };
   const { count: busiestCount, later } = busiest(first.admitted, t, first.limit);
-  return { over: roomAt > t ? { limit: first.limit, count: Math.max(first.inWindow, busiestCount), later: busiestCount > first.inWindow ? later : 0, waiting: first.waiting.length } : null, roomAt, counts };
+  return { over: { limit: first.limit, count: Math.max(first.inWindow, busiestCount), later: busiestCount > first.inWindow ? later : 0, waiting: first.waiting.length }, roomAt, counts };
 }
 
 /**

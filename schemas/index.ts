@@ -255,7 +255,7 @@ export class Serde {
       const field = (err as { field?: unknown }).field;
       const id = buf.readInt32BE(1);
       // The registry client's words for a 404 ("Confluent_Schema_Registry - Schema not found").
-      const why = !retriable && /schema not found/i.test((err as Error).message) ? `the registry has no schema ${id}: the record was written against another registry, or its first 5 bytes are not Confluent's wire format header` : (err as Error).message;
+      const why = !retriable && ((err as { status?: number }).status === 404 || /schema\b.*\bnot found/i.test((err as Error).message)) ? `the registry has no schema ${id}: the record was written against another registry, or its first 5 bytes are not Confluent's wire format header` : (err as Error).message;
       throw new HeraldError('HRL_DECODE_FAILED', `Avro decode failed (schema id ${id}): ${why}`, { cause: err, retriable, field: typeof field === 'string' ? field : 'value' });
     }
   }

@@ -376,7 +376,7 @@ describe('HTTP API on ports', () => {
     try {
       const viaApi = (authorization?: string) => guarded.inject({ method: 'GET', url: '/metrics', headers: authorization ? { authorization } : {} });
       const viaStart = (authorization?: string) => fetch(`http://127.0.0.1:${starting.port}/metrics`, { headers: authorization ? { authorization } : {} });
-      for (const [authorization, challenge] of [[undefined, 'Bearer realm="metrics"'], ['Bearer wrong', 'Bearer realm="metrics", error="invalid_token"'], [`Basic ${Buffer.from(`x:${token}`).toString('base64')}`, 'Bearer realm="metrics", error="invalid_token"']] as const) {
+      for (const [authorization, challenge] of [[undefined, 'Bearer realm="metrics"'], ['Bearer wrong', 'Bearer realm="metrics", error="invalid_token"'], [`Basic ${Buffer.from(`x:${token}`).toString('base64')}`, 'Bearer realm="metrics"']] as const) {
         const a = await viaApi(authorization);
         expect([a.statusCode, a.json().error, a.headers['www-authenticate']]).toEqual([401, 'HRL_UNAUTHORIZED', challenge]);
         expect(a.body).not.toContain('herald_up');

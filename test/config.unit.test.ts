@@ -155,6 +155,11 @@ describe('loadConfig errors', () => {
     expect(err.message).toContain('"rocksdb", "level", "memory"');
   });
 
+  it('takes a metrics token a bearer credential can carry, and refuses one with spaces', () => {
+    expect(loadConfig({ HERALD_METRICS_TOKEN: 'abc-DEF_0.9~+/==' }).metricsToken).toBe('abc-DEF_0.9~+/==');
+    expect(configError(() => loadConfig({ HERALD_METRICS_TOKEN: 'two words' })).message).toMatch(/^HERALD_METRICS_TOKEN: expected letters, digits/);
+  });
+
   it('rejects a boolean that is not true/false/1/0', () => {
     const err = configError(() => loadConfig({ KAFKA_SSL: 'yes' }));
     expect(err.message).toContain('KAFKA_SSL');

@@ -482,6 +482,19 @@ describe('dedupe with out-of-order stream time', () => {
     const r = await d.pipe([{ value: await req('early'), timestamp: T0 }]);
     expect(r.outcomes[0]).toMatchObject({ status: 'SUPPRESSED_DUPLICATE' });
   });
+
+  it('keeps the later window when a record older than it comes: a repeat of the later one is still suppressed', async () => {
+    const d = new StageDriver('dedupe', dedupe);
+    drivers.push(d);
+    const req = async (id: string) => ({ request: (await requestsFor(event({ id, recipients: ['ada'], idempotencyKey: 'same' })))[0]!, user: user(), preferences: null });
+    const DAY = 24 * HOUR; // the idempotency key's window
+    await d.pipe([{ value: await req('later'), timestamp: T0 + 3 * DAY }]);
+    const old = await d.pipe([{ value: await req('old'), timestamp: T0 }]);
+    expect(old.outcomes[0]).toMatchObject({ status: 'UNIQUE', reasonCode: 'window_expired' });
+    expect(old.outcomes[0]!.reason).toMatch(/and this one is stamped 3 d before that first one, outside its window/);
+    const repeat = await d.pipe([{ value: await req('repeat'), timestamp: T0 + 3 * DAY + HOUR }]);
+    expect(repeat.outcomes[0]).toMatchObject({ status: 'SUPPRESSED_DUPLICATE' });
+  });
 });
 
 describe('dedupe store hygiene', () => {

@@ -42,6 +42,8 @@ export interface QueryOptions {
   forwarded: boolean;
   /** The caller's Authorization header, passed on when the query is forwarded. */
   authorization: string;
+  /** The instance a forwarded query was sent to, as the sender's directory names it: another one answering means that instance's advertised URL leads elsewhere. */
+  forwardedTo?: string;
 }
 
 export interface NotificationLifecycle {

@@ -56,6 +56,8 @@ export const LIMITS = {
 
 /** Requests carrying it were forwarded by another instance: answer locally, never forward again. */
 export const FORWARDED_HEADER = 'x-herald-forwarded';
+/** On a forwarded request: the instance it is meant for. */
+export const FORWARDED_TO_HEADER = 'x-herald-forwarded-to';
 
 interface ErrorBody { error: ErrorCode; field?: string | null; message: string }
 
@@ -159,9 +161,12 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     setTimeout(done, DRAIN_MS);
   });
   // Every answer counted by route pattern (`/v1/users/:userId`, never the ids), status and time taken.
+  // Queries another instance forwarded are not: a lookup by notification id asks every owner,
+  // and the owners without it answer 404, which counted made a 404-rate alert fire on 200s.
   const httpMetrics = ports.httpMetrics;
   if (httpMetrics) {
     app.addHook('onResponse', async (req, reply) => {
+      if (req.headers[FORWARDED_HEADER] !== undefined) return;
       httpMetrics.observe(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
     });
   }
@@ -282,7 +287,10 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const why = idRefusal(v);
     return why ? fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${field}: ${why}`, field) : null;
   };
-  const forwardedOpts = (req: FastifyRequest) => ({ forwarded: req.headers[FORWARDED_HEADER] !== undefined, authorization: req.headers.authorization ?? '' });
+  const forwardedOpts = (req: FastifyRequest) => {
+    const to = req.headers[FORWARDED_TO_HEADER];
+    return { forwarded: req.headers[FORWARDED_HEADER] !== undefined, authorization: req.headers.authorization ?? '', ...(typeof to === 'string' ? { forwardedTo: to } : {}) };
+  };
 
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {

@@ -6,6 +6,7 @@
  */
 import { accessSync, constants, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { hostname } from 'node:os';
 import type { Admin, Kafka, Producer, ProducerRecord } from 'kafkajs';
 import type { FastifyInstance } from 'fastify';
 import { buildApi } from '../api/server.ts';
@@ -572,7 +573,12 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       herald.httpUrl = address;
       // A worker is reached at the primary's advertised host, on its own port.
       const base = attach?.advertisedUrl;
-      advertised ||= base ? Object.assign(new URL(base), { port: new URL(address).port }).toString().replace(/\/+$/, '') : address;
+      // Bound to every interface, the address listened on says 127.0.0.1, which every other
+      // instance would take for itself (a query forwarded there reached the wrong instance):
+      // this machine's host name is advertised instead.
+      const wildcard = ['0.0.0.0', '::', ''].includes(config.httpHost);
+      const reachable = wildcard ? Object.assign(new URL(address), { hostname: hostname() }).toString().replace(/\/+$/, '') : address;
+      advertised ||= base ? Object.assign(new URL(base), { port: new URL(address).port }).toString().replace(/\/+$/, '') : reachable;
       directory.setUrl(advertised);
       // Where the CLI (`herald keys`, `herald tail`) finds this instance's broker and API.
       const endpoints = join(config.stateDir, 'endpoints.json');

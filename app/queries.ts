@@ -11,7 +11,7 @@
  */
 import { partitionFor } from '../runtime/partitioner.ts';
 import { userKey } from '../topology.ts';
-import { FORWARDED_HEADER } from '../api/server.ts';
+import { FORWARDED_HEADER, FORWARDED_TO_HEADER } from '../api/server.ts';
 import type { InboxStream, LifecycleDigest, LifecycleQueries, NotificationLifecycle, QueryAnswer, QueryOptions, UserInbox, UserNotifications } from '../api/ports.ts';
 import { addDigests, digestHex, digestProjection, type InboxItem, type ProjectionDigest, type ProjectionReader, readInbox, readNotification, readUserNotifications } from '../processors/outcome.ts';
 import type { Logger } from '../runtime/logger.ts';
@@ -68,7 +68,19 @@ export class LifecycleRouter implements LifecycleQueries {
     return this.o.directory.instanceId;
   }
 
+  /**
+   * A forwarded query that reached another instance than it was sent to (the owner's
+   * HERALD_ADVERTISED_URL leads elsewhere, such as to 127.0.0.1 on another host): answering
+   * from here would say "not found" for partitions this instance does not hold.
+   */
+  private misrouted(opts: QueryOptions): { status: 'unavailable'; detail: string } | null {
+    if (!opts.forwarded || opts.forwardedTo === undefined || opts.forwardedTo === this.self) return null;
+    return { status: 'unavailable', detail: `this query was forwarded to instance ${opts.forwardedTo}, and instance ${this.self} got it: ${opts.forwardedTo}'s advertised URL leads here (check its HERALD_ADVERTISED_URL)` };
+  }
+
   async notification(id: string, opts: QueryOptions): Promise<QueryAnswer<NotificationLifecycle>> {
+    const wrong = this.misrouted(opts);
+    if (wrong) return wrong;
     const local = this.o.local();
     for (const store of local.values()) {
       const n = await readNotification(store.view(), id);
@@ -155,6 +167,8 @@ export class LifecycleRouter implements LifecycleQueries {
   }
 
   async digest(tenant: string, opts: QueryOptions): Promise<QueryAnswer<LifecycleDigest>> {
+    const wrong = this.misrouted(opts);
+    if (wrong) return wrong;
     let total: ProjectionDigest = { notifications: 0, sum: 0n };
     const covered = new Set<number>();
     for (const [p, store] of this.o.local()) {
@@ -187,7 +201,7 @@ export class LifecycleRouter implements LifecycleQueries {
   private async forward<T>(owner: InstanceClaim, path: string, authorization: string): Promise<QueryAnswer<T>> {
     try {
       // The caller's key goes along: the owner authenticates and scopes the query itself.
-      const res = await fetch(`${owner.url}${path}`, { headers: { [FORWARDED_HEADER]: this.self, authorization }, signal: AbortSignal.timeout(this.o.timeoutMs) });
+      const res = await fetch(`${owner.url}${path}`, { headers: { [FORWARDED_HEADER]: this.self, [FORWARDED_TO_HEADER]: owner.instanceId, authorization }, signal: AbortSignal.timeout(this.o.timeoutMs) });
       const body = (await res.json()) as T & { message?: string };
       if (res.status === 200) return { status: 'ok', value: body, servedBy: res.headers.get('x-herald-served-by') ?? owner.instanceId };
       if (res.status === 404) return { status: 'not_found', detail: body.message ?? 'not found' };

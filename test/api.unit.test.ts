@@ -178,6 +178,8 @@ describe('HTTP API on ports', () => {
       await counted.inject({ method: 'GET', url: '/v1/users/kim-secret-id', headers: { authorization: `Bearer ${KEYS.acme}` } });
       await counted.inject({ method: 'GET', url: '/v1/users/kim', headers: { authorization: 'Bearer nope' } });
       await counted.inject({ method: 'GET', url: '/no/such/path' });
+      // A query another instance forwarded (one of the owners asked for a notification id) is not the API's traffic.
+      await counted.inject({ method: 'GET', url: '/v1/notifications/ntf_x', headers: { authorization: `Bearer ${KEYS.acme}`, 'x-herald-forwarded': 'inst-A' } });
       expect(seen.map(([m, r, s]) => [m, r, s])).toEqual([['GET', '/v1/users/:userId', 404], ['GET', '/v1/users/:userId', 401], ['GET', 'unmatched', 404]]);
       expect(seen.every(([, , , t]) => t >= 0 && t < 5)).toBe(true);
     } finally {

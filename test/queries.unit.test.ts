@@ -43,6 +43,14 @@ describe('lifecycle query routing', () => {
     expect(await r.notification('nope', { forwarded: false, authorization: '' })).toMatchObject({ status: 'not_found' });
   });
 
+  it('answers a forwarded query meant for another instance as unavailable, naming it, never 404 (its advertised URL leads here)', async () => {
+    const r = router(new Map([[0, store()]]), {});
+    expect(await r.notification('nope', { forwarded: true, authorization: '', forwardedTo: 'me' })).toMatchObject({ status: 'not_found' });
+    const wrong = await r.notification('nope', { forwarded: true, authorization: '', forwardedTo: 'inst-B' });
+    expect(wrong).toEqual({ status: 'unavailable', detail: 'this query was forwarded to instance inst-B, and instance me got it: inst-B\'s advertised URL leads here (check its HERALD_ADVERTISED_URL)' });
+    expect(await r.digest('acme', { forwarded: true, authorization: '', forwardedTo: 'inst-B' })).toMatchObject({ status: 'unavailable' });
+  });
+
   it('answers unavailable, not 404, while a partition has no owner or is restoring here', async () => {
     const local = all();
     local.delete(3);

@@ -7,7 +7,7 @@ import { cpSync, existsSync, mkdtempSync, readdirSync, renameSync, rmSync, write
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { removeDir, startTestHerald } from './support/herald.ts';
+import { eventually, removeDir, startTestHerald } from './support/herald.ts';
 
 const dirs: string[] = [];
 afterAll(() => {
@@ -75,6 +75,22 @@ describe('state directory ownership', () => {
   });
 });
 
+
+describe('the advertised URL', () => {
+  it('names this machine\'s host, not 127.0.0.1, when the API listens on every interface', async () => {
+    const { hostname } = await import('node:os');
+    const stateDir = mkdtempSync(join(tmpdir(), 'herald-adv-'));
+    dirs.push(stateDir);
+    const h = await startTestHerald({ stateDir, stages: ['outcome'], env: { HERALD_HTTP_HOST: '0.0.0.0', HERALD_HTTP_PORT: '0' } });
+    try {
+      const port = new URL(h.httpUrl!).port;
+      const claim = await eventually(() => h.directory.owner('outcome', 0), 20_000);
+      expect(claim.url).toBe(`http://${hostname()}:${port}`);
+    } finally {
+      await h.stop();
+    }
+  }, 60_000);
+});
 
 describe('the HTTP port', () => {
   it('names HERALD_HTTP_PORT when the port is taken, and how to choose another', async () => {

@@ -212,7 +212,10 @@ export class LifecycleRouter implements LifecycleQueries {
       const quiet = (this.forwardWarned.get(owner.instanceId) ?? 0) > now - 60_000;
       if (!quiet) this.forwardWarned.set(owner.instanceId, now);
       this.o.log[quiet ? 'debug' : 'warn']({ owner: owner.instanceId, reason: (err as Error).message }, quiet ? 'forwarding a query failed' : 'forwarding a query failed (further failures for this owner within a minute are logged at debug)');
-      return { status: 'unavailable', detail: `instance ${owner.instanceId}, which holds the partition, did not answer (${(err as Error).name})` };
+      // fetch's TypeError says only "fetch failed": its cause names what happened (ECONNREFUSED, a timeout).
+      const e = err as Error & { cause?: { code?: string; message?: string } };
+      const why = e.name === 'TimeoutError' ? `no answer within ${this.o.timeoutMs} ms` : e.cause?.code ?? e.cause?.message ?? e.name;
+      return { status: 'unavailable', detail: `instance ${owner.instanceId}, which holds the partition, did not answer (${why})` };
     }
   }
 }

@@ -125,7 +125,8 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
   // stop cleanly instead of running on unsupervised.
   const parent = process.ppid;
   setInterval(() => {
-    if (process.ppid !== parent) void shutdown('parent exited');
+    // Once: a stop under way is not told again every second.
+    if (process.ppid !== parent && !stopping) void shutdown('parent exited');
   }, 1000).unref();
   if (opts.demo && herald.httpUrl) {
     if (!herald.devKey) fail(new Error('--demo: needs the development key (set HERALD_DEV_KEY against real Kafka)'));

@@ -121,8 +121,10 @@ async function passthrough(broker: EmbeddedBroker, kafka: Kafka, n: number) {
   return { records: n, seconds: +seconds.toFixed(3), recordsPerSecond: round(n / seconds), settings };
 }
 
-const metricValue = async (registry: { getMetricsAsJSON(): Promise<import('prom-client').MetricObjectWithValues<import('prom-client').MetricValue<string>>[]> }, name: string, labels: Record<string, string>) => {
-  const m = (await registry.getMetricsAsJSON()).find((x) => x.name === name);
+// One metric, not the whole registry as JSON: the bench polls this every 20 ms while Herald
+// runs on the same event loop.
+const metricValue = async (registry: import('prom-client').Registry, name: string, labels: Record<string, string>) => {
+  const m = await registry.getSingleMetric(name)?.get();
   const v = (m?.values as { labels: Record<string, string>; value: number }[] | undefined)?.find((x) => Object.entries(labels).every(([k, val]) => x.labels[k] === val));
   return v?.value ?? 0;
 };

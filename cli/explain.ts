@@ -169,8 +169,13 @@ function recipientLines(views: NotificationView[]): string[] {
   }
   return lines;
 }
-/** Follows outcomes.v1 and prints each decision; `fromBeginning` replays the topic first. */
-export async function tail(config: HeraldConfig, opts: { fromBeginning: boolean; print: (line: string) => void; signal?: AbortSignal }): Promise<void> {
+/**
+ * Follows outcomes.v1 and prints each decision; `fromBeginning` replays the topic first.
+ * `json`: one JSON object a line (the lifecycle event with its topic, partition and offset),
+ * for jq and scripts; a record that is not a lifecycle event is then told on `warn` (stderr),
+ * so that stdout stays one object a line.
+ */
+export async function tail(config: HeraldConfig, opts: { fromBeginning: boolean; json?: boolean; print: (line: string) => void; warn?: (line: string) => void; signal?: AbortSignal }): Promise<void> {
   await withCluster(config, 'tail', async (c) => {
     const serde = c.serde();
     const topic = topicName(config.topicPrefix, 'outcomes');
@@ -182,8 +187,9 @@ export async function tail(config: HeraldConfig, opts: { fromBeginning: boolean;
       onBatch: async ({ partition, messages }) => {
         for (const m of messages) {
           if (!m.value) continue;
-          const e = await decodeOutcome(serde, m.value, (why) => opts.print(`(skipped ${topic}[${partition}]@${m.offset}: not a lifecycle event: ${why})`));
-          if (e) opts.print(`${e.notificationId}  ${e.tenant}/${e.recipient}  ${formatDecision(e)}`);
+          const e = await decodeOutcome(serde, m.value, (why) => (opts.json ? (opts.warn ?? opts.print) : opts.print)(`(skipped ${topic}[${partition}]@${m.offset}: not a lifecycle event: ${why})`));
+          if (!e) continue;
+          opts.print(opts.json ? JSON.stringify({ topic, partition, offset: m.offset, ...e }) : `${e.notificationId}  ${e.tenant}/${e.recipient}  ${formatDecision(e)}`);
         }
       },
     });

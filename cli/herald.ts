@@ -313,13 +313,14 @@ program
   .command('tail')
   .description('follow outcomes.v1 and print each decision as it is made (the running embedded instance\'s, or KAFKA_BROKERS and SCHEMA_REGISTRY_URL)')
   .option('--from-beginning', 'print the whole topic first')
-  .action(async (o: { fromBeginning?: boolean }) => {
+  .option('--json', 'print each decision as one JSON object a line (topic, partition, offset and the lifecycle event)')
+  .action(async (o: { fromBeginning?: boolean; json?: boolean }) => {
     const ac = new AbortController();
     // The first signal ends it cleanly; a second one at once.
     const stop = () => (ac.signal.aborted ? process.exit(130) : ac.abort());
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
-    await tail(loadConfig(), { fromBeginning: Boolean(o.fromBeginning), print: (l) => console.log(l), signal: ac.signal }).catch(fail);
+    await tail(loadConfig(), { fromBeginning: Boolean(o.fromBeginning), json: Boolean(o.json), print: (l) => console.log(l), warn: (l) => console.error(l), signal: ac.signal }).catch(fail);
     process.exit(0);
   });
 

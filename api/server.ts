@@ -14,7 +14,7 @@ import { urlRefusal } from '../channels/outbound.ts';
 import { type ErrorCode, HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
 import { isTimeZone, minutesOf } from '../processors/quiet-hours.ts';
-import { domainEventFromJson, idRefusal, illFormedText, MAX_ID_LENGTH } from '../runtime/codec.ts';
+import { domainEventFromJson, idRefusal, illFormedText, MAX_ID_LENGTH, MAX_NESTING, nestedDeeperThan } from '../runtime/codec.ts';
 import { CHANNELS, parseDuration } from '../rules/rules.ts';
 import { validate } from '../schemas/index.ts';
 import type { Scope, UserPreferences, UserProfile } from '../schemas/types.ts';
@@ -51,7 +51,7 @@ export const LIMITS = {
   /** Body of a profile or preferences write (bytes). */
   profileBodyBytes: 64 * 1024,
   /** Nesting depth of an event body (data included). */
-  depth: 32,
+  depth: MAX_NESTING,
 } as const;
 
 /** Requests carrying it were forwarded by another instance: answer locally, never forward again. */
@@ -73,16 +73,6 @@ function badRequest(reply: FastifyReply, err: unknown) {
 }
 
 /** How deep `v` nests, stopping once past `limit` (iterative: no stack to overflow). */
-function nestedDeeperThan(v: unknown, limit: number): boolean {
-  const stack: [unknown, number][] = [[v, 0]];
-  while (stack.length) {
-    const [x, d] = stack.pop()!;
-    if (d > limit) return true;
-    if (x && typeof x === 'object') for (const c of Object.values(x)) if (c && typeof c === 'object') stack.push([c, d + 1]);
-  }
-  return false;
-}
-
 const MAX_DEPTH = LIMITS.depth;
 
 /** Fastify's own client errors, mapped to Herald's codes. */
@@ -237,6 +227,8 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(String(req.headers['content-type'] ?? ''))?.[1];
     if (charset !== undefined && !/^utf-?8$/i.test(charset)) return fail(reply, 415, 'HRL_UNSUPPORTED_MEDIA_TYPE', `Content-Type: expected application/json in UTF-8, got charset ${clip(charset, 40)}`, 'Content-Type');
     if (req.body === null || typeof req.body !== 'object') return;
+    // Depth first: every check after this one walks the body.
+    if (nestedDeeperThan(req.body, MAX_DEPTH)) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `body: nested deeper than ${MAX_DEPTH} levels`, 'body');
     const bad = illFormedText(req.body);
     if (bad) return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', clip(bad, 500), clip(bad.slice(0, bad.indexOf(':')), 200));
   });

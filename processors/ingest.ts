@@ -44,8 +44,11 @@ export const ingest: StageFactory<'ingest'> = ({ rules, tables, config }) => ({
     } catch {
       return;
     }
-    if (typeof raw?.id !== 'string' || typeof raw.tenant !== 'string' || !raw.id || !raw.tenant) return;
-    const recipients = Array.isArray(raw.recipients) ? [...new Set(raw.recipients.filter((r): r is string => typeof r === 'string' && r !== ''))] : [];
+    // Only text that can name a notification: a lone surrogate (which JSON's \\ud800 escape
+    // yields) cannot be part of a key, so such an id, tenant or recipient is not derived from.
+    const usable = (v: unknown): v is string => typeof v === 'string' && v !== '' && v.isWellFormed();
+    if (!usable(raw?.id) || !usable(raw.tenant)) return;
+    const recipients = Array.isArray(raw.recipients) ? [...new Set(raw.recipients.filter(usable))] : [];
     rejectOutcomes(ctx, rec, { id: raw.id, tenant: raw.tenant, type: typeof raw.type === 'string' ? raw.type : '', recipients }, REASONS[error.code ?? ''] ?? 'invalid_event', error.message);
   },
 

@@ -34,6 +34,28 @@ const parsedOrNull = (text: string): unknown => {
   }
 };
 
+/** How deep an event's JSON may nest (the event itself is level 0, its `data` object level 1), on every path in. */
+export const MAX_NESTING = 32;
+
+/** Whether `v` nests objects or arrays deeper than `limit` levels (iterative: a 100,000-level value is answered, not a stack overflow). */
+export function nestedDeeperThan(v: unknown, limit: number): boolean {
+  const stack: [unknown, number][] = [[v, 0]];
+  while (stack.length) {
+    const [x, d] = stack.pop()!;
+    if (d > limit) return true;
+    if (x && typeof x === 'object') for (const c of Object.values(x)) if (c && typeof c === 'object') stack.push([c, d + 1]);
+  }
+  return false;
+}
+
+/** Which top-level field of `v` nests deeper than MAX_NESTING (or `body`), as a refusal; null when none does. */
+function nestingRefusal(v: unknown): HeraldError | null {
+  if (!nestedDeeperThan(v, MAX_NESTING)) return null;
+  const field = v && typeof v === 'object' && !Array.isArray(v) ? Object.entries(v).find(([, x]) => nestedDeeperThan(x, MAX_NESTING - 1))?.[0] : undefined;
+  const name = field === undefined ? 'body' : field.toWellFormed();
+  return new HeraldError('HRL_SCHEMA_VIOLATION', `${name}: nested deeper than ${MAX_NESTING} levels`, { field: name });
+}
+
 /**
  * Where the first string in `v` that is not well-formed Unicode is (a lone surrogate, such
  * as JSON's "\ud800" alone: no UTF-8 encodes it), and which code unit; null when there is none.
@@ -78,9 +100,14 @@ export function idRefusal(v: string): string | null {
 }
 
 export function domainEventFromJson(input: unknown): DomainEvent {
+  // As deep as the HTTP API takes, whichever way the event came (and `data` given as JSON
+  // text counts as the object it is).
+  const dataText = input && typeof input === 'object' && typeof (input as { data?: unknown }).data === 'string' ? parsedOrNull((input as { data: string }).data) : null;
+  const deep = nestingRefusal(input) ?? (nestedDeeperThan(dataText, MAX_NESTING - 1) ? new HeraldError('HRL_SCHEMA_VIOLATION', `data: nested deeper than ${MAX_NESTING} levels`, { field: 'data' }) : null);
+  if (deep) throw deep;
   // Text that no UTF-8 can carry is refused, not altered: Avro would write each lone
   // surrogate as replacement characters while `data` kept it escaped.
-  const bad = illFormedText(input) ?? (input && typeof input === 'object' && typeof (input as { data?: unknown }).data === 'string' ? illFormedText(parsedOrNull((input as { data: string }).data), 'data') : null);
+  const bad = illFormedText(input) ?? (dataText !== null ? illFormedText(dataText, 'data') : null);
   if (bad) throw new HeraldError('HRL_SCHEMA_VIOLATION', bad, { field: bad.slice(0, bad.indexOf(':')) });
   if (input && typeof input === 'object' && !Array.isArray(input)) {
     const obj = { ...(input as Record<string, unknown>) };

@@ -63,6 +63,25 @@ export interface ProcessPhase {
   reject: (rejected: readonly Rejected[], ctx: BatchContext) => void;
 }
 
+/**
+ * The reject phase both runtimes share: each undecodable record goes to the dead-letter
+ * topic, and the stage's `rejected` hook may record what it can read of it (REJECTED
+ * decisions). The hook reads a record that is bad by definition: if it throws, the record
+ * is still dead-lettered and its neighbours go on; only the hook's decisions are missing,
+ * and the log says so (the code and where, never the record's content).
+ */
+export function rejectRecords(rejected: readonly Rejected[], ctx: BatchContext, hook: ((rec: UndecodedRecord, err: HeraldError, ctx: BatchContext) => void) | undefined, log: Logger): void {
+  for (const { rec, err } of rejected) {
+    ctx.deadLetter(rec, err);
+    if (!hook) continue;
+    try {
+      hook(rec, err, ctx);
+    } catch (hookErr) {
+      log.warn({ code: err.code, topic: rec.topic, partition: rec.partition, offset: rec.offset, hookError: hookErr instanceof Error ? hookErr.name : typeof hookErr }, 'record dead-lettered; its REJECTED decision could not be derived from it');
+    }
+  }
+}
+
 /** Process and produce phases of one decoded batch whose last offset is `lastOffset`. */
 export async function processBatch({ records, rejected }: Decoded, lastOffset: string, p: ProcessPhase): Promise<void> {
   try {

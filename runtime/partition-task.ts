@@ -13,7 +13,7 @@ import type { KeyValueStore } from '../state/store.ts';
 import type { StageName } from '../topology.ts';
 import { BatchContext } from './batch-context.ts';
 import type { Processor } from './contract.ts';
-import { type Decoded, processBatch } from './failure-policy.ts';
+import { type Decoded, processBatch, rejectRecords } from './failure-policy.ts';
 import type { Logger } from './logger.ts';
 import type { Metrics } from './metrics.ts';
 import type { OffsetManager } from './offsets.ts';
@@ -133,12 +133,7 @@ export class PartitionTask {
             await this.complete(ctx, topic, offset);
           },
           process: (records, ctx) => this.processor.process(records, ctx),
-          reject: (rejected, ctx) => {
-            for (const { rec, err } of rejected) {
-              ctx.deadLetter(rec, err);
-              this.processor.rejected?.(rec, err, ctx);
-            }
-          },
+          reject: (rejected, ctx) => rejectRecords(rejected, ctx, this.processor.rejected?.bind(this.processor), this.log),
         });
       } finally {
         endTimer();

@@ -9,7 +9,7 @@ import { KeyValueStore } from '../state/store.ts';
 import { type StageName, type TopicKey, stageSpec } from '../topology.ts';
 import { BatchContext, headerStrings } from './batch-context.ts';
 import type { Processor, StageDeps } from './contract.ts';
-import { type Decoded, processBatch } from './failure-policy.ts';
+import { type Decoded, processBatch, rejectRecords } from './failure-policy.ts';
 
 export interface Emitted { topic: TopicKey; key: string; value: unknown; timestamp: number; headers: Record<string, string> }
 export interface DeadLetter { offset: string; key: string | null; code: string; reason: string; field?: string; headers: Record<string, string>; value: unknown }
@@ -81,12 +81,7 @@ export class SandboxStage {
         await this.complete(ctx, result);
       },
       process: (recs, ctx) => processor.process(recs, ctx),
-      reject: (rejected, ctx) => {
-        for (const { rec, err } of rejected) {
-          ctx.deadLetter(rec, err);
-          processor.rejected?.(rec, err, ctx);
-        }
-      },
+      reject: (rejected, ctx) => rejectRecords(rejected, ctx, processor.rejected?.bind(processor), this.deps.log),
     });
     for (const r of batch.records) this.streamTime = Math.max(this.streamTime, r.timestamp);
     return result;

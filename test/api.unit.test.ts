@@ -239,6 +239,15 @@ describe('HTTP API on ports', () => {
     const profile = await inject({ method: 'PUT', url: '/v1/users/ada', headers: { 'content-type': 'application/json' }, payload: '{"name":"Ada \\udfff"}' });
     expect(profile.statusCode).toBe(400);
     expect(profile.json()).toMatchObject({ field: 'name' });
+    // However deep a body nests, the answer is 400 naming the limit, not a stack overflow (500).
+    const deepBody = `{"type":"comment.created","recipients":["ada"],"data":${'['.repeat(5_000)}${']'.repeat(5_000)}}`;
+    const deep = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: deepBody });
+    expect(deep.statusCode).toBe(400);
+    expect(deep.json()).toMatchObject({ error: 'HRL_SCHEMA_VIOLATION', field: 'body', message: 'body: nested deeper than 32 levels' });
+    const deepText = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ type: 'comment.created', recipients: ['ada'], data: `${'['.repeat(5_000)}${']'.repeat(5_000)}` }) });
+    expect(deepText.statusCode).toBe(400);
+    expect(deepText.json()).toMatchObject({ error: 'HRL_SCHEMA_VIOLATION', field: 'data', message: 'data: nested deeper than 32 levels' });
+    expect(published.length).toBe(before);
     // A pair written as escapes is one emoji: fine.
     expect((await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: '{"id":"e4","type":"comment.created","tenant":"acme","recipients":["ada"],"data":{"text":"\\ud83d\\ude00"}}' })).statusCode).toBe(202);
   });

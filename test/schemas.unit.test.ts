@@ -194,6 +194,29 @@ describe('domainEventFromJson', () => {
     expect(JSON.parse(domainEventFromJson({ ...minimalEvent, data: { text: 'y \ud83d\ude00' } }).data)).toEqual({ text: 'y 😀' });
   });
 
+  it('refuses data nested deeper than the HTTP API takes, naming the field, however deep (no stack overflow)', () => {
+    const deep = (levels: number): unknown => {
+      let v: unknown = 'leaf';
+      for (let i = 0; i < levels; i++) v = { a: v };
+      return v;
+    };
+    const refused = (over: Record<string, unknown>) => {
+      try {
+        domainEventFromJson({ ...minimalEvent, ...over });
+      } catch (err) {
+        return err as HeraldError;
+      }
+      throw new Error('accepted');
+    };
+    // The event is level 0 and data level 1: 32 nested objects in all are the most it may carry.
+    expect(() => domainEventFromJson({ ...minimalEvent, data: deep(32) })).not.toThrow();
+    expect(refused({ data: deep(33) })).toMatchObject({ code: 'HRL_SCHEMA_VIOLATION', field: 'data', message: 'data: nested deeper than 32 levels' });
+    expect(refused({ data: deep(100_000) })).toMatchObject({ field: 'data', message: 'data: nested deeper than 32 levels' });
+    // data given as JSON text counts as the object it is.
+    expect(refused({ data: '['.repeat(50_000) + ']'.repeat(50_000) })).toMatchObject({ field: 'data', message: 'data: nested deeper than 32 levels' });
+    expect(refused({ data: JSON.stringify({ x: deep(40) }) })).toMatchObject({ field: 'data' });
+  });
+
   it('accepts data as JSON text of an object', () => {
     // when data is already JSON text
     const ev = domainEventFromJson({ ...minimalEvent, data: '{"commentId":"c-1"}' });

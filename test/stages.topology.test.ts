@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseRules } from '../rules/rules.ts';
 import { userKey } from '../topology.ts';
 import { domainEventFromJson } from '../runtime/codec.ts';
+import { HeraldError } from '../errors.ts';
 import { dedupe } from '../processors/dedupe.ts';
 import { enrich } from '../processors/enrich.ts';
 import { ingest } from '../processors/ingest.ts';
@@ -79,6 +80,21 @@ describe('ingest', () => {
     expect(r.dlq[0]!.reason).toContain('"nobody.cares"');
     const rejected = r.outcomes.filter((o) => o.status === 'REJECTED');
     expect(rejected.map((o) => [o.recipient, o.reasonCode, o.terminal])).toEqual([['ada', 'unknown_event_type', true], ['bob', 'unknown_event_type', true]]);
+    expect(r.emitted.map((e) => e.key)).toEqual(['acme/ada', 'acme/bob']);
+  });
+
+  it('dead-letters an undecodable record and goes on to its neighbour even when its REJECTED decision cannot be derived', async () => {
+    const violation = new HeraldError('HRL_SCHEMA_VIOLATION', 'recipients[0]: expected well-formed Unicode text', { field: 'recipients[0]' });
+    // A lone surrogate (JSON's "\\ud800") can be no part of a key: the REJECTED decision names the others.
+    const lone = await driver('ingest', ingest).pipeWithRejected([{ raw: Buffer.from('{"id":"ls","tenant":"acme","type":"comment.created","recipients":["ada\\ud800","bob"]}'), error: violation }], [{ value: event({ id: 'good' }), timestamp: T0 }]);
+    expect(lone.dlq).toEqual([expect.objectContaining({ offset: '0', code: 'HRL_SCHEMA_VIOLATION', field: 'recipients[0]' })]);
+    expect(lone.outcomes.filter((o) => o.status === 'REJECTED').map((o) => o.recipient)).toEqual(['bob']);
+    expect(lone.emitted.map((e) => e.key)).toEqual(['acme/ada', 'acme/bob']);
+    // And a stage whose hook throws on such a record: the record is dead-lettered all the same, the neighbour handled.
+    const throwing = driver('ingest', (deps) => ({ ...ingest(deps), rejected: () => { throw new URIError('URI malformed'); } }));
+    const r = await throwing.pipeWithRejected([{ raw: Buffer.from('x'), error: violation }], [{ value: event({ id: 'good' }), timestamp: T0 }]);
+    expect(r.dlq).toEqual([expect.objectContaining({ offset: '0', code: 'HRL_SCHEMA_VIOLATION' })]);
+    expect(r.outcomes.map((o) => o.status)).toEqual(['ACCEPTED', 'ACCEPTED']);
     expect(r.emitted.map((e) => e.key)).toEqual(['acme/ada', 'acme/bob']);
   });
 

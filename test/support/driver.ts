@@ -6,6 +6,7 @@
  */
 import { loadConfig } from '../../config.ts';
 import { loadRules } from '../../rules/rules.ts';
+import type { HeraldError } from '../../errors.ts';
 import type { StageDeps } from '../../runtime/contract.ts';
 import type { StageRecord } from '../../runtime/failure-policy.ts';
 import { createLogger } from '../../runtime/logger.ts';
@@ -56,6 +57,15 @@ export class StageDriver {
       } as StageRecord;
     });
     return StageDriver.strip(await this.sandbox.process({ records: input, rejected: [] }));
+  }
+
+  /** Processes one batch holding records that failed to decode (`raw` bytes, the codec's error) ahead of decoded ones. */
+  async pipeWithRejected(rejected: { raw: Buffer; error: HeraldError }[], records: { value: unknown; timestamp: number; key?: string }[] = []): Promise<Result> {
+    const topicKey = stageSpec(this.stage).inputs[0]!;
+    const base = () => ({ topic: topicName('herald.', topicKey), topicKey, partition: 0, offset: String(this.offset++), key: null, timestamp: this.now, headers: {} });
+    const bad = rejected.map((r) => ({ rec: { ...base(), raw: r.raw }, err: r.error }));
+    const good = records.map((r) => ({ ...base(), key: r.key ?? null, value: r.value, timestamp: r.timestamp, raw: Buffer.from('raw') }) as StageRecord);
+    return StageDriver.strip(await this.sandbox.process({ records: good, rejected: bad }));
   }
 
   /** Moves the wall clock by `ms` and runs the processor's timer once, as the runtime does at each interval. */

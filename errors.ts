@@ -77,6 +77,17 @@ export class HeraldError extends Error {
   }
 }
 
+/**
+ * What a log line may say of an error. A HeraldError about a record's field quotes the
+ * record ("recipients: expected an array, got \"Ada <ada@example.com>\""), and records carry
+ * personal data: the log gets its code and field, and the full reason stays where the
+ * record is (the dead-letter header, the REJECTED decision). Any other error is logged whole.
+ */
+export function loggableError(err: unknown): { code: string; field?: string } | { err: unknown } {
+  if (err instanceof HeraldError && err.field !== undefined) return { code: err.code, field: err.field };
+  return { err };
+}
+
 /** Kafka protocol errors that retrying the same records cannot fix. */
 const PERMANENT_KAFKA = new Set(['MESSAGE_TOO_LARGE', 'RECORD_LIST_TOO_LARGE', 'INVALID_RECORD', 'CORRUPT_MESSAGE', 'INVALID_REQUIRED_ACKS']);
 const NETWORK = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'EAI_AGAIN', 'UND_ERR_SOCKET']);

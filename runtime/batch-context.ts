@@ -154,7 +154,8 @@ export class BatchContext<S extends StageName = StageName> implements StageConte
 
   deadLetter(cause: InRecord | UndecodedRecord, error: DeadLetterError): void {
     const headers = deadLetterHeaders(this.stage, cause, error);
-    this.log.warn({ code: headers['herald.error.code'], reason: headers['herald.error.reason'], topic: cause.topic, partition: cause.partition, offset: cause.offset }, 'dead-lettered');
+    // Not the reason: it quotes the record (personal data); it is in the record's herald.error.reason header.
+    this.log.warn({ code: headers['herald.error.code'], field: headers['herald.error.field'], topic: cause.topic, partition: cause.partition, offset: cause.offset }, 'dead-lettered (the reason is in its herald.error.reason header)');
     // The original record, exactly (as Kafka Connect's dead-letter queue keeps it): its key's
     // and value's bytes (a tombstone stays a tombstone, a null key null) and its headers,
     // with Herald's error headers beside them (replacing any of the same name).

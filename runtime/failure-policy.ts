@@ -10,7 +10,7 @@
  *   neighbour.
  */
 import type { KafkaMessage } from 'kafkajs';
-import { asHeraldError, type ErrorWhere, type HeraldError } from '../errors.ts';
+import { asHeraldError, type ErrorWhere, type HeraldError, loggableError } from '../errors.ts';
 import type { StageInput, StageName, TopicKey } from '../topology.ts';
 import type { BatchContext } from './batch-context.ts';
 import type { Codec } from './codec.ts';
@@ -93,7 +93,7 @@ export async function processBatch({ records, rejected }: Decoded, lastOffset: s
   } catch (err) {
     const e = asHeraldError(err, p.where);
     if (e.retriable) throw e; // not committed: the batch is fetched again
-    p.log.warn({ code: e.code, err: e, records: records.length }, 'batch failed; re-running record by record to isolate the bad one');
+    p.log.warn({ code: e.code, ...loggableError(e), records: records.length }, 'batch failed; re-running record by record to isolate the bad one');
   }
   await p.attempt((ctx) => p.reject(rejected, ctx), null);
   for (const rec of records) {

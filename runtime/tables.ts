@@ -101,7 +101,8 @@ export class GlobalTables implements TableLookup {
               // The registry unreachable is not the record's fault: the batch is read again, not skipped.
               if ((err as HeraldError).retriable === true || isTransient(err)) throw err;
               const code = (err as HeraldError).code ?? 'HRL_DECODE_FAILED';
-              this.log.warn({ table, partition, offset: m.offset, code, reason: (err as Error).message }, 'table record skipped: not a valid value');
+              // Code and field only: the reason quotes the row (profiles hold e-mail addresses and phone numbers).
+              this.log.warn({ table, partition, offset: m.offset, code, ...(err instanceof HeraldError && err.field !== undefined ? { field: err.field } : {}) }, 'table record skipped: not a valid value');
               this.metrics.tableSkipped.inc({ table, code });
             }
           }

@@ -8,6 +8,7 @@ import { parseRules } from '../rules/rules.ts';
 import { userKey } from '../topology.ts';
 import { domainEventFromJson } from '../runtime/codec.ts';
 import { HeraldError } from '../errors.ts';
+import { createLogger } from '../runtime/logger.ts';
 import { dedupe } from '../processors/dedupe.ts';
 import { enrich } from '../processors/enrich.ts';
 import { ingest } from '../processors/ingest.ts';
@@ -96,6 +97,23 @@ describe('ingest', () => {
     expect(r.dlq).toEqual([expect.objectContaining({ offset: '0', code: 'HRL_SCHEMA_VIOLATION' })]);
     expect(r.outcomes.map((o) => o.status)).toEqual(['ACCEPTED', 'ACCEPTED']);
     expect(r.emitted.map((e) => e.key)).toEqual(['acme/ada', 'acme/bob']);
+  });
+
+  it('logs a dead-lettered record\'s code and field, never its content (the reason quotes it; it stays in the record\'s headers)', async () => {
+    const lines: string[] = [];
+    const log = createLogger('info', { write: (l: string) => void lines.push(l) });
+    const d = new StageDriver('ingest', ingest, { log });
+    const r = await d.pipe([
+      { value: event({ id: 'pii', type: 'ada.lovelace@example.com' }), timestamp: T0 },
+      { value: event({ id: 'pii2', recipients: [] }), timestamp: T0 },
+    ]);
+    const rejected = await d.pipeWithRejected([{ raw: Buffer.from('{}'), error: new HeraldError('HRL_SCHEMA_VIOLATION', 'actor: expected a string, got {"name":"Grace Hopper","phone":"+44 20 7946 0958"}', { field: 'actor' }) }]);
+    expect(r.dlq.map((x) => x.reason).join(' ')).toContain('ada.lovelace@example.com');
+    expect(rejected.dlq[0]!.reason).toContain('Grace Hopper');
+    const logged = lines.join('');
+    expect(logged).toContain('"code":"HRL_UNKNOWN_EVENT_TYPE"');
+    expect(logged).toContain('"field":"actor"');
+    expect(logged).not.toMatch(/lovelace|Grace|7946/);
   });
 
   it('rejects an event without recipients, naming the field', async () => {

@@ -123,7 +123,9 @@ export const dedupe: StageFactory<'dedupe'> = ({ rules, config }) => ({
     });
     // Keys whose window closed more than a grace period ago in stream time are swept by a
     // range scan of the time index. The grace keeps them for late, out-of-order records and
-    // for a batch replayed after a crash, so both decide as the first run did.
-    await seen.expire(recs.reduce((max, r) => Math.max(max, r.timestamp), Number.NEGATIVE_INFINITY) - config.dedupeGraceMs);
+    // for a batch replayed after a crash, so both decide as the first run did. Never past the
+    // wall clock: one record stamped in the future (a producer's clock, a hand-set timestamp)
+    // would otherwise sweep every key of the partition, and their repeats would be sent.
+    await seen.expire(Math.min(ctx.wallClock(), recs.reduce((max, r) => Math.max(max, r.timestamp), Number.NEGATIVE_INFINITY)) - config.dedupeGraceMs);
   },
 });

@@ -427,8 +427,10 @@ export const throttle: StageFactory<'throttle'> = ({ rules, config, metrics }) =
         return [memoKey(req.notificationId), ...(rule ? rules.limitsFor(rule).flatMap((l) => (queued ? [scopeKey(l, req), waitKey(scopeKey(l, req))] : [scopeKey(l, req)])) : [])];
       }));
       for (const rec of batch) await decide(ctx, counters, rec, rec.value, rec.timestamp, 0);
-      // Counters past the longest window and decisions past it (plus grace) are swept, in stream time.
-      await counters.store.expire(batch.reduce((max, r) => Math.max(max, r.timestamp), Number.NEGATIVE_INFINITY));
+      // Counters past the longest window and decisions past it (plus grace) are swept, in stream
+      // time, never past the wall clock: one record stamped in the future would otherwise sweep
+      // every counter of the partition, and users over their limits would be sent more.
+      await counters.store.expire(Math.min(ctx.wallClock(), batch.reduce((max, r) => Math.max(max, r.timestamp), Number.NEGATIVE_INFINITY)));
     },
 
     async punctuate(ctx, { wallClock }) {

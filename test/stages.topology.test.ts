@@ -532,9 +532,22 @@ describe('dedupe with out-of-order stream time', () => {
 });
 
 describe('dedupe store hygiene', () => {
+  it('sweeps nothing past the wall clock: a record stamped in the year 9000 leaves the partition\'s keys, and their repeats are still suppressed', async () => {
+    const d = new StageDriver('dedupe', dedupe);
+    drivers.push(d);
+    d.now = T0 + 60_000;
+    const mk = async (id: string, recipient: string, commentId: string) => ({ request: (await requestsFor(event({ id, recipients: [recipient], data: { commentId } })))[0]!, user: user({ userId: recipient }), preferences: null });
+    expect((await d.pipe([{ value: await mk('t01', 'ada', 'c-1'), timestamp: T0 }])).outcomes[0]!.status).toBe('UNIQUE');
+    await d.pipe([{ value: await mk('t02', 'bob', 'c-2'), timestamp: Date.parse('9000-01-01T00:00:00Z') }]);
+    d.now = T0 + 120_000;
+    const repeat = await d.pipe([{ value: await mk('t20', 'ada', 'c-1'), timestamp: T0 + 60_000 }]);
+    expect(repeat.outcomes[0]).toMatchObject({ status: 'SUPPRESSED_DUPLICATE' });
+  });
+
   it('sweeps keys whose window closed in stream time, by the time index', async () => {
     const d = new StageDriver('dedupe', dedupe);
     drivers.push(d);
+    d.now = T0 + 100 * HOUR; // a backlog: the wall clock is past every record's time
     const mk = async (id: string, commentId: string) => ({ request: (await requestsFor(event({ id, recipients: ['ada'], data: { commentId } })))[0]!, user: user(), preferences: null });
     await d.pipe([{ value: await mk('a', 'c-a'), timestamp: T0 }, { value: await mk('b', 'c-b'), timestamp: T0 + 12 * HOUR }]);
     const keys = async () => {

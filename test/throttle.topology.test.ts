@@ -185,6 +185,17 @@ describe('throttle: limits', () => {
     expect(r.outcomes[2]!.reason).toBe('throttled: 2 of 2 notifications of rule like in the last 10 min; the rule drops what exceeds it');
   });
 
+  it('sweeps no counter past the wall clock: a record stamped in the year 9000 leaves the others\' counts, and the next over the limit is still dropped', async () => {
+    const d = driver();
+    d.now = T0 + MIN;
+    const first = await d.pipe(Array.from({ length: 2 }, () => ({ value: n('like'), timestamp: T0 })));
+    expect(first.outcomes.map((o) => o.status)).toEqual(['ADMITTED', 'ADMITTED']);
+    await d.pipe([{ value: n('like', { recipient: 'bob' }), timestamp: Date.parse('9000-01-01T00:00:00Z') }]);
+    d.now = T0 + 2 * MIN;
+    const third = await d.pipe([{ value: n('like'), timestamp: T0 + MIN }]);
+    expect(third.outcomes.map((o) => o.status)).toEqual(['THROTTLED']);
+  });
+
   it('lets CRITICAL through over its limits and says so', async () => {
     const d = driver();
     const r = await d.pipe([{ value: n('alarm'), timestamp: T0 }, { value: n('alarm'), timestamp: T0 + 1 }]);

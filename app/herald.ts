@@ -239,6 +239,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       await checkStoresBuiltAgainst(config.stateBackend, config.stateDir, attach.identity);
       brokers = attach.brokers;
     } else if (config.embedded) {
+      await Journal.waitForEarlierWriter(join(config.stateDir, 'journal'), log);
       journal = Journal.open(join(config.stateDir, 'journal'));
       identity = `embedded:${journal.id}`;
       guardStateDir(config.stateDir, identity);

@@ -121,6 +121,53 @@ export class Journal {
     this.id = id;
   }
 
+  /**
+   * Waits for the broker of an earlier run to finish writing this journal. When a Herald is
+   * killed (SIGKILL, the OOM killer), its embedded broker outlives it for as long as it takes
+   * to journal the records it had acknowledged (`writer.pid` names it until it exits); a
+   * start that read the files before then would miss them, and write beside it. Past
+   * `timeoutMs` it is killed: what it had not written by then is lost, and the log says so.
+   */
+  static async waitForEarlierWriter(dir: string, log: { info: (o: object, m: string) => void; warn: (o: object, m: string) => void }, timeoutMs = 15_000): Promise<void> {
+    const file = join(dir, 'writer.pid');
+    let pid: number;
+    try {
+      pid = Number(readFileSync(file, 'utf8').trim());
+    } catch {
+      return;
+    }
+    const alive = () => {
+      if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return false;
+      try {
+        process.kill(pid, 0);
+      } catch {
+        return false;
+      }
+      // A pid reused by another program is not the writer.
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('herald-mock-cluster');
+      } catch {
+        return true;
+      }
+    };
+    if (!alive()) return;
+    log.info({ pid }, 'the embedded broker of the run before (its owner was killed) is still journaling what it acknowledged; waiting for it');
+    const deadline = Date.now() + timeoutMs;
+    while (alive()) {
+      if (Date.now() > deadline) {
+        log.warn({ pid, waitedMs: timeoutMs }, 'the earlier embedded broker did not finish journaling in time; stopping it (records it had not written are lost)');
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone meanwhile
+        }
+        await new Promise((r) => setTimeout(r, 100));
+        return;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
   /** Opens (or creates) the journal in `dir`. */
   static open(dir: string): Journal {
     mkdirSync(dir, { recursive: true });

@@ -299,7 +299,18 @@ static const char *journal_start(const char *bootstraps, const char *dir) {
     J.queue = queue;
     J.dir = strdup(dir);
     J.running = pthread_create(&J.thread, NULL, journal_loop, NULL) == 0;
-    if (J.running) return NULL;
+    if (J.running) {
+      /* Who writes this journal: a start after its owner was killed waits for this process
+         to finish journaling (and exit) before it reads the files. */
+      char path[4700];
+      snprintf(path, sizeof(path), "%s/writer.pid", dir);
+      FILE *f = fopen(path, "w");
+      if (f) {
+        fprintf(f, "%d\n", (int)getpid());
+        fclose(f);
+      }
+      return NULL;
+    }
     why = "starting the journal thread failed";
   }
   /* Nothing half-made stays behind: `journal` may be sent again. */
@@ -372,6 +383,38 @@ static const char *journal_follow(const char *topic, int32_t partition, int64_t 
   return NULL;
 }
 
+/*
+ * Waits (at most `ms`) until the writer has journaled every record the broker holds on each
+ * followed partition. On the way out: when the owner is killed (SIGKILL, the OOM killer),
+ * its last acknowledged records may not have been read yet, and this process outlives it
+ * just long enough to write them; on a clean stop they were journaled already, and this
+ * is one watermark query a partition.
+ */
+static void journal_drain(int ms) {
+  if (!J.rk || !J.running) return;
+  for (int waited = 0; waited <= ms; waited += 20) {
+    int behind = 0;
+    pthread_mutex_lock(&J.lock);
+    int nparts = J.nparts;
+    pthread_mutex_unlock(&J.lock);
+    for (int i = 0; i < nparts && !behind; i++) {
+      part_t *pt = J.parts[i];
+      if (pt->dead) continue;
+      int64_t lo = 0, hi = 0;
+      if (rd_kafka_query_watermark_offsets(J.rk, pt->topic, pt->partition, &lo, &hi, 1000) != RD_KAFKA_RESP_ERR_NO_ERROR) continue;
+      pthread_mutex_lock(&J.lock);
+      int64_t next = pt->next;
+      size_t pending = pt->out.len;
+      pthread_mutex_unlock(&J.lock);
+      /* Records the broker dropped before they were read (next < lo) are not waited for. */
+      if ((next < hi && hi > lo) || pending) behind = 1;
+    }
+    if (!behind) return;
+    usleep(20 * 1000);
+  }
+  report("e the journal writer stopped before it had read every record the broker held\n");
+}
+
 static void journal_stop(void) {
   if (!J.rk) return;
   J.stop = 1;
@@ -380,6 +423,18 @@ static void journal_stop(void) {
   rd_kafka_destroy(J.rk);
   for (int i = 0; i < J.nparts; i++) close(J.parts[i]->fd);
   if (J.report) fflush(J.report);
+  if (J.dir) {
+    char path[4700];
+    snprintf(path, sizeof(path), "%s/writer.pid", J.dir);
+    unlink(path);
+  }
+}
+
+/* The owner died: stop reading commands, journal what is left, and go. */
+static volatile sig_atomic_t owner_gone = 0;
+static void on_owner_death(int sig) {
+  (void)sig;
+  owner_gone = 1;
 }
 
 int main(int argc, char **argv) {
@@ -388,9 +443,22 @@ int main(int argc, char **argv) {
     fprintf(stderr, "broker count must be 1..16, got %s\n", argv[1]);
     return 2;
   }
+  /* The owner's death is told by SIGUSR1 (below) or by stdin's end: either ends the command
+     loop, and the journal is drained before exit. Only the main thread takes SIGUSR1 (the
+     threads librdkafka and the journal start inherit it blocked), so it interrupts fgets. */
+  sigset_t usr1;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = on_owner_death;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0; /* no SA_RESTART: a blocked read returns EINTR */
+  sigaction(SIGUSR1, &sa, NULL);
 #ifdef __linux__
-  /* Belt and braces: also die with the parent if stdin is inherited elsewhere. */
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  /* Belt and braces: also told of the parent's death if stdin is inherited elsewhere. */
+  prctl(PR_SET_PDEATHSIG, SIGUSR1);
 #endif
   /* Ctrl-C, a terminal's hangup, and a process manager's SIGTERM to the whole group (systemd's default), reach
      this process too: the owner decides when to stop, and closes stdin once its last
@@ -421,8 +489,16 @@ int main(int argc, char **argv) {
   printf("bootstraps %s\n", bootstraps);
   fflush(stdout);
 
+  /* The threads exist now (librdkafka's, the mock brokers'), with SIGUSR1 blocked; the
+     journal's thread, started later by this thread, gets the mask at the point it is made,
+     so it is unblocked only after the loop, never in another thread. */
   char line[4608];
-  while (fgets(line, sizeof(line), stdin)) {
+  for (;;) {
+    if (owner_gone) break;
+    pthread_sigmask(SIG_UNBLOCK, &usr1, NULL);
+    char *got = owner_gone ? NULL : fgets(line, sizeof(line), stdin);
+    pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+    if (!got) break;
     line[strcspn(line, "\r\n")] = 0;
     char cmd[32] = {0}, name[512] = {0};
     int a = 0, b = 0;
@@ -453,6 +529,7 @@ int main(int argc, char **argv) {
     else printf("ok\n");
     fflush(stdout);
   }
+  journal_drain(owner_gone ? 10000 : 2000);
   journal_stop();
   rd_kafka_mock_cluster_destroy(mc);
   rd_kafka_destroy(rk);

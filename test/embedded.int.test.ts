@@ -4,7 +4,8 @@
  * through @kafkajs/confluent-schema-registry.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SchemaRegistry } from '@kafkajs/confluent-schema-registry';
@@ -138,6 +139,23 @@ describe('embedded broker', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('journals every record it acknowledged when its owner is killed with SIGKILL: the broker outlives it to write them, and a start waits for it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'herald-killed-owner-'));
+    try {
+      const out = await new Promise<string>((resolve) => {
+        execFile(process.execPath, ['test/support/killed-owner.ts', dir], (_err, stdout) => resolve(stdout));
+      });
+      expect(out).toContain('acked 2000');
+      await Journal.waitForEarlierWriter(dir, createLogger('silent'));
+      expect(existsSync(join(dir, 'writer.pid'))).toBe(false);
+      const records = [...Journal.open(dir).read()].flatMap((p) => [...p.records]);
+      expect(records).toHaveLength(2000);
+      expect(new Set(records.map((r) => r.key!.toString())).size).toBe(2000);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 
   it('rejects the waits for records the broker dropped before its journal writer read them, and journals on from the first one it holds', async () => {
     const { broker, topic, producer, admin, dir } = await journalFixture(1);

@@ -14,7 +14,7 @@ import { urlRefusal } from '../channels/outbound.ts';
 import { type ErrorCode, HeraldError } from '../errors.ts';
 import { eventIdFromIdempotencyKey, notificationId } from '../processors/ids.ts';
 import { isTimeZone, minutesOf } from '../processors/quiet-hours.ts';
-import { domainEventFromJson, idRefusal, illFormedText, MAX_ID_LENGTH, MAX_NESTING, nestedDeeperThan } from '../runtime/codec.ts';
+import { domainEventFromJson, firstInvalidUtf8, idRefusal, illFormedText, MAX_ID_LENGTH, MAX_NESTING, nestedDeeperThan } from '../runtime/codec.ts';
 import { CHANNELS, parseDuration } from '../rules/rules.ts';
 import { validate } from '../schemas/index.ts';
 import type { Scope, UserPreferences, UserProfile } from '../schemas/types.ts';
@@ -74,6 +74,7 @@ function badRequest(reply: FastifyReply, err: unknown) {
 
 /** How deep `v` nests, stopping once past `limit` (iterative: no stack to overflow). */
 const MAX_DEPTH = LIMITS.depth;
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Fastify's own client errors, mapped to Herald's codes. */
 function clientErrorCode(err: { code?: string; statusCode?: number }): ErrorCode {
@@ -179,6 +180,34 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   });
   // JSON only: a text/plain body is refused with 415, not parsed as something else.
   app.removeContentTypeParser('text/plain');
+  // JSON is UTF-8 (RFC 8259): bytes that are not are refused, naming the first, as on the
+  // Kafka path (they used to become U+FFFD, altered silently). Fastify's own parser does the
+  // rest (its prototype-poisoning checks); its "not valid JSON" gets JSON.parse's reason,
+  // which says where.
+  const jsonParser = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body, done) => {
+    const buf = body as Buffer;
+    let text: string;
+    try {
+      text = STRICT_UTF8.decode(buf);
+    } catch {
+      const at = firstInvalidUtf8(buf);
+      done(Object.assign(new Error(`JSON must be UTF-8 (RFC 8259), and byte ${at} (0x${buf.subarray(at, at + 1).toString('hex')}) is not valid UTF-8 there`), { statusCode: 400, code: 'FST_ERR_CTP_INVALID_JSON_BODY' }), undefined);
+      return;
+    }
+    jsonParser(req, text, (err, parsed) => {
+      if (err && (err as { code?: string }).code === 'FST_ERR_CTP_INVALID_JSON_BODY') {
+        try {
+          JSON.parse(text);
+        } catch (syntax) {
+          done(Object.assign(new Error((syntax as Error).message), { statusCode: 400, code: 'FST_ERR_CTP_INVALID_JSON_BODY' }), undefined);
+          return;
+        }
+      }
+      done(err, parsed);
+    });
+  });
   app.decorateRequest('principal', null);
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {

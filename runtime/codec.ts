@@ -214,7 +214,7 @@ export function parseJson(buf: Buffer): unknown {
 }
 
 /** The offset of the first byte that makes `buf` invalid UTF-8. */
-function firstInvalidUtf8(buf: Buffer): number {
+export function firstInvalidUtf8(buf: Buffer): number {
   let lo = 0;
   let hi = buf.length;
   // The longest valid prefix, by halving (a prefix cut inside a character is invalid too, so allow 3 bytes of slack).

@@ -289,7 +289,11 @@ describe('HTTP API on ports', () => {
   it('maps malformed and oversized bodies to documented codes', async () => {
     const bad = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: '{"id":' });
     expect([bad.statusCode, bad.json().error, bad.json().field]).toEqual([400, 'HRL_BAD_REQUEST', 'body']);
-    expect(bad.json().message).toMatch(/^body: not valid JSON/);
+    // JSON.parse's reason, which says where (not the framework's "Body is not valid JSON").
+    expect(bad.json().message).toMatch(/^body: not valid JSON \(.*(position|end of JSON input)/i);
+    // Bytes that are not UTF-8 are refused, naming the first, as on the Kafka path (not turned into U+FFFD).
+    const latin1 = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: Buffer.from('{"type":"comment.created","recipients":["ada"],"actor":"li\xffnus"}', 'latin1') });
+    expect([latin1.statusCode, latin1.json().field, latin1.json().message]).toEqual([400, 'body', 'body: not valid JSON (JSON must be UTF-8 (RFC 8259), and byte 58 (0xff) is not valid UTF-8 there)']);
     // Each names the field and the limit, as the README's limits table says.
     const big = await inject({ method: 'POST', url: '/v1/events', headers: { 'content-type': 'application/json' }, payload: JSON.stringify({ pad: 'x'.repeat(20_000) }) });
     expect([big.statusCode, big.json().error, big.json().field]).toEqual([413, 'HRL_PAYLOAD_TOO_LARGE', 'body']);

@@ -173,19 +173,36 @@ export class Serde {
   /** By writer schema id and reader schema: the type that decodes, and the resolver when they differ. */
   private readonly resolved = new Map<string, { type: avro.Type; resolver?: avro.Resolver } | Error>();
 
+  private readonly registryUrl: string;
+
   constructor(registryUrl: string) {
+    this.registryUrl = registryUrl.replace(/\/$/, '');
     this.registry = new SchemaRegistry({ host: registryUrl }, { AVRO: {} } as never);
   }
 
-  /** Registers the schema under `<topic>-value` (BACKWARD compatibility) and remembers its id. */
+  /**
+   * Registers the schema under `<topic>-value` and remembers its id. A new subject gets
+   * BACKWARD compatibility (the registry client's default); a subject someone set to another
+   * level (FULL_TRANSITIVE on events.v1, as the README advises) keeps it: the client refuses
+   * to register on a subject whose level is not the one it is given, so it is given that one.
+   */
   async register(topic: string, name: SchemaName): Promise<number> {
+    const subject = `${topic}-value`;
     const { id } = await this.registry.register(
       { type: 'AVRO' as never, schema: JSON.stringify(selfContained(name)) },
-      { subject: `${topic}-value` },
+      { subject, compatibility: ((await this.subjectLevel(subject)) ?? 'BACKWARD') as never },
     );
     // The registry client's own Avro type for the id (its options, its cache).
     this.writers.set(topic, { id, type: (await this.registry.getSchema(id)) as unknown as avro.Type });
     return id;
+  }
+
+  /** The subject's own compatibility level, or null when it has none (the registry's 404, or a registry without the config API). */
+  private async subjectLevel(subject: string): Promise<string | null> {
+    const res = await fetch(`${this.registryUrl}/config/${encodeURIComponent(subject)}`, { headers: { accept: 'application/vnd.schemaregistry.v1+json' }, signal: AbortSignal.timeout(10_000) });
+    if (!res.ok) return null;
+    const level = ((await res.json()) as { compatibilityLevel?: unknown }).compatibilityLevel;
+    return typeof level === 'string' && level ? level.toUpperCase() : null;
   }
 
   async encode(topic: string, value: unknown): Promise<Buffer> {

@@ -9,6 +9,7 @@ import { notificationId } from '../processors/ids.ts';
 import type { LifecycleEvent, NotificationRequest } from '../schemas/types.ts';
 import type { Herald } from '../app/herald.ts';
 import { topicName } from '../topology.ts';
+import { Serde } from '../schemas/index.ts';
 import { api, collect, eventually, removeDir, startTestHerald } from './support/herald.ts';
 
 let h: Herald & { stateDir: string };
@@ -152,6 +153,24 @@ describe('Avro from producers whose schema evolved', () => {
     expect(header(dead, 'herald.error.reason')).toMatch(new RegExp(`schema id ${badId}\\): its schema cannot be read as DomainEvent: recipients: the writer's string cannot be read as array`));
     expect(header(dead, 'herald.error.field')).toBe('recipients');
     expect(dlq.messages.slice(dlqBefore).some((m) => m.key?.toString() === 'evolved-1')).toBe(false);
+  });
+
+  it('registers on a subject set to FULL_TRANSITIVE (as the README advises), where the registry refuses a producer\'s schema that drops a required field', async () => {
+    const subject = `${T('events')}-value`;
+    const headers = { 'content-type': 'application/vnd.schemaregistry.v1+json' };
+    expect((await fetch(`${h.registryUrl}/config/${subject}`, { method: 'PUT', headers, body: JSON.stringify({ compatibility: 'FULL_TRANSITIVE' }) })).status).toBe(200);
+    try {
+      // What a start does: the registry client is given the subject's own level, not its default.
+      const serde = new Serde(h.registryUrl);
+      expect(await serde.register(T('events'), 'DomainEvent')).toBeGreaterThan(0);
+      const base = JSON.parse((await import('node:fs')).readFileSync(new URL('../schemas/DomainEvent.avsc', import.meta.url), 'utf8')) as { fields: { name: string }[] };
+      const withoutTenant = { ...base, fields: base.fields.filter((f) => f.name !== 'tenant') };
+      const res = await fetch(`${h.registryUrl}/subjects/${subject}/versions`, { method: 'POST', headers, body: JSON.stringify({ schema: JSON.stringify(withoutTenant) }) });
+      expect(res.status).toBe(409);
+      expect(((await res.json()) as { error_code: number }).error_code).toBe(409);
+    } finally {
+      await fetch(`${h.registryUrl}/config/${subject}`, { method: 'PUT', headers, body: JSON.stringify({ compatibility: 'BACKWARD' }) });
+    }
   });
 });
 

@@ -648,7 +648,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
       return fail(reply, 400, 'HRL_SCHEMA_VIOLATION', `${lastHeader !== undefined ? 'Last-Event-ID' : 'lastEventId'}: expected the id of an inbox item this stream sent (such as 001764582892660:0000000000000000021:ntf_…), got "${clip(last, 80)}"`, lastHeader !== undefined ? 'Last-Event-ID' : 'lastEventId');
     }
     // HEAD: the headers a GET would answer with, and no stream.
-    if (req.method === 'HEAD') return reply.code(200).header('content-type', 'text/event-stream').header('cache-control', 'no-cache, no-transform').send();
+    if (req.method === 'HEAD') return reply.code(200).header('content-type', 'text/event-stream').header('cache-control', 'no-cache, no-transform').header('x-accel-buffering', 'no').send();
     const s = await lifecycle.inboxStream(tenantOf(req), req.params.userId, last && last.length <= 2 * MAX_ID_LENGTH ? last : null, forwardedOpts(req));
     // An EventSource takes any answer but 200 as the end: while the owner is unknown it is told to come back.
     const eventSource = wantsEventStream(req.headers.accept);

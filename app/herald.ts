@@ -229,7 +229,10 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
     // The HTTP port, taken now: probes meet a starting instance, not a refused connection.
     let startDetail = (): string[] => [];
     const early = (opts.api ?? true) && !opts.attach ? await StartingServer.listen(config.httpHost, config.httpPort, { registry: metrics.registry, detail: () => startDetail(), metricsToken: config.metricsToken }) : null;
-    if (early) cleanups.push(() => early.close());
+    if (early) {
+      cleanups.push(() => early.close());
+      early.phase = config.embedded ? 'starting the embedded broker' : 'connecting to the brokers';
+    }
     let journal: Journal | null = null;
     const attach = opts.attach ?? null;
     // Whose stores the state directory holds: the embedded journal's, or a real cluster's.
@@ -270,6 +273,7 @@ export async function startHerald(opts: StartOptions): Promise<Herald> {
       log.info({ url: registryUrl }, 'embedded schema registry started (development stand-in)');
     }
     const serde = new Serde(registryUrl);
+    if (early) early.phase = 'registering the schemas';
     for (const key of Object.keys(TOPICS) as TopicKey[]) {
       const schema = TOPICS[key].schema;
       if (schema) await serde.register(topicName(config.topicPrefix, key), schema);

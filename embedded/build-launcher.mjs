@@ -32,7 +32,7 @@ export function buildLauncher({ quiet = false } = {}) {
       const r = spawnSync('sh', ['-c', 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq librdkafka-dev gcc'], { stdio: 'inherit' });
       if (r.status !== 0) return { ok: false, reason: `apt-get failed; run: ${INSTALL_HINT}` };
     } else {
-      return { ok: false, reason: `librdkafka-dev (with ${header}) and a C compiler are needed for the embedded broker. Install them with: sudo ${INSTALL_HINT}  — or set KAFKA_BROKERS to use a real Kafka cluster.` };
+      return { ok: false, reason: `librdkafka-dev (with ${header}) and a C compiler are needed for the embedded broker. Install them with: sudo sh -c '${INSTALL_HINT}'  — or set KAFKA_BROKERS to use a real Kafka cluster.` };
     }
   }
   mkdirSync(dirname(out), { recursive: true });

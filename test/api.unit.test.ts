@@ -194,6 +194,8 @@ describe('HTTP API on ports', () => {
       const res = await live.inject({ method: 'HEAD', url: '/v1/users/ada/inbox/stream', headers: { authorization: `Bearer ${KEYS.acmeRead}` } });
       expect(res.statusCode).toBe(200);
       expect(res.headers['content-type']).toMatch(/^text\/event-stream/);
+      // The headers the GET answers with, proxy buffering off among them.
+      expect([res.headers['cache-control'], res.headers['x-accel-buffering']]).toEqual(['no-cache, no-transform', 'no']);
       expect(opened).toBe(0);
     } finally {
       await live.close();

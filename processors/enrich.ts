@@ -26,7 +26,7 @@ export const enrich: StageFactory<'enrich'> = ({ tables }) => ({
       const drop = (reasonCode: 'unknown_recipient' | 'recipient_inactive' | 'tenant_mismatch', reason: string) =>
         ctx.outcome(rec, { ...about(req), status: 'DROPPED', reasonCode, reason });
       if (!user) {
-        drop('unknown_recipient', `no profile for user "${req.recipient}" in the users table`);
+        drop('unknown_recipient', `no profile for user "${req.recipient}" of tenant "${req.tenant}" in the users table`);
         continue;
       }
       if (!user.active) {

@@ -19,7 +19,8 @@ const MAX_TIME = 253_402_300_799_999;
 
 /** A value shown in an error message: never the whole of a large one. */
 export const shown = (v: unknown, max = 80): string => {
-  const text = JSON.stringify(v) ?? String(v);
+  // (JSON.stringify writes Infinity, which 1e400 parses to, as null.)
+  const text = typeof v === 'number' && !Number.isFinite(v) ? String(v) : (JSON.stringify(v) ?? String(v));
   return text.length > max ? `${text.slice(0, max)}… (${text.length} characters)` : text;
 };
 
@@ -121,13 +122,22 @@ export function domainEventFromJson(input: unknown): DomainEvent {
         throw new HeraldError('HRL_SCHEMA_VIOLATION', 'data: expected a JSON object (or its JSON text)', { field: 'data' });
       }
     }
+    if (obj.data !== undefined && obj.data !== null && typeof obj.data !== 'string' && (typeof obj.data !== 'object' || Array.isArray(obj.data))) {
+      throw new HeraldError('HRL_SCHEMA_VIOLATION', `data: expected a JSON object (or its JSON text), got ${shown(obj.data)}`, { field: 'data' });
+    }
     for (const k of ['occurredAt', 'expiresAt'] as const) {
-      if (typeof obj[k] === 'string') {
-        const text = obj[k] as string;
+      const v = obj[k];
+      const expected = `${k}: expected a time between 2000-01-01 and 9999-12-31, as epoch milliseconds or an ISO-8601 date-time with offset (e.g. 2026-01-02T03:04:05Z)`;
+      if (typeof v === 'string') {
         // Only ISO-8601 with an explicit offset: a zone-less date would depend on the server's time zone.
-        const t = ISO_WITH_OFFSET.test(text) ? Date.parse(text) : Number.NaN;
-        if (Number.isNaN(t)) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${k}: expected epoch milliseconds or an ISO-8601 date-time with offset (e.g. 2026-01-02T03:04:05Z), got ${shown(obj[k])}`, { field: k });
+        const t = ISO_WITH_OFFSET.test(v) ? Date.parse(v) : Number.NaN;
+        // The range is said of what was sent, not of the number it became.
+        if (Number.isNaN(t) || t < MIN_TIME || t > MAX_TIME) throw new HeraldError('HRL_SCHEMA_VIOLATION', `${expected}, got ${shown(v)}`, { field: k });
         obj[k] = t;
+      } else if (typeof v === 'number' && (!Number.isInteger(v) || v < MIN_TIME || v > MAX_TIME)) {
+        throw new HeraldError('HRL_SCHEMA_VIOLATION', `${expected}, got ${shown(v)}`, { field: k });
+      } else if (v !== undefined && v !== null && typeof v !== 'number') {
+        throw new HeraldError('HRL_SCHEMA_VIOLATION', `${expected}, got ${shown(v)}`, { field: k });
       }
     }
     input = obj;
@@ -168,7 +178,7 @@ export class Codec {
     if (buf === null) throw new HeraldError('HRL_TOMBSTONE', `value: expected a ${TOPICS[topicKey].schema ?? 'record'}, got a tombstone (null value); ${TOPICS[topicKey].name} is a stream, not a table`, { field: 'value' });
     if (topicKey === 'events') {
       if (buf.length > this.config.maxPayloadBytes) {
-        throw new HeraldError('HRL_PAYLOAD_TOO_LARGE', `record is ${buf.length} bytes; the limit is ${this.config.maxPayloadBytes} (HERALD_MAX_PAYLOAD_BYTES)`);
+        throw new HeraldError('HRL_PAYLOAD_TOO_LARGE', `value: the record is ${buf.length} bytes; the limit is ${this.config.maxPayloadBytes} (HERALD_MAX_PAYLOAD_BYTES)`, { field: 'value' });
       }
       if (buf[0] === 0) return domainEventFromJson(await this.serde.decode(buf, 'DomainEvent'));
       return domainEventFromJson(parseJson(buf));

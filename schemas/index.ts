@@ -251,7 +251,10 @@ export class Serde {
               r = { type: wanted, resolver: wanted.createResolver(reader, { ignoreNamespaces: true } as never) };
             } catch (err) {
               const at = unreadableField(wanted, reader);
-              r = Object.assign(new Error(`its schema cannot be read as ${as}: ${at ? `${at.field}: ${at.why}` : (err as Error).message}`), at ? { field: at.field } : {});
+              // A record of another name is most likely another kind of record on the wrong topic: say so first.
+              const writerName = reader.name?.split('.').pop();
+              const other = writerName && writerName !== as ? ` (the writer's schema is a record named ${writerName}, not ${as}: is it on the right topic?)` : '';
+              r = Object.assign(new Error(`its schema cannot be read as ${as}${other}: ${at ? `${at.field}: ${at.why}` : (err as Error).message}`), at ? { field: at.field } : {});
             }
           }
           this.resolved.set(key, r);

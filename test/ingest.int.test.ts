@@ -49,7 +49,7 @@ describe('ingest rejections', () => {
     { name: 'a lone surrogate in a recipient', value: '{"id":"ls","tenant":"acme","type":"comment.created","recipients":["ada\\ud800"]}', code: 'HRL_SCHEMA_VIOLATION', field: 'recipients[0]', reason: /recipients\[0\]: expected well-formed Unicode text, got a lone surrogate \(U\+D800\) at character 4/, rejected: 'schema_violation' },
     { name: 'a lone surrogate in the tenant', value: '{"id":"lt","tenant":"ac\\ud800me","type":"comment.created","recipients":["ada"]}', code: 'HRL_SCHEMA_VIOLATION', field: 'tenant', reason: /tenant: expected well-formed Unicode text/, rejected: null },
     { name: 'data nested too deep', value: `{"id":"nd","tenant":"acme","type":"comment.created","recipients":["ada"],"data":${'['.repeat(900)}${']'.repeat(900)}}`, code: 'HRL_SCHEMA_VIOLATION', field: 'data', reason: /^data: nested deeper than 32 levels$/, rejected: 'schema_violation' },
-    { name: 'an oversized payload', value: JSON.stringify({ id: 'big', tenant: 'acme', type: 'comment.created', recipients: ['ada'], data: { blob: 'x'.repeat(4000) } }), code: 'HRL_PAYLOAD_TOO_LARGE', reason: /bytes; the limit is 2048/, rejected: 'payload_too_large' },
+    { name: 'an oversized payload', value: JSON.stringify({ id: 'big', tenant: 'acme', type: 'comment.created', recipients: ['ada'], data: { blob: 'x'.repeat(4000) } }), code: 'HRL_PAYLOAD_TOO_LARGE', field: 'value', reason: /^value: the record is \d+ bytes; the limit is 2048/, rejected: 'payload_too_large' },
   ];
 
   it('dead-letters each bad record with code, field and reason, records REJECTED where it can, and processes the good neighbour', async () => {

@@ -217,6 +217,24 @@ describe('domainEventFromJson', () => {
     expect(refused({ data: JSON.stringify({ x: deep(40) }) })).toMatchObject({ field: 'data' });
   });
 
+  it('says what a field takes, of what was sent: data an array, times out of range, as text or numbers, or in Avro\'s JSON form', () => {
+    const refused = (over: Record<string, unknown>) => {
+      try {
+        domainEventFromJson({ ...minimalEvent, ...over });
+      } catch (err) {
+        return err as HeraldError;
+      }
+      throw new Error('accepted');
+    };
+    expect(refused({ data: [1, 2, 3] })).toMatchObject({ field: 'data', message: 'data: expected a JSON object (or its JSON text), got [1,2,3]' });
+    const range = 'expected a time between 2000-01-01 and 9999-12-31, as epoch milliseconds or an ISO-8601 date-time with offset (e.g. 2026-01-02T03:04:05Z)';
+    expect(refused({ occurredAt: '1999-01-01T00:00:00Z' })).toMatchObject({ field: 'occurredAt', message: `occurredAt: ${range}, got "1999-01-01T00:00:00Z"` });
+    expect(refused({ occurredAt: 99999999999999999 })).toMatchObject({ field: 'occurredAt', message: `occurredAt: ${range}, got 100000000000000000` });
+    expect(refused({ expiresAt: JSON.parse('1e400') })).toMatchObject({ field: 'expiresAt', message: `expiresAt: ${range}, got Infinity` });
+    expect(refused({ occurredAt: { long: 1764582892660 } })).toMatchObject({ field: 'occurredAt', message: `occurredAt: ${range}, got {"long":1764582892660}` });
+    expect(domainEventFromJson({ ...minimalEvent, occurredAt: '2026-01-02T03:04:05Z' }).occurredAt).toBe(Date.parse('2026-01-02T03:04:05Z'));
+  });
+
   it('accepts data as JSON text of an object', () => {
     // when data is already JSON text
     const ev = domainEventFromJson({ ...minimalEvent, data: '{"commentId":"c-1"}' });

@@ -120,6 +120,13 @@ describe('Serde.decode as Herald\'s schema (schema resolution)', () => {
     expect(await serde.decode(bytes, 'DomainEvent')).toEqual(await serde.decode(await serde.encode('t.DomainEvent', fixture('DomainEvent'))));
   });
 
+  it('says a record of another name is not a DomainEvent, ahead of the first field it lacks', async () => {
+    const invoice = { type: 'record', name: 'Invoice', namespace: 'com.acme.billing', fields: [{ name: 'invoiceId', type: 'string' }, { name: 'amount', type: 'long' }] };
+    const { id } = await serde.registry.register({ type: 'AVRO' as never, schema: JSON.stringify(invoice) }, { subject: 'invoices-value' });
+    const err = await serde.decode(await serde.registry.encode(id, { invoiceId: 'i-1', amount: 42 }), 'DomainEvent').then(() => null, (e: unknown) => e);
+    expect((err as Error).message).toContain(`schema id ${id}): its schema cannot be read as DomainEvent (the writer's schema is a record named Invoice, not DomainEvent: is it on the right topic?): id: missing from the writer's schema`);
+  });
+
   it('reads Herald\'s own records unchanged, and refuses a writer schema that cannot be read as Herald\'s, naming both', async () => {
     const own = await serde.encode('t.DomainEvent', fixture('DomainEvent'));
     expect(await serde.decode(own, 'DomainEvent')).toEqual(await serde.decode(own));

@@ -329,9 +329,10 @@ const STATE_ENTRIES = new Set(['CLUSTER_ID', 'herald.pid', 'dev-key', 'journal',
 
 program
   .command('reset')
-  .description('delete everything in HERALD_STATE_DIR (stores, and the embedded broker\'s journal and schemas), keeping the directory itself: start over on purpose; refuses a directory holding anything Herald did not write')
-  .option('--dry-run', 'print what would be deleted, and delete nothing')
-  .action((o: { dryRun?: boolean }) => {
+  .description('delete what HERALD_STATE_DIR holds (stores, and the embedded broker\'s journal and schemas), keeping the directory itself and the dev key: start over on purpose; refuses a directory holding anything Herald did not write')
+  .option('--dry-run', 'print what would be deleted, and delete nothing (also while Herald runs)')
+  .option('--new-dev-key', 'delete the dev key too: the next start makes a new one, and a saved one stops working')
+  .action((o: { dryRun?: boolean; newDevKey?: boolean }) => {
     try {
       const { stateDir } = loadConfig();
       if (!existsSync(stateDir)) {
@@ -340,21 +341,25 @@ program
       }
       if (!statSync(stateDir).isDirectory()) fail(new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir} is not a directory: not deleted`));
       const running = runningHerald(stateDir);
-      if (running) fail(new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir}: Herald (pid ${running}) is running on it; stop it first`));
+      if (running && !o.dryRun) fail(new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir}: Herald (pid ${running}) is running on it; stop it first`));
       const entries = readdirSync(stateDir);
       const foreign = entries.filter((e) => !STATE_ENTRIES.has(e) && !/^registry\.json\.|^endpoints\.json\./.test(e));
       if (foreign.length) {
         const shown = foreign.slice(0, 5).join(', ') + (foreign.length > 5 ? `, and ${foreign.length - 5} more` : '');
         fail(new HeraldError('HRL_STATE_DIR_UNUSABLE', `HERALD_STATE_DIR ${stateDir} holds what Herald did not write (${shown}): nothing was deleted. Point HERALD_STATE_DIR at Herald's state directory (the default is .herald/state)`));
       }
+      // The dev key is a credential people save (README, scripts): kept unless asked.
+      const doomed = entries.filter((e) => o.newDevKey || e !== 'dev-key').sort();
+      const kept = entries.length > doomed.length ? '; the dev key is kept (--new-dev-key deletes it too)' : '';
       if (o.dryRun) {
-        console.log(entries.length ? `would delete everything in ${stateDir} (${entries.sort().join(', ')})` : `${stateDir} is empty: nothing to delete`);
+        const note = running ? ` (Herald, pid ${running}, is running on it: stop it before a reset)` : '';
+        console.log(doomed.length ? `would delete in ${stateDir}: ${doomed.join(', ')}${kept}${note}` : `${stateDir} holds nothing to delete${kept}${note}`);
         return;
       }
       // What is inside goes, the directory stays: it may be a volume's mount point (which
       // cannot be removed), and its owner and mode were the operator's choice.
-      for (const e of entries) rmSync(join(stateDir, e), { recursive: true, force: true });
-      console.log(`deleted everything in ${stateDir}: the next start begins with an empty broker, registry and stores`);
+      for (const e of doomed) rmSync(join(stateDir, e), { recursive: true, force: true });
+      console.log(`deleted ${doomed.length ? doomed.join(', ') : 'nothing'} in ${stateDir}: the next start begins with an empty broker, registry and stores${kept}`);
     } catch (err) {
       fail(err);
     }

@@ -4,7 +4,7 @@
  * file), deleting nothing; a configuration error is one line with its code, in every
  * command.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,13 +34,35 @@ describe('herald reset', () => {
     writeFileSync(join(dir, 'CLUSTER_ID'), 'embedded:x');
     writeFileSync(join(dir, 'dev-key'), 'hk_x');
     const dry = await reset(dir, '--dry-run');
-    expect(dry).toEqual({ code: 0, out: `would delete everything in ${dir} (CLUSTER_ID, dev-key, journal, rocksdb)\n` });
+    expect(dry).toEqual({ code: 0, out: `would delete in ${dir}: CLUSTER_ID, journal, rocksdb; the dev key is kept (--new-dev-key deletes it too)\n` });
     expect(existsSync(dir)).toBe(true);
     const done = await reset(dir);
     expect(done.code).toBe(0);
-    expect(done.out).toContain(`deleted everything in ${dir}`);
+    expect(done.out).toContain(`deleted CLUSTER_ID, journal, rocksdb in ${dir}`);
+    // The dev key a user saved still works after a reset.
+    expect(readdirSync(dir)).toEqual(['dev-key']);
+    expect(await reset(dir, '--dry-run')).toEqual({ code: 0, out: `${dir} holds nothing to delete; the dev key is kept (--new-dev-key deletes it too)\n` });
+    expect((await reset(dir, '--new-dev-key')).out).toContain(`deleted dev-key in ${dir}`);
     expect(readdirSync(dir)).toEqual([]);
-    expect(await reset(dir, '--dry-run')).toEqual({ code: 0, out: `${dir} is empty: nothing to delete\n` });
+    expect(await reset(dir, '--dry-run')).toEqual({ code: 0, out: `${dir} holds nothing to delete\n` });
+  });
+
+  it('lists what it would delete while Herald runs on the directory, and refuses to delete it', async () => {
+    const dir = join(root, 'busy');
+    mkdirSync(join(dir, 'rocksdb'), { recursive: true });
+    // A live process whose command line names herald stands for the running instance.
+    const herald = spawn('sh', ['-c', 'sleep 60', 'herald'], { stdio: 'ignore' });
+    try {
+      writeFileSync(join(dir, 'herald.pid'), String(herald.pid));
+      await new Promise((r) => setTimeout(r, 100));
+      expect(await reset(dir, '--dry-run')).toEqual({ code: 0, out: `would delete in ${dir}: herald.pid, rocksdb (Herald, pid ${herald.pid}, is running on it: stop it before a reset)\n` });
+      const refused = await reset(dir);
+      expect(refused.code).toBe(1);
+      expect(refused.out).toContain(`Herald (pid ${herald.pid}) is running on it; stop it first`);
+      expect(readdirSync(dir).sort()).toEqual(['herald.pid', 'rocksdb']);
+    } finally {
+      herald.kill('SIGKILL');
+    }
   });
 
   it('refuses a directory that holds anything Herald did not write, and deletes nothing', async () => {

@@ -348,11 +348,20 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
       return fail(reply, 400, 'HRL_LIMIT_EXCEEDED', `Idempotency-Key: expected at most ${LIMITS.idempotencyKeyLength} characters, got ${key.length}`, 'Idempotency-Key');
     }
     const body: Record<string, unknown> = { ...req.body, tenant };
-    const cacheKey = typeof key === 'string' && key ? `${tenant}\u0000${key}` : null;
+    // An event's own id is an idempotency key too (the pipeline takes a second event under
+    // one id as a retry of the first, and sends nothing for it): without the header, the id
+    // is remembered the same way, so a different event under a used id is refused here
+    // rather than absorbed out of sight.
+    const byHeader = typeof key === 'string' && key !== '';
+    const eventId = typeof req.body.id === 'string' && req.body.id !== '' ? req.body.id : null;
+    const cacheKey = byHeader ? `${tenant}\u0000${key}` : eventId !== null ? `${tenant}\u0001${eventId}` : null;
     const fingerprint = createHash('sha256').update(JSON.stringify(req.body)).digest('hex');
     const previous = cacheKey ? answered.get(cacheKey) : undefined;
     if (previous) {
-      if (previous.fingerprint !== fingerprint) return fail(reply, 422, 'HRL_IDEMPOTENCY_KEY_REUSED', 'Idempotency-Key: this key was used with a different request body', 'Idempotency-Key');
+      if (previous.fingerprint !== fingerprint) {
+        if (byHeader) return fail(reply, 422, 'HRL_IDEMPOTENCY_KEY_REUSED', 'Idempotency-Key: this key was used with a different request body', 'Idempotency-Key');
+        return fail(reply, 422, 'HRL_IDEMPOTENCY_KEY_REUSED', `id: event ${clip(eventId!, 80)} was published with a different body; an event id is its idempotency key (a second event under it is taken as a retry and not sent): give this event an id of its own`, 'id');
+      }
       // The same request again (possibly still in flight): the first answer, nothing published.
       const first = await previous.body;
       return reply.code(first.status).header('idempotent-replayed', 'true').send(first.body);

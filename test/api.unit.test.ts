@@ -320,6 +320,19 @@ describe('HTTP API on ports', () => {
     expect(published.length).toBe(before + 1);
   });
 
+  it('takes an event id as an idempotency key: the same event again gets the first answer, another event under the id 422', async () => {
+    const before = published.length;
+    const event = { id: 'h-same', type: 'comment.created', recipients: ['ada'], data: { commentId: 'c-1' } };
+    const first = await inject({ method: 'POST', url: '/v1/events', payload: event });
+    expect(first.statusCode).toBe(202);
+    const again = await inject({ method: 'POST', url: '/v1/events', payload: event });
+    expect([again.statusCode, again.headers['idempotent-replayed'], again.json()]).toEqual([202, 'true', first.json()]);
+    const other = await inject({ method: 'POST', url: '/v1/events', payload: { ...event, recipients: ['bob'] } });
+    expect([other.statusCode, other.json().error, other.json().field]).toEqual([422, 'HRL_IDEMPOTENCY_KEY_REUSED', 'id']);
+    expect(other.json().message).toBe('id: event h-same was published with a different body; an event id is its idempotency key (a second event under it is taken as a retry and not sent): give this event an id of its own');
+    expect(published.length).toBe(before + 1);
+  });
+
   it('answers what fails before routing (a bad URL, headers too large, not HTTP) with Herald\'s error body', async () => {
     const bad = await inject({ method: 'GET', url: '/v1/users/%zz' });
     expect(bad.statusCode).toBe(400);

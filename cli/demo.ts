@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { verifyWebhookSignature } from '../channels/webhook.ts';
 
 export async function runDemo(httpUrl: string, secret: string, apiKey: string, print: (line: string) => void): Promise<() => Promise<void>> {
+  const startedAt = Date.now();
   const server = createServer((req, res) => {
     let body = '';
     req.on('data', (c: Buffer) => (body += c.toString()));
@@ -85,7 +86,10 @@ export async function runDemo(httpUrl: string, secret: string, apiKey: string, p
         pending.delete(id);
         const published = n.events[0]!.timestamp;
         const ended = n.events.at(-1)!.timestamp;
-        print(`demo lifecycle ${id}: ${n.events.map((e) => `${e.stage}:${e.status}`).join(' -> ')} (${ended - published} ms from publish to ${n.status})`);
+        // The demo's events have fixed ids: on a state directory that has seen them, the
+        // pipeline takes them as retries and sends nothing; what is shown is the first run's.
+        const earlier = published < startedAt - 60_000 ? ` [published by an earlier run at ${new Date(published).toISOString()}: nothing was sent again; HERALD_STATE_DIR=$(mktemp -d) npm run demo shows it anew]` : '';
+        print(`demo lifecycle ${id}: ${n.events.map((e) => `${e.stage}:${e.status}`).join(' -> ')} (${ended - published} ms from publish to ${n.status})${earlier}`);
         const held = n.events.some((e) => e.status === 'DEFERRED');
         if (held) print(`demo   why: ${n.events.filter((e) => e.stage === 'throttle').map((e) => e.reason).join(' | ')}`);
       }
@@ -94,7 +98,7 @@ export async function runDemo(httpUrl: string, secret: string, apiKey: string, p
   }
   const box = (await (await fetch(`${httpUrl}/v1/dev/mailbox?limit=3`, { headers: { authorization: `Bearer ${apiKey}` } })).json()) as { mails?: { to: string[]; subject: string }[] };
   for (const m of box.mails ?? []) print(`demo mailbox <- ${m.to.join(', ')}: "${m.subject}" (the embedded SMTP sink, ${httpUrl}/v1/dev/mailbox)`);
-  print(`demo done: open ${httpUrl}/v1/users/ada/notifications`);
+  print(`demo done: curl -H 'Authorization: Bearer ${apiKey}' ${httpUrl}/v1/users/ada/notifications`);
   return () => {
     inbox.abort();
     return new Promise<void>((r) => server.close(() => r()));

@@ -447,7 +447,11 @@ async function changedRows(c: ClusterClients, config: HeraldConfig, _serde: Serd
     const b = recorded.get(k);
     return !(a && b && a.status === b.status && a.reasonCode === b.reasonCode);
   });
-  const enrichKeys = new Set(differing.filter((k) => k.startsWith('enrich|')).map((k) => {
+  // enrich copies the profile and preferences into what throttle (quiet hours) and route
+  // (channels, opt-outs) decide on: in a replay that runs enrich, their decisions read the
+  // tables as they are now too.
+  const readsTables = (stage: string) => stage === 'enrich' || ((stage === 'throttle' || stage === 'route') && o.stages.includes('enrich'));
+  const enrichKeys = new Set(differing.filter((k) => readsTables(k.slice(0, k.indexOf('|')))).map((k) => {
     const d = (firsts.get(k) ?? recorded.get(k))!;
     return userKey(d.tenant, d.recipient);
   }));
@@ -471,9 +475,9 @@ async function changedRows(c: ClusterClients, config: HeraldConfig, _serde: Serd
   }
   return (d) => {
     if (d.stage === 'ingest') return 'ingest reads audiences.v1 as it is now: its members may have changed since';
-    if (d.stage !== 'enrich') return null;
+    if (!readsTables(d.stage)) return null;
     const row = changedAt.get(userKey(d.tenant, d.recipient));
-    return row && row.at > d.timestamp ? `${row.table} row ${d.tenant}/${d.recipient} changed at ${new Date(row.at).toISOString()}, after the decision; replay reads tables as they are now` : null;
+    return row && row.at > d.timestamp ? `${row.table} row ${d.tenant}/${d.recipient} changed at ${new Date(row.at).toISOString()}, after the decision; replay reads tables as they are now${d.stage === 'enrich' ? '' : ' (through enrich)'}` : null;
   };
 }
 

@@ -193,6 +193,16 @@ describe('a decision a table row explains', () => {
     }
     expect(r.reproduced).toBe(r.compared - 5);
   }, 60_000);
+
+  it('names the preferences.v1 row behind a later stage\'s difference when the replay runs enrich (route reads the preferences enrich copied)', async () => {
+    // cy turns webhooks off after her five comments were delivered by webhook.
+    expect((await api(h, 'PUT', '/v1/users/cy/preferences', { channels: { webhook: false } })).status).toBe(202);
+    await eventually(async () => (await api<{ channels?: Record<string, boolean> }>(h, 'GET', '/v1/users/cy/preferences')).body.channels?.webhook === false);
+    const r = JSON.parse(await herald('replay', '--stage', 'enrich..route', '--key', 'acme/cy', '--format', 'json')) as ReplayReport;
+    const routed = r.changes.filter((c) => c.recipient === 'cy' && c.stage === 'route');
+    expect(routed).toHaveLength(5);
+    for (const c of routed) expect(c.because).toMatch(/^preferences\.v1 row acme\/cy changed at \S+, after the decision; replay reads tables as they are now \(through enrich\)$/);
+  }, 60_000);
 });
 
 describe('dead letters under a filter', () => {

@@ -136,7 +136,7 @@ async function serve(stages: readonly StageName[], opts: { demo?: boolean; api?:
 
 program
   .command('start')
-  .description('start every stage and the HTTP API in this process (embedded broker unless KAFKA_BROKERS is set)')
+  .description('start every stage and the HTTP API (embedded broker unless KAFKA_BROKERS is set), in this process and, by default, one worker process per further core (--workers, HERALD_WORKERS)')
   .option('--demo', 'also publish sample events to a local webhook receiver')
   .option('--workers <n>', 'processes that run the stages, each one more member of every group (default: HERALD_WORKERS, else one per core; 1: no workers)')
   .action((o: { demo?: boolean; workers?: string }) => serve(STAGE_NAMES, o).catch(fail));

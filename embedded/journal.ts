@@ -13,7 +13,7 @@
  * prefix: it and anything after it are cut off when the file is read.
  */
 import { randomUUID } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, renameSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { HeraldError } from '../errors.ts';
@@ -143,11 +143,24 @@ export class Journal {
       } catch {
         return false;
       }
-      // A pid reused by another program is not the writer.
+      // A pid reused by another program, or by the broker of another state directory (another
+      // instance on this host), is not the writer: the writer holds this journal's files open.
       try {
-        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('herald-mock-cluster');
+        if (!readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('herald-mock-cluster')) return false;
       } catch {
-        return true;
+        return true; // no /proc (not Linux): trust the live pid
+      }
+      try {
+        const root = realpathSync(dir);
+        return readdirSync(`/proc/${pid}/fd`).some((fd) => {
+          try {
+            return readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith(`${root}/`);
+          } catch {
+            return false;
+          }
+        });
+      } catch {
+        return false; // its descriptors cannot be read (another user's process): not ours
       }
     };
     if (!alive()) return;

@@ -173,10 +173,7 @@ export class Serde {
   /** By writer schema id and reader schema: the type that decodes, and the resolver when they differ. */
   private readonly resolved = new Map<string, { type: avro.Type; resolver?: avro.Resolver } | Error>();
 
-  private readonly registryUrl: string;
-
   constructor(registryUrl: string) {
-    this.registryUrl = registryUrl.replace(/\/$/, '');
     this.registry = new SchemaRegistry({ host: registryUrl }, { AVRO: {} } as never);
   }
 
@@ -197,12 +194,19 @@ export class Serde {
     return id;
   }
 
-  /** The subject's own compatibility level, or null when it has none (the registry's 404, or a registry without the config API). */
+  /**
+   * The subject's own compatibility level, or null when it has none (the registry's 404) or
+   * it cannot be read: then the client's default is given, as before. Asked through the
+   * registry client, so a URL with credentials (`https://key:secret@host`) and its auth work.
+   */
   private async subjectLevel(subject: string): Promise<string | null> {
-    const res = await fetch(`${this.registryUrl}/config/${encodeURIComponent(subject)}`, { headers: { accept: 'application/vnd.schemaregistry.v1+json' }, signal: AbortSignal.timeout(10_000) });
-    if (!res.ok) return null;
-    const level = ((await res.json()) as { compatibilityLevel?: unknown }).compatibilityLevel;
-    return typeof level === 'string' && level ? level.toUpperCase() : null;
+    const api = (this.registry as unknown as { api: { Subject: { config: (a: { subject: string }) => Promise<{ data: () => unknown }> } } }).api;
+    try {
+      const level = ((await api.Subject.config({ subject })).data() as { compatibilityLevel?: unknown }).compatibilityLevel;
+      return typeof level === 'string' && level ? level.toUpperCase() : null;
+    } catch {
+      return null;
+    }
   }
 
   async encode(topic: string, value: unknown): Promise<Buffer> {

@@ -18,7 +18,7 @@ export const ERROR_CODES = {
   HRL_PAYLOAD_TOO_LARGE: 'A record is larger than the configured limit.',
   HRL_UNKNOWN_EVENT_TYPE: 'No notification rule matches the event type.',
   HRL_NO_RECIPIENTS: 'An event names no recipients.',
-  HRL_IDEMPOTENCY_KEY_REUSED: 'An Idempotency-Key, or an event id, was sent again with a different request body.',
+  HRL_IDEMPOTENCY_KEY_REUSED: 'An Idempotency-Key was sent again with a different request body.',
   HRL_STATE_MISMATCH: 'The state directory was built against another Kafka cluster or another embedded journal; it is never discarded silently (`herald reset` starts over).',
   HRL_STATE_DIR_UNUSABLE: 'The state directory cannot be created, read or written (path and system error in the message).',
   HRL_BACKPRESSURE: 'The embedded broker is close to dropping records a stage has not read yet; the API answers 503 with Retry-After until the stages catch up.',

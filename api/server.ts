@@ -188,9 +188,11 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req, body, done) => {
     const buf = body as Buffer;
+    // A body declared in another charset is refused with 415 by the hook below, whatever its bytes.
+    const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(String(req.headers['content-type'] ?? ''))?.[1];
     let text: string;
     try {
-      text = STRICT_UTF8.decode(buf);
+      text = charset !== undefined && !/^utf-?8$/i.test(charset) ? buf.toString('utf8') : STRICT_UTF8.decode(buf);
     } catch {
       const at = firstInvalidUtf8(buf);
       done(Object.assign(new Error(`JSON must be UTF-8 (RFC 8259), and byte ${at} (0x${buf.subarray(at, at + 1).toString('hex')}) is not valid UTF-8 there`), { statusCode: 400, code: 'FST_ERR_CTP_INVALID_JSON_BODY' }), undefined);
@@ -329,10 +331,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
   // gets the first answer and publishes nothing. (Across instances a retry publishes the
   // same event again, with the same derived ids, which the pipeline absorbs.) Bounded in
   // bytes: each entry is charged its key, fingerprint and answer.
-  // An entry for an event id alone (no Idempotency-Key) keeps only the fingerprint: its use
-  // is to refuse another body; the same body again is published again (the pipeline takes
-  // it as the retry it is), so the answer need not be kept, and an entry is ~4x smaller.
-  type Remembered = { fingerprint: string; body?: Promise<{ status: number; body: object }>; bytes: number };
+  type Remembered = { fingerprint: string; body: Promise<{ status: number; body: object }>; bytes: number };
   const answered = new LRUCache<string, Remembered>({ maxSize: ports.idempotencyCacheBytes, sizeCalculation: (v, k) => Math.max(1, k.length + v.bytes + 200), ttl: 86_400_000 });
   const limiter = new TenantRateLimiter(ports.rate.perSecond, ports.rate.burst);
 
@@ -351,25 +350,14 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
       return fail(reply, 400, 'HRL_LIMIT_EXCEEDED', `Idempotency-Key: expected at most ${LIMITS.idempotencyKeyLength} characters, got ${key.length}`, 'Idempotency-Key');
     }
     const body: Record<string, unknown> = { ...req.body, tenant };
-    // An event's own id is an idempotency key too (the pipeline takes a second event under
-    // one id as a retry of the first, and sends nothing for it): without the header, the id
-    // is remembered the same way, so a different event under a used id is refused here
-    // rather than absorbed out of sight.
-    const byHeader = typeof key === 'string' && key !== '';
-    const eventId = typeof req.body.id === 'string' && req.body.id !== '' ? req.body.id : null;
-    const cacheKey = byHeader ? `${tenant}\u0000${key}` : eventId !== null ? `${tenant}\u0001${eventId}` : null;
-    const fingerprint = createHash('sha256').update(JSON.stringify(req.body)).digest('base64');
+    const cacheKey = typeof key === 'string' && key ? `${tenant}\u0000${key}` : null;
+    const fingerprint = createHash('sha256').update(JSON.stringify(req.body)).digest('hex');
     const previous = cacheKey ? answered.get(cacheKey) : undefined;
     if (previous) {
-      if (previous.fingerprint !== fingerprint) {
-        if (byHeader) return fail(reply, 422, 'HRL_IDEMPOTENCY_KEY_REUSED', 'Idempotency-Key: this key was used with a different request body', 'Idempotency-Key');
-        return fail(reply, 422, 'HRL_IDEMPOTENCY_KEY_REUSED', `id: event ${clip(eventId!, 80)} was published with a different body; an event id is its idempotency key (a second event under it is taken as a retry and not sent): give this event an id of its own`, 'id');
-      }
+      if (previous.fingerprint !== fingerprint) return fail(reply, 422, 'HRL_IDEMPOTENCY_KEY_REUSED', 'Idempotency-Key: this key was used with a different request body', 'Idempotency-Key');
       // The same request again (possibly still in flight): the first answer, nothing published.
-      if (previous.body) {
-        const first = await previous.body;
-        return reply.code(first.status).header('idempotent-replayed', 'true').send(first.body);
-      }
+      const first = await previous.body;
+      return reply.code(first.status).header('idempotent-replayed', 'true').send(first.body);
     }
     if (typeof key === 'string' && key) {
       body.idempotencyKey ??= key;
@@ -378,15 +366,14 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     body.id ??= `evt_${randomUUID()}`;
     const handled = publish(body);
     // Remember the request before the first await, so a concurrent retry waits for this one.
-    const remember = cacheKey !== null && !previous;
-    if (remember) answered.set(cacheKey, byHeader ? { fingerprint, body: handled, bytes: 1024 } : { fingerprint, bytes: fingerprint.length });
+    if (cacheKey) answered.set(cacheKey, { fingerprint, body: handled, bytes: 1024 });
     const result = await handled.catch((err: unknown) => {
-      if (remember) answered.delete(cacheKey);
+      if (cacheKey) answered.delete(cacheKey);
       throw err;
     });
-    if (remember) {
+    if (cacheKey) {
       if (result.status !== 202) answered.delete(cacheKey); // only accepted requests are remembered
-      else if (byHeader) answered.set(cacheKey, { fingerprint, body: handled, bytes: JSON.stringify(result.body).length });
+      else answered.set(cacheKey, { fingerprint, body: handled, bytes: JSON.stringify(result.body).length });
     }
     return reply.code(result.status).send(result.body);
   });
@@ -559,7 +546,7 @@ export async function buildApi(ports: ApiPorts): Promise<FastifyInstance> {
     const previous = cacheKey ? answered.get(cacheKey) : undefined;
     if (previous) {
       if (previous.fingerprint !== fingerprint) return fail(reply, 422, 'HRL_IDEMPOTENCY_KEY_REUSED', 'Idempotency-Key: this key was used with a different request body', 'Idempotency-Key');
-      const first = await previous.body!; // a rotation always keeps its answer
+      const first = await previous.body;
       return reply.code(first.status).header('idempotent-replayed', 'true').send(first.body);
     }
     const handled = s.rotate(tenant, graceMs).then((made) => ({ status: 201, body: { id: made.id, secret: made.secret, ...made.view } }));

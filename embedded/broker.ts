@@ -1,7 +1,8 @@
 /**
  * The embedded Kafka-protocol broker: librdkafka's mock cluster, run by the small C
- * launcher in embedded/mock-cluster.c. The launcher exits when its stdin closes, so the
- * brokers die with the process that owns them, even on SIGKILL.
+ * launcher in embedded/mock-cluster.c. The launcher exits at `stop`, or when its stdin
+ * closes without it (its owner died, even by SIGKILL), after journaling what it had
+ * acknowledged: the brokers never outlive their owner by more than that.
  *
  * Limits of the mock cluster, handled in the open (see README):
  * - it reports controller id 0, so kafkajs admin.createTopics and idempotent or
@@ -137,7 +138,9 @@ export class EmbeddedBroker {
     this.stopping = true;
     if (this.exited) return;
     const done = new Promise<void>((resolve) => this.proc.once('exit', () => resolve()));
-    this.proc.stdin.end();
+    // `stop`: a clean stop (the journal caught up already). A stdin that ends without it
+    // tells the launcher its owner died, and it journals what it acknowledged first.
+    this.proc.stdin.end('stop\n');
     const timer = setTimeout(() => this.proc.kill('SIGKILL'), 3000);
     await done;
     clearTimeout(timer);

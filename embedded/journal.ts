@@ -148,7 +148,7 @@ export class Journal {
       try {
         if (!readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('herald-mock-cluster')) return false;
       } catch {
-        return true; // no /proc (not Linux): trust the live pid
+        return false; // no /proc (not Linux): it cannot be told to be the writer, so it is neither waited for nor killed
       }
       try {
         const root = realpathSync(dir);

@@ -1,7 +1,9 @@
 /*
  * herald-mock-cluster: starts librdkafka's mock Kafka cluster on loopback and
  * takes control commands on stdin, one per line. It exits (and the brokers
- * with it) when stdin closes, so it never outlives the process that owns it.
+ * with it) at `stop`, or when stdin closes without it: its owner died, and it
+ * first journals what it acknowledged (at most 10 s), so it outlives its owner
+ * only for that.
  *
  *   stdout on start:  "bootstraps 127.0.0.1:p1,127.0.0.1:p2,..."
  *   commands:         topic <name> <partitions> [replication]
@@ -9,7 +11,8 @@
  *                     journal <dir>
  *                     follow <topic> <partition> <fromOffset>
  *                     ping
- *   each command answers one line: "ok" or "err <reason>".
+ *                     stop   (a clean stop: exits without answering)
+ *   each other command answers one line: "ok" or "err <reason>".
  *
  * The journal (embedded/journal.ts holds the file format and reads it back):
  * after `journal <dir>`, a librdkafka consumer in this process reads every
@@ -33,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <signal.h>
 #ifdef __linux__
@@ -109,7 +113,14 @@ static struct {
   int nparts, capparts;
   FILE *report;
   buf_t headers;
+  volatile int64_t last_read_ms; /* when the writer last read a record (monotonic ms) */
 } J;
+
+static int64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static void report(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void report(const char *fmt, ...) {
@@ -242,8 +253,16 @@ static void *journal_loop(void *arg) {
     }
     nparts = J.nparts;
     pthread_mutex_unlock(&J.lock);
-    for (int i = 0; i < nparts; i++) flush_part(J.parts[i]);
+    /* `follow` may grow (realloc) the array meanwhile: each pointer is read under the lock
+       (a part itself never moves). */
+    for (int i = 0; i < nparts; i++) {
+      pthread_mutex_lock(&J.lock);
+      part_t *pt = J.parts[i];
+      pthread_mutex_unlock(&J.lock);
+      flush_part(pt);
+    }
     if (J.report) fflush(J.report);
+    J.last_read_ms = mono_ms();
   }
   return NULL;
 }
@@ -384,35 +403,31 @@ static const char *journal_follow(const char *topic, int32_t partition, int64_t 
 }
 
 /*
- * Waits (at most `ms`) until the writer has journaled every record the broker holds on each
- * followed partition. On the way out: when the owner is killed (SIGKILL, the OOM killer),
- * its last acknowledged records may not have been read yet, and this process outlives it
- * just long enough to write them; on a clean stop they were journaled already, and this
- * is one watermark query a partition.
+ * After the owner died (SIGKILL, the OOM killer): its last acknowledged records may not have
+ * been read yet. The writer keeps reading until every followed partition is journaled up to
+ * the high watermark its consumer last saw (librdkafka's cached figure: no request, so a
+ * broker that is down cannot hold this up) and nothing came for 100 ms, at most `ms` in all
+ * by the monotonic clock. A partition not fetched yet (no watermark) is waited for 3 s at
+ * most. A clean stop skips this: the owner waited for the journal before it sent `stop`.
  */
 static void journal_drain(int ms) {
   if (!J.rk || !J.running) return;
-  for (int waited = 0; waited <= ms; waited += 20) {
+  int64_t start = mono_ms();
+  while (mono_ms() - start < ms) {
     int behind = 0;
     pthread_mutex_lock(&J.lock);
-    int nparts = J.nparts;
-    pthread_mutex_unlock(&J.lock);
-    for (int i = 0; i < nparts && !behind; i++) {
+    for (int i = 0; i < J.nparts && !behind; i++) {
       part_t *pt = J.parts[i];
       if (pt->dead) continue;
-      int64_t lo = 0, hi = 0;
-      if (rd_kafka_query_watermark_offsets(J.rk, pt->topic, pt->partition, &lo, &hi, 1000) != RD_KAFKA_RESP_ERR_NO_ERROR) continue;
-      pthread_mutex_lock(&J.lock);
-      int64_t next = pt->next;
-      size_t pending = pt->out.len;
-      pthread_mutex_unlock(&J.lock);
-      /* Records the broker dropped before they were read (next < lo) are not waited for. */
-      if ((next < hi && hi > lo) || pending) behind = 1;
+      int64_t lo = -1, hi = -1;
+      rd_kafka_get_watermark_offsets(J.rk, pt->topic, pt->partition, &lo, &hi);
+      if (hi < 0) behind = mono_ms() - start < 3000;
+      else if (pt->next < hi && hi > lo) behind = 1;
     }
-    if (!behind) return;
+    pthread_mutex_unlock(&J.lock);
+    if (!behind && mono_ms() - J.last_read_ms >= 100) return;
     usleep(20 * 1000);
   }
-  report("e the journal writer stopped before it had read every record the broker held\n");
 }
 
 static void journal_stop(void) {
@@ -493,12 +508,17 @@ int main(int argc, char **argv) {
      journal's thread, started later by this thread, gets the mask at the point it is made,
      so it is unblocked only after the loop, never in another thread. */
   char line[4608];
+  int clean_stop = 0;
   for (;;) {
     if (owner_gone) break;
     pthread_sigmask(SIG_UNBLOCK, &usr1, NULL);
     char *got = owner_gone ? NULL : fgets(line, sizeof(line), stdin);
     pthread_sigmask(SIG_BLOCK, &usr1, NULL);
     if (!got) break;
+    if (strncmp(line, "stop", 4) == 0 && (line[4] == '\n' || line[4] == '\r' || line[4] == 0)) {
+      clean_stop = 1;
+      break;
+    }
     line[strcspn(line, "\r\n")] = 0;
     char cmd[32] = {0}, name[512] = {0};
     int a = 0, b = 0;
@@ -529,7 +549,9 @@ int main(int argc, char **argv) {
     else printf("ok\n");
     fflush(stdout);
   }
-  journal_drain(owner_gone ? 10000 : 2000);
+  /* Ended without `stop`: the owner is gone (its death signal, or its end of stdin closed
+     by the kernel), so what it was told was acknowledged is journaled first. */
+  if (!clean_stop) journal_drain(10000);
   journal_stop();
   rd_kafka_mock_cluster_destroy(mc);
   rd_kafka_destroy(rk);

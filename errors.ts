@@ -78,13 +78,15 @@ export class HeraldError extends Error {
 }
 
 /**
- * What a log line may say of an error. A HeraldError about a record's field quotes the
- * record ("recipients: expected an array, got \"Ada <ada@example.com>\""), and records carry
+ * What a log line may say of an error about a record. A HeraldError quotes the record
+ * ("recipients: expected an array, got \"Ada <ada@example.com>\""), and records carry
  * personal data: the log gets its code and field, and the full reason stays where the
- * record is (the dead-letter header, the REJECTED decision). Any other error is logged whole.
+ * record is (the dead-letter header, the REJECTED decision). Any other error (a bug's
+ * TypeError) is logged whole.
  */
 export function loggableError(err: unknown): { code: string; field?: string } | { err: unknown } {
-  if (err instanceof HeraldError && err.field !== undefined) return { code: err.code, field: err.field };
+  // (Also one without a field: an error wrapped from a library, such as avsc's, quotes the value it failed on.)
+  if (err instanceof HeraldError) return { code: err.code, ...(err.field !== undefined ? { field: err.field } : {}) };
   return { err };
 }
 

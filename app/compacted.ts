@@ -3,6 +3,7 @@
  * read to its end at start, then followed, so a record written anywhere is known
  * everywhere within moments. Records are JSON, keyed by id; a tombstone deletes.
  */
+import { HeraldError } from '../errors.ts';
 import type { Admin, Kafka } from 'kafkajs';
 import type { Logger } from '../runtime/logger.ts';
 import { TopicReader } from '../runtime/reader.ts';
@@ -43,7 +44,9 @@ export class CompactedTopic<T> {
           try {
             this.records.set(id, this.parse(id, JSON.parse(m.value.toString()) as unknown, BigInt(m.offset)));
           } catch (err) {
-            this.log.warn({ topic: this.topic, offset: m.offset, err }, 'unreadable record skipped');
+            // Not the message: JSON.parse's quotes the text, and these topics hold key hashes and signing secrets.
+            const why = err instanceof HeraldError ? { code: err.code, ...(err.field !== undefined ? { field: err.field } : {}) } : { error: (err as Error).name };
+            this.log.warn({ topic: this.topic, offset: m.offset, ...why }, 'unreadable record skipped');
           }
         }
       },
